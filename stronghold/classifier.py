@@ -1,0 +1,310 @@
+"""The Bayesian classifier: train, learn, save, load, score.
+
+Counting is scikit-learn's: feature tokens are hashed (``FeatureHasher``) into
+a fixed space and ``MultinomialNB.partial_fit`` on binary rows keeps, per
+class, the number of messages that contain each token (``feature_count_``).
+On top of those counts we combine the Robinson way: each token's spam
+probability is smoothed towards 0.5 by its evidence, only the ``max_clues``
+strongest tokens of a message vote, and their summed log-odds become a
+probability through a logistic curve.  That keeps a long, uninformative
+message from drowning the few tokens that decide (the failure of plain
+naive Bayes on mail).
+
+A model file is a joblib artifact with a passport (see ``Passport``) in a JSON
+sidecar.  Loading checks, before unpickling anything, that the file is not
+writable by other users and that its SHA-256 matches the passport.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import platform
+import stat
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import joblib
+import numpy as np
+import sklearn
+from sklearn.feature_extraction import FeatureHasher
+from sklearn.naive_bayes import MultinomialNB
+
+FORMAT_VERSION = 1
+N_FEATURES = 2**22
+DEFAULT_SPAM_THRESHOLD = 0.9
+
+
+class ModelError(Exception):
+    """A model is missing, corrupt, unsafe or incompatible (one-line message)."""
+
+
+@dataclass(frozen=True)
+class Params:
+    """How token counts become a score."""
+
+    strength: float = 0.1  # Robinson's s: weight of the 0.5 prior against evidence
+    prior: float = 0.5  # Robinson's x: probability assumed for a token never seen
+    max_clues: int = 15  # strongest tokens that vote
+    min_dev: float = 0.05  # tokens closer than this to 0.5 do not vote
+    scale: float = 4.0  # log-odds are divided by this before the logistic curve
+
+
+@dataclass(frozen=True)
+class Clue:
+    token: str
+    spam_prob: float
+
+
+@dataclass(frozen=True)
+class Score:
+    """The classifier's answer for one message."""
+
+    probability: float
+    clues: tuple[Clue, ...]
+
+
+@dataclass
+class Passport:
+    """Everything known about a model, stored beside it as JSON."""
+
+    format_version: int = FORMAT_VERSION
+    created: float = field(default_factory=time.time)
+    versions: dict[str, str] = field(default_factory=dict)
+    n_features: int = N_FEATURES
+    params: dict[str, float] = field(default_factory=dict)
+    spam_threshold: float = DEFAULT_SPAM_THRESHOLD
+    threshold_method: str = "default"
+    trained_ham: int = 0
+    trained_spam: int = 0
+    learned_ham: int = 0
+    learned_spam: int = 0
+    training_set_sha256: str = ""
+    evaluation: dict[str, float] = field(default_factory=dict)
+    file_sha256: str = ""
+
+    @classmethod
+    def from_json(cls, data: dict[str, object]) -> Passport:
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**known)  # type: ignore[arg-type]
+
+
+def library_versions() -> dict[str, str]:
+    return {
+        "python": platform.python_version(),
+        "scikit-learn": sklearn.__version__,
+        "numpy": np.__version__,
+        "joblib": joblib.__version__,
+    }
+
+
+_HASHER = FeatureHasher(n_features=N_FEATURES, input_type="string", alternate_sign=False)
+
+
+def token_indices(tokens: Sequence[str]) -> np.ndarray:
+    """Hash bucket of each token, in order."""
+    if not tokens:
+        return np.zeros(0, dtype=np.int32)
+    return _HASHER.transform([[t] for t in tokens]).indices
+
+
+def feature_matrix(token_sets: Iterable[Iterable[str]]):  # noqa: ANN201 - scipy sparse
+    """Binary message-by-bucket matrix for training."""
+    matrix = _HASHER.transform(list(t) for t in token_sets)
+    matrix.data[:] = 1.0
+    return matrix
+
+
+class Model:
+    """A trained classifier: counts (for learning) and log-odds (for scoring)."""
+
+    def __init__(self, nb: MultinomialNB, passport: Passport) -> None:
+        self.nb = nb
+        self.passport = passport
+        self.params = Params(**passport.params) if passport.params else Params()
+        self._logodds = self._compute_logodds()
+
+    # -- training -----------------------------------------------------------
+    @classmethod
+    def train(cls, token_sets: Sequence[set[str]], labels: Sequence[bool],
+              params: Params | None = None) -> Model:
+        """Fit a new model; labels are True for spam."""
+        y = np.asarray(labels, dtype=int)
+        n_spam = int(y.sum())
+        if n_spam == 0 or n_spam == len(y):
+            raise ModelError("training needs both ham and spam messages")
+        nb = MultinomialNB()
+        nb.partial_fit(feature_matrix(token_sets), y, classes=[0, 1])
+        passport = Passport(versions=library_versions(),
+                            params=asdict(params or Params()),
+                            trained_ham=len(y) - n_spam, trained_spam=n_spam)
+        return cls(nb, passport)
+
+    def learn(self, token_sets: Sequence[set[str]], labels: Sequence[bool]) -> None:
+        """Incremental update (user feedback) without a full retrain."""
+        if not token_sets:
+            return
+        y = np.asarray(labels, dtype=int)
+        self.nb.partial_fit(feature_matrix(token_sets), y)
+        self.passport.learned_spam += int(y.sum())
+        self.passport.learned_ham += int(len(y) - y.sum())
+        self._logodds = self._compute_logodds()
+
+    def _compute_logodds(self) -> np.ndarray:
+        ham_counts, spam_counts = self.nb.feature_count_
+        n_ham, n_spam = self.nb.class_count_
+        p = self.params
+        seen = ham_counts + spam_counts
+        ratio_spam = spam_counts / max(n_spam, 1.0)
+        ratio_ham = ham_counts / max(n_ham, 1.0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            raw = np.where(seen > 0, ratio_spam / (ratio_spam + ratio_ham), p.prior)
+        smoothed = (p.strength * p.prior + seen * raw) / (p.strength + seen)
+        smoothed = np.clip(smoothed, 1e-6, 1 - 1e-6)
+        logodds = np.log(smoothed / (1.0 - smoothed))
+        cutoff = math.log((0.5 + p.min_dev) / (0.5 - p.min_dev))
+        logodds[np.abs(logodds) < cutoff] = 0.0
+        return logodds.astype(np.float32)
+
+    # -- scoring ------------------------------------------------------------
+    def score(self, tokens: Iterable[str], n_reasons: int = 8) -> Score:
+        """Spam probability in [0, 1] and the tokens that decided it."""
+        toks = list(tokens)
+        idx = token_indices(toks)
+        values = self._logodds[idx] if len(idx) else np.zeros(0, dtype=np.float32)
+        strength = np.abs(values)
+        k = self.params.max_clues
+        if len(values) > k:
+            top = np.argpartition(-strength, k)[:k]
+        else:
+            top = np.arange(len(values))
+        top = top[strength[top] > 0]
+        total = float(values[top].sum())
+        probability = 1.0 / (1.0 + math.exp(-total / self.params.scale))
+        order = top[np.argsort(-strength[top])][:n_reasons]
+        clues = tuple(
+            Clue(toks[i], round(1.0 / (1.0 + math.exp(-float(values[i]))), 4)) for i in order
+        )
+        return Score(probability, clues)
+
+    @property
+    def spam_threshold(self) -> float:
+        return self.passport.spam_threshold
+
+    @property
+    def memory_bytes(self) -> int:
+        """Bytes held for scoring (the log-odds table)."""
+        return int(self._logodds.nbytes)
+
+    # -- persistence --------------------------------------------------------
+    def save(self, path: Path) -> None:
+        """Write model and passport atomically (temp files + rename)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".joblib")
+        os.close(fd)
+        try:
+            joblib.dump({"format_version": FORMAT_VERSION, "nb": self.nb}, tmp, compress=3)
+            os.chmod(tmp, 0o644)
+            self.passport.file_sha256 = _sha256(Path(tmp))
+            self.passport.versions = library_versions()
+            _atomic_write_text(passport_path(path), json.dumps(asdict(self.passport), indent=2))
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    @classmethod
+    def load(cls, path: Path) -> Model:
+        """Load a model, refusing anything missing, unsafe, corrupt or incompatible."""
+        path = Path(path)
+        passport = read_passport(path)
+        check_file_is_trusted(path)
+        if _sha256(path) != passport.file_sha256:
+            raise ModelError(f"model {path} does not match its passport (corrupt or replaced);"
+                             " retrain with 'stronghold train'")
+        _check_compatible(passport, path)
+        try:
+            blob = joblib.load(path)
+        except (OSError, EOFError, ValueError, KeyError, ImportError, AttributeError) as exc:
+            raise ModelError(f"model {path} cannot be read: {exc}") from exc
+        if not isinstance(blob, dict) or not isinstance(blob.get("nb"), MultinomialNB):
+            raise ModelError(f"model {path} is not a Mail Stronghold model")
+        return cls(blob["nb"], passport)
+
+
+def passport_path(path: Path) -> Path:
+    return Path(path).with_suffix(".json")
+
+
+def read_passport(path: Path) -> Passport:
+    """The passport of the model at ``path`` (no unpickling)."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelError(f"no model at {path}; train one with 'stronghold train'")
+    side = passport_path(path)
+    try:
+        data = json.loads(side.read_text())
+    except FileNotFoundError as exc:
+        raise ModelError(f"model {path} has no passport {side}; retrain it") from exc
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"passport {side} is unreadable: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ModelError(f"passport {side} is not a JSON object")
+    return Passport.from_json(data)
+
+
+def check_file_is_trusted(path: Path) -> None:
+    """Refuse a file (or its folder) that users other than us or root can write.
+
+    A joblib file is code: whoever can write it can run anything in the milter.
+    """
+    uid = os.geteuid()
+    for target in (path, path.parent):
+        st = target.stat()
+        if st.st_uid not in (uid, 0):
+            raise ModelError(f"refusing {target}: owned by uid {st.st_uid}, not by us or root")
+        sticky_dir = target.is_dir() and st.st_mode & stat.S_ISVTX
+        if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not sticky_dir:
+            raise ModelError(f"refusing {target}: writable by other users (chmod go-w)")
+
+
+def _check_compatible(passport: Passport, path: Path) -> None:
+    if passport.format_version != FORMAT_VERSION:
+        raise ModelError(f"model {path} has format {passport.format_version}, "
+                         f"this version reads {FORMAT_VERSION}; retrain it")
+    if passport.n_features != N_FEATURES:
+        raise ModelError(f"model {path} uses {passport.n_features} features, expected {N_FEATURES}")
+    saved = passport.versions.get("scikit-learn", "")
+    if saved.split(".")[:2] != sklearn.__version__.split(".")[:2]:
+        raise ModelError(f"model {path} was saved by scikit-learn {saved}, this is "
+                         f"{sklearn.__version__}; retrain it")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

@@ -1,0 +1,223 @@
+"""Typed settings: every key has a default, a description and a validator.
+
+Sources, later wins: declared defaults, a TOML file (``--config`` or
+``$STRONGHOLD_CONFIG``), environment variables ``STRONGHOLD_<KEY>``, and a
+mapping passed by the caller (tests).  Unknown keys are errors, so a typo is
+never silently ignored.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class ConfigError(Exception):
+    """A setting is unknown or invalid (one-line message)."""
+
+
+def _choice(*allowed: str) -> Callable[[Any], str]:
+    def check(value: Any) -> str:
+        if value not in allowed:
+            raise ValueError(f"must be one of {', '.join(allowed)}")
+        return str(value)
+    return check
+
+
+def _probability(value: Any) -> float:
+    number = float(value)
+    if not 0.0 <= number <= 1.0:
+        raise ValueError("must be between 0 and 1")
+    return number
+
+
+def _optional_probability(value: Any) -> float | None:
+    if value in (None, "", "model"):
+        return None
+    return _probability(value)
+
+
+def _positive_int(value: Any) -> int:
+    number = int(value)
+    if number <= 0:
+        raise ValueError("must be a positive whole number")
+    return number
+
+
+def _non_negative(value: Any) -> float:
+    number = float(value)
+    if number < 0:
+        raise ValueError("must not be negative")
+    return number
+
+
+def _socket(value: Any) -> str:
+    text = str(value)
+    if not re.fullmatch(r"unix:/.+|inet6?:\d{1,5}(@[\w.:\[\]-]+)?", text):
+        raise ValueError("must be unix:/PATH or inet:PORT@HOST")
+    return text
+
+
+def _clamd(value: Any) -> str:
+    text = str(value)
+    if not re.fullmatch(r"unix:/.+|tcp:[\w.\[\]:-]+:\d{1,5}|none", text):
+        raise ValueError("must be unix:/PATH, tcp:HOST:PORT or none")
+    return text
+
+
+def _path(value: Any) -> Path:
+    return Path(str(value)).expanduser()
+
+
+def _text(value: Any) -> str:
+    return str(value)
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("must be true or false")
+
+
+FAIL_ACTIONS = ("tempfail", "accept", "reject")
+
+
+@dataclass(frozen=True)
+class Setting:
+    default: Any
+    check: Callable[[Any], Any]
+    help: str
+
+
+SETTINGS: dict[str, Setting] = {
+    "data_dir": Setting(ROOT / "var", _path, "where the SQLite store, spool and runtime files live"),
+    "models_dir": Setting(ROOT / "models", _path, "the only folder models are loaded from"),
+    "model": Setting("model.joblib", _text, "model file name inside models_dir"),
+    "database_url": Setting("", _text, "SQLAlchemy URL; empty means SQLite in data_dir"),
+    "milter_socket": Setting("inet:8891@127.0.0.1", _socket, "where the milter listens"),
+    "milter_workers": Setting(2, _positive_int, "pre-forked milter processes (one per core)"),
+    "milter_timeout": Setting(600, _positive_int, "seconds libmilter waits on Postfix"),
+    "clamd_socket": Setting("unix:/run/clamav/clamd.ctl", _clamd, "clamd: unix:/PATH, tcp:HOST:PORT or none"),
+    "clamd_timeout": Setting(30.0, _non_negative, "seconds to wait for clamd"),
+    "spam_threshold": Setting(None, _optional_probability,
+                              "probability at or above which mail is spam; empty: the model's"),
+    "reject_threshold": Setting(0.999, _probability,
+                                "probability at or above which spam_action_high applies"),
+    "spam_action": Setting("tag", _choice("tag", "quarantine", "reject"),
+                           "what spam gets"),
+    "spam_action_high": Setting("reject", _choice("tag", "quarantine", "reject"),
+                                "what spam at or above reject_threshold gets"),
+    "virus_action": Setting("reject", _choice("reject", "quarantine"), "what a virus gets"),
+    "subject_prefix": Setting("[SPAM]", _text, "prepended to the subject of tagged spam; empty: none"),
+    "on_scanner_error": Setting("tempfail", _choice(*FAIL_ACTIONS), "when clamd fails"),
+    "on_model_error": Setting("tempfail", _choice(*FAIL_ACTIONS), "when the model is unusable"),
+    "on_store_error": Setting("tempfail", _choice(*FAIL_ACTIONS), "when the database fails"),
+    "max_message_bytes": Setting(25 * 1024 * 1024, _positive_int,
+                                 "messages larger than this get oversize_action"),
+    "oversize_action": Setting("scan-head", _choice("scan-head", "accept", "tempfail", "reject"),
+                               "scan-head: scan the first max_message_bytes; accept: pass with a header"),
+    "spool_memory_bytes": Setting(1024 * 1024, _positive_int,
+                                  "message bytes kept in memory before spooling to disk"),
+    "lists_refresh_seconds": Setting(2.0, _non_negative,
+                                     "how often the milter checks the store for list changes"),
+    "log_tokens": Setting(True, _bool, "keep message features in the log so feedback can train"),
+    "web_bind": Setting("127.0.0.1:8080", _text, "host:port of the web UI"),
+    "web_secret_key": Setting("", _text, "Flask secret key; empty: generated into data_dir"),
+    "web_secure_cookies": Setting(False, _bool, "mark cookies Secure (set when served over TLS)"),
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    data_dir: Path
+    models_dir: Path
+    model: str
+    database_url: str
+    milter_socket: str
+    milter_workers: int
+    milter_timeout: int
+    clamd_socket: str
+    clamd_timeout: float
+    spam_threshold: float | None
+    reject_threshold: float
+    spam_action: str
+    spam_action_high: str
+    virus_action: str
+    subject_prefix: str
+    on_scanner_error: str
+    on_model_error: str
+    on_store_error: str
+    max_message_bytes: int
+    oversize_action: str
+    spool_memory_bytes: int
+    lists_refresh_seconds: float
+    log_tokens: bool
+    web_bind: str
+    web_secret_key: str
+    web_secure_cookies: bool
+
+    @property
+    def model_path(self) -> Path:
+        """The model file; a name with a folder in it is refused by load()."""
+        return self.models_dir / self.model
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'stronghold.db'}"
+
+    def describe(self) -> list[tuple[str, Any, str]]:
+        return [(f.name, getattr(self, f.name), SETTINGS[f.name].help) for f in fields(self)]
+
+
+def load(path: Path | None = None, overrides: Mapping[str, Any] | None = None,
+         environ: Mapping[str, str] | None = None) -> Config:
+    """Build a Config from defaults, file, environment and overrides."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    file_path = path or (Path(environ["STRONGHOLD_CONFIG"]) if environ.get("STRONGHOLD_CONFIG") else None)
+    if file_path is not None:
+        try:
+            with open(file_path, "rb") as fh:
+                data = tomllib.load(fh)
+        except OSError as exc:
+            raise ConfigError(f"config {file_path}: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config {file_path}: {exc}") from exc
+        values.update(_section(data, f"config {file_path}"))
+    for key, value in environ.items():
+        if key.startswith("STRONGHOLD_") and key != "STRONGHOLD_CONFIG":
+            name = key[len("STRONGHOLD_"):].lower()
+            if name not in SETTINGS:
+                raise ConfigError(f"environment {key}: unknown setting '{name}'")
+            values[name] = value
+    values.update(_section(dict(overrides or {}), "overrides"))
+    checked: dict[str, Any] = {}
+    for name, setting in SETTINGS.items():
+        raw = values.get(name, setting.default)
+        try:
+            checked[name] = setting.check(raw) if raw is not None else None
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"setting {name}={raw!r}: {exc}") from exc
+    if "/" in checked["model"]:
+        raise ConfigError("setting model: a file name inside models_dir, not a path")
+    return Config(**checked)
+
+
+def _section(data: Mapping[str, Any], where: str) -> dict[str, Any]:
+    flat = dict(data.get("stronghold", data)) if isinstance(data.get("stronghold"), dict) else dict(data)
+    for key in flat:
+        if key not in SETTINGS:
+            raise ConfigError(f"{where}: unknown setting '{key}'")
+    return flat

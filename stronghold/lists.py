@@ -1,0 +1,145 @@
+"""Allow/block list patterns: parsing, validation and matching (pure).
+
+Three forms, all case-insensitive:
+
+- ``alice@example.com``  exactly that address;
+- ``@example.com``       any address at exactly that domain;
+- ``*.example.com``      that domain and every subdomain of it.
+
+Domains are stored in their ASCII (IDNA) form, so ``bücher.example`` and
+``xn--bcher-kva.example`` are the same entry.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from email.utils import getaddresses
+
+ALLOW = "allow"
+BLOCK = "block"
+KINDS = (ALLOW, BLOCK)
+
+_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+_LOCAL = re.compile(r"^[a-z0-9!#$%&'*+/=?^_`{|}~.-]{1,64}$")
+
+
+class PatternError(ValueError):
+    """A list pattern is not one of the three accepted forms."""
+
+
+def normalize_domain(domain: str) -> str:
+    """Lower-case ASCII form of a domain; raises PatternError if invalid."""
+    domain = domain.strip().rstrip(".").lower()
+    if not domain:
+        raise PatternError("the domain is empty")
+    try:
+        ascii_domain = domain.encode("idna").decode("ascii")
+    except UnicodeError as exc:
+        raise PatternError(f"'{domain}' is not a valid domain name") from exc
+    labels = ascii_domain.split(".")
+    if len(labels) < 2 or not all(_LABEL.match(label) for label in labels):
+        raise PatternError(f"'{domain}' is not a valid domain name (like example.com)")
+    if len(ascii_domain) > 253:
+        raise PatternError("the domain is longer than 253 characters")
+    return ascii_domain
+
+
+def normalize_address(address: str) -> str:
+    """Lower-case address with an ASCII domain; raises PatternError if invalid."""
+    address = address.strip().strip("<>").lower()
+    if address.count("@") != 1:
+        raise PatternError(f"'{address}' is not an address like name@example.com")
+    local, domain = address.split("@")
+    if not _LOCAL.match(local) or local.startswith(".") or local.endswith(".") or ".." in local:
+        raise PatternError(f"'{address}': the part before @ is not valid")
+    return f"{local}@{normalize_domain(domain)}"
+
+
+def normalize_pattern(pattern: str) -> str:
+    """Canonical form of a list pattern; raises PatternError with a clear message."""
+    text = pattern.strip()
+    if not text:
+        raise PatternError("enter an address, @domain or *.domain")
+    if len(text) > 320:
+        raise PatternError("the pattern is too long")
+    if text.startswith("*."):
+        return "*." + normalize_domain(text[2:])
+    if text.startswith("@"):
+        return "@" + normalize_domain(text[1:])
+    if "*" in text:
+        raise PatternError("a wildcard is only allowed as '*.domain'")
+    return normalize_address(text)
+
+
+def sender_addresses(envelope_sender: str, header_from: str | None) -> list[tuple[str, str]]:
+    """(source, normalized address) pairs to match: envelope sender, then header From."""
+    found: list[tuple[str, str]] = []
+    candidates: list[tuple[str, str]] = [("envelope", envelope_sender)]
+    if header_from:
+        candidates += [("from", addr) for _, addr in getaddresses([header_from])[:5]]
+    for source, addr in candidates:
+        try:
+            norm = normalize_address(addr)
+        except PatternError:
+            continue
+        if (source, norm) not in found:
+            found.append((source, norm))
+    return found
+
+
+def matches(pattern: str, address: str) -> bool:
+    """Does a normalized pattern match a normalized address?"""
+    domain = address.rsplit("@", 1)[-1]
+    if pattern.startswith("*."):
+        base = pattern[2:]
+        return domain == base or domain.endswith("." + base)
+    if pattern.startswith("@"):
+        return domain == pattern[1:]
+    return address == pattern
+
+
+@dataclass(frozen=True)
+class ListEntry:
+    """One list entry; ``owner`` is an address, or None for the global lists."""
+
+    id: int
+    owner: str | None
+    kind: str
+    pattern: str
+    comment: str = ""
+
+
+@dataclass(frozen=True)
+class Match:
+    entry: ListEntry
+    source: str  # "envelope" or "from"
+    address: str
+
+    def describe(self) -> str:
+        scope = self.entry.owner or "global"
+        return f"{scope} {self.entry.kind} #{self.entry.id} {self.entry.pattern} ~ {self.source} {self.address}"
+
+
+class ListIndex:
+    """All list entries, indexed for quick lookups by owner."""
+
+    def __init__(self, entries: Iterable[ListEntry]) -> None:
+        self._by_owner: dict[str | None, list[ListEntry]] = {}
+        for entry in entries:
+            self._by_owner.setdefault(entry.owner, []).append(entry)
+
+    def find(self, owner: str | None, kind: str,
+             senders: list[tuple[str, str]]) -> Match | None:
+        """First entry of ``owner``'s ``kind`` list that matches any sender."""
+        for entry in self._by_owner.get(owner, ()):
+            if entry.kind != kind:
+                continue
+            for source, address in senders:
+                if matches(entry.pattern, address):
+                    return Match(entry, source, address)
+        return None
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self._by_owner.values())

@@ -1,0 +1,302 @@
+"""Raw RFC 5322 / MIME bytes -> ParsedMessage.
+
+``parse()`` never raises on message content: it reads what it can and records
+what was wrong in ``defects`` (which the tokenizer turns into features).  Work
+is bounded: only the first ``max_bytes`` are parsed, MIME nesting is cut at
+``MAX_DEPTH`` and each decoded part is capped, so hostile input costs bounded
+time and memory.
+"""
+
+from __future__ import annotations
+
+import binascii
+import email
+import email.errors
+import email.header
+import email.message
+import html
+import quopri
+import re
+from dataclasses import dataclass, field
+from html.parser import HTMLParser
+
+MAX_BYTES = 2 * 1024 * 1024
+MAX_DEPTH = 40
+MAX_PARTS = 200
+MAX_PART_TEXT = 512 * 1024
+MAX_HEADER_VALUE = 8192
+
+_URL_RE = re.compile(rb"(?i)\b(?:https?://|www\.)[^\s<>\"'()\[\]{}]{1,400}")
+_URL_TEXT_RE = re.compile(r"(?i)\b(?:https?://|www\.)[^\s<>\"'()\[\]{}]{1,400}")
+_HOST_RE = re.compile(r"(?i)^(?:https?://)?([^/:?#@\s]+@)?([^/:?#\s]+)")
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """A non-text MIME part (or a text part with a file name)."""
+
+    filename: str
+    content_type: str
+    size: int
+
+
+@dataclass
+class ParsedMessage:
+    """What the filter knows about a message after parsing."""
+
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    text: str = ""
+    html_text: str = ""
+    html_tags: dict[str, int] = field(default_factory=dict)
+    html_features: list[str] = field(default_factory=list)
+    urls: list[str] = field(default_factory=list)
+    attachments: list[Attachment] = field(default_factory=list)
+    content_types: list[str] = field(default_factory=list)
+    charsets: list[str] = field(default_factory=list)
+    encodings: list[str] = field(default_factory=list)
+    defects: list[str] = field(default_factory=list)
+    size: int = 0
+
+    def header(self, name: str) -> str | None:
+        """First value of header ``name`` (case-insensitive), or None."""
+        lname = name.lower()
+        for key, value in self.headers:
+            if key.lower() == lname:
+                return value
+        return None
+
+    def header_all(self, name: str) -> list[str]:
+        lname = name.lower()
+        return [value for key, value in self.headers if key.lower() == lname]
+
+
+def url_host(url: str) -> str:
+    """Host part of a URL as found in text (lower-case, no port, no user)."""
+    match = _HOST_RE.match(url.strip())
+    if not match:
+        return ""
+    return match.group(2).lower().rstrip(".")
+
+
+def decode_header_value(raw: str) -> tuple[str, list[str]]:
+    """Decode RFC 2047 encoded words; returns (text, defects)."""
+    defects: list[str] = []
+    raw = raw[:MAX_HEADER_VALUE]
+    if "=?" not in raw:
+        return " ".join(raw.split()), defects
+    try:
+        pieces = email.header.decode_header(raw)
+    except (email.errors.HeaderParseError, ValueError, LookupError):
+        return " ".join(raw.split()), ["header-undecodable"]
+    out: list[str] = []
+    for chunk, charset in pieces:
+        if isinstance(chunk, str):
+            out.append(chunk)
+            continue
+        text, bad = decode_bytes(chunk, charset)
+        if bad:
+            defects.append("header-charset")
+        out.append(text)
+    return " ".join("".join(out).split()), defects
+
+
+def decode_bytes(data: bytes, charset: str | None) -> tuple[str, bool]:
+    """Decode with the declared charset, falling back; returns (text, was_bad)."""
+    bad = False
+    if charset:
+        cs = charset.strip().strip('"').lower()
+        try:
+            return data.decode(cs), False
+        except LookupError:
+            bad = True
+        except UnicodeDecodeError:
+            bad = True
+            try:
+                return data.decode(cs, errors="replace"), True
+            except LookupError:
+                pass
+    try:
+        return data.decode("utf-8"), bad
+    except UnicodeDecodeError:
+        return data.decode("latin-1"), True
+
+
+class _HTMLText(HTMLParser):
+    """Collect visible text, tag counts, link targets and markup oddities."""
+
+    _SKIP = {"script", "style", "head", "title"}
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.text: list[str] = []
+        self.tags: dict[str, int] = {}
+        self.urls: list[str] = []
+        self.features: list[str] = []
+        self._skip_depth = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags[tag] = self.tags.get(tag, 0) + 1
+        if tag in self._SKIP:
+            self._skip_depth += 1
+        for name, value in attrs:
+            if value is None:
+                continue
+            if name in ("href", "src", "action", "background"):
+                value = value.strip()
+                if value.lower().startswith(("http://", "https://", "www.")):
+                    self.urls.append(value)
+                elif value.lower().startswith("mailto:"):
+                    self.features.append("mailto")
+                if name == "src" and tag == "img":
+                    self.features.append("img-remote" if "://" in value else "img-local")
+            elif name == "style":
+                low = value.lower().replace(" ", "")
+                if "display:none" in low or "visibility:hidden" in low:
+                    self.features.append("hidden-style")
+                if "font-size:0" in low or "font-size:1px" in low:
+                    self.features.append("tiny-font")
+            elif name == "color" and tag == "font":
+                self.features.append(f"font-color:{value.lower()[:10]}")
+            elif name == "size" and tag == "font":
+                self.features.append(f"font-size:{value.strip()[:4]}")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in self._SKIP and self._skip_depth:
+            self._skip_depth -= 1
+
+    def handle_data(self, data: str) -> None:
+        if not self._skip_depth:
+            self.text.append(data)
+
+    def handle_comment(self, data: str) -> None:
+        self.features.append("comment")
+
+
+def html_to_text(markup: str) -> tuple[str, dict[str, int], list[str], list[str]]:
+    """(visible text, tag counts, urls, markup features) of an HTML document."""
+    parser = _HTMLText()
+    try:
+        parser.feed(markup)
+        parser.close()
+    except (AssertionError, ValueError):  # html.parser's way to give up on garbage
+        parser.features.append("html-unparsable")
+    return " ".join(parser.text), parser.tags, parser.urls, parser.features
+
+
+def _payload_bytes(part: email.message.Message, defects: list[str]) -> bytes:
+    """The decoded body of a leaf part, never raising on bad transfer encodings."""
+    raw = part.get_payload(decode=False)
+    if not isinstance(raw, str):
+        return b""
+    cte = str(part.get("content-transfer-encoding", "")).strip().lower()
+    data = raw.encode("utf-8", "surrogateescape")
+    if cte == "base64":
+        cleaned = re.sub(rb"[^A-Za-z0-9+/=]", b"", data)
+        cleaned = cleaned.split(b"=", 1)[0]
+        cleaned = cleaned[: len(cleaned) - len(cleaned) % 4]
+        try:
+            decoded = binascii.a2b_base64(cleaned + b"=" * (-len(cleaned) % 4))
+        except binascii.Error:
+            defects.append("bad-base64")
+            return b""
+        if len(cleaned) * 3 // 4 + 3 < len(re.sub(rb"\s", b"", data)) * 3 // 4:
+            defects.append("bad-base64")
+        return decoded
+    if cte == "quoted-printable":
+        return quopri.decodestring(data)
+    if cte and cte not in ("7bit", "8bit", "binary"):
+        defects.append("unknown-cte")
+    return data
+
+
+def _leaves(root: email.message.Message, defects: list[str]) -> list[tuple[email.message.Message, int]]:
+    """Leaf parts of a MIME tree, iteratively, bounded in depth and count."""
+    leaves: list[tuple[email.message.Message, int]] = []
+    stack: list[tuple[email.message.Message, int]] = [(root, 0)]
+    seen = 0
+    while stack:
+        part, depth = stack.pop()
+        seen += 1
+        if seen > MAX_PARTS:
+            defects.append("too-many-parts")
+            break
+        if part.is_multipart():
+            if depth >= MAX_DEPTH:
+                defects.append("too-deep")
+                continue
+            payload = part.get_payload()
+            if isinstance(payload, list):
+                stack.extend((child, depth + 1) for child in reversed(payload))
+        else:
+            leaves.append((part, depth))
+    return leaves
+
+
+def parse(raw: bytes, max_bytes: int = MAX_BYTES) -> ParsedMessage:
+    """Parse ``raw`` into a ParsedMessage; never raises on message content."""
+    msg = ParsedMessage(size=len(raw))
+    if not raw.strip():
+        msg.defects.append("empty")
+        return msg
+    if len(raw) > max_bytes:
+        msg.defects.append("truncated")
+        raw = raw[:max_bytes]
+    if b"\x00" in raw:
+        msg.defects.append("nul-bytes")
+        raw = raw.replace(b"\x00", b"")
+    if raw.startswith(b"From ") and b"\n" in raw:  # mbox separator line
+        raw = raw.split(b"\n", 1)[1]
+    root = email.message_from_bytes(raw)
+    for defect in root.defects:
+        msg.defects.append(type(defect).__name__)
+    for name, value in root.items():
+        if not isinstance(value, str):
+            value = str(value)
+        if any(ord(c) > 127 for c in value):
+            msg.defects.append("8bit-header")
+            value = value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        text, bad = decode_header_value(value)
+        msg.defects.extend(bad)
+        msg.headers.append((name, text))
+    text_parts: list[str] = []
+    html_parts: list[str] = []
+    for part, _depth in _leaves(root, msg.defects):
+        for defect in part.defects:
+            msg.defects.append(type(defect).__name__)
+        ctype = part.get_content_type()
+        msg.content_types.append(ctype)
+        cte = str(part.get("content-transfer-encoding", "")).strip().lower()
+        if cte:
+            msg.encodings.append(cte[:20])
+        try:
+            filename = part.get_filename()
+        except (LookupError, ValueError, TypeError):
+            filename = "?"
+            msg.defects.append("bad-filename")
+        if filename:
+            filename, bad = decode_header_value(filename)
+            msg.defects.extend(bad)
+        body = _payload_bytes(part, msg.defects)
+        if filename or not ctype.startswith("text/"):
+            msg.attachments.append(Attachment(filename or "", ctype, len(body)))
+            continue
+        charset = part.get_content_charset()
+        if charset:
+            msg.charsets.append(charset[:30])
+        decoded, bad = decode_bytes(body[:MAX_PART_TEXT], charset)
+        if bad:
+            msg.defects.append("body-charset")
+        if ctype == "text/html":
+            html_parts.append(decoded)
+        else:
+            text_parts.append(decoded)
+    msg.text = "\n".join(text_parts)
+    for markup in html_parts:
+        visible, tags, urls, features = html_to_text(markup)
+        msg.html_text += html.unescape(visible) + "\n"
+        for tag, count in tags.items():
+            msg.html_tags[tag] = msg.html_tags.get(tag, 0) + count
+        msg.urls.extend(urls)
+        msg.html_features.extend(features)
+    msg.urls.extend(_URL_TEXT_RE.findall(msg.text))
+    return msg

@@ -1,0 +1,187 @@
+"""ParsedMessage -> the set of features the classifier scores.
+
+Tokens are scoped by where they come from (``subject:``, ``from:``, ``url:``,
+``received:`` ...) because the same word means different things in different
+places.  Body words are case-folded; over-long words become a ``skip:`` token
+that keeps their first character and rough length; URLs give their host and
+every parent domain; markup, attachments, charsets and parser defects give
+tokens of their own.  Ideas were kept only when they improved (1-AUC) on the
+standard split (see docs/classifier.md).
+"""
+
+from __future__ import annotations
+
+import re
+
+from stronghold.message import ParsedMessage, url_host
+
+MAX_TEXT = 200_000
+MIN_WORD = 3
+MAX_WORD = 12
+
+_WORD_SPLIT = re.compile(r"\s+")
+_STRIP = "\"'()[]{}<>.,;:!?*-_=+|\\/`~^"
+_ADDR_RE = re.compile(r"([\w.+-]+)@([\w-]+(?:\.[\w-]+)+)")
+_IP_RE = re.compile(r"\b(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})\b")
+_HOSTNAME_RE = re.compile(r"\b((?:[a-z0-9-]+\.)+[a-z]{2,})\b")
+_HEADER_WORD = re.compile(r"[\w$%&@.!'+-]{2,40}")
+_URL_PIECES = re.compile(r"[/?=&._~%:#+-]+")
+
+# Headers whose values are tokenized word by word, under their own name.
+_ADDRESS_HEADERS = ("from", "to", "cc", "reply-to", "sender", "return-path", "errors-to")
+_SKIP_HEADERS = {"date", "delivered-to", "x-spam-status", "x-spam-flag", "x-spam-score",
+                 "x-spam-level", "x-spam-checker-version", "x-spam-report", "x-spam-prev-subject",
+                 "x-stronghold-queue-id"}
+
+
+def _word_tokens(text: str, prefix: str, out: set[str]) -> None:
+    for raw in _WORD_SPLIT.split(text[:MAX_TEXT]):
+        word = raw.strip(_STRIP)
+        n = len(word)
+        if n < MIN_WORD:
+            continue
+        if n <= MAX_WORD:
+            out.add(prefix + word.lower())
+            if word.isupper() and n > 3 and word.isalpha():
+                out.add(prefix + "UPPER")
+        elif "@" in word and _ADDR_RE.search(word):
+            for user, domain in _ADDR_RE.findall(word):
+                out.add(prefix + "email-user:" + user.lower()[:20])
+                _domain_tokens(domain.lower(), prefix + "email-domain:", out)
+        elif word.lower().startswith(("http", "www.")):
+            continue  # URLs are tokenized from msg.urls
+        else:
+            out.add(f"{prefix}skip:{word[0].lower()} {n // 10 * 10}")
+
+
+def _domain_tokens(host: str, prefix: str, out: set[str]) -> None:
+    """``a.b.example.com`` -> the host and each parent domain."""
+    if _IP_RE.fullmatch(host):
+        out.add(prefix + "ip")
+        a, b, c, _ = host.split(".")
+        out.add(f"{prefix}{a}.{b}.{c}")
+        return
+    parts = host.split(".")
+    for i in range(max(0, len(parts) - 4), len(parts) - 1):
+        out.add(prefix + ".".join(parts[i:]))
+
+
+def _url_tokens(urls: list[str], out: set[str]) -> None:
+    for url in urls[:100]:
+        low = url.lower()
+        out.add("proto:" + ("https" if low.startswith("https") else "http"))
+        host = url_host(low)
+        if host:
+            _domain_tokens(host, "url:", out)
+        authority = low.split("/", 3)[2] if low.count("/") >= 2 else ""
+        if "@" in authority:
+            out.add("url:userinfo")
+        if "%" in low:
+            out.add("url:escaped")
+        path = low.split(host, 1)[-1] if host else low
+        for piece in _URL_PIECES.split(path)[:20]:
+            if 2 < len(piece) <= MAX_WORD:
+                out.add("urlpath:" + piece)
+
+
+def _address_header(name: str, value: str, out: set[str]) -> None:
+    low = value.lower()
+    addrs = _ADDR_RE.findall(low)
+    if not addrs:
+        out.add(f"{name}:no-address")
+    for user, domain in addrs[:10]:
+        out.add(f"{name}:addr:{user[:30]}@{domain}")
+        _domain_tokens(domain, f"{name}:domain:", out)
+    display = value.split("<", 1)[0] if "<" in value else ""
+    for word in _HEADER_WORD.findall(display):
+        out.add(f"{name}:name:{word.lower()}")
+    if len(addrs) > 1:
+        out.add(f"{name}:count:{min(len(addrs), 10) // 3}")
+
+
+def _received(value: str, out: set[str]) -> None:
+    low = value.lower()
+    for host in _HOSTNAME_RE.findall(low)[:10]:
+        _domain_tokens(host, "received:", out)
+    for ip in _IP_RE.findall(low)[:5]:
+        out.add("received:ip:" + ".".join(ip[:3]))
+    for word in ("esmtp", "smtp", "imap", "localhost", "unknown", "qmail", "postfix", "sendmail",
+                 "exim", "microsoft", "authenticated", "[127.0.0.1]", "helo"):
+        if word in low:
+            out.add("received:" + word)
+
+
+def _headers(msg: ParsedMessage, out: set[str]) -> None:
+    counts: dict[str, int] = {}
+    for name, value in msg.headers:
+        key = name.lower().strip()[:40]
+        counts[key] = counts.get(key, 0) + 1
+        if key in _SKIP_HEADERS:
+            continue
+        if key == "subject":
+            _word_tokens(value, "subject:", out)
+            for run in re.findall(r"[!$%*?]{1,}", value):
+                out.add("subject:punct:" + run[:3])
+            if value.isupper() and len(value) > 5:
+                out.add("subject:ALLCAPS")
+        elif key in _ADDRESS_HEADERS:
+            _address_header(key, value, out)
+        elif key == "received":
+            _received(value, out)
+        elif key == "message-id":
+            m = re.search(r"@([^>\s]+)", value)
+            out.add("message-id:@" + (m.group(1).lower()[:40] if m else "none"))
+        elif key in ("x-mailer", "user-agent", "x-mimeole", "x-msmail-priority", "importance",
+                     "x-priority", "content-type", "mime-version", "precedence", "list-id"):
+            out.add(f"{key}:{' '.join(value.lower().split())[:60]}")
+            for word in _HEADER_WORD.findall(value.lower())[:20]:
+                out.add(f"{key}:w:{word}")
+        else:
+            for word in _HEADER_WORD.findall(value.lower())[:20]:
+                out.add(f"{key}:w:{word}")
+    for key, count in counts.items():
+        out.add(f"header:{key}:{min(count, 5)}")
+    if not msg.header("message-id"):
+        out.add("header:no-message-id")
+    if not msg.header("date"):
+        out.add("header:no-date")
+
+
+def _structure(msg: ParsedMessage, out: set[str]) -> None:
+    for ctype in msg.content_types[:50]:
+        out.add("part:" + ctype)
+    for charset in msg.charsets:
+        out.add("charset:" + charset.lower())
+    for cte in msg.encodings:
+        out.add("cte:" + cte)
+    for att in msg.attachments[:50]:
+        out.add("att:type:" + att.content_type)
+        if "." in att.filename:
+            out.add("att:ext:" + att.filename.rsplit(".", 1)[1].lower()[:10])
+    for defect in msg.defects:
+        out.add("defect:" + defect)
+    for tag, count in msg.html_tags.items():
+        out.add("tag:" + tag[:20])
+        if count > 10:
+            out.add(f"tag:{tag[:20]}:many")
+    for feature in msg.html_features:
+        out.add("html:" + feature)
+    if msg.html_tags and not msg.text.strip():
+        out.add("html:only")
+    out.add(f"size:{min(msg.size.bit_length(), 24)}")
+    out.add(f"urls:{min(len(msg.urls), 20) // 4}")
+
+
+def features(msg: ParsedMessage) -> set[str]:
+    """All feature tokens of a parsed message (a set: presence, not counts)."""
+    out: set[str] = set()
+    _headers(msg, out)
+    _word_tokens(msg.text, "", out)
+    _word_tokens(msg.html_text, "", out)
+    _url_tokens(msg.urls, out)
+    _structure(msg, out)
+    body = msg.text + msg.html_text
+    if body:
+        nonascii = sum(1 for c in body[:20000] if ord(c) > 127)
+        out.add(f"8bit%:{min(100, nonascii * 100 // max(1, len(body[:20000]))) // 10}")
+    return out

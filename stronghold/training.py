@@ -1,0 +1,243 @@
+"""Corpora in, models and evaluation figures out.
+
+A corpus path may be a maildir (``cur/`` and ``new/``), an mbox file, a folder
+of message files (searched recursively) or one message file.  An index file
+holds ``spam PATH`` / ``ham PATH`` lines, paths relative to the index's folder
+unless absolute (the TREC spam-track layout).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import mailbox
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from stronghold.classifier import Model, ModelError, Params
+from stronghold.message import parse
+from stronghold.tokens import features
+
+TARGET_FP_RATE = 0.0005  # the threshold is set so out-of-fold ham errs at most this often
+CV_FOLDS = 4
+
+
+class CorpusError(Exception):
+    """A corpus path or index cannot be used (one-line message)."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One labelled message: where it came from and its raw bytes."""
+
+    source: str
+    is_spam: bool
+    raw: bytes
+
+
+def _is_mbox(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(5) == b"From " and path.suffix not in (".eml", ".txt")
+
+
+def iter_messages(path: Path) -> Iterator[tuple[str, bytes]]:
+    """(source, raw bytes) of every message under ``path``."""
+    path = Path(path)
+    if not path.exists():
+        raise CorpusError(f"{path}: no such file or folder")
+    if path.is_dir():
+        if (path / "cur").is_dir() and (path / "new").is_dir():
+            for sub in ("new", "cur"):
+                for item in sorted((path / sub).iterdir()):
+                    if item.is_file():
+                        yield str(item), item.read_bytes()
+            return
+        for item in sorted(path.rglob("*")):
+            if item.is_file() and not item.name.startswith("."):
+                yield str(item), item.read_bytes()
+        return
+    try:
+        is_mbox = _is_mbox(path)
+    except OSError as exc:
+        raise CorpusError(f"{path}: {exc.strerror}") from exc
+    if is_mbox:
+        box = mailbox.mbox(str(path), create=False)
+        for key in box.keys():
+            yield f"{path}#{key}", box.get_bytes(key)
+        return
+    yield str(path), path.read_bytes()
+
+
+def read_index(index: Path) -> list[tuple[bool, Path]]:
+    """(is_spam, path) pairs of a TREC-style index file."""
+    try:
+        lines = Path(index).read_text().splitlines()
+    except OSError as exc:
+        raise CorpusError(f"{index}: {exc.strerror}") from exc
+    entries: list[tuple[bool, Path]] = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        parts = line.split(None, 1)
+        if len(parts) != 2 or parts[0].lower() not in ("spam", "ham"):
+            raise CorpusError(f"{index}:{number}: expected 'spam PATH' or 'ham PATH'")
+        target = Path(parts[1].strip())
+        if not target.is_absolute():
+            target = Path(index).parent / target
+        entries.append((parts[0].lower() == "spam", target))
+    return entries
+
+
+def collect(ham: Sequence[Path] = (), spam: Sequence[Path] = (),
+            index: Path | None = None) -> Iterator[Sample]:
+    """Every labelled message named by the arguments."""
+    for is_spam, paths in ((False, ham), (True, spam)):
+        for path in paths:
+            for source, raw in iter_messages(path):
+                yield Sample(source, is_spam, raw)
+    if index is not None:
+        for is_spam, path in read_index(index):
+            for source, raw in iter_messages(path):
+                yield Sample(source, is_spam, raw)
+
+
+def tokenize(raw: bytes) -> set[str]:
+    return features(parse(raw))
+
+
+def in_holdout(source: str, fraction: float) -> bool:
+    """Deterministic split by the name of the message."""
+    if fraction <= 0:
+        return False
+    name = Path(source.split("#", 1)[0]).name + source.partition("#")[2]
+    bucket = int(hashlib.md5(name.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    return bucket < fraction
+
+
+@dataclass
+class Evaluation:
+    """Ranking and error figures of scores against labels."""
+
+    n_ham: int
+    n_spam: int
+    one_minus_auc_pct: float
+    fp_rate: float
+    fn_rate: float
+    fn_rate_at_fp_0_1pct: float
+    threshold: float
+
+    def as_dict(self) -> dict[str, float]:
+        return {k: float(v) for k, v in self.__dict__.items()}
+
+
+def evaluate(scores: Sequence[float], labels: Sequence[bool], threshold: float) -> Evaluation:
+    """(1-AUC)%, error rates at ``threshold`` and FN rate at <=0.1% FP."""
+    s = np.asarray(scores, dtype=float)
+    y = np.asarray(labels, dtype=bool)
+    ham, spam = s[~y], s[y]
+    if len(ham) == 0 or len(spam) == 0:
+        raise CorpusError("evaluation needs both ham and spam")
+    # AUC by ranks (Mann-Whitney), ties counted half
+    order = np.argsort(np.concatenate([ham, spam]), kind="mergesort")
+    ranks = np.empty(len(order))
+    values = np.concatenate([ham, spam])[order]
+    i = 0
+    while i < len(values):
+        j = i
+        while j + 1 < len(values) and values[j + 1] == values[i]:
+            j += 1
+        ranks[order[i:j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    spam_ranks = ranks[len(ham):].sum()
+    auc = (spam_ranks - len(spam) * (len(spam) + 1) / 2) / (len(ham) * len(spam))
+    allowed = int(len(ham) * 0.001)
+    cut = np.sort(ham)[::-1][allowed] if allowed < len(ham) else -np.inf
+    return Evaluation(
+        n_ham=len(ham), n_spam=len(spam),
+        one_minus_auc_pct=(1 - auc) * 100,
+        fp_rate=float((ham >= threshold).mean()),
+        fn_rate=float((spam < threshold).mean()),
+        fn_rate_at_fp_0_1pct=float((spam <= cut).mean()),
+        threshold=threshold,
+    )
+
+
+def calibrate_threshold(token_sets: Sequence[set[str]], labels: Sequence[bool],
+                        params: Params, target_fp: float = TARGET_FP_RATE) -> float:
+    """Spam threshold from out-of-fold scores of the training set.
+
+    The threshold sits just above the ham score that out-of-fold ham exceeds
+    at most ``target_fp`` of the time, and never below 0.5.
+    """
+    y = np.asarray(labels, dtype=bool)
+    folds = np.arange(len(y)) % CV_FOLDS
+    ham_scores: list[float] = []
+    for fold in range(CV_FOLDS):
+        train_idx = np.flatnonzero(folds != fold)
+        test_idx = np.flatnonzero(folds == fold)
+        if y[train_idx].all() or not y[train_idx].any():
+            continue
+        model = Model.train([token_sets[i] for i in train_idx], y[train_idx], params)
+        ham_scores.extend(model.score(token_sets[i]).probability for i in test_idx if not y[i])
+    if not ham_scores:
+        return 0.9
+    ranked = sorted(ham_scores, reverse=True)
+    allowed = int(len(ranked) * target_fp)
+    above = ranked[allowed] if allowed < len(ranked) else 0.5
+    return float(min(0.9999, max(0.5, math.ceil(above * 10000 + 1e-9) / 10000)))
+
+
+def training_set_digest(samples: Sequence[Sample]) -> str:
+    digest = hashlib.sha256()
+    for item in sorted(hashlib.sha256(s.raw).hexdigest() + ("s" if s.is_spam else "h")
+                       for s in samples):
+        digest.update(item.encode())
+    return digest.hexdigest()
+
+
+def train_model(samples: Sequence[Sample], holdout: float = 0.0,
+                params: Params | None = None,
+                progress: Callable[[Iterator[Sample]], Iterator[Sample]] | None = None,
+                calibrate: bool = True) -> tuple[Model, Evaluation | None]:
+    """Tokenize, fit, calibrate the threshold and (with a holdout) evaluate."""
+    params = params or Params()
+    train_sets: list[set[str]] = []
+    train_labels: list[bool] = []
+    held_sets: list[set[str]] = []
+    held_labels: list[bool] = []
+    train_samples: list[Sample] = []
+    iterator: Iterator[Sample] = iter(samples)
+    if progress is not None:
+        iterator = progress(iterator)
+    for sample in iterator:
+        tokens = tokenize(sample.raw)
+        if in_holdout(sample.source, holdout):
+            held_sets.append(tokens)
+            held_labels.append(sample.is_spam)
+        else:
+            train_sets.append(tokens)
+            train_labels.append(sample.is_spam)
+            train_samples.append(sample)
+    if not train_sets:
+        raise CorpusError("no messages to train on")
+    if all(train_labels) or not any(train_labels):
+        raise CorpusError("training needs both ham and spam; one class is missing")
+    try:
+        model = Model.train(train_sets, train_labels, params)
+    except ModelError as exc:
+        raise CorpusError(str(exc)) from exc
+    if calibrate:
+        model.passport.spam_threshold = calibrate_threshold(train_sets, train_labels, params)
+        model.passport.threshold_method = (
+            f"{CV_FOLDS}-fold out-of-fold ham scores, target FP rate {TARGET_FP_RATE}")
+    model.passport.training_set_sha256 = training_set_digest(train_samples)
+    evaluation = None
+    if held_sets and any(held_labels) and not all(held_labels):
+        scores = [model.score(t).probability for t in held_sets]
+        evaluation = evaluate(scores, held_labels, model.spam_threshold)
+        model.passport.evaluation = evaluation.as_dict()
+    return model, evaluation
+

@@ -1,0 +1,79 @@
+"""The values the engine returns: actions, per-recipient decisions, traces."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+
+class Action(str, Enum):
+    """What happens to a message (or to one recipient of it)."""
+
+    ACCEPT = "accept"
+    TAG = "tag"
+    QUARANTINE = "quarantine"
+    REJECT = "reject"
+    TEMPFAIL = "tempfail"
+
+    @property
+    def severity(self) -> int:
+        return _SEVERITY[self]
+
+
+_SEVERITY = {Action.ACCEPT: 0, Action.TAG: 1, Action.QUARANTINE: 2, Action.REJECT: 3,
+             Action.TEMPFAIL: 4}
+
+
+class Category(str, Enum):
+    """Why, in one word: what the UI filters on."""
+
+    CLEAN = "clean"
+    SPAM = "spam"
+    VIRUS = "virus"
+    BLOCKED = "blocked"
+    ALLOWED = "allowed"
+    ERROR = "error"
+
+
+@dataclass(frozen=True)
+class TraceStep:
+    """One step of the precedence table and what it saw."""
+
+    step: str
+    outcome: str
+    detail: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.step}={self.outcome}" + (f"({self.detail})" if self.detail else "")
+
+
+@dataclass(frozen=True)
+class RecipientDecision:
+    recipient: str
+    action: Action
+    category: Category
+    reason: str
+    trace: tuple[TraceStep, ...] = ()
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The engine's answer for a whole message."""
+
+    action: Action
+    category: Category
+    score: float | None
+    threshold: float | None
+    virus: str | None
+    decisions: tuple[RecipientDecision, ...]
+    trace: tuple[TraceStep, ...]
+    reasons: tuple[str, ...] = ()
+    smtp_reply: tuple[str, str, str] | None = None  # (code, xcode, text) for reject/tempfail
+    drop_recipients: tuple[str, ...] = ()  # removed after DATA, each logged as blocked
+    headers: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+    subject_prefix: str = ""
+
+    @property
+    def summary(self) -> str:
+        """The trace as one line, for logs and X-Spam-Status."""
+        return " ".join(str(step) for step in self.trace)
