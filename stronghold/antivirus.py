@@ -6,7 +6,6 @@ A scanner returns a ScanResult or raises ScannerError; it never reports
 
 from __future__ import annotations
 
-import socket
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
@@ -62,7 +61,7 @@ class ClamdScanner:
             result = client.scan_stream(stream, chunk_size=64 * 1024)
         except pyclamd.BufferTooLongError as exc:
             raise ScannerError(f"clamd refused the stream as too long: {exc}") from exc
-        except (pyclamd.ConnectionError, OSError, socket.timeout) as exc:
+        except (TimeoutError, pyclamd.ConnectionError, OSError) as exc:
             raise ScannerError(f"clamd at {self.address} unreachable: {exc}") from exc
         finally:
             if client is not None and getattr(client, "clamd_socket", None) is not None:

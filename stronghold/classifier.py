@@ -113,7 +113,7 @@ def token_indices(tokens: Sequence[str]) -> np.ndarray:
     return _HASHER.transform([[t] for t in tokens]).indices
 
 
-def feature_matrix(token_sets: Iterable[Iterable[str]]):  # noqa: ANN201 - scipy sparse
+def feature_matrix(token_sets: Iterable[Iterable[str]]):
     """Binary message-by-bucket matrix for training."""
     matrix = _HASHER.transform(list(t) for t in token_sets)
     matrix.data[:] = 1.0

@@ -11,6 +11,7 @@ import traceback
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+from stronghold import cli_admin, cli_services
 from stronghold import config as config_mod
 from stronghold.classifier import Model, ModelError, read_passport
 from stronghold.config import Config, ConfigError
@@ -23,8 +24,8 @@ class UsageError(Exception):
     """The command line asks for something that cannot be done."""
 
 
-KNOWN_ERRORS: tuple[type[Exception], ...] = (ConfigError, ModelError, CorpusError, UsageError)
-_extra_errors: list[type[Exception]] = []
+KNOWN_ERRORS: tuple[type[Exception], ...] = (ConfigError, ModelError, CorpusError, UsageError,
+                                              *cli_services.KNOWN_ERRORS, *cli_admin.KNOWN_ERRORS)
 Handler = Callable[[argparse.Namespace, Config], int]
 
 
@@ -194,24 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     pi.add_argument("--json", action="store_true")
     pi.set_defaults(func=cmd_model_info)
 
-    for register in _extensions():
-        register(sub)
+    cli_services.register(sub)
+    cli_admin.register(sub)
     return parser
-
-
-def _extensions() -> list[Callable[[argparse._SubParsersAction], None]]:
-    """Subcommands defined beside the modules they drive (store, milter, web)."""
-    found = []
-    for module_name in ("stronghold.cli_admin", "stronghold.cli_services"):
-        try:
-            module = __import__(module_name, fromlist=["register"])
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
-            continue
-        found.append(module.register)
-        _extra_errors.extend(getattr(module, "KNOWN_ERRORS", ()))
-    return found
 
 
 def setup_logging(verbose: bool) -> None:
@@ -226,7 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = config_mod.load(Path(args.config) if args.config else None)
         return int(args.func(args, cfg))
-    except KNOWN_ERRORS + tuple(_extra_errors) as exc:
+    except KNOWN_ERRORS as exc:
         if args.traceback:
             traceback.print_exc()
         print(f"stronghold: error: {exc}", file=sys.stderr)

@@ -60,7 +60,7 @@ def _non_negative(value: Any) -> float:
 
 def _socket(value: Any) -> str:
     text = str(value)
-    if not re.fullmatch(r"unix:/.+|inet6?:\d{1,5}(@[\w.:\[\]-]+)?", text):
+    if text and not re.fullmatch(r"unix:/.+|inet6?:\d{1,5}(@[\w.:\[\]-]+)?", text):
         raise ValueError("must be unix:/PATH or inet:PORT@HOST")
     return text
 
@@ -106,7 +106,10 @@ SETTINGS: dict[str, Setting] = {
     "models_dir": Setting(ROOT / "models", _path, "the only folder models are loaded from"),
     "model": Setting("model.joblib", _text, "model file name inside models_dir"),
     "database_url": Setting("", _text, "SQLAlchemy URL; empty means SQLite in data_dir"),
-    "milter_socket": Setting("inet:8891@127.0.0.1", _socket, "where the milter listens"),
+    "milter_socket": Setting("", _socket,
+                             "unix:/PATH or inet:PORT@HOST; empty: unix socket data_dir/milter.sock"),
+    "milter_socket_group": Setting("postfix", _text,
+                                   "group given the unix socket (mode 0660) so Postfix can connect"),
     "milter_workers": Setting(2, _positive_int, "pre-forked milter processes (one per core)"),
     "milter_timeout": Setting(600, _positive_int, "seconds libmilter waits on Postfix"),
     "clamd_socket": Setting("unix:/run/clamav/clamd.ctl", _clamd, "clamd: unix:/PATH, tcp:HOST:PORT or none"),
@@ -146,6 +149,7 @@ class Config:
     model: str
     database_url: str
     milter_socket: str
+    milter_socket_group: str
     milter_workers: int
     milter_timeout: int
     clamd_socket: str

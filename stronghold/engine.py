@@ -28,13 +28,9 @@ from stronghold.classifier import Model, ModelError, Score
 from stronghold.config import Config
 from stronghold.lists import ALLOW, BLOCK, ListIndex, Match, sender_addresses
 from stronghold.message import ParsedMessage
+from stronghold.store.errors import StoreError
 from stronghold.tokens import features
 from stronghold.verdict import Action, Category, RecipientDecision, TraceStep, Verdict
-
-
-class StoreError(Exception):
-    """The list store could not be read."""
-
 
 REPLY_VIRUS = ("554", "5.7.0", "Message contains a virus: {name}")
 REPLY_SPAM = ("550", "5.7.1", "Message rejected as spam")
@@ -220,8 +216,6 @@ def combine(envelope: Envelope, decisions: list[RecipientDecision], trace: list[
     - everyone left quarantines: the message is held;
     - anyone left tags: the (single) delivered copy is tagged.
     """
-    for d in decisions:
-        trace.append(TraceStep("rcpt", f"{d.recipient}:{d.action.value}", d.reason))
     category = _message_category(decisions)
     if decisions and all(d.action is Action.REJECT for d in decisions):
         reply = REPLY_BLOCKED if all(d.category is Category.BLOCKED for d in decisions) else REPLY_SPAM
@@ -237,7 +231,7 @@ def combine(envelope: Envelope, decisions: list[RecipientDecision], trace: list[
     else:
         action = Action.ACCEPT
     is_spam = any(d.category is Category.SPAM for d in kept)
-    headers = _headers(is_spam, score, threshold, action, trace, reasons)
+    headers = _headers(is_spam, score, threshold, action, trace + _recipient_steps(kept), reasons)
     prefix = policy.subject_prefix if action is Action.TAG and is_spam else ""
     return Verdict(action, category, score, threshold, None, tuple(decisions), tuple(trace),
                    reasons, drop_recipients=dropped, headers=headers, subject_prefix=prefix)
@@ -253,6 +247,17 @@ def _message_category(decisions: list[RecipientDecision]) -> Category:
 
 
 SPAM_HEADERS = ("X-Spam-Flag", "X-Spam-Score", "X-Spam-Status")
+
+
+def _recipient_steps(kept: list[RecipientDecision]) -> list[TraceStep]:
+    """What the shared header may say about recipients: one recipient's own
+    steps, or for several only counts (their addresses and lists are private)."""
+    if len(kept) == 1:
+        return [*kept[0].trace, TraceStep("decision", kept[0].action.value, kept[0].reason)]
+    counts: dict[str, int] = {}
+    for d in kept:
+        counts[d.category.value] = counts.get(d.category.value, 0) + 1
+    return [TraceStep("recipients", ",".join(f"{n}_{c}" for c, n in sorted(counts.items())))]
 
 
 def _headers(is_spam: bool, score: float | None, threshold: float | None, action: Action,

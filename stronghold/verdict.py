@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 
-class Action(str, Enum):
+class Action(StrEnum):
     """What happens to a message (or to one recipient of it)."""
 
     ACCEPT = "accept"
@@ -24,7 +24,7 @@ _SEVERITY = {Action.ACCEPT: 0, Action.TAG: 1, Action.QUARANTINE: 2, Action.REJEC
              Action.TEMPFAIL: 4}
 
 
-class Category(str, Enum):
+class Category(StrEnum):
     """Why, in one word: what the UI filters on."""
 
     CLEAN = "clean"
@@ -75,5 +75,9 @@ class Verdict:
 
     @property
     def summary(self) -> str:
-        """The trace as one line, for logs and X-Spam-Status."""
-        return " ".join(str(step) for step in self.trace)
+        """Message steps then each recipient's decision, as one line for logs."""
+        parts = [str(step) for step in self.trace]
+        for d in self.decisions:
+            steps = "".join(f"[{s}]" for s in d.trace)
+            parts.append(f"rcpt=<{d.recipient}>:{d.action.value}({d.reason}){steps}")
+        return " ".join(parts)

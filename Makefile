@@ -1,0 +1,49 @@
+# Mail Stronghold: `make run` runs the product, `make test` runs the tests.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: deps venv corpus model test lint run stop bench bench-accuracy clean
+
+deps:
+	@scripts/install-deps.sh
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[dev]'
+	touch $@
+
+venv: deps $(VENV)/.installed
+
+corpus:
+	@python3 corpus/fetch.py
+
+models/model.joblib: | venv corpus
+	$(VENV)/bin/stronghold train --index corpus/data/index.train --model models/model.joblib
+
+model: models/model.joblib
+
+lint: venv
+	$(VENV)/bin/ruff check stronghold webui tests bench corpus
+
+test: venv corpus
+	$(VENV)/bin/ruff check stronghold webui tests bench corpus
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+run: venv corpus model
+	@scripts/stack.sh start
+
+stop:
+	@scripts/stack.sh stop
+
+bench-accuracy: venv corpus
+	$(PY) bench/accuracy.py
+
+bench: venv corpus
+	$(PY) bench/accuracy.py
+	$(PY) bench/throughput.py
+
+clean:
+	rm -rf $(VENV) var build *.egg-info

@@ -1,0 +1,201 @@
+"""`stronghold user …` and `stronghold list …`: scripting what admins do in the web UI."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import sys
+
+from stronghold.config import Config
+from stronghold.store import accounts
+from stronghold.store import entries as lists_store
+from stronghold.store.db import Store
+from stronghold.store.errors import EntryError, StoreError
+
+KNOWN_ERRORS = (StoreError, EntryError)
+
+
+def _store(cfg: Config) -> Store:
+    store = Store(cfg.db_url)
+    store.upgrade()
+    return store
+
+
+def _password(args: argparse.Namespace) -> str:
+    if getattr(args, "password_env", None):
+        value = os.environ.get(args.password_env, "")
+        if not value:
+            raise EntryError(f"environment variable {args.password_env} is empty")
+        return value
+    if not sys.stdin.isatty():
+        return sys.stdin.readline().rstrip("\n")
+    first = getpass.getpass("password: ")
+    if getpass.getpass("again: ") != first:
+        raise EntryError("the passwords differ")
+    return first
+
+
+def _user(session, login: str):
+    user = accounts.get_user(session, login)
+    if user is None:
+        raise EntryError(f"no user {login}")
+    return user
+
+
+def cmd_user_add(args: argparse.Namespace, cfg: Config) -> int:
+    with _store(cfg).session() as s:
+        user = accounts.add_user(s, args.login, _password(args), admin=args.admin)
+        for address in args.address or ():
+            accounts.assign_address(s, user, address)
+        print(f"user {user.login} ({user.role}) added"
+              + (f" with {', '.join(args.address)}" if args.address else ""))
+    return 0
+
+
+def cmd_user_passwd(args: argparse.Namespace, cfg: Config) -> int:
+    with _store(cfg).session() as s:
+        accounts.set_password(s, _user(s, args.login), _password(args))
+    print(f"password of {args.login} changed")
+    return 0
+
+
+def cmd_user_disable(args: argparse.Namespace, cfg: Config) -> int:
+    with _store(cfg).session() as s:
+        accounts.set_disabled(_user(s, args.login), not args.enable)
+    print(f"user {args.login} {'enabled' if args.enable else 'disabled'}")
+    return 0
+
+
+def cmd_user_rm(args: argparse.Namespace, cfg: Config) -> int:
+    with _store(cfg).session() as s:
+        accounts.delete_user(s, _user(s, args.login))
+    print(f"user {args.login} deleted")
+    return 0
+
+
+def cmd_user_address(args: argparse.Namespace, cfg: Config) -> int:
+    with _store(cfg).session() as s:
+        user = _user(s, args.login)
+        for address in args.add or ():
+            accounts.assign_address(s, user, address)
+        for address in args.rm or ():
+            accounts.release_address(s, user, address)
+        print(f"{user.login}: {', '.join(accounts.owned_addresses(user)) or '(no addresses)'}")
+    return 0
+
+
+def cmd_user_ls(args: argparse.Namespace, cfg: Config) -> int:
+    with _store(cfg).session() as s:
+        for user in accounts.all_users(s):
+            flags = " disabled" if user.disabled else ""
+            print(f"{user.login}\t{user.role}{flags}\t{' '.join(accounts.owned_addresses(user))}")
+    return 0
+
+
+def _owner(args: argparse.Namespace) -> str | None:
+    if args.owner in (None, "", "global"):
+        return None
+    return args.owner.strip().lower()
+
+
+def cmd_list_add(args: argparse.Namespace, cfg: Config) -> int:
+    with _store(cfg).session() as s:
+        entry = lists_store.add_entry(s, _owner(args), args.kind, args.pattern, args.comment or "")
+    print(f"#{entry.id} {entry.owner or 'global'} {entry.kind} {entry.pattern}")
+    return 0
+
+
+def cmd_list_rm(args: argparse.Namespace, cfg: Config) -> int:
+    with _store(cfg).session() as s:
+        owner = _owner(args)
+        if args.id is not None:
+            entry = lists_store.remove_entry(s, args.id, [owner])
+        else:
+            found = [e for e in lists_store.entries(s, owner, args.kind)
+                     if e.pattern == args.pattern.strip().lower()]
+            if not found:
+                raise EntryError(f"{args.pattern} is not on that list")
+            entry = lists_store.remove_entry(s, found[0].id, [owner])
+    print(f"removed #{entry.id} {entry.owner or 'global'} {entry.kind} {entry.pattern}")
+    return 0
+
+
+def cmd_list_ls(args: argparse.Namespace, cfg: Config) -> int:
+    with _store(cfg).session() as s:
+        for e in lists_store.entries(s, _owner(args), args.kind):
+            print(f"{e.id}\t{e.kind}\t{e.pattern}\t{e.comment}")
+    return 0
+
+
+def cmd_list_import(args: argparse.Namespace, cfg: Config) -> int:
+    text = sys.stdin.read() if args.file == "-" else open(args.file, encoding="utf-8").read()
+    with _store(cfg).session() as s:
+        added, problems = lists_store.import_csv(s, _owner(args), text, args.kind)
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    print(f"imported {added} entries, {len(problems)} refused")
+    return 0 if not problems else 1
+
+
+def cmd_list_export(args: argparse.Namespace, cfg: Config) -> int:
+    with _store(cfg).session() as s:
+        sys.stdout.write(lists_store.export_csv(lists_store.entries(s, _owner(args), args.kind)))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("user", help="manage users")
+    us = p.add_subparsers(dest="user_command", required=True, metavar="ACTION")
+    a = us.add_parser("add", help="create a user (password from a tty, stdin or --password-env)")
+    a.add_argument("login")
+    a.add_argument("--admin", action="store_true")
+    a.add_argument("--address", nargs="+", metavar="ADDR", help="addresses the user owns")
+    a.add_argument("--password-env", metavar="VAR", help="read the password from this variable")
+    a.set_defaults(func=cmd_user_add)
+    a = us.add_parser("passwd", help="set a user's password")
+    a.add_argument("login")
+    a.add_argument("--password-env", metavar="VAR")
+    a.set_defaults(func=cmd_user_passwd)
+    a = us.add_parser("disable", help="disable (or --enable) a user")
+    a.add_argument("login")
+    a.add_argument("--enable", action="store_true")
+    a.set_defaults(func=cmd_user_disable)
+    a = us.add_parser("rm", help="delete a user")
+    a.add_argument("login")
+    a.set_defaults(func=cmd_user_rm)
+    a = us.add_parser("address", help="give or take addresses")
+    a.add_argument("login")
+    a.add_argument("--add", nargs="+", metavar="ADDR")
+    a.add_argument("--rm", nargs="+", metavar="ADDR")
+    a.set_defaults(func=cmd_user_address)
+    us.add_parser("ls", help="list users").set_defaults(func=cmd_user_ls)
+
+    p = sub.add_parser("list", help="manage allow/block lists")
+    ls = p.add_subparsers(dest="list_command", required=True, metavar="ACTION")
+    owner_help = "the address whose list this is, or 'global' (default)"
+    a = ls.add_parser("add", help="add an entry")
+    a.add_argument("kind", choices=("allow", "block"))
+    a.add_argument("pattern", help="name@example.com, @example.com or *.example.com")
+    a.add_argument("--owner", help=owner_help)
+    a.add_argument("--comment")
+    a.set_defaults(func=cmd_list_add)
+    a = ls.add_parser("rm", help="remove an entry (by --id, or kind and pattern)")
+    a.add_argument("kind", nargs="?", choices=("allow", "block"))
+    a.add_argument("pattern", nargs="?")
+    a.add_argument("--id", type=int)
+    a.add_argument("--owner", help=owner_help)
+    a.set_defaults(func=cmd_list_rm)
+    a = ls.add_parser("ls", help="show entries")
+    a.add_argument("kind", nargs="?", choices=("allow", "block"))
+    a.add_argument("--owner", help=owner_help)
+    a.set_defaults(func=cmd_list_ls)
+    a = ls.add_parser("import", help="add entries from CSV (kind,pattern,comment)")
+    a.add_argument("file", help="CSV file or -")
+    a.add_argument("--kind", choices=("allow", "block"), help="for rows that have no kind column")
+    a.add_argument("--owner", help=owner_help)
+    a.set_defaults(func=cmd_list_import)
+    a = ls.add_parser("export", help="write entries as CSV")
+    a.add_argument("kind", nargs="?", choices=("allow", "block"))
+    a.add_argument("--owner", help=owner_help)
+    a.set_defaults(func=cmd_list_export)

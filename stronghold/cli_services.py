@@ -1,0 +1,83 @@
+"""`stronghold milter`, `stronghold web` and `stronghold db`: the long-running parts."""
+
+from __future__ import annotations
+
+import argparse
+import io
+
+from stronghold.antivirus import EICAR, ClamdScanner, ScannerError
+from stronghold.classifier import Model, ModelError
+from stronghold.config import Config
+from stronghold.store.db import Store
+from stronghold.store.errors import EntryError, StoreError
+
+KNOWN_ERRORS = (StoreError, EntryError, ScannerError)
+
+
+def check_config(cfg: Config) -> int:
+    """Print the settings and prove each dependency works; non-zero if one does not."""
+    from stronghold.milter_server import socket_spec
+    for name, value, help_text in cfg.describe():
+        shown = "(set)" if name == "web_secret_key" and value else value
+        print(f"{name} = {shown!s:40}  # {help_text}")
+    print(f"milter socket: {socket_spec(cfg)}")
+    problems = 0
+    try:
+        model = Model.load(cfg.model_path)
+        print(f"ok: model {cfg.model_path} (threshold {model.spam_threshold:.4f})")
+    except ModelError as exc:
+        print(f"FAIL: {exc}")
+        problems += 1
+    try:
+        store = Store(cfg.db_url)
+        store.ping()
+        print(f"ok: database {store.engine.url.render_as_string(hide_password=True)}")
+    except StoreError as exc:
+        print(f"FAIL: {exc}")
+        problems += 1
+    if cfg.clamd_socket == "none":
+        print("WARNING: clamd_socket = none: no virus scanning")
+    else:
+        scanner = ClamdScanner(cfg.clamd_socket, cfg.clamd_timeout)
+        try:
+            result = scanner.scan(io.BytesIO(EICAR))
+            if result.infected:
+                print(f"ok: clamd {cfg.clamd_socket} found the EICAR test string ({result.virus})")
+            else:
+                print(f"FAIL: clamd {cfg.clamd_socket} did not detect the EICAR test string")
+                problems += 1
+        except ScannerError as exc:
+            print(f"FAIL: {exc}")
+            problems += 1
+    return 1 if problems else 0
+
+
+def cmd_milter(args: argparse.Namespace, cfg: Config) -> int:
+    if args.check_config:
+        return check_config(cfg)
+    from stronghold.milter_server import serve
+    return serve(cfg)
+
+
+def cmd_web(args: argparse.Namespace, cfg: Config) -> int:
+    from webui.serve import serve
+    return serve(cfg)
+
+
+def cmd_db_upgrade(args: argparse.Namespace, cfg: Config) -> int:
+    store = Store(cfg.db_url)
+    revision = store.upgrade()
+    print(f"database at revision {revision}: {store.engine.url.render_as_string(hide_password=True)}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("milter", help="run the milter for Postfix")
+    p.add_argument("--check-config", action="store_true",
+                   help="print settings, check model, database and clamd (EICAR), then exit")
+    p.set_defaults(func=cmd_milter)
+    p = sub.add_parser("web", help="run the web UI")
+    p.set_defaults(func=cmd_web)
+    p = sub.add_parser("db", help="database schema")
+    dsub = p.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    dsub.add_parser("upgrade", help="apply migrations").set_defaults(func=cmd_db_upgrade)

@@ -1,0 +1,269 @@
+"""Private Postfix and clamd instances on loopback, for `make run`, tests and benchmarks.
+
+Each instance lives in its own folder (config, queue, logs, sockets) and is
+started and stopped without touching the system's services.  Readiness is
+probed (socket answers), never assumed after a sleep.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TEST_SIGNATURES = ROOT / "tests" / "clamav"
+SYSTEM_SIGNATURES = Path("/var/lib/clamav")
+
+
+class StackError(Exception):
+    """A local service could not be started or stopped (one-line message)."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(probe, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    delay = 0.02
+    while time.monotonic() < deadline:
+        if probe():
+            return
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.5)
+    raise StackError(f"{what} not ready after {timeout:.0f}s")
+
+
+def _unix_connects(path: Path) -> bool:
+    try:
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(1)
+            s.connect(str(path))
+        return True
+    except OSError:
+        return False
+
+
+def _tcp_banner(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+            return s.recv(100).startswith(b"220")
+    except OSError:
+        return False
+
+
+def signature_dir() -> tuple[Path, str]:
+    """The system's ClamAV signatures when present, else the project's test set."""
+    if SYSTEM_SIGNATURES.is_dir() and any(SYSTEM_SIGNATURES.glob("*.c[lv]d")):
+        return SYSTEM_SIGNATURES, "system signatures"
+    return TEST_SIGNATURES, "the project's test signatures (no official ones installed)"
+
+
+@dataclass
+class Clamd:
+    """clamd in the foreground on a private unix socket."""
+
+    home: Path
+    database: Path = TEST_SIGNATURES
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def socket_path(self) -> Path:
+        return self.home / "clamd.sock"
+
+    @property
+    def address(self) -> str:
+        return f"unix:{self.socket_path}"
+
+    def start(self, timeout: float = 120) -> None:
+        self.home.mkdir(parents=True, exist_ok=True)
+        conf = self.home / "clamd.conf"
+        conf.write_text(
+            f"LocalSocket {self.socket_path}\nDatabaseDirectory {self.database}\n"
+            f"Foreground yes\nLogFile {self.home / 'clamd.log'}\nLogTime yes\n"
+            "StreamMaxLength 30M\nMaxThreads 8\nSelfCheck 0\n"
+            + ("User root\n" if os.geteuid() == 0 else ""))
+        if self.socket_path.exists():
+            self.socket_path.unlink()
+        binary = shutil.which("clamd") or "/usr/sbin/clamd"
+        self.proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL, start_new_session=True)
+        wait_for(lambda: self.proc.poll() is None and _unix_connects(self.socket_path),
+                 timeout, f"clamd ({self.home / 'clamd.log'})")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
+_MASTER_CF = """\
+{listen} inet n - n - - smtpd
+cleanup unix n - n - 0 cleanup
+qmgr unix n - n 300 1 qmgr
+rewrite unix - - n - - trivial-rewrite
+bounce unix - - n - 0 bounce
+defer unix - - n - 0 bounce
+trace unix - - n - 0 bounce
+verify unix - - n - 1 verify
+flush unix n - n 1000? 0 flush
+proxymap unix - - n - - proxymap
+smtp unix - - n - - smtp
+relay unix - - n - - smtp
+showq unix n - n - - showq
+error unix - - n - - error
+retry unix - - n - - error
+discard unix - - n - - discard
+virtual unix - n n - - virtual
+anvil unix - - n - 1 anvil
+scache unix - - n - 1 scache
+postlog unix-dgram n - n - 1 postlogd
+"""
+
+
+@dataclass
+class Postfix:
+    """A private Postfix: one smtpd on 127.0.0.1:port, relaying or delivering to a maildir.
+
+    ``relay`` ("127.0.0.1:PORT") sends every message there by SMTP; otherwise
+    mail for ``maildir_domains`` is delivered into ``home/mail/<address>/``.
+    """
+
+    home: Path
+    port: int
+    milter: str | None = None
+    relay: str | None = None
+    maildir_domains: tuple[str, ...] = ("example.com", "example.net")
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    def _main_cf(self) -> str:
+        h = self.home
+        settings = {
+            "compatibility_level": "3.6",
+            "queue_directory": str(h / "queue"),
+            "data_directory": str(h / "data"),
+            "mail_owner": "postfix",
+            "setgid_group": "postdrop",
+            "myhostname": "stronghold.test",
+            "mydomain": "stronghold.test",
+            "myorigin": "$myhostname",
+            "mydestination": "",
+            "inet_interfaces": "127.0.0.1",
+            "inet_protocols": "ipv4",
+            "mynetworks": "127.0.0.0/8",
+            "smtpd_relay_restrictions": "permit_mynetworks, reject_unauth_destination",
+            "maillog_file": str(h / "maillog"),
+            "maillog_file_prefixes": str(h),
+            "in_flow_delay": "0",
+            "smtpd_client_connection_count_limit": "0",
+            "smtpd_client_connection_rate_limit": "0",
+            "default_process_limit": "100",
+            "smtp_host_lookup": "native",
+            "smtp_dns_support_level": "disabled",
+            "queue_run_delay": "1s",
+            "minimal_backoff_time": "1s",
+            "maximal_backoff_time": "2s",
+            "message_size_limit": str(60 * 1024 * 1024),
+            "virtual_mailbox_limit": str(100 * 1024 * 1024),
+            "biff": "no",
+            "smtputf8_enable": "no",
+            "milter_default_action": "tempfail",
+            "milter_protocol": "6",
+            "milter_connect_timeout": "10s",
+            "milter_content_timeout": "120s",
+            "smtpd_milters": self.milter or "",
+            "non_smtpd_milters": "",
+            "shlib_directory": "/usr/lib/postfix",
+            "daemon_directory": "/usr/lib/postfix/sbin",
+            "meta_directory": "/etc/postfix",
+        }
+        if self.relay:
+            settings.update({"relay_domains": "", "relayhost": f"[{self.relay.rsplit(':', 1)[0]}]:"
+                             f"{self.relay.rsplit(':', 1)[1]}", "smtpd_relay_restrictions":
+                             "permit_mynetworks, reject", "default_transport": "smtp",
+                             "relay_transport": "smtp"})
+        else:
+            settings.update({
+                "virtual_mailbox_domains": " ".join(self.maildir_domains),
+                "virtual_mailbox_base": str(h / "mail"),
+                "virtual_mailbox_maps": "inline:{" + ", ".join(
+                    f"@{d}=catchall/" for d in self.maildir_domains) + "}",
+                "virtual_uid_maps": f"static:{_postfix_uid()}",
+                "virtual_gid_maps": f"static:{_postfix_gid()}",
+                "virtual_minimum_uid": "1",
+            })
+        settings.update(self.extra)
+        return "".join(f"{k} = {v}\n" for k, v in settings.items())
+
+    def _postfix(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        out = subprocess.run(["postfix", "-c", str(self.home), *args], capture_output=True, text=True,
+                             check=False)
+        if check and out.returncode != 0:
+            raise StackError(f"postfix {' '.join(args)}: {(out.stderr or out.stdout).strip()[:400]}")
+        return out
+
+    def start(self, timeout: float = 30) -> None:
+        for sub in ("queue", "data", "mail"):
+            (self.home / sub).mkdir(parents=True, exist_ok=True)
+        os.chown(self.home / "data", _postfix_uid(), _postfix_gid())
+        os.chown(self.home / "mail", _postfix_uid(), _postfix_gid())
+        (self.home / "main.cf").write_text(self._main_cf())
+        (self.home / "master.cf").write_text(_MASTER_CF.format(listen=f"127.0.0.1:{self.port}"))
+        self._postfix("set-permissions", check=False)
+        self._postfix("check")
+        self._postfix("start")
+        wait_for(lambda: _tcp_banner(self.port), timeout, f"postfix on port {self.port}")
+
+    def stop(self) -> None:
+        self._postfix("stop", check=False)
+        pid_file = self.home / "queue" / "pid" / "master.pid"
+        deadline = time.monotonic() + 10
+        while pid_file.exists() and time.monotonic() < deadline:
+            try:
+                pid = int(pid_file.read_text().split()[0])
+                os.kill(pid, 0)
+            except (ValueError, IndexError, ProcessLookupError, FileNotFoundError):
+                break
+            time.sleep(0.05)
+
+    def flush(self) -> None:
+        subprocess.run(["postqueue", "-c", str(self.home), "-f"], capture_output=True, check=False)
+
+    def queue(self) -> list[dict[str, object]]:
+        out = subprocess.run(["postqueue", "-c", str(self.home), "-j"], capture_output=True, text=True,
+                             check=False)
+        return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
+
+    def log(self) -> str:
+        try:
+            return (self.home / "maillog").read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def maildir_messages(self) -> list[Path]:
+        base = self.home / "mail" / "catchall"
+        return sorted(p for sub in ("new", "cur") for p in (base / sub).glob("*") if p.is_file())
+
+
+def _postfix_uid() -> int:
+    import pwd
+    return pwd.getpwnam("postfix").pw_uid
+
+
+def _postfix_gid() -> int:
+    import pwd
+    return pwd.getpwnam("postfix").pw_gid

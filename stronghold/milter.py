@@ -1,0 +1,157 @@
+"""pymilter adapter: protocol events -> Service -> milter replies.  No policy here.
+
+One ``StrongholdMilter`` per SMTP connection.  Per-message state is reset at
+MAIL FROM and on abort; the message is spooled to a temporary file (memory up
+to ``spool_memory_bytes``); it is parsed once at end of message.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from typing import Any
+
+import Milter
+
+from stronghold.engine import SPAM_HEADERS, Envelope
+from stronghold.message import parse
+from stronghold.service import Service, log_line
+from stronghold.verdict import Action
+
+log = logging.getLogger(__name__)
+FLAGS = Milter.ADDHDRS | Milter.CHGHDRS | Milter.DELRCPT | Milter.QUARANTINE
+_STRIP = {h.lower() for h in SPAM_HEADERS}
+
+
+def _bare(address: str) -> str:
+    return address.strip().strip("<>").strip()
+
+
+class StrongholdMilter(Milter.Base):
+    service: Service  # set by serve() before the first connection
+
+    def __init__(self) -> None:
+        self.client_ip = ""
+        self.helo = ""
+        self.spool: Any = None
+        self._reset()
+
+    def _reset(self) -> None:
+        if self.spool is not None:
+            self.spool.close()
+        self.spool = None
+        self.sender = ""
+        self.recipients: list[str] = []
+        self.seen_headers: dict[str, int] = {}
+        self.strip: list[tuple[str, int]] = []
+        self.subject_index = 0
+        self.size = 0
+        self.oversize = False
+
+    # -- connection and envelope ---------------------------------------------
+    @Milter.noreply
+    def connect(self, hostname: str, family: int, hostaddr: Any) -> int:
+        self.client_ip = hostaddr[0] if isinstance(hostaddr, tuple) else str(hostaddr)
+        return Milter.CONTINUE
+
+    @Milter.noreply
+    def hello(self, hostname: str) -> int:
+        self.helo = hostname
+        return Milter.CONTINUE
+
+    def envfrom(self, mailfrom: str, *params: str) -> int:
+        self._reset()
+        self.sender = _bare(mailfrom)
+        limit = self.service.cfg.spool_memory_bytes
+        self.spool = tempfile.SpooledTemporaryFile(max_size=limit, dir=self.service.cfg.data_dir)
+        return Milter.CONTINUE
+
+    def envrcpt(self, to: str, *params: str) -> int:
+        rcpt = _bare(to).lower()
+        decision = self.service.check_recipient(self.sender, rcpt)
+        if decision is not None:
+            env = Envelope(self.sender, (rcpt,), self.client_ip, self.helo, self.getsymval("i") or "")
+            log.info("%s: from=<%s> to=<%s> verdict=blocked action=reject stage=rcpt trace=%s",
+                     env.queue_id or "-", self.sender, rcpt, " ".join(map(str, decision.trace)))
+            self.service.record_rcpt_reject(env, decision)
+            self.setreply("550", "5.7.1", "Sender is blocked by the recipient")
+            return Milter.REJECT
+        self.recipients.append(rcpt)
+        return Milter.CONTINUE
+
+    # -- content ----------------------------------------------------------------
+    def header(self, name: str, value: Any) -> int:
+        key = name.lower()
+        self.seen_headers[key] = self.seen_headers.get(key, 0) + 1
+        if key in _STRIP:
+            self.strip.append((name, self.seen_headers[key]))
+        if key == "subject" and not self.subject_index:
+            self.subject_index = self.seen_headers[key]
+        raw = value if isinstance(value, bytes) else str(value).encode("utf-8", "surrogateescape")
+        self._write(name.encode("ascii", "replace") + b": " + raw + b"\r\n")
+        return Milter.CONTINUE
+
+    header.error_strategy = "bytes"  # type: ignore[attr-defined]  # pymilter: pass raw bytes
+
+    def eoh(self) -> int:
+        self._write(b"\r\n")
+        return Milter.CONTINUE
+
+    def body(self, chunk: bytes) -> int:
+        self._write(chunk)
+        return Milter.CONTINUE
+
+    def _write(self, data: bytes) -> None:
+        limit = self.service.cfg.max_message_bytes
+        self.size += len(data)
+        if self.spool is None:
+            return
+        room = limit - self.spool.tell()
+        if room <= 0 or len(data) > room:
+            self.oversize = True
+            data = data[:max(room, 0)]
+        if data:
+            self.spool.write(data)
+
+    # -- decision ---------------------------------------------------------------
+    def eom(self) -> int:
+        env = Envelope(self.sender, tuple(self.recipients), self.client_ip, self.helo,
+                       self.getsymval("i") or "")
+        self.spool.seek(0)
+        raw = self.spool.read(min(self.size, 2 * 1024 * 1024))
+        msg = parse(raw)
+        msg.size = self.size
+        self.spool.seek(0)
+        outcome = self.service.decide(env, msg, self.spool, oversize=self.oversize)
+        verdict = outcome.verdict
+        log.info("%s", log_line(env, outcome))
+        self.service.record(env, msg, outcome)
+        if verdict.action in (Action.REJECT, Action.TEMPFAIL):
+            code, xcode, text = verdict.smtp_reply or ("451", "4.7.1", "Try again later")
+            self.setreply(code, xcode, text)
+            return Milter.REJECT if verdict.action is Action.REJECT else Milter.TEMPFAIL
+        for name, index in reversed(self.strip):
+            self.chgheader(name, index, "")
+        for name, value in verdict.headers:
+            self.addheader(name, value)
+        if verdict.subject_prefix:
+            subject = msg.header("subject") or ""
+            if not subject.startswith(verdict.subject_prefix):
+                new = f"{verdict.subject_prefix} {subject}".strip()
+                if self.subject_index:
+                    self.chgheader("Subject", self.subject_index, new)
+                else:
+                    self.addheader("Subject", new)
+        for rcpt in verdict.drop_recipients:
+            self.delrcpt(f"<{rcpt}>")
+        if verdict.action is Action.QUARANTINE:
+            self.quarantine(f"stronghold: {verdict.category.value} {verdict.virus or ''}".strip())
+        return Milter.ACCEPT
+
+    def abort(self) -> int:
+        self._reset()
+        return Milter.CONTINUE
+
+    def close(self) -> int:
+        self._reset()
+        return Milter.CONTINUE

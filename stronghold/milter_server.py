@@ -1,0 +1,185 @@
+"""Run the milter on every core: one listening socket, pre-forked workers.
+
+pymilter runs each connection in a thread, so scoring in one process is
+serialised by the GIL.  The parent opens the socket (``milter.opensocket``)
+and forks ``milter_workers`` children that each run ``milter.main()`` on it;
+the kernel spreads connections among them.  The parent restarts a worker that
+dies, forwards SIGTERM/SIGINT, and on SIGHUP tells the workers (through shared
+memory) to reload the model.
+
+Over TCP, libmilter's small writes meet Postfix's delayed ACKs (~40 ms per
+stall); we set TCP_NODELAY on the listening socket, which accepted
+connections inherit on Linux.
+"""
+
+from __future__ import annotations
+
+import grp
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import stat
+import sys
+import time
+from pathlib import Path
+
+import Milter
+import milter
+
+from stronghold.config import Config
+from stronghold.milter import FLAGS, StrongholdMilter
+from stronghold.service import Service
+
+log = logging.getLogger(__name__)
+
+
+def socket_spec(cfg: Config) -> str:
+    return cfg.milter_socket or f"unix:{cfg.data_dir / 'milter.sock'}"
+
+
+def _register(spec: str, timeout: int) -> None:
+    """What Milter.runmilter does before opening the socket, minus main()."""
+    Milter.factory = StrongholdMilter
+    milter.set_flags(FLAGS)
+    milter.set_connect_callback(Milter.connect_callback)
+    milter.set_helo_callback(lambda ctx, host: ctx.getpriv().hello(host))
+    milter.set_envfrom_callback(lambda ctx, *b: ctx.getpriv().envfrom_bytes(*b))
+    milter.set_envrcpt_callback(lambda ctx, *b: ctx.getpriv().envrcpt_bytes(*b))
+    milter.set_header_callback(lambda ctx, f, v: ctx.getpriv().header_bytes(f, v))
+    milter.set_eoh_callback(lambda ctx: ctx.getpriv().eoh())
+    milter.set_body_callback(lambda ctx, chunk: ctx.getpriv().body(chunk))
+    milter.set_eom_callback(lambda ctx: ctx.getpriv().eom())
+    milter.set_abort_callback(lambda ctx: ctx.getpriv().abort())
+    milter.set_close_callback(Milter.close_callback)
+    milter.setconn(spec)
+    milter.settimeout(timeout)
+    milter.register("stronghold", data=lambda ctx: ctx.getpriv().data(),
+                    unknown=lambda ctx, cmd: ctx.getpriv().unknown(cmd),
+                    negotiate=Milter.negotiate_callback)
+
+
+def _tcp_nodelay_on_listener(port: int) -> bool:
+    """Find libmilter's listening socket among our fds and set TCP_NODELAY on it."""
+    for fd in range(3, 1024):
+        try:
+            if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+                continue
+        except OSError:
+            continue
+        sock = socket.socket(fileno=fd)
+        try:
+            if sock.family in (socket.AF_INET, socket.AF_INET6) and sock.getsockname()[1] == port:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                return True
+        except OSError:
+            pass
+        finally:
+            sock.detach()
+    return False
+
+
+def _share_socket(path: Path, group: str) -> None:
+    """Mode 0660 and the MTA's group on the socket, so Postfix (not everyone) can connect."""
+    try:
+        gid = grp.getgrnam(group).gr_gid
+    except KeyError:
+        log.warning("group %s does not exist; socket %s left to its owner only", group, path)
+        os.chmod(path, 0o600)
+        return
+    os.chown(path, -1, gid)
+    os.chmod(path, 0o660)
+
+
+def _worker(cfg: Config, service: Service) -> None:
+    """Child process: fresh DB connections, then serve until told to stop."""
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+    service.store.engine.dispose(close=False)
+    StrongholdMilter.service = service
+    try:
+        milter.main()
+    except milter.error as exc:
+        log.error("worker %d: %s", os.getpid(), exc)
+        os._exit(1)
+    os._exit(0)
+
+
+def serve(cfg: Config) -> int:
+    """Open the socket, fork the workers, supervise them; returns an exit status."""
+    spec = socket_spec(cfg)
+    cfg.data_dir.mkdir(parents=True, exist_ok=True)
+    if spec.startswith("unix:"):
+        Path(spec[5:]).parent.mkdir(parents=True, exist_ok=True)
+    service = Service(cfg)
+    generation = multiprocessing.Value("i", 0, lock=False)
+    service.model.external_generation = lambda: generation.value
+    try:
+        service.model()  # load once in the parent: workers share its pages
+    except Exception as exc:  # noqa: BLE001 - any load failure is reported, workers retry
+        log.error("starting without a usable model (%s); messages get on_model_error=%s",
+                  exc, cfg.on_model_error)
+    _register(spec, cfg.milter_timeout)
+    milter.opensocket(True)
+    if spec.startswith("unix:"):
+        _share_socket(Path(spec[5:]), cfg.milter_socket_group)
+    elif spec.startswith("inet"):
+        port = int(spec.split(":", 1)[1].split("@", 1)[0])
+        if not _tcp_nodelay_on_listener(port):
+            log.warning("could not set TCP_NODELAY on %s; expect ~40 ms stalls", spec)
+    log.info("milter listening on %s with %d workers", spec, cfg.milter_workers)
+    print(f"stronghold milter: listening on {spec} ({cfg.milter_workers} workers)", flush=True)
+
+    children: dict[int, float] = {}
+    stopping = False
+
+    def spawn() -> None:
+        pid = os.fork()
+        if pid == 0:
+            _worker(cfg, service)
+        children[pid] = time.monotonic()
+
+    def on_stop(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in list(children):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    def on_hup(_signum: int, _frame: object) -> None:
+        generation.value += 1
+        log.info("SIGHUP: workers will reload the model")
+
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
+    signal.signal(signal.SIGHUP, on_hup)
+    service.store.engine.dispose()
+    for _ in range(cfg.milter_workers):
+        spawn()
+    while children:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            break
+        except InterruptedError:
+            continue
+        started = children.pop(pid, None)
+        if stopping or started is None:
+            continue
+        log.error("worker %d exited (status %d); restarting", pid, status)
+        if time.monotonic() - started < 1.0:
+            time.sleep(1.0)  # a worker that dies at once: do not spin
+        spawn()
+    if spec.startswith("unix:"):
+        try:
+            os.unlink(spec[5:])
+        except FileNotFoundError:
+            pass
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover - use `stronghold milter`
+    sys.exit("run: stronghold milter")

@@ -1,0 +1,193 @@
+"""What a running filter holds: config, model, scanner, lists, store and policy.
+
+The milter builds one ``Service`` per process; ``stronghold scan`` and the web
+UI use the same pieces.  Nothing here speaks the milter protocol.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from stronghold.antivirus import Scanner, make_scanner
+from stronghold.classifier import Model, ModelError
+from stronghold.config import Config
+from stronghold.engine import Envelope, Policy, check_recipient, evaluate
+from stronghold.lists import ListIndex
+from stronghold.message import ParsedMessage
+from stronghold.store import messagelog
+from stronghold.store.db import Store
+from stronghold.store.entries import ListCache
+from stronghold.store.errors import StoreError
+from stronghold.tokens import features
+from stronghold.verdict import RecipientDecision, Verdict
+
+log = logging.getLogger(__name__)
+
+
+class Incidents:
+    """Log a failing dependency once when it starts failing and once when it recovers."""
+
+    REMIND_SECONDS = 300.0
+
+    def __init__(self) -> None:
+        self._failing: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def failed(self, kind: str, detail: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            last = self._failing.get(kind)
+            if last is None or now - last > self.REMIND_SECONDS:
+                log.error("%s failing: %s", kind, detail)
+                self._failing[kind] = now
+
+    def ok(self, kind: str) -> None:
+        with self._lock:
+            if self._failing.pop(kind, None) is not None:
+                log.warning("%s recovered", kind)
+
+
+class ModelHolder:
+    """The current model, reloaded when its file changes (or on request).
+
+    A new file is loaded fully and verified before it replaces the old model,
+    so no message is scored by a half-written one; a file that fails to load
+    leaves the old model in place.
+    """
+
+    CHECK_SECONDS = 1.0
+
+    def __init__(self, path: os.PathLike[str] | str, incidents: Incidents) -> None:
+        self.path = str(path)
+        self.incidents = incidents
+        self._model: Model | None = None
+        self._stamp: tuple[int, int, int] | None = None
+        self._checked = 0.0
+        self._lock = threading.Lock()
+        self.generation = 0
+        self.external_generation: Callable[[], int] | None = None  # bumped on SIGHUP
+        self._seen_external = 0
+
+    def _file_stamp(self) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def reload(self) -> None:
+        with self._lock:
+            self._checked = 0.0
+            self._stamp = None
+
+    def __call__(self) -> Model:
+        now = time.monotonic()
+        with self._lock:
+            if self.external_generation is not None:
+                wanted = self.external_generation()
+                if wanted != self._seen_external:
+                    self._seen_external, self._checked, self._stamp = wanted, 0.0, None
+            if now - self._checked >= self.CHECK_SECONDS or self._model is None:
+                self._checked = now
+                stamp = self._file_stamp()
+                if stamp != self._stamp:
+                    try:
+                        model = Model.load(self.path)  # type: ignore[arg-type]
+                    except ModelError as exc:
+                        self.incidents.failed("model", str(exc))
+                        if self._model is None:
+                            raise
+                    else:
+                        self._model, self._stamp = model, stamp
+                        self.generation += 1
+                        self.incidents.ok("model")
+                        log.info("model loaded: %s (threshold %.4f, %d ham + %d spam)", self.path,
+                                 model.spam_threshold, model.passport.trained_ham,
+                                 model.passport.trained_spam)
+            if self._model is None:
+                raise ModelError(f"no usable model at {self.path}")
+            return self._model
+
+
+@dataclass
+class Outcome:
+    verdict: Verdict
+    tokens: set[str] | None
+    seconds: float
+
+
+class Service:
+    """Everything the milter (and other front ends) needs to decide about mail."""
+
+    def __init__(self, cfg: Config, store: Store | None = None, scanner: Scanner | None = None) -> None:
+        self.cfg = cfg
+        self.policy = Policy.from_config(cfg)
+        self.incidents = Incidents()
+        self.store = store or Store(cfg.db_url)
+        self.scanner = scanner or make_scanner(cfg.clamd_socket, cfg.clamd_timeout)
+        self.model = ModelHolder(cfg.model_path, self.incidents)
+        self._lists = ListCache(self.store, cfg.lists_refresh_seconds)
+
+    def lists(self) -> ListIndex:
+        try:
+            index = self._lists()
+        except StoreError as exc:
+            self.incidents.failed("database", str(exc))
+            raise
+        self.incidents.ok("database")
+        return index
+
+    def check_recipient(self, sender: str, recipient: str) -> RecipientDecision | None:
+        """RCPT-time block check; None when allowed or when the store is down
+        (the end-of-message check then applies on_store_error)."""
+        try:
+            return check_recipient(sender, recipient, self.lists())
+        except StoreError:
+            return None
+
+    def decide(self, envelope: Envelope, msg: ParsedMessage, stream: BinaryIO | None,
+               oversize: bool = False) -> Outcome:
+        started = time.perf_counter()
+        verdict = evaluate(envelope, msg, stream, self.scanner, self.model, self.lists,
+                           self.policy, oversize=oversize)
+        for step in verdict.trace:
+            if step.step == "antivirus":
+                if step.outcome == "error":
+                    self.incidents.failed("clamd", step.detail)
+                else:
+                    self.incidents.ok("clamd")
+        tokens = features(msg) if self.cfg.log_tokens and verdict.score is not None else None
+        return Outcome(verdict, tokens, time.perf_counter() - started)
+
+    def record(self, envelope: Envelope, msg: ParsedMessage, outcome: Outcome) -> None:
+        """Write the message log; a failure is logged (once per incident), never fatal."""
+        try:
+            with self.store.session() as session:
+                messagelog.record(session, envelope, msg, outcome.verdict, outcome.tokens)
+            self.incidents.ok("message log")
+        except StoreError as exc:
+            self.incidents.failed("message log", str(exc))
+
+    def record_rcpt_reject(self, envelope: Envelope, decision: RecipientDecision) -> None:
+        try:
+            with self.store.session() as session:
+                messagelog.record_rcpt_reject(session, envelope, decision.recipient, decision.reason,
+                                              " ".join(str(s) for s in decision.trace))
+        except StoreError as exc:
+            self.incidents.failed("message log", str(exc))
+
+
+def log_line(envelope: Envelope, outcome: Outcome) -> str:
+    """The one line per message: queue id, sender, recipients, verdict and why."""
+    v = outcome.verdict
+    score = f"{v.score:.4f}" if v.score is not None else "-"
+    return (f"{envelope.queue_id or '-'}: from=<{envelope.sender}> "
+            f"to={','.join('<' + r + '>' for r in envelope.recipients)} score={score} "
+            f"verdict={v.category.value} action={v.action.value} "
+            f"ms={outcome.seconds * 1000:.1f} trace={v.summary} reasons={','.join(v.reasons[:5])}")

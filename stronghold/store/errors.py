@@ -1,0 +1,9 @@
+"""Errors of the store, shared with the engine's list interface."""
+
+
+class StoreError(Exception):
+    """The database cannot be reached or refused the operation (one-line message)."""
+
+
+class EntryError(ValueError):
+    """A list entry or user change is refused; the message says why, for the user."""

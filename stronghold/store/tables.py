@@ -1,0 +1,102 @@
+"""SQLAlchemy tables of the store (the migration in stronghold/migrations creates them)."""
+
+from __future__ import annotations
+
+import time
+
+from sqlalchemy import Boolean, Float, ForeignKey, Index, Integer, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+GLOBAL = ""  # owner of the global (admin) lists
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class User(Base):
+    __tablename__ = "users"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    login: Mapped[str] = mapped_column(String(254), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    role: Mapped[str] = mapped_column(String(10), default="user")
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    created: Mapped[float] = mapped_column(Float, default=time.time)
+    addresses: Mapped[list[Address]] = relationship(back_populates="user", cascade="all, delete-orphan",
+                                                    order_by="Address.address")
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+
+class Address(Base):
+    __tablename__ = "addresses"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    address: Mapped[str] = mapped_column(String(320), unique=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    user: Mapped[User] = relationship(back_populates="addresses")
+
+
+class ListEntryRow(Base):
+    __tablename__ = "list_entries"
+    __table_args__ = (UniqueConstraint("owner", "kind", "pattern", name="uq_list_entry"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    owner: Mapped[str] = mapped_column(String(320), index=True)  # address, or GLOBAL
+    kind: Mapped[str] = mapped_column(String(5))
+    pattern: Mapped[str] = mapped_column(String(320))
+    comment: Mapped[str] = mapped_column(String(200), default="")
+    created: Mapped[float] = mapped_column(Float, default=time.time)
+
+
+class MessageRow(Base):
+    __tablename__ = "messages"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    ts: Mapped[float] = mapped_column(Float, default=time.time, index=True)
+    queue_id: Mapped[str] = mapped_column(String(40), default="")
+    client_ip: Mapped[str] = mapped_column(String(64), default="")
+    sender: Mapped[str] = mapped_column(String(320), default="")
+    header_from: Mapped[str] = mapped_column(String(320), default="")
+    subject: Mapped[str] = mapped_column(String(200), default="")
+    size: Mapped[int] = mapped_column(Integer, default=0)
+    score: Mapped[float | None] = mapped_column(Float, nullable=True)
+    threshold: Mapped[float | None] = mapped_column(Float, nullable=True)
+    category: Mapped[str] = mapped_column(String(10))
+    action: Mapped[str] = mapped_column(String(10))
+    virus: Mapped[str] = mapped_column(String(200), default="")
+    reasons: Mapped[str] = mapped_column(Text, default="")
+    trace: Mapped[str] = mapped_column(Text, default="")
+    tokens: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    recipients: Mapped[list[MessageRecipient]] = relationship(back_populates="message",
+                                                              cascade="all, delete-orphan")
+
+
+class MessageRecipient(Base):
+    __tablename__ = "message_recipients"
+    __table_args__ = (Index("ix_message_recipients_address_msg", "address", "message_id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    message_id: Mapped[int] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"), index=True)
+    address: Mapped[str] = mapped_column(String(320))
+    category: Mapped[str] = mapped_column(String(10))
+    action: Mapped[str] = mapped_column(String(10))
+    reason: Mapped[str] = mapped_column(String(200), default="")
+    message: Mapped[MessageRow] = relationship(back_populates="recipients")
+
+
+class Feedback(Base):
+    __tablename__ = "feedback"
+    __table_args__ = (UniqueConstraint("message_id", "user_id", name="uq_feedback"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    message_id: Mapped[int] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    is_spam: Mapped[bool] = mapped_column(Boolean)
+    created: Mapped[float] = mapped_column(Float, default=time.time)
+    applied: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class Meta(Base):
+    """Small counters; 'lists_version' changes whenever any list changes."""
+
+    __tablename__ = "meta"
+    key: Mapped[str] = mapped_column(String(40), primary_key=True)
+    value: Mapped[int] = mapped_column(Integer, default=0)

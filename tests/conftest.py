@@ -1,0 +1,146 @@
+"""Shared fixtures: corpus, a trained model, real clamd, PostgreSQL, Postfix + milter stacks."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from stronghold import config as config_mod
+from stronghold.classifier import Model
+from stronghold.config import Config
+from stronghold.localstack import TEST_SIGNATURES, Clamd, Postfix, free_port
+from stronghold.store.db import Store
+from stronghold.training import collect, train_model
+from tests.harness.milterproc import MilterProcess
+from tests.harness.postgres import PostgresCluster
+from tests.harness.smtpsink import SmtpSink
+
+ROOT = Path(__file__).resolve().parent.parent
+CORPUS = ROOT / "corpus" / "data"
+
+
+def shared_tmpdir(prefix: str) -> Path:
+    """A temp folder other users (Postfix) can traverse; pytest's are 0700."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    os.chmod(path, 0o755)
+    return path
+
+
+@pytest.fixture(scope="session")
+def corpus() -> Path:
+    if not (CORPUS / "index.test").exists():
+        pytest.fail("the corpus is missing: run 'make corpus' (python3 corpus/fetch.py)")
+    return CORPUS
+
+
+def corpus_files(corpus: Path, label: str, part: str = "test") -> list[Path]:
+    lines = (corpus / f"index.{part}").read_text().split("\n")
+    return [corpus / line.split(" ", 1)[1] for line in lines if line.startswith(label + " ")]
+
+
+@pytest.fixture(scope="session")
+def models_dir(corpus: Path) -> Iterator[Path]:
+    """A model trained on the standard training split, in a folder of its own."""
+    home = shared_tmpdir("stronghold-models-")
+    model, _ = train_model(list(collect(index=corpus / "index.train")))
+    model.save(home / "model.joblib")
+    yield home
+    shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def model(models_dir: Path) -> Model:
+    return Model.load(models_dir / "model.joblib")
+
+
+@pytest.fixture(scope="session")
+def clamd() -> Iterator[Clamd]:
+    home = shared_tmpdir("stronghold-clamd-")
+    daemon = Clamd(home, TEST_SIGNATURES)
+    daemon.start()
+    yield daemon
+    daemon.stop()
+    shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresCluster]:
+    cluster = PostgresCluster()
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
+_db_counter = iter(range(1, 1_000_000))
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    """A fresh, migrated store: SQLite file or a new PostgreSQL database."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'store.db'}"
+    else:
+        cluster: PostgresCluster = request.getfixturevalue("postgres")
+        url = cluster.create_database(f"t{os.getpid()}_{next(_db_counter)}")
+    db = Store(url)
+    db.upgrade()
+    yield db
+    db.dispose()
+
+
+@pytest.fixture
+def make_config(tmp_path: Path):
+    def build(**overrides: object) -> Config:
+        base: dict[str, object] = {"data_dir": tmp_path / "data", "models_dir": tmp_path / "models"}
+        base.update(overrides)
+        return config_mod.load(None, base, environ={})
+    return build
+
+
+class Stack:
+    """sink <- Postfix(milter) <- test; the milter is a real `stronghold milter` process."""
+
+    def __init__(self, home: Path, models_dir: Path, clamd_address: str, db_url: str,
+                 **settings: object) -> None:
+        self.home = home
+        self.sink = SmtpSink()
+        self.db_url = db_url
+        self.store = Store(db_url)
+        self.store.upgrade()
+        defaults: dict[str, object] = {
+            "data_dir": str(home / "milter"), "models_dir": str(models_dir),
+            "milter_socket": f"unix:{home / 'milter' / 'milter.sock'}",
+            "clamd_socket": clamd_address, "clamd_timeout": 10, "database_url": db_url,
+            "lists_refresh_seconds": 0, "milter_workers": 2, "max_message_bytes": 2_000_000,
+        }
+        defaults.update(settings)
+        (home / "milter").mkdir(parents=True, exist_ok=True)
+        os.chmod(home / "milter", 0o755)
+        self.milter = MilterProcess(home, defaults)
+        self.postfix = Postfix(home / "postfix", free_port(), milter=self.milter.address,
+                               relay=f"127.0.0.1:{self.sink.port}")
+
+    def start(self) -> Stack:
+        self.milter.start()
+        self.postfix.start()
+        return self
+
+    def stop(self) -> None:
+        self.postfix.stop()
+        self.milter.stop()
+        self.sink.close()
+        self.store.dispose()
+
+
+@pytest.fixture(scope="module")
+def stack(models_dir: Path, clamd: Clamd) -> Iterator[Stack]:
+    home = shared_tmpdir("stronghold-stack-")
+    s = Stack(home, models_dir, clamd.address, f"sqlite:///{home / 'store.db'}").start()
+    yield s
+    s.stop()
+    shutil.rmtree(home, ignore_errors=True)

@@ -1,0 +1,157 @@
+"""The milter in a real Postfix with real clamd: what senders and recipients see."""
+
+from __future__ import annotations
+
+import smtplib
+
+import pytest
+
+from stronghold.classifier import Model
+from stronghold.store import entries, messagelog
+from stronghold.training import tokenize
+from tests.conftest import Stack, corpus_files
+from tests.e2e import mail
+
+pytestmark = [pytest.mark.postfix, pytest.mark.clamd]
+
+
+def _by_id(tid: str):
+    return lambda m: f"X-Test-Id: {tid}".encode() in m.data
+
+
+def _add(stack: Stack, owner: str | None, kind: str, pattern: str) -> None:
+    with stack.store.session() as s:
+        entries.add_entry(s, owner, kind, pattern)
+
+
+def test_ham_from_corpus_is_delivered_with_score_headers(stack: Stack, corpus, model: Model) -> None:
+    path = next(p for p in corpus_files(corpus, "ham")
+                if model.score(tokenize(p.read_bytes())).probability < 0.1)
+    tid, data = mail.from_file(path)
+    refused = mail.send(stack.postfix.port, "list@lists.example", ["alice@example.com"], data)
+    assert refused == {}
+    got = stack.sink.wait_for(_by_id(tid))
+    assert len(got) == 1 and got[0].recipients == ["alice@example.com"]
+    h = mail.headers(got[0].data)
+    assert h.get_all("X-Spam-Flag") == ["NO"]
+    assert float(h["X-Spam-Score"]) < 0.1
+    assert "action=accept" in h["X-Spam-Status"]
+
+
+def test_spam_is_rejected_or_tagged_by_threshold(stack: Stack, corpus, model: Model) -> None:
+    spam = corpus_files(corpus, "spam")
+    scored = [(model.score(tokenize(p.read_bytes())).probability, p) for p in spam]
+    high = next(p for s, p in scored if s >= 0.9999)
+    tid, data = mail.from_file(high)
+    with pytest.raises(smtplib.SMTPDataError) as err:
+        mail.send(stack.postfix.port, "promo@spam.example", ["bob@example.com"], data)
+    assert err.value.smtp_code == 550 and b"5.7.1" in err.value.smtp_error
+    assert not stack.sink.wait_for(_by_id(tid), timeout=0.5)
+    # the tag band: delivered, flagged and prefixed exactly when the score says spam
+    middle = sorted((abs(s - 0.998), p) for s, p in scored if model.spam_threshold <= s < 0.999)[:6]
+    assert middle, "no corpus spam scores in the tag band"
+    tagged = 0
+    for _, path in middle:
+        tid, data = mail.from_file(path)
+        try:
+            mail.send(stack.postfix.port, "promo@spam.example", ["bob@example.com"], data)
+        except smtplib.SMTPDataError as exc:
+            assert exc.smtp_code == 550
+            continue
+        h = mail.headers(stack.sink.wait_for(_by_id(tid))[0].data)
+        score, threshold = float(h["X-Spam-Score"]), model.spam_threshold
+        assert (h["X-Spam-Flag"] == "YES") == (score >= threshold)
+        assert h["Subject"].startswith("[SPAM]") == (score >= threshold)
+        tagged += h["X-Spam-Flag"] == "YES"
+    assert tagged >= 1
+
+
+def test_virus_refused_even_when_sender_is_allow_listed(stack: Stack) -> None:
+    _add(stack, "vic@example.com", "allow", "friend@trusted.example")
+    tid, data = mail.with_eicar(sender="friend@trusted.example")
+    with pytest.raises(smtplib.SMTPDataError) as err:
+        mail.send(stack.postfix.port, "friend@trusted.example", ["vic@example.com"], data)
+    assert err.value.smtp_code == 554
+    assert b"Stronghold.Test.EICAR" in err.value.smtp_error
+    assert not stack.sink.wait_for(_by_id(tid), timeout=1)
+
+
+def test_block_listed_sender_refused_for_that_recipient_only(stack: Stack) -> None:
+    _add(stack, "dave@example.com", "block", "@pest.example")
+    tid, data = mail.simple(sender="noisy@pest.example")
+    refused = mail.send(stack.postfix.port, "noisy@pest.example",
+                        ["dave@example.com", "erin@example.com"], data)
+    assert refused["dave@example.com"][0] == 550
+    got = stack.sink.wait_for(_by_id(tid))
+    assert [m.recipients for m in got] == [["erin@example.com"]]
+    with stack.store.session() as s:
+        rows = messagelog.recent(s, messagelog.LogFilter(addresses=("dave@example.com",)))
+        assert any(r.category == "blocked" and r.sender == "noisy@pest.example" for r in rows)
+
+
+def test_allow_listed_sender_gets_spammy_message_through(stack: Stack, corpus, model: Model) -> None:
+    spam = next(p for p in corpus_files(corpus, "spam")
+                if model.score(tokenize(p.read_bytes())).probability >= 0.999)
+    _add(stack, "frank@example.com", "allow", "*.newsletters.example")
+    tid, data = mail.from_file(spam)
+    assert mail.send(stack.postfix.port, "weekly@mail.newsletters.example", ["frank@example.com"], data) == {}
+    h = mail.headers(stack.sink.wait_for(_by_id(tid))[0].data)
+    assert h["X-Spam-Flag"] == "NO"
+    assert "allow=match" in h["X-Spam-Status"]
+
+
+def test_forged_verdict_headers_are_removed(stack: Stack) -> None:
+    tid, data = mail.simple(extra="X-Spam-Flag: NO\r\nX-Spam-Score: -100\r\nX-Spam-Status: No, forged\r\n")
+    assert mail.send(stack.postfix.port, "carol@sender.example", ["gina@example.com"], data) == {}
+    h = mail.headers(stack.sink.wait_for(_by_id(tid))[0].data)
+    assert len(h.get_all("X-Spam-Flag")) == 1
+    assert len(h.get_all("X-Spam-Score")) == 1 and h["X-Spam-Score"] != "-100"
+    assert "forged" not in h["X-Spam-Status"]
+
+
+def test_header_from_block_after_data_drops_only_that_recipient(stack: Stack) -> None:
+    _add(stack, "hank@example.com", "block", "boss@annoying.example")
+    tid, data = mail.simple(sender="boss@annoying.example")
+    assert mail.send(stack.postfix.port, "bounces@relay.example",
+                     ["hank@example.com", "iris@example.com"], data) == {}
+    got = stack.sink.wait_for(_by_id(tid))
+    assert [m.recipients for m in got] == [["iris@example.com"]]
+    with stack.store.session() as s:
+        rows = messagelog.recent(s, messagelog.LogFilter(addresses=("hank@example.com",)))
+        assert any(r.recipients[0].category == "blocked" for r in rows if r.subject == "Lunch on Thursday")
+    tid, data = mail.simple(sender="boss@annoying.example")
+    with pytest.raises(smtplib.SMTPDataError) as err:
+        mail.send(stack.postfix.port, "bounces@relay.example", ["hank@example.com"], data)
+    assert err.value.smtp_code == 550
+
+
+def test_malformed_mime_is_delivered_not_lost(stack: Stack) -> None:
+    raw = (b"From: x@odd.example\r\nSubject: =?bogus-charset?B?!!!?=\r\nMIME-Version: 1.0\r\n"
+           b"Content-Type: multipart/mixed; boundary=\"never-closed\"\r\n\r\n"
+           b"--never-closed\r\nContent-Type: text/plain; charset=no-such-charset\r\n"
+           b"Content-Transfer-Encoding: base64\r\n\r\n%%%not base64%%%\r\n\x00\xff\xfe binary\r\n")
+    tid, data = mail.tagged(raw)
+    assert mail.send(stack.postfix.port, "x@odd.example", ["jane@example.com"], data) == {}
+    h = mail.headers(stack.sink.wait_for(_by_id(tid))[0].data)
+    assert h["X-Spam-Flag"] in ("YES", "NO")
+    assert "defect" in h["X-Spam-Status"] or "score=" in h["X-Spam-Status"]
+
+
+def test_oversize_message_scans_the_head_and_is_delivered(stack: Stack) -> None:
+    body = ("All the quarterly figures are below.\n" + "0123456789 " * 300_000)[:3_000_000]
+    tid, data = mail.simple(body=body)
+    assert len(data) > 2_000_000  # the stack's max_message_bytes
+    assert mail.send(stack.postfix.port, "carol@sender.example", ["kim@example.com"], data) == {}
+    got = stack.sink.wait_for(_by_id(tid))
+    assert len(got[0].data) >= len(data)  # delivered whole, not truncated
+    assert "size=oversize(scan-head)" in mail.headers(got[0].data)["X-Spam-Status"]
+
+
+def test_every_message_has_one_log_line(stack: Stack) -> None:
+    tid, data = mail.simple(subject="log line check")
+    mail.send(stack.postfix.port, "carol@sender.example", ["liam@example.com"], data)
+    stack.sink.wait_for(_by_id(tid))
+    stack.milter.wait_log("to=<liam@example.com>")
+    line = next(ln for ln in stack.milter.log().splitlines() if "to=<liam@example.com>" in ln)
+    for part in ("from=<carol@sender.example>", "score=", "verdict=clean", "action=accept", "ms="):
+        assert part in line

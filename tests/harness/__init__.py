@@ -1,0 +1,1 @@
+"""Helpers that run real services for the tests (SMTP sink, PostgreSQL, the milter)."""

@@ -1,0 +1,75 @@
+"""Run `stronghold milter` as a real process with a config written for the test."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from stronghold.localstack import StackError, _unix_connects, wait_for
+
+
+def write_config(path: Path, settings: Mapping[str, Any]) -> Path:
+    lines = []
+    for key, value in settings.items():
+        if isinstance(value, bool):
+            lines.append(f"{key} = {'true' if value else 'false'}")
+        elif isinstance(value, int | float):
+            lines.append(f"{key} = {value}")
+        else:
+            lines.append(f'{key} = "{value}"')
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+class MilterProcess:
+    def __init__(self, home: Path, settings: Mapping[str, Any]) -> None:
+        self.home = home
+        self.settings = dict(settings)
+        self.socket = Path(str(self.settings["milter_socket"])[5:])
+        self.config = write_config(home / "stronghold.toml", self.settings)
+        self.log_path = home / "milter.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"unix:{self.socket}"
+
+    def start(self, timeout: float = 60) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("STRONGHOLD_")}
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "stronghold.cli", "--config", str(self.config),
+                                      "milter"], stdout=self._log, stderr=subprocess.STDOUT, env=env,
+                                     start_new_session=True)
+        wait_for(lambda: self.proc.poll() is None and _unix_connects(self.socket), timeout,
+                 f"milter ({self.log_path})")
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Kill the whole process group (parent and workers), as a crash would."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            self.proc.wait(20)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        if self.proc is not None and self.proc.poll() is None:
+            raise StackError("milter did not stop")
+        self.proc = None
+        if hasattr(self, "_log"):
+            self._log.close()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def wait_log(self, text: str, timeout: float = 20) -> None:
+        wait_for(lambda: text in self.log(), timeout, f"'{text}' in milter log")
+
