@@ -6,6 +6,7 @@ import argparse
 import getpass
 import os
 import sys
+from pathlib import Path
 
 from stronghold.config import Config
 from stronghold.store import accounts
@@ -129,7 +130,7 @@ def cmd_list_ls(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def cmd_list_import(args: argparse.Namespace, cfg: Config) -> int:
-    text = sys.stdin.read() if args.file == "-" else open(args.file, encoding="utf-8").read()
+    text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text(encoding="utf-8")
     with _store(cfg).session() as s:
         added, problems = lists_store.import_csv(s, _owner(args), text, args.kind)
     for problem in problems:

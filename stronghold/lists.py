@@ -119,7 +119,8 @@ class Match:
 
     def describe(self) -> str:
         scope = self.entry.owner or "global"
-        return f"{scope} {self.entry.kind} #{self.entry.id} {self.entry.pattern} ~ {self.source} {self.address}"
+        e = self.entry
+        return f"{scope} {e.kind} #{e.id} {e.pattern} ~ {self.source} {self.address}"
 
 
 class ListIndex:

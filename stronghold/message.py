@@ -232,6 +232,28 @@ def _leaves(root: email.message.Message, defects: list[str]) -> list[tuple[email
     return leaves
 
 
+def _mime_tree(raw: bytes, defects: list[str]) -> email.message.Message:
+    """The stdlib MIME tree, or headers + flat text when nesting is pathological.
+
+    The stdlib parser recurses once per multipart level, so a message with
+    hundreds of nested multiparts is read flat instead (and says so).
+    """
+    if raw.lower().count(b"boundary=") <= MAX_PARTS:
+        try:
+            return email.message_from_bytes(raw)
+        except RecursionError:
+            pass
+    defects.append("too-deep")
+    head, sep, body = raw.partition(b"\r\n\r\n")
+    if not sep:
+        head, _, body = raw.partition(b"\n\n")
+    flat = email.message_from_bytes(head + b"\r\n\r\n")
+    del flat["content-type"]
+    del flat["content-transfer-encoding"]
+    flat.set_payload(body.decode("latin-1"))
+    return flat
+
+
 def parse(raw: bytes, max_bytes: int = MAX_BYTES) -> ParsedMessage:
     """Parse ``raw`` into a ParsedMessage; never raises on message content."""
     msg = ParsedMessage(size=len(raw))
@@ -246,7 +268,7 @@ def parse(raw: bytes, max_bytes: int = MAX_BYTES) -> ParsedMessage:
         raw = raw.replace(b"\x00", b"")
     if raw.startswith(b"From ") and b"\n" in raw:  # mbox separator line
         raw = raw.split(b"\n", 1)[1]
-    root = email.message_from_bytes(raw)
+    root = _mime_tree(raw, msg.defects)
     for defect in root.defects:
         msg.defects.append(type(defect).__name__)
     for name, value in root.items():

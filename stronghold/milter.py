@@ -49,12 +49,10 @@ class StrongholdMilter(Milter.Base):
         self.oversize = False
 
     # -- connection and envelope ---------------------------------------------
-    @Milter.noreply
     def connect(self, hostname: str, family: int, hostaddr: Any) -> int:
         self.client_ip = hostaddr[0] if isinstance(hostaddr, tuple) else str(hostaddr)
         return Milter.CONTINUE
 
-    @Milter.noreply
     def hello(self, hostname: str) -> int:
         self.helo = hostname
         return Milter.CONTINUE

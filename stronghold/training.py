@@ -65,8 +65,11 @@ def iter_messages(path: Path) -> Iterator[tuple[str, bytes]]:
         raise CorpusError(f"{path}: {exc.strerror}") from exc
     if is_mbox:
         box = mailbox.mbox(str(path), create=False)
-        for key in box.keys():
-            yield f"{path}#{key}", box.get_bytes(key)
+        try:
+            for key in box.keys():
+                yield f"{path}#{key}", box.get_bytes(key)
+        finally:
+            box.close()
         return
     yield str(path), path.read_bytes()
 

@@ -25,7 +25,8 @@ def from_file(path: Path) -> tuple[str, bytes]:
 
 
 def simple(sender: str = "carol@sender.example", subject: str = "Lunch on Thursday",
-           body: str = "Hi, are we still on for lunch on Thursday at noon?\n", extra: str = "") -> tuple[str, bytes]:
+           body: str = "Hi, are we still on for lunch on Thursday at noon?\n",
+           extra: str = "") -> tuple[str, bytes]:
     text = (f"From: Carol <{sender}>\r\nTo: someone@example.com\r\nSubject: {subject}\r\n"
             f"Message-ID: <{uuid.uuid4().hex}@sender.example>\r\nDate: Mon, 23 Nov 2026 10:00:00 +0000\r\n"
             f"{extra}MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{body}")

@@ -53,6 +53,12 @@ class MilterProcess:
         if self.proc is not None and self.proc.poll() is None:
             os.killpg(self.proc.pid, sig)
             self.proc.wait(20)
+        self._close_log()
+
+    def _close_log(self) -> None:
+        if getattr(self, "_log", None) is not None:
+            self._log.close()
+            self._log = None
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -64,8 +70,7 @@ class MilterProcess:
         if self.proc is not None and self.proc.poll() is None:
             raise StackError("milter did not stop")
         self.proc = None
-        if hasattr(self, "_log"):
-            self._log.close()
+        self._close_log()
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

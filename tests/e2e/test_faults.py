@@ -1,0 +1,87 @@
+"""Dependencies failing under real Postfix: nothing is lost.
+
+An "edge" Postfix plays the sending server: it relays to the filtering Postfix
+(with the milter), so a 4xx from the filter leaves the message in the edge's
+queue to be retried, as on the internet.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from stronghold.localstack import TEST_SIGNATURES, Clamd, Postfix, free_port, wait_for
+from tests.conftest import Stack, shared_tmpdir
+from tests.e2e import mail
+
+pytestmark = [pytest.mark.postfix, pytest.mark.clamd]
+
+
+class EdgeStack:
+    def __init__(self, home: Path, models_dir: Path, **settings: object) -> None:
+        self.clamd = Clamd(home / "clamd", TEST_SIGNATURES)
+        self.clamd.start()
+        self.filter = Stack(home / "filter", models_dir, self.clamd.address,
+                            f"sqlite:///{home / 'store.db'}", **settings)
+        self.filter.start()
+        self.edge = Postfix(home / "edge", free_port(), relay=f"127.0.0.1:{self.filter.postfix.port}")
+        self.edge.start()
+
+    def stop(self) -> None:
+        self.edge.stop()
+        self.filter.stop()
+        self.clamd.stop()
+
+
+@pytest.fixture
+def edge_stack(models_dir: Path) -> Iterator[EdgeStack]:
+    home = shared_tmpdir("stronghold-faults-")
+    (home / "filter").mkdir()
+    s = EdgeStack(home, models_dir)
+    yield s
+    s.stop()
+    shutil.rmtree(home, ignore_errors=True)
+
+
+def _deferred_with(edge: Postfix, text: str) -> bool:
+    return any(text in str(r.get("delay_reason", "")) for m in edge.queue() for r in m["recipients"])
+
+
+def test_clamd_down_tempfails_then_delivers_once_back(edge_stack: EdgeStack) -> None:
+    edge_stack.clamd.stop()
+    ids = []
+    for _ in range(3):
+        tid, data = mail.simple()
+        assert mail.send(edge_stack.edge.port, "carol@sender.example", ["mia@example.com"], data) == {}
+        ids.append(tid)
+    wait_for(lambda: len(edge_stack.edge.queue()) == 3 and _deferred_with(edge_stack.edge, "4.7.1"),
+             30, "three messages deferred with 4.7.1 in the edge queue")
+    sink = edge_stack.filter.sink
+    assert not sink.messages
+    log = edge_stack.filter.milter.log()
+    workers = 2
+    assert 1 <= log.count("clamd failing") <= workers  # once per incident per worker, not per message
+    edge_stack.clamd.start()
+    edge_stack.edge.flush()
+    for tid in ids:
+        assert sink.wait_for(lambda m, t=tid: f"X-Test-Id: {t}".encode() in m.data, timeout=30)
+    wait_for(lambda: not edge_stack.edge.queue(), 30, "edge queue empty")
+    delivered = [m for m in sink.messages if any(f"X-Test-Id: {t}".encode() in m.data for t in ids)]
+    assert len(delivered) == 3  # each exactly once
+    edge_stack.filter.milter.wait_log("clamd recovered")
+
+
+def test_milter_killed_postfix_tempfails_and_nothing_is_lost(edge_stack: EdgeStack) -> None:
+    edge_stack.filter.milter.kill()
+    tid, data = mail.simple()
+    assert mail.send(edge_stack.edge.port, "carol@sender.example", ["ned@example.com"], data) == {}
+    wait_for(lambda: _deferred_with(edge_stack.edge, "4."), 30, "message deferred in the edge queue")
+    assert not edge_stack.filter.sink.messages
+    edge_stack.filter.milter.start()
+    edge_stack.edge.flush()
+    got = edge_stack.filter.sink.wait_for(lambda m: f"X-Test-Id: {tid}".encode() in m.data, timeout=30)
+    assert len(got) == 1
+    wait_for(lambda: not edge_stack.edge.queue(), 30, "edge queue empty")

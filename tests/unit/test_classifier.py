@@ -1,0 +1,89 @@
+"""Training, scoring, learning and the safety of model files."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from stronghold.classifier import Model, ModelError, passport_path
+
+
+def _sets() -> tuple[list[set[str]], list[bool]]:
+    ham = [{"meeting", "agenda", f"h{i}", "subject:minutes"} for i in range(30)]
+    spam = [{"viagra", "free", f"s{i}", "subject:winner"} for i in range(30)]
+    return ham + spam, [False] * 30 + [True] * 30
+
+
+def test_scores_separate_and_reasons_name_tokens() -> None:
+    sets, labels = _sets()
+    model = Model.train(sets, labels)
+    spam = model.score({"viagra", "free", "unknown-token"})
+    ham = model.score({"meeting", "agenda"})
+    assert spam.probability > 0.9 > 0.1 > ham.probability
+    assert {c.token for c in spam.clues} == {"viagra", "free"}
+    assert model.score(set()).probability == pytest.approx(0.5)
+
+
+def test_one_class_is_refused() -> None:
+    with pytest.raises(ModelError, match="both ham and spam"):
+        Model.train([{"a"}, {"b"}], [True, True])
+
+
+def test_learn_moves_the_score() -> None:
+    sets, labels = _sets()
+    model = Model.train(sets, labels)
+    before = model.score({"newword"}).probability
+    model.learn([{"newword", "x"}] * 5, [True] * 5)
+    assert model.score({"newword"}).probability > before
+    assert model.passport.learned_spam == 5
+
+
+def test_save_load_roundtrip(tmp_path: Path) -> None:
+    sets, labels = _sets()
+    model = Model.train(sets, labels)
+    model.save(tmp_path / "m.joblib")
+    loaded = Model.load(tmp_path / "m.joblib")
+    assert loaded.score({"viagra"}).probability == pytest.approx(model.score({"viagra"}).probability)
+    assert loaded.passport.trained_spam == 30
+    assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_missing_model_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="no model at"):
+        Model.load(tmp_path / "none.joblib")
+
+
+def test_corrupt_model_is_refused_before_unpickling(tmp_path: Path) -> None:
+    sets, labels = _sets()
+    Model.train(sets, labels).save(tmp_path / "m.joblib")
+    with open(tmp_path / "m.joblib", "r+b") as fh:
+        fh.seek(100)
+        fh.write(b"garbage!")
+    with pytest.raises(ModelError, match="does not match its passport"):
+        Model.load(tmp_path / "m.joblib")
+
+
+def test_model_writable_by_others_is_refused(tmp_path: Path) -> None:
+    sets, labels = _sets()
+    Model.train(sets, labels).save(tmp_path / "m.joblib")
+    os.chmod(tmp_path / "m.joblib", 0o666)
+    with pytest.raises(ModelError, match="writable by other users"):
+        Model.load(tmp_path / "m.joblib")
+
+
+def test_incompatible_versions_are_refused(tmp_path: Path) -> None:
+    sets, labels = _sets()
+    Model.train(sets, labels).save(tmp_path / "m.joblib")
+    side = passport_path(tmp_path / "m.joblib")
+    data = json.loads(side.read_text())
+    data["versions"]["scikit-learn"] = "0.1.0"
+    side.write_text(json.dumps(data))
+    with pytest.raises(ModelError, match="retrain"):
+        Model.load(tmp_path / "m.joblib")
+    data["format_version"] = 99
+    side.write_text(json.dumps(data))
+    with pytest.raises(ModelError, match="format 99"):
+        Model.load(tmp_path / "m.joblib")

@@ -1,0 +1,112 @@
+"""`stronghold` in-process: train, scan, learn, model info, users and lists, errors."""
+
+from __future__ import annotations
+
+import json
+import mailbox
+from pathlib import Path
+
+import pytest
+
+from stronghold.cli import main
+from tests.conftest import corpus_files
+
+
+@pytest.fixture
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("STRONGHOLD_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("STRONGHOLD_MODELS_DIR", str(tmp_path / "models"))
+    return tmp_path
+
+
+@pytest.fixture
+def small_corpus(corpus: Path, env: Path) -> tuple[Path, Path]:
+    """A maildir of ham and an mbox of spam, from the training split."""
+    ham_dir = env / "ham"
+    box = mailbox.Maildir(str(ham_dir), create=True)
+    for path in corpus_files(corpus, "ham", "train")[:150]:
+        box.add(path.read_bytes())
+    spam_mbox = env / "spam.mbox"
+    mb = mailbox.mbox(str(spam_mbox), create=True)
+    for path in corpus_files(corpus, "spam", "train")[:80]:
+        mb.add(path.read_bytes())
+    mb.close()
+    return ham_dir, spam_mbox
+
+
+@pytest.mark.corpus
+def test_train_scan_learn_info(small_corpus: tuple[Path, Path], corpus: Path, env: Path,
+                               capsys: pytest.CaptureFixture[str]) -> None:
+    ham, spam = small_corpus
+    assert main(["train", "--ham", str(ham), "--spam", str(spam), "--holdout", "0.2"]) == 0
+    out = capsys.readouterr().out
+    assert "ham +" in out and "(1-AUC)%" in out
+    spam_file = corpus_files(corpus, "spam")[0]
+    ham_file = corpus_files(corpus, "ham")[0]
+    assert main(["scan", "--format", "tsv", str(spam_file), str(ham_file)]) == 0
+    lines = capsys.readouterr().out.strip().split("\n")
+    scores = {line.split("\t")[1]: float(line.split("\t")[0]) for line in lines}
+    assert scores[str(spam_file)] > scores[str(ham_file)]
+    assert main(["scan", "--format", "json", str(spam_file)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result[0]["verdict"] in ("spam", "ham") and result[0]["reasons"]
+    assert main(["model", "info", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["trained_ham"] + info["trained_spam"] > 150
+    assert 0.5 <= info["spam_threshold"] < 1 and info["versions"]["scikit-learn"]
+    assert main(["learn", "--spam", str(ham_file)]) == 0
+    assert "learned 1 spam" in capsys.readouterr().out
+    assert main(["model", "info", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["learned_spam"] == 1
+
+
+def test_index_with_relative_paths(tmp_path: Path, env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "m").mkdir()
+    for i in range(6):
+        (tmp_path / "m" / f"h{i}").write_text(f"Subject: meeting {i}\n\nagenda minutes project {i}\n")
+        (tmp_path / "m" / f"s{i}").write_text(f"Subject: WIN cash {i}\n\nfree money click now {i}\n")
+    index = tmp_path / "index"
+    index.write_text("".join(f"ham m/h{i}\nspam m/s{i}\n" for i in range(6)))
+    assert main(["train", "--index", str(index), "--model", str(tmp_path / "x.joblib")]) == 0
+    assert "6 ham + 6 spam" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--ham", "/nonexistent"], "needs both --ham and --spam"),
+    (["train", "--ham", "/nonexistent", "--spam", "/nonexistent"], "no such file"),
+    (["scan", "/etc/hostname", "--model", "/nonexistent/model.joblib"], "no model at"),
+    (["scan"], "give message files"),
+])
+def test_errors_are_one_line_and_nonzero(argv: list[str], message: str, env: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_one_class_corpus_is_refused(tmp_path: Path, env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "h").mkdir()
+    (tmp_path / "h" / "1").write_text("Subject: a\n\nb\n")
+    index = tmp_path / "index"
+    index.write_text("ham h/1\n")
+    assert main(["train", "--index", str(index)]) == 2
+    assert "one class is missing" in capsys.readouterr().err
+
+
+def test_users_and_lists_from_the_cli(env: Path, monkeypatch: pytest.MonkeyPatch,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("PW", "a long enough password")
+    assert main(["user", "add", "olga", "--password-env", "PW", "--address", "olga@example.com"]) == 0
+    assert main(["list", "add", "block", "@junk.example", "--owner", "olga@example.com"]) == 0
+    assert main(["list", "add", "block", "@junk.example", "--owner", "olga@example.com"]) == 2
+    assert "already on the block list" in capsys.readouterr().err
+    csv_file = env / "in.csv"
+    csv_file.write_text("allow,friend@pal.example,\nblock,not valid,\n")
+    assert main(["list", "import", str(csv_file), "--owner", "olga@example.com"]) == 1
+    assert main(["list", "export", "--owner", "olga@example.com"]) == 0
+    out = capsys.readouterr().out
+    assert "block,@junk.example" in out and "allow,friend@pal.example" in out
+    assert main(["list", "rm", "block", "@junk.example", "--owner", "olga@example.com"]) == 0
+    assert main(["user", "disable", "olga"]) == 0
+    assert main(["user", "ls"]) == 0
+    assert "olga\tuser disabled\tolga@example.com" in capsys.readouterr().out

@@ -1,0 +1,39 @@
+"""Typed settings: defaults, file, environment, validation."""
+
+from pathlib import Path
+
+import pytest
+
+from stronghold import config
+from stronghold.config import ConfigError
+
+
+def test_defaults_are_safe() -> None:
+    cfg = config.load(None, {}, environ={})
+    assert cfg.on_scanner_error == cfg.on_model_error == cfg.on_store_error == "tempfail"
+    assert cfg.web_bind.startswith("127.0.0.1:")
+    assert cfg.db_url.startswith("sqlite:///")
+
+
+def test_file_then_env_then_overrides(tmp_path: Path) -> None:
+    f = tmp_path / "s.toml"
+    f.write_text('spam_action = "quarantine"\nreject_threshold = 0.95\n')
+    cfg = config.load(f, {"reject_threshold": 0.97}, environ={"STRONGHOLD_SPAM_ACTION": "reject"})
+    assert cfg.spam_action == "reject" and cfg.reject_threshold == 0.97
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"spam_actoin": "tag"}, "unknown setting 'spam_actoin'"),
+    ({"reject_threshold": 2}, "between 0 and 1"),
+    ({"milter_socket": "tcp:1"}, "unix:/PATH or inet:PORT@HOST"),
+    ({"on_scanner_error": "ignore"}, "must be one of"),
+    ({"model": "../evil.joblib"}, "file name inside models_dir"),
+])
+def test_invalid_settings_are_errors(overrides: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        config.load(None, overrides, environ={})
+
+
+def test_unknown_environment_variable_is_an_error() -> None:
+    with pytest.raises(ConfigError, match="STRONGHOLD_SPAM_TRESHOLD"):
+        config.load(None, {}, environ={"STRONGHOLD_SPAM_TRESHOLD": "0.5"})

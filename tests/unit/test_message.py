@@ -1,0 +1,73 @@
+"""The parser: reads what it can, never raises, records defects."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+
+from stronghold.message import parse, url_host
+
+
+def test_plain_message_headers_and_text() -> None:
+    msg = parse(b"From: A <a@x.example>\r\nSubject: =?utf-8?q?caf=C3=A9?=\r\n\r\nHello world\r\n")
+    assert msg.header("subject") == "café"
+    assert msg.header("FROM") == "A <a@x.example>"
+    assert "Hello world" in msg.text
+    assert msg.defects == []
+
+
+def test_base64_html_part_gives_text_urls_and_markup_features() -> None:
+    html = b'<html><body><p style="display:none">hidden</p><a href="http://Click.Example.com/x">Buy</a>' \
+           b'<img src="http://img.example.net/a.gif"></body></html>'
+    raw = (b"Subject: x\r\nMIME-Version: 1.0\r\nContent-Type: text/html; charset=iso-8859-1\r\n"
+           b"Content-Transfer-Encoding: base64\r\n\r\n" + base64.encodebytes(html))
+    msg = parse(raw)
+    assert "Buy" in msg.html_text
+    assert "http://Click.Example.com/x" in msg.urls
+    assert "hidden-style" in msg.html_features and "img-remote" in msg.html_features
+    assert msg.html_tags["a"] == 1
+
+
+def test_nested_multipart_with_attachment() -> None:
+    raw = (b"Content-Type: multipart/mixed; boundary=o\r\n\r\n--o\r\n"
+           b"Content-Type: multipart/alternative; boundary=i\r\n\r\n--i\r\nContent-Type: text/plain\r\n\r\n"
+           b"plain words\r\n--i--\r\n--o\r\nContent-Type: application/zip; name=\"a.zip\"\r\n"
+           b"Content-Transfer-Encoding: base64\r\n\r\nUEsDBA==\r\n--o--\r\n")
+    msg = parse(raw)
+    assert "plain words" in msg.text
+    assert msg.attachments[0].filename == "a.zip" and msg.attachments[0].content_type == "application/zip"
+
+
+@pytest.mark.parametrize("raw, defect", [
+    (b"", "empty"),
+    (b"Subject: a\x00b\r\n\r\nnul\x00", "nul-bytes"),
+    (b"Content-Type: multipart/mixed; boundary=zz\r\n\r\n--zz\r\nContent-Type: text/plain\r\n\r\nno end",
+     "CloseBoundaryNotFoundDefect"),
+    (b"Content-Type: text/plain\r\nContent-Transfer-Encoding: base64\r\n\r\n!!!@@@***", "bad-base64"),
+    (b"Subject: caf\xe9 \xff\r\n\r\nbody", "8bit-header"),
+    (b"Content-Type: text/plain; charset=no-such-charset\r\n\r\nbody \xe9", "body-charset"),
+])
+def test_malformed_input_is_recorded_not_raised(raw: bytes, defect: str) -> None:
+    assert defect in parse(raw).defects
+
+
+def test_deep_nesting_is_cut_without_recursion_error() -> None:
+    depth = 1000
+    head = b"".join(b"Content-Type: multipart/mixed; boundary=b%d\r\n\r\n--b%d\r\n" % (i, i)
+                    for i in range(depth))
+    msg = parse(head + b"Content-Type: text/plain\r\n\r\ndeep\r\n")
+    assert "too-deep" in msg.defects or "too-many-parts" in msg.defects
+
+
+def test_huge_single_line_is_truncated_and_bounded() -> None:
+    raw = b"Subject: big\r\n\r\n" + b"A" * (50 * 1024 * 1024)
+    msg = parse(raw)
+    assert "truncated" in msg.defects
+    assert msg.size == len(raw)
+    assert len(msg.text) <= 2 * 1024 * 1024
+
+
+def test_url_host() -> None:
+    assert url_host("HTTP://user@Www.Example.COM:8080/path") == "www.example.com"
+    assert url_host("www.example.org/x") == "www.example.org"

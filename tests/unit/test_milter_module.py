@@ -1,0 +1,72 @@
+"""The milter adapter without a mail server (pymilter's TestCtx), several messages per connection."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import Milter
+import pytest
+from Milter import testctx
+
+from stronghold.antivirus import EICAR, NoScanner
+from stronghold.config import Config
+from stronghold.milter import StrongholdMilter
+from stronghold.service import Service
+from stronghold.store import entries
+from stronghold.store.db import Store
+
+
+class EicarOnlyScanner:
+    """A stand-in for clamd (the real one is in tests/e2e)."""
+
+    def scan(self, stream):
+        from stronghold.antivirus import ScanResult
+        return ScanResult("Test.EICAR" if EICAR in stream.read() else None)
+
+
+@pytest.fixture
+def milter(make_config, models_dir: Path):
+    cfg: Config = make_config(models_dir=models_dir, lists_refresh_seconds=0)
+    cfg.data_dir.mkdir(parents=True)
+    store = Store(cfg.db_url)
+    store.upgrade()
+    StrongholdMilter.service = Service(cfg, store=store, scanner=EicarOnlyScanner())
+    Milter.factory = StrongholdMilter
+    ctx = testctx.TestCtx()
+    assert ctx._connect(ip="192.0.2.7") == Milter.CONTINUE
+    yield ctx, store
+    ctx._close()
+    store.dispose()
+
+
+def test_state_does_not_leak_between_messages(milter) -> None:
+    ctx, _store = milter
+    virus = b"From: a@b.example\nSubject: x\n\n" + EICAR + b"\n"
+    assert ctx._feedFile(io.BytesIO(virus), "a@b.example", "u@example.com") == Milter.REJECT
+    assert ctx._reply[0] == "554"
+    clean = (b"From: a@b.example\nSubject: lunch\nX-Spam-Flag: NO\n\n"
+             b"See you at noon for the project meeting.\n")
+    assert ctx._feedFile(io.BytesIO(clean), "a@b.example", "v@example.com") == Milter.ACCEPT
+    m = ctx.getpriv()
+    assert m.recipients == ["v@example.com"]  # not u@ from the first message
+    assert ctx._msg["X-Spam-Flag"] in ("YES", "NO") and ctx._headerschanged
+    ctx._abort()
+    assert m.recipients == [] and m.spool is None
+
+
+def test_rcpt_block_refuses_one_recipient(milter) -> None:
+    ctx, store = milter
+    with store.session() as s:
+        entries.add_entry(s, "w@example.com", "block", "@spammer.example")
+    assert ctx._envfrom("<x@spammer.example>") == Milter.CONTINUE
+    assert ctx._envrcpt("<w@example.com>") == Milter.REJECT
+    assert ctx._reply[:2] == ("550", "5.7.1")
+    assert ctx._envrcpt("<y@example.com>") == Milter.CONTINUE
+    assert ctx.getpriv().recipients == ["y@example.com"]
+
+
+def test_no_scanner_configured_is_visible(make_config, models_dir: Path) -> None:
+    cfg = make_config(models_dir=models_dir, clamd_socket="none")
+    service = Service(cfg, store=Store(f"sqlite:///{cfg.data_dir}.db"))
+    assert isinstance(service.scanner, NoScanner)

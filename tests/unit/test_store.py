@@ -1,0 +1,113 @@
+"""The store on SQLite and on a real PostgreSQL server."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from stronghold.engine import Envelope, Findings, Policy, decide
+from stronghold.message import parse
+from stronghold.store import accounts, entries, messagelog
+from stronghold.store.db import Store
+from stronghold.store.errors import EntryError, StoreError
+
+pytestmark = pytest.mark.postgres
+
+
+def test_users_passwords_are_argon2_and_authenticate(store: Store) -> None:
+    with store.session() as s:
+        user = accounts.add_user(s, "Alice", "correct horse battery")
+        assert user.password_hash.startswith("$argon2")
+        accounts.assign_address(s, user, "Alice@Example.com")
+    with store.session() as s:
+        assert accounts.authenticate(s, "alice", "correct horse battery").login == "alice"
+        assert accounts.authenticate(s, "alice", "wrong password!!") is None
+        assert accounts.authenticate(s, "nobody", "correct horse battery") is None
+        accounts.set_disabled(accounts.get_user(s, "alice"), True)
+    with store.session() as s:
+        assert accounts.authenticate(s, "alice", "correct horse battery") is None
+
+
+def test_short_passwords_and_duplicate_users_refused(store: Store) -> None:
+    with store.session() as s:
+        with pytest.raises(EntryError, match="at least"):
+            accounts.add_user(s, "bob", "short")
+        accounts.add_user(s, "bob", "long enough password")
+        with pytest.raises(EntryError, match="exists"):
+            accounts.add_user(s, "BOB", "long enough password")
+
+
+def test_an_address_has_one_owner(store: Store) -> None:
+    with store.session() as s:
+        a = accounts.add_user(s, "a", "long enough password")
+        b = accounts.add_user(s, "b", "long enough password")
+        accounts.assign_address(s, a, "shared@example.com")
+        with pytest.raises(EntryError, match="another user"):
+            accounts.assign_address(s, b, "SHARED@example.com")
+
+
+def test_list_entries_validated_deduplicated_and_versioned(store: Store) -> None:
+    with store.session() as s:
+        v0 = entries.lists_version(s)
+        entries.add_entry(s, "a@example.com", "block", "*.Spam.example", "  noisy  ")
+        with pytest.raises(EntryError, match="already on the block list"):
+            entries.add_entry(s, "a@example.com", "block", "*.spam.example")
+        with pytest.raises(EntryError, match="on the block list; remove it there first"):
+            entries.add_entry(s, "a@example.com", "allow", "*.spam.example")
+        with pytest.raises(EntryError, match="not a valid domain"):
+            entries.add_entry(s, "a@example.com", "allow", "@nodot")
+        entries.add_entry(s, None, "allow", "@partner.example")
+        assert entries.lists_version(s) == v0 + 2
+        got = entries.entries(s, "a@example.com")
+        assert [(e.kind, e.pattern, e.comment) for e in got] == [("block", "*.spam.example", "noisy")]
+        with pytest.raises(EntryError, match="no such entry"):
+            entries.remove_entry(s, got[0].id, ["b@example.com"])  # not the owner
+        entries.remove_entry(s, got[0].id, ["a@example.com"])
+        assert entries.entries(s, "a@example.com") == []
+
+
+def test_csv_round_trip_and_problems(store: Store) -> None:
+    with store.session() as s:
+        added, problems = entries.import_csv(
+            s, "a@example.com", "kind,pattern,comment\nblock,@x.example,one\nallow,bad pattern,\n"
+            "allow,friend@y.example,pal\nblock,@x.example,dup\n")
+        assert added == 2 and len(problems) == 2
+        text = entries.export_csv(entries.entries(s, "a@example.com"))
+    assert "block,@x.example,one" in text and "allow,friend@y.example,pal" in text
+
+
+def test_list_cache_sees_edits(store: Store) -> None:
+    cache = entries.ListCache(store, refresh=0)
+    assert len(cache()) == 0
+    with store.session() as s:
+        entries.add_entry(s, None, "block", "@new.example")
+    assert len(cache()) == 1
+
+
+def test_message_log_ownership_feedback_and_counts(store: Store) -> None:
+    msg = parse(b"From: x@y.example\r\nSubject: hello\r\n\r\nbody")
+    env = Envelope("x@y.example", ("a@example.com", "b@example.com"), queue_id="Q9")
+    verdict = decide(env, msg, Findings(lists=entries.ListIndex([])), Policy())
+    with store.session() as s:
+        mid = messagelog.record(s, env, msg, verdict, {"tok1", "tok2"})
+        user = accounts.add_user(s, "a", "long enough password")
+    with store.session() as s:
+        assert messagelog.visible_message(s, mid, ("a@example.com",)) is not None
+        assert messagelog.visible_message(s, mid, ("c@example.com",)) is None
+        rows = messagelog.recent(s, messagelog.LogFilter(addresses=("b@example.com",)))
+        assert [r.id for r in rows] == [mid]
+        messagelog.set_feedback(s, mid, user.id, True)
+        pending = messagelog.pending(s)
+        assert len(pending) == 1 and messagelog.unpack_tokens(pending[0][1].tokens) == {"tok1", "tok2"}
+        day = time.strftime("%Y-%m-%d", time.gmtime())
+        assert messagelog.daily_counts(s, None)[day]["clean"] == 1
+
+
+def test_unreachable_database_is_a_store_error() -> None:
+    store = Store("postgresql+psycopg://nobody@127.0.0.1:1/none")
+    with pytest.raises(StoreError, match="unreachable"):
+        store.ping()
+    with pytest.raises(StoreError):
+        with store.session() as s:
+            entries.lists_version(s)
