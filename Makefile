@@ -26,10 +26,10 @@ models/model.joblib: | venv corpus
 model: models/model.joblib
 
 lint: venv
-	$(VENV)/bin/ruff check stronghold webui tests bench corpus
+	$(VENV)/bin/ruff check $(wildcard stronghold webui tests bench corpus)
 
 test: venv corpus
-	$(VENV)/bin/ruff check stronghold webui tests bench corpus
+	$(VENV)/bin/ruff check $(wildcard stronghold webui tests bench corpus)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 run: venv corpus model
