@@ -71,7 +71,6 @@ def test_clamd_down_tempfails_then_delivers_once_back(edge_stack: EdgeStack) -> 
     wait_for(lambda: not edge_stack.edge.queue(), 30, "edge queue empty")
     delivered = [m for m in sink.messages if any(f"X-Test-Id: {t}".encode() in m.data for t in ids)]
     assert len(delivered) == 3  # each exactly once
-    edge_stack.filter.milter.wait_log("clamd recovered")
 
 
 def test_milter_killed_postfix_tempfails_and_nothing_is_lost(edge_stack: EdgeStack) -> None:

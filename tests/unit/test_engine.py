@@ -148,3 +148,15 @@ def test_oversize_actions() -> None:
     v = evaluate(ENV, MSG, None, None, lambda: None, lambda: lists(), Policy(oversize_action="accept"),
                  oversize=True)
     assert v.action is Action.ACCEPT and "oversize" in v.summary
+
+
+def test_incidents_are_logged_once_not_per_message(caplog: pytest.LogCaptureFixture) -> None:
+    from stronghold.service import Incidents
+    incidents = Incidents()
+    with caplog.at_level("WARNING"):
+        for _ in range(50):
+            incidents.failed("clamd", "down")
+        incidents.ok("clamd")
+        incidents.ok("clamd")
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages == ["clamd failing: down", "clamd recovered"]

@@ -1,0 +1,70 @@
+"""Flask test-client fixtures: an app on a fresh store, seeded users, an auth helper."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from stronghold.store import accounts
+from stronghold.store.db import Store
+from webui import create_app
+from webui.auth import throttle
+
+PASSWORD = "a long enough password"
+_TOKEN = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+
+def seed(store: Store) -> dict[str, int]:
+    ids = {}
+    with store.session() as s:
+        for login, addrs, admin in (("alice", ["alice@example.com", "alice2@example.com"], False),
+                                    ("bob", ["bob@example.com"], False), ("root", [], True)):
+            user = accounts.add_user(s, login, PASSWORD, admin=admin)
+            for a in addrs:
+                accounts.assign_address(s, user, a)
+            ids[login] = user.id
+    return ids
+
+
+@pytest.fixture
+def app(store: Store, tmp_path: Path) -> Iterator[Flask]:
+    throttle._failures.clear()
+    application = create_app({"data_dir": tmp_path / "data", "database_url": store.url, "TESTING": True})
+    application.config["user_ids"] = seed(store)
+    yield application
+    application.extensions["stronghold_store"].dispose()
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+def token(client: FlaskClient, url: str) -> str:
+    page = client.get(url, follow_redirects=True)
+    found = _TOKEN.search(page.get_data(as_text=True))
+    assert found, f"no CSRF token on {url} ({page.status_code})"
+    return found.group(1)
+
+
+class Auth:
+    def __init__(self, client: FlaskClient) -> None:
+        self.client = client
+
+    def login(self, login: str = "alice", password: str = PASSWORD):
+        return self.client.post("/login", data={"login": login, "password": password,
+                                                "csrf_token": token(self.client, "/login")})
+
+    def post(self, url: str, data: dict, page: str = "/lists/"):
+        """POST as a browser would: with a token taken from a page of the app."""
+        return self.client.post(url, data={**data, "csrf_token": token(self.client, page)})
+
+
+@pytest.fixture
+def auth(client: FlaskClient) -> Auth:
+    return Auth(client)

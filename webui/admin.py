@@ -1,0 +1,80 @@
+"""Admins: users, their addresses and passwords; the global lists live in webui.lists."""
+
+from __future__ import annotations
+
+from flask import Blueprint, abort, flash, g, redirect, render_template, request, url_for
+
+from stronghold.store import accounts
+from stronghold.store.errors import EntryError
+from webui import store
+from webui.auth import admin_required
+
+bp = Blueprint("admin", __name__, url_prefix="/admin")
+
+
+@bp.route("/users")
+@admin_required
+def users():
+    with store().session() as s:
+        rows = accounts.all_users(s)
+    return render_template("admin_users.html", users=rows, errors={}, form={})
+
+
+@bp.route("/users", methods=["POST"])
+@admin_required
+def create_user():
+    form = {k: request.form.get(k, "") for k in ("login", "password", "addresses")}
+    addresses = [a for a in form["addresses"].replace(",", " ").split() if a]
+    try:
+        with store().session() as s:
+            user = accounts.add_user(s, form["login"], form["password"], admin=request.form.get("admin") == "1")
+            for address in addresses:
+                accounts.assign_address(s, user, address)
+    except EntryError as exc:
+        with store().session() as s:
+            rows = accounts.all_users(s)
+        form.pop("password")
+        return render_template("admin_users.html", users=rows, errors={"create": str(exc)}, form=form), 400
+    flash(f"User {form['login'].strip().lower()} created.")
+    return redirect(url_for("admin.users"))
+
+
+def _user_or_404(session, user_id: int):
+    user = accounts.get_user_by_id(session, user_id)
+    if user is None:
+        abort(404)
+    return user
+
+
+@bp.route("/users/<int:user_id>", methods=["POST"])
+@admin_required
+def change_user(user_id: int):
+    action = request.form.get("action", "")
+    try:
+        with store().session() as s:
+            user = _user_or_404(s, user_id)
+            login = user.login
+            if user.id == g.user.id and action in ("disable", "delete"):
+                raise EntryError("you cannot disable or delete your own account")
+            if action == "disable":
+                accounts.set_disabled(user, True)
+            elif action == "enable":
+                accounts.set_disabled(user, False)
+            elif action == "delete":
+                accounts.delete_user(s, user)
+            elif action == "password":
+                accounts.set_password(s, user, request.form.get("password", ""))
+            elif action == "add-address":
+                accounts.assign_address(s, user, request.form.get("address", ""))
+            elif action == "remove-address":
+                accounts.release_address(s, user, request.form.get("address", ""))
+            else:
+                abort(400)
+    except EntryError as exc:
+        flash(f"{login}: {exc}", "error")
+        return redirect(url_for("admin.users"))
+    messages = {"disable": "disabled", "enable": "enabled", "delete": "deleted",
+                "password": "has a new password", "add-address": "got the address",
+                "remove-address": "lost the address"}
+    flash(f"User {login} {messages[action]}.")
+    return redirect(url_for("admin.users"))

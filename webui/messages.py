@@ -1,0 +1,115 @@
+"""Recent mail: what the filter saw, why, and one-click lists and feedback."""
+
+from __future__ import annotations
+
+from flask import Blueprint, abort, flash, g, redirect, render_template, request, url_for
+
+from stronghold.lists import PatternError, normalize_address
+from stronghold.store import entries, messagelog
+from stronghold.store.errors import EntryError
+from webui import store
+from webui.auth import login_required
+
+bp = Blueprint("messages", __name__, url_prefix="/messages")
+CATEGORIES = ("clean", "spam", "virus", "blocked", "allowed", "error")
+PAGE = 50
+
+
+def _viewer_scope() -> tuple[str, ...] | None:
+    """Addresses whose mail the user may see; None (everything) for admins asking for all."""
+    if g.user.is_admin and request.values.get("all") == "1":
+        return None
+    return g.addresses
+
+
+def message_or_404(message_id: int):
+    """The message row if the current user received it (admins: any)."""
+    scope = None if g.user.is_admin else g.addresses
+    with store().session() as s:
+        row = messagelog.visible_message(s, message_id, scope)
+        if row is None:
+            abort(404)
+        _ = row.recipients  # load before the session closes
+        return row
+
+
+@bp.route("/")
+@login_required
+def index():
+    category = request.args.get("category", "")
+    if category not in CATEGORIES:
+        category = ""
+    raw_page = request.args.get("page", "0")
+    page = min(int(raw_page), 1000) if raw_page.isdigit() else 0
+    scope = _viewer_scope()
+    with store().session() as s:
+        rows = messagelog.recent(s, messagelog.LogFilter(scope, category, PAGE, page * PAGE))
+        feedback = messagelog.feedback_for(s, [r.id for r in rows], g.user.id)
+        for r in rows:
+            _ = r.recipients
+    return render_template("messages.html", rows=rows, feedback=feedback, category=category,
+                           categories=CATEGORIES, page=page, page_size=PAGE,
+                           show_all=scope is None, mine=set(g.addresses))
+
+
+@bp.route("/<int:message_id>")
+@login_required
+def show(message_id: int):
+    row = message_or_404(message_id)
+    with store().session() as s:
+        fb = messagelog.feedback_for(s, [row.id], g.user.id).get(row.id)
+    return render_template("message.html", m=row, fb=fb, mine=set(g.addresses))
+
+
+def _my_recipient_addresses(row) -> list[str]:
+    mine = [r.address for r in row.recipients if r.address in g.addresses]
+    if not mine and g.user.is_admin:
+        mine = [r.address for r in row.recipients]
+    return mine
+
+
+@bp.route("/<int:message_id>/list", methods=["POST"])
+@login_required
+def add_sender(message_id: int):
+    """Block or always allow this message's sender, for my addresses that got it."""
+    row = message_or_404(message_id)
+    kind = request.form.get("kind")
+    if kind not in ("allow", "block"):
+        abort(400)
+    sender = row.sender or ""
+    try:
+        pattern = normalize_address(sender)
+    except PatternError:
+        flash("This message has no sender address to add.")
+        return redirect(url_for("messages.show", message_id=message_id))
+    done, problems = [], []
+    for address in _my_recipient_addresses(row):
+        try:
+            with store().session() as s:
+                entries.add_entry(s, address, kind, pattern, f"from message #{row.id}")
+            done.append(address)
+        except EntryError as exc:
+            problems.append(f"{address}: {exc}")
+    if done:
+        flash(f"{pattern} is now on the {kind} list of {', '.join(done)}.")
+    for p in problems:
+        flash(p)
+    return redirect(request.referrer if _same_site(request.referrer) else url_for("messages.index"))
+
+
+@bp.route("/<int:message_id>/feedback", methods=["POST"])
+@login_required
+def feedback(message_id: int):
+    row = message_or_404(message_id)
+    verdict = request.form.get("is_spam")
+    if verdict not in ("1", "0"):
+        abort(400)
+    with store().session() as s:
+        messagelog.set_feedback(s, row.id, g.user.id, verdict == "1")
+    flash("Thanks: marked as " + ("spam" if verdict == "1" else "not spam")
+          + ". The filter learns it at its next training run.")
+    return redirect(request.referrer if _same_site(request.referrer) else url_for("messages.index"))
+
+
+def _same_site(url: str | None) -> bool:
+    return bool(url) and url.startswith(request.host_url)
