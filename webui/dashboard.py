@@ -31,7 +31,7 @@ def chart(counts: dict[str, dict[str, int]], days: int = DAYS, width: int = 720,
     today = time.time()
     labels = [time.strftime("%Y-%m-%d", time.gmtime(today - (days - 1 - i) * 86400)) for i in range(days)]
     totals = [sum(counts.get(d, {}).get(k, 0) for k, _ in SERIES) for d in labels]
-    peak = max(totals + [1])
+    peak = max([*totals, 1])
     slot = width / days
     bars: list[Bar] = []
     for i, day in enumerate(labels):
