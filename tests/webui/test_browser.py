@@ -1,0 +1,139 @@
+"""The web UI in a real browser: headless Chromium, Playwright, `stronghold web` behind waitress."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from stronghold.engine import Envelope, Findings, Policy, decide
+from stronghold.lists import ListIndex
+from stronghold.message import parse
+from stronghold.store import entries, messagelog
+from stronghold.store.db import Store
+from tests.conftest import shared_tmpdir
+from tests.harness.browser import WebProcess, launch, screenshot
+from tests.webui.conftest import PASSWORD, seed
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture(scope="module")
+def site() -> Iterator[tuple[WebProcess, Store]]:
+    home = shared_tmpdir("stronghold-web-")
+    url = f"sqlite:///{home / 'store.db'}"
+    store = Store(url)
+    store.upgrade()
+    seed(store)
+    web = WebProcess(home, {"data_dir": str(home / "data"), "database_url": url}).start()
+    yield web, store
+    web.stop()
+    store.dispose()
+    shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as p:
+        b = launch(p)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    context = browser.new_context(viewport={"width": 1200, "height": 900})
+    yield context.new_page()
+    context.close()
+
+
+def login(page: Page, base: str, user: str, password: str = PASSWORD) -> None:
+    page.goto(base + "/login")
+    page.get_by_label("Login").fill(user)
+    page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Log in").click()
+
+
+def test_lists_add_remove_and_errors(site: tuple[WebProcess, Store], page: Page) -> None:
+    web, store = site
+    login(page, web.url, "alice")
+    page.goto(web.url + "/lists/alice@example.com")
+    page.locator("#pattern-block").fill("*.bad-actors.example")
+    page.locator("#comment-block").fill("phishing campaign")
+    page.get_by_role("button", name="Add to block list").click()
+    expect(page.locator("#list-block")).to_contain_text("*.bad-actors.example")
+    page.locator("#pattern-allow").fill("*.bad-actors.example")
+    page.get_by_role("button", name="Add to allow list").click()
+    expect(page.locator("#err-allow")).to_contain_text("remove it there first")
+    page.locator("#pattern-allow").fill("grandma@family.example")
+    page.get_by_role("button", name="Add to allow list").click()
+    expect(page.locator("#list-allow")).to_contain_text("grandma@family.example")
+    screenshot(page, "lists")
+    page.get_by_role("button", name="Remove *.bad-actors.example").click()
+    expect(page.locator("#list-block")).not_to_contain_text("*.bad-actors.example")
+    with store.session() as s:
+        assert [e.pattern for e in entries.entries(s, "alice@example.com")] == ["grandma@family.example"]
+
+
+def test_import_csv(site: tuple[WebProcess, Store], page: Page, tmp_path: Path) -> None:
+    web, store = site
+    csv_file = tmp_path / "entries.csv"
+    csv_file.write_text("kind,pattern,comment\nblock,@spam-house.example,bulk\nallow,boss@work.example,\n"
+                        "block,bad pattern,\n")
+    login(page, web.url, "alice")
+    page.goto(web.url + "/lists/alice2@example.com")
+    page.get_by_label("CSV file").set_input_files(str(csv_file))
+    page.get_by_role("button", name="Import").click()
+    expect(page.locator(".flashes")).to_contain_text("Imported 2 entries")
+    expect(page.locator(".problems")).to_contain_text("line 4")
+    with store.session() as s:
+        assert {e.pattern for e in entries.entries(s, "alice2@example.com")} == {"@spam-house.example",
+                                                                                 "boss@work.example"}
+
+
+def test_mark_message_as_spam(site: tuple[WebProcess, Store], page: Page) -> None:
+    web, store = site
+    msg = parse(b"From: promo@deals.example\r\nSubject: Cheap watches today\r\n\r\nbuy")
+    env = Envelope("promo@deals.example", ("bob@example.com",), queue_id="ABC123")
+    verdict = decide(env, msg, Findings(lists=ListIndex([])), Policy())
+    with store.session() as s:
+        mid = messagelog.record(s, env, msg, verdict, {"tok"})
+    login(page, web.url, "bob")
+    page.goto(web.url + "/messages/")
+    page.get_by_role("button", name="This is spam: Cheap watches today").click()
+    expect(page.locator(".flashes")).to_contain_text("marked as spam")
+    expect(page.locator(".fb").first).to_contain_text("not learned yet")
+    screenshot(page, "messages")
+    with store.session() as s:
+        assert [(fb.message_id, fb.is_spam) for fb, _ in messagelog.pending(s)] == [(mid, True)]
+
+
+def test_admin_resets_password_and_user_logs_in(site: tuple[WebProcess, Store], page: Page,
+                                                browser: Browser) -> None:
+    web, _ = site
+    login(page, web.url, "root")
+    page.goto(web.url + "/admin/users")
+    page.get_by_label("New password for bob").fill("fresh password 42")
+    page.locator("#user-bob").get_by_role("button", name="Reset password").click()
+    expect(page.locator(".flashes")).to_contain_text("bob has a new password")
+    screenshot(page, "admin-users")
+    other = browser.new_context().new_page()
+    login(other, web.url, "bob", "fresh password 42")
+    expect(other.get_by_role("heading", name="Last 30 days")).to_be_visible()
+    screenshot(other, "dashboard")
+    other.context.close()
+
+
+def test_works_on_a_phone_sized_screen(site: tuple[WebProcess, Store], browser: Browser) -> None:
+    web, _ = site
+    context = browser.new_context(viewport={"width": 390, "height": 844})
+    page = context.new_page()
+    login(page, web.url, "alice")
+    page.goto(web.url + "/lists/alice@example.com")
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= 400  # no sideways scrolling
+    screenshot(page, "lists-phone")
+    context.close()
