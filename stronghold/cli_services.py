@@ -8,10 +8,11 @@ import io
 from stronghold.antivirus import EICAR, ClamdScanner, ScannerError
 from stronghold.classifier import Model, ModelError
 from stronghold.config import Config
+from stronghold.localstack import StackError
 from stronghold.store.db import Store
 from stronghold.store.errors import EntryError, StoreError
 
-KNOWN_ERRORS = (StoreError, EntryError, ScannerError)
+KNOWN_ERRORS = (StoreError, EntryError, ScannerError, StackError)
 
 
 def check_config(cfg: Config) -> int:
@@ -71,6 +72,11 @@ def cmd_db_upgrade(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
+def _cmd_stack(args: argparse.Namespace, cfg: Config) -> int:
+    from stronghold.devstack import cmd_stack
+    return cmd_stack(args, cfg)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("milter", help="run the milter for Postfix")
     p.add_argument("--check-config", action="store_true",
@@ -78,6 +84,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_milter)
     p = sub.add_parser("web", help="run the web UI")
     p.set_defaults(func=cmd_web)
+    p = sub.add_parser("stack", help="start or stop the local stack on loopback (make run / make stop)")
+    p.add_argument("action", choices=("start", "stop"))
+    p.set_defaults(func=_cmd_stack)
     p = sub.add_parser("db", help="database schema")
     dsub = p.add_subparsers(dest="db_command", required=True, metavar="ACTION")
     dsub.add_parser("upgrade", help="apply migrations").set_defaults(func=cmd_db_upgrade)

@@ -159,7 +159,7 @@ def decide(envelope: Envelope, msg: ParsedMessage, found: Findings, policy: Poli
         if found.scan.infected:
             reply = (REPLY_VIRUS[0], REPLY_VIRUS[1], REPLY_VIRUS[2].format(name=found.scan.virus))
             decisions = tuple(RecipientDecision(r, policy.virus_action, Category.VIRUS,
-                                                f"virus {found.scan.virus}", tuple(trace))
+                                                f"virus {found.scan.virus}")
                               for r in envelope.recipients)
             return Verdict(policy.virus_action, Category.VIRUS, None, None, found.scan.virus,
                            decisions, tuple(trace), reasons=(f"virus:{found.scan.virus}",),

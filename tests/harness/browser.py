@@ -41,7 +41,7 @@ class WebProcess:
 
     def start(self) -> WebProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("STRONGHOLD_")}
-        self._log = open(self.home / "web.log", "ab")  # noqa: SIM115 - closed in stop()
+        self._log = open(self.home / "web.log", "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "stronghold.cli", "--config", str(self.config), "web"],
                                      stdout=self._log, stderr=subprocess.STDOUT, env=env)
         wait_for(lambda: self.proc.poll() is None and _port_open(self.port), 60, f"web UI ({self.home / 'web.log'})")
@@ -54,11 +54,11 @@ class WebProcess:
         self._log.close()
 
 
-def launch(playwright):  # noqa: ANN001, ANN201 - Playwright objects
+def launch(playwright):
     return playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
 
 
-def screenshot(page, name: str) -> Path:  # noqa: ANN001
+def screenshot(page, name: str) -> Path:
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     path = SCREENSHOTS / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)

@@ -1,0 +1,136 @@
+"""`stronghold stack start|stop`: the whole product on loopback, for `make run`.
+
+clamd, the milter, Postfix on 127.0.0.1:2525 (delivering into a maildir) and the
+web UI on 127.0.0.1:8080, each in var/stack/<part>/ with its own log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from stronghold.config import Config
+from stronghold.localstack import ROOT, Clamd, Postfix, StackError, _unix_connects, signature_dir, wait_for
+from stronghold.store import accounts
+from stronghold.store.db import Store
+
+HOME = ROOT / "var" / "stack"
+SMTP_PORT = 2525
+WEB = "127.0.0.1:8080"
+
+
+def _alive(pid_file: Path) -> int | None:
+    try:
+        pid = int(pid_file.read_text())
+        os.kill(pid, 0)
+        return pid
+    except (FileNotFoundError, ValueError, ProcessLookupError):
+        return None
+
+
+def _spawn(name: str, argv: list[str]) -> int:
+    log = open(HOME / f"{name}.log", "ab")
+    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                            env={k: v for k, v in os.environ.items() if not k.startswith("STRONGHOLD_")})
+    log.close()
+    (HOME / f"{name}.pid").write_text(str(proc.pid))
+    return proc.pid
+
+
+def _tcp_open(host: str, port: int) -> bool:
+    import socket
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def _first_admin(store: Store) -> str | None:
+    """Create 'admin' with a random password when there is no user yet; returns the password."""
+    with store.session() as s:
+        if accounts.all_users(s):
+            return None
+        password = secrets.token_urlsafe(12)
+        user = accounts.add_user(s, "admin", password, admin=True)
+        accounts.assign_address(s, user, "postmaster@example.com")
+    path = HOME / "admin-password"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(password + "\n")
+    return password
+
+
+def start() -> int:
+    stop(quiet=True)
+    for sub in ("", "milter", "clamd"):
+        (HOME / sub).mkdir(parents=True, exist_ok=True)
+        os.chmod(HOME / sub, 0o755)  # noqa: S103 - Postfix (another user) must reach the socket
+    sigs, which = signature_dir()
+    clamd = Clamd(HOME / "clamd", sigs)
+    clamd.start()
+    assert clamd.proc is not None
+    (HOME / "clamd.pid").write_text(str(clamd.proc.pid))
+    settings = {
+        "data_dir": str(HOME / "milter"), "models_dir": str(ROOT / "models"),
+        "database_url": f"sqlite:///{HOME / 'store.db'}",
+        "milter_socket": f"unix:{HOME / 'milter' / 'milter.sock'}",
+        "clamd_socket": clamd.address, "web_bind": WEB,
+    }
+    conf = HOME / "stronghold.toml"
+    conf.write_text("".join(f'{k} = "{v}"\n' for k, v in settings.items()))
+    store = Store(settings["database_url"])
+    store.upgrade()
+    password = _first_admin(store)
+    store.dispose()
+    cli = [sys.executable, "-m", "stronghold.cli", "--config", str(conf)]
+    _spawn("milter", [*cli, "milter"])
+    wait_for(lambda: _unix_connects(HOME / "milter" / "milter.sock"), 60, f"milter ({HOME / 'milter.log'})")
+    postfix = Postfix(HOME / "postfix", SMTP_PORT, milter=f"unix:{HOME / 'milter' / 'milter.sock'}")
+    postfix.start()
+    _spawn("web", [*cli, "web"])
+    host, port = WEB.split(":")
+    wait_for(lambda: _tcp_open(host, int(port)), 60, f"web UI ({HOME / 'web.log'})")
+    maildir = HOME / "postfix" / "mail" / "catchall" / "new"
+    print(f"""
+Mail Stronghold is running on loopback:
+  SMTP (Postfix + milter)  127.0.0.1:{SMTP_PORT}   delivers into {maildir}
+  milter                   unix:{HOME / 'milter' / 'milter.sock'}  (log {HOME / 'milter.log'})
+  clamd                    {clamd.socket_path}  ({which})
+  web UI                   http://{WEB}/   (log {HOME / 'web.log'})
+  settings                 {conf}
+First admin: login 'admin', password {password or '(unchanged; see ' + str(HOME / 'admin-password') + ')'}
+Try it:
+  swaks --server 127.0.0.1:{SMTP_PORT} --from carol@sender.example --to postmaster@example.com
+  ls {maildir}
+Stop it with: make stop
+""")
+    return 0
+
+
+def stop(quiet: bool = False) -> int:
+    for name in ("web", "milter", "clamd"):
+        pid = _alive(HOME / f"{name}.pid")
+        if pid is not None:
+            os.killpg(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 20
+            while _alive(HOME / f"{name}.pid") and time.monotonic() < deadline:
+                time.sleep(0.1)
+    if (HOME / "postfix" / "main.cf").exists():
+        Postfix(HOME / "postfix", SMTP_PORT).stop()
+    if not quiet:
+        print("Mail Stronghold local stack stopped.")
+    return 0
+
+
+def cmd_stack(args: argparse.Namespace, cfg: Config) -> int:
+    try:
+        return start() if args.action == "start" else stop()
+    except StackError as exc:
+        raise StackError(f"{exc}; logs are in {HOME}") from exc
