@@ -10,9 +10,15 @@ probability through a logistic curve.  That keeps a long, uninformative
 message from drowning the few tokens that decide (the failure of plain
 naive Bayes on mail).
 
-A model file is a joblib artifact with a passport (see ``Passport``) in a JSON
-sidecar.  Loading checks, before unpickling anything, that the file is not
-writable by other users and that its SHA-256 matches the passport.
+A model is three files: ``model.joblib`` (the scikit-learn counts, needed to
+learn), ``model.npy`` (the float32 log-odds table the filter scores with) and
+``model.json`` (the passport: versions, counts, thresholds, figures, and the
+SHA-256 of both).  Loading checks, before reading anything else, that the files
+are not writable by other users and match their passport.  Scoring memory-maps
+the table with ``allow_pickle=False``, so the milter never unpickles anything and
+its workers share the table's pages; scikit-learn is imported only to train and
+learn.  Token hashing uses MurmurHash3 via ``mmh3``, the function
+``FeatureHasher`` uses (a test checks they agree).
 """
 
 from __future__ import annotations
@@ -28,12 +34,13 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import joblib
+import mmh3
 import numpy as np
-import sklearn
-from sklearn.feature_extraction import FeatureHasher
-from sklearn.naive_bayes import MultinomialNB
+
+if TYPE_CHECKING:
+    from sklearn.naive_bayes import MultinomialNB
 
 FORMAT_VERSION = 1
 N_FEATURES = 2**22
@@ -87,6 +94,7 @@ class Passport:
     training_set_sha256: str = ""
     evaluation: dict[str, float] = field(default_factory=dict)
     file_sha256: str = ""
+    table_sha256: str = ""
 
     @classmethod
     def from_json(cls, data: dict[str, object]) -> Passport:
@@ -95,6 +103,8 @@ class Passport:
 
 
 def library_versions() -> dict[str, str]:
+    import joblib
+    import sklearn
     return {
         "python": platform.python_version(),
         "scikit-learn": sklearn.__version__,
@@ -103,19 +113,16 @@ def library_versions() -> dict[str, str]:
     }
 
 
-_HASHER = FeatureHasher(n_features=N_FEATURES, input_type="string", alternate_sign=False)
-
-
 def token_indices(tokens: Sequence[str]) -> np.ndarray:
-    """Hash bucket of each token, in order."""
-    if not tokens:
-        return np.zeros(0, dtype=np.int32)
-    return _HASHER.transform([[t] for t in tokens]).indices
+    """Hash bucket of each token, in order (the buckets FeatureHasher uses)."""
+    return np.fromiter((abs(mmh3.hash(t, 0)) % N_FEATURES for t in tokens), dtype=np.int64, count=len(tokens))
 
 
-def feature_matrix(token_sets: Iterable[Iterable[str]]):
-    """Binary message-by-bucket matrix for training."""
-    matrix = _HASHER.transform(list(t) for t in token_sets)
+def feature_matrix(token_sets: Iterable[Iterable[str]]) -> Any:
+    """Binary message-by-bucket matrix (scipy sparse) for training."""
+    from sklearn.feature_extraction import FeatureHasher
+    hasher = FeatureHasher(n_features=N_FEATURES, input_type="string", alternate_sign=False)
+    matrix = hasher.transform(list(t) for t in token_sets)
     matrix.data[:] = 1.0
     return matrix
 
@@ -123,11 +130,12 @@ def feature_matrix(token_sets: Iterable[Iterable[str]]):
 class Model:
     """A trained classifier: counts (for learning) and log-odds (for scoring)."""
 
-    def __init__(self, nb: MultinomialNB, passport: Passport) -> None:
+    def __init__(self, nb: MultinomialNB | None, passport: Passport,
+                 logodds: np.ndarray | None = None) -> None:
         self.nb = nb
         self.passport = passport
         self.params = Params(**passport.params) if passport.params else Params()
-        self._logodds = self._compute_logodds()
+        self._logodds = logodds if logodds is not None else self._compute_logodds()
 
     # -- training -----------------------------------------------------------
     @classmethod
@@ -138,6 +146,7 @@ class Model:
         n_spam = int(y.sum())
         if n_spam == 0 or n_spam == len(y):
             raise ModelError("training needs both ham and spam messages")
+        from sklearn.naive_bayes import MultinomialNB
         nb = MultinomialNB()
         nb.partial_fit(feature_matrix(token_sets), y, classes=[0, 1])
         passport = Passport(versions=library_versions(),
@@ -149,6 +158,8 @@ class Model:
         """Incremental update (user feedback) without a full retrain."""
         if not token_sets:
             return
+        if self.nb is None:
+            raise ModelError("this model was loaded for scoring only; load it with for_learning=True")
         y = np.asarray(labels, dtype=int)
         self.nb.partial_fit(feature_matrix(token_sets), y)
         self.passport.learned_spam += int(y.sum())
@@ -156,20 +167,27 @@ class Model:
         self._logodds = self._compute_logodds()
 
     def _compute_logodds(self) -> np.ndarray:
+        """Per-bucket log-odds (float32), in chunks so that temporaries stay small."""
+        assert self.nb is not None
         ham_counts, spam_counts = self.nb.feature_count_
         n_ham, n_spam = self.nb.class_count_
         p = self.params
-        seen = ham_counts + spam_counts
-        ratio_spam = spam_counts / max(n_spam, 1.0)
-        ratio_ham = ham_counts / max(n_ham, 1.0)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            raw = np.where(seen > 0, ratio_spam / (ratio_spam + ratio_ham), p.prior)
-        smoothed = (p.strength * p.prior + seen * raw) / (p.strength + seen)
-        smoothed = np.clip(smoothed, 1e-6, 1 - 1e-6)
-        logodds = np.log(smoothed / (1.0 - smoothed))
         cutoff = math.log((0.5 + p.min_dev) / (0.5 - p.min_dev))
-        logodds[np.abs(logodds) < cutoff] = 0.0
-        return logodds.astype(np.float32)
+        out = np.zeros(len(ham_counts), dtype=np.float32)
+        step = 1 << 18
+        for start in range(0, len(out), step):
+            ham = ham_counts[start:start + step]
+            spam = spam_counts[start:start + step]
+            seen = ham + spam
+            rs = spam / max(n_spam, 1.0)
+            rh = ham / max(n_ham, 1.0)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                raw = np.where(seen > 0, rs / (rs + rh), p.prior)
+            smoothed = np.clip((p.strength * p.prior + seen * raw) / (p.strength + seen), 1e-6, 1 - 1e-6)
+            chunk = np.log(smoothed / (1.0 - smoothed))
+            chunk[np.abs(chunk) < cutoff] = 0.0
+            out[start:start + step] = chunk
+        return out
 
     # -- scoring ------------------------------------------------------------
     def score(self, tokens: Iterable[str], n_reasons: int = 8) -> Score:
@@ -203,41 +221,89 @@ class Model:
 
     # -- persistence --------------------------------------------------------
     def save(self, path: Path) -> None:
-        """Write model and passport atomically (temp files + rename)."""
+        """Write counts, table and passport atomically (temp files, then renames).
+
+        The passport is renamed last: until then it names the old files'
+        hashes, so a reader sees the old model or refuses, never a mix.
+        """
+        import joblib
+        if self.nb is None:
+            raise ModelError("a model loaded for scoring only cannot be saved")
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".joblib")
-        os.close(fd)
+        tmp_model = _temp_name(path, ".joblib")
+        tmp_table = _temp_name(path, ".npy")
+        saved_log_prob = getattr(self.nb, "feature_log_prob_", None)
         try:
-            joblib.dump({"format_version": FORMAT_VERSION, "nb": self.nb}, tmp, compress=3)
-            os.chmod(tmp, 0o644)
-            self.passport.file_sha256 = _sha256(Path(tmp))
+            if saved_log_prob is not None:  # derivable; partial_fit recomputes it
+                del self.nb.feature_log_prob_
+            joblib.dump({"format_version": FORMAT_VERSION, "nb": self.nb}, tmp_model, compress=3)
+            with open(tmp_table, "wb") as fh:
+                np.save(fh, np.asarray(self._logodds, dtype=np.float32), allow_pickle=False)
+            for tmp in (tmp_model, tmp_table):
+                os.chmod(tmp, 0o644)
+                with open(tmp, "rb") as fh:
+                    os.fsync(fh.fileno())
+            self.passport.file_sha256 = _sha256(tmp_model)
+            self.passport.table_sha256 = _sha256(tmp_table)
             self.passport.versions = library_versions()
+            os.replace(tmp_model, path)
+            os.replace(tmp_table, table_path(path))
             _atomic_write_text(passport_path(path), json.dumps(asdict(self.passport), indent=2))
-            with open(tmp, "rb") as fh:
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
         finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+            if saved_log_prob is not None:
+                self.nb.feature_log_prob_ = saved_log_prob
+            for tmp in (tmp_model, tmp_table):
+                if tmp.exists():
+                    tmp.unlink()
 
     @classmethod
-    def load(cls, path: Path) -> Model:
-        """Load a model, refusing anything missing, unsafe, corrupt or incompatible."""
+    def load(cls, path: Path, for_learning: bool = False) -> Model:
+        """Load a model, refusing anything missing, unsafe, corrupt or incompatible.
+
+        For scoring, only the table is read (memory-mapped, no pickle); the
+        scikit-learn counts are unpickled only ``for_learning``.
+        """
         path = Path(path)
         passport = read_passport(path)
+        _check_compatible(passport, path, for_learning)
+        if not for_learning:
+            table = table_path(path)
+            check_file_is_trusted(table)
+            if not table.exists() or _sha256(table) != passport.table_sha256:
+                raise ModelError(f"model table {table} does not match its passport (corrupt or replaced);"
+                                 " retrain with 'stronghold train'")
+            try:
+                logodds = np.load(table, mmap_mode="r", allow_pickle=False)
+            except (OSError, ValueError) as exc:
+                raise ModelError(f"model table {table} cannot be read: {exc}") from exc
+            if logodds.shape != (passport.n_features,) or logodds.dtype != np.float32:
+                raise ModelError(f"model table {table} has the wrong shape or type")
+            return cls(None, passport, logodds)
+        import joblib
+        from sklearn.naive_bayes import MultinomialNB
         check_file_is_trusted(path)
         if _sha256(path) != passport.file_sha256:
             raise ModelError(f"model {path} does not match its passport (corrupt or replaced);"
                              " retrain with 'stronghold train'")
-        _check_compatible(passport, path)
         try:
             blob = joblib.load(path)
         except (OSError, EOFError, ValueError, KeyError, ImportError, AttributeError) as exc:
             raise ModelError(f"model {path} cannot be read: {exc}") from exc
-        if not isinstance(blob, dict) or not isinstance(blob.get("nb"), MultinomialNB):
+        nb = blob.get("nb") if isinstance(blob, dict) else None
+        if not isinstance(nb, MultinomialNB):
             raise ModelError(f"model {path} is not a Mail Stronghold model")
-        return cls(blob["nb"], passport)
+        return cls(nb, passport)
+
+
+def _temp_name(path: Path, suffix: str) -> Path:
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=suffix)
+    os.close(fd)
+    return Path(name)
+
+
+def table_path(path: Path) -> Path:
+    return Path(path).with_suffix(".npy")
 
 
 def passport_path(path: Path) -> Path:
@@ -276,16 +342,18 @@ def check_file_is_trusted(path: Path) -> None:
             raise ModelError(f"refusing {target}: writable by other users (chmod go-w)")
 
 
-def _check_compatible(passport: Passport, path: Path) -> None:
+def _check_compatible(passport: Passport, path: Path, for_learning: bool) -> None:
     if passport.format_version != FORMAT_VERSION:
         raise ModelError(f"model {path} has format {passport.format_version}, "
                          f"this version reads {FORMAT_VERSION}; retrain it")
     if passport.n_features != N_FEATURES:
         raise ModelError(f"model {path} uses {passport.n_features} features, expected {N_FEATURES}")
-    saved = passport.versions.get("scikit-learn", "")
-    if saved.split(".")[:2] != sklearn.__version__.split(".")[:2]:
-        raise ModelError(f"model {path} was saved by scikit-learn {saved}, this is "
-                         f"{sklearn.__version__}; retrain it")
+    if for_learning:  # the pickle must come from the scikit-learn that reads it
+        import sklearn
+        saved = passport.versions.get("scikit-learn", "")
+        if saved.split(".")[:2] != sklearn.__version__.split(".")[:2]:
+            raise ModelError(f"model {path} was saved by scikit-learn {saved}, this is "
+                             f"{sklearn.__version__}; retrain it")
 
 
 def _sha256(path: Path) -> str:

@@ -113,7 +113,7 @@ def cmd_scan(args: argparse.Namespace, cfg: Config) -> int:
 
 def cmd_learn(args: argparse.Namespace, cfg: Config) -> int:
     path = _model_path(args, cfg)
-    model = Model.load(path)
+    model = Model.load(path, for_learning=True)
     token_sets: list[set[str]] = []
     labels: list[bool] = []
     for is_spam, names in ((True, args.spam or ()), (False, args.ham or ())):

@@ -287,8 +287,11 @@ ListSource = Callable[[], ListIndex]
 
 def gather(msg: ParsedMessage, stream: BinaryIO | None, scanner: Scanner | None,
            model: ModelSource, lists: ListSource, oversize: bool = False,
-           skip_content_checks: bool = False) -> Findings:
-    """Run the checks through their interfaces; typed errors become findings."""
+           skip_content_checks: bool = False, tokens: set[str] | None = None) -> Findings:
+    """Run the checks through their interfaces; typed errors become findings.
+
+    ``tokens`` are the message's features when the caller has them already.
+    """
     scan = scan_error = None
     if scanner is not None and stream is not None and not skip_content_checks:
         try:
@@ -304,7 +307,7 @@ def gather(msg: ParsedMessage, stream: BinaryIO | None, scanner: Scanner | None,
     if not skip_content_checks and not (scan is not None and scan.infected):
         try:
             current = model()
-            score = current.score(features(msg))
+            score = current.score(tokens if tokens is not None else features(msg))
             threshold = current.spam_threshold
         except ModelError as exc:
             model_error = str(exc)
@@ -315,7 +318,7 @@ def gather(msg: ParsedMessage, stream: BinaryIO | None, scanner: Scanner | None,
 
 def evaluate(envelope: Envelope, msg: ParsedMessage, stream: BinaryIO | None,
              scanner: Scanner | None, model: ModelSource, lists: ListSource,
-             policy: Policy, oversize: bool = False) -> Verdict:
+             policy: Policy, oversize: bool = False, tokens: set[str] | None = None) -> Verdict:
     """gather() then decide(): the one call the milter, CLI and web UI share."""
     skip = oversize and policy.oversize_action == "accept"
     if oversize and policy.oversize_action in ("tempfail", "reject"):
@@ -326,5 +329,5 @@ def evaluate(envelope: Envelope, msg: ParsedMessage, stream: BinaryIO | None,
                           for r in envelope.recipients)
         return Verdict(action, Category.ERROR, None, None, None, decisions, trace,
                        smtp_reply=reply)
-    found = gather(msg, stream, scanner, model, lists, oversize, skip_content_checks=skip)
+    found = gather(msg, stream, scanner, model, lists, oversize, skip_content_checks=skip, tokens=tokens)
     return decide(envelope, msg, found, policy)

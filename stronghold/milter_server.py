@@ -31,6 +31,7 @@ import milter
 from stronghold.config import Config
 from stronghold.milter import FLAGS, StrongholdMilter
 from stronghold.service import Service
+from stronghold.store.errors import StoreError
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +114,10 @@ def serve(cfg: Config) -> int:
     if spec.startswith("unix:"):
         Path(spec[5:]).parent.mkdir(parents=True, exist_ok=True)
     service = Service(cfg)
+    try:
+        service.store.upgrade()
+    except StoreError as exc:  # keep running: messages get on_store_error until it is back
+        log.error("database not ready at start (%s); messages get on_store_error=%s", exc, cfg.on_store_error)
     generation = multiprocessing.Value("i", 0, lock=False)
     service.model.external_generation = lambda: generation.value
     try:

@@ -154,16 +154,17 @@ class Service:
     def decide(self, envelope: Envelope, msg: ParsedMessage, stream: BinaryIO | None,
                oversize: bool = False) -> Outcome:
         started = time.perf_counter()
+        tokens = features(msg)
         verdict = evaluate(envelope, msg, stream, self.scanner, self.model, self.lists,
-                           self.policy, oversize=oversize)
+                           self.policy, oversize=oversize, tokens=tokens)
         for step in verdict.trace:
             if step.step == "antivirus":
                 if step.outcome == "error":
                     self.incidents.failed("clamd", step.detail)
                 else:
                     self.incidents.ok("clamd")
-        tokens = features(msg) if self.cfg.log_tokens and verdict.score is not None else None
-        return Outcome(verdict, tokens, time.perf_counter() - started)
+        kept = tokens if self.cfg.log_tokens and verdict.score is not None else None
+        return Outcome(verdict, kept, time.perf_counter() - started)
 
     def record(self, envelope: Envelope, msg: ParsedMessage, outcome: Outcome) -> None:
         """Write the message log; a failure is logged (once per incident), never fatal."""

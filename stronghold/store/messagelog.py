@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 import zlib
 from collections.abc import Iterable
@@ -18,11 +17,11 @@ from stronghold.verdict import Verdict
 
 
 def pack_tokens(tokens: Iterable[str]) -> bytes:
-    return zlib.compress(json.dumps(sorted(tokens)).encode(), 6)
+    return zlib.compress("\n".join(sorted(tokens)).encode(), 1)
 
 
 def unpack_tokens(blob: bytes) -> set[str]:
-    return set(json.loads(zlib.decompress(blob)))
+    return set(zlib.decompress(blob).decode().split("\n"))
 
 
 def record(session: Session, envelope: Envelope, msg: ParsedMessage, verdict: Verdict,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -30,14 +31,29 @@ class MilterProcess:
     def __init__(self, home: Path, settings: Mapping[str, Any]) -> None:
         self.home = home
         self.settings = dict(settings)
-        self.socket = Path(str(self.settings["milter_socket"])[5:])
+        self.spec = str(self.settings["milter_socket"])
         self.config = write_config(home / "stronghold.toml", self.settings)
         self.log_path = home / "milter.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def address(self) -> str:
-        return f"unix:{self.socket}"
+        """The socket as Postfix names it."""
+        if self.spec.startswith("unix:"):
+            return self.spec
+        port, _, host = self.spec.split(":", 1)[1].partition("@")
+        return f"inet:{host or '127.0.0.1'}:{port}"
+
+    def ready(self) -> bool:
+        if self.spec.startswith("unix:"):
+            return _unix_connects(Path(self.spec[5:]))
+        _, _, rest = self.address.partition(":")
+        host, _, port = rest.rpartition(":")
+        try:
+            with socket.create_connection((host, int(port)), timeout=1):
+                return True
+        except OSError:
+            return False
 
     def start(self, timeout: float = 60) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("STRONGHOLD_")}
@@ -45,7 +61,7 @@ class MilterProcess:
         self.proc = subprocess.Popen([sys.executable, "-m", "stronghold.cli", "--config", str(self.config),
                                       "milter"], stdout=self._log, stderr=subprocess.STDOUT, env=env,
                                      start_new_session=True)
-        wait_for(lambda: self.proc.poll() is None and _unix_connects(self.socket), timeout,
+        wait_for(lambda: self.proc.poll() is None and self.ready(), timeout,
                  f"milter ({self.log_path})")
 
     def kill(self, sig: int = signal.SIGKILL) -> None:

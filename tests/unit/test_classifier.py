@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from stronghold.classifier import Model, ModelError, passport_path
+from stronghold.classifier import Model, ModelError, feature_matrix, passport_path, token_indices
 
 
 def _sets() -> tuple[list[set[str]], list[bool]]:
@@ -46,6 +48,8 @@ def test_save_load_roundtrip(tmp_path: Path) -> None:
     model = Model.train(sets, labels)
     model.save(tmp_path / "m.joblib")
     loaded = Model.load(tmp_path / "m.joblib")
+    assert loaded.nb is None  # scoring only
+    assert Model.load(tmp_path / "m.joblib", for_learning=True).nb is not None
     assert loaded.score({"viagra"}).probability == pytest.approx(model.score({"viagra"}).probability)
     assert loaded.passport.trained_spam == 30
     assert not list(tmp_path.glob(".tmp-*"))
@@ -56,22 +60,24 @@ def test_missing_model_is_a_clear_error(tmp_path: Path) -> None:
         Model.load(tmp_path / "none.joblib")
 
 
-def test_corrupt_model_is_refused_before_unpickling(tmp_path: Path) -> None:
+@pytest.mark.parametrize("suffix", [".joblib", ".npy"])
+def test_corrupt_files_are_refused_before_reading(tmp_path: Path, suffix: str) -> None:
     sets, labels = _sets()
     Model.train(sets, labels).save(tmp_path / "m.joblib")
-    with open(tmp_path / "m.joblib", "r+b") as fh:
-        fh.seek(100)
+    with open((tmp_path / "m.joblib").with_suffix(suffix), "r+b") as fh:
+        fh.seek(200)
         fh.write(b"garbage!")
     with pytest.raises(ModelError, match="does not match its passport"):
-        Model.load(tmp_path / "m.joblib")
+        Model.load(tmp_path / "m.joblib", for_learning=suffix == ".joblib")
 
 
-def test_model_writable_by_others_is_refused(tmp_path: Path) -> None:
+@pytest.mark.parametrize("suffix", [".joblib", ".npy"])
+def test_files_writable_by_others_are_refused(tmp_path: Path, suffix: str) -> None:
     sets, labels = _sets()
     Model.train(sets, labels).save(tmp_path / "m.joblib")
-    os.chmod(tmp_path / "m.joblib", 0o666)
+    os.chmod((tmp_path / "m.joblib").with_suffix(suffix), 0o666)
     with pytest.raises(ModelError, match="writable by other users"):
-        Model.load(tmp_path / "m.joblib")
+        Model.load(tmp_path / "m.joblib", for_learning=suffix == ".joblib")
 
 
 def test_incompatible_versions_are_refused(tmp_path: Path) -> None:
@@ -82,8 +88,25 @@ def test_incompatible_versions_are_refused(tmp_path: Path) -> None:
     data["versions"]["scikit-learn"] = "0.1.0"
     side.write_text(json.dumps(data))
     with pytest.raises(ModelError, match="retrain"):
-        Model.load(tmp_path / "m.joblib")
+        Model.load(tmp_path / "m.joblib", for_learning=True)
+    Model.load(tmp_path / "m.joblib")  # the table has no pickle: scoring still works
     data["format_version"] = 99
     side.write_text(json.dumps(data))
     with pytest.raises(ModelError, match="format 99"):
         Model.load(tmp_path / "m.joblib")
+
+
+def test_hashing_matches_scikit_learns_feature_hasher() -> None:
+    tokens = ["hello", "subject:free", "x" * 300, "ü", "日本語", "url:example.com", "skip:a 50"]
+    matrix = feature_matrix([[t] for t in tokens])
+    assert list(matrix.indices) == list(token_indices(tokens))
+
+
+def test_scoring_never_imports_scikit_learn_or_unpickles(tmp_path: Path) -> None:
+    sets, labels = _sets()
+    Model.train(sets, labels).save(tmp_path / "m.joblib")
+    code = ("import sys; from stronghold.classifier import Model; import stronghold.milter; "
+            f"m = Model.load({str(tmp_path / 'm.joblib')!r}); print(m.score({{'viagra', 'free'}}).probability > 0.9, "
+            "'sklearn' in sys.modules, 'joblib' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "False", "False"]

@@ -1,0 +1,302 @@
+#!/usr/bin/env python3
+"""Throughput of Postfix with the Stronghold milter against Postfix alone, on loopback.
+
+A (Postfix alone) and B (Postfix + milter over a unix socket, with clamd, the
+classifier, the lists and the message log all on) are measured in the same run,
+interleaved A B A B at each concurrency, with the same mix of corpus ham and
+spam.  Both Postfix instances hand accepted mail to the discard transport, so
+what is measured is SMTP reception plus filtering.  Reported per run:
+messages/s, SMTP latency p50/p99 (connect to the reply to DATA), milter + clamd
+CPU ms per message, milter peak RSS, and the accounting sent = accepted +
+rejected + deferred, with every accepted message found delivered in the log.
+
+    python bench/throughput.py [--messages 1200] [--concurrency 1 8 32] [--tcp]
+
+Writes a Markdown table to stdout and to bench/results/throughput-<date>.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import re
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from stronghold.localstack import TEST_SIGNATURES, Clamd, Postfix, free_port
+from stronghold.store import entries
+from stronghold.store.db import Store
+from tests.harness.milterproc import MilterProcess
+
+ROOT = Path(__file__).resolve().parent.parent
+CORPUS = ROOT / "corpus" / "data"
+RESULTS = ROOT / "bench" / "results"
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class RunResult:
+    label: str
+    concurrency: int
+    sent: int
+    seconds: float
+    accepted: int = 0
+    rejected: int = 0
+    deferred: int = 0
+    latencies: list[float] = field(default_factory=list)
+    cpu_ms_per_msg: float | None = None
+    milter_rss_mb: float | None = None
+    delivered_in_log: int | None = None
+
+    @property
+    def rate(self) -> float:
+        return self.sent / self.seconds
+
+    def pct(self, q: float) -> float:
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+
+def load_messages(n: int) -> list[bytes]:
+    lines = (CORPUS / "index.test").read_text().split("\n")
+    ham = [CORPUS / ln.split(" ", 1)[1] for ln in lines if ln.startswith("ham ")]
+    spam = [CORPUS / ln.split(" ", 1)[1] for ln in lines if ln.startswith("spam ")]
+    rng = random.Random(42)
+    picked = [rng.choice(ham) if i % 2 else rng.choice(spam) for i in range(n)]
+    out = []
+    for path in picked:
+        raw = path.read_bytes()
+        if raw.startswith(b"From ") and b"\n" in raw:
+            raw = raw.split(b"\n", 1)[1]
+        raw = raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+        raw = re.sub(rb"(?m)^\.", b"..", raw)  # dot-stuffing
+        out.append(raw)
+    return out
+
+
+async def _reply(reader: asyncio.StreamReader) -> int:
+    while True:
+        line = await reader.readline()
+        if not line:
+            raise ConnectionError("connection closed")
+        if line[3:4] != b"-":
+            return int(line[:3])
+
+
+async def send_one(port: int, sender: str, rcpt: str, data: bytes) -> tuple[int, float]:
+    started = time.perf_counter()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        await _reply(reader)
+        for cmd in (b"EHLO bench.example", f"MAIL FROM:<{sender}>".encode(), f"RCPT TO:<{rcpt}>".encode()):
+            writer.write(cmd + b"\r\n")
+            code = await _reply(reader)
+            if code >= 400:
+                return code, time.perf_counter() - started
+        writer.write(b"DATA\r\n")
+        if (code := await _reply(reader)) != 354:
+            return code, time.perf_counter() - started
+        writer.write(data + (b"" if data.endswith(b"\r\n") else b"\r\n") + b".\r\n")
+        code = await _reply(reader)
+        elapsed = time.perf_counter() - started
+        writer.write(b"QUIT\r\n")
+        await writer.drain()
+        return code, elapsed
+    finally:
+        writer.close()
+
+
+async def drive(port: int, messages: list[bytes], concurrency: int) -> tuple[list[tuple[int, float]], float]:
+    queue = list(enumerate(messages))
+    results: list[tuple[int, float]] = []
+
+    async def worker() -> None:
+        while queue:
+            i, data = queue.pop()
+            rcpt = f"user{i % 20}@example.com"
+            try:
+                results.append(await send_one(port, f"sender{i % 50}@load.example", rcpt, data))
+            except (ConnectionError, OSError):
+                results.append((421, 0.0))
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return results, time.perf_counter() - started
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])) / TICKS
+        except (FileNotFoundError, IndexError, ValueError):
+            pass
+    return total
+
+
+def group_pids(pgid: int) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.getpgid(int(entry.name)) == pgid:
+                    pids.append(int(entry.name))
+            except ProcessLookupError:
+                continue
+    return pids
+
+
+def peak_rss_mb(pids: list[int]) -> float:
+    best = 0.0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    best = max(best, int(line.split()[1]) / 1024)
+        except FileNotFoundError:
+            pass
+    return best
+
+
+def sent_lines(postfix: Postfix) -> int:
+    return postfix.log().count("status=sent")
+
+
+def run_once(label: str, postfix: Postfix, messages: list[bytes], concurrency: int,
+             milter: MilterProcess | None, clamd: Clamd | None) -> RunResult:
+    pids = group_pids(milter.proc.pid) if milter and milter.proc else []
+    clamd_pids = [clamd.proc.pid] if clamd and clamd.proc else []
+    cpu_before = cpu_seconds(pids + clamd_pids)
+    log_before = sent_lines(postfix)
+    results, seconds = asyncio.run(drive(postfix.port, messages, concurrency))
+    res = RunResult(label, concurrency, len(results), seconds)
+    for code, latency in results:
+        if code < 300:
+            res.accepted += 1
+            res.latencies.append(latency)
+        elif code < 500:
+            res.deferred += 1
+        else:
+            res.rejected += 1
+            res.latencies.append(latency)
+    if pids:
+        res.cpu_ms_per_msg = (cpu_seconds(pids + clamd_pids) - cpu_before) * 1000 / len(results)
+        res.milter_rss_mb = peak_rss_mb(group_pids(milter.proc.pid))
+    deadline = time.monotonic() + 30
+    while sent_lines(postfix) - log_before < res.accepted and time.monotonic() < deadline:
+        time.sleep(0.2)
+    res.delivered_in_log = sent_lines(postfix) - log_before
+    return res
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--messages", type=int, default=1200, help="messages per run (c=1 runs use a quarter)")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--rounds", type=int, default=2, help="A B pairs per concurrency")
+    parser.add_argument("--tcp", action="store_true", help="also measure the milter over TCP loopback")
+    args = parser.parse_args()
+    if not (ROOT / "models" / "model.joblib").exists():
+        print("no model: run make model", file=sys.stderr)
+        return 1
+    home = Path(tempfile.mkdtemp(prefix="stronghold-bench-"))
+    os.chmod(home, 0o755)  # noqa: S103 - Postfix must reach the milter socket
+    started = [time.time()]
+    parts: list = []
+    try:
+        clamd = Clamd(home / "clamd", TEST_SIGNATURES)
+        clamd.start()
+        parts.append(clamd)
+        db_url = f"sqlite:///{home / 'store.db'}"
+        store = Store(db_url)
+        store.upgrade()
+        with store.session() as s:  # some real list work for the engine
+            for i in range(0, 20, 3):
+                entries.add_entry(s, f"user{i}@example.com", "allow", f"sender{i}@load.example")
+            entries.add_entry(s, "user1@example.com", "block", "@blocked.example")
+        (home / "milter").mkdir()
+        os.chmod(home / "milter", 0o755)  # noqa: S103
+        settings = {"data_dir": str(home / "milter"), "models_dir": str(ROOT / "models"),
+                    "milter_socket": f"unix:{home / 'milter' / 'milter.sock'}", "clamd_socket": clamd.address,
+                    "database_url": db_url, "milter_workers": 2}
+        milter = MilterProcess(home, settings)
+        milter.start()
+        parts.append(milter)
+        discard = {"default_transport": "discard:bench", "relay_transport": "discard:bench",
+                   "virtual_transport": "discard:bench"}
+        plain = Postfix(home / "plain", free_port(), extra=discard)
+        filtered = Postfix(home / "filtered", free_port(), milter=milter.address, extra=discard)
+        for p in (plain, filtered):
+            p.start()
+            parts.append(p)
+        systems = [("Postfix alone", plain, None), ("Postfix + Stronghold (unix)", filtered, milter)]
+        if args.tcp:
+            tcp_home = home / "tcp"
+            (tcp_home / "milter").mkdir(parents=True)
+            os.chmod(tcp_home, 0o755)  # noqa: S103
+            tcp_milter = MilterProcess(tcp_home, {**settings, "data_dir": str(tcp_home / "milter"),
+                                                  "milter_socket": f"inet:{free_port()}@127.0.0.1"})
+            tcp_milter.start()
+            parts.append(tcp_milter)
+            tcp_postfix = Postfix(home / "filtered-tcp", free_port(), milter=tcp_milter.address, extra=discard)
+            tcp_postfix.start()
+            parts.append(tcp_postfix)
+            systems.append(("Postfix + Stronghold (tcp)", tcp_postfix, tcp_milter))
+        messages = load_messages(args.messages)
+        for label, postfix, m in systems:  # warm up: connections, model pages, clamd
+            run_once(label, postfix, messages[:50], 4, m, clamd)
+        results: list[RunResult] = []
+        for conc in args.concurrency:
+            batch = messages if conc > 1 else messages[: max(50, len(messages) // 4)]
+            for _ in range(args.rounds):
+                for label, postfix, m in systems:
+                    r = run_once(label, postfix, batch, conc, m, clamd if m else None)
+                    results.append(r)
+                    print(f"  {label:30} c={conc:<3} {r.rate:7.1f} msg/s", file=sys.stderr, flush=True)
+        report = render(results, args, time.time() - started[0])
+        print(report)
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / f"throughput-{time.strftime('%Y-%m-%d')}.md").write_text(report)
+        lost = sum(r.sent - r.accepted - r.rejected - r.deferred for r in results)
+        undelivered = sum(r.accepted - (r.delivered_in_log or 0) for r in results)
+        return 1 if lost or undelivered > 0 else 0
+    finally:
+        for part in reversed(parts):
+            part.stop()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def render(results: list[RunResult], args: argparse.Namespace, seconds: float) -> str:
+    lines = [f"# Throughput, {time.strftime('%Y-%m-%d %H:%M')} UTC", "",
+             f"`python bench/throughput.py --messages {args.messages} --concurrency "
+             f"{' '.join(map(str, args.concurrency))} --rounds {args.rounds}{' --tcp' if args.tcp else ''}` "
+             f"on {os.cpu_count()} cores, {seconds:.0f} s in all. Corpus ham and spam 50/50; clamd, classifier, "
+             "lists and message log on; accepted mail goes to Postfix's discard transport.", "",
+             "| system | conc. | msg/s | p50 ms | p99 ms | CPU ms/msg (milter+clamd) | milter peak RSS MB "
+             "| sent = accepted + rejected + deferred | accepted found delivered |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        cpu = f"{r.cpu_ms_per_msg:.2f}" if r.cpu_ms_per_msg is not None else "-"
+        rss = f"{r.milter_rss_mb:.0f}" if r.milter_rss_mb is not None else "-"
+        lines.append(f"| {r.label} | {r.concurrency} | {r.rate:.1f} | {r.pct(0.5):.1f} | {r.pct(0.99):.1f} | {cpu} "
+                     f"| {rss} | {r.sent} = {r.accepted} + {r.rejected} + {r.deferred} "
+                     f"| {r.delivered_in_log}/{r.accepted} |")
+    lines += ["", "Ratios (mean msg/s of each system over Postfix alone at the same concurrency):", ""]
+    for conc in args.concurrency:
+        base = statistics.mean(r.rate for r in results if r.concurrency == conc and r.label == "Postfix alone")
+        for label in dict.fromkeys(r.label for r in results if r.label != "Postfix alone"):
+            rate = statistics.mean(r.rate for r in results if r.concurrency == conc and r.label == label)
+            lines.append(f"- c={conc}: {label} {rate:.1f} msg/s = {rate / base:.2f}x of Postfix alone ({base:.1f})")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
