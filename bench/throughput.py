@@ -81,12 +81,18 @@ def load_messages(n: int) -> list[bytes]:
     return out
 
 
+LAST_4XX: dict[str, int] = {}
+
+
 async def _reply(reader: asyncio.StreamReader) -> int:
     while True:
         line = await reader.readline()
         if not line:
             raise ConnectionError("connection closed")
         if line[3:4] != b"-":
+            if line.startswith(b"4"):
+                text = line.decode(errors="replace").strip()[:80]
+                LAST_4XX[text] = LAST_4XX.get(text, 0) + 1
             return int(line[:3])
 
 
@@ -203,6 +209,7 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--rounds", type=int, default=2, help="A B pairs per concurrency")
     parser.add_argument("--tcp", action="store_true", help="also measure the milter over TCP loopback")
+    parser.add_argument("--keep", action="store_true", help="keep the run's folder (logs) and say where")
     args = parser.parse_args()
     if not (ROOT / "models" / "model.joblib").exists():
         print("no model: run make model", file=sys.stderr)
@@ -262,6 +269,15 @@ def main() -> int:
                     results.append(r)
                     print(f"  {label:30} c={conc:<3} {r.rate:7.1f} msg/s", file=sys.stderr, flush=True)
         report = render(results, args, time.time() - started[0])
+        if LAST_4XX:
+            report += "\nTemporary (4xx) replies seen: " + "; ".join(f"{n} x {t}" for t, n in LAST_4XX.items()) + "\n"
+            warnings: dict[str, int] = {}
+            for _, postfix, _m in systems:
+                for line in postfix.log().splitlines():
+                    if "warning:" in line and "milter" in line:
+                        key = re.sub(r"\[\d+\]|[0-9A-F]{10,}", "", line.split("warning:", 1)[1]).strip()[:120]
+                        warnings[key] = warnings.get(key, 0) + 1
+            report += "".join(f"- Postfix: {n} x {w}\n" for w, n in warnings.items())
         print(report)
         RESULTS.mkdir(parents=True, exist_ok=True)
         (RESULTS / f"throughput-{time.strftime('%Y-%m-%d')}.md").write_text(report)
@@ -271,7 +287,10 @@ def main() -> int:
     finally:
         for part in reversed(parts):
             part.stop()
-        shutil.rmtree(home, ignore_errors=True)
+        if args.keep:
+            print(f"logs kept in {home}", file=sys.stderr)
+        else:
+            shutil.rmtree(home, ignore_errors=True)
 
 
 def render(results: list[RunResult], args: argparse.Namespace, seconds: float) -> str:

@@ -14,6 +14,7 @@ connections inherit on Linux.
 
 from __future__ import annotations
 
+import faulthandler
 import grp
 import logging
 import multiprocessing
@@ -34,6 +35,7 @@ from stronghold.service import Service
 from stronghold.store.errors import StoreError
 
 log = logging.getLogger(__name__)
+LISTEN_BACKLOG = 1024  # libmilter's default is small: busy Postfix would get refused (451)
 
 
 def socket_spec(cfg: Config) -> str:
@@ -56,6 +58,7 @@ def _register(spec: str, timeout: int) -> None:
     milter.set_close_callback(Milter.close_callback)
     milter.setconn(spec)
     milter.settimeout(timeout)
+    milter.setbacklog(LISTEN_BACKLOG)
     milter.register("stronghold", data=lambda ctx: ctx.getpriv().data(),
                     unknown=lambda ctx, cmd: ctx.getpriv().unknown(cmd),
                     negotiate=Milter.negotiate_callback)
@@ -97,6 +100,7 @@ def _worker(cfg: Config, service: Service) -> None:
     """Child process: fresh DB connections, then serve until told to stop."""
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, signal.SIG_DFL)
+    faulthandler.enable(all_threads=True)  # a native crash leaves every thread's stack in the log
     service.store.engine.dispose(close=False)
     StrongholdMilter.service = service
     try:

@@ -11,8 +11,10 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 from stronghold.antivirus import Scanner, make_scanner
 from stronghold.classifier import Model, ModelError
@@ -28,6 +30,7 @@ from stronghold.tokens import features
 from stronghold.verdict import RecipientDecision, Verdict
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class Incidents:
@@ -115,6 +118,45 @@ class ModelHolder:
             return self._model
 
 
+class StoreThread:
+    """Runs every database call on one thread that Python itself created.
+
+    pymilter calls us on libmilter's threads, whose Python thread states it
+    manages by hand; C libraries that re-enter Python through PyGILState (the
+    sqlite3 module does when a pooled connection is closed) abort the process
+    on such threads.  Database work therefore never runs on them.  Message-log
+    writes are queued without waiting, so a slow database does not slow mail.
+    """
+
+    def __init__(self, timeout: float = 15.0) -> None:
+        self.timeout = timeout
+        self._executor: ThreadPoolExecutor | None = None
+        self._pid = 0
+        self._lock = threading.Lock()
+
+    def _pool(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._executor is None or self._pid != os.getpid():  # new after fork
+                self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+                self._pid = os.getpid()
+            return self._executor
+
+    def call(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on the store thread and wait; StoreError if it takes too long."""
+        future = self._pool().submit(fn)
+        try:
+            return future.result(self.timeout)
+        except FutureTimeout as exc:
+            raise StoreError(f"database did not answer within {self.timeout:.0f}s") from exc
+
+    def submit(self, fn: Callable[[], object]) -> Future[object]:
+        return self._pool().submit(fn)
+
+    def drain(self) -> None:
+        """Wait for queued writes (tests, shutdown)."""
+        self.call(lambda: None)
+
+
 @dataclass
 class Outcome:
     verdict: Verdict
@@ -133,10 +175,11 @@ class Service:
         self.scanner = scanner or make_scanner(cfg.clamd_socket, cfg.clamd_timeout)
         self.model = ModelHolder(cfg.model_path, self.incidents)
         self._lists = ListCache(self.store, cfg.lists_refresh_seconds)
+        self.db = StoreThread()
 
     def lists(self) -> ListIndex:
         try:
-            index = self._lists()
+            index = self._lists.cached() or self.db.call(self._lists)
         except StoreError as exc:
             self.incidents.failed("database", str(exc))
             raise
@@ -167,21 +210,28 @@ class Service:
         return Outcome(verdict, kept, time.perf_counter() - started)
 
     def record(self, envelope: Envelope, msg: ParsedMessage, outcome: Outcome) -> None:
-        """Write the message log; a failure is logged (once per incident), never fatal."""
-        try:
+        """Queue the message-log write; a failure is logged (once per incident), never fatal."""
+        def write() -> None:
             with self.store.session() as session:
                 messagelog.record(session, envelope, msg, outcome.verdict, outcome.tokens)
-            self.incidents.ok("message log")
-        except StoreError as exc:
-            self.incidents.failed("message log", str(exc))
+        self.db.submit(self._logged(write))
 
     def record_rcpt_reject(self, envelope: Envelope, decision: RecipientDecision) -> None:
-        try:
+        def write() -> None:
             with self.store.session() as session:
                 messagelog.record_rcpt_reject(session, envelope, decision.recipient, decision.reason,
                                               " ".join(str(s) for s in decision.trace))
-        except StoreError as exc:
-            self.incidents.failed("message log", str(exc))
+        self.db.submit(self._logged(write))
+
+    def _logged(self, write: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                write()
+            except StoreError as exc:
+                self.incidents.failed("message log", str(exc))
+            else:
+                self.incidents.ok("message log")
+        return run
 
 
 def log_line(envelope: Envelope, outcome: Outcome) -> str:

@@ -148,6 +148,13 @@ class ListCache:
         self._version = -1
         self._checked = 0.0
 
+    def cached(self) -> ListIndex | None:
+        """The index if it is fresh enough to use without asking the database."""
+        with self._lock:
+            if self._index is not None and time.monotonic() - self._checked < self.refresh:
+                return self._index
+            return None
+
     def __call__(self) -> ListIndex:
         now = time.monotonic()
         with self._lock:

@@ -7,6 +7,7 @@ import smtplib
 import pytest
 
 from stronghold.classifier import Model
+from stronghold.localstack import wait_for
 from stronghold.store import entries, messagelog
 from stronghold.training import tokenize
 from tests.conftest import Stack, corpus_files
@@ -17,6 +18,14 @@ pytestmark = [pytest.mark.postfix, pytest.mark.clamd]
 
 def _by_id(tid: str):
     return lambda m: f"X-Test-Id: {tid}".encode() in m.data
+
+
+def _log_rows(stack: Stack, address: str) -> list:
+    with stack.store.session() as s:
+        rows = messagelog.recent(s, messagelog.LogFilter(addresses=(address,)))
+        for r in rows:
+            _ = r.recipients
+        return rows
 
 
 def _add(stack: Stack, owner: str | None, kind: str, pattern: str) -> None:
@@ -84,9 +93,8 @@ def test_block_listed_sender_refused_for_that_recipient_only(stack: Stack) -> No
     assert refused["dave@example.com"][0] == 550
     got = stack.sink.wait_for(_by_id(tid))
     assert [m.recipients for m in got] == [["erin@example.com"]]
-    with stack.store.session() as s:
-        rows = messagelog.recent(s, messagelog.LogFilter(addresses=("dave@example.com",)))
-        assert any(r.category == "blocked" and r.sender == "noisy@pest.example" for r in rows)
+    wait_for(lambda: any(r.category == "blocked" and r.sender == "noisy@pest.example"
+                         for r in _log_rows(stack, "dave@example.com")), 10, "the RCPT-time block in the log")
 
 
 def test_allow_listed_sender_gets_spammy_message_through(stack: Stack, corpus, model: Model) -> None:
@@ -116,9 +124,8 @@ def test_header_from_block_after_data_drops_only_that_recipient(stack: Stack) ->
                      ["hank@example.com", "iris@example.com"], data) == {}
     got = stack.sink.wait_for(_by_id(tid))
     assert [m.recipients for m in got] == [["iris@example.com"]]
-    with stack.store.session() as s:
-        rows = messagelog.recent(s, messagelog.LogFilter(addresses=("hank@example.com",)))
-        assert any(r.recipients[0].category == "blocked" for r in rows if r.subject == "Lunch on Thursday")
+    wait_for(lambda: any(r.recipients[0].category == "blocked" for r in _log_rows(stack, "hank@example.com")
+                         if r.subject == "Lunch on Thursday"), 10, "the header-From block in the log")
     tid, data = mail.simple(sender="boss@annoying.example")
     with pytest.raises(smtplib.SMTPDataError) as err:
         mail.send(stack.postfix.port, "bounces@relay.example", ["hank@example.com"], data)
