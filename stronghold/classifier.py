@@ -14,10 +14,10 @@ A model is three files: ``model.joblib`` (the scikit-learn counts, needed to
 learn), ``model.npy`` (the float32 log-odds table the filter scores with) and
 ``model.json`` (the passport: versions, counts, thresholds, figures, and the
 SHA-256 of both).  Loading checks, before reading anything else, that the files
-are not writable by other users and match their passport.  Scoring memory-maps
-the table with ``allow_pickle=False``, so the milter never unpickles anything and
-its workers share the table's pages; scikit-learn is imported only to train and
-learn.  Token hashing uses MurmurHash3 via ``mmh3``, the function
+are not writable by other users and match their passport.  Scoring reads the
+table with ``allow_pickle=False``, so the milter never unpickles anything (and
+pre-forked workers share the parent's copy); scikit-learn is imported only to
+train and learn.  Token hashing uses MurmurHash3 via ``mmh3``, the function
 ``FeatureHasher`` uses (a test checks they agree).
 """
 
@@ -274,7 +274,7 @@ class Model:
                 raise ModelError(f"model table {table} does not match its passport (corrupt or replaced);"
                                  " retrain with 'stronghold train'")
             try:
-                logodds = np.load(table, mmap_mode="r", allow_pickle=False)
+                logodds = np.load(table, allow_pickle=False)  # not mmap: a file rewritten in place must not change it
             except (OSError, ValueError) as exc:
                 raise ModelError(f"model table {table} cannot be read: {exc}") from exc
             if logodds.shape != (passport.n_features,) or logodds.dtype != np.float32:

@@ -16,8 +16,10 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import BinaryIO, TypeVar
 
+from sqlalchemy.orm import Session
+
 from stronghold.antivirus import Scanner, make_scanner
-from stronghold.classifier import Model, ModelError
+from stronghold.classifier import Model, ModelError, passport_path, table_path
 from stronghold.config import Config
 from stronghold.engine import Envelope, Policy, check_recipient, evaluate
 from stronghold.lists import ListIndex
@@ -70,19 +72,23 @@ class ModelHolder:
         self.path = str(path)
         self.incidents = incidents
         self._model: Model | None = None
-        self._stamp: tuple[int, int, int] | None = None
+        self._stamp: tuple[tuple[int, int, int], ...] | None = None
         self._checked = 0.0
         self._lock = threading.Lock()
         self.generation = 0
         self.external_generation: Callable[[], int] | None = None  # bumped on SIGHUP
         self._seen_external = 0
 
-    def _file_stamp(self) -> tuple[int, int, int] | None:
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            return None
-        return (st.st_ino, st.st_mtime_ns, st.st_size)
+    def _file_stamp(self) -> tuple[tuple[int, int, int], ...] | None:
+        """Identity of the passport and the table: a change in either means "look again"."""
+        stamps = []
+        for path in (passport_path(self.path), table_path(self.path)):
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                return None
+            stamps.append((st.st_ino, st.st_mtime_ns, st.st_size))
+        return tuple(stamps)
 
     def reload(self) -> None:
         with self._lock:
@@ -104,6 +110,7 @@ class ModelHolder:
                         model = Model.load(self.path)  # type: ignore[arg-type]
                     except ModelError as exc:
                         self.incidents.failed("model", str(exc))
+                        self._stamp = stamp  # do not retry this same broken file on every message
                         if self._model is None:
                             raise
                     else:
@@ -133,6 +140,8 @@ class StoreThread:
         self._executor: ThreadPoolExecutor | None = None
         self._pid = 0
         self._lock = threading.Lock()
+        self._pending: list[Callable[[Session], None]] = []
+        self._flush_queued = False
 
     def _pool(self) -> ThreadPoolExecutor:
         with self._lock:
@@ -151,6 +160,27 @@ class StoreThread:
 
     def submit(self, fn: Callable[[], object]) -> Future[object]:
         return self._pool().submit(fn)
+
+    def write(self, op: Callable[[Session], None], store: Store, on_done: Callable[[Exception | None], None]) -> None:
+        """Queue a write; queued writes are committed together in one transaction."""
+        with self._lock:
+            self._pending.append(op)
+            if self._flush_queued:
+                return
+            self._flush_queued = True
+        self._pool().submit(self._flush, store, on_done)
+
+    def _flush(self, store: Store, on_done: Callable[[Exception | None], None]) -> None:
+        with self._lock:
+            batch, self._pending, self._flush_queued = self._pending, [], False
+        try:
+            with store.session() as session:
+                for op in batch:
+                    op(session)
+        except StoreError as exc:
+            on_done(exc)
+        else:
+            on_done(None)
 
     def drain(self) -> None:
         """Wait for queued writes (tests, shutdown)."""
@@ -211,27 +241,20 @@ class Service:
 
     def record(self, envelope: Envelope, msg: ParsedMessage, outcome: Outcome) -> None:
         """Queue the message-log write; a failure is logged (once per incident), never fatal."""
-        def write() -> None:
-            with self.store.session() as session:
-                messagelog.record(session, envelope, msg, outcome.verdict, outcome.tokens)
-        self.db.submit(self._logged(write))
+        self.db.write(lambda session: messagelog.record(session, envelope, msg, outcome.verdict, outcome.tokens),
+                      self.store, self._log_written)
 
     def record_rcpt_reject(self, envelope: Envelope, decision: RecipientDecision) -> None:
-        def write() -> None:
-            with self.store.session() as session:
-                messagelog.record_rcpt_reject(session, envelope, decision.recipient, decision.reason,
-                                              " ".join(str(s) for s in decision.trace))
-        self.db.submit(self._logged(write))
+        trace = " ".join(str(s) for s in decision.trace)
+        self.db.write(lambda session: messagelog.record_rcpt_reject(session, envelope, decision.recipient,
+                                                                    decision.reason, trace),
+                      self.store, self._log_written)
 
-    def _logged(self, write: Callable[[], None]) -> Callable[[], None]:
-        def run() -> None:
-            try:
-                write()
-            except StoreError as exc:
-                self.incidents.failed("message log", str(exc))
-            else:
-                self.incidents.ok("message log")
-        return run
+    def _log_written(self, error: Exception | None) -> None:
+        if error is None:
+            self.incidents.ok("message log")
+        else:
+            self.incidents.failed("message log", str(error))
 
 
 def log_line(envelope: Envelope, outcome: Outcome) -> str:

@@ -25,8 +25,8 @@ def unpack_tokens(blob: bytes) -> set[str]:
 
 
 def record(session: Session, envelope: Envelope, msg: ParsedMessage, verdict: Verdict,
-           tokens: Iterable[str] | None = None) -> int:
-    """Log a verdict; returns the message id."""
+           tokens: Iterable[str] | None = None) -> MessageRow:
+    """Log a verdict; the row gets its id when the session flushes."""
     row = MessageRow(
         ts=time.time(), queue_id=envelope.queue_id[:40], client_ip=envelope.client_ip[:64],
         sender=envelope.sender[:320], header_from=(msg.header("from") or "")[:320],
@@ -39,8 +39,7 @@ def record(session: Session, envelope: Envelope, msg: ParsedMessage, verdict: Ve
                                        action=d.action.value, reason=d.reason[:200])
                       for d in verdict.decisions]
     session.add(row)
-    session.flush()
-    return row.id
+    return row
 
 
 def record_rcpt_reject(session: Session, envelope: Envelope, recipient: str, why: str,

@@ -16,16 +16,19 @@ import pytest
 from stronghold.localstack import TEST_SIGNATURES, Clamd, Postfix, free_port, wait_for
 from tests.conftest import Stack, shared_tmpdir
 from tests.e2e import mail
+from tests.harness.postgres import PostgresCluster
 
 pytestmark = [pytest.mark.postfix, pytest.mark.clamd]
 
 
 class EdgeStack:
-    def __init__(self, home: Path, models_dir: Path, **settings: object) -> None:
+    def __init__(self, home: Path, models_dir: Path, database_url: str = "", **settings: object) -> None:
         self.clamd = Clamd(home / "clamd", TEST_SIGNATURES)
         self.clamd.start()
-        self.filter = Stack(home / "filter", models_dir, self.clamd.address,
-                            f"sqlite:///{home / 'store.db'}", **settings)
+        models = home / "models"  # a copy: some tests replace the model
+        shutil.copytree(models_dir, models)
+        self.filter = Stack(home / "filter", models, self.clamd.address,
+                            database_url or f"sqlite:///{home / 'store.db'}", **settings)
         self.filter.start()
         self.edge = Postfix(home / "edge", free_port(), relay=f"127.0.0.1:{self.filter.postfix.port}")
         self.edge.start()
@@ -84,3 +87,74 @@ def test_milter_killed_postfix_tempfails_and_nothing_is_lost(edge_stack: EdgeSta
     got = edge_stack.filter.sink.wait_for(lambda m: f"X-Test-Id: {tid}".encode() in m.data, timeout=30)
     assert len(got) == 1
     wait_for(lambda: not edge_stack.edge.queue(), 30, "edge queue empty")
+
+
+@pytest.fixture
+def pg_edge_stack(models_dir: Path) -> Iterator[tuple[EdgeStack, PostgresCluster]]:
+    cluster = PostgresCluster()
+    cluster.start()
+    url = cluster.create_database("milter")
+    home = shared_tmpdir("stronghold-pgfault-")
+    (home / "filter").mkdir()
+    s = EdgeStack(home, models_dir, database_url=url)
+    yield s, cluster
+    s.stop()
+    cluster.stop()
+    shutil.rmtree(home, ignore_errors=True)
+
+
+def test_database_down_tempfails_then_recovers_without_restart(pg_edge_stack) -> None:
+    stack, cluster = pg_edge_stack
+    tid, data = mail.simple()
+    assert mail.send(stack.edge.port, "carol@sender.example", ["oli@example.com"], data) == {}
+    assert stack.filter.sink.wait_for(lambda m: f"X-Test-Id: {tid}".encode() in m.data)
+    cluster.stop_server()
+    tid, data = mail.simple()
+    assert mail.send(stack.edge.port, "carol@sender.example", ["oli@example.com"], data) == {}
+    wait_for(lambda: _deferred_with(stack.edge, "4.7.1"), 60, "message deferred while the database is down")
+    assert not stack.filter.sink.wait_for(lambda m: f"X-Test-Id: {tid}".encode() in m.data, timeout=0.5)
+    cluster.start_server()
+    stack.edge.flush()
+    assert stack.filter.sink.wait_for(lambda m: f"X-Test-Id: {tid}".encode() in m.data, timeout=60)
+    wait_for(lambda: not stack.edge.queue(), 30, "edge queue empty")
+    assert "database failing" in stack.filter.milter.log()
+
+
+def test_model_replaced_mid_run_is_picked_up_safely(edge_stack: EdgeStack, models_dir: Path) -> None:
+    """Models are swapped (atomically) and garbage is written while mail flows: no tempfail, no loss."""
+    from stronghold.classifier import Model
+    live = Path(edge_stack.filter.milter.settings["models_dir"]) / "model.joblib"
+    model = Model.load(live, for_learning=True)
+    sent = []
+    for round_ in range(6):
+        for _ in range(5):
+            tid, data = mail.simple(subject=f"round {round_}")
+            assert mail.send(edge_stack.filter.postfix.port, "carol@sender.example", ["pat@example.com"], data) == {}
+            sent.append(tid)
+        if round_ % 2 == 0:
+            model.passport.spam_threshold = 0.98 + round_ / 1000
+            model.save(live)  # atomic replace
+        else:
+            live.with_suffix(".npy").write_bytes(b"\x93NUMPY half-written")  # a broken copy in place
+
+            def noticed() -> bool:  # the milter looks at the files when mail comes
+                tid, data = mail.simple(subject="while broken")
+                assert mail.send(edge_stack.filter.postfix.port, "carol@sender.example", ["pat@example.com"],
+                                 data) == {}
+                sent.append(tid)
+                return "does not match its passport" in edge_stack.filter.milter.log()
+            wait_for(noticed, 30, "the milter noticing the broken table")
+            model.save(live)  # then repaired
+    model.passport.spam_threshold = 0.9871
+    model.save(live)
+
+    def new_threshold_in_use() -> bool:
+        tid, data = mail.simple(subject="after the swap")
+        assert mail.send(edge_stack.filter.postfix.port, "carol@sender.example", ["pat@example.com"], data) == {}
+        sent.append(tid)
+        got = edge_stack.filter.sink.wait_for(lambda m: f"X-Test-Id: {tid}".encode() in m.data)
+        return "threshold=0.9871" in mail.headers(got[0].data)["X-Spam-Status"]
+    wait_for(new_threshold_in_use, 30, "the new model in use")
+    for tid in sent:  # every message delivered: none tempfailed, none scored by a broken table
+        assert edge_stack.filter.sink.wait_for(lambda m, t=tid: f"X-Test-Id: {t}".encode() in m.data, timeout=20)
+    assert "classifier=error" not in edge_stack.filter.milter.log()

@@ -36,6 +36,13 @@ class PostgresCluster:
         if self._as_postgres:
             shutil.chown(self.home, "postgres")
         self._run(_bin("initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres", "-E", "UTF8")
+        self.start_server()
+
+    def stop_server(self) -> None:
+        """Stop the server, keeping its data (to play a database outage)."""
+        self._run(_bin("pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop")
+
+    def start_server(self) -> None:
         self._run(_bin("pg_ctl"), "-D", str(self.data), "-l", str(self.home / "log"), "-w", "-o",
                   f"-p {self.port} -k {self.home} -c listen_addresses=127.0.0.1 -c fsync=off", "start")
 

@@ -90,7 +90,9 @@ def test_message_log_ownership_feedback_and_counts(store: Store) -> None:
     env = Envelope("x@y.example", ("a@example.com", "b@example.com"), queue_id="Q9")
     verdict = decide(env, msg, Findings(lists=entries.ListIndex([])), Policy())
     with store.session() as s:
-        mid = messagelog.record(s, env, msg, verdict, {"tok1", "tok2"})
+        row = messagelog.record(s, env, msg, verdict, {"tok1", "tok2"})
+        s.flush()
+        mid = row.id
         user = accounts.add_user(s, "a", "long enough password")
     with store.session() as s:
         assert messagelog.visible_message(s, mid, ("a@example.com",)) is not None

@@ -28,7 +28,9 @@ def _log_message(app: Flask, rcpts: tuple[str, ...], subject: str = "hello",
     env = Envelope(sender, rcpts, queue_id="Q1")
     verdict = decide(env, msg, Findings(lists=ListIndex([])), Policy())
     with app.extensions["stronghold_store"].session() as s:
-        return messagelog.record(s, env, msg, verdict, {"tok"})
+        row = messagelog.record(s, env, msg, verdict, {"tok"})
+        s.flush()
+        return row.id
 
 
 def test_login_required_and_login_logout(client: FlaskClient, auth: Auth) -> None:

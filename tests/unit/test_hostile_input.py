@@ -1,0 +1,121 @@
+"""Hostile input: any bytes in, a verdict out; never an exception, bounded time and memory."""
+
+from __future__ import annotations
+
+import io
+import time
+import tracemalloc
+import zipfile
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from stronghold.antivirus import ScanResult
+from stronghold.classifier import Model
+from stronghold.engine import Envelope, Policy, evaluate
+from stronghold.lists import ListEntry, ListIndex
+from stronghold.message import parse
+from stronghold.tokens import features
+from stronghold.verdict import Action
+
+ENV = Envelope("s@x.example", ("a@y.example",))
+LISTS = ListIndex([ListEntry(1, "a@y.example", "block", "@evil.example")])
+MODEL = Model.train([{"meeting", "agenda"}] * 5 + [{"free", "money"}] * 5, [False] * 5 + [True] * 5)
+
+
+class Clean:
+    def scan(self, stream):
+        stream.read()
+        return ScanResult(None)
+
+
+def verdict_for(raw: bytes):
+    msg = parse(raw)
+    return evaluate(ENV, msg, io.BytesIO(raw), Clean(), lambda: MODEL, lambda: LISTS, Policy())
+
+
+header_names = st.sampled_from(["From", "To", "Subject", "Content-Type", "Content-Transfer-Encoding",
+                                "MIME-Version", "Received", "X-Spam-Flag", "Content-Disposition"])
+header_values = st.one_of(
+    st.text(max_size=80),
+    st.sampled_from(["multipart/mixed; boundary=b", "text/html; charset=\"bogus\"", "base64",
+                     "quoted-printable", "=?utf-8?B?////?=", "=?x-unknown?Q?=FF=FE?=", "attachment; filename=\"a.exe\"",
+                     "text/plain; charset=utf-7", "message/rfc822"]),
+)
+
+
+@st.composite
+def mime_trees(draw: st.DrawFn, depth: int = 0) -> bytes:
+    headers = draw(st.lists(st.tuples(header_names, header_values), max_size=6))
+    head = "".join(f"{n}: {v}\r\n" for n, v in headers).encode("utf-8", "surrogatepass")
+    if depth < 3 and draw(st.booleans()):
+        boundary = draw(st.sampled_from(["b", "zz", "=_x", ""]))
+        parts = draw(st.lists(mime_trees(depth + 1), max_size=3))
+        body = b"".join(b"--" + boundary.encode() + b"\r\n" + p + b"\r\n" for p in parts)
+        if draw(st.booleans()):
+            body += b"--" + boundary.encode() + b"--\r\n"
+        head = f"Content-Type: multipart/mixed; boundary=\"{boundary}\"\r\n".encode() + head
+        return head + b"\r\n" + body
+    return head + b"\r\n" + draw(st.binary(max_size=300))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=3000))
+def test_any_bytes_give_a_verdict(raw: bytes) -> None:
+    v = verdict_for(raw)
+    assert v.action in set(Action)
+    assert features(parse(raw)) is not None
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(mime_trees())
+def test_generated_mime_trees_give_a_verdict(raw: bytes) -> None:
+    v = verdict_for(raw)
+    assert v.action in set(Action)
+    assert dict(v.headers).get("X-Spam-Flag") in ("YES", "NO", None)
+
+
+def _bounded(raw: bytes, seconds: float, megabytes: float) -> None:
+    tracemalloc.start()
+    started = time.perf_counter()
+    verdict_for(raw)
+    elapsed = time.perf_counter() - started
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert elapsed < seconds, f"took {elapsed:.1f}s"
+    assert peak < megabytes * 2**20, f"peak {peak / 2**20:.0f} MiB"
+
+
+def test_thousand_levels_of_nesting() -> None:
+    head = b"".join(b"Content-Type: multipart/mixed; boundary=b%d\r\n\r\n--b%d\r\n" % (i, i) for i in range(1000))
+    _bounded(head + b"Content-Type: text/plain\r\n\r\ndeep\r\n", 10, 64)
+
+
+def test_fifty_megabyte_line_without_newline() -> None:
+    _bounded(b"Subject: long\r\n\r\n" + b"x" * (50 * 2**20), 10, 64)
+
+
+def test_header_flood() -> None:
+    raw = b"".join(b"X-Flood-%d: %s\r\n" % (i, b"v" * 50) for i in range(100_000)) + b"\r\nbody"
+    _bounded(raw, 20, 256)
+
+
+def test_invalid_charsets_everywhere() -> None:
+    raw = (b"Subject: =?no-such?Q?=E9t=E9?= =?utf-8?B?@@@?=\r\nFrom: =?koi8-r?B?8vXT08vJyg==?= <a@b.example>\r\n"
+           b"Content-Type: text/plain; charset=\"x-\xff-bogus\"\r\n\r\n\xe9\xe8\x80\x81 body")
+    v = verdict_for(raw)
+    assert v.action is Action.ACCEPT
+
+
+def test_zip_in_zip_is_not_unpacked_by_us() -> None:
+    inner = io.BytesIO()
+    with zipfile.ZipFile(inner, "w") as z:
+        z.writestr("payload.txt", b"A" * 10_000_000)  # compresses to almost nothing
+    outer = io.BytesIO()
+    with zipfile.ZipFile(outer, "w", zipfile.ZIP_DEFLATED) as z:
+        for i in range(20):
+            z.writestr(f"inner{i}.zip", inner.getvalue())
+    import base64
+    raw = (b"Content-Type: multipart/mixed; boundary=q\r\n\r\n--q\r\nContent-Type: application/zip; name=a.zip\r\n"
+           b"Content-Transfer-Encoding: base64\r\n\r\n" + base64.encodebytes(outer.getvalue()) + b"\r\n--q--\r\n")
+    _bounded(raw, 5, 64)  # a bomb for anything that unpacks; we only hand it to clamd
