@@ -188,3 +188,28 @@ def test_dashboard_chart(client: FlaskClient, auth: Auth, app: Flask) -> None:
     auth.login("alice")
     page = client.get("/").get_data(as_text=True)
     assert "<svg" in page and "clean: <strong>1</strong>" in page and "<rect" in page
+
+
+@pytest.mark.corpus
+def test_feedback_is_learned_and_shown_as_applied(client: FlaskClient, auth: Auth, app: Flask, models_dir,
+                                                  tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    from stronghold.classifier import Model, read_passport
+    from stronghold.cli import main
+    models = tmp_path / "models"
+    shutil.copytree(models_dir, models)
+    mid = _log_message(app, ("alice@example.com",), "weekly newsletter")
+    auth.login("alice")
+    auth.post(f"/messages/{mid}/feedback", {"is_spam": "1"}, "/messages/")
+    assert "not learned yet" in client.get("/messages/").get_data(as_text=True)
+    monkeypatch.setenv("STRONGHOLD_DATABASE_URL", app.extensions["stronghold_store"].url)
+    monkeypatch.setenv("STRONGHOLD_MODELS_DIR", str(models))
+    monkeypatch.setenv("STRONGHOLD_DATA_DIR", str(tmp_path / "data"))
+    before = Model.load(models / "model.joblib").score({"tok"}).probability
+    assert main(["learn", "--from-feedback"]) == 0
+    assert read_passport(models / "model.joblib").learned_spam == 1
+    assert Model.load(models / "model.joblib").score({"tok"}).probability > before
+    assert "learned" in client.get("/messages/").get_data(as_text=True)
+    assert "not learned yet" not in client.get("/messages/").get_data(as_text=True)
+    assert main(["learn", "--from-feedback"]) == 2  # nothing pending any more
