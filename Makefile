@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: deps venv corpus model test lint run stop bench bench-accuracy clean
+.PHONY: deps venv corpus model test lint run stop bench bench-accuracy soak clean
 
 deps:
 	@scripts/install-deps.sh
@@ -38,12 +38,19 @@ run: venv corpus model
 stop:
 	@scripts/stack.sh stop
 
-bench-accuracy: venv corpus
-	$(PY) bench/accuracy.py
+bench-accuracy: venv corpus model
+	$(PY) -m bench.accuracy
 
-bench: venv corpus
-	$(PY) bench/accuracy.py
-	$(PY) bench/throughput.py
+# Accuracy on the standard split, then throughput through Postfix (A B A B at c=1, 8, 32);
+# the Markdown report lands in bench/results/latest.md.
+bench: venv corpus model
+	@mkdir -p bench/results
+	@{ echo "# Mail Stronghold benchmarks, $$(date -u '+%Y-%m-%d %H:%M') UTC"; echo; \
+	   echo '## Accuracy (`make bench-accuracy`)'; echo; $(PY) -m bench.accuracy; echo; \
+	   $(PY) -m bench.throughput --tcp | sed 's/^# Throughput/## Throughput/'; } | tee bench/results/latest.md
+
+soak: venv corpus model
+	$(PY) -m bench.soak --minutes 20
 
 clean:
 	rm -rf $(VENV) var build *.egg-info

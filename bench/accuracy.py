@@ -4,7 +4,7 @@
 Trains on the training part (last hex digit of md5(file name) in 0-a), scores the
 test part, and prints (1-AUC)%, the error rates at the model's default threshold,
 the false-negative rate at <=0.1% false positives, scan speed on one core, the
-model's memory and file size.  Run: make bench-accuracy (or python bench/accuracy.py).
+model's memory and file size.  Run: make bench-accuracy (or python -m bench.accuracy).
 """
 
 from __future__ import annotations
@@ -39,7 +39,6 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         model.save(Path(tmp) / "m.joblib")
         file_bytes = os.path.getsize(Path(tmp) / "m.joblib")
-        rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         model = Model.load(Path(tmp) / "m.joblib")
     test = list(collect(index=CORPUS / "index.test"))
     started = time.process_time()
@@ -59,9 +58,9 @@ def main() -> int:
     print(f"default threshold {model.spam_threshold:.4f}: FP {result.fp_rate:.3%} "
           f"({round(result.fp_rate * result.n_ham)} of {result.n_ham} ham), FN {result.fn_rate:.2%}")
     print(f"scan: {cpu / len(test) * 1000:.2f} ms CPU per message (parse + tokenize + score)")
-    print(f"model: {model.memory_bytes / 2**20:.1f} MiB scoring table, file {file_bytes / 2**20:.1f} MiB, "
-          f"process peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB "
-          f"(before loading {rss_before / 1024:.0f} MiB)")
+    print(f"model: {model.memory_bytes / 2**20:.1f} MiB scoring table (all a milter worker holds of it), "
+          f"counts file {file_bytes / 2**20:.1f} MiB; this training process peaked at "
+          f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
     return 0
 
 

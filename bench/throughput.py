@@ -10,7 +10,7 @@ messages/s, SMTP latency p50/p99 (connect to the reply to DATA), milter + clamd
 CPU ms per message, milter peak RSS, and the accounting sent = accepted +
 rejected + deferred, with every accepted message found delivered in the log.
 
-    python bench/throughput.py [--messages 1200] [--concurrency 1 8 32] [--tcp]
+    python -m bench.throughput [--messages 1200] [--concurrency 1 8 32] [--tcp]
 
 Writes a Markdown table to stdout and to bench/results/throughput-<date>.md.
 """
@@ -298,7 +298,7 @@ def main() -> int:
 
 def render(results: list[RunResult], args: argparse.Namespace, seconds: float) -> str:
     lines = [f"# Throughput, {time.strftime('%Y-%m-%d %H:%M')} UTC", "",
-             f"`python bench/throughput.py --messages {args.messages} --concurrency "
+             f"`python -m bench.throughput --messages {args.messages} --concurrency "
              f"{' '.join(map(str, args.concurrency))} --rounds {args.rounds}{' --tcp' if args.tcp else ''} "
              f"--delivery {args.delivery}` "
              f"on {os.cpu_count()} cores, {seconds:.0f} s in all. Corpus ham and spam 50/50; clamd, classifier, "
