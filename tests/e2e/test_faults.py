@@ -158,3 +158,20 @@ def test_model_replaced_mid_run_is_picked_up_safely(edge_stack: EdgeStack, model
     for tid in sent:  # every message delivered: none tempfailed, none scored by a broken table
         assert edge_stack.filter.sink.wait_for(lambda m, t=tid: f"X-Test-Id: {t}".encode() in m.data, timeout=20)
     assert "classifier=error" not in edge_stack.filter.milter.log()
+
+
+def test_sighup_makes_workers_reload_the_model(edge_stack: EdgeStack) -> None:
+    import signal
+    milter = edge_stack.filter.milter
+    _tid, data = mail.simple(subject="before the signal")
+    assert mail.send(edge_stack.filter.postfix.port, "carol@sender.example", ["ruth@example.com"], data) == {}
+    before = milter.log().count("model loaded")
+    milter.proc.send_signal(signal.SIGHUP)
+    milter.wait_log("SIGHUP: workers will reload the model")
+
+    def reloaded() -> bool:  # workers look again on their next message
+        _tid, data = mail.simple(subject="after the signal")
+        assert mail.send(edge_stack.filter.postfix.port, "carol@sender.example", ["ruth@example.com"], data) == {}
+        return milter.log().count("model loaded") > before
+    wait_for(reloaded, 30, "a worker reloading the model after SIGHUP")
+    assert milter.proc.poll() is None
