@@ -19,10 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.throughput import ROOT, drive, group_pids, load_messages
-from stronghold.localstack import TEST_SIGNATURES, Clamd, Postfix, free_port
-from stronghold.store.db import Store
-from tests.harness.milterproc import MilterProcess
+from bench.throughput import drive, group_pids, load_messages, start_filter
+from stronghold.localstack import Postfix, free_port
 
 
 def rss_mb(pid: int) -> float:
@@ -44,20 +42,9 @@ def main() -> int:
     args = parser.parse_args()
     home = Path(tempfile.mkdtemp(prefix="stronghold-soak-"))
     os.chmod(home, 0o755)  # noqa: S103 - Postfix must reach the milter socket
-    (home / "milter").mkdir()
-    os.chmod(home / "milter", 0o755)  # noqa: S103
     parts: list = []
     try:
-        clamd = Clamd(home / "clamd", TEST_SIGNATURES)
-        clamd.start()
-        parts.append(clamd)
-        db_url = f"sqlite:///{home / 'store.db'}"
-        Store(db_url).upgrade()
-        milter = MilterProcess(home, {"data_dir": str(home / "milter"), "models_dir": str(ROOT / "models"),
-                                      "milter_socket": f"unix:{home / 'milter' / 'milter.sock'}",
-                                      "clamd_socket": clamd.address, "database_url": db_url})
-        milter.start()
-        parts.append(milter)
+        _clamd, milter, _settings = start_filter(home, parts)
         postfix = Postfix(home / "postfix", free_port(), milter=milter.address,
                           extra={"default_transport": "discard:soak", "virtual_transport": "discard:soak"})
         postfix.start()

@@ -203,6 +203,34 @@ def run_once(label: str, postfix: Postfix, messages: list[bytes], concurrency: i
     return res
 
 
+def start_filter(home: Path, parts: list) -> tuple[Clamd, MilterProcess, dict[str, object]]:
+    """clamd, a store with a few list entries, and the milter (2 workers, unix socket) under ``home``.
+
+    Each started part is appended to ``parts`` at once, so the caller can stop them all.
+    """
+    clamd = Clamd(home / "clamd", TEST_SIGNATURES)
+    clamd.start()
+    parts.append(clamd)
+    db_url = f"sqlite:///{home / 'store.db'}"
+    store = Store(db_url)
+    store.upgrade()
+    with store.session() as s:  # some real list work for the engine
+        for i in range(0, 20, 3):
+            entries.add_entry(s, f"user{i}@example.com", "allow", f"sender{i}@load.example")
+        entries.add_entry(s, "user1@example.com", "block", "@blocked.example")
+    store.dispose()
+    (home / "milter").mkdir()
+    os.chmod(home / "milter", 0o755)  # noqa: S103 - Postfix must reach the milter socket
+    settings: dict[str, object] = {
+        "data_dir": str(home / "milter"), "models_dir": str(ROOT / "models"),
+        "milter_socket": f"unix:{home / 'milter' / 'milter.sock'}", "clamd_socket": clamd.address,
+        "database_url": db_url, "milter_workers": 2}
+    milter = MilterProcess(home, settings)
+    milter.start()
+    parts.append(milter)
+    return clamd, milter, settings
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--messages", type=int, default=1200, help="messages per run (c=1 runs use a quarter)")
@@ -222,24 +250,7 @@ def main() -> int:
     started = [time.time()]
     parts: list = []
     try:
-        clamd = Clamd(home / "clamd", TEST_SIGNATURES)
-        clamd.start()
-        parts.append(clamd)
-        db_url = f"sqlite:///{home / 'store.db'}"
-        store = Store(db_url)
-        store.upgrade()
-        with store.session() as s:  # some real list work for the engine
-            for i in range(0, 20, 3):
-                entries.add_entry(s, f"user{i}@example.com", "allow", f"sender{i}@load.example")
-            entries.add_entry(s, "user1@example.com", "block", "@blocked.example")
-        (home / "milter").mkdir()
-        os.chmod(home / "milter", 0o755)  # noqa: S103
-        settings = {"data_dir": str(home / "milter"), "models_dir": str(ROOT / "models"),
-                    "milter_socket": f"unix:{home / 'milter' / 'milter.sock'}", "clamd_socket": clamd.address,
-                    "database_url": db_url, "milter_workers": 2}
-        milter = MilterProcess(home, settings)
-        milter.start()
-        parts.append(milter)
+        clamd, milter, settings = start_filter(home, parts)
         discard = {"default_transport": "discard:bench", "relay_transport": "discard:bench",
                    "virtual_transport": "discard:bench"} if args.delivery == "discard" else {}
         plain = Postfix(home / "plain", free_port(), extra=discard)
