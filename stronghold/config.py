@@ -51,6 +51,13 @@ def _positive_int(value: Any) -> int:
     return number
 
 
+def _non_negative_int(value: Any) -> int:
+    number = int(value)
+    if number < 0:
+        raise ValueError("must not be negative")
+    return number
+
+
 def _non_negative(value: Any) -> float:
     number = float(value)
     if number < 0:
@@ -136,6 +143,8 @@ SETTINGS: dict[str, Setting] = {
     "lists_refresh_seconds": Setting(2.0, _non_negative,
                                      "how often the milter checks the store for list changes"),
     "log_tokens": Setting(True, _bool, "keep message features in the log so feedback can train"),
+    "log_retention_days": Setting(30, _non_negative_int,
+                                  "message log entries older than this are deleted (0: keep forever)"),
     "web_bind": Setting("127.0.0.1:8080", _text, "host:port of the web UI"),
     "web_secret_key": Setting("", _text, "Flask secret key; empty: generated into data_dir"),
     "web_secure_cookies": Setting(False, _bool, "mark cookies Secure (set when served over TLS)"),
@@ -168,6 +177,7 @@ class Config:
     spool_memory_bytes: int
     lists_refresh_seconds: float
     log_tokens: bool
+    log_retention_days: int
     web_bind: str
     web_secret_key: str
     web_secure_cookies: bool

@@ -206,6 +206,7 @@ class Service:
         self.model = ModelHolder(cfg.model_path, self.incidents)
         self._lists = ListCache(self.store, cfg.lists_refresh_seconds)
         self.db = StoreThread()
+        self._next_purge = 0.0
 
     def lists(self) -> ListIndex:
         try:
@@ -239,10 +240,27 @@ class Service:
         kept = tokens if self.cfg.log_tokens and verdict.score is not None else None
         return Outcome(verdict, kept, time.perf_counter() - started)
 
+    PURGE_EVERY = 3600.0
+
     def record(self, envelope: Envelope, msg: ParsedMessage, outcome: Outcome) -> None:
-        """Queue the message-log write; a failure is logged (once per incident), never fatal."""
+        """Queue the message-log write; a failure is logged (once per incident), never fatal.
+
+        About once an hour the same queue also deletes entries older than
+        ``log_retention_days``.
+        """
         self.db.write(lambda session: messagelog.record(session, envelope, msg, outcome.verdict, outcome.tokens),
                       self.store, self._log_written)
+        now = time.monotonic()
+        if self.cfg.log_retention_days and now >= self._next_purge:
+            self._next_purge = now + self.PURGE_EVERY
+            days = self.cfg.log_retention_days
+            self.db.write(lambda session: self._purged(messagelog.purge_older_than(session, days), days),
+                          self.store, self._log_written)
+
+    @staticmethod
+    def _purged(count: int, days: int) -> None:
+        if count:
+            log.info("message log: deleted %d entries older than %d days", count, days)
 
     def record_rcpt_reject(self, envelope: Envelope, decision: RecipientDecision) -> None:
         trace = " ".join(str(s) for s in decision.trace)

@@ -113,3 +113,16 @@ def test_unreachable_database_is_a_store_error() -> None:
     with pytest.raises(StoreError):
         with store.session() as s:
             entries.lists_version(s)
+
+
+def test_message_log_retention(store: Store) -> None:
+    msg = parse(b"Subject: old\r\n\r\nbody")
+    env = Envelope("x@y.example", ("a@example.com",))
+    verdict = decide(env, msg, Findings(lists=entries.ListIndex([])), Policy())
+    with store.session() as s:
+        old = messagelog.record(s, env, msg, verdict)
+        old.ts = time.time() - 40 * 86400
+        messagelog.record(s, env, msg, verdict)
+    with store.session() as s:
+        assert messagelog.purge_older_than(s, 30) == 1
+        assert messagelog.count(s) == 1
