@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: deps venv corpus model test lint run stop bench bench-accuracy soak clean
+.PHONY: deps venv corpus model test lint run stop bench bench-accuracy bench-peers soak clean
 
 deps:
 	@scripts/install-deps.sh
@@ -48,6 +48,12 @@ bench: venv corpus model
 	@{ echo "# Mail Stronghold benchmarks, $$(date -u '+%Y-%m-%d %H:%M') UTC"; echo; \
 	   echo '## Accuracy (`make bench-accuracy`)'; echo; $(PY) -m bench.accuracy; echo; \
 	   $(PY) -m bench.throughput --tcp | sed 's/^# Throughput/## Throughput/'; } | tee bench/results/latest.md
+
+# The same, with rspamd 3 (Debian's package, local rules only) as a third system.
+bench-peers: venv corpus model
+	@dpkg-query -W -f='$${Status}' rspamd 2>/dev/null | grep -q "install ok installed" || \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends rspamd >/dev/null
+	$(PY) -m bench.throughput --peers | tee bench/results/peers.md
 
 soak: venv corpus model
 	$(PY) -m bench.soak --minutes 20

@@ -30,6 +30,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.peers import Rspamd
 from stronghold.localstack import TEST_SIGNATURES, Clamd, Postfix, free_port
 from stronghold.store import entries
 from stronghold.store.db import Store
@@ -238,6 +239,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2, help="A B pairs per concurrency")
     parser.add_argument("--tcp", action="store_true", help="also measure the milter over TCP loopback")
     parser.add_argument("--keep", action="store_true", help="keep the run's folder (logs) and say where")
+    parser.add_argument("--peers", action="store_true", help="also measure rspamd 3 as a milter (local rules only)")
     parser.add_argument("--delivery", choices=("maildir", "discard"), default="maildir",
                         help="what Postfix does with accepted mail: deliver into a maildir (as a mail server does), "
                              "or discard it (the SMTP-only ceiling)")
@@ -259,6 +261,14 @@ def main() -> int:
             p.start()
             parts.append(p)
         systems = [("Postfix alone", plain, None), ("Postfix + Stronghold (unix)", filtered, milter)]
+        if args.peers:
+            rspamd = Rspamd(home / "rspamd")
+            rspamd.start()
+            parts.append(rspamd)
+            rspamd_postfix = Postfix(home / "filtered-rspamd", free_port(), milter=rspamd.address, extra=discard)
+            rspamd_postfix.start()
+            parts.append(rspamd_postfix)
+            systems.append(("Postfix + rspamd 3.4 (unix)", rspamd_postfix, rspamd))
         if args.tcp:
             tcp_home = home / "tcp"
             (tcp_home / "milter").mkdir(parents=True)
@@ -279,7 +289,7 @@ def main() -> int:
             batch = messages if conc > 1 else messages[: max(50, len(messages) // 4)]
             for _ in range(args.rounds):
                 for label, postfix, m in systems:
-                    r = run_once(label, postfix, batch, conc, m, clamd if m else None)
+                    r = run_once(label, postfix, batch, conc, m, clamd if isinstance(m, MilterProcess) else None)
                     results.append(r)
                     print(f"  {label:30} c={conc:<3} {r.rate:7.1f} msg/s", file=sys.stderr, flush=True)
         report = render(results, args, time.time() - started[0])
@@ -316,7 +326,7 @@ def render(results: list[RunResult], args: argparse.Namespace, seconds: float) -
              f"lists and message log on; accepted mail: {args.delivery} "
              f"({'Postfix virtual delivery into a maildir' if args.delivery == 'maildir' else 'discard transport'}).",
              "",
-             "| system | conc. | msg/s | p50 ms | p99 ms | CPU ms/msg (milter+clamd) | milter peak RSS MB "
+             "| system | conc. | msg/s | p50 ms | p99 ms | CPU ms/msg (milter+clamd, or rspamd) | milter peak RSS MB "
              "| sent = accepted + rejected + deferred | accepted found delivered |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in results:

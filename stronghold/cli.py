@@ -15,6 +15,8 @@ from stronghold import cli_admin, cli_services
 from stronghold import config as config_mod
 from stronghold.classifier import Model, ModelError, read_passport
 from stronghold.config import Config, ConfigError
+from stronghold.feedback import pending_feedback
+from stronghold.store.db import Store
 from stronghold.training import CorpusError, Sample, collect, iter_messages, tokenize, train_model
 
 log = logging.getLogger("stronghold")
@@ -121,21 +123,20 @@ def cmd_learn(args: argparse.Namespace, cfg: Config) -> int:
             for _source, raw in iter_messages(Path(name)):
                 token_sets.append(tokenize(raw))
                 labels.append(is_spam)
-    extra = 0
-    if args.from_feedback:
-        from stronghold.feedback import pending_feedback
-        fb_sets, fb_labels, mark_done = pending_feedback(cfg)
-        token_sets += fb_sets
-        labels += fb_labels
-        extra = len(fb_sets)
-    else:
+    with Store(cfg.db_url) as store:
+        extra = 0
         mark_done = None
-    if not token_sets:
-        raise UsageError("nothing to learn: give --spam/--ham files or --from-feedback with pending feedback")
-    model.learn(token_sets, labels)
-    model.save(path)
-    if mark_done is not None:
-        mark_done()
+        if args.from_feedback:
+            fb_sets, fb_labels, mark_done = pending_feedback(store)
+            token_sets += fb_sets
+            labels += fb_labels
+            extra = len(fb_sets)
+        if not token_sets:
+            raise UsageError("nothing to learn: give --spam/--ham files or --from-feedback with pending feedback")
+        model.learn(token_sets, labels)
+        model.save(path)
+        if mark_done is not None:
+            mark_done()
     print(f"learned {sum(labels)} spam + {len(labels) - sum(labels)} ham"
           + (f" ({extra} from feedback)" if args.from_feedback else "") + f" -> {path}")
     return 0

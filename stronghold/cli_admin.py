@@ -6,7 +6,11 @@ import argparse
 import getpass
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+from sqlalchemy.orm import Session
 
 from stronghold.config import Config
 from stronghold.store import accounts
@@ -17,10 +21,13 @@ from stronghold.store.errors import EntryError, StoreError
 KNOWN_ERRORS = (StoreError, EntryError)
 
 
-def _store(cfg: Config) -> Store:
-    store = Store(cfg.db_url)
-    store.upgrade()
-    return store
+@contextmanager
+def _session(cfg: Config) -> Iterator[Session]:
+    """A transaction on the configured store (schema brought up to date), closed afterwards."""
+    with Store(cfg.db_url) as store:
+        store.upgrade()
+        with store.session() as session:
+            yield session
 
 
 def _password(args: argparse.Namespace) -> str:
@@ -45,7 +52,7 @@ def _user(session, login: str):
 
 
 def cmd_user_add(args: argparse.Namespace, cfg: Config) -> int:
-    with _store(cfg).session() as s:
+    with _session(cfg) as s:
         user = accounts.add_user(s, args.login, _password(args), admin=args.admin)
         for address in args.address or ():
             accounts.assign_address(s, user, address)
@@ -55,28 +62,28 @@ def cmd_user_add(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def cmd_user_passwd(args: argparse.Namespace, cfg: Config) -> int:
-    with _store(cfg).session() as s:
+    with _session(cfg) as s:
         accounts.set_password(s, _user(s, args.login), _password(args))
     print(f"password of {args.login} changed")
     return 0
 
 
 def cmd_user_disable(args: argparse.Namespace, cfg: Config) -> int:
-    with _store(cfg).session() as s:
+    with _session(cfg) as s:
         accounts.set_disabled(_user(s, args.login), not args.enable)
     print(f"user {args.login} {'enabled' if args.enable else 'disabled'}")
     return 0
 
 
 def cmd_user_rm(args: argparse.Namespace, cfg: Config) -> int:
-    with _store(cfg).session() as s:
+    with _session(cfg) as s:
         accounts.delete_user(s, _user(s, args.login))
     print(f"user {args.login} deleted")
     return 0
 
 
 def cmd_user_address(args: argparse.Namespace, cfg: Config) -> int:
-    with _store(cfg).session() as s:
+    with _session(cfg) as s:
         user = _user(s, args.login)
         for address in args.add or ():
             accounts.assign_address(s, user, address)
@@ -87,7 +94,7 @@ def cmd_user_address(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def cmd_user_ls(args: argparse.Namespace, cfg: Config) -> int:
-    with _store(cfg).session() as s:
+    with _session(cfg) as s:
         for user in accounts.all_users(s):
             flags = " disabled" if user.disabled else ""
             print(f"{user.login}\t{user.role}{flags}\t{' '.join(accounts.owned_addresses(user))}")
@@ -101,14 +108,14 @@ def _owner(args: argparse.Namespace) -> str | None:
 
 
 def cmd_list_add(args: argparse.Namespace, cfg: Config) -> int:
-    with _store(cfg).session() as s:
+    with _session(cfg) as s:
         entry = lists_store.add_entry(s, _owner(args), args.kind, args.pattern, args.comment or "")
     print(f"#{entry.id} {entry.owner or 'global'} {entry.kind} {entry.pattern}")
     return 0
 
 
 def cmd_list_rm(args: argparse.Namespace, cfg: Config) -> int:
-    with _store(cfg).session() as s:
+    with _session(cfg) as s:
         owner = _owner(args)
         if args.id is not None:
             entry = lists_store.remove_entry(s, args.id, [owner])
@@ -123,7 +130,7 @@ def cmd_list_rm(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def cmd_list_ls(args: argparse.Namespace, cfg: Config) -> int:
-    with _store(cfg).session() as s:
+    with _session(cfg) as s:
         for e in lists_store.entries(s, _owner(args), args.kind):
             print(f"{e.id}\t{e.kind}\t{e.pattern}\t{e.comment}")
     return 0
@@ -131,7 +138,7 @@ def cmd_list_ls(args: argparse.Namespace, cfg: Config) -> int:
 
 def cmd_list_import(args: argparse.Namespace, cfg: Config) -> int:
     text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text(encoding="utf-8")
-    with _store(cfg).session() as s:
+    with _session(cfg) as s:
         added, problems = lists_store.import_csv(s, _owner(args), text, args.kind)
     for problem in problems:
         print(problem, file=sys.stderr)
@@ -140,7 +147,7 @@ def cmd_list_import(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def cmd_list_export(args: argparse.Namespace, cfg: Config) -> int:
-    with _store(cfg).session() as s:
+    with _session(cfg) as s:
         sys.stdout.write(lists_store.export_csv(lists_store.entries(s, _owner(args), args.kind)))
     return 0
 

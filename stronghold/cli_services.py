@@ -30,9 +30,9 @@ def check_config(cfg: Config) -> int:
         print(f"FAIL: {exc}")
         problems += 1
     try:
-        store = Store(cfg.db_url)
-        store.ping()
-        print(f"ok: database {store.engine.url.render_as_string(hide_password=True)}")
+        with Store(cfg.db_url) as store:
+            store.ping()
+            print(f"ok: database {store.engine.url.render_as_string(hide_password=True)}")
     except StoreError as exc:
         print(f"FAIL: {exc}")
         problems += 1
@@ -66,9 +66,9 @@ def cmd_web(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def cmd_db_upgrade(args: argparse.Namespace, cfg: Config) -> int:
-    store = Store(cfg.db_url)
-    revision = store.upgrade()
-    print(f"database at revision {revision}: {store.engine.url.render_as_string(hide_password=True)}")
+    with Store(cfg.db_url) as store:
+        revision = store.upgrade()
+        print(f"database at revision {revision}: {store.engine.url.render_as_string(hide_password=True)}")
     return 0
 
 

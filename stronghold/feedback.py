@@ -5,18 +5,16 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from stronghold.config import Config
 from stronghold.store import messagelog
 from stronghold.store.db import Store
 
 
-def pending_feedback(cfg: Config) -> tuple[list[set[str]], list[bool], Callable[[], None]]:
+def pending_feedback(store: Store) -> tuple[list[set[str]], list[bool], Callable[[], None]]:
     """Token sets and labels of unapplied feedback, and a callback marking it applied.
 
     Feedback on a message whose features were not kept (log_tokens = false) is
     marked applied with nothing learned: there is nothing to learn from.
     """
-    store = Store(cfg.db_url)
     with store.session() as session:
         rows = messagelog.pending(session)
         token_sets = [messagelog.unpack_tokens(msg.tokens) for fb, msg in rows if msg.tokens]

@@ -1,0 +1,65 @@
+"""Peers for the throughput benchmark: rspamd 3 (Debian's package) as a milter, local rules only.
+
+A private instance: the stock /etc/rspamd config with our own LOCAL_CONFDIR,
+DBDIR, RUNDIR and LOGDIR (rspamd's --var), a proxy worker in milter mode on a
+unix socket, network checks (DNS lists, SPF, DKIM, DMARC, fuzzy, ...) and
+Redis-backed modules (Bayes among them) off: what runs with no network.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+from stronghold.localstack import StackError, _unix_connects, wait_for
+
+OFF = ("rbl", "surbl", "fuzzy_check", "dkim", "dmarc", "spf", "asn", "phishing", "multimap", "dkim_signing", "arc",
+       "greylist", "ratelimit", "replies", "neural", "reputation", "history_redis", "url_redirector", "dcc",
+       "mx_check", "emails", "maillist", "whitelist", "classifier-bayes", "redis")
+
+
+class Rspamd:
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"unix:{self.home / 'run' / 'milter.sock'}"
+
+    def start(self, timeout: float = 300) -> None:
+        binary = shutil.which("rspamd")
+        if binary is None:
+            raise StackError("rspamd is not installed (apt-get install rspamd, or make bench-peers)")
+        local = self.home / "local"
+        for sub in ("local/local.d", "local/override.d", "db", "run", "log"):
+            (self.home / sub).mkdir(parents=True, exist_ok=True)
+        (local / "override.d" / "worker-proxy.inc").write_text(
+            f'bind_socket = "{self.home / "run" / "milter.sock"} mode=0666";\nmilter = yes;\ncount = 1;\n'
+            'timeout = 120s;\nupstream "local" {\n  default = yes;\n  self_scan = yes;\n}\n')
+        (local / "override.d" / "worker-controller.inc").write_text("enabled = false;\n")
+        (local / "local.d" / "options.inc").write_text(
+            'dns {\n  nameserver = ["127.0.0.1:1"];\n  timeout = 0.2s;\n  retransmits = 0;\n}\n'
+            'local_addrs = "127.0.0.0/8";\n')
+        for module in OFF:
+            (local / "local.d" / f"{module}.conf").write_text("enabled = false;\n")
+        log = open(self.home / "rspamd.out", "ab")
+        self.proc = subprocess.Popen(
+            [binary, "-f", "-i", "-u", "root", "-g", "root", "-c", "/etc/rspamd/rspamd.conf",
+             "--var", f"LOCAL_CONFDIR={local}", "--var", f"DBDIR={self.home / 'db'}",
+             "--var", f"RUNDIR={self.home / 'run'}", "--var", f"LOGDIR={self.home / 'log'}"],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        wait_for(lambda: self.proc.poll() is None and _unix_connects(self.home / "run" / "milter.sock"), timeout,
+                 f"rspamd ({self.home / 'log' / 'rspamd.log'})")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
