@@ -15,8 +15,8 @@ from pathlib import Path
 from stronghold.localstack import StackError, _unix_connects, wait_for
 
 # Modules that need DNS, other hosts or Redis; everything local (regexp rules, MIME and header checks,
-# phishing and mailing-list heuristics, hfilter, once_received, ...) stays on.
-OFF = ("rbl", "surbl", "fuzzy_check", "dkim", "dmarc", "spf", "asn", "multimap", "dkim_signing", "arc",
+# mailing-list heuristics, hfilter, once_received, ...) stays on; phishing is off (it looks up DNS).
+OFF = ("rbl", "surbl", "fuzzy_check", "dkim", "dmarc", "spf", "asn", "phishing", "multimap", "dkim_signing", "arc",
        "greylist", "ratelimit", "replies", "neural", "reputation", "history_redis", "url_redirector", "dcc",
        "mx_check", "emails", "whitelist", "classifier-bayes", "redis")
 
