@@ -11,7 +11,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import BinaryIO, TypeVar
@@ -158,9 +158,6 @@ class StoreThread:
         except FutureTimeout as exc:
             raise StoreError(f"database did not answer within {self.timeout:.0f}s") from exc
 
-    def submit(self, fn: Callable[[], object]) -> Future[object]:
-        return self._pool().submit(fn)
-
     def write(self, op: Callable[[Session], None], store: Store, on_done: Callable[[Exception | None], None]) -> None:
         """Queue a write; queued writes are committed together in one transaction."""
         with self._lock:
@@ -181,10 +178,6 @@ class StoreThread:
             on_done(exc)
         else:
             on_done(None)
-
-    def drain(self) -> None:
-        """Wait for queued writes (tests, shutdown)."""
-        self.call(lambda: None)
 
 
 @dataclass
@@ -210,7 +203,9 @@ class Service:
 
     def lists(self) -> ListIndex:
         try:
-            index = self._lists.cached() or self.db.call(self._lists)
+            index = self._lists.cached()
+            if index is None:  # an empty index is falsy: compare with None
+                index = self.db.call(self._lists)
         except StoreError as exc:
             self.incidents.failed("database", str(exc))
             raise
