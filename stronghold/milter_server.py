@@ -46,6 +46,7 @@ def _register(spec: str, timeout: int) -> None:
     """What Milter.runmilter does before opening the socket, minus main()."""
     Milter.factory = StrongholdMilter
     milter.set_flags(FLAGS)
+    milter.set_exception_policy(milter.TEMPFAIL)  # a bug in a callback never lets mail through unchecked
     milter.set_connect_callback(Milter.connect_callback)
     milter.set_helo_callback(lambda ctx, host: ctx.getpriv().hello(host))
     milter.set_envfrom_callback(lambda ctx, *b: ctx.getpriv().envfrom_bytes(*b))
