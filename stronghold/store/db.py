@@ -32,7 +32,7 @@ class Store:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        kwargs: dict[str, object] = {"future": True, "pool_pre_ping": True}
+        kwargs: dict[str, object] = {"future": True, "pool_pre_ping": not url.startswith("sqlite")}
         if url.startswith("sqlite"):
             path = url.split("///", 1)[-1]
             if path and path != ":memory:":

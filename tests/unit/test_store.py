@@ -90,9 +90,7 @@ def test_message_log_ownership_feedback_and_counts(store: Store) -> None:
     env = Envelope("x@y.example", ("a@example.com", "b@example.com"), queue_id="Q9")
     verdict = decide(env, msg, Findings(lists=entries.ListIndex([])), Policy())
     with store.session() as s:
-        row = messagelog.record(s, env, msg, verdict, {"tok1", "tok2"})
-        s.flush()
-        mid = row.id
+        mid = messagelog.record(s, env, msg, verdict, {"tok1", "tok2"})
         user = accounts.add_user(s, "a", "long enough password")
     with store.session() as s:
         assert messagelog.visible_message(s, mid, ("a@example.com",)) is not None
@@ -120,8 +118,7 @@ def test_message_log_retention(store: Store) -> None:
     env = Envelope("x@y.example", ("a@example.com",))
     verdict = decide(env, msg, Findings(lists=entries.ListIndex([])), Policy())
     with store.session() as s:
-        old = messagelog.record(s, env, msg, verdict)
-        old.ts = time.time() - 40 * 86400
+        messagelog.record(s, env, msg, verdict, ts=time.time() - 40 * 86400)
         messagelog.record(s, env, msg, verdict)
     with store.session() as s:
         assert messagelog.purge_older_than(s, 30) == 1

@@ -100,9 +100,7 @@ def test_mark_message_as_spam(site: tuple[WebProcess, Store], page: Page) -> Non
     env = Envelope("promo@deals.example", ("bob@example.com",), queue_id="ABC123")
     verdict = decide(env, msg, Findings(lists=ListIndex([])), Policy())
     with store.session() as s:
-        row = messagelog.record(s, env, msg, verdict, {"tok"})
-        s.flush()
-        mid = row.id
+        mid = messagelog.record(s, env, msg, verdict, {"tok"})
     login(page, web.url, "bob")
     page.goto(web.url + "/messages/")
     page.get_by_role("button", name="This is spam: Cheap watches today").click()

@@ -28,9 +28,7 @@ def _log_message(app: Flask, rcpts: tuple[str, ...], subject: str = "hello",
     env = Envelope(sender, rcpts, queue_id="Q1")
     verdict = decide(env, msg, Findings(lists=ListIndex([])), Policy())
     with app.extensions["stronghold_store"].session() as s:
-        row = messagelog.record(s, env, msg, verdict, {"tok"})
-        s.flush()
-        return row.id
+        return messagelog.record(s, env, msg, verdict, {"tok"})
 
 
 def test_login_required_and_login_logout(client: FlaskClient, auth: Auth) -> None:
