@@ -12,7 +12,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from stronghold.localstack import StackError, _unix_connects, wait_for
+from stronghold.localstack import StackError, _unix_connects, stop_process, wait_for
 
 # Modules that need DNS, other hosts or Redis; everything local (regexp rules, MIME and header checks,
 # mailing-list heuristics, hfilter, once_received, ...) stays on; phishing is off (it looks up DNS).
@@ -57,11 +57,5 @@ class Rspamd:
                  f"rspamd ({self.home / 'log' / 'rspamd.log'})")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.proc = None
