@@ -178,7 +178,7 @@ def sent_lines(postfix: Postfix) -> int:
 
 
 def run_once(label: str, postfix: Postfix, messages: list[bytes], concurrency: int,
-             milter: MilterProcess | None, clamd: Clamd | None) -> RunResult:
+             milter: MilterProcess | Rspamd | None, clamd: Clamd | None) -> RunResult:
     pids = group_pids(milter.proc.pid) if milter and milter.proc else []
     clamd_pids = [clamd.proc.pid] if clamd and clamd.proc else []
     cpu_before = cpu_seconds(pids + clamd_pids)
@@ -249,26 +249,26 @@ def main() -> int:
         return 1
     home = Path(tempfile.mkdtemp(prefix="stronghold-bench-"))
     os.chmod(home, 0o755)  # noqa: S103 - Postfix must reach the milter socket
-    started = [time.time()]
+    started = time.time()
     parts: list = []
     try:
         clamd, milter, settings = start_filter(home, parts)
         discard = {"default_transport": "discard:bench", "relay_transport": "discard:bench",
                    "virtual_transport": "discard:bench"} if args.delivery == "discard" else {}
-        plain = Postfix(home / "plain", free_port(), extra=discard)
-        filtered = Postfix(home / "filtered", free_port(), milter=milter.address, extra=discard)
-        for p in (plain, filtered):
-            p.start()
-            parts.append(p)
-        systems = [("Postfix alone", plain, None), ("Postfix + Stronghold (unix)", filtered, milter)]
+        def behind_postfix(name: str, milter_address: str | None = None) -> Postfix:
+            postfix = Postfix(home / name, free_port(), milter=milter_address, extra=discard)
+            postfix.start()
+            parts.append(postfix)
+            return postfix
+
+        systems: list[tuple[str, Postfix, MilterProcess | Rspamd | None]] = [
+            ("Postfix alone", behind_postfix("plain"), None),
+            ("Postfix + Stronghold (unix)", behind_postfix("filtered", milter.address), milter)]
         if args.peers:
             rspamd = Rspamd(home / "rspamd")
             rspamd.start()
             parts.append(rspamd)
-            rspamd_postfix = Postfix(home / "filtered-rspamd", free_port(), milter=rspamd.address, extra=discard)
-            rspamd_postfix.start()
-            parts.append(rspamd_postfix)
-            systems.append(("Postfix + rspamd 3.4 (unix)", rspamd_postfix, rspamd))
+            systems.append(("Postfix + rspamd 3.4 (unix)", behind_postfix("filtered-rspamd", rspamd.address), rspamd))
         if args.tcp:
             tcp_home = home / "tcp"
             (tcp_home / "milter").mkdir(parents=True)
@@ -277,22 +277,23 @@ def main() -> int:
                                                   "milter_socket": f"inet:{free_port()}@127.0.0.1"})
             tcp_milter.start()
             parts.append(tcp_milter)
-            tcp_postfix = Postfix(home / "filtered-tcp", free_port(), milter=tcp_milter.address, extra=discard)
-            tcp_postfix.start()
-            parts.append(tcp_postfix)
-            systems.append(("Postfix + Stronghold (tcp)", tcp_postfix, tcp_milter))
+            systems.append(("Postfix + Stronghold (tcp)", behind_postfix("filtered-tcp", tcp_milter.address),
+                            tcp_milter))
         messages = load_messages(args.messages)
+        def scanner_of(m: MilterProcess | Rspamd | None) -> Clamd | None:
+            return clamd if isinstance(m, MilterProcess) else None  # clamd's CPU counts for our milter only
+
         for label, postfix, m in systems:  # warm up: connections, model pages, clamd
-            run_once(label, postfix, messages[:50], 4, m, clamd)
+            run_once(label, postfix, messages[:50], 4, m, scanner_of(m))
         results: list[RunResult] = []
         for conc in args.concurrency:
             batch = messages if conc > 1 else messages[: max(50, len(messages) // 4)]
             for _ in range(args.rounds):
                 for label, postfix, m in systems:
-                    r = run_once(label, postfix, batch, conc, m, clamd if isinstance(m, MilterProcess) else None)
+                    r = run_once(label, postfix, batch, conc, m, scanner_of(m))
                     results.append(r)
                     print(f"  {label:30} c={conc:<3} {r.rate:7.1f} msg/s", file=sys.stderr, flush=True)
-        report = render(results, args, time.time() - started[0])
+        report = render(results, args, time.time() - started)
         if LAST_4XX:
             report += "\nTemporary (4xx) replies seen: " + "; ".join(f"{n} x {t}" for t, n in LAST_4XX.items()) + "\n"
             warnings: dict[str, int] = {}

@@ -94,7 +94,7 @@ def add_sender(message_id: int):
         flash(f"{pattern} is now on the {kind} list of {', '.join(done)}.")
     for p in problems:
         flash(p)
-    return redirect(request.referrer if _same_site(request.referrer) else url_for("messages.index"))
+    return _back()
 
 
 @bp.route("/<int:message_id>/feedback", methods=["POST"])
@@ -108,8 +108,12 @@ def feedback(message_id: int):
         messagelog.set_feedback(s, row.id, g.user.id, verdict == "1")
     flash("Thanks: marked as " + ("spam" if verdict == "1" else "not spam")
           + ". The filter learns it at its next training run.")
-    return redirect(request.referrer if _same_site(request.referrer) else url_for("messages.index"))
+    return _back()
 
 
-def _same_site(url: str | None) -> bool:
-    return bool(url) and url.startswith(request.host_url)
+def _back():
+    """Back to the page the form was on (only pages of this site), else recent mail."""
+    url = request.referrer
+    if url and url.startswith(request.host_url):
+        return redirect(url)
+    return redirect(url_for("messages.index"))
