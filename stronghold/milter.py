@@ -7,6 +7,7 @@ to ``spool_memory_bytes``); it is parsed once at end of message.
 
 from __future__ import annotations
 
+import email.header
 import logging
 import tempfile
 from typing import Any
@@ -14,13 +15,20 @@ from typing import Any
 import Milter
 
 from stronghold.engine import SPAM_HEADERS, Envelope
-from stronghold.message import parse
+from stronghold.message import MAX_BYTES, parse
 from stronghold.service import Service, log_line
 from stronghold.verdict import Action
 
 log = logging.getLogger(__name__)
 FLAGS = Milter.ADDHDRS | Milter.CHGHDRS | Milter.DELRCPT | Milter.QUARANTINE
 _STRIP = {h.lower() for h in SPAM_HEADERS}
+
+
+def header_value(text: str) -> str:
+    """``text`` as a header value: as is when ASCII, else RFC 2047 encoded."""
+    if text.isascii():
+        return text
+    return email.header.Header(text, "utf-8").encode()
 
 
 def _bare(address: str) -> str:
@@ -44,7 +52,8 @@ class StrongholdMilter(Milter.Base):
             self.spool.close()
         self.spool = None
         self.sender = ""
-        self.recipients: list[str] = []
+        self.recipients: list[str] = []  # lower-cased, for lists and logs
+        self.rcpt_as_given: dict[str, str] = {}  # for delrcpt, which wants Postfix's own form
         self.seen_headers: dict[str, int] = {}
         self.strip: list[tuple[str, int]] = []
         self.subject_index = 0
@@ -71,7 +80,8 @@ class StrongholdMilter(Milter.Base):
         return Milter.CONTINUE
 
     def envrcpt(self, to: str, *params: str) -> int:
-        rcpt = _bare(to).lower()
+        given = _bare(to)
+        rcpt = given.lower()
         decision = self.service.check_recipient(self.sender, rcpt)
         if decision is not None:
             env = Envelope(self.sender, (rcpt,), self.client_ip, self.helo, self.getsymval("i") or "")
@@ -81,6 +91,7 @@ class StrongholdMilter(Milter.Base):
             self.setreply("550", "5.7.1", "Sender is blocked by the recipient")
             return Milter.REJECT
         self.recipients.append(rcpt)
+        self.rcpt_as_given[rcpt] = given
         return Milter.CONTINUE
 
     def data(self) -> int:
@@ -132,7 +143,7 @@ class StrongholdMilter(Milter.Base):
         env = Envelope(self.sender, tuple(self.recipients), self.client_ip, self.helo,
                        self.getsymval("i") or "")
         self.spool.seek(0)
-        raw = self.spool.read(min(self.size, 2 * 1024 * 1024))
+        raw = self.spool.read(MAX_BYTES + 1)  # one byte more, so parse() records the truncation
         msg = parse(raw)
         msg.size = self.size
         self.spool.seek(0)
@@ -151,13 +162,13 @@ class StrongholdMilter(Milter.Base):
         if verdict.subject_prefix:
             subject = msg.header("subject") or ""
             if not subject.startswith(verdict.subject_prefix):
-                new = f"{verdict.subject_prefix} {subject}".strip()
+                new = header_value(f"{verdict.subject_prefix} {subject}".strip())
                 if self.subject_index:
                     self.chgheader("Subject", self.subject_index, new)
                 else:
                     self.addheader("Subject", new)
         for rcpt in verdict.drop_recipients:
-            self.delrcpt(f"<{rcpt}>")
+            self.delrcpt(f"<{self.rcpt_as_given.get(rcpt, rcpt)}>")
         if verdict.action is Action.QUARANTINE:
             self.quarantine(f"stronghold: {verdict.category.value} {verdict.virus or ''}".strip())
         return Milter.ACCEPT

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import email.header
 import io
 from pathlib import Path
 
@@ -11,9 +12,10 @@ from Milter import testctx
 
 from stronghold.antivirus import EICAR, NoScanner
 from stronghold.config import Config
-from stronghold.milter import StrongholdMilter
+from stronghold.message import MAX_BYTES
+from stronghold.milter import StrongholdMilter, header_value
 from stronghold.service import Service
-from stronghold.store import entries
+from stronghold.store import entries, messagelog
 from stronghold.store.db import Store
 
 
@@ -76,3 +78,30 @@ def test_no_scanner_configured_is_visible(make_config, models_dir: Path) -> None
     cfg = make_config(models_dir=models_dir, clamd_socket="none")
     service = Service(cfg, store=Store(f"sqlite:///{cfg.data_dir}.db"))
     assert isinstance(service.scanner, NoScanner)
+
+
+def test_header_from_block_removes_the_recipient_as_postfix_gave_it(milter) -> None:
+    ctx, store = milter
+    with store.session() as s:
+        entries.add_entry(s, "mixed@example.com", "block", "@nagging.example")
+    raw = b"From: boss@nagging.example\nSubject: again\n\nPlease reply.\n"
+    assert ctx._feedFile(io.BytesIO(raw), "relay@lists.example", "Mixed@Example.com", "other@example.com") \
+        == Milter.ACCEPT
+    assert ctx._delrcpt == ["<Mixed@Example.com>"]
+
+
+def test_large_message_is_parsed_as_truncated(milter) -> None:
+    ctx, store = milter
+    raw = b"From: a@b.example\nSubject: big\n\n" + b"word " * (MAX_BYTES // 5 + 1000) + b"\n"
+    assert ctx._feedFile(io.BytesIO(raw), "a@b.example", "big@example.com") == Milter.ACCEPT
+    StrongholdMilter.service.db.call(lambda: None)  # the log write is queued on the store thread
+    with store.session() as s:
+        row = messagelog.recent(s, messagelog.LogFilter(addresses=("big@example.com",)))[0]
+        assert "defect:truncated" in messagelog.unpack_tokens(row.tokens)
+
+
+def test_non_ascii_header_values_are_encoded() -> None:
+    assert header_value("[SPAM] hello") == "[SPAM] hello"
+    encoded = header_value("[SPAM] café")
+    assert encoded.isascii() and encoded.startswith("=?utf-8?")
+    assert str(email.header.make_header(email.header.decode_header(encoded))) == "[SPAM] café"
