@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import platform
@@ -39,9 +40,12 @@ from typing import TYPE_CHECKING, Any
 import mmh3
 import numpy as np
 
+from stronghold.tokens import TOKENIZER_VERSION
+
 if TYPE_CHECKING:
     from sklearn.naive_bayes import MultinomialNB
 
+log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 N_FEATURES = 2**22
 DEFAULT_SPAM_THRESHOLD = 0.9
@@ -84,6 +88,7 @@ class Passport:
     created: float = field(default_factory=time.time)
     versions: dict[str, str] = field(default_factory=dict)
     n_features: int = N_FEATURES
+    tokenizer: int = 1  # TOKENIZER_VERSION it was trained with (models from before the field: 1)
     params: dict[str, float] = field(default_factory=dict)
     spam_threshold: float = DEFAULT_SPAM_THRESHOLD
     threshold_method: str = "default"
@@ -149,7 +154,7 @@ class Model:
         from sklearn.naive_bayes import MultinomialNB
         nb = MultinomialNB()
         nb.partial_fit(feature_matrix(token_sets), y, classes=[0, 1])
-        passport = Passport(versions=library_versions(),
+        passport = Passport(versions=library_versions(), tokenizer=TOKENIZER_VERSION,
                             params=asdict(params or Params()),
                             trained_ham=len(y) - n_spam, trained_spam=n_spam)
         return cls(nb, passport)
@@ -348,6 +353,9 @@ def _check_compatible(passport: Passport, path: Path, for_learning: bool) -> Non
                          f"this version reads {FORMAT_VERSION}; retrain it")
     if passport.n_features != N_FEATURES:
         raise ModelError(f"model {path} uses {passport.n_features} features, expected {N_FEATURES}")
+    if passport.tokenizer != TOKENIZER_VERSION:  # still usable: most features are the same
+        log.warning("model %s was trained with tokenizer %d, this is %d: retrain it for full accuracy",
+                    path, passport.tokenizer, TOKENIZER_VERSION)
     if for_learning:  # the pickle must come from the scikit-learn that reads it
         import sklearn
         saved = passport.versions.get("scikit-learn", "")

@@ -15,6 +15,11 @@ import re
 
 from stronghold.message import ParsedMessage, url_host
 
+# Bumped whenever the features of a given message change (tokenizer or parser):
+# a model trained with another version still loads, with a warning to retrain.
+# 2: HTML read by message.html_to_text's own scanner instead of html.parser.
+TOKENIZER_VERSION = 2
+
 MAX_TEXT = 200_000
 MIN_WORD = 3
 MAX_WORD = 12
@@ -182,6 +187,7 @@ def features(msg: ParsedMessage) -> set[str]:
     _structure(msg, out)
     body = msg.text + msg.html_text
     if body:
-        nonascii = sum(1 for c in body[:20000] if ord(c) > 127)
-        out.add(f"8bit%:{min(100, nonascii * 100 // max(1, len(body[:20000]))) // 10}")
+        head = body[:20000]
+        nonascii = 0 if head.isascii() else len(head) - len(head.encode("ascii", "ignore"))
+        out.add(f"8bit%:{min(100, nonascii * 100 // max(1, len(head))) // 10}")
     return out

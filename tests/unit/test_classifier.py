@@ -96,6 +96,21 @@ def test_incompatible_versions_are_refused(tmp_path: Path) -> None:
         Model.load(tmp_path / "m.joblib")
 
 
+def test_model_from_an_older_tokenizer_is_used_with_a_warning(tmp_path: Path, caplog) -> None:
+    from stronghold.tokens import TOKENIZER_VERSION
+    sets, labels = _sets()
+    Model.train(sets, labels).save(tmp_path / "m.joblib")
+    side = passport_path(tmp_path / "m.joblib")
+    data = json.loads(side.read_text())
+    assert data["tokenizer"] == TOKENIZER_VERSION
+    del data["tokenizer"]  # as written before the field existed: version 1
+    side.write_text(json.dumps(data))
+    with caplog.at_level("WARNING", logger="stronghold.classifier"):
+        model = Model.load(tmp_path / "m.joblib")
+    assert model.score({"viagra", "free"}).probability > 0.5
+    assert "trained with tokenizer 1" in caplog.text and "retrain" in caplog.text
+
+
 def test_hashing_matches_scikit_learns_feature_hasher() -> None:
     tokens = ["hello", "subject:free", "x" * 300, "ü", "日本語", "url:example.com", "skip:a 50"]
     matrix = feature_matrix([[t] for t in tokens])

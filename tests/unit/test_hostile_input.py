@@ -119,3 +119,25 @@ def test_zip_in_zip_is_not_unpacked_by_us() -> None:
     raw = (b"Content-Type: multipart/mixed; boundary=q\r\n\r\n--q\r\nContent-Type: application/zip; name=a.zip\r\n"
            b"Content-Transfer-Encoding: base64\r\n\r\n" + base64.encodebytes(outer.getvalue()) + b"\r\n--q--\r\n")
     _bounded(raw, 5, 64)  # a bomb for anything that unpacks; we only hand it to clamd
+
+
+def test_pathological_html_costs_linear_time() -> None:
+    """Markup built to make a backtracking tag or attribute pattern go quadratic."""
+    n = 1_000_000
+    for body in (b"<" + b"a" * n, b"<a " + b"b" * n + b"/=", b"<a x=" + b"'" * n, b"<!" + b"x" * n,
+                 b"<a" * (n // 2), b"<!--" + b"-" * n, b"<script>" + b"<" * n, b"<a " + b"b=" * (n // 2)):
+        raw = b"Subject: html\r\nContent-Type: text/html\r\n\r\n" + body
+        _bounded(raw, 10, 128)
+
+
+html_alphabet = st.sampled_from(["<", ">", "/", "=", '"', "'", "!", "--", "a", "script", "style", " ", "&amp;",
+                                 "href", "http://x.example/", "\x00", "é"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(html_alphabet, max_size=200).map("".join))
+def test_any_markup_gives_text_without_error(markup: str) -> None:
+    from stronghold.message import html_to_text
+    text, tags, urls, _features = html_to_text(markup)
+    assert isinstance(text, str) and all(n >= 1 for n in tags.values())
+    assert all(u.lower().startswith(("http://", "https://", "www.")) for u in urls)

@@ -71,3 +71,20 @@ def test_huge_single_line_is_truncated_and_bounded() -> None:
 def test_url_host() -> None:
     assert url_host("HTTP://user@Www.Example.COM:8080/path") == "www.example.com"
     assert url_host("www.example.org/x") == "www.example.org"
+
+
+def test_html_text_skips_comments_scripts_and_styles() -> None:
+    from stronghold.message import html_to_text
+    text, tags, urls, feats = html_to_text(
+        "<html><head><title>T</title><style>p{color:red}</style></head><body>"
+        "Hello<!-- hidden < comment --> <script>if (a<b) x='</p>'</script>world &amp; "
+        "<A HREF='https://Shop.Example/buy?id=1'>now</A><br/></body></html>")
+    assert text.split() == ["Hello", "world", "&", "now"]
+    assert urls == ["https://Shop.Example/buy?id=1"]
+    assert "comment" in feats and tags["a"] == 1 and tags["br"] == 1
+
+
+def test_unclosed_tag_does_not_swallow_the_rest() -> None:
+    from stronghold.message import html_to_text
+    text, tags, _urls, _feats = html_to_text("<b>bold <i never closed <p>para</p> tail")
+    assert "para" in text and "tail" in text and tags["p"] == 1
