@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import email.header
 import logging
-import tempfile
 from typing import Any
 
 import Milter
@@ -17,6 +16,7 @@ import Milter
 from stronghold.engine import SPAM_HEADERS, Envelope
 from stronghold.message import MAX_BYTES, parse
 from stronghold.service import Service, log_line
+from stronghold.spool import Spool
 from stronghold.verdict import Action
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ class StrongholdMilter(Milter.Base):
     def __init__(self) -> None:
         self.client_ip = ""
         self.helo = ""
-        self.spool: Any = None
+        self.spool: Spool | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -75,8 +75,7 @@ class StrongholdMilter(Milter.Base):
     def envfrom(self, mailfrom: str, *params: str) -> int:
         self._reset()
         self.sender = _bare(mailfrom)
-        limit = self.service.cfg.spool_memory_bytes
-        self.spool = tempfile.SpooledTemporaryFile(max_size=limit, dir=self.service.cfg.data_dir)
+        self.spool = Spool(self.service.cfg.spool_memory_bytes, self.service.cfg.data_dir)
         return Milter.CONTINUE
 
     def envrcpt(self, to: str, *params: str) -> int:
@@ -131,7 +130,7 @@ class StrongholdMilter(Milter.Base):
         self.size += len(data)
         if self.spool is None:
             return
-        room = limit - self.spool.tell()
+        room = limit - self.spool.size
         if room <= 0 or len(data) > room:
             self.oversize = True
             data = data[:max(room, 0)]
@@ -142,8 +141,9 @@ class StrongholdMilter(Milter.Base):
     def eom(self) -> int:
         env = Envelope(self.sender, tuple(self.recipients), self.client_ip, self.helo,
                        self.getsymval("i") or "")
-        self.spool.seek(0)
-        raw = self.spool.read(MAX_BYTES + 1)  # one byte more, so parse() records the truncation
+        if self.spool is None:  # no MAIL FROM seen: nothing to decide about
+            return Milter.TEMPFAIL
+        raw = self.spool.head(MAX_BYTES + 1)  # one byte more, so parse() records the truncation
         msg = parse(raw)
         msg.size = self.size
         self.spool.seek(0)

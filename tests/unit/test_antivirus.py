@@ -1,0 +1,135 @@
+"""The clamd adapter against the real clamd (our own signatures), over both transports.
+
+One test uses a stand-in clamd beside the real one: a daemon that refuses
+passed descriptors, which a real clamd only does under a confinement profile.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+import socket
+import struct
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from stronghold.antivirus import EICAR, ClamdScanner, ScannerError
+from stronghold.localstack import TEST_SIGNATURES, Clamd, free_port
+from stronghold.spool import Spool
+from tests.conftest import shared_tmpdir
+
+CLEAN = b"From: a@example.com\r\nSubject: hello\r\n\r\nnothing to see\r\n"
+INFECTED = b"From: a@example.com\r\nSubject: hello\r\n\r\n" + EICAR + b"\r\n"
+EICAR_NAME = "Stronghold.Test.EICAR.UNOFFICIAL"
+
+
+@pytest.fixture(scope="module")
+def clamd_both() -> Iterator[Clamd]:
+    """clamd listening on a unix socket and on TCP loopback."""
+    home = shared_tmpdir("stronghold-clamd-tcp-")
+    daemon = Clamd(home, TEST_SIGNATURES, tcp_port=free_port())
+    daemon.start()
+    yield daemon
+    daemon.stop()
+    shutil.rmtree(home, ignore_errors=True)
+
+
+def _spool(data: bytes, limit: int, folder: Path) -> Spool:
+    spool = Spool(limit, folder)
+    spool.write(data)
+    return spool
+
+
+@pytest.mark.parametrize("transport", ["unix", "tcp"])
+@pytest.mark.parametrize("holder", ["bytesio", "spool-memory", "spool-disk"])
+def test_scan_finds_eicar_and_passes_clean_mail(clamd_both, tmp_path, transport, holder):
+    address = clamd_both.address if transport == "unix" else clamd_both.tcp_address
+    scanner = ClamdScanner(address, timeout=10)
+    assert scanner.pass_descriptors is (transport == "unix")
+    for data, expected in ((INFECTED, EICAR_NAME), (CLEAN, None)):
+        if holder == "bytesio":
+            stream = io.BytesIO(data)
+        else:
+            stream = _spool(data, 1 << 20 if holder == "spool-memory" else 16, tmp_path)
+        with stream:
+            assert scanner.scan(stream).virus == expected
+    assert scanner.pass_descriptors is (transport == "unix")  # no fallback happened
+
+
+def test_descriptor_scan_reads_the_whole_spool_whatever_its_position(clamd_both, tmp_path):
+    with _spool(INFECTED, 1 << 20, tmp_path) as spool:
+        spool.read()  # position at the end: clamd must still see it all
+        assert ClamdScanner(clamd_both.address).scan(spool).infected
+
+
+def test_unreachable_clamd_is_an_error_not_clean(tmp_path):
+    for address in (f"unix:{tmp_path / 'nothing.sock'}", f"tcp:127.0.0.1:{free_port()}"):
+        with pytest.raises(ScannerError, match="unreachable"):
+            ClamdScanner(address, timeout=2).scan(io.BytesIO(INFECTED))
+
+
+class RefusingClamd:
+    """Answers FILDES with a protocol error and scans INSTREAM by looking for EICAR."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.commands: list[bytes] = []
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(str(path))
+        self.sock.listen(8)
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                command = b""
+                while not command.endswith((b"\0", b"\n")):
+                    command += conn.recv(1)
+                self.commands.append(command)
+                if command.startswith(b"zFILDES"):
+                    conn.recv(16)
+                    conn.sendall(b"PROTOCOL ERROR: ancillary data refused. ERROR\0")
+                    continue
+                data = b""
+                while True:
+                    (size,) = struct.unpack("!L", _exactly(conn, 4))
+                    if not size:
+                        break
+                    data += _exactly(conn, size)
+                end = command[-1:]  # clamd ends its reply as the command ended: NUL or newline
+                conn.sendall((b"stream: Eicar FOUND" if EICAR in data else b"stream: OK") + end)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _exactly(conn: socket.socket, n: int) -> bytes:
+    out = b""
+    while len(out) < n:
+        chunk = conn.recv(n - len(out))
+        if not chunk:
+            raise ConnectionError("closed")
+        out += chunk
+    return out
+
+
+def test_refused_descriptor_falls_back_to_streaming_for_good(tmp_path, caplog):
+    fake = RefusingClamd(tmp_path / "clamd.sock")
+    try:
+        scanner = ClamdScanner(f"unix:{fake.path}", timeout=5)
+        with _spool(INFECTED, 1 << 20, tmp_path) as spool:
+            assert scanner.scan(spool).virus == "Eicar"
+        assert not scanner.pass_descriptors
+        assert "streaming from now on" in caplog.text
+        assert scanner.scan(io.BytesIO(CLEAN)).virus is None
+        names = [c.strip(b"\0\n")[1:] for c in fake.commands]
+        assert names == [b"FILDES", b"INSTREAM", b"INSTREAM"]  # one refusal, then streams only
+    finally:
+        fake.close()
