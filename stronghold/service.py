@@ -126,54 +126,74 @@ class ModelHolder:
 
 
 class StoreThread:
-    """Runs every database call on one thread that Python itself created.
+    """Runs every database call on threads that Python itself created.
 
     pymilter calls us on libmilter's threads, whose Python thread states it
     manages by hand; C libraries that re-enter Python through PyGILState (the
     sqlite3 module does when a pooled connection is closed) abort the process
-    on such threads.  Database work therefore never runs on them.  Message-log
-    writes are queued without waiting, so a slow database does not slow mail.
+    on such threads.  Database work therefore never runs on them: reads run on
+    one store thread (the caller waits), writes on another.  Writes are queued
+    without waiting, so a slow database does not slow mail, and those that
+    arrive within ``linger`` seconds are committed together (one transaction
+    of ten log rows costs about a sixth of ten transactions of one).
     """
 
-    def __init__(self, timeout: float = 15.0) -> None:
+    def __init__(self, timeout: float = 15.0, linger: float = 0.05) -> None:
         self.timeout = timeout
-        self._executor: ThreadPoolExecutor | None = None
+        self.linger = linger
+        self._reader: ThreadPoolExecutor | None = None
+        self._writer: ThreadPoolExecutor | None = None
         self._pid = 0
         self._lock = threading.Lock()
-        self._pending: list[Callable[[Session], None]] = []
+        self._pending: list[Callable[[Session], None] | messagelog.LogEntry] = []
         self._flush_queued = False
 
-    def _pool(self) -> ThreadPoolExecutor:
+    def _pools(self) -> tuple[ThreadPoolExecutor, ThreadPoolExecutor]:
         with self._lock:
-            if self._executor is None or self._pid != os.getpid():  # new after fork
-                self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+            if self._reader is None or self._writer is None or self._pid != os.getpid():  # new after fork
+                self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-read")
+                self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-write")
                 self._pid = os.getpid()
-            return self._executor
+            return self._reader, self._writer
 
     def call(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` on the store thread and wait; StoreError if it takes too long."""
-        future = self._pool().submit(fn)
+        future = self._pools()[0].submit(fn)
         try:
             return future.result(self.timeout)
         except FutureTimeout as exc:
             raise StoreError(f"database did not answer within {self.timeout:.0f}s") from exc
 
-    def write(self, op: Callable[[Session], None], store: Store, on_done: Callable[[Exception | None], None]) -> None:
-        """Queue a write; queued writes are committed together in one transaction."""
+    def drain(self) -> None:
+        """Wait until every write queued so far is committed (or has failed)."""
+        try:
+            self._pools()[1].submit(lambda: None).result(self.timeout + self.linger)
+        except FutureTimeout as exc:
+            raise StoreError(f"database did not take the queued writes within {self.timeout:.0f}s") from exc
+
+    def write(self, op: Callable[[Session], None] | messagelog.LogEntry, store: Store,
+              on_done: Callable[[Exception | None], None]) -> None:
+        """Queue a write (a function of a session, or message-log rows); queued
+        writes are committed together in one transaction, log rows in one
+        statement per table."""
         with self._lock:
             self._pending.append(op)
             if self._flush_queued:
                 return
             self._flush_queued = True
-        self._pool().submit(self._flush, store, on_done)
+        self._pools()[1].submit(self._flush, store, on_done)
 
     def _flush(self, store: Store, on_done: Callable[[Exception | None], None]) -> None:
+        time.sleep(self.linger)  # let more writes join this transaction
         with self._lock:
             batch, self._pending, self._flush_queued = self._pending, [], False
+        entries = [op for op in batch if isinstance(op, messagelog.LogEntry)]
         try:
             with store.session() as session:
+                messagelog.write(session, entries)
                 for op in batch:
-                    op(session)
+                    if not isinstance(op, messagelog.LogEntry):
+                        op(session)
         except StoreError as exc:
             on_done(exc)
         else:
@@ -243,8 +263,8 @@ class Service:
         About once an hour the same queue also deletes entries older than
         ``log_retention_days``.
         """
-        self.db.write(lambda session: messagelog.record(session, envelope, msg, outcome.verdict, outcome.tokens),
-                      self.store, self._log_written)
+        self.db.write(messagelog.entry(envelope, msg, outcome.verdict, outcome.tokens), self.store,
+                      self._log_written)
         now = time.monotonic()
         if self.cfg.log_retention_days and now >= self._next_purge:
             self._next_purge = now + self.PURGE_EVERY
@@ -259,8 +279,7 @@ class Service:
 
     def record_rcpt_reject(self, envelope: Envelope, decision: RecipientDecision) -> None:
         trace = " ".join(str(s) for s in decision.trace)
-        self.db.write(lambda session: messagelog.record_rcpt_reject(session, envelope, decision.recipient,
-                                                                    decision.reason, trace),
+        self.db.write(messagelog.rcpt_reject_entry(envelope, decision.recipient, decision.reason, trace),
                       self.store, self._log_written)
 
     def _log_written(self, error: Exception | None) -> None:

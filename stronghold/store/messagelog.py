@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import delete, func, insert, select
@@ -24,13 +24,17 @@ def unpack_tokens(blob: bytes) -> set[str]:
     return set(zlib.decompress(blob).decode().split("\n"))
 
 
-def record(session: Session, envelope: Envelope, msg: ParsedMessage, verdict: Verdict,
-           tokens: Iterable[str] | None = None, ts: float | None = None) -> int:
-    """Log a verdict with one row per recipient; returns the message id.
+@dataclass(frozen=True)
+class LogEntry:
+    """One message's rows, ready to insert: built where the verdict is, written in batches."""
 
-    Plain Core inserts: this runs for every message, and the ORM's unit of work
-    cost as much CPU as deciding about the message.
-    """
+    message: dict[str, object]
+    recipients: list[dict[str, object]]
+
+
+def entry(envelope: Envelope, msg: ParsedMessage, verdict: Verdict, tokens: Iterable[str] | None = None,
+          ts: float | None = None) -> LogEntry:
+    """The log rows of a verdict: the message and one row per recipient."""
     values = {
         "ts": ts if ts is not None else time.time(), "queue_id": envelope.queue_id[:40],
         "client_ip": envelope.client_ip[:64], "sender": envelope.sender[:320],
@@ -42,25 +46,45 @@ def record(session: Session, envelope: Envelope, msg: ParsedMessage, verdict: Ve
     }
     recipients = [{"address": d.recipient[:320], "category": d.category.value, "action": d.action.value,
                    "reason": d.reason[:200]} for d in verdict.decisions]
-    return _insert(session, values, recipients)
+    return LogEntry(values, recipients)
 
 
-def record_rcpt_reject(session: Session, envelope: Envelope, recipient: str, why: str,
-                       trace: str) -> int:
+def rcpt_reject_entry(envelope: Envelope, recipient: str, why: str, trace: str) -> LogEntry:
     """A recipient refused at RCPT time (no message content exists yet)."""
     values = {"ts": time.time(), "queue_id": envelope.queue_id[:40], "client_ip": envelope.client_ip[:64],
               "sender": envelope.sender[:320], "header_from": "", "subject": "", "size": 0, "score": None,
               "threshold": None, "category": "blocked", "action": "reject", "virus": "", "reasons": why,
               "trace": trace[:4000], "tokens": None}
-    return _insert(session, values, [{"address": recipient[:320], "category": "blocked", "action": "reject",
-                                      "reason": why[:200]}])
+    return LogEntry(values, [{"address": recipient[:320], "category": "blocked", "action": "reject",
+                              "reason": why[:200]}])
 
 
-def _insert(session: Session, values: dict[str, object], recipients: list[dict[str, object]]) -> int:
-    message_id = int(session.execute(insert(MessageRow).values(**values).returning(MessageRow.id)).scalar_one())
-    if recipients:
-        session.execute(insert(MessageRecipient), [{**r, "message_id": message_id} for r in recipients])
-    return message_id
+_MESSAGES = MessageRow.__table__
+_RECIPIENTS = MessageRecipient.__table__
+_INSERT_MESSAGES = insert(_MESSAGES).returning(_MESSAGES.c.id, sort_by_parameter_order=True)
+_INSERT_RECIPIENTS = insert(_RECIPIENTS)
+
+
+def write(session: Session, entries: Sequence[LogEntry]) -> list[int]:
+    """Insert ``entries`` with two statements in all; returns the message ids in order.
+
+    Plain Core statements built once: this runs for every message, and building
+    an ORM insert per message cost more CPU than deciding about the message.
+    """
+    if not entries:
+        return []
+    conn = session.connection()
+    ids = [int(i) for i in conn.execute(_INSERT_MESSAGES, [e.message for e in entries]).scalars()]
+    rows = [{**r, "message_id": mid} for e, mid in zip(entries, ids, strict=True) for r in e.recipients]
+    if rows:
+        conn.execute(_INSERT_RECIPIENTS, rows)
+    return ids
+
+
+def record(session: Session, envelope: Envelope, msg: ParsedMessage, verdict: Verdict,
+           tokens: Iterable[str] | None = None, ts: float | None = None) -> int:
+    """Log one verdict now; returns the message id."""
+    return write(session, [entry(envelope, msg, verdict, tokens, ts)])[0]
 
 
 @dataclass(frozen=True)

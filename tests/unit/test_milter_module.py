@@ -94,7 +94,7 @@ def test_large_message_is_parsed_as_truncated(milter) -> None:
     ctx, store = milter
     raw = b"From: a@b.example\nSubject: big\n\n" + b"word " * (MAX_BYTES // 5 + 1000) + b"\n"
     assert ctx._feedFile(io.BytesIO(raw), "a@b.example", "big@example.com") == Milter.ACCEPT
-    StrongholdMilter.service.db.call(lambda: None)  # the log write is queued on the store thread
+    StrongholdMilter.service.db.drain()  # the log write is queued on the store thread
     with store.session() as s:
         row = messagelog.recent(s, messagelog.LogFilter(addresses=("big@example.com",)))[0]
         assert "defect:truncated" in messagelog.unpack_tokens(row.tokens)

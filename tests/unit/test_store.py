@@ -123,3 +123,27 @@ def test_message_log_retention(store: Store) -> None:
     with store.session() as s:
         assert messagelog.purge_older_than(s, 30) == 1
         assert messagelog.count(s) == 1
+
+
+def test_message_log_batch_keeps_each_recipient_with_its_message(store: Store) -> None:
+    """One statement per table for a batch: ids must come back in the order given."""
+    batch = []
+    for i in range(60):
+        recipients = tuple(f"r{i}-{k}@example.com" for k in range(i % 4 + 1))
+        env = Envelope(f"s{i}@example.org", recipients, queue_id=f"Q{i}")
+        msg = parse(f"Subject: n{i}\r\n\r\nbody".encode())
+        verdict = decide(env, msg, Findings(lists=entries.ListIndex([])), Policy())
+        batch.append(messagelog.entry(env, msg, verdict, {f"tok{i}"}))
+    batch.append(messagelog.rcpt_reject_entry(Envelope("bad@x.example", (), queue_id="QR"),
+                                              "victim@example.com", "blocked", "lists:block"))
+    with store.session() as s:
+        ids = messagelog.write(s, batch)
+    assert len(set(ids)) == 61
+    with store.session() as s:
+        for i, mid in enumerate(ids[:60]):
+            row = messagelog.visible_message(s, mid, None)
+            assert row is not None and row.queue_id == f"Q{i}" and row.subject == f"n{i}"
+            assert sorted(r.address for r in row.recipients) == [f"r{i}-{k}@example.com" for k in range(i % 4 + 1)]
+            assert messagelog.unpack_tokens(row.tokens) == {f"tok{i}"}
+        reject = messagelog.visible_message(s, ids[60], ("victim@example.com",))
+        assert reject is not None and reject.category == "blocked" and reject.tokens is None
