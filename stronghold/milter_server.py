@@ -9,7 +9,9 @@ memory) to reload the model.
 
 Over TCP, libmilter's small writes meet Postfix's delayed ACKs (~40 ms per
 stall); we set TCP_NODELAY on the listening socket, which accepted
-connections inherit on Linux.
+connections inherit on Linux.  The listening socket is non-blocking so that
+a worker that loses the race for a connection goes back to polling (and
+notices SIGTERM) instead of blocking in accept().
 """
 
 from __future__ import annotations
@@ -65,8 +67,19 @@ def _register(spec: str, timeout: int) -> None:
                     negotiate=Milter.negotiate_callback)
 
 
-def _tcp_nodelay_on_listener(port: int) -> bool:
-    """Find libmilter's listening socket among our fds and set TCP_NODELAY on it."""
+def _tune_listener(spec: str) -> bool:
+    """Find libmilter's listening socket among our fds and tune it for pre-forked workers.
+
+    Non-blocking: every worker polls the one socket, all wake for a new
+    connection and one wins; the others must get EAGAIN (libmilter then polls
+    again) rather than sit in accept(), where SIGTERM cannot reach them until
+    the next connection.  Linux does not pass O_NONBLOCK on to accepted
+    sockets.  Over TCP also TCP_NODELAY, which accepted sockets do inherit.
+    """
+    if spec.startswith("unix:"):
+        want: object = spec[5:]
+    else:
+        want = int(spec.split(":", 1)[1].split("@", 1)[0])
     for fd in range(3, 1024):
         try:
             if not stat.S_ISSOCK(os.fstat(fd).st_mode):
@@ -75,8 +88,16 @@ def _tcp_nodelay_on_listener(port: int) -> bool:
             continue
         sock = socket.socket(fileno=fd)
         try:
-            if sock.family in (socket.AF_INET, socket.AF_INET6) and sock.getsockname()[1] == port:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if sock.family == socket.AF_UNIX:
+                found = sock.getsockname() == want
+            elif sock.family in (socket.AF_INET, socket.AF_INET6):
+                found = sock.getsockname()[1] == want
+                if found:
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            else:
+                found = False
+            if found:
+                sock.setblocking(False)
                 return True
         except OSError:
             pass
@@ -109,6 +130,11 @@ def _worker(cfg: Config, service: Service) -> None:
     except milter.error as exc:
         log.error("worker %d: %s", os.getpid(), exc)
         os._exit(1)
+    try:  # libmilter returns from main() on SIGTERM once its connections are done
+        service.db.drain()
+    except StoreError as exc:
+        log.error("worker %d: message-log writes lost at exit: %s", os.getpid(), exc)
+    log.info("worker %d stopped", os.getpid())
     os._exit(0)
 
 
@@ -134,10 +160,9 @@ def serve(cfg: Config) -> int:
     milter.opensocket(True)
     if spec.startswith("unix:"):
         _share_socket(Path(spec[5:]), cfg.milter_socket_group)
-    elif spec.startswith("inet"):
-        port = int(spec.split(":", 1)[1].split("@", 1)[0])
-        if not _tcp_nodelay_on_listener(port):
-            log.warning("could not set TCP_NODELAY on %s; expect ~40 ms stalls", spec)
+    if not _tune_listener(spec):
+        log.warning("could not tune the listening socket %s: expect ~40 ms stalls over TCP "
+                    "and slow stops", spec)
     log.info("milter listening on %s with %d workers", spec, cfg.milter_workers)
     print(f"stronghold milter: listening on {spec} ({cfg.milter_workers} workers)", flush=True)
 

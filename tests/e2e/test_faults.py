@@ -7,6 +7,8 @@ queue to be retried, as on the internet.
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -175,3 +177,37 @@ def test_sighup_makes_workers_reload_the_model(edge_stack: EdgeStack) -> None:
         return milter.log().count("model loaded") > before
     wait_for(reloaded, 30, "a worker reloading the model after SIGHUP")
     assert milter.proc.poll() is None
+
+
+def _listener_flags(pid: int, path: str) -> int:
+    """The open-file flags of ``pid``'s descriptor for the unix socket listening at ``path``."""
+    with open("/proc/net/unix") as table:
+        inodes = {f[6] for f in (line.split() for line in table) if len(f) > 7 and f[7] == path}
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        if target.startswith("socket:[") and target[8:-1] in inodes:
+            with open(f"/proc/{pid}/fdinfo/{fd}") as info:
+                return int(next(ln for ln in info if ln.startswith("flags:")).split()[1], 8)
+    raise AssertionError(f"process {pid} has no descriptor for {path}")
+
+
+def test_sigterm_stops_every_worker_promptly_with_its_log_rows_written(edge_stack: EdgeStack) -> None:
+    """Workers share one listening socket; one that lost the race for the last
+    connection must go back to polling (and see SIGTERM), not block in accept()."""
+    from stronghold.store import messagelog
+    stack = edge_stack.filter
+    assert stack.milter.proc is not None
+    assert _listener_flags(stack.milter.proc.pid, stack.milter.spec[5:]) & os.O_NONBLOCK
+    ids = []
+    for i in range(3):
+        tid, data = mail.simple(subject=f"before stop {i}")
+        assert mail.send(stack.postfix.port, "carol@sender.example", ["quinn@example.com"], data) == {}
+        ids.append(tid)
+    for tid in ids:
+        assert stack.sink.wait_for(lambda m, t=tid: f"X-Test-Id: {t}".encode() in m.data, timeout=30)
+    stack.postfix.stop()
+    stack.milter.stop(grace=10)  # raises if SIGTERM was not enough
+    assert len(re.findall(r"worker \d+ stopped", stack.milter.log())) == 2  # both workers, cleanly
+    with stack.store.session() as s:
+        rows = messagelog.recent(s, messagelog.LogFilter(addresses=("quinn@example.com",)))
+    assert len(rows) == len(ids)  # queued log writes drained before exit

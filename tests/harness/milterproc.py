@@ -76,17 +76,23 @@ class MilterProcess:
             self._log.close()
             self._log = None
 
-    def stop(self) -> None:
+    def stop(self, grace: float = 15) -> None:
+        """SIGTERM; the milter must finish within ``grace`` seconds (libmilter
+        polls its stop flag every 5 s), else it is killed and StackError raised."""
+        hung = False
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(20)
+                self.proc.wait(grace)
             except subprocess.TimeoutExpired:
+                hung = True
                 self.kill()
         if self.proc is not None and self.proc.poll() is None:
             raise StackError("milter did not stop")
         self.proc = None
         self._close_log()
+        if hung:
+            raise StackError(f"milter ignored SIGTERM for {grace:.0f}s (killed); see {self.log_path}")
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
