@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -73,7 +74,9 @@ def start() -> int:
         (HOME / sub).mkdir(parents=True, exist_ok=True)
         os.chmod(HOME / sub, 0o755)  # noqa: S103 - Postfix (another user) must reach the socket
     sigs, which = signature_dir()
-    clamd = Clamd(HOME / "clamd", sigs)
+    scratch = _clamd_tmpdir()
+    scratch.mkdir(mode=0o700, parents=True, exist_ok=True)
+    clamd = Clamd(HOME / "clamd", sigs, tmpdir=scratch)
     clamd.start()
     assert clamd.proc is not None
     (HOME / "clamd.pid").write_text(str(clamd.proc.pid))
@@ -114,6 +117,14 @@ Stop it with: make stop
     return 0
 
 
+def _clamd_tmpdir() -> Path:
+    """clamd's scratch space: in memory when the machine has /dev/shm (docs/operations.md)."""
+    shm = Path("/dev/shm")
+    if shm.is_dir() and os.access(shm, os.W_OK):
+        return shm / f"stronghold-stack-clamd-{os.getuid()}"
+    return HOME / "clamd" / "tmp"
+
+
 def stop(quiet: bool = False) -> int:
     for name in ("web", "milter", "clamd"):
         pid = _alive(HOME / f"{name}.pid")
@@ -124,6 +135,7 @@ def stop(quiet: bool = False) -> int:
                 time.sleep(0.1)
     if (HOME / "postfix" / "main.cf").exists():
         Postfix(HOME / "postfix", SMTP_PORT).stop()
+    shutil.rmtree(_clamd_tmpdir(), ignore_errors=True)
     if not quiet:
         print("Mail Stronghold local stack stopped.")
     return 0

@@ -12,6 +12,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -68,13 +69,35 @@ def signature_dir() -> tuple[Path, str]:
     return TEST_SIGNATURES, "the project's test signatures (no official ones installed)"
 
 
+def memory_tmpdir(prefix: str, fallback: Path) -> Path:
+    """A private folder on a memory file system (/dev/shm) when there is one, else ``fallback``."""
+    shm = Path("/dev/shm")
+    if shm.is_dir() and os.access(shm, os.W_OK):
+        return Path(tempfile.mkdtemp(prefix=prefix, dir=shm))
+    fallback.mkdir(parents=True, exist_ok=True)
+    return fallback
+
+
 @dataclass
 class Clamd:
-    """clamd in the foreground on a private unix socket."""
+    """clamd in the foreground on a private unix socket.
+
+    Its TemporaryDirectory is on a memory file system: clamd writes every
+    message it scans into temporary files (MIME parts, normalised HTML), and on
+    a disk file system that costs it about ten times the CPU of the scan
+    itself (docs/operations.md).
+    """
 
     home: Path
     database: Path = TEST_SIGNATURES
     proc: subprocess.Popen[bytes] | None = None
+    tcp_port: int | None = None  # also listen on 127.0.0.1:tcp_port
+    tmpdir: Path | None = None  # None: a private one on /dev/shm, removed at stop
+    _own_tmpdir: bool = field(default=False, init=False, repr=False)
+
+    @property
+    def tcp_address(self) -> str:
+        return f"tcp:127.0.0.1:{self.tcp_port}"
 
     @property
     def socket_path(self) -> Path:
@@ -87,10 +110,15 @@ class Clamd:
     def start(self, timeout: float = 120) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
         conf = self.home / "clamd.conf"
+        if self.tmpdir is None:
+            self.tmpdir = memory_tmpdir("stronghold-clamd-", self.home / "tmp")
+            self._own_tmpdir = True
         conf.write_text(
             f"LocalSocket {self.socket_path}\nDatabaseDirectory {self.database}\n"
+            f"TemporaryDirectory {self.tmpdir}\n"
             f"Foreground yes\nLogFile {self.home / 'clamd.log'}\nLogTime yes\n"
             "StreamMaxLength 30M\nMaxThreads 8\nSelfCheck 0\n"
+            + (f"TCPSocket {self.tcp_port}\nTCPAddr 127.0.0.1\n" if self.tcp_port else "")
             + ("User root\n" if os.geteuid() == 0 else ""))
         if self.socket_path.exists():
             self.socket_path.unlink()
@@ -103,6 +131,9 @@ class Clamd:
     def stop(self) -> None:
         stop_process(self.proc)
         self.proc = None
+        if self._own_tmpdir and self.tmpdir is not None:
+            shutil.rmtree(self.tmpdir, ignore_errors=True)
+            self.tmpdir, self._own_tmpdir = None, False
 
 
 def stop_process(proc: subprocess.Popen[bytes] | None, grace: float = 20) -> None:
