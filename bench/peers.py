@@ -1,4 +1,5 @@
-"""Peers for the throughput benchmark: rspamd 3 (Debian's package) as a milter, local rules only.
+"""Peers for the throughput benchmark: rspamd 3 (Debian's package) as a milter, local rules only;
+and a no-op pymilter milter, the floor of any pymilter filter.
 
 A private instance: the stock /etc/rspamd config with our own LOCAL_CONFDIR,
 DBDIR, RUNDIR and LOGDIR (rspamd's --var), a proxy worker in milter mode on a
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 from stronghold.localstack import StackError, _unix_connects, stop_process, wait_for
@@ -55,6 +57,32 @@ class Rspamd:
         log.close()
         wait_for(lambda: self.proc.poll() is None and _unix_connects(self.home / "run" / "milter.sock"), timeout,
                  f"rspamd ({self.home / 'log' / 'rspamd.log'})")
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+        self.proc = None
+
+
+class NoopMilter:
+    """bench/noop_milter.py in a process of its own (one process, as pymilter runs by default)."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"unix:{self.home / 'noop.sock'}"
+
+    def start(self, timeout: float = 60) -> None:
+        self.home.mkdir(parents=True, exist_ok=True)
+        log = open(self.home / "noop.log", "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "bench.noop_milter", self.address],
+                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                     cwd=Path(__file__).resolve().parent.parent)
+        log.close()
+        wait_for(lambda: self.proc.poll() is None and _unix_connects(self.home / "noop.sock"), timeout,
+                 f"no-op milter ({self.home / 'noop.log'})")
 
     def stop(self) -> None:
         stop_process(self.proc)

@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.peers import Rspamd
+from bench.peers import NoopMilter, Rspamd
 from stronghold.localstack import TEST_SIGNATURES, Clamd, Postfix, free_port
 from stronghold.store import entries
 from stronghold.store.db import Store
@@ -178,7 +178,7 @@ def sent_lines(postfix: Postfix) -> int:
 
 
 def run_once(label: str, postfix: Postfix, messages: list[bytes], concurrency: int,
-             milter: MilterProcess | Rspamd | None, clamd: Clamd | None) -> RunResult:
+             milter: MilterProcess | Rspamd | NoopMilter | None, clamd: Clamd | None) -> RunResult:
     pids = group_pids(milter.proc.pid) if milter and milter.proc else []
     clamd_pids = [clamd.proc.pid] if clamd and clamd.proc else []
     cpu_before = cpu_seconds(pids + clamd_pids)
@@ -240,6 +240,7 @@ def main() -> int:
     parser.add_argument("--tcp", action="store_true", help="also measure the milter over TCP loopback")
     parser.add_argument("--keep", action="store_true", help="keep the run's folder (logs) and say where")
     parser.add_argument("--peers", action="store_true", help="also measure rspamd 3 as a milter (local rules only)")
+    parser.add_argument("--noop", action="store_true", help="also measure a no-op pymilter milter (the floor)")
     parser.add_argument("--delivery", choices=("maildir", "discard"), default="maildir",
                         help="what Postfix does with accepted mail: deliver into a maildir (as a mail server does), "
                              "or discard it (the SMTP-only ceiling)")
@@ -261,7 +262,7 @@ def main() -> int:
             parts.append(postfix)
             return postfix
 
-        systems: list[tuple[str, Postfix, MilterProcess | Rspamd | None]] = [
+        systems: list[tuple[str, Postfix, MilterProcess | Rspamd | NoopMilter | None]] = [
             ("Postfix alone", behind_postfix("plain"), None),
             ("Postfix + Stronghold (unix)", behind_postfix("filtered", milter.address), milter)]
         if args.peers:
@@ -269,6 +270,11 @@ def main() -> int:
             rspamd.start()
             parts.append(rspamd)
             systems.append(("Postfix + rspamd 3.4 (unix)", behind_postfix("filtered-rspamd", rspamd.address), rspamd))
+        if args.noop:
+            noop = NoopMilter(home / "noop")
+            noop.start()
+            parts.append(noop)
+            systems.append(("Postfix + no-op pymilter (unix)", behind_postfix("filtered-noop", noop.address), noop))
         if args.tcp:
             tcp_home = home / "tcp"
             (tcp_home / "milter").mkdir(parents=True)
@@ -280,7 +286,7 @@ def main() -> int:
             systems.append(("Postfix + Stronghold (tcp)", behind_postfix("filtered-tcp", tcp_milter.address),
                             tcp_milter))
         messages = load_messages(args.messages)
-        def scanner_of(m: MilterProcess | Rspamd | None) -> Clamd | None:
+        def scanner_of(m: MilterProcess | Rspamd | NoopMilter | None) -> Clamd | None:
             return clamd if isinstance(m, MilterProcess) else None  # clamd's CPU counts for our milter only
 
         for label, postfix, m in systems:  # warm up: connections, model pages, clamd
@@ -321,7 +327,8 @@ def main() -> int:
 def render(results: list[RunResult], args: argparse.Namespace, seconds: float) -> str:
     lines = [f"# Throughput, {time.strftime('%Y-%m-%d %H:%M')} UTC", "",
              f"`python -m bench.throughput --messages {args.messages} --concurrency "
-             f"{' '.join(map(str, args.concurrency))} --rounds {args.rounds}{' --tcp' if args.tcp else ''} "
+             f"{' '.join(map(str, args.concurrency))} --rounds {args.rounds}{' --tcp' if args.tcp else ''}"
+             f"{' --peers' if args.peers else ''}{' --noop' if args.noop else ''} "
              f"--delivery {args.delivery}` "
              f"on {os.cpu_count()} cores, {seconds:.0f} s in all. Corpus ham and spam 50/50; clamd, classifier, "
              f"lists and message log on; accepted mail: {args.delivery} "
