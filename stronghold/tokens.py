@@ -24,7 +24,6 @@ MAX_TEXT = 200_000
 MIN_WORD = 3
 MAX_WORD = 12
 
-_WORD_SPLIT = re.compile(r"\s+")
 _STRIP = "\"'()[]{}<>.,;:!?*-_=+|\\/`~^"
 _ADDR_RE = re.compile(r"([\w.+-]+)@([\w-]+(?:\.[\w-]+)+)")
 _IP_RE = re.compile(r"\b(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})\b")
@@ -40,7 +39,7 @@ _SKIP_HEADERS = {"date", "delivered-to", "x-spam-status", "x-spam-flag", "x-spam
 
 
 def _word_tokens(text: str, prefix: str, out: set[str]) -> None:
-    for raw in _WORD_SPLIT.split(text[:MAX_TEXT]):
+    for raw in set(text[:MAX_TEXT].split()):  # each distinct word once
         word = raw.strip(_STRIP)
         n = len(word)
         if n < MIN_WORD:
