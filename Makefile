@@ -53,7 +53,7 @@ bench: venv corpus model
 bench-peers: venv corpus model
 	@dpkg-query -W -f='$${Status}' rspamd 2>/dev/null | grep -q "install ok installed" || \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends rspamd >/dev/null
-	$(PY) -m bench.throughput --peers | tee bench/results/peers.md
+	$(PY) -m bench.throughput --peers --noop | tee bench/results/peers.md
 
 soak: venv corpus model
 	$(PY) -m bench.soak --minutes 20

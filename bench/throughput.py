@@ -349,7 +349,47 @@ def render(results: list[RunResult], args: argparse.Namespace, seconds: float) -
         for label in dict.fromkeys(r.label for r in results if r.label != "Postfix alone"):
             rate = statistics.mean(r.rate for r in results if r.concurrency == conc and r.label == label)
             lines.append(f"- c={conc}: {label} {rate:.1f} msg/s = {rate / base:.2f}x of Postfix alone ({base:.1f})")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + goals(results)) + "\n"
+
+
+OURS, ALONE, RSPAMD = "Postfix + Stronghold (unix)", "Postfix alone", "Postfix + rspamd 3.4 (unix)"
+
+
+def goals(results: list[RunResult]) -> list[str]:
+    """The goals of the benchmark issue, each with the figure measured in this run."""
+    def mean(label: str, conc: int, get) -> float | None:
+        values = [get(r) for r in results if r.label == label and r.concurrency == conc and get(r) is not None]
+        return statistics.mean(values) if values else None
+
+    def rate(label: str, conc: int) -> float | None:
+        return mean(label, conc, lambda r: r.rate)
+
+    rows: list[tuple[str, str, bool]] = []
+    ours32, alone32, rspamd32 = rate(OURS, 32), rate(ALONE, 32), rate(RSPAMD, 32)
+    if ours32 and alone32:
+        rows.append(("c=32: at least 0.7x Postfix alone", f"{ours32 / alone32:.2f}x", ours32 >= 0.7 * alone32))
+    if ours32 and rspamd32:
+        rows.append(("c=32: more msg/s than rspamd", f"{ours32:.0f} vs {rspamd32:.0f}", ours32 > rspamd32))
+    ours8, rspamd8 = rate(OURS, 8), rate(RSPAMD, 8)
+    if ours8 and rspamd8:
+        rows.append(("c=8 (unix socket): more msg/s than rspamd", f"{ours8:.0f} vs {rspamd8:.0f}", ours8 > rspamd8))
+    cpu = [r.cpu_ms_per_msg for r in results if r.label.startswith("Postfix + Stronghold")
+           and r.concurrency > 1 and r.cpu_ms_per_msg is not None]
+    if cpu:
+        rows.append(("milter + clamd CPU at most 3 ms/msg (c>1)", f"{min(cpu):.2f}-{max(cpu):.2f} ms", max(cpu) <= 3))
+    p99_ours, p99_alone = mean(OURS, 8, lambda r: r.pct(0.99)), mean(ALONE, 8, lambda r: r.pct(0.99))
+    if p99_ours is not None and p99_alone is not None:
+        rows.append(("c=8: p99 at most Postfix alone + 50 ms", f"{p99_ours:.0f} vs {p99_alone:.0f} ms",
+                     p99_ours <= p99_alone + 50))
+    rss = [r.milter_rss_mb for r in results if r.label.startswith("Postfix + Stronghold") and r.milter_rss_mb]
+    if rss:
+        rows.append(("milter peak RSS under 200 MB", f"{max(rss):.0f} MB", max(rss) < 200))
+    lost = sum(r.sent - r.accepted - r.rejected - r.deferred for r in results)
+    undelivered = sum(r.accepted - (r.delivered_in_log or 0) for r in results)
+    rows.append(("zero messages lost", f"{lost} lost, {undelivered} accepted but not delivered",
+                 lost == 0 and undelivered == 0))
+    return ["", "Goals (benchmark issue), measured in this run:", "", "| goal | measured | met |", "|---|---|---|",
+            *(f"| {goal} | {figure} | {'yes' if met else '**no**'} |" for goal, figure, met in rows)]
 
 
 if __name__ == "__main__":
