@@ -135,12 +135,19 @@ class StoreThread:
     one store thread (the caller waits), writes on another.  Writes are queued
     without waiting, so a slow database does not slow mail, and those that
     arrive within ``linger`` seconds are committed together (one transaction
-    of ten log rows costs about a sixth of ten transactions of one).
+    of ten log rows costs about a sixth of ten transactions of one).  A batch
+    the database refuses (locked, down) stays queued and is retried every
+    ``retry`` seconds; beyond ``max_queued`` writes the oldest are dropped,
+    with an error saying how many.
     """
 
-    def __init__(self, timeout: float = 15.0, linger: float = 0.05) -> None:
+    def __init__(self, timeout: float = 15.0, linger: float = 0.05, retry: float = 1.0,
+                 max_queued: int = 50_000) -> None:
         self.timeout = timeout
         self.linger = linger
+        self.retry = retry
+        self.max_queued = max_queued
+        self.dropped = 0
         self._reader: ThreadPoolExecutor | None = None
         self._writer: ThreadPoolExecutor | None = None
         self._pid = 0
@@ -164,12 +171,27 @@ class StoreThread:
         except FutureTimeout as exc:
             raise StoreError(f"database did not answer within {self.timeout:.0f}s") from exc
 
-    def drain(self) -> None:
-        """Wait until every write queued so far is committed (or has failed)."""
-        try:
-            self._pools()[1].submit(lambda: None).result(self.timeout + self.linger)
-        except FutureTimeout as exc:
-            raise StoreError(f"database did not take the queued writes within {self.timeout:.0f}s") from exc
+    @property
+    def queued(self) -> int:
+        with self._lock:
+            return len(self._pending)
+
+    def drain(self, timeout: float | None = None) -> None:
+        """Wait until every write queued so far is committed; StoreError if some
+        are still waiting for the database after ``timeout`` seconds."""
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                self._pools()[1].submit(lambda: None).result(max(left, 0) + self.linger)
+            except FutureTimeout:
+                pass
+            waiting = self.queued
+            if not waiting:
+                return
+            if time.monotonic() >= deadline:
+                raise StoreError(f"{waiting} queued writes not taken by the database")
+            time.sleep(min(self.retry, max(deadline - time.monotonic(), 0)))
 
     def write(self, op: Callable[[Session], None] | messagelog.LogEntry, store: Store,
               on_done: Callable[[Exception | None], None]) -> None:
@@ -181,12 +203,14 @@ class StoreThread:
             if self._flush_queued:
                 return
             self._flush_queued = True
-        self._pools()[1].submit(self._flush, store, on_done)
+        self._pools()[1].submit(self._flush, store, on_done, self.linger)
 
-    def _flush(self, store: Store, on_done: Callable[[Exception | None], None]) -> None:
-        time.sleep(self.linger)  # let more writes join this transaction
+    def _flush(self, store: Store, on_done: Callable[[Exception | None], None], wait: float) -> None:
+        time.sleep(wait)  # let more writes join this transaction
         with self._lock:
             batch, self._pending, self._flush_queued = self._pending, [], False
+        if not batch:
+            return
         entries = [op for op in batch if isinstance(op, messagelog.LogEntry)]
         try:
             with store.session() as session:
@@ -196,8 +220,25 @@ class StoreThread:
                         op(session)
         except StoreError as exc:
             on_done(exc)
+            self._requeue(batch, store, on_done)
         else:
             on_done(None)
+
+    def _requeue(self, batch: list[Callable[[Session], None] | messagelog.LogEntry], store: Store,
+                 on_done: Callable[[Exception | None], None]) -> None:
+        """Put a refused batch back in front of the queue and retry it later."""
+        with self._lock:
+            self._pending = batch + self._pending
+            excess = len(self._pending) - self.max_queued
+            if excess > 0:
+                del self._pending[:excess]
+                self.dropped += excess
+            retry_queued, self._flush_queued = self._flush_queued, True
+        if excess > 0:
+            log.error("message log: database refusing writes; %d oldest queued entries dropped (%d in all)",
+                      excess, self.dropped)
+        if not retry_queued:
+            self._pools()[1].submit(self._flush, store, on_done, self.retry)
 
 
 @dataclass

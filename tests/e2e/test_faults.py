@@ -122,6 +122,39 @@ def test_database_down_tempfails_then_recovers_without_restart(pg_edge_stack) ->
     assert "database failing" in stack.filter.milter.log()
 
 
+def test_sqlite_locked_by_another_process_delays_log_rows_not_mail(edge_stack: EdgeStack) -> None:
+    """WAL: readers (lists) go on while another process holds the write lock;
+    message-log rows wait in the worker's queue and are written once it lets go."""
+    import sqlite3
+
+    from stronghold.store import messagelog
+    stack = edge_stack.filter
+    path = stack.db_url.removeprefix("sqlite:///")
+    locker = sqlite3.connect(path, isolation_level=None)
+    locker.execute("BEGIN EXCLUSIVE")
+    ids = []
+    try:
+        for i in range(4):
+            tid, data = mail.simple(subject=f"while locked {i}")
+            assert mail.send(edge_stack.edge.port, "carol@sender.example", ["uma@example.com"], data) == {}
+            ids.append(tid)
+        for tid in ids:  # delivered at once, not tempfailed
+            assert stack.sink.wait_for(lambda m, t=tid: f"X-Test-Id: {t}".encode() in m.data, timeout=30)
+        stack.milter.wait_log("message log failing", timeout=30)
+        with stack.store.session() as s:
+            assert not messagelog.recent(s, messagelog.LogFilter(addresses=("uma@example.com",)))
+    finally:
+        locker.execute("COMMIT")
+        locker.close()
+
+    def rows() -> int:
+        with stack.store.session() as s:
+            return len(messagelog.recent(s, messagelog.LogFilter(addresses=("uma@example.com",))))
+    wait_for(lambda: rows() == len(ids), 30, "the queued log rows written after the lock is released")
+    stack.milter.wait_log("message log recovered")
+    assert not edge_stack.edge.queue()
+
+
 def test_model_replaced_mid_run_is_picked_up_safely(edge_stack: EdgeStack, models_dir: Path) -> None:
     """Models are swapped (atomically) and garbage is written while mail flows: no tempfail, no loss."""
     from stronghold.classifier import Model

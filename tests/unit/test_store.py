@@ -147,3 +147,36 @@ def test_message_log_batch_keeps_each_recipient_with_its_message(store: Store) -
             assert messagelog.unpack_tokens(row.tokens) == {f"tok{i}"}
         reject = messagelog.visible_message(s, ids[60], ("victim@example.com",))
         assert reject is not None and reject.category == "blocked" and reject.tokens is None
+
+
+def test_log_writes_refused_by_a_locked_database_wait_in_the_queue(tmp_path) -> None:
+    """Another process holds the SQLite write lock: rows stay queued (the oldest
+    beyond the cap are dropped, and counted), then are written once it lets go."""
+    import sqlite3
+
+    from stronghold.service import StoreThread
+    path = tmp_path / "store.db"
+    store = Store(f"sqlite:///{path}")
+    store.upgrade()
+    locker = sqlite3.connect(path, isolation_level=None)
+    locker.execute("BEGIN EXCLUSIVE")
+    outcomes: list[Exception | None] = []
+    db = StoreThread(retry=0.2, max_queued=4)
+    for i in range(5):
+        env = Envelope(f"s{i}@example.org", ("r@example.com",), queue_id=f"L{i}")
+        msg = parse(f"Subject: locked {i}\r\n\r\nbody".encode())
+        db.write(messagelog.entry(env, msg, decide(env, msg, Findings(lists=entries.ListIndex([])), Policy())),
+                 store, outcomes.append)
+    deadline = time.monotonic() + 30
+    while not outcomes and time.monotonic() < deadline:  # SQLite waits busy_timeout (5 s) first
+        time.sleep(0.1)
+    assert outcomes and isinstance(outcomes[0], StoreError)
+    assert db.queued == 4 and db.dropped == 1
+    locker.execute("COMMIT")
+    locker.close()
+    db.drain(timeout=30)
+    assert outcomes[-1] is None and db.queued == 0
+    with store.session() as s:
+        rows = messagelog.recent(s, messagelog.LogFilter())
+    assert sorted(r.queue_id for r in rows) == ["L1", "L2", "L3", "L4"]  # L0, the oldest, was dropped
+    store.dispose()
