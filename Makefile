@@ -27,9 +27,9 @@ model: models/model.joblib
 
 lint: venv
 	$(VENV)/bin/ruff check $(wildcard stronghold webui tests bench corpus)
+	$(VENV)/bin/mypy stronghold webui
 
-test: venv corpus
-	$(VENV)/bin/ruff check $(wildcard stronghold webui tests bench corpus)
+test: lint corpus
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 run: venv corpus model

@@ -10,11 +10,11 @@ import logging
 import os
 import socket
 from dataclasses import dataclass
-from typing import BinaryIO, Protocol
+from typing import Protocol
 
 import pyclamd
 
-from stronghold.spool import anonymous_file
+from stronghold.spool import Stream, anonymous_file
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ class ScanResult:
 
 
 class Scanner(Protocol):
-    def scan(self, stream: BinaryIO) -> ScanResult: ...
+    def scan(self, stream: Stream) -> ScanResult: ...
 
 
 class NoScanner:
@@ -43,7 +43,7 @@ class NoScanner:
 
     name = "none"
 
-    def scan(self, stream: BinaryIO) -> ScanResult:
+    def scan(self, stream: Stream) -> ScanResult:
         return ScanResult(None)
 
 
@@ -72,7 +72,7 @@ class ClamdScanner:
         host, _, port = self.address[4:].rpartition(":")
         return _NetworkClient(host.strip("[]"), int(port), self.timeout)
 
-    def scan(self, stream: BinaryIO) -> ScanResult:
+    def scan(self, stream: Stream) -> ScanResult:
         if self.pass_descriptors:
             try:
                 return self._scan_descriptor(stream)
@@ -85,7 +85,7 @@ class ClamdScanner:
                 return result
         return self._scan_stream(stream)
 
-    def _scan_descriptor(self, stream: BinaryIO) -> ScanResult:
+    def _scan_descriptor(self, stream: Stream) -> ScanResult:
         owned = None
         try:
             fd = stream.fileno()
@@ -111,7 +111,7 @@ class ClamdScanner:
             return ScanResult(reply.split(": ", 1)[-1][: -len(" FOUND")] or "unknown")
         raise _DescriptorRefused(reply or "no reply")
 
-    def _scan_stream(self, stream: BinaryIO) -> ScanResult:
+    def _scan_stream(self, stream: Stream) -> ScanResult:
         client = None
         try:
             client = self._client()
@@ -141,7 +141,7 @@ class ClamdScanner:
             raise ScannerError(f"clamd at {self.address} unreachable: {exc}") from exc
 
 
-class _UnixClient(pyclamd.ClamdUnixSocket):  # type: ignore[misc]
+class _UnixClient(pyclamd.ClamdUnixSocket):
     """pyclamd's client without the probe connection its constructor makes (every
     command connects anyway), closing its socket when a connection fails."""
 
@@ -157,7 +157,7 @@ class _UnixClient(pyclamd.ClamdUnixSocket):  # type: ignore[misc]
             raise
 
 
-class _NetworkClient(pyclamd.ClamdNetworkSocket):  # type: ignore[misc]
+class _NetworkClient(pyclamd.ClamdNetworkSocket):
     """As _UnixClient, over TCP."""
 
     def __init__(self, host: str, port: int, timeout: float | None) -> None:

@@ -35,7 +35,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import mmh3
 import numpy as np
@@ -139,7 +139,7 @@ class Model:
                  logodds: np.ndarray | None = None) -> None:
         self.nb = nb
         self.passport = passport
-        self.params = Params(**passport.params) if passport.params else Params()
+        self.params = Params(**cast(dict[str, Any], passport.params)) if passport.params else Params()
         self._logodds = logodds if logodds is not None else self._compute_logodds()
 
     # -- training -----------------------------------------------------------

@@ -21,13 +21,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import BinaryIO
 
 from stronghold.antivirus import Scanner, ScannerError, ScanResult
 from stronghold.classifier import Model, ModelError, Score
 from stronghold.config import Config
 from stronghold.lists import ALLOW, BLOCK, ListIndex, Match, sender_addresses
 from stronghold.message import ParsedMessage
+from stronghold.spool import Stream
 from stronghold.store.errors import StoreError
 from stronghold.tokens import features
 from stronghold.verdict import Action, Category, RecipientDecision, TraceStep, Verdict
@@ -158,11 +158,11 @@ def decide(envelope: Envelope, msg: ParsedMessage, found: Findings, policy: Poli
         trace.append(TraceStep("antivirus", found.scan.virus or "clean"))
         if found.scan.infected:
             reply = (REPLY_VIRUS[0], REPLY_VIRUS[1], REPLY_VIRUS[2].format(name=found.scan.virus))
-            decisions = tuple(RecipientDecision(r, policy.virus_action, Category.VIRUS,
-                                                f"virus {found.scan.virus}")
-                              for r in envelope.recipients)
+            refused = tuple(RecipientDecision(r, policy.virus_action, Category.VIRUS,
+                                              f"virus {found.scan.virus}")
+                            for r in envelope.recipients)
             return Verdict(policy.virus_action, Category.VIRUS, None, None, found.scan.virus,
-                           decisions, tuple(trace), reasons=(f"virus:{found.scan.virus}",),
+                           refused, tuple(trace), reasons=(f"virus:{found.scan.virus}",),
                            smtp_reply=reply if policy.virus_action is Action.REJECT else None)
     else:
         trace.append(TraceStep("antivirus", "skipped"))
@@ -285,7 +285,7 @@ ModelSource = Callable[[], Model]
 ListSource = Callable[[], ListIndex]
 
 
-def gather(msg: ParsedMessage, stream: BinaryIO | None, scanner: Scanner | None,
+def gather(msg: ParsedMessage, stream: Stream | None, scanner: Scanner | None,
            model: ModelSource, lists: ListSource, oversize: bool = False,
            skip_content_checks: bool = False, tokens: set[str] | None = None) -> Findings:
     """Run the checks through their interfaces; typed errors become findings.
@@ -316,7 +316,7 @@ def gather(msg: ParsedMessage, stream: BinaryIO | None, scanner: Scanner | None,
                     oversize=oversize)
 
 
-def evaluate(envelope: Envelope, msg: ParsedMessage, stream: BinaryIO | None,
+def evaluate(envelope: Envelope, msg: ParsedMessage, stream: Stream | None,
              scanner: Scanner | None, model: ModelSource, lists: ListSource,
              policy: Policy, oversize: bool = False, tokens: set[str] | None = None) -> Verdict:
     """gather() then decide(): the one call the milter, CLI and web UI share."""

@@ -256,7 +256,8 @@ def _leaves(root: email.message.Message, defects: list[str]) -> list[tuple[email
                 continue
             payload = part.get_payload()
             if isinstance(payload, list):
-                stack.extend((child, depth + 1) for child in reversed(payload))
+                stack.extend((child, depth + 1) for child in reversed(payload)
+                             if isinstance(child, email.message.Message))
         else:
             leaves.append((part, depth))
     return leaves
@@ -335,8 +336,8 @@ def parse(raw: bytes, max_bytes: int = MAX_BYTES) -> ParsedMessage:
         charset = part.get_content_charset()
         if charset:
             msg.charsets.append(charset[:30])
-        decoded, bad = decode_bytes(body[:MAX_PART_TEXT], charset)
-        if bad:
+        decoded, undecodable = decode_bytes(body[:MAX_PART_TEXT], charset)
+        if undecodable:
             msg.defects.append("body-charset")
         if ctype == "text/html":
             html_parts.append(decoded)

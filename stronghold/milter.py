@@ -113,7 +113,7 @@ class StrongholdMilter(Milter.Base):
         self._write(name.encode("ascii", "replace") + b": " + raw + b"\r\n")
         return Milter.CONTINUE
 
-    header.error_strategy = "bytes"  # type: ignore[attr-defined]  # pymilter: pass raw bytes
+    header.error_strategy = "bytes"  # pymilter: pass raw bytes
 
     @Milter.noreply
     def eoh(self) -> int:

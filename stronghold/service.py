@@ -14,7 +14,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
-from typing import BinaryIO, TypeVar
+from pathlib import Path
+from typing import TypeVar
 
 from sqlalchemy.orm import Session
 
@@ -24,6 +25,7 @@ from stronghold.config import Config
 from stronghold.engine import Envelope, Policy, check_recipient, evaluate
 from stronghold.lists import ListIndex
 from stronghold.message import ParsedMessage
+from stronghold.spool import Stream
 from stronghold.store import messagelog
 from stronghold.store.db import Store
 from stronghold.store.entries import ListCache
@@ -69,7 +71,7 @@ class ModelHolder:
     CHECK_SECONDS = 1.0
 
     def __init__(self, path: os.PathLike[str] | str, incidents: Incidents) -> None:
-        self.path = str(path)
+        self.path = Path(path)
         self.incidents = incidents
         self._model: Model | None = None
         self._stamp: tuple[tuple[int, int, int], ...] | None = None
@@ -107,7 +109,7 @@ class ModelHolder:
                 stamp = self._file_stamp()
                 if stamp != self._stamp:
                     try:
-                        model = Model.load(self.path)  # type: ignore[arg-type]
+                        model = Model.load(self.path)
                     except ModelError as exc:
                         self.incidents.failed("model", str(exc))
                         self._stamp = stamp  # do not retry this same broken file on every message
@@ -281,7 +283,7 @@ class Service:
         except StoreError:
             return None
 
-    def decide(self, envelope: Envelope, msg: ParsedMessage, stream: BinaryIO | None,
+    def decide(self, envelope: Envelope, msg: ParsedMessage, stream: Stream | None,
                oversize: bool = False) -> Outcome:
         started = time.perf_counter()
         tokens = features(msg)

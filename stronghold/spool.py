@@ -12,7 +12,17 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import IO
+from typing import IO, Protocol
+
+
+class Stream(Protocol):
+    """What a scanner reads a message from: a Spool, or any binary file."""
+
+    def read(self, n: int = -1, /) -> bytes: ...
+
+    def seek(self, pos: int, whence: int = os.SEEK_SET, /) -> int: ...
+
+    def fileno(self) -> int: ...
 
 
 def anonymous_file(data: bytes | bytearray | memoryview) -> int:

@@ -183,8 +183,8 @@ def calibrate_threshold(token_sets: Sequence[set[str]], labels: Sequence[bool],
         test_idx = np.flatnonzero(folds == fold)
         if y[train_idx].all() or not y[train_idx].any():
             continue
-        model = Model.train([token_sets[i] for i in train_idx], y[train_idx], params)
-        ham_scores.extend(model.score(token_sets[i]).probability for i in test_idx if not y[i])
+        model = Model.train([token_sets[int(i)] for i in train_idx], y[train_idx].tolist(), params)
+        ham_scores.extend(model.score(token_sets[int(i)]).probability for i in test_idx if not y[i])
     if not ham_scores:
         return 0.9
     ranked = sorted(ham_scores, reverse=True)

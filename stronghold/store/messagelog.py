@@ -6,8 +6,9 @@ import time
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any, cast
 
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import CursorResult, Table, delete, func, insert, select
 from sqlalchemy.orm import Session, selectinload
 
 from stronghold.engine import Envelope
@@ -28,8 +29,8 @@ def unpack_tokens(blob: bytes) -> set[str]:
 class LogEntry:
     """One message's rows, ready to insert: built where the verdict is, written in batches."""
 
-    message: dict[str, object]
-    recipients: list[dict[str, object]]
+    message: dict[str, Any]
+    recipients: list[dict[str, Any]]
 
 
 def entry(envelope: Envelope, msg: ParsedMessage, verdict: Verdict, tokens: Iterable[str] | None = None,
@@ -59,8 +60,8 @@ def rcpt_reject_entry(envelope: Envelope, recipient: str, why: str, trace: str) 
                               "reason": why[:200]}])
 
 
-_MESSAGES = MessageRow.__table__
-_RECIPIENTS = MessageRecipient.__table__
+_MESSAGES = cast(Table, MessageRow.__table__)
+_RECIPIENTS = cast(Table, MessageRecipient.__table__)
 _INSERT_MESSAGES = insert(_MESSAGES).returning(_MESSAGES.c.id, sort_by_parameter_order=True)
 _INSERT_RECIPIENTS = insert(_RECIPIENTS)
 
@@ -167,5 +168,5 @@ def pending(session: Session) -> list[tuple[Feedback, MessageRow]]:
 
 def purge_older_than(session: Session, days: int) -> int:
     cutoff = time.time() - days * 86400
-    result = session.execute(delete(MessageRow).where(MessageRow.ts < cutoff))
+    result = cast(CursorResult[Any], session.execute(delete(MessageRow).where(MessageRow.ts < cutoff)))
     return int(result.rowcount or 0)
