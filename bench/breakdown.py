@@ -1,0 +1,87 @@
+"""Where a message's CPU goes: CPU per message of every process on the machine, by name.
+
+    python -m bench.breakdown [--concurrency 32] [--messages 1200]
+
+Sends the same corpus messages through Postfix alone and through Postfix with
+the milter (clamd, classifier, lists, message log), and for each run prints the
+machine's busy time per message and each process name's share (Postfix's
+daemons, clamd, the milter's workers; "python" includes the load generator,
+whose own share is printed apart).  Ticks from /proc, so use runs of a second
+or more.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.throughput import TICKS, load_messages, run_once, start_filter
+from stronghold.localstack import Postfix, free_port
+
+
+def cpu_by_pid() -> dict[int, tuple[str, float]]:
+    out: dict[int, tuple[str, float]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1:stat.rindex(")")]
+        fields = stat.rsplit(")", 1)[1].split()
+        out[int(entry.name)] = (name, (int(fields[11]) + int(fields[12])) / TICKS)
+    return out
+
+
+def machine_busy() -> float:
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(values) - values[3] - values[4]) / TICKS  # all but idle and iowait
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--messages", type=int, default=1200)
+    args = parser.parse_args()
+    home = Path(tempfile.mkdtemp(prefix="stronghold-breakdown-"))
+    os.chmod(home, 0o755)  # noqa: S103 - Postfix must reach the milter socket
+    parts: list = []
+    try:
+        _clamd, milter, _settings = start_filter(home, parts)
+        systems = []
+        for name, milter_address in (("Postfix alone", None), ("Postfix + Stronghold", milter.address)):
+            postfix = Postfix(home / name.split()[-1].lower(), free_port(), milter=milter_address)
+            postfix.start()
+            parts.append(postfix)
+            systems.append((name, postfix))
+        messages = load_messages(args.messages)
+        for name, postfix in systems:
+            run_once(name, postfix, messages[:50], 4, None, None)  # warm up
+            time.sleep(1)
+            before, busy, own = cpu_by_pid(), machine_busy(), time.process_time()
+            result = run_once(name, postfix, messages, args.concurrency, None, None)
+            time.sleep(2)  # let delivery finish
+            after, busy, own = cpu_by_pid(), machine_busy() - busy, time.process_time() - own
+            shares: dict[str, float] = {}
+            for pid, (proc, seconds) in after.items():
+                shares[proc] = shares.get(proc, 0.0) + seconds - before.get(pid, (proc, 0.0))[1]
+            n = result.sent
+            print(f"{name}: {result.rate:.0f} msg/s at concurrency {args.concurrency}; machine busy "
+                  f"{busy * 1000 / n:.2f} ms/msg, load generator {own * 1000 / n:.2f}")
+            print("   " + ", ".join(f"{proc} {seconds * 1000 / n:.2f}" for proc, seconds
+                                    in sorted(shares.items(), key=lambda kv: -kv[1]) if seconds * 1000 / n >= 0.01))
+    finally:
+        for part in reversed(parts):
+            part.stop()
+        shutil.rmtree(home, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
