@@ -23,7 +23,7 @@ from stronghold.antivirus import ClamdScanner
 from stronghold.localstack import TEST_SIGNATURES, Clamd, memory_tmpdir
 
 
-def cpu_seconds(pid: int) -> float:
+def thread_cpu_seconds(pid: int) -> float:
     """CPU time of the live threads of ``pid``, in nanosecond resolution (schedstat)."""
     total = 0
     for task in Path(f"/proc/{pid}/task").iterdir():
@@ -41,12 +41,12 @@ def measure(clamd: Clamd, messages: list[bytes], descriptors: bool) -> tuple[flo
     for raw in messages[:50]:  # warm up
         scanner.scan(io.BytesIO(raw))
     assert clamd.proc is not None
-    server, client = cpu_seconds(clamd.proc.pid), time.process_time()
+    server, client = thread_cpu_seconds(clamd.proc.pid), time.process_time()
     for raw in messages:
         result = scanner.scan(io.BytesIO(raw))
         assert result.virus is None, result
     n = len(messages)
-    return (cpu_seconds(clamd.proc.pid) - server) * 1000 / n, (time.process_time() - client) * 1000 / n
+    return (thread_cpu_seconds(clamd.proc.pid) - server) * 1000 / n, (time.process_time() - client) * 1000 / n
 
 
 def main() -> int:

@@ -141,35 +141,34 @@ class ClamdScanner:
             raise ScannerError(f"clamd at {self.address} unreachable: {exc}") from exc
 
 
-class _UnixClient(pyclamd.ClamdUnixSocket):
+class _ClosesOnFailure:
+    """pyclamd clients leave the socket of a failed connection open: close it."""
+
+    clamd_socket: socket.socket
+
+    def _init_socket(self) -> None:
+        try:
+            super()._init_socket()  # type: ignore[misc]
+        except pyclamd.ConnectionError:
+            self.clamd_socket.close()
+            raise
+
+
+class _UnixClient(_ClosesOnFailure, pyclamd.ClamdUnixSocket):
     """pyclamd's client without the probe connection its constructor makes (every
-    command connects anyway), closing its socket when a connection fails."""
+    command connects anyway)."""
 
     def __init__(self, path: str, timeout: float | None) -> None:
         pyclamd.pyclamd._ClamdGeneric.__init__(self)
         self.unix_socket, self.timeout = path, timeout
 
-    def _init_socket(self) -> None:
-        try:
-            super()._init_socket()
-        except pyclamd.ConnectionError:
-            self.clamd_socket.close()
-            raise
 
-
-class _NetworkClient(pyclamd.ClamdNetworkSocket):
+class _NetworkClient(_ClosesOnFailure, pyclamd.ClamdNetworkSocket):
     """As _UnixClient, over TCP."""
 
     def __init__(self, host: str, port: int, timeout: float | None) -> None:
         pyclamd.pyclamd._ClamdGeneric.__init__(self)
         self.host, self.port, self.timeout = host, port, timeout
-
-    def _init_socket(self) -> None:
-        try:
-            super()._init_socket()
-        except pyclamd.ConnectionError:
-            self.clamd_socket.close()
-            raise
 
 
 class _DescriptorRefused(ScannerError):

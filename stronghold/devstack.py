@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from stronghold.config import Config
-from stronghold.localstack import ROOT, Clamd, Postfix, StackError, _unix_connects, signature_dir, wait_for
+from stronghold.localstack import ROOT, Clamd, Postfix, StackError, _unix_connects, memory_fs, signature_dir, wait_for
 from stronghold.store import accounts
 from stronghold.store.db import Store
 
@@ -119,8 +119,8 @@ Stop it with: make stop
 
 def _clamd_tmpdir() -> Path:
     """clamd's scratch space: in memory when the machine has /dev/shm (docs/operations.md)."""
-    shm = Path("/dev/shm")
-    if shm.is_dir() and os.access(shm, os.W_OK):
+    shm = memory_fs()
+    if shm is not None:
         return shm / f"stronghold-stack-clamd-{os.getuid()}"
     return HOME / "clamd" / "tmp"
 

@@ -69,10 +69,16 @@ def signature_dir() -> tuple[Path, str]:
     return TEST_SIGNATURES, "the project's test signatures (no official ones installed)"
 
 
-def memory_tmpdir(prefix: str, fallback: Path) -> Path:
-    """A private folder on a memory file system (/dev/shm) when there is one, else ``fallback``."""
+def memory_fs() -> Path | None:
+    """A writable memory file system (/dev/shm), if the machine has one."""
     shm = Path("/dev/shm")
-    if shm.is_dir() and os.access(shm, os.W_OK):
+    return shm if shm.is_dir() and os.access(shm, os.W_OK) else None
+
+
+def memory_tmpdir(prefix: str, fallback: Path) -> Path:
+    """A private folder on a memory file system when there is one, else ``fallback``."""
+    shm = memory_fs()
+    if shm is not None:
         return Path(tempfile.mkdtemp(prefix=prefix, dir=shm))
     fallback.mkdir(parents=True, exist_ok=True)
     return fallback
