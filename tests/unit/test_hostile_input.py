@@ -148,6 +148,6 @@ html_alphabet = st.sampled_from(["<", ">", "/", "=", '"', "'", "!", "--", "a", "
 @given(st.lists(html_alphabet, max_size=200).map("".join))
 def test_any_markup_gives_text_without_error(markup: str) -> None:
     from stronghold.message import html_to_text
-    text, tags, urls, _features = html_to_text(markup)
+    _text, tags, urls, _features = html_to_text(markup)
     assert all(n >= 1 for n in tags.values())
     assert all(u.lower().startswith(("http://", "https://", "www.")) for u in urls)
