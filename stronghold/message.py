@@ -346,7 +346,7 @@ def parse(raw: bytes, max_bytes: int = MAX_BYTES) -> ParsedMessage:
     msg.text = "\n".join(text_parts)
     for markup in html_parts:
         visible, tags, urls, features = html_to_text(markup)
-        msg.html_text += html.unescape(visible) + "\n"
+        msg.html_text += visible + "\n"  # html_to_text has unescaped it once
         for tag, count in tags.items():
             msg.html_tags[tag] = msg.html_tags.get(tag, 0) + count
         msg.urls.extend(urls)

@@ -7,6 +7,7 @@ UI use the same pieces.  Nothing here speaks the milter protocol.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
@@ -75,7 +76,7 @@ class ModelHolder:
         self.incidents = incidents
         self._model: Model | None = None
         self._stamp: tuple[tuple[int, int, int], ...] | None = None
-        self._checked = 0.0
+        self._checked = -math.inf  # never: monotonic time can be small after boot
         self._lock = threading.Lock()
         self.generation = 0
         self.external_generation: Callable[[], int] | None = None  # bumped on SIGHUP
@@ -94,7 +95,7 @@ class ModelHolder:
 
     def reload(self) -> None:
         with self._lock:
-            self._checked = 0.0
+            self._checked = -math.inf  # never: monotonic time can be small after boot
             self._stamp = None
 
     def __call__(self) -> Model:
@@ -103,7 +104,7 @@ class ModelHolder:
             if self.external_generation is not None:
                 wanted = self.external_generation()
                 if wanted != self._seen_external:
-                    self._seen_external, self._checked, self._stamp = wanted, 0.0, None
+                    self._seen_external, self._checked, self._stamp = wanted, -math.inf, None
             if now - self._checked >= self.CHECK_SECONDS or self._model is None:
                 self._checked = now
                 stamp = self._file_stamp()

@@ -21,6 +21,8 @@ from stronghold.localstack import TEST_SIGNATURES, Clamd, free_port
 from stronghold.spool import Spool
 from tests.conftest import shared_tmpdir
 
+pytestmark = pytest.mark.clamd
+
 CLEAN = b"From: a@example.com\r\nSubject: hello\r\n\r\nnothing to see\r\n"
 INFECTED = b"From: a@example.com\r\nSubject: hello\r\n\r\n" + EICAR + b"\r\n"
 EICAR_NAME = "Stronghold.Test.EICAR.UNOFFICIAL"

@@ -88,3 +88,9 @@ def test_unclosed_tag_does_not_swallow_the_rest() -> None:
     from stronghold.message import html_to_text
     text, tags, _urls, _feats = html_to_text("<b>bold <i never closed <p>para</p> tail")
     assert "para" in text and "tail" in text and tags["p"] == 1
+
+
+def test_html_entities_are_unescaped_once() -> None:
+    raw = (b"Content-Type: text/html\r\n\r\n<p>write &amp;lt;b&amp;gt; for bold, 5 &lt; 6 &amp; caf&eacute;</p>")
+    text = parse(raw).html_text
+    assert "&lt;b&gt;" in text and "5 < 6 & café" in text and "<b>" not in text

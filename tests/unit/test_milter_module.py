@@ -18,6 +18,8 @@ from stronghold.service import Service
 from stronghold.store import entries, messagelog
 from stronghold.store.db import Store
 
+pytestmark = pytest.mark.corpus  # the model is trained on it
+
 
 class EicarOnlyScanner:
     """A stand-in for clamd (the real one is in tests/e2e)."""

@@ -1,0 +1,34 @@
+"""`stronghold milter --check-config`: proves each dependency works, says which does not."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from stronghold.cli_services import check_config
+from stronghold.localstack import Clamd
+
+pytestmark = [pytest.mark.clamd, pytest.mark.corpus]
+
+
+def test_all_good(make_config, models_dir: Path, clamd: Clamd, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = make_config(models_dir=models_dir, clamd_socket=clamd.address)
+    assert check_config(cfg) == 0
+    out = capsys.readouterr().out
+    assert "ok: model" in out and "ok: database" in out and "found the EICAR test string" in out
+    assert "FAIL" not in out
+
+
+def test_each_broken_dependency_is_named(make_config, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = make_config(models_dir=tmp_path / "no-models", clamd_socket=f"unix:{tmp_path / 'no-clamd.sock'}",
+                      database_url="postgresql://stronghold@127.0.0.1:1/nothing")
+    assert check_config(cfg) == 1
+    fails = [line for line in capsys.readouterr().out.splitlines() if line.startswith("FAIL")]
+    assert len(fails) == 3
+    assert "no model at" in fails[0] and "database unreachable" in fails[1] and "no-clamd.sock" in fails[2]
+
+
+def test_no_scanner_is_a_warning(make_config, models_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert check_config(make_config(models_dir=models_dir, clamd_socket="none")) == 0
+    assert "WARNING: clamd_socket = none" in capsys.readouterr().out

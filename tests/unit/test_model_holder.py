@@ -1,0 +1,61 @@
+"""ModelHolder: the milter's current model, swapped only for one that verifies."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from stronghold.classifier import Model, ModelError, table_path
+from stronghold.service import Incidents, ModelHolder
+
+
+def _model(threshold: float) -> Model:
+    model = Model.train([{"meeting", "agenda"}] * 4 + [{"free", "money"}] * 4, [False] * 4 + [True] * 4)
+    model.passport.spam_threshold = threshold
+    return model
+
+
+@pytest.fixture
+def holder(tmp_path: Path) -> ModelHolder:
+    _model(0.7).save(tmp_path / "model.joblib")
+    h = ModelHolder(tmp_path / "model.joblib", Incidents())
+    h.CHECK_SECONDS = 0.0  # look at the files on every call
+    return h
+
+
+def test_a_new_model_replaces_the_old_one(holder: ModelHolder) -> None:
+    assert holder().spam_threshold == 0.7
+    _model(0.8).save(holder.path)
+    assert holder().spam_threshold == 0.8 and holder.generation == 2
+
+
+def test_a_corrupt_replacement_keeps_the_old_model(holder: ModelHolder, caplog) -> None:
+    first = holder()
+    table = table_path(holder.path)
+    data = bytearray(table.read_bytes())
+    data[-1] ^= 0xFF
+    table.write_bytes(bytes(data))
+    assert holder() is first
+    assert "does not match its passport" in caplog.text
+
+
+def test_no_model_at_start_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ModelError):
+        ModelHolder(tmp_path / "missing.joblib", Incidents())()
+
+
+def test_reload_on_request_even_within_the_check_interval(holder: ModelHolder, tmp_path: Path) -> None:
+    holder.CHECK_SECONDS = 3600.0
+    assert holder().spam_threshold == 0.7
+    other = tmp_path / "other"
+    other.mkdir()
+    _model(0.9).save(other / "model.joblib")
+    for suffix in (".joblib", ".npy", ".json"):
+        shutil.copy(other / f"model{suffix}", holder.path.with_suffix(suffix))
+    assert holder().spam_threshold == 0.7  # not looked at yet
+    generation = [0]
+    holder.external_generation = lambda: generation[0]
+    generation[0] = 1  # what SIGHUP does
+    assert holder().spam_threshold == 0.9
