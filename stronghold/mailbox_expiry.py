@@ -29,6 +29,7 @@ TRASH_FOLDER = "Trash"
 # (folder, doveadm search key applied to "<days>d")
 RULES: tuple[tuple[str, str], ...] = ((JUNK_FOLDER, "before"), (TRASH_FOLDER, "savedbefore"))
 _MISSING = "Mailbox doesn't exist"
+_ERROR_WORDS = ("Error:", "Fatal:", "Panic:")
 
 
 class ExpiryError(Exception):
@@ -51,12 +52,14 @@ def _doveadm(config: Path, *args: str, timeout: float) -> str:
         raise ExpiryError(f"doveadm not found ({binary}): is Dovecot installed?") from exc
     except subprocess.TimeoutExpired as exc:
         raise ExpiryError(f"doveadm {args[0]} did not finish within {timeout:.0f}s") from exc
-    if out.returncode != 0:
-        errors = [line for line in out.stderr.splitlines() if line.strip()]
-        # A user who never had this folder has nothing to expire; anything else is a failure.
-        if not errors or not all(_MISSING in line for line in errors):
-            detail = errors[0] if errors else f"exit status {out.returncode}"
-            raise ExpiryError(f"doveadm {' '.join(args)}: {detail[:300]}")
+    # doveadm -A exits 0 even when it failed for some users: read what it says, too.
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if any(word in line for word in _ERROR_WORDS)]
+    # A user who never had this folder has nothing to expire; anything else is a failure.
+    real = [line for line in errors if _MISSING not in line]
+    if real or (out.returncode != 0 and not errors):
+        detail = (real or lines or [f"exit status {out.returncode}"])[0]
+        raise ExpiryError(f"doveadm {' '.join(args)}: {detail[:300]}")
     return out.stdout
 
 

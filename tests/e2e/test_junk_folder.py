@@ -113,3 +113,20 @@ def test_expiry_job_reports_a_broken_dovecot_config(tmp_path: Path, capsys) -> N
     conf = write_config(tmp_path / "stronghold.toml", {"dovecot_config": str(tmp_path / "missing.conf")})
     assert cli.main(["--config", str(conf), "mailbox", "expire"]) == 2
     assert "missing.conf not found" in capsys.readouterr().err
+
+
+def test_expiry_skips_users_without_the_folder_but_fails_on_other_doveadm_errors(
+        dovecot, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from stronghold import mailbox_expiry
+    monkeypatch.setattr(mailbox_expiry, "RULES", (("NoSuchFolder", "before"),))
+    done = mailbox_expiry.expire(dovecot.config_path, 30)
+    assert [(e.folder, e.messages) for e in done] == [("NoSuchFolder", 0)]
+    broken = tmp_path / "dovecot.conf"
+    # doveadm exits 0 here, saying on stderr that it failed for every user
+    broken.write_text(f"!include {dovecot.config_path}\nmail_location = nosuchdriver:~/x\n")
+    with pytest.raises(mailbox_expiry.ExpiryError, match="Unknown mail storage driver"):
+        mailbox_expiry.expire(broken, 30)
+    # Dovecot not running (no auth socket in its base_dir)
+    broken.write_text(f"!include {dovecot.config_path}\nbase_dir = {tmp_path / 'nothing'}\n")
+    with pytest.raises(mailbox_expiry.ExpiryError, match="auth-userdb"):
+        mailbox_expiry.expire(broken, 30)
