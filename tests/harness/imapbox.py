@@ -46,6 +46,8 @@ class Mailboxes:
             for line in listing:
                 if not isinstance(line, bytes):
                     continue
+                if b"\\Noselect" in line.split(b")", 1)[0]:
+                    continue
                 name = _folder_name(line)
                 client.select(f'"{name}"', readonly=True)
                 _, data = client.uid("SEARCH", "ALL")
