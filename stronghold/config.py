@@ -148,6 +148,11 @@ SETTINGS: dict[str, Setting] = {
     "web_bind": Setting("127.0.0.1:8080", _text, "host:port of the web UI"),
     "web_secret_key": Setting("", _text, "Flask secret key; empty: generated into data_dir"),
     "web_secure_cookies": Setting(False, _bool, "mark cookies Secure (set when served over TLS)"),
+    "junk_retention_days": Setting(30, _non_negative_int,
+                                   "Junk and Trash messages older than this are expunged by "
+                                   "'stronghold mailbox expire' (0: keep forever)"),
+    "dovecot_config": Setting(Path("/etc/dovecot/dovecot.conf"), _path,
+                              "the Dovecot config doveadm uses for 'stronghold mailbox expire'"),
 }
 
 
@@ -181,6 +186,8 @@ class Config:
     web_bind: str
     web_secret_key: str
     web_secure_cookies: bool
+    junk_retention_days: int
+    dovecot_config: Path
 
     @property
     def model_path(self) -> Path:
