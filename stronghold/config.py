@@ -181,6 +181,11 @@ SETTINGS: dict[str, Setting] = {
     "digest_check_minutes": Setting(15, _non_negative_int,
                                     "how often `stronghold web` sends due digests (0: a timer runs "
                                     "`stronghold digest` instead)"),
+    "junk_retention_days": Setting(30, _non_negative_int,
+                                   "Junk and Trash messages older than this are expunged by "
+                                   "'stronghold mailbox expire' (0: keep forever)"),
+    "dovecot_config": Setting(Path("/etc/dovecot/dovecot.conf"), _path,
+                              "the Dovecot config doveadm uses for 'stronghold mailbox expire'"),
 }
 
 
@@ -221,6 +226,8 @@ class Config:
     digest_link_days: int
     digest_hour: int
     digest_check_minutes: int
+    junk_retention_days: int
+    dovecot_config: Path
 
     @property
     def model_path(self) -> Path:
