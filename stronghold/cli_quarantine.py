@@ -179,7 +179,14 @@ def cmd_purge(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def cmd_digest(args: argparse.Namespace, cfg: Config) -> int:
-    from stronghold.digest import run
+    from stronghold.digest import run, set_choice
+    if args.set:
+        if not args.user:
+            raise QuarantineUsageError("--set needs --user LOGIN")
+        with _store(cfg) as store:
+            set_choice(store, args.user, args.set)
+        print(f"{args.user}: digest {args.set}")
+        return 0
     with _store(cfg) as store:
         reports = run(cfg, store, dry_run=args.dry_run, only=args.user)
     if args.json:
@@ -235,5 +242,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dry-run", action="store_true", help="compose, send nothing, record nothing")
     p.add_argument("--show", action="store_true", help="with --dry-run: print the text parts")
     p.add_argument("--user", metavar="LOGIN", help="only this user")
+    p.add_argument("--set", choices=("off", "daily", "weekly"), help="with --user: change their digest")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_digest)

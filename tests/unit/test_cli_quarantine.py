@@ -103,6 +103,9 @@ def test_digest_command_dry_run_then_send(env: Store, sink: SmtpSink, monkeypatc
     assert main(["digest"]) == 0 and "m3: not due" in capsys.readouterr().out
     assert len(sink.messages) == 1
     assert main(["digest", "--user", "nobody"]) == 2
+    assert main(["digest", "--user", "m3", "--set", "off"]) == 0
+    assert main(["digest", "--user", "m3"]) == 2  # no enabled user m3 with a digest
+    assert "no enabled user m3" in capsys.readouterr().err
 
 
 def test_the_milter_service_purges_the_quarantine_with_the_message_log(env: Store, make_config) -> None:
