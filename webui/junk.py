@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from stronghold import release as release_mod
 from stronghold.lists import PatternError, normalize_address
 from stronghold.store import entries, messagelog, quarantine
-from stronghold.store.errors import EntryError
+from stronghold.store.errors import EntryError, StoreError
 from stronghold.store.quarantine import Held
 from stronghold.store.tables import MessageRecipient, MessageRow, QuarantineItem
 from webui import settings, store
@@ -161,14 +161,10 @@ def _release(held: Held) -> bool:
               "nothing was sent again.")
         return False
     try:
-        release_mod.release(settings(), store(), held.id, g.user.login)
-    except release_mod.AlreadyReleased:
-        flash("Already released; nothing was sent again.")
-        return False
-    except release_mod.ReleaseError as exc:
-        log.warning("release of quarantine item %d failed: %s", held.id, exc)
-        flash(f"Could not release the message: {exc}. It is still in the quarantine; try again later.",
-              "error")
+        release_mod.release(settings(), store(), held.id, g.user.login, admin=bool(g.user.is_admin))
+    except (release_mod.ReleaseError, StoreError) as exc:
+        log.warning("release of quarantine item %d by %s failed: %s", held.id, g.user.login, exc)
+        flash(f"Not released: {exc}.", "error")
         return False
     log.info("quarantine item %d released to %s by %s", held.id, held.recipient, g.user.login)
     flash(f"Released: “{visible(held.subject) or '(no subject)'}” is on its way to {held.recipient}.")
