@@ -19,6 +19,7 @@ from flask import Blueprint, abort, flash, g, make_response, redirect, render_te
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from stronghold import digest
 from stronghold import release as release_mod
 from stronghold.lists import PatternError, normalize_address
 from stronghold.store import entries, messagelog, quarantine
@@ -108,7 +109,24 @@ def index():
                                limit=PAGE + 1, offset=search.page * PAGE)
     more = len(rows) > PAGE
     return render_template("junk.html", rows=rows[:PAGE], more=more, search=search, errors=errors,
-                           everyone=admin, show_recipient=admin or len(g.addresses) > 1, visible=visible)
+                           everyone=admin, show_recipient=admin or len(g.addresses) > 1, visible=visible,
+                           digest_choices=digest.CHOICES)
+
+
+@bp.route("/digest", methods=["POST"])
+@login_required
+def digest_choice():
+    """The user's own digest setting: off, daily or weekly."""
+    choice = request.form.get("digest", "")
+    if choice not in digest.CHOICES:
+        abort(400)
+    try:
+        digest.set_choice(store(), g.user.login, choice)
+    except digest.DigestError as exc:
+        flash(str(exc), "error")
+    else:
+        flash("No digest mail any more." if choice == "off" else f"You will get a {choice} digest of held mail.")
+    return redirect(url_for("junk.index"))
 
 
 @bp.route("/<int:item_id>")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import calendar
+import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,13 +16,15 @@ from sqlalchemy import update
 from stronghold.engine import Envelope, Findings, Policy, decide
 from stronghold.lists import ListIndex
 from stronghold.message import parse
-from stronghold.store import entries, messagelog, quarantine
+from stronghold import digest
+from stronghold.store import accounts, entries, messagelog, quarantine
 from stronghold.store.db import Store
 from stronghold.store.tables import QuarantineItem
 from tests.harness.smtpsink import SmtpSink
 from tests.webui.conftest import Auth, seed, token
 from tests.webui.hostile import hostile
 from webui import create_app
+from webui import digest as webui_digest
 from webui.auth import throttle
 
 pytestmark = pytest.mark.postgres
@@ -37,6 +41,7 @@ def sink() -> Iterator[SmtpSink]:
 def app(store: Store, tmp_path: Path, sink: SmtpSink) -> Iterator[Flask]:
     """The conftest app, with releases going to the SMTP sink."""
     throttle._failures.clear()
+    webui_digest.bad_links._failures.clear()
     sink.messages.clear()
     application = create_app({"data_dir": tmp_path / "data", "database_url": store.url, "TESTING": True,
                               "release_smtp": f"127.0.0.1:{sink.port}"})
@@ -257,3 +262,72 @@ def test_admin_releases_a_virus_users_cannot(client: FlaskClient, auth: Auth, ap
     held = item(app, virus)
     assert held is not None and held.released_by == "root"
 
+
+
+def _link(app: Flask, item_id: int, rcpt: str, age_days: float = 0) -> str:
+    cfg = app.extensions["stronghold_config"]
+    return "/digest/release/" + digest.make_link_token(cfg, item_id, rcpt, now=time.time() - age_days * 86400)
+
+
+def _csrf(client: FlaskClient, url: str) -> str:
+    found = re.search(r'name="csrf_token" value="([^"]+)"', client.get(url).get_data(as_text=True))
+    assert found, url
+    return found.group(1)
+
+
+def test_digest_link_get_confirms_post_releases_once(client: FlaskClient, app: Flask, sink: SmtpSink) -> None:
+    mine = hold(app, "alice@example.com", "weekly receipt", sender="shop@store.example")
+    link = _link(app, mine, "alice@example.com")
+    for _ in range(2):  # a link scanner's prefetch, then the user: neither releases anything
+        page = client.get(link)
+        assert page.status_code == 200 and "Release this message?" in page.get_data(as_text=True)
+        assert page.headers["Referrer-Policy"] == "no-referrer"
+    held = item(app, mine)
+    assert held is not None and held.released is None and sink.messages == []
+    assert client.post(link, data={}).status_code == 400  # a form without its token
+    done = client.post(link, data={"csrf_token": _csrf(client, link)})
+    assert done.status_code == 200 and "on its way to" in done.get_data(as_text=True)
+    assert [m.recipients for m in sink.wait_for(lambda m: True)] == [["alice@example.com"]]
+    again = client.post(link, data={"csrf_token": _csrf(client, "/login")})
+    assert again.status_code == 409 and "already released" in again.get_data(as_text=True)
+    assert client.get(link).status_code == 409
+    assert len(sink.messages) == 1
+
+
+def test_digest_stale_forged_and_virus_links_change_nothing(client: FlaskClient, app: Flask,
+                                                            sink: SmtpSink) -> None:
+    mine = hold(app, "alice@example.com")
+    virus = hold(app, "alice@example.com", "invoice", virus="Eicar-Test-Signature")
+    good = _link(app, mine, "alice@example.com")
+    head, _, tail = good.rpartition(".")
+    forged = head + "." + ("A" if tail[0] != "A" else "B") + tail[1:]  # one byte of the signature changed
+    other = _link(app, mine, "bob@example.com")  # a genuine signature naming the wrong recipient
+    cases = ((_link(app, mine, "alice@example.com", age_days=30), 410, "expired"),
+             (forged, 400, "not valid"), (other, 404, "no longer in the quarantine"),
+             (_link(app, virus, "alice@example.com"), 403, "virus"))
+    csrf = _csrf(client, "/login")
+    for url, status, words in cases:
+        for response in (client.get(url), client.post(url, data={"csrf_token": csrf})):
+            assert response.status_code == status and words in response.get_data(as_text=True), url
+            assert "Nothing was changed" in response.get_data(as_text=True)
+    assert item(app, mine).released is None and item(app, virus).released is None  # type: ignore[union-attr]
+    assert sink.messages == []
+
+
+def test_digest_links_are_rate_limited_per_client(client: FlaskClient, app: Flask) -> None:
+    mine = hold(app, "alice@example.com")
+    for i in range(webui_digest.BAD_LINKS_PER_WINDOW):
+        assert client.get(f"/digest/release/guess{i}").status_code == 400
+    blocked = client.get(_link(app, mine, "alice@example.com"))  # even a good one waits now
+    assert blocked.status_code == 429 and "Too many invalid" in blocked.get_data(as_text=True)
+
+
+def test_digest_choice(client: FlaskClient, auth: Auth, app: Flask) -> None:
+    auth.login("alice")
+    assert auth.post("/junk/digest", {"digest": "hourly"}, "/junk/").status_code == 400
+    auth.post("/junk/digest", {"digest": "weekly"}, "/junk/")
+    page = flashes(client)
+    assert "weekly digest" in page and '<option value="weekly" selected>' in page
+    with app.extensions["stronghold_store"].session() as s:
+        assert accounts.get_user(s, "alice").digest == "weekly"  # type: ignore[union-attr]
+        assert accounts.get_user(s, "bob").digest == "daily"  # type: ignore[union-attr]

@@ -11,10 +11,13 @@ from dataclasses import dataclass, field
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
+from stronghold import config as config_mod
+from stronghold import digest
 from stronghold.store import quarantine
 from stronghold.store.db import Store
 from tests.conftest import shared_tmpdir
 from tests.harness.browser import WebProcess, launch, screenshot
+from tests.harness.milterproc import write_config
 from tests.harness.smtpsink import SmtpSink
 from tests.webui.conftest import PASSWORD, seed
 from tests.webui.hostile import hostile
@@ -69,8 +72,10 @@ def site() -> Iterator[Site]:
     store.upgrade()
     seed(store)
     sink, remote = SmtpSink(), RemoteHost()
-    web = WebProcess(home, {"data_dir": str(home / "data"), "database_url": url,
-                            "release_smtp": f"127.0.0.1:{sink.port}"}).start()
+    settings = {"data_dir": str(home / "data"), "database_url": url, "release_smtp": f"127.0.0.1:{sink.port}"}
+    web = WebProcess(home, settings)
+    write_config(web.config, {**settings, "web_bind": f"127.0.0.1:{web.port}", "web_base_url": web.url})
+    web.start()
     yield Site(web, store, sink, remote)
     web.stop()
     sink.close()
@@ -147,6 +152,31 @@ def test_hostile_message_renders_inert(site: Site, page: Page) -> None:
     assert dialogs == []
     assert [u for u in requests if not u.startswith(site.web.url)] == []
     assert site.remote.hits == []  # nothing reached the spammer's server
+
+
+def test_digest_link_without_logging_in(site: Site, browser: Browser) -> None:
+    item = site.hold("bob@example.com", "Order confirmation", sender="orders@shop.example")
+    cfg = config_mod.load(site.web.config, environ={})
+    link = digest.link_url(cfg, digest.make_link_token(cfg, item, "bob@example.com"))
+    assert link.startswith(site.web.url + "/digest/release/")
+    context = browser.new_context(viewport={"width": 390, "height": 844})  # a phone, not logged in
+    page = context.new_page()
+    page.goto(link)
+    expect(page.get_by_role("heading", name="Release this message?")).to_be_visible()
+    expect(page.locator("#held-facts")).to_contain_text("Order confirmation")
+    assert page.evaluate("document.documentElement.scrollWidth") == 390
+    screenshot(page, "digest-confirm")
+    before = len(site.sink.messages)
+    page.get_by_role("button", name="Release to my inbox").click()
+    expect(page.get_by_role("heading", name="Released")).to_be_visible()
+    assert [m.recipients for m in site.sink.wait_for(lambda m: m.recipients == ["bob@example.com"])] == [
+        ["bob@example.com"]]
+    page.goto(link)  # the same link again
+    expect(page.get_by_role("heading", name="Already released")).to_be_visible()
+    expect(page.get_by_role("alert")).to_contain_text("will not be sent again")
+    screenshot(page, "digest-used")
+    assert len(site.sink.messages) == before + 1
+    context.close()
 
 
 def test_junk_fits_a_phone(site: Site, browser: Browser) -> None:
