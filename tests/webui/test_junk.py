@@ -13,10 +13,10 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import update
 
+from stronghold import digest
 from stronghold.engine import Envelope, Findings, Policy, decide
 from stronghold.lists import ListIndex
 from stronghold.message import parse
-from stronghold import digest
 from stronghold.store import accounts, entries, messagelog, quarantine
 from stronghold.store.db import Store
 from stronghold.store.tables import QuarantineItem
