@@ -141,17 +141,17 @@ def test_hostile_message_renders_inert(site: Site, page: Page) -> None:
     page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
     login(page, site.web.url, "alice")
     page.goto(f"{site.web.url}/junk/{item}")
+    page.wait_for_load_state("networkidle")
+    assert site.remote.hits == []  # nothing reached the spammer's server
+    assert [u for u in requests if not u.startswith(site.web.url)] == []
+    assert page.evaluate("typeof window.pwned") == "undefined" and dialogs == []
+    assert page.url == f"{site.web.url}/junk/{item}"  # no refresh, no base, no redirect
+    assert page.locator("#preview a, #preview img, iframe, object, embed, svg").count() == 0
     expect(page.locator("#preview")).to_contain_text("Dear customer")
     expect(page.locator("#preview")).to_contain_text("Line one\nline two")
     expect(page.locator("h1.subject")).to_have_text(subject)
     expect(page.locator("dl.headers")).to_contain_text(subject)
-    page.wait_for_load_state("networkidle")
     screenshot(page, "junk-hostile")
-    assert page.evaluate("typeof window.pwned") == "undefined"
-    assert page.locator("#preview a, #preview img, iframe, object, embed").count() == 0
-    assert dialogs == []
-    assert [u for u in requests if not u.startswith(site.web.url)] == []
-    assert site.remote.hits == []  # nothing reached the spammer's server
 
 
 def test_digest_link_without_logging_in(site: Site, browser: Browser) -> None:
