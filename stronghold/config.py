@@ -93,6 +93,13 @@ def _base_url(value: Any) -> str:
     return text
 
 
+def _hour(value: Any) -> int:
+    number = int(value)
+    if not 0 <= number <= 23:
+        raise ValueError("must be an hour from 0 to 23")
+    return number
+
+
 def _path(value: Any) -> Path:
     return Path(str(value)).expanduser()
 
@@ -170,6 +177,15 @@ SETTINGS: dict[str, Setting] = {
                             "the web UI's address as users reach it (links in digest mail)"),
     "digest_sender": Setting("postmaster@localhost", _text, "envelope and From address of digest mail"),
     "digest_link_days": Setting(7, _positive_int, "days a digest's release link stays valid"),
+    "digest_hour": Setting(7, _hour, "UTC hour from which daily (weekly: Monday's) digests are due"),
+    "digest_check_minutes": Setting(15, _non_negative_int,
+                                    "how often `stronghold web` sends due digests (0: a timer runs "
+                                    "`stronghold digest` instead)"),
+    "junk_retention_days": Setting(30, _non_negative_int,
+                                   "Junk and Trash messages older than this are expunged by "
+                                   "'stronghold mailbox expire' (0: keep forever)"),
+    "dovecot_config": Setting(Path("/etc/dovecot/dovecot.conf"), _path,
+                              "the Dovecot config doveadm uses for 'stronghold mailbox expire'"),
 }
 
 
@@ -208,6 +224,10 @@ class Config:
     web_base_url: str
     digest_sender: str
     digest_link_days: int
+    digest_hour: int
+    digest_check_minutes: int
+    junk_retention_days: int
+    dovecot_config: Path
 
     @property
     def model_path(self) -> Path:

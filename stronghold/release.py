@@ -54,7 +54,7 @@ class ReleaseError(Exception):
     """The release did not happen (or its outcome is unknown); a one-line message for the user."""
 
 
-class _Unknown(Exception):
+class OutcomeUnknown(Exception):
     """The relay may or may not have queued the message."""
 
 
@@ -91,7 +91,7 @@ def prepare(raw: bytes, item_id: int, by: str) -> bytes:
 def smtp_send(address: str, sender: str, recipients: Sequence[str], data: bytes) -> None:
     """Hand ``data`` to the SMTP server at ``address`` (HOST:PORT).
 
-    Raises smtplib/OSError errors for a definite refusal, _Unknown when the
+    Raises smtplib/OSError errors for a definite refusal, OutcomeUnknown when the
     connection failed after the message text was sent.
     """
     host, port = split_hostport(address)
@@ -110,7 +110,7 @@ def smtp_send(address: str, sender: str, recipients: Sequence[str], data: bytes)
         except smtplib.SMTPDataError:
             raise  # a reply: definitely not queued
         except (smtplib.SMTPException, OSError) as exc:
-            raise _Unknown(str(exc) or type(exc).__name__) from exc
+            raise OutcomeUnknown(str(exc) or type(exc).__name__) from exc
 
 
 def _describe(exc: Exception) -> str:
@@ -157,7 +157,7 @@ def release(cfg: Config, store: Store, item_id: int, by: str, *, admin: bool = F
     held, raw, stamp = _claim(store, item_id, by, admin, retry_unconfirmed)
     try:
         smtp_send(cfg.release_smtp, held.sender, [held.recipient], prepare(raw, item_id, by))
-    except _Unknown as exc:
+    except OutcomeUnknown as exc:
         log.error("release of %d to %s: outcome unknown (%s); left claimed, not confirmed",
                   item_id, held.recipient, exc)
         raise ReleaseError(f"the mail system did not confirm the release of message {item_id} "
