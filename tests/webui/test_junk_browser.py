@@ -72,7 +72,8 @@ def site() -> Iterator[Site]:
     store.upgrade()
     seed(store)
     sink, remote = SmtpSink(), RemoteHost()
-    settings = {"data_dir": str(home / "data"), "database_url": url, "release_smtp": f"127.0.0.1:{sink.port}"}
+    settings = {"data_dir": str(home / "data"), "database_url": url, "release_smtp": f"127.0.0.1:{sink.port}",
+                "digest_check_minutes": 0}  # no scheduled digests into the sink
     web = WebProcess(home, settings)
     write_config(web.config, {**settings, "web_bind": f"127.0.0.1:{web.port}", "web_base_url": web.url})
     web.start()
