@@ -140,7 +140,8 @@ def show(item_id: int):
             abort(404)
         message_id = log_message_id(s, held)
     response = make_response(render_template("junk_item.html", h=held, p=render_preview(raw),
-                                             message_id=message_id, visible=visible))
+                                             message_id=message_id, visible=visible,
+                                             retry=g.user.is_admin and retryable(held)))
     response.headers["Content-Security-Policy"] = PREVIEW_CSP
     response.headers["Referrer-Policy"] = "no-referrer"
     return response
@@ -200,6 +201,29 @@ def release(item_id: int):
     held = item_or_404(item_id)
     _release(held)
     return _after_action(held)
+
+
+def retryable(held: Held, now: float | None = None) -> bool:
+    """Released, the relay never confirmed it, and long enough ago that it is not still in progress."""
+    now = time.time() if now is None else now
+    return held.released is not None and held.delivered is None and held.released < now - release_mod.RETRY_AFTER
+
+
+@bp.route("/<int:item_id>/retry", methods=["POST"])
+@login_required
+def retry(item_id: int):
+    """Admins: send again a release whose delivery was never confirmed (see stronghold.release)."""
+    held = item_or_404(item_id)
+    if not g.user.is_admin or not retryable(held):
+        abort(404)
+    try:
+        release_mod.release(settings(), store(), held.id, g.user.login, admin=True, retry_unconfirmed=True)
+    except (release_mod.ReleaseError, StoreError) as exc:
+        flash(f"Not released: {exc}.", "error")
+    else:
+        log.info("quarantine item %d: unconfirmed release retried by %s", held.id, g.user.login)
+        flash(f"Sent again to {held.recipient}.")
+    return redirect(url_for("junk.show", item_id=held.id))
 
 
 @bp.route("/<int:item_id>/allow", methods=["POST"])

@@ -331,3 +331,23 @@ def test_digest_choice(client: FlaskClient, auth: Auth, app: Flask) -> None:
     with app.extensions["stronghold_store"].session() as s:
         assert accounts.get_user(s, "alice").digest == "weekly"  # type: ignore[union-attr]
         assert accounts.get_user(s, "bob").digest == "daily"  # type: ignore[union-attr]
+
+
+def test_admin_retries_an_unconfirmed_release(client: FlaskClient, auth: Auth, app: Flask,
+                                              sink: SmtpSink) -> None:
+    mine = hold(app, "alice@example.com", "lost in transit")
+    with app.extensions["stronghold_store"].session() as s:  # claimed long ago, never confirmed
+        s.execute(update(QuarantineItem).where(QuarantineItem.id == mine)
+                  .values(released=time.time() - 3600, released_by="alice"))
+    auth.login("alice")
+    assert "Send the release again" not in client.get(f"/junk/{mine}").get_data(as_text=True)
+    assert auth.post(f"/junk/{mine}/retry", {}, "/junk/").status_code == 404
+    auth.post("/logout", {}, "/junk/")
+    auth.login("root")
+    assert "never confirmed" in client.get(f"/junk/{mine}").get_data(as_text=True)
+    auth.post(f"/junk/{mine}/retry", {}, "/junk/")
+    assert [m.recipients for m in sink.wait_for(lambda m: True)] == [["alice@example.com"]]
+    held = item(app, mine)
+    assert held is not None and held.delivered is not None and held.released_by == "root"
+    assert auth.post(f"/junk/{mine}/retry", {}, "/junk/").status_code == 404  # confirmed now: nothing to retry
+    assert len(sink.messages) == 1
