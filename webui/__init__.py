@@ -46,8 +46,8 @@ def create_app(test_config: Mapping[str, Any] | None = None, cfg: Config | None 
     app.extensions["stronghold_config"] = cfg
     csrf.init_app(app)
 
-    from webui import admin, auth, dashboard, lists, messages
-    for module in (auth, dashboard, lists, messages, admin):
+    from webui import admin, auth, dashboard, digest, junk, lists, messages
+    for module in (auth, dashboard, lists, messages, junk, digest, admin):
         app.register_blueprint(module.bp)
 
     @app.template_filter("strftime")
