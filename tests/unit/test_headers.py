@@ -20,7 +20,7 @@ def _read(value: str) -> str:
 @pytest.mark.parametrize("raw, text", [
     (ISSUE.encode("utf-8"), ISSUE),  # raw 8-bit UTF-8
     ("Hosting from £6.50 über".encode("latin-1"), "Hosting from £6.50 über"),  # raw 8-bit Latin-1
-    ("Price €5 – now".encode("cp1252"), "Price €5 – now"),
+    ("Price \u20ac5 \u2013 now".encode("cp1252"), "Price \u20ac5 \u2013 now"),
     (b"=?iso-8859-1?q?Hosting_from_=A36.50_=FCber?=", "Hosting from £6.50 über"),
     (b"=?utf-8?b?" + base64.b64encode(ISSUE.encode()) + b"?=", ISSUE),
     (b"=?koi8-r?b?" + base64.b64encode("Привет мир".encode("koi8-r")) + b"?=", "Привет мир"),

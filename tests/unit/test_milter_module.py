@@ -165,3 +165,19 @@ def test_quarantine_write_failing_tempfails_and_delivers_nothing(milter) -> None
     with store.session() as s:
         row = messagelog.recent(s, messagelog.LogFilter(addresses=("m1@example.com",)))[0]
         assert row.action == "tempfail" and "quarantine=error" in row.trace
+
+
+def test_check_config_says_what_spam_gets_and_checks_the_quarantine(make_config, models_dir: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    from stronghold.cli_services import check_config
+    cfg = make_config(models_dir=models_dir, clamd_socket="none")
+    with Store(cfg.db_url) as st:
+        st.upgrade()
+    assert check_config(cfg) == 0
+    out = capsys.readouterr().out
+    assert "spam (score >= 0.999): tag (delivered into Junk)" in out and "virus: reject" in out
+    assert "ok: quarantine store readable" in out
+    with Store(cfg.db_url) as st, st.engine.begin() as conn:
+        conn.exec_driver_sql("DROP TABLE quarantine_items")
+    assert check_config(cfg) == 1
+    assert "FAIL: database error" in capsys.readouterr().out
