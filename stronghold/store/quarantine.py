@@ -201,6 +201,16 @@ def claim(session: Session, item_id: int, by: str, now: float | None = None) -> 
     return stamp if result.rowcount == 1 else None
 
 
+def reclaim(session: Session, item_id: int, old_stamp: float, by: str) -> float | None:
+    """Take over an unconfirmed claim made at ``old_stamp`` (an admin's retry); None if it changed."""
+    stamp = time.time()
+    result = cast(CursorResult[Any], session.execute(
+        update(QuarantineItem).where(QuarantineItem.id == item_id, QuarantineItem.released == old_stamp,
+                                     QuarantineItem.delivered.is_(None))
+        .values(released=stamp, released_by=by[:320])))
+    return stamp if result.rowcount == 1 else None
+
+
 def unclaim(session: Session, item_id: int, stamp: float) -> bool:
     """Undo the claim made at ``stamp`` (and only that one), so the release can be tried again."""
     result = cast(CursorResult[Any], session.execute(
