@@ -17,20 +17,22 @@ import pytest
 
 from stronghold.classifier import Model
 from stronghold.localstack import Clamd, wait_for
+from stronghold.release import release
 from stronghold.store import entries, messagelog, quarantine
 from stronghold.training import tokenize
 from tests.conftest import Stack, corpus_files, shared_tmpdir
 from tests.e2e import mail
+from tests.harness.imapbox import Mailboxes
 
 pytestmark = [pytest.mark.postfix, pytest.mark.clamd]
 
 
 @pytest.fixture(scope="module")
 def quarantine_stack(models_dir: Path, clamd: Clamd) -> Iterator[Stack]:
-    """An admin who chose to hold spam instead of tagging it."""
+    """An admin who chose to hold spam and viruses instead of tagging or rejecting them."""
     home = shared_tmpdir("stronghold-qstack-")
     s = Stack(home, models_dir, clamd.address, f"sqlite:///{home / 'store.db'}",
-              spam_action="quarantine", spam_action_high="quarantine").start()
+              spam_action="quarantine", spam_action_high="quarantine", virus_action="quarantine").start()
     yield s
     s.stop()
     shutil.rmtree(home, ignore_errors=True)
@@ -113,6 +115,41 @@ def test_three_recipients_three_outcomes(quarantine_stack: Stack, spam: bytes) -
     wait_for(lambda: _logged(st, "three ways", "r1@example.com") ==
              {"r1@example.com": "reject", "r2@example.com": "quarantine", "r3@example.com": "accept"},
              10, "three outcomes in the log")
+
+
+def test_m1_inbox_clean_m3_held_then_released_once(dovecot_stack: Stack, mailboxes: Mailboxes, spam: bytes,
+                                                   make_config) -> None:
+    """The whole chain: milter -> LMTP -> Dovecot, then m3's release through the release listener."""
+    st = dovecot_stack
+    _add(st, "m1@example.com", "allow", "promo@deals.example")
+    tid, data = mail.tagged(with_header(spam, b"Subject", b"split into Dovecot"))
+    assert mail.send(st.postfix.port, "promo@deals.example", ["m1@example.com", "m3@example.com"], data) == {}
+    found = mailboxes.wait_for("m1@example.com", tid)
+    assert list(found) == ["INBOX"] and len(found["INBOX"]) == 1
+    assert mail.headers(found["INBOX"][0])["X-Spam-Flag"] == "NO"
+    held = _held(st, "m1@example.com", "m3@example.com")
+    assert [x.recipient for x in held] == ["m3@example.com"]  # stored before Postfix had our answer
+    assert mailboxes.where("m3@example.com", tid) == {}
+    cfg = make_config(release_smtp=f"127.0.0.1:{st.postfix.release_port}")
+    release(cfg, st.store, held[0].id, "m3@example.com")
+    found = mailboxes.wait_for("m3@example.com", tid)
+    assert list(found) == ["INBOX"] and len(found["INBOX"]) == 1
+    assert mail.headers(found["INBOX"][0])["X-Spam-Flag"] is None  # delivered as received, not re-filtered
+    assert len(mailboxes.where("m1@example.com", tid)["INBOX"]) == 1  # m1 got no second copy
+
+
+def test_virus_held_for_every_recipient_nothing_delivered(quarantine_stack: Stack) -> None:
+    st = quarantine_stack
+    _add(st, "v1@example.com", "allow", "friend@trusted.example")  # a virus ignores allow lists
+    tid, data = mail.with_eicar(sender="friend@trusted.example")
+    assert mail.send(st.postfix.port, "friend@trusted.example", ["v1@example.com", "v2@example.com"],
+                     data) == {}
+    wait_for(lambda: "milter-discard" in st.postfix.log(), 10, "Postfix discarding after the hold")
+    held = _held(st, "v1@example.com", "v2@example.com")
+    assert sorted(x.recipient for x in held) == ["v1@example.com", "v2@example.com"]
+    assert {x.category for x in held} == {"virus"}
+    assert all((x.virus or "").startswith("Stronghold.Test.EICAR") for x in held)
+    assert not st.sink.wait_for(_by_id(tid), timeout=1)
 
 
 def test_quarantine_write_failing_tempfails_and_delivers_nothing(stack: Stack, spam: bytes) -> None:
