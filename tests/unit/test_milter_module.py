@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import itertools
+import os
 from pathlib import Path
 
 import Milter
@@ -35,8 +37,20 @@ def settings() -> dict[str, object]:
     return {}
 
 
+_DB_NUMBERS = itertools.count(1)
+
+
 @pytest.fixture
-def milter(make_config, models_dir: Path, monkeypatch: pytest.MonkeyPatch, settings: dict[str, object]):
+def backend() -> str:
+    return "sqlite"
+
+
+@pytest.fixture
+def milter(make_config, models_dir: Path, monkeypatch: pytest.MonkeyPatch, settings: dict[str, object],
+           backend: str, request: pytest.FixtureRequest):
+    if backend == "postgres":
+        cluster = request.getfixturevalue("postgres")
+        settings = {**settings, "database_url": cluster.create_database(f"milter_{os.getpid()}_{next(_DB_NUMBERS)}")}
     cfg: Config = make_config(models_dir=models_dir, lists_refresh_seconds=0, **settings)
     cfg.data_dir.mkdir(parents=True)
     store = Store(cfg.db_url)
@@ -112,6 +126,7 @@ def _items(store: Store, *rcpts: str) -> list[quarantine.Held]:
         return quarantine.find(s, recipients=list(rcpts))
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
 @pytest.mark.parametrize("settings", [EVERYTHING_IS_SPAM])
 def test_each_recipient_gets_their_own_copy(milter) -> None:
     """m1 allows the sender: the delivered copy is clean; m3's would be tagged, so it is held."""
