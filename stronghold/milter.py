@@ -3,6 +3,12 @@
 One ``StrongholdMilter`` per SMTP connection.  Per-message state is reset at
 MAIL FROM and on abort; the message is spooled to a temporary file (memory up
 to ``spool_memory_bytes``); it is parsed once at end of message.
+
+At end of message the verdict routes each recipient (docs/precedence.md):
+copies to hold are stored first (tempfail if they cannot be), then the
+recipients not receiving the delivered copy are removed with ``delrcpt``, and
+the delivered copy gets headers describing only its own recipients; when
+nobody receives it, the message is discarded after the hold.
 """
 
 from __future__ import annotations
