@@ -11,10 +11,27 @@ from stronghold.classifier import Model, ModelError
 from stronghold.config import Config
 from stronghold.localstack import StackError
 from stronghold.mailbox_expiry import ExpiryError, expire, run_every
+from stronghold.store import quarantine
 from stronghold.store.db import Store
 from stronghold.store.errors import EntryError, StoreError
 
 KNOWN_ERRORS = (StoreError, EntryError, ScannerError, StackError, ExpiryError)
+
+
+def outcomes(cfg: Config) -> list[str]:
+    """What each finding gets with these settings, in words (docs/precedence.md has the rules)."""
+    spam_at = f"{cfg.spam_threshold:.4f}" if cfg.spam_threshold is not None else "the model's threshold"
+    words = {"tag": "tag (delivered into Junk)", "quarantine": "quarantine (held)",
+             "reject": "reject (550 at SMTP)"}
+    lines = [f"outcome: spam (score >= {spam_at}): {words[cfg.spam_action]}",
+             f"outcome: spam (score >= {cfg.reject_threshold}): {words[cfg.spam_action_high]}",
+             "outcome: virus: " + ("reject (554 at SMTP)" if cfg.virus_action == "reject"
+                                   else "quarantine (released by admins only)"),
+             "outcome: sender on a block list: reject (550)"]
+    if "reject" in (cfg.spam_action, cfg.spam_action_high):
+        lines.append("note: spam rejected at SMTP cannot be released; recipients who disagree "
+                     "still get their own outcome")
+    return lines
 
 
 def check_config(cfg: Config) -> int:
@@ -24,6 +41,8 @@ def check_config(cfg: Config) -> int:
         shown = "(set)" if name == "web_secret_key" and value else value
         print(f"{name} = {shown!s:40}  # {help_text}")
     print(f"milter socket: {socket_spec(cfg)}")
+    for line in outcomes(cfg):
+        print(line)
     problems = 0
     try:
         model = Model.load(cfg.model_path)
@@ -35,6 +54,9 @@ def check_config(cfg: Config) -> int:
         with Store(cfg.db_url) as store:
             store.ping()
             print(f"ok: database {store.engine.url.render_as_string(hide_password=True)}")
+            with store.session() as session:
+                quarantine.find(session, recipients=None, limit=1)
+            print("ok: quarantine store readable")
     except StoreError as exc:
         print(f"FAIL: {exc}")
         problems += 1

@@ -9,9 +9,10 @@ Precedence, per recipient (first match wins; see docs/precedence.md):
 5. the global allow list          -> accept, no spam action
 6. the classifier's score         -> spam_action_high / spam_action / accept
 
-Recipients can disagree after DATA; the message-level rule in ``combine``
-never rejects a recipient who wants the message and never drops one without a
-log entry.  ``decide`` is pure; ``evaluate`` calls the scanner, the model and
+Each recipient keeps their own outcome: ``ROUTES`` (a table, first match
+wins) sends each copy to the delivered copy, the quarantine, or away
+(``delrcpt``), and the message is refused at SMTP only when every recipient
+refuses it.  ``decide`` is pure; ``evaluate`` calls the scanner, the model and
 the lists through the small interfaces passed in and maps their typed errors
 to the configured policy (tempfail by default: a crashed check is never
 "nothing found").
@@ -20,7 +21,7 @@ to the configured policy (tempfail by default: a crashed check is never
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from stronghold.antivirus import Scanner, ScannerError, ScanResult
 from stronghold.classifier import Model, ModelError, Score
@@ -30,7 +31,7 @@ from stronghold.message import ParsedMessage
 from stronghold.spool import Stream
 from stronghold.store.errors import StoreError
 from stronghold.tokens import features
-from stronghold.verdict import Action, Category, RecipientDecision, TraceStep, Verdict
+from stronghold.verdict import Action, Category, RecipientDecision, Route, TraceStep, Verdict
 
 REPLY_VIRUS = ("554", "5.7.0", "Message contains a virus: {name}")
 REPLY_SPAM = ("550", "5.7.1", "Message rejected as spam")
@@ -46,7 +47,7 @@ class Policy:
     spam_threshold: float | None = None  # None: the model's own threshold
     reject_threshold: float = 0.999
     spam_action: Action = Action.TAG
-    spam_action_high: Action = Action.REJECT
+    spam_action_high: Action = Action.TAG
     virus_action: Action = Action.REJECT
     subject_prefix: str = "[SPAM]"
     on_scanner_error: str = "tempfail"
@@ -145,11 +146,12 @@ def _failure(kind: str, policy_value: str, detail: str, envelope: Envelope,
 
 
 def decide(envelope: Envelope, msg: ParsedMessage, found: Findings, policy: Policy) -> Verdict:
-    """Pure precedence table: findings -> Verdict."""
+    """Pure precedence table: findings -> each recipient's outcome -> routed Verdict."""
     trace: list[TraceStep] = list(found.notes)
     if found.oversize:
         trace.append(TraceStep("size", "oversize", policy.oversize_action))
     # 1. antivirus (before any list: a virus is never let through)
+    virus: str | None = None
     if found.scan_error is not None:
         failed = _failure("antivirus", policy.on_scanner_error, found.scan_error, envelope, trace)
         if failed:
@@ -157,15 +159,14 @@ def decide(envelope: Envelope, msg: ParsedMessage, found: Findings, policy: Poli
     elif found.scan is not None:
         trace.append(TraceStep("antivirus", found.scan.virus or "clean"))
         if found.scan.infected:
-            reply = (REPLY_VIRUS[0], REPLY_VIRUS[1], REPLY_VIRUS[2].format(name=found.scan.virus))
-            refused = tuple(RecipientDecision(r, policy.virus_action, Category.VIRUS,
-                                              f"virus {found.scan.virus}")
-                            for r in envelope.recipients)
-            return Verdict(policy.virus_action, Category.VIRUS, None, None, found.scan.virus,
-                           refused, tuple(trace), reasons=(f"virus:{found.scan.virus}",),
-                           smtp_reply=reply if policy.virus_action is Action.REJECT else None)
+            virus = found.scan.virus
     else:
         trace.append(TraceStep("antivirus", "skipped"))
+    if virus is not None:
+        infected = [RecipientDecision(r, policy.virus_action, Category.VIRUS, f"virus {virus}")
+                    for r in envelope.recipients]
+        return route(infected, trace, None, None, (f"virus:{virus}",), policy, virus=virus,
+                     oversize=found.oversize)
     # lists
     lists = found.lists
     if found.store_error is not None:
@@ -201,43 +202,116 @@ def decide(envelope: Envelope, msg: ParsedMessage, found: Findings, policy: Poli
         else:
             decisions.append(RecipientDecision(rcpt, Action.ACCEPT, Category.CLEAN,
                                                "not scored", tuple(steps)))
-    return combine(envelope, decisions, trace, score, threshold, reasons, policy)
+    return route(decisions, trace, score, threshold, reasons, policy, oversize=found.oversize)
 
 
-def combine(envelope: Envelope, decisions: list[RecipientDecision], trace: list[TraceStep],
-            score: float | None, threshold: float | None, reasons: tuple[str, ...],
-            policy: Policy) -> Verdict:
-    """One action for the message from per-recipient decisions.
+# -- routing: every recipient its own outcome, in one pass ---------------------
 
-    - everyone rejects: the message is rejected (550);
-    - otherwise nobody who wants the message loses it: recipients who blocked
-      the sender (by header From) are removed and logged as blocked; a spam
-      reject or quarantine for some recipients is lowered to a tag for them;
-    - everyone left quarantines: the message is held;
-    - anyone left tags: the (single) delivered copy is tagged.
+def _always(outcomes: frozenset[Action]) -> bool:
+    return True
+
+
+@dataclass(frozen=True)
+class RouteRule:
+    """One row of the routing table: a recipient's own outcome, what the other
+    recipients' outcomes must be for the row to apply, and where the copy goes."""
+
+    outcome: Action
+    when: str
+    applies: Callable[[frozenset[Action]], bool]
+    route: Route
+    why: str
+
+
+# First matching row wins.  ``applies`` sees the set of every recipient's outcome.
+# A message carries one set of headers, so a tagged and a clean copy cannot
+# both be delivered: the clean copy wins and recipients who would have had it
+# tagged get theirs in the quarantine (their Junk page); see docs/precedence.md.
+ROUTES: tuple[RouteRule, ...] = (
+    RouteRule(Action.REJECT, "every recipient rejects", lambda o: o == {Action.REJECT},
+              Route.REFUSE, "refused at SMTP"),
+    RouteRule(Action.REJECT, "another recipient takes it", _always,
+              Route.DROP, "rejected for this recipient"),
+    RouteRule(Action.QUARANTINE, "always", _always,
+              Route.HOLD, "held in the quarantine"),
+    RouteRule(Action.ACCEPT, "always", _always,
+              Route.DELIVER, "delivered"),
+    RouteRule(Action.TAG, "nobody takes it clean", lambda o: Action.ACCEPT not in o,
+              Route.DELIVER_TAGGED, "delivered tagged"),
+    RouteRule(Action.TAG, "another recipient takes it clean", lambda o: Action.ACCEPT in o,
+              Route.HOLD, "held in the quarantine: the delivered copy is clean"),
+)
+
+
+def _routed(d: RecipientDecision, outcomes: frozenset[Action]) -> RecipientDecision:
+    for rule in ROUTES:
+        if rule.outcome is d.action and rule.applies(outcomes):
+            action = Action.QUARANTINE if rule.route is Route.HOLD else d.action
+            step = TraceStep("route", rule.route.value, rule.why)
+            reason = d.reason if action is d.action else f"{d.reason}; {rule.why}"
+            return RecipientDecision(d.recipient, action, d.category, reason, (*d.trace, step),
+                                     rule.route)
+    raise ValueError(f"no routing rule for outcome {d.action.value}")  # a gap in ROUTES: a bug
+
+
+def route(decisions: list[RecipientDecision], trace: list[TraceStep], score: float | None,
+          threshold: float | None, reasons: tuple[str, ...], policy: Policy,
+          virus: str | None = None, oversize: bool = False) -> Verdict:
+    """Route each recipient by ``ROUTES``, then give the message one SMTP answer.
+
+    For the message, first match wins:
+
+    1. every recipient is refused -> reject at SMTP;
+    2. someone's copy must be held but the filter saw only the head of the
+       message (oversize) -> reject 552: an incomplete copy must not be stored;
+    3. someone receives the tagged copy -> TAG; someone the clean copy -> ACCEPT;
+    4. nobody receives it (held and dropped) -> QUARANTINE: accepted, then
+       discarded once the held copies are stored.
     """
-    category = _message_category(decisions)
-    if decisions and all(d.action is Action.REJECT for d in decisions):
-        reply = REPLY_BLOCKED if all(d.category is Category.BLOCKED for d in decisions) else REPLY_SPAM
-        return Verdict(Action.REJECT, category, score, threshold, None, tuple(decisions),
-                       tuple(trace), reasons, smtp_reply=reply)
-    dropped = tuple(d.recipient for d in decisions
-                    if d.action is Action.REJECT and d.category is Category.BLOCKED)
-    kept = [d for d in decisions if d.recipient not in dropped]
-    if kept and all(d.action is Action.QUARANTINE for d in kept):
-        action = Action.QUARANTINE
-    elif any(d.action in (Action.TAG, Action.QUARANTINE, Action.REJECT) for d in kept):
+    outcomes = frozenset(d.action for d in decisions)
+    routed = tuple(_routed(d, outcomes) for d in decisions)
+    category = _message_category(routed)
+    if routed and all(d.route is Route.REFUSE for d in routed):
+        return Verdict(Action.REJECT, category, score, threshold, virus, routed, tuple(trace),
+                       reasons, smtp_reply=_reject_reply(routed, virus))
+    if oversize and any(d.route is Route.HOLD for d in routed):
+        trace = [*trace, TraceStep("quarantine", "refused", "only the head was read")]
+        refused = tuple(replace(d, action=Action.REJECT, route=Route.REFUSE) for d in routed)
+        return Verdict(Action.REJECT, category, score, threshold, virus, refused, tuple(trace),
+                       reasons, smtp_reply=REPLY_OVERSIZE)
+    delivered = [d for d in routed if d.route.delivered]
+    tagged = any(d.route is Route.DELIVER_TAGGED for d in delivered)
+    if tagged:
         action = Action.TAG
-    else:
+    elif delivered:
         action = Action.ACCEPT
-    is_spam = any(d.category is Category.SPAM for d in kept)
-    headers = _headers(is_spam, score, threshold, action, trace + _recipient_steps(kept), reasons)
-    prefix = policy.subject_prefix if action is Action.TAG and is_spam else ""
-    return Verdict(action, category, score, threshold, None, tuple(decisions), tuple(trace),
-                   reasons, drop_recipients=dropped, headers=headers, subject_prefix=prefix)
+    else:
+        action = Action.QUARANTINE
+    headers = _headers(tagged, score, threshold, action, trace + _recipient_steps(delivered), reasons)
+    prefix = policy.subject_prefix if tagged else ""
+    return Verdict(action, category, score, threshold, virus, routed, tuple(trace), reasons,
+                   headers=headers if delivered else (), subject_prefix=prefix)
 
 
-def _message_category(decisions: list[RecipientDecision]) -> Category:
+def _reject_reply(decisions: tuple[RecipientDecision, ...], virus: str | None) -> tuple[str, str, str]:
+    if virus is not None:
+        return REPLY_VIRUS[0], REPLY_VIRUS[1], REPLY_VIRUS[2].format(name=virus)
+    if all(d.category is Category.BLOCKED for d in decisions):
+        return REPLY_BLOCKED
+    return REPLY_SPAM
+
+
+def hold_failed(verdict: Verdict, detail: str) -> Verdict:
+    """The verdict when the held copies could not be stored: tempfail the whole
+    message, so the sender retries and nothing is lost (whatever on_store_error says)."""
+    step = TraceStep("quarantine", "error", detail[:200])
+    decisions = tuple(replace(d, action=Action.TEMPFAIL, reason=f"{d.reason}; quarantine unavailable",
+                              route=Route.REFUSE) for d in verdict.decisions)
+    return replace(verdict, action=Action.TEMPFAIL, decisions=decisions, trace=(*verdict.trace, step),
+                   smtp_reply=REPLY_TEMPFAIL, headers=(), subject_prefix="")
+
+
+def _message_category(decisions: tuple[RecipientDecision, ...]) -> Category:
     order = (Category.VIRUS, Category.ERROR, Category.SPAM, Category.BLOCKED, Category.ALLOWED)
     present = {d.category for d in decisions}
     for cat in order:
@@ -246,24 +320,20 @@ def _message_category(decisions: list[RecipientDecision]) -> Category:
     return Category.CLEAN
 
 
-SPAM_HEADERS = ("X-Spam-Flag", "X-Spam-Score", "X-Spam-Status")
+def _recipient_steps(delivered: list[RecipientDecision]) -> list[TraceStep]:
+    """What the delivered copy's header may say about its recipients: one
+    recipient's own steps, or for several only how many (their addresses and
+    lists are private).  Recipients who do not receive this copy are never named."""
+    if len(delivered) == 1:
+        d = delivered[0]
+        return [*d.trace, TraceStep("decision", d.action.value, d.reason)]
+    return [TraceStep("recipients", str(len(delivered)))]
 
 
-def _recipient_steps(kept: list[RecipientDecision]) -> list[TraceStep]:
-    """What the shared header may say about recipients: one recipient's own
-    steps, or for several only counts (their addresses and lists are private)."""
-    if len(kept) == 1:
-        return [*kept[0].trace, TraceStep("decision", kept[0].action.value, kept[0].reason)]
-    counts: dict[str, int] = {}
-    for d in kept:
-        counts[d.category.value] = counts.get(d.category.value, 0) + 1
-    return [TraceStep("recipients", ",".join(f"{n}_{c}" for c, n in sorted(counts.items())))]
-
-
-def _headers(is_spam: bool, score: float | None, threshold: float | None, action: Action,
+def _headers(tagged: bool, score: float | None, threshold: float | None, action: Action,
              trace: list[TraceStep], reasons: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
-    flag = "YES" if is_spam else "NO"
-    parts = [("Yes" if is_spam else "No")]
+    """X-Spam-* for the delivered copy (describing only its recipients)."""
+    parts = [("Yes" if tagged else "No")]
     if score is not None:
         parts.append(f"score={score:.4f}")
     if threshold is not None:
@@ -272,8 +342,7 @@ def _headers(is_spam: bool, score: float | None, threshold: float | None, action
     parts.append("trace=" + ";".join(str(s).replace(" ", "_") for s in trace)[:500])
     if reasons:
         parts.append("reasons=" + ",".join(r.replace(" ", "_") for r in reasons)[:300])
-    status = " ".join(parts)
-    out = [("X-Spam-Flag", flag), ("X-Spam-Status", status)]
+    out = [("X-Spam-Flag", "YES" if tagged else "NO"), ("X-Spam-Status", " ".join(parts))]
     if score is not None:
         out.insert(1, ("X-Spam-Score", f"{score:.4f}"))
     return tuple(out)

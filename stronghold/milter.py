@@ -3,32 +3,31 @@
 One ``StrongholdMilter`` per SMTP connection.  Per-message state is reset at
 MAIL FROM and on abort; the message is spooled to a temporary file (memory up
 to ``spool_memory_bytes``); it is parsed once at end of message.
+
+At end of message the verdict routes each recipient (docs/precedence.md):
+copies to hold are stored first (tempfail if they cannot be), then the
+recipients not receiving the delivered copy are removed with ``delrcpt``, and
+the delivered copy gets headers describing only its own recipients; when
+nobody receives it, the message is discarded after the hold.
 """
 
 from __future__ import annotations
 
-import email.header
 import logging
 from typing import Any
 
 import Milter
 
-from stronghold.engine import SPAM_HEADERS, Envelope
+from stronghold import headers
+from stronghold.engine import Envelope
 from stronghold.message import MAX_BYTES, parse
 from stronghold.service import Service, log_line
 from stronghold.spool import Spool
+from stronghold.store.errors import StoreError
 from stronghold.verdict import Action
 
 log = logging.getLogger(__name__)
-FLAGS = Milter.ADDHDRS | Milter.CHGHDRS | Milter.DELRCPT | Milter.QUARANTINE
-_STRIP = {h.lower() for h in SPAM_HEADERS}
-
-
-def header_value(text: str) -> str:
-    """``text`` as a header value: as is when ASCII, else RFC 2047 encoded."""
-    if text.isascii():
-        return text
-    return email.header.Header(text, "utf-8").encode()
+FLAGS = Milter.ADDHDRS | Milter.CHGHDRS | Milter.DELRCPT
 
 
 def _bare(address: str) -> str:
@@ -55,8 +54,10 @@ class StrongholdMilter(Milter.Base):
         self.recipients: list[str] = []  # lower-cased, for lists and logs
         self.rcpt_as_given: dict[str, str] = {}  # for delrcpt, which wants Postfix's own form
         self.seen_headers: dict[str, int] = {}
-        self.strip: list[tuple[str, int]] = []
+        self.strip: list[tuple[str, int]] = []  # (name, index) of X-Spam-*/X-Stronghold-* from outside
+        self.strip_spans: list[tuple[int, int]] = []  # where they are in the spool
         self.subject_index = 0
+        self.subject_raw: bytes | None = None
         self.size = 0
         self.oversize = False
 
@@ -105,12 +106,16 @@ class StrongholdMilter(Milter.Base):
     def header(self, name: str, value: Any) -> int:
         key = name.lower()
         self.seen_headers[key] = self.seen_headers.get(key, 0) + 1
-        if key in _STRIP:
-            self.strip.append((name, self.seen_headers[key]))
+        raw = value if isinstance(value, bytes) else str(value).encode("utf-8", "surrogateescape")
         if key == "subject" and not self.subject_index:
             self.subject_index = self.seen_headers[key]
-        raw = value if isinstance(value, bytes) else str(value).encode("utf-8", "surrogateescape")
+            self.subject_raw = raw
+        start = self.spool.size if self.spool is not None else 0
         self._write(name.encode("ascii", "replace") + b": " + raw + b"\r\n")
+        if headers.ours(name):
+            self.strip.append((name, self.seen_headers[key]))
+            if self.spool is not None:
+                self.strip_spans.append((start, self.spool.size))
         return Milter.CONTINUE
 
     header.error_strategy = "bytes"  # pymilter: pass raw bytes
@@ -148,6 +153,12 @@ class StrongholdMilter(Milter.Base):
         msg.size = self.size
         self.spool.seek(0)
         outcome = self.service.decide(env, msg, self.spool, oversize=self.oversize)
+        if outcome.verdict.held:  # stored before anything is accepted; if not stored, tempfail
+            subject = headers.decode_value(self.subject_raw) if self.subject_raw is not None else ""
+            try:
+                self.service.hold(env, outcome.verdict, self._stored_copy(), subject)
+            except StoreError as exc:
+                outcome = self.service.hold_failed(outcome, str(exc))
         verdict = outcome.verdict
         log.info("%s", log_line(env, outcome))
         self.service.record(env, msg, outcome)
@@ -155,23 +166,33 @@ class StrongholdMilter(Milter.Base):
             code, xcode, text = verdict.smtp_reply or ("451", "4.7.1", "Try again later")
             self.setreply(code, xcode, text)
             return Milter.REJECT if verdict.action is Action.REJECT else Milter.TEMPFAIL
+        if not verdict.delivered:  # every copy is held or rejected: accept and discard
+            return Milter.DISCARD
         for name, index in reversed(self.strip):
             self.chgheader(name, index, "")
         for name, value in verdict.headers:
             self.addheader(name, value)
         if verdict.subject_prefix:
-            subject = msg.header("subject") or ""
-            if not subject.startswith(verdict.subject_prefix):
-                new = header_value(f"{verdict.subject_prefix} {subject}".strip())
+            new = headers.prefixed(self.subject_raw, verdict.subject_prefix)
+            if new is not None:
                 if self.subject_index:
                     self.chgheader("Subject", self.subject_index, new)
                 else:
                     self.addheader("Subject", new)
-        for rcpt in verdict.drop_recipients:
-            self.delrcpt(f"<{self.rcpt_as_given.get(rcpt, rcpt)}>")
-        if verdict.action is Action.QUARANTINE:
-            self.quarantine(f"stronghold: {verdict.category.value} {verdict.virus or ''}".strip())
+        for d in verdict.decisions:
+            if not d.route.delivered:
+                self.delrcpt(f"<{self.rcpt_as_given.get(d.recipient, d.recipient)}>")
         return Milter.ACCEPT
+
+    def _stored_copy(self) -> bytes:
+        """The message as received, less the X-Spam-*/X-Stronghold-* headers from outside
+        (a released copy must not carry a forged verdict)."""
+        assert self.spool is not None
+        self.spool.seek(0)
+        data = self.spool.read()
+        for start, end in reversed(self.strip_spans):
+            data = data[:start] + data[end:]
+        return data
 
     def abort(self) -> int:
         self._reset()

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from stronghold.antivirus import Scanner, make_scanner
 from stronghold.classifier import Model, ModelError, passport_path, table_path
 from stronghold.config import Config
-from stronghold.engine import Envelope, Policy, check_recipient, evaluate
+from stronghold.engine import Envelope, Policy, check_recipient, evaluate, hold_failed
 from stronghold.lists import ListIndex
 from stronghold.message import ParsedMessage
 from stronghold.spool import Stream
@@ -298,6 +298,42 @@ class Service:
                     self.incidents.ok("clamd")
         kept = tokens if self.cfg.log_tokens and verdict.score is not None else None
         return Outcome(verdict, kept, time.perf_counter() - started)
+
+    def hold(self, envelope: Envelope, verdict: Verdict, raw: bytes, subject: str) -> list[int]:
+        """Store the copies ``verdict`` holds, one quarantine item per recipient, and
+        wait until they are committed; StoreError if they are not (the caller tempfails).
+
+        Each item's trace is the message's steps and that recipient's own, never
+        another recipient's lists.  The bytes are stored once however many hold them.
+        """
+        held = verdict.held
+        message_steps = " ".join(str(s) for s in verdict.trace)
+
+        def write() -> list[int]:
+            ids: list[int] = []
+            with self.store.session() as session:
+                for d in held:
+                    own = " ".join(str(s) for s in d.trace)
+                    ids += quarantine.hold(session, raw, recipients=[d.recipient], sender=envelope.sender,
+                                           subject=subject, queue_id=envelope.queue_id, score=verdict.score,
+                                           category=d.category.value, reason=d.reason,
+                                           trace=f"{message_steps} {own}".strip(), virus=verdict.virus)
+            return ids
+
+        try:
+            ids = self.db.call(write)
+        except StoreError as exc:
+            self.incidents.failed("quarantine", str(exc))
+            raise
+        self.incidents.ok("quarantine")
+        log.info("%s: held for %s (quarantine items %s)", envelope.queue_id or "-",
+                 ",".join(f"<{d.recipient}>" for d in held), ",".join(map(str, ids)))
+        return ids
+
+    @staticmethod
+    def hold_failed(outcome: Outcome, detail: str) -> Outcome:
+        """The outcome once holding failed: the whole message is tempfailed."""
+        return Outcome(hold_failed(outcome.verdict, detail), outcome.tokens, outcome.seconds)
 
     PURGE_EVERY = 3600.0
 

@@ -35,6 +35,20 @@ class Category(StrEnum):
     ERROR = "error"
 
 
+class Route(StrEnum):
+    """Where one recipient's copy goes once every recipient has an outcome."""
+
+    REFUSE = "refuse"  # part of a message-wide SMTP reply (reject or tempfail)
+    DROP = "drop"  # delrcpt: rejected for this recipient alone
+    HOLD = "hold"  # delrcpt + one row in Stronghold's quarantine
+    DELIVER = "deliver"  # the delivered copy, clean
+    DELIVER_TAGGED = "deliver-tagged"  # the delivered copy, tagged (the Sieve rule files it in Junk)
+
+    @property
+    def delivered(self) -> bool:
+        return self in (Route.DELIVER, Route.DELIVER_TAGGED)
+
+
 @dataclass(frozen=True)
 class TraceStep:
     """One step of the precedence table and what it saw."""
@@ -49,11 +63,18 @@ class TraceStep:
 
 @dataclass(frozen=True)
 class RecipientDecision:
+    """One recipient's own outcome (``action``) and where their copy goes.
+
+    Unrouted decisions default to REFUSE: nothing is delivered unless the
+    engine's routing table says so.
+    """
+
     recipient: str
     action: Action
     category: Category
     reason: str
     trace: tuple[TraceStep, ...] = ()
+    route: Route = Route.REFUSE
 
 
 @dataclass(frozen=True)
@@ -69,9 +90,23 @@ class Verdict:
     trace: tuple[TraceStep, ...]
     reasons: tuple[str, ...] = ()
     smtp_reply: tuple[str, str, str] | None = None  # (code, xcode, text) for reject/tempfail
-    drop_recipients: tuple[str, ...] = ()  # removed after DATA, each logged as blocked
-    headers: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+    headers: tuple[tuple[str, str], ...] = field(default_factory=tuple)  # for the delivered copy
     subject_prefix: str = ""
+
+    @property
+    def delivered(self) -> tuple[str, ...]:
+        """Recipients who receive the (one) delivered copy."""
+        return tuple(d.recipient for d in self.decisions if d.route.delivered)
+
+    @property
+    def held(self) -> tuple[RecipientDecision, ...]:
+        """Recipients whose copy goes into Stronghold's quarantine."""
+        return tuple(d for d in self.decisions if d.route is Route.HOLD)
+
+    @property
+    def drop_recipients(self) -> tuple[str, ...]:
+        """Recipients removed after DATA and logged as rejected for them."""
+        return tuple(d.recipient for d in self.decisions if d.route is Route.DROP)
 
     @property
     def summary(self) -> str:

@@ -47,32 +47,24 @@ def test_ham_from_corpus_is_delivered_with_score_headers(stack: Stack, corpus, m
     assert "action=accept" in h["X-Spam-Status"]
 
 
-def test_spam_is_rejected_or_tagged_by_threshold(stack: Stack, corpus, model: Model) -> None:
+def test_spam_is_tagged_not_rejected_by_default(stack: Stack, corpus, model: Model) -> None:
+    """Spam goes to Junk (tagged), whatever its score; only the tag band's edge decides."""
     spam = corpus_files(corpus, "spam")
     scored = [(model.score(tokenize(p.read_bytes())).probability, p) for p in spam]
     high = next(p for s, p in scored if s >= 0.9999)
-    tid, data = mail.from_file(high)
-    with pytest.raises(smtplib.SMTPDataError) as err:
-        mail.send(stack.postfix.port, "promo@spam.example", ["bob@example.com"], data)
-    assert err.value.smtp_code == 550 and b"5.7.1" in err.value.smtp_error
-    assert not stack.sink.wait_for(_by_id(tid), timeout=0.5)
-    # the tag band: delivered, flagged and prefixed exactly when the score says spam
-    middle = sorted((abs(s - 0.998), p) for s, p in scored if model.spam_threshold <= s < 0.999)[:6]
-    assert middle, "no corpus spam scores in the tag band"
+    middle = sorted((abs(s - model.spam_threshold), p) for s, p in scored if s < 0.999)[:6]
+    assert middle, "no corpus spam scores near the threshold"
     tagged = 0
-    for _, path in middle:
+    for path in [high] + [p for _, p in middle]:
         tid, data = mail.from_file(path)
-        try:
-            mail.send(stack.postfix.port, "promo@spam.example", ["bob@example.com"], data)
-        except smtplib.SMTPDataError as exc:
-            assert exc.smtp_code == 550
-            continue
+        assert mail.send(stack.postfix.port, "promo@spam.example", ["bob@example.com"], data) == {}
         h = mail.headers(stack.sink.wait_for(_by_id(tid))[0].data)
         score, threshold = float(h["X-Spam-Score"]), model.spam_threshold
         assert (h["X-Spam-Flag"] == "YES") == (score >= threshold)
         assert h["Subject"].startswith("[SPAM]") == (score >= threshold)
+        assert (path is not high) or h["X-Spam-Flag"] == "YES"
         tagged += h["X-Spam-Flag"] == "YES"
-    assert tagged >= 1
+    assert tagged >= 2
 
 
 def test_virus_refused_even_when_sender_is_allow_listed(stack: Stack) -> None:
@@ -109,6 +101,7 @@ def test_allow_listed_sender_gets_spammy_message_through(stack: Stack, corpus, m
 
 
 def test_forged_verdict_headers_are_removed(stack: Stack) -> None:
+    """(Every other X-Spam-* name: tests/e2e/test_outcomes_postfix.py.)"""
     tid, data = mail.simple(extra="X-Spam-Flag: NO\r\nX-Spam-Score: -100\r\nX-Spam-Status: No, forged\r\n")
     assert mail.send(stack.postfix.port, "carol@sender.example", ["gina@example.com"], data) == {}
     h = mail.headers(stack.sink.wait_for(_by_id(tid))[0].data)

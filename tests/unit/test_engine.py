@@ -8,11 +8,11 @@ import pytest
 
 from stronghold.antivirus import ScannerError, ScanResult
 from stronghold.classifier import Clue, ModelError, Score
-from stronghold.engine import Envelope, Findings, Policy, check_recipient, decide, evaluate
+from stronghold.engine import ROUTES, Envelope, Findings, Policy, check_recipient, decide, evaluate, hold_failed
 from stronghold.lists import ListEntry, ListIndex
 from stronghold.message import parse
 from stronghold.store.errors import StoreError
-from stronghold.verdict import Action, Category
+from stronghold.verdict import Action, Category, Route
 
 MSG = parse(b"From: Sender <s@from.example>\r\nSubject: hi\r\n\r\nhello there\r\n")
 ENV = Envelope("s@env.example", ("a@x.example", "b@x.example"), "192.0.2.1", "helo", "Q1")
@@ -83,24 +83,119 @@ def test_global_block_then_global_allow() -> None:
     assert dict(v.headers)["X-Spam-Flag"] == "NO"
 
 
-def test_disagreeing_recipients_never_lose_mail() -> None:
-    """a allows the sender, b's score says reject: delivered to both, b's reject lowered to a tag."""
+def routes(verdict):
+    return {d.recipient: d.route for d in verdict.decisions}
+
+
+def test_default_policy_tags_even_the_highest_scores() -> None:
+    v = decide(ENV, MSG, found(0.9999), Policy())
+    assert v.action is Action.TAG and v.smtp_reply is None
+    assert set(routes(v).values()) == {Route.DELIVER_TAGGED}
+    assert dict(v.headers)["X-Spam-Flag"] == "YES" and v.subject_prefix == "[SPAM]"
+
+
+def test_allowing_recipient_gets_it_clean_the_other_gets_it_held() -> None:
+    """a allows the sender, b's score says tag: a's copy is clean, b's is held, not tagged for both."""
     idx = lists(("a@x.example", "allow", "@env.example"))
-    v = decide(ENV, MSG, found(0.999, idx=idx), POLICY)
-    assert v.action is Action.TAG and not v.drop_recipients
-    assert dict(v.headers)["X-Spam-Flag"] == "YES"
+    v = decide(ENV, MSG, found(0.9999, idx=idx), Policy())
+    assert routes(v) == {"a@x.example": Route.DELIVER, "b@x.example": Route.HOLD}
+    assert by_rcpt(v)["b@x.example"] == (Action.QUARANTINE, Category.SPAM)
+    assert v.action is Action.ACCEPT and v.delivered == ("a@x.example",)
+    assert [d.recipient for d in v.held] == ["b@x.example"] and not v.drop_recipients
+    h = dict(v.headers)
+    assert h["X-Spam-Flag"] == "NO" and h["X-Spam-Status"].startswith("No ") and not v.subject_prefix
+    assert "b@x.example" not in h["X-Spam-Status"] and "route=hold" not in h["X-Spam-Status"]
+    assert "route=hold" in v.summary  # each recipient's routing is in the trace
 
 
-def test_all_quarantine_holds_the_message() -> None:
+def test_admin_reject_policy_drops_only_that_recipient() -> None:
+    idx = lists(("a@x.example", "allow", "@env.example"))
+    v = decide(ENV, MSG, found(0.999, idx=idx), POLICY)  # POLICY: spam_action_high = reject
+    assert routes(v) == {"a@x.example": Route.DELIVER, "b@x.example": Route.DROP}
+    assert v.drop_recipients == ("b@x.example",) and v.action is Action.ACCEPT
+    assert by_rcpt(v)["b@x.example"] == (Action.REJECT, Category.SPAM)
+
+
+def test_three_recipients_three_outcomes() -> None:
+    env = Envelope("s@env.example", ("a@x.example", "b@x.example", "c@x.example"), queue_id="Q3")
+    idx = lists(("a@x.example", "block", "@from.example"), ("c@x.example", "allow", "s@env.example"))
+    v = decide(env, MSG, found(0.95, idx=idx), Policy(reject_threshold=0.99, spam_action=Action.QUARANTINE))
+    assert routes(v) == {"a@x.example": Route.DROP, "b@x.example": Route.HOLD, "c@x.example": Route.DELIVER}
+    assert [d.action for d in v.decisions] == [Action.REJECT, Action.QUARANTINE, Action.ACCEPT]
+    assert v.action is Action.ACCEPT
+    status = dict(v.headers)["X-Spam-Status"]
+    assert "allow=match" in status  # c's own step, on c's own copy
+    assert "block" not in status and "a@x.example" not in status
+
+
+def test_tag_only_shares_the_delivered_copy_with_other_taggers() -> None:
+    idx = lists(("a@x.example", "block", "@from.example"))
+    v = decide(ENV, MSG, found(0.95, idx=idx), POLICY)
+    assert routes(v) == {"a@x.example": Route.DROP, "b@x.example": Route.DELIVER_TAGGED}
+    assert v.action is Action.TAG and v.subject_prefix == "[SPAM]"
+
+
+def test_all_quarantine_holds_every_copy_and_delivers_none() -> None:
     policy = Policy(reject_threshold=0.99, spam_action=Action.QUARANTINE)
-    assert decide(ENV, MSG, found(0.95), policy).action is Action.QUARANTINE
+    v = decide(ENV, MSG, found(0.95), policy)
+    assert v.action is Action.QUARANTINE and not v.delivered and v.headers == ()
+    assert [d.recipient for d in v.held] == ["a@x.example", "b@x.example"]
+
+
+def test_virus_quarantine_holds_for_everyone_whatever_the_lists() -> None:
+    idx = lists(("a@x.example", "allow", "@env.example"))
+    v = decide(ENV, MSG, found(0.0, virus="Eicar", idx=idx), Policy(virus_action=Action.QUARANTINE))
+    assert v.action is Action.QUARANTINE and v.virus == "Eicar" and v.smtp_reply is None
+    assert {d.category for d in v.held} == {Category.VIRUS} and len(v.held) == 2
+
+
+def test_every_recipient_reject_is_refused_at_smtp() -> None:
+    idx = lists(("a@x.example", "block", "@from.example"))
+    v = decide(ENV, MSG, found(0.999, idx=idx), POLICY)  # a blocked, b spam reject
+    assert v.action is Action.REJECT and v.smtp_reply[0] == "550"
+    assert set(routes(v).values()) == {Route.REFUSE}
+
+
+def test_a_held_copy_of_an_oversize_message_is_refused_not_truncated() -> None:
+    v = decide(ENV, MSG, found(0.95, oversize=True), Policy(spam_action=Action.QUARANTINE))
+    assert v.action is Action.REJECT and v.smtp_reply[0] == "552" and not v.held
+
+
+def test_hold_failure_tempfails_every_recipient() -> None:
+    idx = lists(("a@x.example", "allow", "@env.example"))
+    v = hold_failed(decide(ENV, MSG, found(0.9999, idx=idx), Policy()), "database is locked")
+    assert v.action is Action.TEMPFAIL and v.smtp_reply[:2] == ("451", "4.7.1")
+    assert not v.delivered and not v.held and v.headers == ()
+    assert {d.action for d in v.decisions} == {Action.TEMPFAIL}
+    assert "quarantine=error(database is locked)" in v.summary
+
+
+@pytest.mark.parametrize("outcomes, expected", [
+    ((Action.REJECT, Action.REJECT), (Route.REFUSE, Route.REFUSE)),
+    ((Action.REJECT, Action.ACCEPT), (Route.DROP, Route.DELIVER)),
+    ((Action.REJECT, Action.QUARANTINE), (Route.DROP, Route.HOLD)),
+    ((Action.TAG, Action.TAG), (Route.DELIVER_TAGGED, Route.DELIVER_TAGGED)),
+    ((Action.TAG, Action.ACCEPT), (Route.HOLD, Route.DELIVER)),
+    ((Action.TAG, Action.QUARANTINE), (Route.DELIVER_TAGGED, Route.HOLD)),
+])
+def test_routing_table(outcomes, expected) -> None:
+    from stronghold.engine import route
+    from stronghold.verdict import RecipientDecision
+    ds = [RecipientDecision(f"r{i}@x.example", a, Category.SPAM, "r") for i, a in enumerate(outcomes)]
+    v = route(ds, [], 0.5, 0.4, (), Policy())
+    assert tuple(d.route for d in v.decisions) == expected
+
+
+def test_routing_table_covers_every_outcome_a_recipient_can_have() -> None:
+    assert {r.outcome for r in ROUTES} == {Action.ACCEPT, Action.TAG, Action.QUARANTINE, Action.REJECT}
 
 
 def test_multi_recipient_header_does_not_name_recipients_or_lists() -> None:
     idx = lists(("a@x.example", "allow", "@env.example"))
     v = decide(ENV, MSG, found(0.2, idx=idx), POLICY)
     status = dict(v.headers)["X-Spam-Status"]
-    assert "a@x.example" not in status and "@env.example" not in status
+    assert "a@x.example" not in status and "@env.example" not in status and "allow" not in status
+    assert "recipients=2" in status
     assert "a@x.example" in v.summary  # the log has it all
 
 

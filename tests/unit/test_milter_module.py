@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import email.header
 import io
+import itertools
+import os
 from pathlib import Path
 
 import Milter
@@ -13,9 +14,9 @@ from Milter import testctx
 from stronghold.antivirus import EICAR, NoScanner
 from stronghold.config import Config
 from stronghold.message import MAX_BYTES
-from stronghold.milter import StrongholdMilter, header_value
+from stronghold.milter import StrongholdMilter
 from stronghold.service import Service
-from stronghold.store import entries, messagelog
+from stronghold.store import entries, messagelog, quarantine
 from stronghold.store.db import Store
 
 pytestmark = pytest.mark.corpus  # the model is trained on it
@@ -34,8 +35,25 @@ NOREPLY_BITS = (Milter.P_NR_CONN | Milter.P_NR_HELO | Milter.P_NR_MAIL | Milter.
 
 
 @pytest.fixture
-def milter(make_config, models_dir: Path, monkeypatch: pytest.MonkeyPatch):
-    cfg: Config = make_config(models_dir=models_dir, lists_refresh_seconds=0)
+def settings() -> dict[str, object]:
+    return {}
+
+
+_DB_NUMBERS = itertools.count(1)
+
+
+@pytest.fixture
+def backend() -> str:
+    return "sqlite"
+
+
+@pytest.fixture
+def milter(make_config, models_dir: Path, monkeypatch: pytest.MonkeyPatch, settings: dict[str, object],
+           backend: str, request: pytest.FixtureRequest):
+    if backend == "postgres":
+        cluster = request.getfixturevalue("postgres")
+        settings = {**settings, "database_url": cluster.create_database(f"milter_{os.getpid()}_{next(_DB_NUMBERS)}")}
+    cfg: Config = make_config(models_dir=models_dir, lists_refresh_seconds=0, **settings)
     cfg.data_dir.mkdir(parents=True)
     store = Store(cfg.db_url)
     store.upgrade()
@@ -102,8 +120,81 @@ def test_large_message_is_parsed_as_truncated(milter) -> None:
         assert "defect:truncated" in messagelog.unpack_tokens(row.tokens)
 
 
-def test_non_ascii_header_values_are_encoded() -> None:
-    assert header_value("[SPAM] hello") == "[SPAM] hello"
-    encoded = header_value("[SPAM] café")
-    assert encoded.isascii() and encoded.startswith("=?utf-8?")
-    assert str(email.header.make_header(email.header.decode_header(encoded))) == "[SPAM] café"
+EVERYTHING_IS_SPAM = {"spam_threshold": 0.0}  # every score is at or above it
+
+
+def _items(store: Store, *rcpts: str) -> list[quarantine.Held]:
+    with store.session() as s:
+        return quarantine.find(s, recipients=list(rcpts))
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+@pytest.mark.parametrize("settings", [EVERYTHING_IS_SPAM])
+def test_each_recipient_gets_their_own_copy(milter) -> None:
+    """m1 allows the sender: the delivered copy is clean; m3's would be tagged, so it is held."""
+    ctx, store = milter
+    with store.session() as s:
+        entries.add_entry(s, "m1@example.com", "allow", "news@shop.example")
+    raw = (b"From: news@shop.example\nSubject: Sale\nX-Spam-Level: *****\nX-Stronghold-Note: forged\n\n"
+           b"Everything must go.\n")
+    assert ctx._feedFile(io.BytesIO(raw), "news@shop.example", "m1@example.com", "M3@example.com") \
+        == Milter.ACCEPT
+    assert ctx._delrcpt == ["<M3@example.com>"]
+    assert ctx._msg["X-Spam-Flag"] == "NO" and ctx._msg["Subject"] == "Sale"
+    assert ctx._msg["X-Spam-Level"] is None and ctx._msg["X-Stronghold-Note"] is None
+    held = _items(store, "m3@example.com")
+    assert [(h.recipient, h.category, h.subject) for h in held] == [("m3@example.com", "spam", "Sale")]
+    assert not _items(store, "m1@example.com")
+    assert "m1@example.com" not in held[0].trace and "allow" not in held[0].trace  # m1's list is private
+    with store.session() as s:
+        stored = quarantine.content(s, held[0].id)
+    assert b"Everything must go." in stored and b"X-Spam-Level" not in stored and b"X-Stronghold" not in stored
+    StrongholdMilter.service.db.drain()
+    with store.session() as s:
+        row = messagelog.recent(s, messagelog.LogFilter(addresses=("m3@example.com",)))[0]
+        assert {r.address: r.action for r in row.recipients} == {"m1@example.com": "accept",
+                                                                "m3@example.com": "quarantine"}
+
+
+@pytest.mark.parametrize("settings", [{**EVERYTHING_IS_SPAM, "spam_action": "quarantine",
+                                       "spam_action_high": "quarantine"}])
+def test_nothing_delivered_means_discard_after_the_copies_are_held(milter) -> None:
+    ctx, store = milter
+    raw = b"From: a@b.example\nSubject: x\n\nbuy now\n"
+    assert ctx._feedFile(io.BytesIO(raw), "a@b.example", "p@example.com", "q@example.com") == Milter.DISCARD
+    assert [h.recipient for h in _items(store, "p@example.com", "q@example.com")] == ["q@example.com",
+                                                                                      "p@example.com"]
+
+
+@pytest.mark.parametrize("settings", [EVERYTHING_IS_SPAM])
+def test_quarantine_write_failing_tempfails_and_delivers_nothing(milter) -> None:
+    ctx, store = milter
+    with store.session() as s:
+        entries.add_entry(s, "m1@example.com", "allow", "news@shop.example")
+    with store.engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TRIGGER no_holds BEFORE INSERT ON quarantine_items "
+                             "BEGIN SELECT RAISE(ABORT, 'quarantine is read-only'); END")
+    raw = b"From: news@shop.example\nSubject: Sale\n\nEverything must go.\n"
+    assert ctx._feedFile(io.BytesIO(raw), "news@shop.example", "m1@example.com", "m3@example.com") \
+        == Milter.TEMPFAIL
+    assert ctx._reply[:2] == ("451", "4.7.1") and not ctx._delrcpt
+    StrongholdMilter.service.db.drain()
+    with store.session() as s:
+        row = messagelog.recent(s, messagelog.LogFilter(addresses=("m1@example.com",)))[0]
+        assert row.action == "tempfail" and "quarantine=error" in row.trace
+
+
+def test_check_config_says_what_spam_gets_and_checks_the_quarantine(make_config, models_dir: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    from stronghold.cli_services import check_config
+    cfg = make_config(models_dir=models_dir, clamd_socket="none")
+    with Store(cfg.db_url) as st:
+        st.upgrade()
+    assert check_config(cfg) == 0
+    out = capsys.readouterr().out
+    assert "spam (score >= 0.999): tag (delivered into Junk)" in out and "virus: reject" in out
+    assert "ok: quarantine store readable" in out
+    with Store(cfg.db_url) as st, st.engine.begin() as conn:
+        conn.exec_driver_sql("DROP TABLE quarantine_items")
+    assert check_config(cfg) == 1
+    assert "FAIL: database error" in capsys.readouterr().out

@@ -1,0 +1,112 @@
+"""Header values as the milter sees them (raw bytes) and as it writes them back.
+
+Subjects arrive as raw UTF-8, raw Latin-1/cp1252, RFC 2047 encoded words in any
+charset, or a mix, possibly folded.  ``decode_value`` turns any of them into
+text; ``encode_value`` writes text back as a header value Postfix can pass on
+unchanged: ASCII as is, anything else as RFC 2047 UTF-8 encoded words, folded
+to 76 columns.  ``ours`` names the headers only Stronghold may set: any that
+arrive from outside are removed.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import codecs
+import email.charset
+import email.header
+import quopri
+import re
+
+# Headers only Stronghold writes; any of these names that arrive from outside are removed.
+OWN_PREFIXES = ("x-spam-", "x-stronghold-")
+
+_ENCODED_WORD = re.compile(rb"=\?([^?\s]+)\?([bBqQ])\?([^?\s]*)\?=")
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]+")
+_UTF8 = email.charset.Charset("utf-8")
+_UTF8.header_encoding = email.charset.BASE64
+
+
+def ours(name: str) -> bool:
+    """True for a header name only Stronghold may set (X-Spam-*, X-Stronghold-*)."""
+    return name.strip().lower().startswith(OWN_PREFIXES)
+
+
+def _bytes_to_text(data: bytes, charset: str | None = None) -> str:
+    """Decode with ``charset`` when Python knows it; else UTF-8, else cp1252, else Latin-1."""
+    if charset:
+        name = charset.split("*", 1)[0].strip().strip('"').lower()  # RFC 2231 language suffix
+        try:
+            codecs.lookup(name)
+        except LookupError:
+            pass
+        else:
+            try:
+                return data.decode(name)
+            except UnicodeDecodeError:
+                pass
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    try:
+        return data.decode("cp1252")
+    except UnicodeDecodeError:
+        return data.decode("latin-1")  # every byte is a character: never fails
+
+
+def _decode_word(charset: bytes, encoding: bytes, payload: bytes) -> str | None:
+    """One encoded word's text, or None when it is not decodable (kept as written)."""
+    try:
+        if encoding in (b"b", b"B"):
+            data = base64.b64decode(payload + b"=" * (-len(payload) % 4), validate=True)
+        else:
+            data = quopri.decodestring(payload, header=True)
+    except (binascii.Error, ValueError):
+        return None
+    return _bytes_to_text(data, charset.decode("ascii", "replace"))
+
+
+def decode_value(raw: bytes | str) -> str:
+    """A raw header value -> readable text, unfolded, without control characters.
+
+    Raw 8-bit bytes are read as UTF-8, else cp1252/Latin-1; encoded words are
+    decoded in their own charset (unknown charsets as above); whitespace between
+    two adjacent encoded words is dropped, as RFC 2047 says.
+    """
+    data = raw.encode("utf-8", "surrogateescape") if isinstance(raw, str) else raw
+    out: list[str] = []
+    pos = 0
+    after_word = False
+    for match in _ENCODED_WORD.finditer(data):
+        word = _decode_word(match.group(1), match.group(2), match.group(3))
+        if word is None:
+            after_word = False
+            continue
+        gap = data[pos:match.start()]
+        if not (after_word and not gap.strip()):
+            out.append(_bytes_to_text(gap))
+        out.append(word)
+        pos, after_word = match.end(), True
+    out.append(_bytes_to_text(data[pos:]))
+    text = _CONTROL.sub(" ", "".join(out))
+    return " ".join(text.split())
+
+
+def encode_value(name: str, text: str) -> str:
+    """``text`` as the value of header ``name``: ASCII as is, else RFC 2047
+    UTF-8 (base64) encoded words; folded so no line passes 76 columns."""
+    text = " ".join(_CONTROL.sub(" ", text).split())
+    if text.isascii():
+        if len(name) + 2 + len(text) <= 76:
+            return text
+        return email.header.Header(text, "us-ascii", maxlinelen=74, header_name=name).encode()
+    return email.header.Header(text, _UTF8, maxlinelen=74, header_name=name).encode()
+
+
+def prefixed(raw_subject: bytes | str | None, prefix: str) -> str | None:
+    """The new Subject value with ``prefix`` in front, encoded; None when it has it already."""
+    text = decode_value(raw_subject) if raw_subject is not None else ""
+    if prefix and text.startswith(prefix):
+        return None
+    return encode_value("Subject", f"{prefix} {text}".strip())
