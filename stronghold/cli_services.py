@@ -7,7 +7,8 @@ import io
 
 from stronghold.antivirus import EICAR, ClamdScanner, ScannerError
 from stronghold.classifier import Model, ModelError
-from stronghold.config import Config
+from stronghold import config as config_mod
+from stronghold.config import Config, ConfigError
 from stronghold.localstack import StackError
 from stronghold.store.db import Store
 from stronghold.store.errors import EntryError, StoreError
@@ -72,6 +73,18 @@ def cmd_db_upgrade(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
+def cmd_config_example(args: argparse.Namespace, cfg: Config) -> int:
+    values: dict[str, str] = {}
+    for item in args.set or ():
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {item}: expected NAME=VALUE")
+        values[name.strip()] = value.strip()
+    checked = config_mod.load(None, values, environ={})  # refuse what the milter would refuse
+    print(config_mod.example({name: getattr(checked, name) for name in values}), end="")
+    return 0
+
+
 def _cmd_stack(args: argparse.Namespace, cfg: Config) -> int:
     from stronghold.devstack import cmd_stack
     return cmd_stack(args, cfg)
@@ -87,6 +100,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("stack", help="start or stop the local stack on loopback (make run / make stop)")
     p.add_argument("action", choices=("start", "stop"))
     p.set_defaults(func=_cmd_stack)
+    p = sub.add_parser("config", help="settings files")
+    csub = p.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    pe = csub.add_parser("example", help="print a settings file listing every setting and its meaning")
+    pe.add_argument("--set", action="append", metavar="NAME=VALUE", help="a value to set (repeat)")
+    pe.set_defaults(func=cmd_config_example)
     p = sub.add_parser("db", help="database schema")
     dsub = p.add_subparsers(dest="db_command", required=True, metavar="ACTION")
     dsub.add_parser("upgrade", help="apply migrations").set_defaults(func=cmd_db_upgrade)
