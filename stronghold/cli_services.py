@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import io
 
+from stronghold import config as config_mod
 from stronghold.antivirus import EICAR, ClamdScanner, ScannerError
 from stronghold.classifier import Model, ModelError
-from stronghold import config as config_mod
 from stronghold.config import Config, ConfigError
 from stronghold.localstack import StackError
 from stronghold.store.db import Store

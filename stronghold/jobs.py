@@ -43,7 +43,7 @@ def cmd_jobs(args: argparse.Namespace, cfg: Config) -> int:
         for name in names:
             try:
                 result = JOBS[name](cfg, store)
-            except Exception as exc:  # one failing job must not stop the others; each is reported
+            except Exception as exc:  # noqa: BLE001 - one failing job must not stop the others; each is reported and fails the run
                 log.error("job %s failed: %s", name, exc)
                 print(f"{name}: FAILED: {exc}")
                 failed += 1
