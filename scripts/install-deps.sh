@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Install the Debian packages Mail Stronghold and its tests need (idempotent).
 set -euo pipefail
-PKGS=(postfix clamav-daemon clamav postgresql chromium libmilter-dev swaks)
+# Dovecot: the local stack and the tests run private instances (their own config, loopback ports
+# 1143 or free ones, unix sockets in their own folders); a system Dovecot that the packages may
+# start uses /etc/dovecot, 143 and 993, so the two never collide and ours never touch it.
+PKGS=(postfix clamav-daemon clamav postgresql chromium libmilter-dev swaks
+      dovecot-imapd dovecot-lmtpd dovecot-sieve)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

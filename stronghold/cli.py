@@ -11,7 +11,7 @@ import traceback
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from stronghold import cli_admin, cli_services, jobs
+from stronghold import cli_admin, cli_quarantine, cli_services, jobs
 from stronghold import config as config_mod
 from stronghold.classifier import Model, ModelError, read_passport
 from stronghold.config import Config, ConfigError
@@ -27,7 +27,8 @@ class UsageError(Exception):
 
 
 KNOWN_ERRORS: tuple[type[Exception], ...] = (ConfigError, ModelError, CorpusError, UsageError,
-                                              *cli_services.KNOWN_ERRORS, *cli_admin.KNOWN_ERRORS)
+                                              *cli_services.KNOWN_ERRORS, *cli_admin.KNOWN_ERRORS,
+                                              *cli_quarantine.KNOWN_ERRORS)
 Handler = Callable[[argparse.Namespace, Config], int]
 
 
@@ -199,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_services.register(sub)
     jobs.register(sub)
     cli_admin.register(sub)
+    cli_quarantine.register(sub)
     return parser
 
 

@@ -1,19 +1,21 @@
-"""`stronghold milter`, `stronghold web` and `stronghold db`: the long-running parts."""
+"""`stronghold milter`, `web`, `db` and `mailbox`: the long-running parts and their jobs."""
 
 from __future__ import annotations
 
 import argparse
 import io
+import json
 
 from stronghold import config as config_mod
 from stronghold.antivirus import EICAR, ClamdScanner, ScannerError
 from stronghold.classifier import Model, ModelError
 from stronghold.config import Config, ConfigError
 from stronghold.localstack import StackError
+from stronghold.mailbox_expiry import ExpiryError, expire, run_every
 from stronghold.store.db import Store
 from stronghold.store.errors import EntryError, StoreError
 
-KNOWN_ERRORS = (StoreError, EntryError, ScannerError, StackError)
+KNOWN_ERRORS = (StoreError, EntryError, ScannerError, StackError, ExpiryError)
 
 
 def check_config(cfg: Config) -> int:
@@ -85,6 +87,24 @@ def cmd_config_example(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
+def cmd_mailbox_expire(args: argparse.Namespace, cfg: Config) -> int:
+    if args.every is not None:
+        if args.every <= 0 or args.dry_run:
+            raise ExpiryError("--every takes a positive number of seconds, without --dry-run")
+        run_every(cfg.dovecot_config, cfg.junk_retention_days, args.every)
+        return 0
+    done = expire(cfg.dovecot_config, cfg.junk_retention_days, dry_run=args.dry_run)
+    if args.json:
+        print(json.dumps([{"folder": e.folder, "rule": e.rule, "messages": e.messages,
+                           "expunged": not args.dry_run} for e in done]))
+    elif not done:
+        print("junk_retention_days = 0: Junk and Trash are kept forever")
+    for e in [] if args.json else done:
+        verb = "would expunge" if args.dry_run else "expunged"
+        print(f"{e.folder}: {verb} {e.messages} message(s) ({e.rule}, all users)")
+    return 0
+
+
 def _cmd_stack(args: argparse.Namespace, cfg: Config) -> int:
     from stronghold.devstack import cmd_stack
     return cmd_stack(args, cfg)
@@ -105,6 +125,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     pe = csub.add_parser("example", help="print a settings file listing every setting and its meaning")
     pe.add_argument("--set", action="append", metavar="NAME=VALUE", help="a value to set (repeat)")
     pe.set_defaults(func=cmd_config_example)
+    p = sub.add_parser("mailbox", help="jobs on users' mailboxes in Dovecot")
+    msub = p.add_subparsers(dest="mailbox_command", required=True, metavar="ACTION")
+    pe = msub.add_parser("expire", help="expunge Junk and Trash mail older than junk_retention_days")
+    pe.add_argument("--dry-run", action="store_true", help="count, expunge nothing")
+    pe.add_argument("--json", action="store_true")
+    pe.add_argument("--every", type=float, metavar="SECONDS",
+                    help="keep running, expiring every SECONDS (the local stack's scheduler)")
+    pe.set_defaults(func=cmd_mailbox_expire)
     p = sub.add_parser("db", help="database schema")
     dsub = p.add_subparsers(dest="db_command", required=True, metavar="ACTION")
     dsub.add_parser("upgrade", help="apply migrations").set_defaults(func=cmd_db_upgrade)

@@ -86,6 +86,27 @@ def _clamd(value: Any) -> str:
     return text
 
 
+def _hostport(value: Any) -> str:
+    text = str(value)
+    if not re.fullmatch(r"(\[[0-9a-fA-F:]+\]|[\w.-]+):\d{1,5}", text):
+        raise ValueError("must be HOST:PORT")
+    return text
+
+
+def _base_url(value: Any) -> str:
+    text = str(value).rstrip("/")
+    if not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", text):
+        raise ValueError("must be an http:// or https:// URL")
+    return text
+
+
+def _hour(value: Any) -> int:
+    number = int(value)
+    if not 0 <= number <= 23:
+        raise ValueError("must be an hour from 0 to 23")
+    return number
+
+
 def _path(value: Any) -> Path:
     return Path(str(value)).expanduser()
 
@@ -155,6 +176,23 @@ SETTINGS: dict[str, Setting] = {
     "web_bind": Setting("127.0.0.1:8080", _text, "host:port of the web UI"),
     "web_secret_key": Setting("", _text, "Flask secret key; empty: generated into data_dir"),
     "web_secure_cookies": Setting(False, _bool, "mark cookies Secure (set when served over TLS)"),
+    "release_smtp": Setting("127.0.0.1:10026", _hostport,
+                            "HOST:PORT of Postfix's unfiltered listener: released mail and digests"),
+    "quarantine_retention_days": Setting(30, _non_negative_int,
+                                         "quarantined mail older than this is deleted (0: keep forever)"),
+    "web_base_url": Setting("http://127.0.0.1:8080", _base_url,
+                            "the web UI's address as users reach it (links in digest mail)"),
+    "digest_sender": Setting("postmaster@localhost", _text, "envelope and From address of digest mail"),
+    "digest_link_days": Setting(7, _positive_int, "days a digest's release link stays valid"),
+    "digest_hour": Setting(7, _hour, "UTC hour from which daily (weekly: Monday's) digests are due"),
+    "digest_check_minutes": Setting(15, _non_negative_int,
+                                    "how often `stronghold web` sends due digests (0: a timer runs "
+                                    "`stronghold digest` instead)"),
+    "junk_retention_days": Setting(30, _non_negative_int,
+                                   "Junk and Trash messages older than this are expunged by "
+                                   "'stronghold mailbox expire' (0: keep forever)"),
+    "dovecot_config": Setting(Path("/etc/dovecot/dovecot.conf"), _path,
+                              "the Dovecot config doveadm uses for 'stronghold mailbox expire'"),
 }
 
 
@@ -188,6 +226,15 @@ class Config:
     web_bind: str
     web_secret_key: str
     web_secure_cookies: bool
+    release_smtp: str
+    quarantine_retention_days: int
+    web_base_url: str
+    digest_sender: str
+    digest_link_days: int
+    digest_hour: int
+    digest_check_minutes: int
+    junk_retention_days: int
+    dovecot_config: Path
 
     @property
     def model_path(self) -> Path:

@@ -155,6 +155,12 @@ def stop_process(proc: subprocess.Popen[bytes] | None, grace: float = 20) -> Non
 
 _MASTER_CF = """\
 {listen} inet n - n - - smtpd
+{release} inet n - n - - smtpd
+  -o syslog_name=postfix/release
+  -o smtpd_milters= -o non_smtpd_milters=
+  -o smtpd_client_restrictions=permit_mynetworks,reject
+  -o smtpd_relay_restrictions=permit_mynetworks,reject
+pickup unix n - n 60 1 pickup
 cleanup unix n - n - 0 cleanup
 qmgr unix n - n 300 1 qmgr
 rewrite unix - - n - - trivial-rewrite
@@ -165,6 +171,7 @@ verify unix - - n - 1 verify
 flush unix n - n 1000? 0 flush
 proxymap unix - - n - - proxymap
 smtp unix - - n - - smtp
+lmtp unix - - n - - lmtp
 relay unix - - n - - smtp
 showq unix n - n - - showq
 error unix - - n - - error
@@ -179,10 +186,17 @@ postlog unix-dgram n - n - 1 postlogd
 
 @dataclass
 class Postfix:
-    """A private Postfix: one smtpd on 127.0.0.1:port, relaying or delivering to a maildir.
+    """A private Postfix: smtpd on 127.0.0.1:port (with the milter), relaying or delivering.
 
-    ``relay`` ("127.0.0.1:PORT") sends every message there by SMTP; otherwise
-    mail for ``maildir_domains`` is delivered into ``home/mail/<address>/``.
+    Where mail goes: ``relay`` ("127.0.0.1:PORT") sends every message there by
+    SMTP (the tests' sink); ``lmtp`` ("unix:/PATH" or "inet:HOST:PORT") delivers
+    mail for ``maildir_domains`` over LMTP (to Dovecot), accepting only the
+    addresses in ``mailboxes`` when given; otherwise mail for ``maildir_domains``
+    goes into ``home/mail/catchall/``.
+
+    A second smtpd on 127.0.0.1:``release_port`` has no milter: what the
+    quarantine releases (and digests) is injected there, never filtered again.
+    Only loopback clients may use it.
     """
 
     home: Path
@@ -191,6 +205,9 @@ class Postfix:
     relay: str | None = None
     maildir_domains: tuple[str, ...] = ("example.com", "example.net")
     extra: Mapping[str, str] = field(default_factory=dict)
+    lmtp: str | None = None
+    mailboxes: tuple[str, ...] = ()
+    release_port: int = field(default_factory=free_port)
 
     def _main_cf(self) -> str:
         h = self.home
@@ -238,6 +255,13 @@ class Postfix:
                              f"{self.relay.rsplit(':', 1)[1]}", "smtpd_relay_restrictions":
                              "permit_mynetworks, reject", "default_transport": "smtp",
                              "relay_transport": "smtp"})
+        elif self.lmtp:
+            accepted = [a.lower() for a in self.mailboxes] or [f"@{d}" for d in self.maildir_domains]
+            settings.update({
+                "virtual_mailbox_domains": " ".join(self.maildir_domains),
+                "virtual_mailbox_maps": "inline:{" + ", ".join(f"{a}=lmtp" for a in accepted) + "}",
+                "virtual_transport": f"lmtp:{self.lmtp}",
+            })
         else:
             settings.update({
                 "virtual_mailbox_domains": " ".join(self.maildir_domains),
@@ -264,11 +288,13 @@ class Postfix:
         os.chown(self.home / "data", _postfix_uid(), _postfix_gid())
         os.chown(self.home / "mail", _postfix_uid(), _postfix_gid())
         (self.home / "main.cf").write_text(self._main_cf())
-        (self.home / "master.cf").write_text(_MASTER_CF.format(listen=f"127.0.0.1:{self.port}"))
+        (self.home / "master.cf").write_text(_MASTER_CF.format(
+            listen=f"127.0.0.1:{self.port}", release=f"127.0.0.1:{self.release_port}"))
         self._postfix("set-permissions", check=False)
         self._postfix("check")
         self._postfix("start")
-        wait_for(lambda: _tcp_banner(self.port), timeout, f"postfix on port {self.port}")
+        wait_for(lambda: _tcp_banner(self.port) and _tcp_banner(self.release_port), timeout,
+                 f"postfix on ports {self.port} and {self.release_port}")
 
     def stop(self) -> None:
         self._postfix("stop", check=False)

@@ -223,7 +223,8 @@ def _payload_bytes(part: email.message.Message, defects: list[str]) -> bytes:
     if cte == "base64":
         cleaned = re.sub(rb"[^A-Za-z0-9+/=]", b"", data)
         cleaned = cleaned.split(b"=", 1)[0]
-        cleaned = cleaned[: len(cleaned) - len(cleaned) % 4]
+        if len(cleaned) % 4 == 1:  # one leftover character carries no whole byte
+            cleaned = cleaned[:-1]
         try:
             decoded = binascii.a2b_base64(cleaned + b"=" * (-len(cleaned) % 4))
         except binascii.Error:

@@ -27,7 +27,7 @@ from stronghold.engine import Envelope, Policy, check_recipient, evaluate
 from stronghold.lists import ListIndex
 from stronghold.message import ParsedMessage
 from stronghold.spool import Stream
-from stronghold.store import messagelog
+from stronghold.store import messagelog, quarantine
 from stronghold.store.db import Store
 from stronghold.store.entries import ListCache
 from stronghold.store.errors import StoreError
@@ -305,21 +305,25 @@ class Service:
         """Queue the message-log write; a failure is logged (once per incident), never fatal.
 
         About once an hour the same queue also deletes entries older than
-        ``log_retention_days``.
+        ``log_retention_days`` and quarantined mail older than ``quarantine_retention_days``.
         """
         self.db.write(messagelog.entry(envelope, msg, outcome.verdict, outcome.tokens), self.store,
                       self._log_written)
         now = time.monotonic()
-        if self.cfg.log_retention_days and now >= self._next_purge:
+        if now >= self._next_purge:
             self._next_purge = now + self.PURGE_EVERY
-            days = self.cfg.log_retention_days
-            self.db.write(lambda session: self._purged(messagelog.purge_older_than(session, days), days),
-                          self.store, self._log_written)
+            days, held_days = self.cfg.log_retention_days, self.cfg.quarantine_retention_days
+            if days:
+                self.db.write(lambda session: self._purged("message log", messagelog.purge_older_than(
+                    session, days), days), self.store, self._log_written)
+            if held_days:
+                self.db.write(lambda session: self._purged("quarantine", quarantine.purge_older_than(
+                    session, held_days), held_days), self.store, self._log_written)
 
     @staticmethod
-    def _purged(count: int, days: int) -> None:
+    def _purged(what: str, count: int, days: int) -> None:
         if count:
-            log.info("message log: deleted %d entries older than %d days", count, days)
+            log.info("%s: deleted %d entries older than %d days", what, count, days)
 
     def record_rcpt_reject(self, envelope: Envelope, decision: RecipientDecision) -> None:
         trace = " ".join(str(s) for s in decision.trace)

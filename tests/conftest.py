@@ -1,8 +1,9 @@
-"""Shared fixtures: corpus, a trained model, real clamd, PostgreSQL, Postfix + milter stacks."""
+"""Shared fixtures: corpus, a trained model, real clamd, PostgreSQL, Dovecot, Postfix + milter stacks."""
 
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -13,9 +14,11 @@ import pytest
 from stronghold import config as config_mod
 from stronghold.classifier import Model
 from stronghold.config import Config
+from stronghold.localdovecot import Dovecot
 from stronghold.localstack import TEST_SIGNATURES, Clamd, Postfix, free_port
 from stronghold.store.db import Store
 from stronghold.training import collect, train_model
+from tests.harness.imapbox import Mailboxes
 from tests.harness.milterproc import MilterProcess
 from tests.harness.postgres import PostgresCluster
 from tests.harness.smtpsink import SmtpSink
@@ -102,11 +105,42 @@ def make_config(tmp_path: Path):
     return build
 
 
+# Mailbox users of the shared Dovecot (fixture ``dovecot``); passwords in dovecot.users.
+MAIL_USERS = ("m1@example.com", "m2@example.com", "m3@example.com", "m4@example.com",
+              "postmaster@example.com")
+
+
+@pytest.fixture(scope="session")
+def dovecot() -> Iterator[Dovecot]:
+    """One Dovecot for the session: IMAP on dovecot.imap_port, LMTP for Postfix, Sieve into Junk.
+
+    Mailboxes are shared by every test of the session: find your own message
+    by its X-Test-Id (``mailboxes.wait_for(user, tid)``).
+    """
+    home = shared_tmpdir("stronghold-dovecot-")
+    server = Dovecot(home, {address: secrets.token_urlsafe(12) for address in MAIL_USERS})
+    server.start()
+    yield server
+    server.stop()
+    shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def mailboxes(dovecot: Dovecot) -> Mailboxes:
+    """Read users' folders over IMAP: ``mailboxes.folders("m1@example.com") -> {folder: [raw]}``."""
+    return Mailboxes(dovecot.imap_port, dovecot.users)
+
+
 class Stack:
-    """sink <- Postfix(milter) <- test; the milter is a real `stronghold milter` process."""
+    """sink (or Dovecot) <- Postfix(milter) <- test; the milter is a real `stronghold milter` process.
+
+    With ``dovecot`` given, Postfix delivers the users of that Dovecot over LMTP
+    (other addresses are refused at RCPT) instead of relaying to the sink.
+    ``postfix.release_port`` is the milter-less listener releases go to.
+    """
 
     def __init__(self, home: Path, models_dir: Path, clamd_address: str, db_url: str,
-                 **settings: object) -> None:
+                 dovecot: Dovecot | None = None, **settings: object) -> None:
         self.home = home
         self.sink = SmtpSink()
         self.db_url = db_url
@@ -122,8 +156,13 @@ class Stack:
         (home / "milter").mkdir(parents=True, exist_ok=True)
         os.chmod(home / "milter", 0o755)
         self.milter = MilterProcess(home, defaults)
-        self.postfix = Postfix(home / "postfix", free_port(), milter=self.milter.address,
-                               relay=f"127.0.0.1:{self.sink.port}")
+        self.dovecot = dovecot
+        if dovecot is None:
+            self.postfix = Postfix(home / "postfix", free_port(), milter=self.milter.address,
+                                   relay=f"127.0.0.1:{self.sink.port}")
+        else:
+            self.postfix = Postfix(home / "postfix", free_port(), milter=self.milter.address,
+                                   lmtp=dovecot.lmtp_address, mailboxes=dovecot.addresses)
 
     def start(self) -> Stack:
         self.milter.start()
@@ -141,6 +180,18 @@ class Stack:
 def stack(models_dir: Path, clamd: Clamd) -> Iterator[Stack]:
     home = shared_tmpdir("stronghold-stack-")
     s = Stack(home, models_dir, clamd.address, f"sqlite:///{home / 'store.db'}").start()
+    yield s
+    s.stop()
+    shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def dovecot_stack(models_dir: Path, clamd: Clamd, dovecot: Dovecot) -> Iterator[Stack]:
+    """Postfix + milter delivering over LMTP into the session's Dovecot; spam is tagged, never
+    rejected (spam_action and spam_action_high "tag"), so Sieve files it into Junk."""
+    home = shared_tmpdir("stronghold-mailstack-")
+    s = Stack(home, models_dir, clamd.address, f"sqlite:///{home / 'store.db'}", dovecot=dovecot,
+              spam_action="tag", spam_action_high="tag").start()
     yield s
     s.stop()
     shutil.rmtree(home, ignore_errors=True)

@@ -6,8 +6,6 @@ validation the milter uses; it holds no mail policy of its own.
 
 from __future__ import annotations
 
-import os
-import secrets
 import time
 from collections.abc import Mapping
 from datetime import timedelta
@@ -20,21 +18,9 @@ from flask_wtf.csrf import CSRFError, CSRFProtect
 from stronghold import config as config_mod
 from stronghold.config import Config
 from stronghold.store.db import Store
+from stronghold.webkey import secret_key
 
 csrf = CSRFProtect()
-
-
-def _secret_key(cfg: Config) -> str:
-    """The configured key, or one generated once into data_dir (mode 0600)."""
-    if cfg.web_secret_key:
-        return cfg.web_secret_key
-    path = cfg.data_dir / "web-secret-key"
-    if not path.exists():
-        cfg.data_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(secrets.token_hex(32))
-    return path.read_text().strip()
 
 
 def create_app(test_config: Mapping[str, Any] | None = None, cfg: Config | None = None) -> Flask:
@@ -44,7 +30,7 @@ def create_app(test_config: Mapping[str, Any] | None = None, cfg: Config | None 
     cfg = cfg or config_mod.load(overrides=settings)
     app = Flask(__name__)
     app.config.update(
-        SECRET_KEY=_secret_key(cfg),
+        SECRET_KEY=secret_key(cfg),
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
         SESSION_COOKIE_SECURE=cfg.web_secure_cookies,
@@ -60,8 +46,8 @@ def create_app(test_config: Mapping[str, Any] | None = None, cfg: Config | None 
     app.extensions["stronghold_config"] = cfg
     csrf.init_app(app)
 
-    from webui import admin, auth, dashboard, lists, messages
-    for module in (auth, dashboard, lists, messages, admin):
+    from webui import admin, auth, dashboard, digest, junk, lists, messages
+    for module in (auth, dashboard, lists, messages, junk, digest, admin):
         app.register_blueprint(module.bp)
 
     @app.template_filter("strftime")

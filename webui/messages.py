@@ -9,6 +9,7 @@ from stronghold.store import entries, messagelog
 from stronghold.store.errors import EntryError
 from webui import store
 from webui.auth import login_required
+from webui.junk import items_for_message
 
 bp = Blueprint("messages", __name__, url_prefix="/messages")
 CATEGORIES = ("clean", "spam", "virus", "blocked", "allowed", "error")
@@ -58,7 +59,8 @@ def show(message_id: int):
     row = message_or_404(message_id)
     with store().session() as s:
         fb = messagelog.feedback_for(s, [row.id], g.user.id).get(row.id)
-    return render_template("message.html", m=row, fb=fb, mine=set(g.addresses))
+        held = items_for_message(s, row, None if g.user.is_admin else g.addresses)
+    return render_template("message.html", m=row, fb=fb, mine=set(g.addresses), held=held)
 
 
 def _my_recipient_addresses(row) -> list[str]:

@@ -22,6 +22,8 @@ class User(Base):
     role: Mapped[str] = mapped_column(String(10), default="user")
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
     created: Mapped[float] = mapped_column(Float, default=time.time)
+    digest: Mapped[str] = mapped_column(String(10), default="daily")  # off / daily / weekly
+    digest_sent: Mapped[float | None] = mapped_column(Float, nullable=True)  # last digest covered up to
     addresses: Mapped[list[Address]] = relationship(back_populates="user", cascade="all, delete-orphan",
                                                     order_by="Address.address")
 
@@ -100,3 +102,36 @@ class Meta(Base):
     __tablename__ = "meta"
     key: Mapped[str] = mapped_column(String(40), primary_key=True)
     value: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class QuarantineBlob(Base):
+    """A held message's bytes, zlib-compressed, once per distinct content (SHA-256 of the raw bytes)."""
+
+    __tablename__ = "quarantine_blobs"
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    size: Mapped[int] = mapped_column(Integer)  # raw (uncompressed) bytes
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    touched: Mapped[float] = mapped_column(Float, default=time.time)  # last hold() that used it
+
+
+class QuarantineItem(Base):
+    """One held copy for one recipient; ``released`` is claimed atomically (see store.quarantine)."""
+
+    __tablename__ = "quarantine_items"
+    __table_args__ = (Index("ix_quarantine_items_recipient_ts", "recipient", "ts"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    ts: Mapped[float] = mapped_column(Float, default=time.time, index=True)
+    recipient: Mapped[str] = mapped_column(String(320))
+    sender: Mapped[str] = mapped_column(String(320), default="")
+    subject: Mapped[str] = mapped_column(String(200), default="")
+    queue_id: Mapped[str] = mapped_column(String(40), default="")
+    score: Mapped[float | None] = mapped_column(Float, nullable=True)
+    category: Mapped[str] = mapped_column(String(10))
+    reason: Mapped[str] = mapped_column(String(200), default="")
+    trace: Mapped[str] = mapped_column(Text, default="")
+    virus: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    size: Mapped[int] = mapped_column(Integer, default=0)
+    sha256: Mapped[str] = mapped_column(ForeignKey("quarantine_blobs.sha256"), index=True)
+    released: Mapped[float | None] = mapped_column(Float, nullable=True)
+    released_by: Mapped[str | None] = mapped_column(String(320), nullable=True)
+    delivered: Mapped[float | None] = mapped_column(Float, nullable=True)  # the release's SMTP 250

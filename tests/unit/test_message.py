@@ -94,3 +94,12 @@ def test_html_entities_are_unescaped_once() -> None:
     raw = (b"Content-Type: text/html\r\n\r\n<p>write &amp;lt;b&amp;gt; for bold, 5 &lt; 6 &amp; caf&eacute;</p>")
     text = parse(raw).html_text
     assert "&lt;b&gt;" in text and "5 < 6 & café" in text and "<b>" not in text
+
+
+def test_base64_keeps_its_last_bytes_with_or_without_padding() -> None:
+    for text in (b"hello", b"hello!", b"hello!!"):
+        encoded = base64.b64encode(text)
+        for body in (encoded, encoded.rstrip(b"=")):
+            raw = b"Content-Type: text/plain\r\nContent-Transfer-Encoding: base64\r\n\r\n" + body + b"\r\n"
+            msg = parse(raw)
+            assert msg.text.strip() == text.decode() and "bad-base64" not in msg.defects

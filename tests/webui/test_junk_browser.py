@@ -1,0 +1,193 @@
+"""The Junk page in real Chromium: preview, release, a hostile message kept inert, a phone-sized screen."""
+
+from __future__ import annotations
+
+import shutil
+import socketserver
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from stronghold import config as config_mod
+from stronghold import digest
+from stronghold.store import quarantine
+from stronghold.store.db import Store
+from tests.conftest import shared_tmpdir
+from tests.harness.browser import WebProcess, launch, screenshot
+from tests.harness.milterproc import write_config
+from tests.harness.smtpsink import SmtpSink
+from tests.webui.conftest import PASSWORD, seed
+from tests.webui.hostile import hostile
+
+pytestmark = pytest.mark.browser
+
+
+class _Count(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        self.server.hits.append(self.request.recv(4096))  # type: ignore[attr-defined]
+
+
+class RemoteHost(socketserver.ThreadingTCPServer):
+    """Stands in for the spammer's server: counts every connection made to it."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Count)
+        self.hits: list[bytes] = []
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+@dataclass
+class Site:
+    web: WebProcess
+    store: Store
+    sink: SmtpSink
+    remote: RemoteHost
+    items: dict[str, int] = field(default_factory=dict)
+
+    def hold(self, rcpt: str, subject: str, raw: bytes | None = None, sender: str = "news@shop.example",
+             virus: str | None = None) -> int:
+        raw = raw or (f"From: {sender}\r\nTo: {rcpt}\r\nSubject: {subject}\r\n\r\n"
+                      "Your order has shipped.\r\n").encode()
+        with self.store.session() as s:
+            return quarantine.hold(s, raw, recipients=[rcpt], sender=sender, subject=subject, queue_id="Q9",
+                                   score=0.9991, category="virus" if virus else "spam",
+                                   reason=virus or "score 0.9991 >= 0.99", trace="", virus=virus)[0]
+
+
+@pytest.fixture(scope="module")
+def site() -> Iterator[Site]:
+    home = shared_tmpdir("stronghold-junkweb-")
+    url = f"sqlite:///{home / 'store.db'}"
+    store = Store(url)
+    store.upgrade()
+    seed(store)
+    sink, remote = SmtpSink(), RemoteHost()
+    settings = {"data_dir": str(home / "data"), "database_url": url, "release_smtp": f"127.0.0.1:{sink.port}",
+                "digest_check_minutes": 0}  # no scheduled digests into the sink
+    web = WebProcess(home, settings)
+    write_config(web.config, {**settings, "web_bind": f"127.0.0.1:{web.port}", "web_base_url": web.url})
+    web.start()
+    yield Site(web, store, sink, remote)
+    web.stop()
+    sink.close()
+    remote.shutdown()
+    remote.server_close()
+    store.dispose()
+    shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as p:
+        b = launch(p)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    context = browser.new_context(viewport={"width": 1200, "height": 900})
+    yield context.new_page()
+    context.close()
+
+
+def login(page: Page, base: str, user: str) -> None:
+    page.goto(base + "/login")
+    page.get_by_label("Login").fill(user)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+
+
+def test_user_opens_junk_previews_and_releases(site: Site, page: Page) -> None:
+    item = site.hold("alice@example.com", "Your parcel is on its way")
+    site.hold("bob@example.com", "Bob's own junk")
+    login(page, site.web.url, "alice")
+    page.get_by_role("navigation").get_by_role("link", name="Junk").click()
+    expect(page.get_by_role("heading", name="Junk")).to_be_visible()
+    expect(page.locator(f"#item-{item}")).to_contain_text("score 0.9991")
+    expect(page.locator("table.junk")).not_to_contain_text("Bob's own junk")
+    screenshot(page, "junk-list")
+    page.get_by_role("link", name="Your parcel is on its way").click()
+    expect(page.locator("#preview")).to_have_text("Your order has shipped.")
+    screenshot(page, "junk-preview")
+    page.get_by_role("button", name="Release to inbox").click()
+    expect(page.locator(".flashes")).to_contain_text("on its way to alice@example.com")
+    got = site.sink.wait_for(lambda m: m.recipients == ["alice@example.com"])
+    assert [m.sender for m in got] == ["news@shop.example"]
+    expect(page.locator("#held-facts")).to_contain_text("by alice")
+    page.get_by_role("button", name="Release to inbox").click()  # a second click
+    expect(page.locator(".flashes")).to_contain_text("Already released")
+    assert len(site.sink.messages) == 1
+    with site.store.session() as s:
+        held = quarantine.get(s, item)
+        assert held is not None and held.released_by == "alice"
+
+
+def test_hostile_message_renders_inert(site: Site, page: Page) -> None:
+    subject = "<script>alert('subject')</script>"  # as the milter stores it: decoded
+    item = site.hold("alice@example.com", subject, raw=hostile(site.remote.url), sender="evil@bad.example")
+    requests: list[str] = []
+    dialogs: list[str] = []
+    page.on("request", lambda r: requests.append(r.url))
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    login(page, site.web.url, "alice")
+    page.goto(f"{site.web.url}/junk/{item}")
+    page.wait_for_load_state("networkidle")
+    assert site.remote.hits == []  # nothing reached the spammer's server
+    assert [u for u in requests if not u.startswith(site.web.url)] == []
+    assert page.evaluate("typeof window.pwned") == "undefined" and dialogs == []
+    assert page.url == f"{site.web.url}/junk/{item}"  # no refresh, no base, no redirect
+    assert page.locator("#preview a, #preview img, iframe, object, embed, svg").count() == 0
+    expect(page.locator("#preview")).to_contain_text("Dear customer")
+    expect(page.locator("#preview")).to_contain_text("Line one\nline two")
+    expect(page.locator("h1.subject")).to_have_text(subject)
+    expect(page.locator("dl.headers")).to_contain_text(subject)
+    screenshot(page, "junk-hostile")
+
+
+def test_digest_link_without_logging_in(site: Site, browser: Browser) -> None:
+    item = site.hold("bob@example.com", "Order confirmation", sender="orders@shop.example")
+    cfg = config_mod.load(site.web.config, environ={})
+    link = digest.link_url(cfg, digest.make_link_token(cfg, item, "bob@example.com"))
+    assert link.startswith(site.web.url + "/digest/release/")
+    context = browser.new_context(viewport={"width": 390, "height": 844})  # a phone, not logged in
+    page = context.new_page()
+    page.goto(link)
+    expect(page.get_by_role("heading", name="Release this message?")).to_be_visible()
+    expect(page.locator("#held-facts")).to_contain_text("Order confirmation")
+    assert page.evaluate("document.documentElement.scrollWidth") == 390
+    screenshot(page, "digest-confirm")
+    before = len(site.sink.messages)
+    page.get_by_role("button", name="Release to my inbox").click()
+    expect(page.get_by_role("heading", name="Released")).to_be_visible()
+    assert [m.recipients for m in site.sink.wait_for(lambda m: m.recipients == ["bob@example.com"])] == [
+        ["bob@example.com"]]
+    page.goto(link)  # the same link again
+    expect(page.get_by_role("heading", name="Already released")).to_be_visible()
+    expect(page.get_by_role("alert")).to_contain_text("will not be sent again")
+    screenshot(page, "digest-used")
+    assert len(site.sink.messages) == before + 1
+    context.close()
+
+
+def test_junk_fits_a_phone(site: Site, browser: Browser) -> None:
+    item = site.hold("alice2@example.com", "A very long subject line " * 6,
+                     sender="someone.with.a.remarkably.long.address@subdomain.marketing.example")
+    context = browser.new_context(viewport={"width": 390, "height": 844})
+    page = context.new_page()
+    login(page, site.web.url, "alice")
+    for path in ("/junk/", f"/junk/{item}"):
+        page.goto(site.web.url + path)
+        assert page.evaluate("document.documentElement.scrollWidth") == 390  # no sideways scrolling
+        screenshot(page, "junk-phone" if path == "/junk/" else "junk-preview-phone")
+    context.close()

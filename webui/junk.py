@@ -1,0 +1,278 @@
+"""The Junk page: a user's quarantined mail, a safe text preview, release / delete / allow / learn.
+
+Who sees what: a user sees the items of the addresses they own, except
+viruses; an admin sees everyone's, viruses included.  Users are not shown
+virus items at all (not even a row): releasing one is an admin's decision, the
+text of a virus mail is a lure written to get it released or acted on, and the
+user already learns that a virus was stopped from Recent mail (category virus).
+Anything a user may not see is a 404, whatever the URL or form says.
+"""
+
+from __future__ import annotations
+
+import calendar
+import logging
+import time
+from dataclasses import dataclass
+
+from flask import Blueprint, abort, flash, g, make_response, redirect, render_template, request, url_for
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from stronghold import digest
+from stronghold import release as release_mod
+from stronghold.lists import PatternError, normalize_address
+from stronghold.store import entries, messagelog, quarantine
+from stronghold.store.errors import EntryError, StoreError
+from stronghold.store.quarantine import Held
+from stronghold.store.tables import MessageRecipient, MessageRow, QuarantineItem
+from webui import settings, store
+from webui.auth import login_required
+from webui.preview import render as render_preview
+from webui.preview import visible
+
+log = logging.getLogger(__name__)
+bp = Blueprint("junk", __name__, url_prefix="/junk")
+PAGE = 50
+MAX_PAGE = 1000
+
+# The preview page shows mail written by strangers: nothing may load or run on it.
+PREVIEW_CSP = ("default-src 'none'; style-src 'self'; img-src 'none'; script-src 'none'; "
+               "connect-src 'none'; font-src 'none'; media-src 'none'; object-src 'none'; "
+               "frame-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'; "
+               "sandbox allow-forms allow-same-origin")
+
+
+def may_see(held: Held) -> bool:
+    """Admins: everything; users: their own addresses' items that are not viruses."""
+    if g.user.is_admin:
+        return True
+    return held.recipient in g.addresses and not held.is_virus
+
+
+def item_or_404(item_id: int) -> Held:
+    """The item if the current user may see and act on it; 404 otherwise (even if it exists)."""
+    with store().session() as s:
+        held = quarantine.get(s, item_id)
+    if held is None or not may_see(held):
+        abort(404)
+    return held
+
+
+@dataclass(frozen=True)
+class Search:
+    text: str = ""
+    since: str = ""  # YYYY-MM-DD (UTC), inclusive
+    until: str = ""  # YYYY-MM-DD (UTC), inclusive
+    page: int = 0
+
+    def args(self, **change: object) -> dict[str, object]:
+        values: dict[str, object] = {"q": self.text, "since": self.since, "until": self.until,
+                                     "page": self.page}
+        values.update(change)
+        return {k: v for k, v in values.items() if v}
+
+
+def _day(value: str, field: str, errors: list[str]) -> float | None:
+    """Midnight UTC of a YYYY-MM-DD date, None if empty; a bad value is reported and ignored."""
+    if not value:
+        return None
+    try:
+        return float(calendar.timegm(time.strptime(value, "%Y-%m-%d")))
+    except ValueError:
+        errors.append(f"The {field} date must look like 2026-11-30.")
+        return None
+
+
+def _search() -> tuple[Search, float | None, float | None, list[str]]:
+    raw_page = request.args.get("page", "0")
+    search = Search(text=" ".join(request.args.get("q", "").split())[:100],
+                    since=request.args.get("since", "").strip()[:10],
+                    until=request.args.get("until", "").strip()[:10],
+                    page=min(int(raw_page), MAX_PAGE) if raw_page.isdigit() else 0)
+    errors: list[str] = []
+    since = _day(search.since, "from", errors)
+    until = _day(search.until, "to", errors)
+    if until is not None:
+        until += 86400  # the whole "to" day
+    return search, since, until, errors
+
+
+@bp.route("/")
+@login_required
+def index():
+    search, since, until, errors = _search()
+    admin = bool(g.user.is_admin)
+    with store().session() as s:
+        rows = quarantine.find(s, recipients=None if admin else list(g.addresses), text=search.text,
+                               since=since, until=until, include_viruses=admin,
+                               limit=PAGE + 1, offset=search.page * PAGE)
+    more = len(rows) > PAGE
+    return render_template("junk.html", rows=rows[:PAGE], more=more, search=search, errors=errors,
+                           everyone=admin, show_recipient=admin or len(g.addresses) > 1, visible=visible,
+                           digest_choices=digest.CHOICES)
+
+
+@bp.route("/digest", methods=["POST"])
+@login_required
+def digest_choice():
+    """The user's own digest setting: off, daily or weekly."""
+    choice = request.form.get("digest", "")
+    if choice not in digest.CHOICES:
+        abort(400)
+    try:
+        digest.set_choice(store(), g.user.login, choice)
+    except digest.DigestError as exc:
+        flash(str(exc), "error")
+    else:
+        flash("No digest mail any more." if choice == "off" else f"You will get a {choice} digest of held mail.")
+    return redirect(url_for("junk.index"))
+
+
+@bp.route("/<int:item_id>")
+@login_required
+def show(item_id: int):
+    held = item_or_404(item_id)
+    with store().session() as s:
+        try:
+            raw = quarantine.content(s, held.id)
+        except KeyError:
+            abort(404)
+        message_id = log_message_id(s, held)
+    response = make_response(render_template("junk_item.html", h=held, p=render_preview(raw),
+                                             message_id=message_id, visible=visible,
+                                             retry=g.user.is_admin and retryable(held)))
+    response.headers["Content-Security-Policy"] = PREVIEW_CSP
+    response.headers["Referrer-Policy"] = "no-referrer"
+    return response
+
+
+def log_message_id(session: Session, held: Held) -> int | None:
+    """The message-log row of the same message and recipient (by queue id), if it is still kept."""
+    if not held.queue_id:
+        return None
+    return session.scalar(
+        select(MessageRow.id).join(MessageRecipient, MessageRecipient.message_id == MessageRow.id)
+        .where(MessageRow.queue_id == held.queue_id, MessageRecipient.address == held.recipient)
+        .order_by(MessageRow.id.desc()).limit(1))
+
+
+def items_for_message(session: Session, row: MessageRow, addresses: tuple[str, ...] | None) -> list[int]:
+    """Quarantine item ids of a logged message (same queue id) for ``addresses`` (None: all)."""
+    if not row.queue_id:
+        return []
+    query = select(QuarantineItem.id).where(QuarantineItem.queue_id == row.queue_id,
+                                            QuarantineItem.recipient.in_([r.address for r in row.recipients]))
+    if addresses is not None:
+        query = query.where(QuarantineItem.recipient.in_(addresses), QuarantineItem.category != quarantine.VIRUS,
+                            QuarantineItem.virus.is_(None))
+    return list(session.scalars(query.order_by(QuarantineItem.id)))
+
+
+def _when(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(ts))
+
+
+def _release(held: Held) -> bool:
+    """Re-inject ``held`` for its recipient once; flashes what happened; True if it was sent now."""
+    if held.released is not None:
+        flash(f"Already released ({_when(held.released)} by {held.released_by or 'someone'}); "
+              "nothing was sent again.")
+        return False
+    try:
+        release_mod.release(settings(), store(), held.id, g.user.login, admin=bool(g.user.is_admin))
+    except (release_mod.ReleaseError, StoreError) as exc:
+        log.warning("release of quarantine item %d by %s failed: %s", held.id, g.user.login, exc)
+        flash(f"Not released: {exc}.", "error")
+        return False
+    log.info("quarantine item %d released to %s by %s", held.id, held.recipient, g.user.login)
+    flash(f"Released: “{visible(held.subject) or '(no subject)'}” is on its way to {held.recipient}.")
+    return True
+
+
+def _after_action(held: Held):
+    return redirect(url_for("junk.show", item_id=held.id) if request.form.get("back") == "item"
+                    else url_for("junk.index"))
+
+
+@bp.route("/<int:item_id>/release", methods=["POST"])
+@login_required
+def release(item_id: int):
+    held = item_or_404(item_id)
+    _release(held)
+    return _after_action(held)
+
+
+def retryable(held: Held, now: float | None = None) -> bool:
+    """Released, the relay never confirmed it, and long enough ago that it is not still in progress."""
+    now = time.time() if now is None else now
+    return held.released is not None and held.delivered is None and held.released < now - release_mod.RETRY_AFTER
+
+
+@bp.route("/<int:item_id>/retry", methods=["POST"])
+@login_required
+def retry(item_id: int):
+    """Admins: send again a release whose delivery was never confirmed (see stronghold.release)."""
+    held = item_or_404(item_id)
+    if not g.user.is_admin or not retryable(held):
+        abort(404)
+    try:
+        release_mod.release(settings(), store(), held.id, g.user.login, admin=True, retry_unconfirmed=True)
+    except (release_mod.ReleaseError, StoreError) as exc:
+        flash(f"Not released: {exc}.", "error")
+    else:
+        log.info("quarantine item %d: unconfirmed release retried by %s", held.id, g.user.login)
+        flash(f"Sent again to {held.recipient}.")
+    return redirect(url_for("junk.show", item_id=held.id))
+
+
+@bp.route("/<int:item_id>/allow", methods=["POST"])
+@login_required
+def release_and_allow(item_id: int):
+    """Release, and put the sender on the allow list of the recipient address."""
+    held = item_or_404(item_id)
+    _release(held)
+    try:
+        pattern = normalize_address(held.sender)
+    except PatternError:
+        flash("This message has no sender address to allow.", "error")
+        return _after_action(held)
+    try:
+        with store().session() as s:
+            entries.add_entry(s, held.recipient, "allow", pattern, f"released from quarantine #{held.id}")
+    except EntryError as exc:
+        flash(f"{held.recipient}: {exc}.")
+    else:
+        flash(f"{pattern} is now on the allow list of {held.recipient}.")
+    return _after_action(held)
+
+
+@bp.route("/<int:item_id>/notspam", methods=["POST"])
+@login_required
+def not_spam(item_id: int):
+    """Release, and record "not spam" feedback on the logged message for the next training run."""
+    held = item_or_404(item_id)
+    _release(held)
+    with store().session() as s:
+        message_id = log_message_id(s, held)
+        if message_id is not None:
+            messagelog.set_feedback(s, message_id, g.user.id, False)
+    if message_id is None:
+        flash("The filter cannot learn from this one: the message log no longer holds it.")
+    else:
+        flash("Marked as not spam. The filter learns it at its next training run.")
+    return _after_action(held)
+
+
+@bp.route("/<int:item_id>/delete", methods=["POST"])
+@login_required
+def delete(item_id: int):
+    held = item_or_404(item_id)
+    with store().session() as s:
+        gone = quarantine.delete(s, held.id)
+    if gone:
+        log.info("quarantine item %d (for %s) deleted by %s", held.id, held.recipient, g.user.login)
+        flash(f"Deleted “{visible(held.subject) or '(no subject)'}”.")
+    else:
+        flash("It was already deleted.")
+    return redirect(url_for("junk.index"))
