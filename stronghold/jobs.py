@@ -11,8 +11,9 @@ import argparse
 import logging
 from collections.abc import Callable
 
+from stronghold import digest, mailbox_expiry
 from stronghold.config import Config, ConfigError
-from stronghold.store import messagelog
+from stronghold.store import messagelog, quarantine
 from stronghold.store.db import Store
 
 log = logging.getLogger(__name__)
@@ -27,8 +28,36 @@ def purge_message_log(cfg: Config, store: Store) -> str:
     return f"{count} entries older than {cfg.log_retention_days} days deleted"
 
 
+def purge_quarantine(cfg: Config, store: Store) -> str:
+    if not cfg.quarantine_retention_days:
+        return "kept (quarantine_retention_days = 0)"
+    with store.session() as session:
+        count = quarantine.purge_older_than(session, cfg.quarantine_retention_days)
+    return f"{count} held messages older than {cfg.quarantine_retention_days} days deleted"
+
+
+def send_digests(cfg: Config, store: Store) -> str:
+    reports = digest.run(cfg, store)
+    sent = sum(1 for r in reports if r.outcome == "sent")
+    failed = [f"{r.login}: {r.outcome}" for r in reports if r.outcome.startswith("failed")]
+    if failed:
+        raise digest.DigestError(f"{sent} sent, {len(failed)} failed ({'; '.join(failed[:5])})")
+    return f"{sent} sent, {len(reports) - sent} not due or nothing new"
+
+
+def expire_junk(cfg: Config, store: Store) -> str:
+    """Junk and Trash expiry needs this host's Dovecot (doveadm); elsewhere it is skipped."""
+    if not cfg.dovecot_config.is_file():
+        return f"skipped: no Dovecot here ({cfg.dovecot_config} not found)"
+    done = mailbox_expiry.expire(cfg.dovecot_config, cfg.junk_retention_days)
+    return ", ".join(f"{e.folder} {e.messages} expunged" for e in done) or "kept (junk_retention_days = 0)"
+
+
 JOBS: dict[str, Job] = {
     "message-log": purge_message_log,
+    "quarantine": purge_quarantine,
+    "digest": send_digests,
+    "junk": expire_junk,
 }
 
 
