@@ -15,6 +15,11 @@ from pathlib import Path
 import pytest
 
 from stronghold import config as config_mod
+from stronghold.localstack import Clamd, Postfix, free_port, wait_for
+from tests.conftest import shared_tmpdir
+from tests.e2e import mail
+from tests.harness.milterproc import write_config
+from tests.harness.smtpsink import SmtpSink
 
 ROOT = Path(__file__).resolve().parents[2]
 UNITS = ("stronghold-milter.service", "stronghold-web.service", "stronghold-jobs.service",
@@ -102,3 +107,50 @@ def test_uninstall_keeps_data_unless_purged(installed: Path, tmp_path: Path) -> 
     subprocess.run(["bash", str(ROOT / "scripts/uninstall.sh")], env={**env, "PURGE": "1"}, check=True,
                    capture_output=True)
     assert not (dest / "etc/stronghold").exists() and not (dest / "var/lib/stronghold").exists()
+
+
+@pytest.mark.postfix
+@pytest.mark.clamd
+def test_installed_milter_as_its_unit_runs_it_under_chrooted_postfix(installed: Path, models_dir: Path,
+                                                                       clamd: Clamd) -> None:
+    """The installed program, as user stronghold with the unit's paths (under the scratch root),
+    behind a Postfix whose smtpd is chrooted into the queue directory that holds the socket."""
+    state = installed / "var/lib/stronghold"
+    for f in models_dir.glob("model.*"):
+        shutil.copy(f, state / "models" / f.name)
+        shutil.chown(state / "models" / f.name, "stronghold", "stronghold")
+    spool = installed / "var/spool/postfix"
+    config = write_config(installed / "etc/stronghold/e2e.toml", {
+        "data_dir": state, "models_dir": state / "models", "milter_socket": f"unix:{spool}/stronghold/milter.sock",
+        "clamd_socket": clamd.address, "milter_workers": 1})
+    shutil.chown(config, "root", "stronghold")
+    config.chmod(0o640)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH" and not k.startswith("STRONGHOLD_")}
+    # the unit's user, group and supplementary group; the program from the scratch root (its
+    # scripts' first line names /opt/stronghold, where a real install puts it)
+    as_unit = ["runuser", "-u", "stronghold", "-g", "stronghold", "-G", "postfix", "--",
+               str(installed / "opt/stronghold/bin/python"), "-m", "stronghold.cli", "--config", str(config)]
+    subprocess.run([*as_unit, "db", "upgrade"], env=env, check=True, capture_output=True, cwd="/")
+    milter = subprocess.Popen([*as_unit, "milter"], env=env, cwd="/", stderr=subprocess.DEVNULL)
+    sink = SmtpSink()
+    postfix = Postfix(shared_tmpdir("stronghold-chroot-") / "postfix", free_port(),
+                      milter="unix:/stronghold/milter.sock", relay=f"127.0.0.1:{sink.port}",
+                      queue_dir=spool, chroot=True)
+    try:
+        sock = spool / "stronghold/milter.sock"
+        wait_for(lambda: sock.exists(), 60, "the installed milter's socket")
+        assert _mode(sock)[:2] == ("stronghold", "postfix") and _mode(sock)[2] == 0o660
+        postfix.start()
+        master = (postfix.home / "master.cf").read_text().splitlines()[0].split()
+        assert master[4] == "y"  # smtpd chrooted
+        tid, data = mail.simple()
+        assert mail.send(postfix.port, "carol@sender.example", ["alice@example.com"], data) == {}
+        [got] = sink.wait_for(lambda m: f"X-Test-Id: {tid}".encode() in m.data)
+        assert b"X-Spam-Flag: NO" in got.data and b"antivirus=clean" in got.data
+        assert (state / "stronghold.db").stat().st_uid == pwd.getpwnam("stronghold").pw_uid
+    finally:
+        postfix.stop()
+        shutil.rmtree(postfix.home.parent, ignore_errors=True)
+        sink.close()
+        milter.terminate()
+        milter.wait(30)
