@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: deps venv corpus model test lint run stop bench bench-accuracy bench-peers soak clean
+.PHONY: deps venv corpus model test lint run stop install uninstall bench bench-accuracy bench-peers soak clean
 
 deps:
 	@scripts/install-deps.sh
@@ -37,6 +37,13 @@ run: venv corpus model
 
 stop:
 	@scripts/stack.sh stop
+
+# The product as a system service (docs/install.md); DESTDIR=... for a scratch root.
+install: deps
+	@scripts/install.sh
+
+uninstall:
+	@scripts/uninstall.sh
 
 bench-accuracy: venv corpus model
 	$(PY) -m bench.accuracy

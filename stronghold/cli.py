@@ -11,7 +11,7 @@ import traceback
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from stronghold import cli_admin, cli_quarantine, cli_services
+from stronghold import cli_admin, cli_quarantine, cli_services, jobs
 from stronghold import config as config_mod
 from stronghold.classifier import Model, ModelError, read_passport
 from stronghold.config import Config, ConfigError
@@ -198,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     pi.set_defaults(func=cmd_model_info)
 
     cli_services.register(sub)
+    jobs.register(sub)
     cli_admin.register(sub)
     cli_quarantine.register(sub)
     return parser

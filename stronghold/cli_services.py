@@ -6,9 +6,10 @@ import argparse
 import io
 import json
 
+from stronghold import config as config_mod
 from stronghold.antivirus import EICAR, ClamdScanner, ScannerError
 from stronghold.classifier import Model, ModelError
-from stronghold.config import Config
+from stronghold.config import Config, ConfigError
 from stronghold.localstack import StackError
 from stronghold.mailbox_expiry import ExpiryError, expire, run_every
 from stronghold.store import quarantine
@@ -96,6 +97,18 @@ def cmd_db_upgrade(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
+def cmd_config_example(args: argparse.Namespace, cfg: Config) -> int:
+    values: dict[str, str] = {}
+    for item in args.set or ():
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {item}: expected NAME=VALUE")
+        values[name.strip()] = value.strip()
+    checked = config_mod.load(None, values, environ={})  # refuse what the milter would refuse
+    print(config_mod.example({name: getattr(checked, name) for name in values}), end="")
+    return 0
+
+
 def cmd_mailbox_expire(args: argparse.Namespace, cfg: Config) -> int:
     if args.every is not None:
         if args.every <= 0 or args.dry_run:
@@ -129,6 +142,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("stack", help="start or stop the local stack on loopback (make run / make stop)")
     p.add_argument("action", choices=("start", "stop"))
     p.set_defaults(func=_cmd_stack)
+    p = sub.add_parser("config", help="settings files")
+    csub = p.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    pe = csub.add_parser("example", help="print a settings file listing every setting and its meaning")
+    pe.add_argument("--set", action="append", metavar="NAME=VALUE", help="a value to set (repeat)")
+    pe.set_defaults(func=cmd_config_example)
     p = sub.add_parser("mailbox", help="jobs on users' mailboxes in Dovecot")
     msub = p.add_subparsers(dest="mailbox_command", required=True, metavar="ACTION")
     pe = msub.add_parser("expire", help="expunge Junk and Trash mail older than junk_retention_days")

@@ -8,6 +8,7 @@ never silently ignored.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tomllib
@@ -17,6 +18,12 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+# A source checkout keeps its state beside the code (make run, tests); an installed
+# package uses the system's places (make install, docs/install.md).
+SYSTEM_STATE = Path("/var/lib/stronghold")
+FROM_SOURCE = (ROOT / "setup.cfg").is_file()
+DEFAULT_DATA_DIR = ROOT / "var" if FROM_SOURCE else SYSTEM_STATE
+DEFAULT_MODELS_DIR = ROOT / "models" if FROM_SOURCE else SYSTEM_STATE / "models"
 
 
 class ConfigError(Exception):
@@ -130,8 +137,8 @@ class Setting:
 
 
 SETTINGS: dict[str, Setting] = {
-    "data_dir": Setting(ROOT / "var", _path, "where the SQLite store, spool and runtime files live"),
-    "models_dir": Setting(ROOT / "models", _path, "the only folder models are loaded from"),
+    "data_dir": Setting(DEFAULT_DATA_DIR, _path, "where the SQLite store, spool and runtime files live"),
+    "models_dir": Setting(DEFAULT_MODELS_DIR, _path, "the only folder models are loaded from"),
     "model": Setting("model.joblib", _text, "model file name inside models_dir"),
     "database_url": Setting("", _text, "SQLAlchemy URL; empty means SQLite in data_dir"),
     "milter_socket": Setting("", _socket,
@@ -283,3 +290,32 @@ def _section(data: Mapping[str, Any], where: str) -> dict[str, Any]:
         if key not in SETTINGS:
             raise ConfigError(f"{where}: unknown setting '{key}'")
     return flat
+
+
+def example(values: Mapping[str, Any] | None = None) -> str:
+    """A TOML file naming every setting with its meaning: ``values`` set, the rest commented
+    out at their defaults (what ``stronghold config example`` prints)."""
+    values = values or {}
+    unknown = set(values) - set(SETTINGS)
+    if unknown:
+        raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+    lines = ["# Mail Stronghold settings. Every setting is listed with its meaning; a commented",
+             "# line shows the default. Environment variables STRONGHOLD_<NAME> override this file.",
+             "[stronghold]"]
+    for name, setting in SETTINGS.items():
+        lines.append(f"# {setting.help}")
+        if name in values:
+            lines.append(f"{name} = {_toml(values[name])}")
+        else:
+            lines.append(f"# {name} = {_toml(setting.default)}")
+    return "\n".join(lines) + "\n"
+
+
+def _toml(value: Any) -> str:
+    if value is None:
+        return '""'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return json.dumps(str(value))  # a JSON string is a valid TOML basic string

@@ -154,14 +154,14 @@ def stop_process(proc: subprocess.Popen[bytes] | None, grace: float = 20) -> Non
 
 
 _MASTER_CF = """\
-{listen} inet n - n - - smtpd
+{listen} inet n - {chroot} - - smtpd
 {release} inet n - n - - smtpd
   -o syslog_name=postfix/release
   -o smtpd_milters= -o non_smtpd_milters=
   -o smtpd_client_restrictions=permit_mynetworks,reject
   -o smtpd_relay_restrictions=permit_mynetworks,reject
 pickup unix n - n 60 1 pickup
-cleanup unix n - n - 0 cleanup
+cleanup unix n - {chroot} - 0 cleanup
 qmgr unix n - n 300 1 qmgr
 rewrite unix - - n - - trivial-rewrite
 bounce unix - - n - 0 bounce
@@ -208,12 +208,18 @@ class Postfix:
     lmtp: str | None = None
     mailboxes: tuple[str, ...] = ()
     release_port: int = field(default_factory=free_port)
+    queue_dir: Path | None = None  # default home/queue; the milter socket may live inside it
+    chroot: bool = False  # smtpd and cleanup chrooted into queue_dir, as Debian's master.cf has them
+
+    @property
+    def queue_directory(self) -> Path:
+        return self.queue_dir or self.home / "queue"
 
     def _main_cf(self) -> str:
         h = self.home
         settings = {
             "compatibility_level": "3.6",
-            "queue_directory": str(h / "queue"),
+            "queue_directory": str(self.queue_directory),
             "data_directory": str(h / "data"),
             "mail_owner": "postfix",
             "setgid_group": "postdrop",
@@ -283,13 +289,14 @@ class Postfix:
         return out
 
     def start(self, timeout: float = 30) -> None:
-        for sub in ("queue", "data", "mail"):
-            (self.home / sub).mkdir(parents=True, exist_ok=True)
+        for folder in (self.queue_directory, self.home / "data", self.home / "mail"):
+            folder.mkdir(parents=True, exist_ok=True)
         os.chown(self.home / "data", _postfix_uid(), _postfix_gid())
         os.chown(self.home / "mail", _postfix_uid(), _postfix_gid())
         (self.home / "main.cf").write_text(self._main_cf())
         (self.home / "master.cf").write_text(_MASTER_CF.format(
-            listen=f"127.0.0.1:{self.port}", release=f"127.0.0.1:{self.release_port}"))
+            listen=f"127.0.0.1:{self.port}", release=f"127.0.0.1:{self.release_port}",
+            chroot="y" if self.chroot else "n"))
         self._postfix("set-permissions", check=False)
         self._postfix("check")
         self._postfix("start")
@@ -298,7 +305,7 @@ class Postfix:
 
     def stop(self) -> None:
         self._postfix("stop", check=False)
-        pid_file = self.home / "queue" / "pid" / "master.pid"
+        pid_file = self.queue_directory / "pid" / "master.pid"
         deadline = time.monotonic() + 10
         while pid_file.exists() and time.monotonic() < deadline:
             try:

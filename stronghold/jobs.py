@@ -1,0 +1,88 @@
+"""`stronghold jobs`: the scheduled work, run by a timer (hourly) or cron.
+
+Each job is idempotent and decides itself whether anything is due, so running
+the command more often than needed does no harm, and a missed run is caught up
+by the next one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Callable
+
+from stronghold import digest, mailbox_expiry
+from stronghold.config import Config, ConfigError
+from stronghold.store import messagelog, quarantine
+from stronghold.store.db import Store
+
+log = logging.getLogger(__name__)
+Job = Callable[[Config, Store], str]
+
+
+def purge_message_log(cfg: Config, store: Store) -> str:
+    if not cfg.log_retention_days:
+        return "kept (log_retention_days = 0)"
+    with store.session() as session:
+        count = messagelog.purge_older_than(session, cfg.log_retention_days)
+    return f"{count} entries older than {cfg.log_retention_days} days deleted"
+
+
+def purge_quarantine(cfg: Config, store: Store) -> str:
+    if not cfg.quarantine_retention_days:
+        return "kept (quarantine_retention_days = 0)"
+    with store.session() as session:
+        count = quarantine.purge_older_than(session, cfg.quarantine_retention_days)
+    return f"{count} held messages older than {cfg.quarantine_retention_days} days deleted"
+
+
+def send_digests(cfg: Config, store: Store) -> str:
+    reports = digest.run(cfg, store)
+    sent = sum(1 for r in reports if r.outcome == "sent")
+    failed = [f"{r.login}: {r.outcome}" for r in reports if r.outcome.startswith("failed")]
+    if failed:
+        raise digest.DigestError(f"{sent} sent, {len(failed)} failed ({'; '.join(failed[:5])})")
+    return f"{sent} sent, {len(reports) - sent} not due or nothing new"
+
+
+def expire_junk(cfg: Config, store: Store) -> str:
+    """Junk and Trash expiry needs this host's Dovecot (doveadm); elsewhere it is skipped."""
+    if not cfg.dovecot_config.is_file():
+        return f"skipped: no Dovecot here ({cfg.dovecot_config} not found)"
+    done = mailbox_expiry.expire(cfg.dovecot_config, cfg.junk_retention_days)
+    return ", ".join(f"{e.folder} {e.messages} expunged" for e in done) or "kept (junk_retention_days = 0)"
+
+
+JOBS: dict[str, Job] = {
+    "message-log": purge_message_log,
+    "quarantine": purge_quarantine,
+    "digest": send_digests,
+    "junk": expire_junk,
+}
+
+
+def cmd_jobs(args: argparse.Namespace, cfg: Config) -> int:
+    names = args.only or list(JOBS)
+    unknown = [n for n in names if n not in JOBS]
+    if unknown:
+        raise ConfigError(f"unknown job(s) {', '.join(unknown)}; known: {', '.join(JOBS)}")
+    failed = 0
+    with Store(cfg.db_url) as store:
+        store.upgrade()
+        for name in names:
+            try:
+                result = JOBS[name](cfg, store)
+            except Exception as exc:  # noqa: BLE001 - one failing job must not stop the others; each is reported and fails the run
+                log.error("job %s failed: %s", name, exc)
+                print(f"{name}: FAILED: {exc}")
+                failed += 1
+            else:
+                log.info("job %s: %s", name, result)
+                print(f"{name}: {result}")
+    return 1 if failed else 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("jobs", help="run the scheduled jobs (retention, digests); for a timer or cron")
+    p.add_argument("--only", action="append", metavar="JOB", help=f"run only this job ({', '.join(JOBS)})")
+    p.set_defaults(func=cmd_jobs)
