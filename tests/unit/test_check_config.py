@@ -8,12 +8,20 @@ import pytest
 
 from stronghold.cli_services import check_config
 from stronghold.localstack import Clamd
+from stronghold.store.db import Store
 
 pytestmark = [pytest.mark.clamd, pytest.mark.corpus]
 
 
+def _migrated(cfg):
+    """The database as the milter leaves it at start (it runs the migrations)."""
+    with Store(cfg.db_url) as store:
+        store.upgrade()
+    return cfg
+
+
 def test_all_good(make_config, models_dir: Path, clamd: Clamd, capsys: pytest.CaptureFixture[str]) -> None:
-    cfg = make_config(models_dir=models_dir, clamd_socket=clamd.address)
+    cfg = _migrated(make_config(models_dir=models_dir, clamd_socket=clamd.address))
     assert check_config(cfg) == 0
     out = capsys.readouterr().out
     assert "ok: model" in out and "ok: database" in out and "found the EICAR test string" in out
@@ -30,5 +38,5 @@ def test_each_broken_dependency_is_named(make_config, tmp_path: Path, capsys: py
 
 
 def test_no_scanner_is_a_warning(make_config, models_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert check_config(make_config(models_dir=models_dir, clamd_socket="none")) == 0
+    assert check_config(_migrated(make_config(models_dir=models_dir, clamd_socket="none"))) == 0
     assert "WARNING: clamd_socket = none" in capsys.readouterr().out
