@@ -10,7 +10,7 @@ one change for mail unlike the training data:
    (Robinson); tokens within ``min_dev`` of 0.5 do not vote;
 2. tokens of one *family* (``tokens.family``: all markup and MIME structure,
    all routing and mailing-list headers, all ``From`` tokens ...) vote once,
-   with their mean log-odds, because they describe one fact: counted as ten
+   with their strongest clue, because they describe one fact: counted as ten
    independent clues, the markup of any newsletter made it certain spam;
 3. the votes are combined by Fisher's method both ways (Robinson's
    chi-square): one test asks "is this unlikely for ham?", the other "for
@@ -72,7 +72,7 @@ class ModelError(Exception):
 class Params:
     """How token counts become a score."""
 
-    strength: float = 0.3  # Robinson's s: weight of the 0.5 prior against evidence
+    strength: float = 0.2  # Robinson's s: weight of the 0.5 prior against evidence
     prior: float = 0.5  # Robinson's x: probability assumed for a token never seen
     min_dev: float = 0.35  # tokens closer than this to 0.5 do not vote
     compress: float = 4.0  # chi-square log-odds L is reported as c * log1p(|L| / c)
@@ -227,15 +227,16 @@ class Model:
         values = self._logodds[idx].astype(np.float64) if len(idx) else np.zeros(0)
         voting = np.flatnonzero(values)
         singles: list[float] = []
-        families: dict[str, list[float]] = {}
+        families: dict[str, float] = {}  # family -> its strongest clue (the first in token order on a tie)
         for i in voting.tolist():
             token = toks[i]
+            value = float(values[i])
             fam = family(token)
             if fam is token:
-                singles.append(float(values[i]))
-            else:
-                families.setdefault(fam, []).append(float(values[i]))
-        votes = singles + [math.fsum(v) / len(v) for v in families.values()]
+                singles.append(value)
+            elif abs(value) > abs(families.get(fam, 0.0)):
+                families[fam] = value
+        votes = singles + list(families.values())
         logodds = compress(chi_square_logodds(np.asarray(votes, dtype=np.float64)), self.params.compress)
         order = sorted(voting.tolist(), key=lambda i: (-abs(float(values[i])), toks[i]))[:n_reasons]
         clues = tuple(Clue(toks[i], round(_sigmoid(float(values[i])), 4)) for i in order)

@@ -23,9 +23,10 @@ from stronghold.tokens import features
 
 TARGET_FP_RATE = 0.0005  # the threshold is set so out-of-fold ham errs at most this often
 CV_FOLDS = 4
-# The threshold never goes below chi-square indicator 0.99 (bogofilter's spam_cutoff): below it is
-# the "unsure" middle where mail unlike the training data lands, whatever out-of-fold ham says.
-UNSURE_EDGE = 0.99
+# The threshold never goes below chi-square indicator 0.95 (between SpamBayes's spam cut-off 0.90 and
+# bogofilter's 0.99): below it is the "unsure" middle where mail unlike the training data lands,
+# whatever out-of-fold ham says.
+UNSURE_EDGE = 0.95
 MIN_PER_CLASS = 500  # fewer training messages of a class than this: warn
 MIN_SENDERS = 50  # fewer distinct From addresses in a class than this: warn (a narrow corpus)
 
