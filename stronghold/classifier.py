@@ -37,6 +37,7 @@ train and learn.  Token hashing uses MurmurHash3 via ``mmh3``, the function
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
 import logging
 import math
@@ -222,15 +223,14 @@ class Model:
     # -- scoring ------------------------------------------------------------
     def score(self, tokens: Iterable[str], n_reasons: int = 8) -> Score:
         """Spam probability in (0, 1), its log-odds and the tokens that decided it."""
-        toks = sorted(set(tokens))  # sorted: nothing depends on the hash seed
+        toks = tokens if isinstance(tokens, (list, tuple)) else list(tokens)
         idx = token_indices(toks)
-        values = self._logodds[idx].astype(np.float64) if len(idx) else np.zeros(0)
-        voting = np.flatnonzero(values)
+        values = self._logodds[idx] if len(idx) else np.zeros(0, dtype=np.float32)
+        # only the voting tokens matter; sorted by token so nothing depends on the hash seed
+        voting = sorted((toks[i], float(values[i])) for i in np.flatnonzero(values).tolist())
         singles: list[float] = []
         families: dict[str, float] = {}  # family -> its strongest clue (the first in token order on a tie)
-        for i in voting.tolist():
-            token = toks[i]
-            value = float(values[i])
+        for token, value in voting:
             fam = family(token)
             if fam is token:
                 singles.append(value)
@@ -238,8 +238,8 @@ class Model:
                 families[fam] = value
         votes = singles + list(families.values())
         logodds = compress(chi_square_logodds(np.asarray(votes, dtype=np.float64)), self.params.compress)
-        order = sorted(voting.tolist(), key=lambda i: (-abs(float(values[i])), toks[i]))[:n_reasons]
-        clues = tuple(Clue(toks[i], round(_sigmoid(float(values[i])), 4)) for i in order)
+        strongest = heapq.nsmallest(n_reasons, voting, key=lambda tv: (-abs(tv[1]), tv[0]))
+        clues = tuple(Clue(token, round(_sigmoid(value), 4)) for token, value in strongest)
         return Score(_sigmoid(logodds), clues, logodds)
 
     @property

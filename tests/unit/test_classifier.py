@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -125,3 +126,34 @@ def test_scoring_never_imports_scikit_learn_or_unpickles(tmp_path: Path) -> None
             "'sklearn' in sys.modules, 'joblib' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["True", "False", "False"]
+
+
+def test_a_family_of_tokens_votes_once() -> None:
+    """Ten markup tokens that only spam had in training are one clue, not ten: the words decide."""
+    markup = {f"tag:t{i}" for i in range(10)}
+    ham = [{"meeting", "agenda", "minutes", f"h{i}"} for i in range(40)]
+    spam = [{"viagra", "free", f"s{i}"} | markup for i in range(40)]
+    model = Model.train(ham + spam, [False] * 40 + [True] * 40)
+    newsletter = model.score(markup | {"meeting", "agenda", "minutes"})
+    assert newsletter.probability < 0.5
+    assert model.score(markup).probability > 0.5  # alone, the family still says spam
+
+
+def test_scores_never_saturate_and_keep_their_order() -> None:
+    spam_words = [f"spam{i}" for i in range(400)]
+    ham = [{"meeting", f"h{i}"} for i in range(50)]
+    spam = [set(spam_words) | {f"s{i}"} for i in range(50)]
+    model = Model.train(ham + spam, [False] * 50 + [True] * 50)
+    scores = [model.score(spam_words[:n]) for n in (50, 100, 200, 400)]
+    assert all(s.probability < 1.0 for s in scores)
+    assert [s.log_odds for s in scores] == sorted(s.log_odds for s in scores)
+    assert len({s.probability for s in scores}) == 4
+    assert scores[0].log_odds == pytest.approx(math.log(scores[0].probability / (1 - scores[0].probability)))
+
+
+def test_score_does_not_depend_on_token_order() -> None:
+    sets, labels = _sets()
+    model = Model.train(sets, labels)
+    tokens = ["viagra", "free", "meeting", "agenda", "subject:winner", "zzz"]
+    first = model.score(tokens)
+    assert all(model.score(order) == first for order in (tokens[::-1], sorted(tokens), set(tokens)))
