@@ -37,7 +37,6 @@ train and learn.  Token hashing uses MurmurHash3 via ``mmh3``, the function
 from __future__ import annotations
 
 import hashlib
-import heapq
 import json
 import logging
 import math
@@ -226,20 +225,28 @@ class Model:
         toks = tokens if isinstance(tokens, (list, tuple)) else list(tokens)
         idx = token_indices(toks)
         values = self._logodds[idx] if len(idx) else np.zeros(0, dtype=np.float32)
-        # only the voting tokens matter; sorted by token so nothing depends on the hash seed
-        voting = sorted((toks[i], float(values[i])) for i in np.flatnonzero(values).tolist())
-        singles: list[float] = []
-        families: dict[str, float] = {}  # family -> its strongest clue (the first in token order on a tie)
-        for token, value in voting:
-            fam = family(token)
-            if fam is token:
-                singles.append(value)
+        # Only voting tokens matter, taken in bucket order so that nothing depends on the order
+        # tokens came in (set order changes with the hash seed); a bucket shared by two tokens
+        # of one message is ordered by the tokens themselves.
+        voting = np.flatnonzero(values)
+        buckets = idx[voting]
+        order = np.argsort(buckets, kind="stable")
+        voting = voting[order]
+        if len(voting) > 1 and not bool(np.all(np.diff(buckets[order]) > 0)):
+            voting = np.asarray(sorted(voting.tolist(), key=lambda i: (int(idx[i]), toks[i])), dtype=np.int64)
+        names = [toks[i] for i in voting.tolist()]
+        vals = values[voting].astype(np.float64)
+        votes: list[float] = []  # content tokens vote each
+        families: dict[str, float] = {}  # family -> its strongest clue (the first on a tie)
+        for token, value in zip(names, vals.tolist(), strict=True):
+            if ":" not in token or (fam := family(token)) is token:
+                votes.append(value)
             elif abs(value) > abs(families.get(fam, 0.0)):
                 families[fam] = value
-        votes = singles + list(families.values())
-        logodds = compress(chi_square_logodds(np.asarray(votes, dtype=np.float64)), self.params.compress)
-        strongest = heapq.nsmallest(n_reasons, voting, key=lambda tv: (-abs(tv[1]), tv[0]))
-        clues = tuple(Clue(token, round(_sigmoid(value), 4)) for token, value in strongest)
+        votes.extend(families.values())
+        logodds = compress(chi_square_logodds(votes), self.params.compress)
+        top = np.argsort(-np.abs(vals), kind="stable")[:n_reasons].tolist()
+        clues = tuple(Clue(names[i], round(_sigmoid(float(vals[i])), 4)) for i in top)
         return Score(_sigmoid(logodds), clues, logodds)
 
     @property
@@ -371,8 +378,28 @@ def log_chi2_tails(m: float, n: int) -> tuple[float, float]:
     """
     if m <= 0:
         return 0.0, -math.inf
+    if m > 500:  # the terms would overflow a float: sum them in log space
+        return _log_chi2_tails_large(m, n)
+    term = total = 1.0
+    for i in range(1, n):
+        term *= m / i
+        total += term
+    log_q = math.log(total) - m
+    if log_q < -0.7:
+        return log_q, math.log1p(-math.exp(log_q))
+    term = math.exp(n * math.log(m) - math.lgamma(n + 1) - m)  # the first term of P
+    total = 0.0
+    i = n
+    while term > total * 1e-17:
+        total += term
+        i += 1
+        term *= m / i
+    return log_q, math.log(total) if total > 0 else -math.inf
+
+
+def _log_chi2_tails_large(m: float, n: int) -> tuple[float, float]:
     logm = math.log(m)
-    upper = max(n, int(m + 12 * math.sqrt(m) + 40))
+    upper = max(n, int(m)) + int(12 * math.sqrt(m) + 40)
     lf = _log_factorials(upper)
     i = np.arange(n, dtype=np.float64)
     log_q = _logsumexp(-m + i * logm - lf[:n])
@@ -382,7 +409,7 @@ def log_chi2_tails(m: float, n: int) -> tuple[float, float]:
     return log_q, _logsumexp(-m + j * logm - lf[n:upper + 1])
 
 
-def chi_square_logodds(votes: np.ndarray) -> float:
+def chi_square_logodds(votes: Sequence[float]) -> float:
     """Robinson's chi-square combining of per-clue log-odds, as a log-odds.
 
     S = 1 - Q(-2 sum ln(1 - f)), H = 1 - Q(-2 sum ln f), indicator
@@ -392,11 +419,19 @@ def chi_square_logodds(votes: np.ndarray) -> float:
     n = len(votes)
     if n == 0:
         return 0.0
-    m_spam = float(np.logaddexp(0.0, votes).sum())  # -sum ln(1 - f)
-    m_ham = float(np.logaddexp(0.0, -votes).sum())  # -sum ln f
+    v = np.asarray(votes, dtype=np.float64)  # log-odds v of each clue's f
+    m_spam = float(np.logaddexp(0.0, v).sum())  # -sum ln(1 - f)
+    m_ham = float(np.logaddexp(0.0, -v).sum())  # -sum ln f
     log_qs, log_ps = log_chi2_tails(m_spam, n)
     log_qh, log_ph = log_chi2_tails(m_ham, n)
-    return float(np.logaddexp(log_ps, log_qh) - np.logaddexp(log_qs, log_ph))
+    return _logaddexp(log_ps, log_qh) - _logaddexp(log_qs, log_ph)
+
+
+def _logaddexp(a: float, b: float) -> float:
+    top = max(a, b)
+    if top == -math.inf:
+        return -math.inf
+    return top + math.log1p(math.exp(min(a, b) - top))
 
 
 def _temp_name(path: Path, suffix: str) -> Path:

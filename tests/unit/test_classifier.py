@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from stronghold.classifier import Model, ModelError, feature_matrix, passport_path, token_indices
+from stronghold.classifier import Model, ModelError, feature_matrix, log_chi2_tails, passport_path, token_indices
 
 
 def _sets() -> tuple[list[set[str]], list[bool]]:
@@ -157,3 +157,12 @@ def test_score_does_not_depend_on_token_order() -> None:
     tokens = ["viagra", "free", "meeting", "agenda", "subject:winner", "zzz"]
     first = model.score(tokens)
     assert all(model.score(order) == first for order in (tokens[::-1], sorted(tokens), set(tokens)))
+
+
+@pytest.mark.parametrize("m, n", [(0.5, 1), (3.0, 40), (45.0, 40), (120.0, 299), (480.0, 60), (700.0, 900),
+                                  (2500.0, 300), (0.01, 250)])
+def test_chi_square_tails_match_scipy(m: float, n: int) -> None:
+    from scipy.special import gammainc, gammaincc
+    log_q, log_p = log_chi2_tails(m, n)
+    assert log_q == pytest.approx(math.log(gammaincc(n, m)), rel=1e-9, abs=1e-10)
+    assert log_p == pytest.approx(math.log(gammainc(n, m)), rel=1e-9, abs=1e-10)
