@@ -160,7 +160,7 @@ def test_score_does_not_depend_on_token_order() -> None:
 
 
 @pytest.mark.parametrize("m, n", [(0.5, 1), (3.0, 40), (45.0, 40), (120.0, 299), (480.0, 60), (700.0, 900),
-                                  (900.0, 700), (0.01, 250)])
+                                  (900.0, 700), (0.5, 30)])
 def test_chi_square_tails_match_scipy(m: float, n: int) -> None:
     from scipy.special import gammainc, gammaincc
     log_q, log_p = log_chi2_tails(m, n)
