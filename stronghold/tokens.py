@@ -18,7 +18,8 @@ from stronghold.message import ParsedMessage, url_host
 # Bumped whenever the features of a given message change (tokenizer or parser):
 # a model trained with another version still loads, with a warning to retrain.
 # 2: HTML read by message.html_to_text's own scanner instead of html.parser.
-# 3: timestamps of the collector (Delivery-Date, X-Original-Date, ...) no longer features.
+# 3: timestamps of the collector (Delivery-Date, X-Original-Date, ...) no longer features; only
+#    the 4 oldest Received headers are.
 TOKENIZER_VERSION = 3
 
 MAX_TEXT = 200_000
@@ -156,8 +157,14 @@ def _received(value: str, out: set[str]) -> None:
             out.add("received:" + word)
 
 
+MAX_RECEIVED = 4  # the oldest hops: the sender's side (the newest are the receiving site's own, alike for all mail)
+
+
 def _headers(msg: ParsedMessage, out: set[str]) -> None:
     counts: dict[str, int] = {}
+    received = [value for name, value in msg.headers if name.lower().strip() == "received"]
+    for value in received[-MAX_RECEIVED:]:
+        _received(value, out)
     for name, value in msg.headers:
         key = name.lower().strip()[:40]
         counts[key] = counts.get(key, 0) + 1
@@ -172,7 +179,7 @@ def _headers(msg: ParsedMessage, out: set[str]) -> None:
         elif key in _ADDRESS_HEADERS:
             _address_header(key, value, out)
         elif key == "received":
-            _received(value, out)
+            continue  # above
         elif key == "message-id":
             m = re.search(r"@([^>\s]+)", value)
             out.add("message-id:@" + (m.group(1).lower()[:40] if m else "none"))
