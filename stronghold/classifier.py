@@ -145,7 +145,8 @@ def library_versions() -> dict[str, str]:
 
 def token_indices(tokens: Sequence[str]) -> np.ndarray:
     """Hash bucket of each token, in order (the buckets FeatureHasher uses)."""
-    return np.fromiter((abs(mmh3.hash(t, 0)) % N_FEATURES for t in tokens), dtype=np.int64, count=len(tokens))
+    hashes = np.array([mmh3.hash(t, 0) for t in tokens], dtype=np.int64)  # signed 32-bit, as FeatureHasher
+    return np.abs(hashes) % N_FEATURES
 
 
 def feature_matrix(token_sets: Iterable[Iterable[str]]) -> Any:
