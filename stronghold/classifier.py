@@ -20,8 +20,9 @@ one change for mail unlike the training data:
    keeps its order and never reaches exactly 0.0 or 1.0: strongly-spam
    messages still get different scores.
 
-Every step is a function of the sorted token list, so the same bytes and the
-same model give the same score in every process, whatever Python's hash seed.
+Every step is a function of the set of tokens alone (voting tokens are taken
+in bucket order, not set order), so the same bytes and the same model give the
+same score in every process, whatever Python's hash seed.
 
 A model is three files: ``model.joblib`` (the scikit-learn counts, needed to
 learn), ``model.npy`` (the float32 log-odds table the filter scores with) and
