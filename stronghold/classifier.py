@@ -110,7 +110,7 @@ class Passport:
     """Everything known about a model, stored beside it as JSON."""
 
     format_version: int = FORMAT_VERSION
-    created: float = field(default_factory=time.time)
+    created: float = field(default_factory=lambda: creation_time())
     versions: dict[str, str] = field(default_factory=dict)
     n_features: int = N_FEATURES
     tokenizer: int = 1  # TOKENIZER_VERSION it was trained with (models from before the field: 1)
@@ -131,6 +131,15 @@ class Passport:
     def from_json(cls, data: dict[str, object]) -> Passport:
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         return cls(**known)  # type: ignore[arg-type]
+
+
+def creation_time() -> float:
+    """Now, or ``SOURCE_DATE_EPOCH`` when set (reproducible builds: then two trainings of the
+    same data write byte-identical passports too)."""
+    fixed = os.environ.get("SOURCE_DATE_EPOCH", "")
+    if fixed.isdigit():
+        return float(fixed)
+    return time.time()
 
 
 def library_versions() -> dict[str, str]:
