@@ -3,12 +3,26 @@
 Counting is scikit-learn's: feature tokens are hashed (``FeatureHasher``) into
 a fixed space and ``MultinomialNB.partial_fit`` on binary rows keeps, per
 class, the number of messages that contain each token (``feature_count_``).
-On top of those counts we combine the Robinson way: each token's spam
-probability is smoothed towards 0.5 by its evidence, only the ``max_clues``
-strongest tokens of a message vote, and their summed log-odds become a
-probability through a logistic curve.  That keeps a long, uninformative
-message from drowning the few tokens that decide (the failure of plain
-naive Bayes on mail).
+On top of those counts we combine the way bogofilter and SpamBayes do, with
+one change for mail unlike the training data:
+
+1. each token's spam probability is smoothed towards 0.5 by its evidence
+   (Robinson); tokens within ``min_dev`` of 0.5 do not vote;
+2. tokens of one *family* (``tokens.family``: all markup and MIME structure,
+   all routing and mailing-list headers, all ``From`` tokens ...) vote once,
+   with their strongest clue, because they describe one fact: counted as ten
+   independent clues, the markup of any newsletter made it certain spam;
+3. the votes are combined by Fisher's method both ways (Robinson's
+   chi-square): one test asks "is this unlikely for ham?", the other "for
+   spam?", and the score is their difference, so mail where both or neither
+   test is sure lands in an "unsure" middle near 0.5 instead of at 0 or 1;
+4. that log-odds is compressed (``c * log1p(|L| / c)``) so the probability
+   keeps its order and never reaches exactly 0.0 or 1.0: strongly-spam
+   messages still get different scores.
+
+Every step is a function of the set of tokens alone (voting tokens are taken
+in bucket order, not set order), so the same bytes and the same model give the
+same score in every process, whatever Python's hash seed.
 
 A model is three files: ``model.joblib`` (the scikit-learn counts, needed to
 learn), ``model.npy`` (the float32 log-odds table the filter scores with) and
@@ -40,13 +54,13 @@ from typing import TYPE_CHECKING, Any, cast
 import mmh3
 import numpy as np
 
-from stronghold.tokens import TOKENIZER_VERSION
+from stronghold.tokens import TOKENIZER_VERSION, family
 
 if TYPE_CHECKING:
     from sklearn.naive_bayes import MultinomialNB
 
 log = logging.getLogger(__name__)
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: chi-square combining of token families (Params changed)
 N_FEATURES = 2**22
 DEFAULT_SPAM_THRESHOLD = 0.9
 
@@ -59,11 +73,10 @@ class ModelError(Exception):
 class Params:
     """How token counts become a score."""
 
-    strength: float = 0.1  # Robinson's s: weight of the 0.5 prior against evidence
+    strength: float = 0.2  # Robinson's s: weight of the 0.5 prior against evidence
     prior: float = 0.5  # Robinson's x: probability assumed for a token never seen
-    max_clues: int = 15  # strongest tokens that vote
-    min_dev: float = 0.05  # tokens closer than this to 0.5 do not vote
-    scale: float = 4.0  # log-odds are divided by this before the logistic curve
+    min_dev: float = 0.35  # tokens closer than this to 0.5 do not vote
+    compress: float = 4.0  # chi-square log-odds L is reported as c * log1p(|L| / c)
 
 
 @dataclass(frozen=True)
@@ -74,10 +87,22 @@ class Clue:
 
 @dataclass(frozen=True)
 class Score:
-    """The classifier's answer for one message."""
+    """The classifier's answer for one message.
+
+    ``logodds`` is ``log(p / (1 - p))`` of ``probability``, kept because it
+    does not lose resolution near 0 and 1 (None: derived from the probability).
+    """
 
     probability: float
     clues: tuple[Clue, ...]
+    logodds: float | None = None
+
+    @property
+    def log_odds(self) -> float:
+        if self.logodds is not None:
+            return self.logodds
+        p = min(max(self.probability, 1e-300), 1.0 - 1e-16)
+        return math.log(p / (1.0 - p))
 
 
 @dataclass
@@ -85,7 +110,7 @@ class Passport:
     """Everything known about a model, stored beside it as JSON."""
 
     format_version: int = FORMAT_VERSION
-    created: float = field(default_factory=time.time)
+    created: float = field(default_factory=lambda: creation_time())
     versions: dict[str, str] = field(default_factory=dict)
     n_features: int = N_FEATURES
     tokenizer: int = 1  # TOKENIZER_VERSION it was trained with (models from before the field: 1)
@@ -98,6 +123,7 @@ class Passport:
     learned_spam: int = 0
     training_set_sha256: str = ""
     evaluation: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # why the training set may not be trusted
     file_sha256: str = ""
     table_sha256: str = ""
 
@@ -105,6 +131,15 @@ class Passport:
     def from_json(cls, data: dict[str, object]) -> Passport:
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         return cls(**known)  # type: ignore[arg-type]
+
+
+def creation_time() -> float:
+    """Now, or ``SOURCE_DATE_EPOCH`` when set (reproducible builds: then two trainings of the
+    same data write byte-identical passports too)."""
+    fixed = os.environ.get("SOURCE_DATE_EPOCH", "")
+    if fixed.isdigit():
+        return float(fixed)
+    return time.time()
 
 
 def library_versions() -> dict[str, str]:
@@ -120,7 +155,8 @@ def library_versions() -> dict[str, str]:
 
 def token_indices(tokens: Sequence[str]) -> np.ndarray:
     """Hash bucket of each token, in order (the buckets FeatureHasher uses)."""
-    return np.fromiter((abs(mmh3.hash(t, 0)) % N_FEATURES for t in tokens), dtype=np.int64, count=len(tokens))
+    hashes = np.array([mmh3.hash(t, 0) for t in tokens], dtype=np.int64)  # signed 32-bit, as FeatureHasher
+    return np.abs(hashes) % N_FEATURES
 
 
 def feature_matrix(token_sets: Iterable[Iterable[str]]) -> Any:
@@ -196,24 +232,33 @@ class Model:
 
     # -- scoring ------------------------------------------------------------
     def score(self, tokens: Iterable[str], n_reasons: int = 8) -> Score:
-        """Spam probability in [0, 1] and the tokens that decided it."""
-        toks = list(tokens)
+        """Spam probability in (0, 1), its log-odds and the tokens that decided it."""
+        toks = tokens if isinstance(tokens, (list, tuple)) else list(tokens)
         idx = token_indices(toks)
         values = self._logodds[idx] if len(idx) else np.zeros(0, dtype=np.float32)
-        strength = np.abs(values)
-        k = self.params.max_clues
-        if len(values) > k:
-            top = np.argpartition(-strength, k)[:k]
-        else:
-            top = np.arange(len(values))
-        top = top[strength[top] > 0]
-        total = float(values[top].sum())
-        probability = 1.0 / (1.0 + math.exp(-total / self.params.scale))
-        order = top[np.argsort(-strength[top])][:n_reasons]
-        clues = tuple(
-            Clue(toks[i], round(1.0 / (1.0 + math.exp(-float(values[i]))), 4)) for i in order
-        )
-        return Score(probability, clues)
+        # Only voting tokens matter, taken in bucket order so that nothing depends on the order
+        # tokens came in (set order changes with the hash seed); a bucket shared by two tokens
+        # of one message is ordered by the tokens themselves.
+        voting = np.flatnonzero(values)
+        buckets = idx[voting]
+        order = np.argsort(buckets, kind="stable")
+        voting = voting[order]
+        if len(voting) > 1 and not bool(np.all(np.diff(buckets[order]) > 0)):
+            voting = np.asarray(sorted(voting.tolist(), key=lambda i: (int(idx[i]), toks[i])), dtype=np.int64)
+        names = [toks[i] for i in voting.tolist()]
+        vals = values[voting].astype(np.float64)
+        votes: list[float] = []  # content tokens vote each
+        families: dict[str, float] = {}  # family -> its strongest clue (the first on a tie)
+        for token, value in zip(names, vals.tolist(), strict=True):
+            if ":" not in token or (fam := family(token)) is token:
+                votes.append(value)
+            elif abs(value) > abs(families.get(fam, 0.0)):
+                families[fam] = value
+        votes.extend(families.values())
+        logodds = compress(chi_square_logodds(votes), self.params.compress)
+        top = np.argsort(-np.abs(vals), kind="stable")[:n_reasons].tolist()
+        clues = tuple(Clue(names[i], round(_sigmoid(float(vals[i])), 4)) for i in top)
+        return Score(_sigmoid(logodds), clues, logodds)
 
     @property
     def spam_threshold(self) -> float:
@@ -299,6 +344,105 @@ class Model:
         if not isinstance(nb, MultinomialNB):
             raise ModelError(f"model {path} is not a Mail Stronghold model")
         return cls(nb, passport)
+
+
+MAX_LOGODDS = 36.0  # 1 - sigmoid(36) ~ 2.3e-16: the largest log-odds a float64 probability below 1 shows
+
+
+def _sigmoid(x: float) -> float:
+    if x >= 0:
+        return 1.0 / (1.0 + math.exp(-x))
+    z = math.exp(x)
+    return z / (1.0 + z)
+
+
+def compress(logodds: float, c: float) -> float:
+    """``c * log1p(|L| / c)``, sign kept, within +-MAX_LOGODDS: monotone, so ranks are kept."""
+    if c <= 0:
+        return max(-MAX_LOGODDS, min(MAX_LOGODDS, logodds))
+    return math.copysign(min(MAX_LOGODDS, c * math.log1p(abs(logodds) / c)), logodds)
+
+
+_LOG_FACT = np.concatenate([[0.0], np.cumsum(np.log(np.arange(1, 4097, dtype=np.float64)))])
+
+
+def _log_factorials(upto: int) -> np.ndarray:
+    global _LOG_FACT
+    if upto >= len(_LOG_FACT):
+        more = np.arange(len(_LOG_FACT), 2 * upto + 1, dtype=np.float64)
+        _LOG_FACT = np.concatenate([_LOG_FACT, _LOG_FACT[-1] + np.cumsum(np.log(more))])
+    return _LOG_FACT
+
+
+def _logsumexp(x: np.ndarray) -> float:
+    top = float(x.max())
+    if top == -math.inf:
+        return -math.inf
+    return top + math.log(float(np.exp(x - top).sum()))
+
+
+def log_chi2_tails(m: float, n: int) -> tuple[float, float]:
+    """log Q and log P of a chi-square with 2n degrees of freedom at 2m (both tails, no cancellation).
+
+    For even degrees of freedom Q = exp(-m) * sum(m**i / i!, i < n), the
+    Poisson sum; P = 1 - Q is summed from its own terms when Q is near 1.
+    """
+    if m <= 0:
+        return 0.0, -math.inf
+    if m > 500:  # the terms would overflow a float: sum them in log space
+        return _log_chi2_tails_large(m, n)
+    term = total = 1.0
+    for i in range(1, n):
+        term *= m / i
+        total += term
+    log_q = math.log(total) - m
+    if log_q < -0.7:
+        return log_q, math.log1p(-math.exp(log_q))
+    term = math.exp(n * math.log(m) - math.lgamma(n + 1) - m)  # the first term of P
+    total = 0.0
+    i = n
+    while term > total * 1e-17:
+        total += term
+        i += 1
+        term *= m / i
+    return log_q, math.log(total) if total > 0 else -math.inf
+
+
+def _log_chi2_tails_large(m: float, n: int) -> tuple[float, float]:
+    logm = math.log(m)
+    upper = max(n, int(m)) + int(12 * math.sqrt(m) + 40)
+    lf = _log_factorials(upper)
+    i = np.arange(n, dtype=np.float64)
+    log_q = _logsumexp(-m + i * logm - lf[:n])
+    if log_q < -0.7:
+        return log_q, math.log1p(-math.exp(log_q))
+    j = np.arange(n, upper + 1, dtype=np.float64)
+    return log_q, _logsumexp(-m + j * logm - lf[n:upper + 1])
+
+
+def chi_square_logodds(votes: Sequence[float]) -> float:
+    """Robinson's chi-square combining of per-clue log-odds, as a log-odds.
+
+    S = 1 - Q(-2 sum ln(1 - f)), H = 1 - Q(-2 sum ln f), indicator
+    I = (1 + S - H) / 2; returned as log(I / (1 - I)), computed from the tails
+    so that it stays finite and exact far beyond I = 1 - 1e-16.
+    """
+    n = len(votes)
+    if n == 0:
+        return 0.0
+    v = np.asarray(votes, dtype=np.float64)  # log-odds v of each clue's f
+    m_spam = float(np.logaddexp(0.0, v).sum())  # -sum ln(1 - f)
+    m_ham = float(np.logaddexp(0.0, -v).sum())  # -sum ln f
+    log_qs, log_ps = log_chi2_tails(m_spam, n)
+    log_qh, log_ph = log_chi2_tails(m_ham, n)
+    return _logaddexp(log_ps, log_qh) - _logaddexp(log_qs, log_ph)
+
+
+def _logaddexp(a: float, b: float) -> float:
+    top = max(a, b)
+    if top == -math.inf:
+        return -math.inf
+    return top + math.log1p(math.exp(min(a, b) - top))
 
 
 def _temp_name(path: Path, suffix: str) -> Path:

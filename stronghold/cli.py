@@ -66,7 +66,9 @@ def cmd_train(args: argparse.Namespace, cfg: Config) -> int:
     p = model.passport
     seconds = time.monotonic() - started
     print(f"trained on {p.trained_ham} ham + {p.trained_spam} spam in {seconds:.1f}s -> {out}")
-    print(f"spam threshold {p.spam_threshold:.4f} ({p.threshold_method})")
+    print(f"spam threshold {p.spam_threshold!r}: {p.threshold_method}")
+    for warning in p.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     if evaluation is not None:
         e = evaluation
         print(f"holdout: {e.n_ham} ham, {e.n_spam} spam; (1-AUC)% {e.one_minus_auc_pct:.4f}; "
@@ -98,13 +100,14 @@ def cmd_scan(args: argparse.Namespace, cfg: Config) -> int:
                             disable=None, leave=False):
         score = model.score(tokenize(raw))
         verdict = "spam" if score.probability >= threshold else "ham"
-        if args.format == "tsv":
-            print(f"{score.probability:.6f}\t{source}")
+        if args.format == "tsv":  # full precision: repr round-trips the float exactly
+            print(f"{score.probability!r}\t{score.log_odds!r}\t{source}")
         elif args.format == "text":
             reasons = ", ".join(f"{c.token} {c.spam_prob:.3f}" for c in score.clues[:args.reasons])
             print(f"{source}: {verdict} {score.probability:.4f} (threshold {threshold:.4f}) "
                   f"[{reasons}]")
-        results.append({"path": source, "score": round(score.probability, 6), "verdict": verdict,
+        results.append({"path": source, "score": score.probability, "logodds": score.log_odds,
+                        "verdict": verdict,
                         "threshold": threshold,
                         "reasons": [{"token": c.token, "spam_prob": c.spam_prob}
                                     for c in score.clues[:args.reasons]]})

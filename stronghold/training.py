@@ -17,12 +17,18 @@ from pathlib import Path
 
 import numpy as np
 
-from stronghold.classifier import Model, ModelError, Params
+from stronghold.classifier import Model, ModelError, Params, compress
 from stronghold.message import parse
 from stronghold.tokens import features
 
 TARGET_FP_RATE = 0.0005  # the threshold is set so out-of-fold ham errs at most this often
 CV_FOLDS = 4
+# The threshold never goes below chi-square indicator 0.95 (between SpamBayes's spam cut-off 0.90 and
+# bogofilter's 0.99): below it is the "unsure" middle where mail unlike the training data lands,
+# whatever out-of-fold ham says.
+UNSURE_EDGE = 0.95
+MIN_PER_CLASS = 500  # fewer training messages of a class than this: warn
+MIN_SENDERS = 50  # fewer distinct From addresses in a class than this: warn (a narrow corpus)
 
 
 class CorpusError(Exception):
@@ -131,6 +137,7 @@ class Evaluation:
     fn_rate: float
     fn_rate_at_fp_0_1pct: float
     threshold: float
+    fn_rate_at_fp_1pct: float = 0.0
 
     def as_dict(self) -> dict[str, float]:
         return {k: float(v) for k, v in self.__dict__.items()}
@@ -156,24 +163,48 @@ def evaluate(scores: Sequence[float], labels: Sequence[bool], threshold: float) 
         i = j + 1
     spam_ranks = ranks[len(ham):].sum()
     auc = (spam_ranks - len(spam) * (len(spam) + 1) / 2) / (len(ham) * len(spam))
-    allowed = int(len(ham) * 0.001)
-    cut = np.sort(ham)[::-1][allowed] if allowed < len(ham) else -np.inf
     return Evaluation(
         n_ham=len(ham), n_spam=len(spam),
         one_minus_auc_pct=(1 - auc) * 100,
         fp_rate=float((ham >= threshold).mean()),
         fn_rate=float((spam < threshold).mean()),
-        fn_rate_at_fp_0_1pct=float((spam <= cut).mean()),
+        fn_rate_at_fp_0_1pct=_fn_rate_at_fp(ham, spam, 0.001),
         threshold=threshold,
+        fn_rate_at_fp_1pct=_fn_rate_at_fp(ham, spam, 0.01),
     )
 
 
+def _fn_rate_at_fp(ham: np.ndarray, spam: np.ndarray, fp_rate: float) -> float:
+    """Spam missed by the lowest threshold that lets at most ``fp_rate`` of ham through."""
+    allowed = int(len(ham) * fp_rate)
+    cut = np.sort(ham)[::-1][allowed] if allowed < len(ham) else -np.inf
+    return float((spam <= cut).mean())
+
+
+@dataclass(frozen=True)
+class ThresholdChoice:
+    """The spam threshold ``train`` chose, how, and what makes it doubtful."""
+
+    threshold: float
+    method: str
+    warnings: tuple[str, ...] = ()
+
+
+def unsure_edge(params: Params) -> float:
+    """The probability that chi-square indicator ``UNSURE_EDGE`` becomes after compression."""
+    logodds = compress(math.log(UNSURE_EDGE / (1 - UNSURE_EDGE)), params.compress)
+    return 1.0 / (1.0 + math.exp(-logodds))
+
+
 def calibrate_threshold(token_sets: Sequence[set[str]], labels: Sequence[bool],
-                        params: Params, target_fp: float = TARGET_FP_RATE) -> float:
+                        params: Params, target_fp: float = TARGET_FP_RATE) -> ThresholdChoice:
     """Spam threshold from out-of-fold scores of the training set.
 
-    The threshold sits just above the ham score that out-of-fold ham exceeds
-    at most ``target_fp`` of the time, and never below 0.5.
+    Each fold is scored by a model trained on the others (folds by position,
+    so the same data always gives the same threshold).  The threshold sits just
+    above the ham score that out-of-fold ham exceeds at most ``target_fp`` of
+    the time, and never below ``unsure_edge``: out-of-fold ham says where
+    familiar ham ends, not where unfamiliar ham does.
     """
     y = np.asarray(labels, dtype=bool)
     folds = np.arange(len(y)) % CV_FOLDS
@@ -185,12 +216,39 @@ def calibrate_threshold(token_sets: Sequence[set[str]], labels: Sequence[bool],
             continue
         model = Model.train([token_sets[int(i)] for i in train_idx], y[train_idx].tolist(), params)
         ham_scores.extend(model.score(token_sets[int(i)]).probability for i in test_idx if not y[i])
+    floor = unsure_edge(params)
     if not ham_scores:
-        return 0.9
+        return ThresholdChoice(floor, f"chi-square indicator {UNSURE_EDGE} (no out-of-fold ham to measure)",
+                               ("no out-of-fold ham scores: the threshold is not measured",))
     ranked = sorted(ham_scores, reverse=True)
     allowed = int(len(ranked) * target_fp)
-    above = ranked[allowed] if allowed < len(ranked) else 0.5
-    return float(min(0.9999, max(0.5, math.ceil(above * 10000 + 1e-9) / 10000)))
+    above = ranked[allowed] if allowed < len(ranked) else 0.0
+    measured = float(np.nextafter(above, 2.0))
+    warnings: list[str] = []
+    if allowed < 2:
+        warnings.append(f"the out-of-fold estimate rests on the {allowed + 1} highest-scoring of "
+                        f"{len(ranked)} ham: too few ham to measure an FP rate of {target_fp:.2%}")
+    oof = (f"{CV_FOLDS}-fold out-of-fold ham: {allowed} of {len(ranked)} at or above "
+           f"{measured:.6f} (target FP rate {target_fp:.2%})")
+    if measured >= floor:
+        return ThresholdChoice(measured, oof, tuple(warnings))
+    return ThresholdChoice(floor, f"floor: chi-square indicator {UNSURE_EDGE}, the edge of the unsure "
+                                  f"middle (above {oof})", tuple(warnings))
+
+
+def corpus_warnings(token_sets: Sequence[set[str]], labels: Sequence[bool]) -> list[str]:
+    """Why a training set may be too small or too narrow to trust its threshold."""
+    out: list[str] = []
+    for is_spam, name in ((False, "ham"), (True, "spam")):
+        sets = [t for t, y in zip(token_sets, labels, strict=True) if y == is_spam]
+        if len(sets) < MIN_PER_CLASS:
+            out.append(f"only {len(sets)} {name} messages (fewer than {MIN_PER_CLASS}): "
+                       "scores and threshold will be unreliable")
+        senders = {t for tokens in sets for t in tokens if t.startswith("from:addr:")}
+        if len(senders) < MIN_SENDERS:
+            out.append(f"the {name} comes from {len(senders)} sender addresses (fewer than {MIN_SENDERS}): "
+                       "too narrow to judge mail from elsewhere")
+    return out
 
 
 def training_set_digest(samples: Sequence[Sample]) -> str:
@@ -232,10 +290,13 @@ def train_model(samples: Sequence[Sample], holdout: float = 0.0,
         model = Model.train(train_sets, train_labels, params)
     except ModelError as exc:
         raise CorpusError(str(exc)) from exc
+    warnings = corpus_warnings(train_sets, train_labels)
     if calibrate:
-        model.passport.spam_threshold = calibrate_threshold(train_sets, train_labels, params)
-        model.passport.threshold_method = (
-            f"{CV_FOLDS}-fold out-of-fold ham scores, target FP rate {TARGET_FP_RATE}")
+        choice = calibrate_threshold(train_sets, train_labels, params)
+        model.passport.spam_threshold = choice.threshold
+        model.passport.threshold_method = choice.method
+        warnings.extend(choice.warnings)
+    model.passport.warnings = warnings
     model.passport.training_set_sha256 = training_set_digest(train_samples)
     evaluation = None
     if held_sets and any(held_labels) and not all(held_labels):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from stronghold.classifier import Model, ModelError, feature_matrix, passport_path, token_indices
+from stronghold.classifier import Model, ModelError, feature_matrix, log_chi2_tails, passport_path, token_indices
 
 
 def _sets() -> tuple[list[set[str]], list[bool]]:
@@ -125,3 +126,43 @@ def test_scoring_never_imports_scikit_learn_or_unpickles(tmp_path: Path) -> None
             "'sklearn' in sys.modules, 'joblib' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["True", "False", "False"]
+
+
+def test_a_family_of_tokens_votes_once() -> None:
+    """Ten markup tokens that only spam had in training are one clue, not ten: the words decide."""
+    markup = {f"tag:t{i}" for i in range(10)}
+    ham = [{"meeting", "agenda", "minutes", f"h{i}"} for i in range(40)]
+    spam = [{"viagra", "free", f"s{i}"} | markup for i in range(40)]
+    model = Model.train(ham + spam, [False] * 40 + [True] * 40)
+    newsletter = model.score(markup | {"meeting", "agenda", "minutes"})
+    assert newsletter.probability < 0.5
+    assert model.score(markup).probability > 0.5  # alone, the family still says spam
+
+
+def test_scores_never_saturate_and_keep_their_order() -> None:
+    spam_words = [f"spam{i}" for i in range(400)]
+    ham = [{"meeting", f"h{i}"} for i in range(50)]
+    spam = [set(spam_words) | {f"s{i}"} for i in range(50)]
+    model = Model.train(ham + spam, [False] * 50 + [True] * 50)
+    scores = [model.score(spam_words[:n]) for n in (50, 100, 200, 400)]
+    assert all(s.probability < 1.0 for s in scores)
+    assert [s.log_odds for s in scores] == sorted(s.log_odds for s in scores)
+    assert len({s.probability for s in scores}) == 4
+    assert scores[0].log_odds == pytest.approx(math.log(scores[0].probability / (1 - scores[0].probability)))
+
+
+def test_score_does_not_depend_on_token_order() -> None:
+    sets, labels = _sets()
+    model = Model.train(sets, labels)
+    tokens = ["viagra", "free", "meeting", "agenda", "subject:winner", "zzz"]
+    first = model.score(tokens)
+    assert all(model.score(order) == first for order in (tokens[::-1], sorted(tokens), set(tokens)))
+
+
+@pytest.mark.parametrize("m, n", [(0.5, 1), (3.0, 40), (45.0, 40), (120.0, 299), (480.0, 60), (700.0, 900),
+                                  (900.0, 700), (0.5, 30)])
+def test_chi_square_tails_match_scipy(m: float, n: int) -> None:
+    from scipy.special import gammainc, gammaincc
+    log_q, log_p = log_chi2_tails(m, n)
+    assert log_q == pytest.approx(math.log(gammaincc(n, m)), rel=1e-9, abs=1e-10)
+    assert log_p == pytest.approx(math.log(gammainc(n, m)), rel=1e-9, abs=1e-10)

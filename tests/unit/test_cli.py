@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import mailbox
+import math
 from pathlib import Path
 
 import pytest
@@ -39,14 +40,20 @@ def test_train_scan_learn_info(small_corpus: tuple[Path, Path], corpus: Path, en
                                capsys: pytest.CaptureFixture[str]) -> None:
     ham, spam = small_corpus
     assert main(["train", "--ham", str(ham), "--spam", str(spam), "--holdout", "0.2"]) == 0
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
     assert "ham +" in out and "(1-AUC)%" in out
+    assert "spam threshold" in out and "spam messages (fewer than 500)" in captured.err
     spam_file = corpus_files(corpus, "spam")[0]
     ham_file = corpus_files(corpus, "ham")[0]
     assert main(["scan", "--format", "tsv", str(spam_file), str(ham_file)]) == 0
     lines = capsys.readouterr().out.strip().split("\n")
-    scores = {line.split("\t")[1]: float(line.split("\t")[0]) for line in lines}
+    scores = {line.split("\t")[2]: float(line.split("\t")[0]) for line in lines}
     assert scores[str(spam_file)] > scores[str(ham_file)]
+    for line in lines:  # full precision: the printed probability is the float itself, log-odds beside
+        probability, logodds, _ = line.split("\t")
+        assert repr(float(probability)) == probability
+        assert float(logodds) == pytest.approx(math.log(float(probability) / (1 - float(probability))))
     assert main(["scan", "--format", "json", str(spam_file)]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result[0]["verdict"] in ("spam", "ham") and result[0]["reasons"]
