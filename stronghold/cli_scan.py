@@ -16,15 +16,20 @@ import math
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stronghold.classifier import Model, Score
 from stronghold.config import Config
 from stronghold.engine import Envelope
-from stronghold.received import as_received, check, envelope_sender, header_recipients
+from stronghold.message import MAX_BYTES, parse
+from stronghold.received import as_received, envelope_sender, header_recipients
+from stronghold.spool import Spool
 from stronghold.store.db import Store
 from stronghold.training import iter_messages, read_index, tokenize
 from stronghold.verdict import Verdict
+
+if TYPE_CHECKING:
+    from stronghold.service import Service
 
 
 class ScanUsageError(Exception):
@@ -94,6 +99,7 @@ def _classifier_only(args: argparse.Namespace, cfg: Config, model_path: Path) ->
 
 def _through_engine(args: argparse.Namespace, cfg: Config, model_path: Path) -> int:
     from stronghold.service import Service
+
     if model_path != cfg.model_path:
         cfg = dataclasses.replace(cfg, models_dir=model_path.parent, model=model_path.name)
     results = []
@@ -105,7 +111,7 @@ def _through_engine(args: argparse.Namespace, cfg: Config, model_path: Path) -> 
             sender = args.sender if args.sender is not None else envelope_sender(raw)
             rcpts = tuple(r.lower() for r in args.rcpt) if args.rcpt else header_recipients(raw)
             env = Envelope(sender, rcpts, args.client_ip, "")
-            verdict = check(service, env, as_received(raw)).outcome.verdict
+            verdict = check(service, env, as_received(raw))
             if args.format == "tsv":
                 print(f"{verdict.score!r}\t{verdict.action.value}\t{source}")
             elif args.format == "text":
@@ -119,6 +125,19 @@ def _through_engine(args: argparse.Namespace, cfg: Config, model_path: Path) -> 
         json.dump(results, sys.stdout, indent=1)
         print()
     return 0
+
+
+def check(service: Service, envelope: Envelope, wire: bytes) -> Verdict:
+    """Decide about ``wire`` (bytes as the milter gets them) the way the milter does at
+    end of message: spooled within ``max_message_bytes``, parsed once, one service call."""
+    limit = service.cfg.max_message_bytes
+    with Spool(service.cfg.spool_memory_bytes, service.cfg.data_dir) as spool:
+        spool.write(wire[:limit])
+        msg = parse(spool.head(MAX_BYTES + 1))
+        msg.size = len(wire)
+        spool.seek(0)
+        outcome = service.decide(envelope, msg, spool, oversize=len(wire) > limit)
+    return outcome.verdict
 
 
 def cmd_scan(args: argparse.Namespace, cfg: Config) -> int:

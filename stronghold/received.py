@@ -12,20 +12,16 @@ change the message in ways the classifier notices:
 
 Postfix's own ``Received`` line is not shown to the milter (checked through a
 real Postfix: the logged features of corpus mail equal those of
-``as_received(file)``), so nothing is added.  ``check`` then spools, parses and
-decides exactly as the milter does at end of message.
+``as_received(file)``), so nothing is added.  Training tokenizes what this
+returns too, so the model learns only what the milter will see.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from email.utils import getaddresses
 
-from stronghold.engine import Envelope
-from stronghold.message import MAX_BYTES, ParsedMessage, parse
-from stronghold.service import Outcome, Service
-from stronghold.spool import Spool
+from stronghold.message import parse
 
 DROPPED_HEADERS = frozenset({b"return-path", b"bcc", b"resent-bcc", b"content-length"})
 _EOL = re.compile(rb"\r\n|\r|\n")
@@ -72,22 +68,3 @@ def header_recipients(raw: bytes, limit: int = 10) -> tuple[str, ...]:
         if "@" in addr and addr not in out:
             out.append(addr)
     return tuple(out[:limit])
-
-
-@dataclass(frozen=True)
-class Checked:
-    message: ParsedMessage
-    outcome: Outcome
-
-
-def check(service: Service, envelope: Envelope, wire: bytes) -> Checked:
-    """Decide about ``wire`` (bytes as the milter gets them) the way the milter does at
-    end of message: spooled within ``max_message_bytes``, parsed once, one service call."""
-    limit = service.cfg.max_message_bytes
-    with Spool(service.cfg.spool_memory_bytes, service.cfg.data_dir) as spool:
-        spool.write(wire[:limit])
-        msg = parse(spool.head(MAX_BYTES + 1))
-        msg.size = len(wire)
-        spool.seek(0)
-        outcome = service.decide(envelope, msg, spool, oversize=len(wire) > limit)
-    return Checked(msg, outcome)
