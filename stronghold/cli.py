@@ -11,7 +11,7 @@ import traceback
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from stronghold import cli_admin, cli_quarantine, cli_services, jobs
+from stronghold import cli_admin, cli_quarantine, cli_scan, cli_services, jobs
 from stronghold import config as config_mod
 from stronghold.classifier import Model, ModelError, read_passport
 from stronghold.config import Config, ConfigError
@@ -28,7 +28,7 @@ class UsageError(Exception):
 
 KNOWN_ERRORS: tuple[type[Exception], ...] = (ConfigError, ModelError, CorpusError, UsageError,
                                               *cli_services.KNOWN_ERRORS, *cli_admin.KNOWN_ERRORS,
-                                              *cli_quarantine.KNOWN_ERRORS)
+                                              *cli_quarantine.KNOWN_ERRORS, cli_scan.ScanUsageError)
 Handler = Callable[[argparse.Namespace, Config], int]
 
 
@@ -74,46 +74,6 @@ def cmd_train(args: argparse.Namespace, cfg: Config) -> int:
         print(f"holdout: {e.n_ham} ham, {e.n_spam} spam; (1-AUC)% {e.one_minus_auc_pct:.4f}; "
               f"at threshold FP {e.fp_rate:.4%} FN {e.fn_rate:.2%}; "
               f"FN at <=0.1% FP {e.fn_rate_at_fp_0_1pct:.2%}")
-    return 0
-
-
-def _scan_inputs(args: argparse.Namespace) -> Iterator[tuple[str, bytes]]:
-    if args.index:
-        from stronghold.training import read_index
-        for _is_spam, path in read_index(Path(args.index)):
-            yield from iter_messages(path)
-    for name in args.files:
-        if name == "-":
-            yield "-", sys.stdin.buffer.read()
-        else:
-            yield from iter_messages(Path(name))
-
-
-def cmd_scan(args: argparse.Namespace, cfg: Config) -> int:
-    if not args.files and not args.index:
-        raise UsageError("give message files, --index FILE, or - for standard input")
-    model = Model.load(_model_path(args, cfg))
-    threshold = cfg.spam_threshold if cfg.spam_threshold is not None else model.spam_threshold
-    results = []
-    from tqdm import tqdm
-    for source, raw in tqdm(_scan_inputs(args), desc="scanning", unit="msg", file=sys.stderr,
-                            disable=None, leave=False):
-        score = model.score(tokenize(raw))
-        verdict = "spam" if score.probability >= threshold else "ham"
-        if args.format == "tsv":  # full precision: repr round-trips the float exactly
-            print(f"{score.probability!r}\t{score.log_odds!r}\t{source}")
-        elif args.format == "text":
-            reasons = ", ".join(f"{c.token} {c.spam_prob:.3f}" for c in score.clues[:args.reasons])
-            print(f"{source}: {verdict} {score.probability:.4f} (threshold {threshold:.4f}) "
-                  f"[{reasons}]")
-        results.append({"path": source, "score": score.probability, "logodds": score.log_odds,
-                        "verdict": verdict,
-                        "threshold": threshold,
-                        "reasons": [{"token": c.token, "spam_prob": c.spam_prob}
-                                    for c in score.clues[:args.reasons]]})
-    if args.format == "json":
-        json.dump(results, sys.stdout, indent=1)
-        print()
     return 0
 
 
@@ -177,13 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fraction held out for evaluation (AUC, FP, FN)")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("scan", help="score messages")
-    p.add_argument("files", nargs="*", metavar="FILE", help="message files, folders, mboxes, or -")
-    p.add_argument("--index", metavar="FILE")
-    p.add_argument("--model", metavar="M")
-    p.add_argument("--format", choices=("text", "json", "tsv"), default="text")
-    p.add_argument("--reasons", type=int, default=5, help="how many reasons to show")
-    p.set_defaults(func=cmd_scan)
+    cli_scan.register(sub)
 
     p = sub.add_parser("learn", help="update the model incrementally")
     p.add_argument("--spam", nargs="+", metavar="FILE")

@@ -17,6 +17,7 @@ from tests.conftest import corpus_files
 def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("STRONGHOLD_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("STRONGHOLD_MODELS_DIR", str(tmp_path / "models"))
+    monkeypatch.setenv("STRONGHOLD_CLAMD_SOCKET", "none")
     return tmp_path
 
 
@@ -37,7 +38,8 @@ def small_corpus(corpus: Path, env: Path) -> tuple[Path, Path]:
 
 @pytest.mark.corpus
 def test_train_scan_learn_info(small_corpus: tuple[Path, Path], corpus: Path, env: Path,
-                               capsys: pytest.CaptureFixture[str]) -> None:
+                               capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STRONGHOLD_SPAM_ACTION_HIGH", "tag")
     ham, spam = small_corpus
     assert main(["train", "--ham", str(ham), "--spam", str(spam), "--holdout", "0.2"]) == 0
     captured = capsys.readouterr()
@@ -46,7 +48,7 @@ def test_train_scan_learn_info(small_corpus: tuple[Path, Path], corpus: Path, en
     assert "spam threshold" in out and "spam messages (fewer than 500)" in captured.err
     spam_file = corpus_files(corpus, "spam")[0]
     ham_file = corpus_files(corpus, "ham")[0]
-    assert main(["scan", "--format", "tsv", str(spam_file), str(ham_file)]) == 0
+    assert main(["scan", "--classifier-only", "--format", "tsv", str(spam_file), str(ham_file)]) == 0
     lines = capsys.readouterr().out.strip().split("\n")
     scores = {line.split("\t")[2]: float(line.split("\t")[0]) for line in lines}
     assert scores[str(spam_file)] > scores[str(ham_file)]
@@ -54,9 +56,11 @@ def test_train_scan_learn_info(small_corpus: tuple[Path, Path], corpus: Path, en
         probability, logodds, _ = line.split("\t")
         assert repr(float(probability)) == probability
         assert float(logodds) == pytest.approx(math.log(float(probability) / (1 - float(probability))))
-    assert main(["scan", "--format", "json", str(spam_file)]) == 0
-    result = json.loads(capsys.readouterr().out)
-    assert result[0]["verdict"] in ("spam", "ham") and result[0]["reasons"]
+    assert main(["scan", "--format", "json", "--rcpt", "someone@example.com", str(spam_file)]) == 0
+    [result] = json.loads(capsys.readouterr().out)
+    assert result["score"] == scores[str(spam_file)] and result["reasons"]  # the engine's score is the model's
+    assert [r["address"] for r in result["recipients"]] == ["someone@example.com"]
+    assert result["action"] == ("tag" if result["score"] >= result["threshold"] else "accept")
     assert main(["model", "info", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["trained_ham"] + info["trained_spam"] > 150
