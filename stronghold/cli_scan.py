@@ -81,7 +81,7 @@ def _classifier_only(args: argparse.Namespace, cfg: Config, model_path: Path) ->
     threshold = cfg.spam_threshold if cfg.spam_threshold is not None else model.spam_threshold
     results = []
     for source, raw in _progress(_inputs(args)):
-        score = model.score(tokenize(as_received(raw)))
+        score = model.score(tokenize(raw))  # tokenize applies as_received
         verdict = "spam" if score.probability >= threshold else "ham"
         if args.format == "tsv":  # full precision: repr round-trips the float exactly
             print(f"{score.probability!r}\t{score.log_odds!r}\t{source}")

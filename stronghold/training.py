@@ -19,6 +19,7 @@ import numpy as np
 
 from stronghold.classifier import Model, ModelError, Params, compress
 from stronghold.message import parse
+from stronghold.received import as_received
 from stronghold.tokens import features
 
 TARGET_FP_RATE = 0.0005  # the threshold is set so out-of-fold ham errs at most this often
@@ -114,7 +115,9 @@ def collect(ham: Sequence[Path] = (), spam: Sequence[Path] = (),
 
 
 def tokenize(raw: bytes) -> set[str]:
-    return features(parse(raw))
+    """Features of a message file as the milter will see it (``received.as_received``), so
+    training, benchmarks and ``scan`` learn and score exactly what arrives through Postfix."""
+    return features(parse(as_received(raw)))
 
 
 def in_holdout(source: str, fraction: float) -> bool:
