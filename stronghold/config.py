@@ -98,6 +98,18 @@ def _bool(value: Any) -> bool:
     raise ValueError("must be true or false")
 
 
+def _rate_limits(value: Any) -> str:
+    """A Flask-Limiter limit string such as '5 per minute; 20 per day'."""
+    from limits import parse_many
+    text = str(value)
+    try:
+        if not parse_many(text):
+            raise ValueError("no limit given")
+    except ValueError as exc:
+        raise ValueError(f"must be limits like '5 per minute; 20 per day' ({exc})") from exc
+    return text
+
+
 FAIL_ACTIONS = ("tempfail", "accept", "reject")
 
 
@@ -148,6 +160,17 @@ SETTINGS: dict[str, Setting] = {
     "web_bind": Setting("127.0.0.1:8080", _text, "host:port of the web UI"),
     "web_secret_key": Setting("", _text, "Flask secret key; empty: generated into data_dir"),
     "web_secure_cookies": Setting(False, _bool, "mark cookies Secure (set when served over TLS)"),
+    "web_trusted_proxies": Setting(0, _non_negative_int,
+                                   "reverse proxies in front of the web UI whose X-Forwarded-For/-Proto "
+                                   "are believed (0: none, the client address is the peer's)"),
+    "web_login_limits": Setting("5 per minute; 10 per hour; 20 per day", _rate_limits,
+                                "failed logins allowed per client address and login name (a backoff: "
+                                "the owner logging in from elsewhere is not held up)"),
+    "web_client_limits": Setting("30 per 15 minutes; 100 per day", _rate_limits,
+                                 "failed logins allowed per client address, whatever the login name"),
+    "web_session_hours": Setting(8.0, _non_negative, "a web login lasts this long at most"),
+    "web_import_max_bytes": Setting(1024 * 1024, _positive_int,
+                                    "largest CSV file the web UI imports; larger ones are refused whole"),
 }
 
 
@@ -181,6 +204,11 @@ class Config:
     web_bind: str
     web_secret_key: str
     web_secure_cookies: bool
+    web_trusted_proxies: int
+    web_login_limits: str
+    web_client_limits: str
+    web_session_hours: float
+    web_import_max_bytes: int
 
     @property
     def model_path(self) -> Path:

@@ -51,7 +51,7 @@ def chart(counts: dict[str, dict[str, int]], days: int = DAYS, width: int = 720,
 def index():
     everyone = g.user.is_admin and request.args.get("all") == "1"
     with store().session() as s:
-        counts = messagelog.daily_counts(s, None if everyone else g.addresses, DAYS)
+        counts = messagelog.daily_counts(s, None if everyone else g.addresses, DAYS, g.since)
     bars, labels, peak = chart(counts)
     totals = {kind: sum(day.get(kind, 0) for day in counts.values()) for kind, _ in SERIES}
     return render_template("dashboard.html", bars=bars, labels=labels, peak=peak, totals=totals,

@@ -26,7 +26,7 @@ def message_or_404(message_id: int):
     """The message row if the current user received it (admins: any)."""
     scope = None if g.user.is_admin else g.addresses
     with store().session() as s:
-        row = messagelog.visible_message(s, message_id, scope)
+        row = messagelog.visible_message(s, message_id, scope, g.since)
         if row is None:
             abort(404)
         _ = row.recipients  # load before the session closes
@@ -43,7 +43,7 @@ def index():
     page = min(int(raw_page), 1000) if raw_page.isdigit() else 0
     scope = _viewer_scope()
     with store().session() as s:
-        rows = messagelog.recent(s, messagelog.LogFilter(scope, category, PAGE, page * PAGE))
+        rows = messagelog.recent(s, messagelog.LogFilter(scope, category, PAGE, page * PAGE, g.since))
         feedback = messagelog.feedback_for(s, [r.id for r in rows], g.user.id)
         for r in rows:
             _ = r.recipients
