@@ -169,7 +169,7 @@ SETTINGS: dict[str, Setting] = {
     "web_client_limits": Setting("30 per 15 minutes; 100 per day", _rate_limits,
                                  "failed logins allowed per client address, whatever the login name"),
     "web_session_hours": Setting(8.0, _non_negative, "a web login lasts this long at most"),
-    "web_import_max_bytes": Setting(1024 * 1024, _positive_int,
+    "web_import_max_bytes": Setting(2 * 1024 * 1024, _positive_int,
                                     "largest CSV file the web UI imports; larger ones are refused whole"),
 }
 

@@ -7,6 +7,7 @@ validation the milter uses; it holds no mail policy of its own.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import time
 from collections.abc import Mapping
@@ -16,6 +17,7 @@ from typing import Any
 
 from flask import Flask, g, render_template, request
 from flask_wtf.csrf import CSRFError, CSRFProtect
+from markupsafe import Markup, escape
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -76,6 +78,7 @@ def create_app(test_config: Mapping[str, Any] | None = None, cfg: Config | None 
         return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts))
 
     app.add_template_filter(display, "shown")
+    app.add_template_filter(breakable, "breakable")
     _error_pages(app)
 
     @app.after_request
@@ -91,6 +94,11 @@ def create_app(test_config: Mapping[str, Any] | None = None, cfg: Config | None 
         return response
 
     return app
+
+
+def breakable(text: str) -> Markup:
+    """Escaped ``text`` that may wrap after a dot or before an @ (a domain breaks between labels)."""
+    return Markup("<wbr>").join(escape(piece) for piece in re.split(r"(?<=\.)|(?=@)", text))
 
 
 ERRORS = {

@@ -241,12 +241,12 @@ def test_idn_stored_as_a_label_shown_and_found_as_u_label(client: FlaskClient, a
     assert auth.post(page + "/add", {"kind": "block", "pattern": "@faß.de"}, page).status_code == 302
     assert auth.post(page + "/add", {"kind": "block", "pattern": "*.bücher.example"}, page).status_code == 302
     assert set(_patterns(app)) == {"@xn--fa-hia.de", "*.xn--bcher-kva.example"}
-    shown = client.get(page).get_data(as_text=True)
+    shown = client.get(page).get_data(as_text=True).replace("<wbr>", "")
     assert ">@faß.de</td>" in shown and ">*.bücher.example</td>" in shown
     assert ">*.xn--bcher" not in shown and 'title="*.xn--bcher-kva.example"' in shown  # A-label on hover
-    found = client.get(page + "?q=bücher").get_data(as_text=True)
+    found = client.get(page + "?q=bücher").get_data(as_text=True).replace("<wbr>", "")
     assert ">*.bücher.example</td>" in found and ">@faß.de</td>" not in found
-    assert ">@faß.de</td>" in client.get(page + "?q=xn--fa").get_data(as_text=True)
+    assert ">@faß.de</td>" in client.get(page + "?q=xn--fa").get_data(as_text=True).replace("<wbr>", "")
 
 
 def _patterns(app: Flask) -> list[str]:

@@ -79,7 +79,7 @@ def test_add_remove_search_entries_with_clear_errors(client: FlaskClient, auth: 
     assert r.status_code == 400 and b"not an address like" in r.data
     assert b"value=\"not an address\"" in r.data  # the input is kept for correction
     auth.post(page + "/add", {"kind": "allow", "pattern": "friend@pal.example"}, page)
-    found = client.get(page + "?q=spam").data
+    found = client.get(page + "?q=spam").data.replace(b"<wbr>", b"")
     assert b'<td class="pattern">*.spam.example</td>' in found
     assert b'<td class="pattern">friend@pal.example</td>' not in found
     ids = _entry_ids(client.application, "alice@example.com")
