@@ -65,6 +65,13 @@ def _non_negative(value: Any) -> float:
     return number
 
 
+def _positive(value: Any) -> float:
+    number = float(value)
+    if number <= 0:
+        raise ValueError("must be more than 0")
+    return number
+
+
 def _socket(value: Any) -> str:
     text = str(value)
     if text and not re.fullmatch(r"unix:/.+|inet6?:\d{1,5}(@[\w.:\[\]-]+)?", text):
@@ -168,7 +175,7 @@ SETTINGS: dict[str, Setting] = {
                                 "the owner logging in from elsewhere is not held up)"),
     "web_client_limits": Setting("30 per 15 minutes; 100 per day", _rate_limits,
                                  "failed logins allowed per client address, whatever the login name"),
-    "web_session_hours": Setting(8.0, _non_negative, "a web login lasts this long at most"),
+    "web_session_hours": Setting(8.0, _positive, "a web login lasts this long at most"),
     "web_import_max_bytes": Setting(2 * 1024 * 1024, _positive_int,
                                     "largest CSV file the web UI imports; larger ones are refused whole"),
 }

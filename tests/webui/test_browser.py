@@ -73,6 +73,9 @@ def test_lists_add_remove_and_errors(site: tuple[WebProcess, Store], page: Page)
     expect(page.locator("#list-allow")).to_contain_text("grandma@family.example")
     screenshot(page, "lists")
     page.get_by_role("button", name="Remove *.bad-actors.example").click()
+    expect(page.get_by_role("heading")).to_contain_text("Remove *.bad-actors.example?")
+    screenshot(page, "confirm-remove")
+    page.get_by_role("button", name="Remove").click()
     expect(page.locator("#list-block")).not_to_contain_text("*.bad-actors.example")
     with store.session() as s:
         assert [e.pattern for e in entries.entries(s, "alice@example.com")] == ["grandma@family.example"]
@@ -87,8 +90,15 @@ def test_import_csv(site: tuple[WebProcess, Store], page: Page, tmp_path: Path) 
     page.goto(web.url + "/lists/alice2@example.com")
     page.get_by_label("CSV file").set_input_files(str(csv_file))
     page.get_by_role("button", name="Import").click()
-    expect(page.locator(".flashes")).to_contain_text("Imported 2 entries")
     expect(page.locator(".problems")).to_contain_text("line 4")
+    expect(page.locator(".import .error")).to_contain_text("Nothing was imported")
+    with store.session() as s:
+        assert entries.entries(s, "alice2@example.com") == []  # all or nothing
+    csv_file.write_text("kind,pattern,comment\nblock,@spam-house.example,bulk\nallow,boss@work.example,\n")
+    page.get_by_label("CSV file").set_input_files(str(csv_file))
+    page.get_by_role("button", name="Import").click()
+    expect(page.locator(".flashes")).to_contain_text("Imported 2 entries")
+    assert page.url.endswith("/lists/alice2@example.com")  # redirected: a reload does not post again
     with store.session() as s:
         assert {e.pattern for e in entries.entries(s, "alice2@example.com")} == {"@spam-house.example",
                                                                                  "boss@work.example"}
@@ -187,6 +197,7 @@ def test_every_page_fits_a_phone(site: tuple[WebProcess, Store], browser: Browse
         screenshot(page, f"phone-{name}")
     page.goto(web.url + "/admin/users")
     page.get_by_role("button", name="Delete user bob").click()
+    expect(page.get_by_role("heading", name="Delete user bob?")).to_be_visible()
     wide["confirm"] = page.evaluate("document.documentElement.scrollWidth")
     screenshot(page, "phone-confirm")
     context.close()

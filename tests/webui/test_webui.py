@@ -194,7 +194,7 @@ def test_dashboard_chart(client: FlaskClient, auth: Auth, app: Flask) -> None:
     _log_message(app, ("alice@example.com",))
     auth.login("alice")
     page = client.get("/").get_data(as_text=True)
-    assert "<svg" in page and "clean: <strong>1</strong>" in page and "<rect" in page
+    assert "<svg" in page and "clean</a>: <strong>1</strong>" in page and "<rect" in page
 
 
 @pytest.mark.corpus
