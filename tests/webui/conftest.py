@@ -32,7 +32,7 @@ def seed(store: Store) -> dict[str, int]:
 
 @pytest.fixture
 def app(store: Store, tmp_path: Path) -> Iterator[Flask]:
-
+    """A fresh store per test, so login counters and sessions start empty too."""
     application = create_app({"data_dir": tmp_path / "data", "database_url": store.url, "TESTING": True})
     application.config["user_ids"] = seed(store)
     yield application

@@ -179,7 +179,11 @@ def test_delete_user_asks_first(client: FlaskClient, auth: Auth, app: Flask) -> 
     bob = app.config["user_ids"]["bob"]
     r = auth.post(f"/admin/users/{bob}", {"action": "delete"}, "/admin/users")
     assert r.status_code == 200 and "Delete user bob?" in r.get_data(as_text=True)
-    assert "bob" in client.get("/admin/users").get_data(as_text=True)
+    assert "the allow and block lists of bob@example.com are deleted too" in r.get_data(as_text=True)
+    r = auth.post(f"/admin/users/{bob}", {"action": "remove-address", "address": "bob@example.com"}, "/admin/users")
+    assert r.status_code == 200 and "Remove bob@example.com from bob?" in r.get_data(as_text=True)
+    assert 'id="user-bob"' in client.get("/admin/users").get_data(as_text=True)
+    assert 'href="/lists/bob@example.com"' in client.get("/admin/users").get_data(as_text=True)
 
 
 def test_dashboard_totals_count_every_message(client: FlaskClient, auth: Auth, app: Flask) -> None:
