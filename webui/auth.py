@@ -112,6 +112,17 @@ def logout():
     return redirect(url_for("auth.login"))
 
 
+@bp.route("/logout-everywhere", methods=["POST"])
+@login_required
+def logout_everywhere():
+    """End every session of mine on every node; this browser carries on in a fresh one."""
+    with store().session() as s:
+        ended = accounts.end_sessions(s, g.user.id)
+    _start_session(g.user)
+    flash(f"Logged out everywhere else ({ended - 1} other session{'s' if ended != 2 else ''} ended).")
+    return redirect(url_for("auth.password"))
+
+
 @bp.route("/password", methods=["GET", "POST"])
 @login_required
 def password():

@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from stronghold.lists import KINDS, ListEntry, ListIndex, PatternError, display, normalize_pattern, shorten
@@ -52,9 +52,8 @@ def _to_entry(row: ListEntryRow) -> ListEntry:
     return ListEntry(row.id, row.owner or None, row.kind, row.pattern, row.comment)
 
 
-def add_entry(session: Session, owner: str | None, kind: str, pattern: str,
-              comment: str = "") -> ListEntry:
-    """Validate and add; duplicates and an entry on both lists are refused with a reason."""
+def _checked(kind: str, pattern: str, comment: str) -> tuple[str, str]:
+    """(normalized pattern, tidied comment), or EntryError saying what is wrong."""
     if kind not in KINDS:
         raise EntryError(f"the list kind '{shorten(kind)}' is not {' or '.join(KINDS)}")
     try:
@@ -64,13 +63,24 @@ def add_entry(session: Session, owner: str | None, kind: str, pattern: str,
     comment = " ".join(comment.split())
     if len(comment) > MAX_COMMENT:
         raise EntryError(f"the comment has {len(comment)} characters; at most {MAX_COMMENT} fit")
+    return norm, comment
+
+
+def _refuse_clash(pattern: str, kind: str, listed_kind: str) -> None:
+    if listed_kind == kind:
+        raise DuplicateError(f"{display(pattern)} is already on the {kind} list")
+    raise ConflictError(pattern, listed_kind)
+
+
+def add_entry(session: Session, owner: str | None, kind: str, pattern: str,
+              comment: str = "") -> ListEntry:
+    """Validate and add; duplicates and an entry on both lists are refused with a reason."""
+    norm, comment = _checked(kind, pattern, comment)
     scope = owner or GLOBAL
     rows = session.scalars(select(ListEntryRow).where(ListEntryRow.owner == scope,
                                                       ListEntryRow.pattern == norm)).all()
     for row in rows:
-        if row.kind == kind:
-            raise DuplicateError(f"{display(norm)} is already on the {kind} list")
-        raise ConflictError(norm, row.kind)
+        _refuse_clash(norm, kind, row.kind)
     row = ListEntryRow(owner=scope, kind=kind, pattern=norm, comment=comment, created=time.time())
     session.add(row)
     session.flush()
@@ -144,61 +154,73 @@ def import_csv(session: Session, owner: str | None, text: str,
 
     Every line is checked and every problem reported; if there is one, no line is
     added, so a fixed file can simply be imported again.  Lines already on the
-    same list are skipped and reported.
+    same list (or earlier in the file) are skipped and reported.  The new entries
+    go in with one statement: a 30,000-line file takes seconds, not minutes.
     """
     report = ImportReport()
+    scope = owner or GLOBAL
+    listed = {pattern: kind for pattern, kind in session.execute(
+        select(ListEntryRow.pattern, ListEntryRow.kind).where(ListEntryRow.owner == scope))}
+    new: dict[str, tuple[str, str]] = {}
     reader = csv.reader(io.StringIO(text))
-    whole = session.begin_nested()
-    try:
-        while True:
-            try:
-                row = next(reader)
-            except StopIteration:
-                break
-            except csv.Error as exc:
-                report.problems.append(f"line {reader.line_num}: unreadable CSV ({exc}); "
-                                       "the rest of the file was not read")
-                break
-            number = reader.line_num
-            report.lines += 1
-            _import_row(session, owner, row, number, default_kind, report)
-    finally:
-        if report.problems:
-            whole.rollback()
-            report.added = 0
-        else:
-            whole.commit()
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            report.problems.append(f"line {reader.line_num}: unreadable CSV ({exc}); "
+                                   "the rest of the file was not read")
+            break
+        report.lines += 1
+        parsed = _parse_row(row, reader.line_num, default_kind, report)
+        if parsed is None:
+            continue
+        kind, pattern, comment = parsed
+        try:
+            norm, comment = _checked(kind, pattern, comment)
+            if norm in listed:
+                _refuse_clash(norm, kind, listed[norm])
+            if norm in new:
+                _refuse_clash(norm, kind, new[norm][0])
+        except DuplicateError as exc:
+            report.skipped.append(f"line {reader.line_num}: {exc}")
+            continue
+        except EntryError as exc:
+            report.problems.append(f"line {reader.line_num}: {exc}")
+            continue
+        new[norm] = (kind, comment)
+    if report.problems or not new:
+        return report
+    now = time.time()
+    session.execute(insert(ListEntryRow), [{"owner": scope, "kind": kind, "pattern": pattern,
+                                            "comment": comment, "created": now}
+                                           for pattern, (kind, comment) in new.items()])
+    _bump_version(session)
+    report.added = len(new)
     return report
 
 
-def _import_row(session: Session, owner: str | None, row: list[str], number: int,
-                default_kind: str | None, report: ImportReport) -> None:
+def _parse_row(row: list[str], number: int, default_kind: str | None,
+               report: ImportReport) -> tuple[str, str, str] | None:
+    """(kind, pattern, comment) of a CSV row; None for blank lines, the header and problems."""
     if not row or not any(cell.strip() for cell in row):
-        return
+        return None
     cells = [c.strip() for c in row]
     if report.lines == 1 and cells[0].lower() == "kind":
-        return
+        return None
     if len(cells) > 3:
         report.problems.append(f"line {number}: {len(cells)} fields; expected kind,pattern[,comment]")
-        return
+        return None
     if default_kind and (len(cells) < 2 or cells[0].lower() not in KINDS):
         if len(cells) > 2:
             report.problems.append(f"line {number}: '{shorten(cells[0])}' is not allow or block")
-            return
-        kind, pattern, comment = default_kind, cells[0], (cells[1] if len(cells) > 1 else "")
-    elif len(cells) >= 2:
-        kind, pattern, comment = cells[0].lower(), cells[1], (cells[2] if len(cells) > 2 else "")
-    else:
-        report.problems.append(f"line {number}: expected kind,pattern[,comment]")
-        return
-    try:
-        with session.begin_nested():
-            add_entry(session, owner, kind, pattern, comment)
-        report.added += 1
-    except DuplicateError as exc:
-        report.skipped.append(f"line {number}: {exc}")
-    except EntryError as exc:
-        report.problems.append(f"line {number}: {exc}")
+            return None
+        return default_kind, cells[0], (cells[1] if len(cells) > 1 else "")
+    if len(cells) >= 2:
+        return cells[0].lower(), cells[1], (cells[2] if len(cells) > 2 else "")
+    report.problems.append(f"line {number}: expected kind,pattern[,comment]")
+    return None
 
 
 class ListCache:

@@ -122,6 +122,17 @@ def test_own_password_change_ends_other_sessions_and_renews_this_one(app: Flask,
     assert replay.get("/lists/alice@example.com").status_code == 302
 
 
+def test_a_user_logs_out_everywhere_else(app: Flask, node2: Flask) -> None:
+    here, there = app.test_client(), node2.test_client()
+    Auth(here).login()
+    Auth(there).login()
+    r = Auth(here).post("/logout-everywhere", {}, "/password")
+    assert r.status_code == 302
+    assert "1 other session ended" in here.get("/password").get_data(as_text=True)
+    assert there.get("/lists/alice@example.com").status_code == 302
+    assert here.get("/lists/alice@example.com").status_code == 200
+
+
 # 3. throttling ---------------------------------------------------------------------------------
 
 def _try(app: Flask, login: str, password: str, ip: str = "127.0.0.1", **headers: str) -> int:
