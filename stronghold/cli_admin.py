@@ -139,11 +139,14 @@ def cmd_list_ls(args: argparse.Namespace, cfg: Config) -> int:
 def cmd_list_import(args: argparse.Namespace, cfg: Config) -> int:
     text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text(encoding="utf-8")
     with _session(cfg) as s:
-        added, problems = lists_store.import_csv(s, _owner(args), text, args.kind)
-    for problem in problems:
-        print(problem, file=sys.stderr)
-    print(f"imported {added} entries, {len(problems)} refused")
-    return 0 if not problems else 1
+        report = lists_store.import_csv(s, _owner(args), text, args.kind)
+    for line in report.skipped + report.problems:
+        print(line, file=sys.stderr)
+    if report.problems:
+        print(f"nothing imported: {len(report.problems)} lines refused; fix them and import again")
+        return 1
+    print(f"imported {report.added} entries, {len(report.skipped)} already there")
+    return 0
 
 
 def cmd_list_export(args: argparse.Namespace, cfg: Config) -> int:

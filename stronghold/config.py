@@ -72,6 +72,13 @@ def _non_negative(value: Any) -> float:
     return number
 
 
+def _positive(value: Any) -> float:
+    number = float(value)
+    if number <= 0:
+        raise ValueError("must be more than 0")
+    return number
+
+
 def _socket(value: Any) -> str:
     text = str(value)
     if text and not re.fullmatch(r"unix:/.+|inet6?:\d{1,5}(@[\w.:\[\]-]+)?", text):
@@ -124,6 +131,18 @@ def _bool(value: Any) -> bool:
     if text in ("0", "false", "no", "off"):
         return False
     raise ValueError("must be true or false")
+
+
+def _rate_limits(value: Any) -> str:
+    """A Flask-Limiter limit string such as '5 per minute; 20 per day'."""
+    from limits import parse_many
+    text = str(value)
+    try:
+        if not parse_many(text):
+            raise ValueError("no limit given")
+    except ValueError as exc:
+        raise ValueError(f"must be limits like '5 per minute; 20 per day' ({exc})") from exc
+    return text
 
 
 FAIL_ACTIONS = ("tempfail", "accept", "reject")
@@ -194,6 +213,17 @@ SETTINGS: dict[str, Setting] = {
                                    "'stronghold mailbox expire' (0: keep forever)"),
     "dovecot_config": Setting(Path("/etc/dovecot/dovecot.conf"), _path,
                               "the Dovecot config doveadm uses for 'stronghold mailbox expire'"),
+    "web_trusted_proxies": Setting(0, _non_negative_int,
+                                   "reverse proxies in front of the web UI whose X-Forwarded-For/-Proto "
+                                   "are believed (0: none, the client address is the peer's)"),
+    "web_login_limits": Setting("5 per minute; 10 per hour; 20 per day", _rate_limits,
+                                "failed logins allowed per client address and login name (a backoff: "
+                                "the owner logging in from elsewhere is not held up)"),
+    "web_client_limits": Setting("30 per 15 minutes; 100 per day", _rate_limits,
+                                 "failed logins allowed per client address, whatever the login name"),
+    "web_session_hours": Setting(8.0, _positive, "a web login lasts this long at most"),
+    "web_import_max_bytes": Setting(2 * 1024 * 1024, _positive_int,
+                                    "largest CSV file the web UI imports; larger ones are refused whole"),
 }
 
 
@@ -236,6 +266,11 @@ class Config:
     digest_check_minutes: int
     junk_retention_days: int
     dovecot_config: Path
+    web_trusted_proxies: int
+    web_login_limits: str
+    web_client_limits: str
+    web_session_hours: float
+    web_import_max_bytes: int
 
     @property
     def model_path(self) -> Path:

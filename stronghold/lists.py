@@ -6,8 +6,10 @@ Three forms, all case-insensitive:
 - ``@example.com``       any address at exactly that domain;
 - ``*.example.com``      that domain and every subdomain of it.
 
-Domains are stored in their ASCII (IDNA) form, so ``bücher.example`` and
-``xn--bcher-kva.example`` are the same entry.
+Domains are stored in their ASCII form (A-labels, IDNA 2008 with the UTS 46
+mapping, non-transitional), so ``bücher.example`` and ``xn--bcher-kva.example``
+are the same entry and ``faß.de`` stays ``xn--fa-hia.de`` (not ``fass.de``, as
+IDNA 2003 would have it).  ``display`` gives the Unicode form back for people.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from email.utils import getaddresses
+
+import idna
 
 ALLOW = "allow"
 BLOCK = "block"
@@ -29,32 +33,63 @@ class PatternError(ValueError):
     """A list pattern is not one of the three accepted forms."""
 
 
+def shorten(text: str, limit: int = 60) -> str:
+    """``text`` for an error message: at most ``limit`` characters, an ellipsis if cut."""
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
 def normalize_domain(domain: str) -> str:
-    """Lower-case ASCII form of a domain; raises PatternError if invalid."""
+    """Lower-case A-label form of a domain; raises PatternError if invalid."""
+    given = domain
     domain = domain.strip().rstrip(".").lower()
     if not domain:
         raise PatternError("the domain is empty")
-    try:
-        ascii_domain = domain.encode("idna").decode("ascii")
-    except UnicodeError as exc:
-        raise PatternError(f"'{domain}' is not a valid domain name") from exc
+    if domain.isascii() and "xn--" not in domain:
+        ascii_domain = domain  # the common case, checked by the label rule below
+    else:
+        try:
+            ascii_domain = idna.encode(domain, uts46=True, transitional=False).decode("ascii")
+        except (idna.IDNAError, UnicodeError) as exc:
+            raise PatternError(f"'{shorten(given.strip())}' is not a valid domain name") from exc
     labels = ascii_domain.split(".")
     if len(labels) < 2 or not all(_LABEL.match(label) for label in labels):
-        raise PatternError(f"'{domain}' is not a valid domain name (like example.com)")
+        raise PatternError(f"'{shorten(given.strip())}' is not a valid domain name (like example.com)")
     if len(ascii_domain) > 253:
         raise PatternError("the domain is longer than 253 characters")
     return ascii_domain
 
 
 def normalize_address(address: str) -> str:
-    """Lower-case address with an ASCII domain; raises PatternError if invalid."""
-    address = address.strip().strip("<>").lower()
-    if address.count("@") != 1:
-        raise PatternError(f"'{address}' is not an address like name@example.com")
-    local, domain = address.split("@")
+    """Lower-case address with an ASCII domain; raises PatternError if invalid.
+
+    Error messages quote what was given (shortened), never a half-transformed form.
+    """
+    given = shorten(address.strip())
+    text = address.strip()
+    if text.startswith("<") and text.endswith(">"):
+        text = text[1:-1]
+    text = text.lower()
+    if text.count("@") != 1:
+        raise PatternError(f"'{given}' is not an address like name@example.com")
+    local, domain = text.split("@")
     if not _LOCAL.match(local) or local.startswith(".") or local.endswith(".") or ".." in local:
-        raise PatternError(f"'{address}': the part before @ is not valid")
+        raise PatternError(f"'{given}': the part before @ is not valid")
     return f"{local}@{normalize_domain(domain)}"
+
+
+def display(pattern: str) -> str:
+    """A normalized pattern or address with its domain in Unicode (U-labels) for people."""
+    head, sep, domain = pattern.rpartition("@") if "@" in pattern else ("", "", pattern)
+    prefix = ""
+    if not sep and domain.startswith("*."):
+        prefix, domain = "*.", domain[2:]
+    if "xn--" not in domain:
+        return pattern
+    try:
+        unicode_domain = idna.decode(domain)
+    except (idna.IDNAError, UnicodeError):
+        return pattern
+    return f"{head}{sep}{prefix}{unicode_domain}"
 
 
 def normalize_pattern(pattern: str) -> str:
@@ -63,7 +98,7 @@ def normalize_pattern(pattern: str) -> str:
     if not text:
         raise PatternError("enter an address, @domain or *.domain")
     if len(text) > 320:
-        raise PatternError("the pattern is too long")
+        raise PatternError(f"the pattern has {len(text)} characters; at most 320 fit")
     if text.startswith("*."):
         return "*." + normalize_domain(text[2:])
     if text.startswith("@"):

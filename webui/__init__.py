@@ -6,17 +6,22 @@ validation the milter uses; it holds no mail policy of its own.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from flask import Flask, g, render_template
+from flask import Flask, g, render_template, request
 from flask_wtf.csrf import CSRFError, CSRFProtect
+from markupsafe import Markup, escape
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from stronghold import config as config_mod
 from stronghold.config import Config
+from stronghold.lists import display
 from stronghold.store.db import Store
 from stronghold.webkey import secret_key
 
@@ -35,8 +40,8 @@ def create_app(test_config: Mapping[str, Any] | None = None, cfg: Config | None 
         SESSION_COOKIE_SAMESITE="Lax",
         SESSION_COOKIE_SECURE=cfg.web_secure_cookies,
         SESSION_COOKIE_NAME="stronghold_session",
-        PERMANENT_SESSION_LIFETIME=timedelta(hours=8),
-        MAX_CONTENT_LENGTH=2 * 1024 * 1024,
+        PERMANENT_SESSION_LIFETIME=timedelta(hours=cfg.web_session_hours),
+        MAX_CONTENT_LENGTH=cfg.web_import_max_bytes + 64 * 1024,  # the CSV plus the form around it
         WTF_CSRF_TIME_LIMIT=None,  # the token lives as long as the session
     )
     app.config.update(flask_keys)
@@ -45,14 +50,22 @@ def create_app(test_config: Mapping[str, Any] | None = None, cfg: Config | None 
     app.extensions["stronghold_store"] = store
     app.extensions["stronghold_config"] = cfg
     csrf.init_app(app)
+    if cfg.web_trusted_proxies:
+        n = cfg.web_trusted_proxies
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n)  # type: ignore[method-assign]
 
-    from webui import admin, auth, dashboard, digest, junk, lists, messages
+    from webui import admin, auth, dashboard, digest, junk, lists, messages, ratelimit
     for module in (auth, dashboard, lists, messages, junk, digest, admin):
         app.register_blueprint(module.bp)
+    ratelimit.init_app(app, store, cfg.web_login_limits, cfg.web_client_limits)
 
     @app.template_filter("strftime")
     def format_time(ts: float) -> str:
         return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts))
+
+    app.add_template_filter(display, "shown")
+    app.add_template_filter(breakable, "breakable")
+    _error_pages(app)
 
     @app.after_request
     def security_headers(response):
@@ -66,21 +79,58 @@ def create_app(test_config: Mapping[str, Any] | None = None, cfg: Config | None 
             response.headers.setdefault("Cache-Control", "no-store")
         return response
 
+    return app
+
+
+def breakable(text: str) -> Markup:
+    """Escaped ``text`` that may wrap after a dot or before an @ (a domain breaks between labels)."""
+    return Markup("<wbr>").join(escape(piece) for piece in re.split(r"(?<=\.)|(?=@)", text))
+
+
+ERRORS = {
+    400: ("Bad request", "The request was not understood. Go back and try again."),
+    403: ("Not allowed", "You cannot see or change this."),
+    404: ("Not found", "There is nothing here."),
+    405: ("Not here", "This page does not take that kind of request. Use the links and buttons of the site."),
+    413: ("Too large", "What you sent is larger than this site accepts."),
+    500: ("Something went wrong", "The server failed to do that; nothing was changed. Try again, "
+          "and tell your administrator if it keeps failing."),
+}
+
+
+def _error_pages(app: Flask) -> None:
+    """Every error in the site's own page, never Werkzeug's bare one."""
+
     @app.errorhandler(CSRFError)
     def csrf_failed(err: CSRFError):
         return render_template("error.html", title="Form expired",
                                message="The form was stale or came from elsewhere. Go back, reload and try again."), 400
 
-    @app.errorhandler(404)
-    def not_found(err: Exception):
-        return render_template("error.html", title="Not found", message="There is nothing here."), 404
+    @app.errorhandler(RequestEntityTooLarge)
+    def too_large(err: RequestEntityTooLarge):
+        limit = app.extensions["stronghold_config"].web_import_max_bytes
+        return render_template("error.html", title="Too large",
+                               message=f"What you sent is larger than this site accepts: files up to "
+                                       f"{limit // 1024} KiB. Split the file and send the parts one by one."), 413
 
-    @app.errorhandler(403)
-    def forbidden(err: Exception):
-        return render_template("error.html", title="Not allowed",
-                               message="You cannot see or change this."), 403
+    @app.errorhandler(429)
+    def too_many(err: HTTPException):
+        return render_template("login.html", error="Too many failed attempts from here. Wait a while "
+                                                    "and try again, or log in from another device."), 429
 
-    return app
+    @app.errorhandler(HTTPException)
+    def http_error(err: HTTPException):
+        code = err.code or 500
+        title, message = ERRORS.get(code, (err.name, err.description or ""))
+        return render_template("error.html", title=title, message=message), code
+
+    @app.errorhandler(Exception)
+    def crashed(err: Exception):
+        if isinstance(err, HTTPException):
+            return http_error(err)
+        app.logger.exception("%s %s failed", request.method, request.path)
+        title, message = ERRORS[500]
+        return render_template("error.html", title=title, message=message), 500
 
 
 def store() -> Store:

@@ -8,6 +8,7 @@ from stronghold.store import accounts
 from stronghold.store.errors import EntryError
 from webui import store
 from webui.auth import admin_required
+from webui.confirm import confirmed
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 
@@ -50,6 +51,9 @@ def _user_or_404(session, user_id: int):
 @admin_required
 def change_user(user_id: int):
     action = request.form.get("action", "")
+    ended = 0
+    if action in ("delete", "remove-address") and not confirmed():
+        return _confirm(user_id, action)
     try:
         with store().session() as s:
             user = _user_or_404(s, user_id)
@@ -64,6 +68,8 @@ def change_user(user_id: int):
                 accounts.delete_user(s, user)
             elif action == "password":
                 accounts.set_password(s, user, request.form.get("password", ""))
+            elif action == "logout-all":
+                ended = accounts.end_sessions(s, user.id)
             elif action == "add-address":
                 accounts.assign_address(s, user, request.form.get("address", ""))
             elif action == "remove-address":
@@ -75,6 +81,27 @@ def change_user(user_id: int):
         return redirect(url_for("admin.users"))
     messages = {"disable": "disabled", "enable": "enabled", "delete": "deleted",
                 "password": "has a new password", "add-address": "got the address",
-                "remove-address": "lost the address"}
+                "remove-address": "lost the address",
+                "logout-all": f"was logged out everywhere ({ended} session{'s' if ended != 1 else ''} ended)"}
     flash(f"User {login} {messages[action]}.")
     return redirect(url_for("admin.users"))
+
+
+def _confirm(user_id: int, action: str):
+    with store().session() as s:
+        user = _user_or_404(s, user_id)
+        login, addresses = user.login, accounts.owned_addresses(user)
+    address = request.form.get("address", "")
+    if action == "delete":
+        title = f"Delete user {login}?"
+        detail = ("Their addresses are released: the allow and block lists of "
+                  f"{', '.join(addresses)} are deleted too, and whoever gets an address next "
+                  "starts with empty lists and no past mail." if addresses else "")
+    else:
+        title = f"Remove {address} from {login}?"
+        detail = (f"The allow and block lists of {address} are deleted, and whoever gets it next "
+                  "starts with empty lists and no past mail.")
+    return render_template("confirm.html", title=title, question=title, detail=detail,
+                           action=request.path, fields={"action": action, "address": address},
+                           button="Delete user" if action == "delete" else "Remove address",
+                           cancel=url_for("admin.users"))

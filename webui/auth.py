@@ -3,78 +3,51 @@
 from __future__ import annotations
 
 import functools
-import hashlib
-import threading
-import time
-from collections import deque
+import re
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
-from flask import Blueprint, abort, flash, g, redirect, render_template, request, session, url_for
+from flask import Blueprint, abort, current_app, flash, g, redirect, render_template, request, session, url_for
 
 from stronghold.store import accounts
 from stronghold.store.errors import EntryError
+from stronghold.store.tables import User
 from webui import store
 
 bp = Blueprint("auth", __name__)
-
-MAX_FAILURES = 5
-WINDOW_SECONDS = 15 * 60
+_UNSAFE = re.compile(r"[\x00-\x20\x7f\\]")  # controls, spaces and backslashes: browsers drop or bend them
 
 
-class LoginThrottle:
-    """Failed logins per login name and per client address in a sliding window."""
-
-    def __init__(self, limit: int = MAX_FAILURES, window: float = WINDOW_SECONDS) -> None:
-        self.limit, self.window = limit, window
-        self._failures: dict[str, deque[float]] = {}
-        self._lock = threading.Lock()
-
-    def _recent(self, key: str, now: float) -> deque[float]:
-        q = self._failures.setdefault(key, deque())
-        while q and now - q[0] > self.window:
-            q.popleft()
-        return q
-
-    def blocked(self, *keys: str) -> bool:
-        now = time.monotonic()
-        with self._lock:
-            return any(len(self._recent(k, now)) >= self.limit for k in keys)
-
-    def failed(self, *keys: str) -> None:
-        now = time.monotonic()
-        with self._lock:
-            for k in keys:
-                self._recent(k, now).append(now)
-
-    def clear(self, *keys: str) -> None:
-        with self._lock:
-            for k in keys:
-                self._failures.pop(k, None)
-
-
-throttle = LoginThrottle()
-
-
-def _fingerprint(password_hash: str) -> str:
-    """Ties a session to the password: a reset logs out every other session."""
-    return hashlib.sha256(password_hash.encode()).hexdigest()[:16]
+def _start_session(user: User) -> None:
+    """A fresh server-side session (a new id: no fixation) in a fresh cookie."""
+    lifetime = current_app.permanent_session_lifetime.total_seconds()
+    with store().session() as s:
+        token = accounts.start_session(s, user, lifetime)
+    session.clear()
+    session.permanent = True
+    session["sid"] = token
 
 
 @bp.before_app_request
 def load_user() -> None:
+    """The user of the session record the cookie names; a cookie without a live record is dropped."""
     g.user = None
     g.addresses = ()
-    user_id = session.get("user_id")
-    if user_id is None:
+    g.since = {}
+    token = session.get("sid")
+    if token is None:
+        if "user_id" in session:  # a cookie from before server-side sessions
+            session.clear()
         return
     with store().session() as s:
-        user = accounts.get_user_by_id(s, user_id)
-        if user is None or user.disabled or session.get("pw") != _fingerprint(user.password_hash):
+        user = accounts.session_user(s, str(token))
+        if user is None:
             session.clear()
             return
         g.user = user
         g.addresses = tuple(accounts.owned_addresses(user))
+        g.since = accounts.owned_since(user)
 
 
 def login_required(view: Callable[..., Any]) -> Callable[..., Any]:
@@ -98,40 +71,56 @@ def admin_required(view: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _safe_next(target: str | None) -> str:
-    if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
-        return target
-    return url_for("dashboard.index")
+    """``target`` if it is a path on this site, else the dashboard.
+
+    Refused: anything with a scheme or host, ``//``, backslashes, and any control
+    character or space (a browser drops a tab or newline, so ``/\t/evil`` became ``//evil``).
+    """
+    fallback = url_for("dashboard.index")
+    if not target or len(target) > 2000 or _UNSAFE.search(target):
+        return fallback
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc or not target.startswith("/") or target.startswith("//"):
+        return fallback
+    return target
 
 
 @bp.route("/login", methods=["GET", "POST"])
 def login():
+    """Failed attempts are counted by webui.ratelimit (per address and login), not here."""
     error = None
     if request.method == "POST":
         login_name = request.form.get("login", "").strip().lower()[:254]
         password = request.form.get("password", "")[:1024]
-        keys = (f"login:{login_name}", f"ip:{request.remote_addr}")
-        if throttle.blocked(*keys):
-            error = "Too many failed attempts. Wait a few minutes and try again."
+        with store().session() as s:
+            user = accounts.authenticate(s, login_name, password)
+        if user is None:
+            error = "Wrong login or password."  # the same for unknown users
         else:
-            with store().session() as s:
-                user = accounts.authenticate(s, login_name, password)
-                if user is None:
-                    throttle.failed(*keys)
-                    error = "Wrong login or password."  # the same for unknown users
-                else:
-                    throttle.clear(f"login:{login_name}")
-                    session.clear()
-                    session.permanent = True
-                    session["user_id"] = user.id
-                    session["pw"] = _fingerprint(user.password_hash)
-                    return redirect(_safe_next(request.args.get("next")))
+            _start_session(user)
+            return redirect(_safe_next(request.args.get("next")))
     return render_template("login.html", error=error), (401 if error else 200)
 
 
 @bp.route("/logout", methods=["POST"])
 def logout():
+    token = session.get("sid")
+    if token is not None:
+        with store().session() as s:
+            accounts.end_session(s, str(token))
     session.clear()
     return redirect(url_for("auth.login"))
+
+
+@bp.route("/logout-everywhere", methods=["POST"])
+@login_required
+def logout_everywhere():
+    """End every session of mine on every node; this browser carries on in a fresh one."""
+    with store().session() as s:
+        ended = accounts.end_sessions(s, g.user.id)
+    _start_session(g.user)
+    flash(f"Logged out everywhere else ({ended - 1} other session{'s' if ended != 2 else ''} ended).")
+    return redirect(url_for("auth.password"))
 
 
 @bp.route("/password", methods=["GET", "POST"])
@@ -149,12 +138,11 @@ def password():
                 errors["current"] = "That is not your current password."
             elif not errors:
                 try:
-                    accounts.set_password(s, user, new)
+                    accounts.set_password(s, user, new)  # ends every session, this one too
                 except EntryError as exc:
                     errors["new"] = str(exc)
-                else:
-                    s.flush()
-                    session["pw"] = _fingerprint(user.password_hash)
-                    flash("Your password was changed.")
-                    return redirect(url_for("dashboard.index"))
+        if not errors:
+            _start_session(g.user)  # this browser carries on in a new session
+            flash("Your password was changed. You were logged out everywhere else.")
+            return redirect(url_for("dashboard.index"))
     return render_template("password.html", errors=errors), (400 if errors else 200)

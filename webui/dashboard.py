@@ -12,7 +12,9 @@ from webui import store
 from webui.auth import login_required
 
 bp = Blueprint("dashboard", __name__)
-SERIES = (("clean", "#4c8c4a"), ("spam", "#d08c1f"), ("virus", "#b3261e"), ("blocked", "#555f6d"))
+# every category the message log holds, so the totals add up to what "Recent mail" lists
+SERIES = (("clean", "#4c8c4a"), ("allowed", "#2b7a9b"), ("spam", "#d08c1f"), ("virus", "#b3261e"),
+          ("blocked", "#555f6d"), ("error", "#7b3f8c"))
 DAYS = 30
 
 
@@ -51,8 +53,9 @@ def chart(counts: dict[str, dict[str, int]], days: int = DAYS, width: int = 720,
 def index():
     everyone = g.user.is_admin and request.args.get("all") == "1"
     with store().session() as s:
-        counts = messagelog.daily_counts(s, None if everyone else g.addresses, DAYS)
+        counts = messagelog.daily_counts(s, None if everyone else g.addresses, DAYS, g.since)
     bars, labels, peak = chart(counts)
     totals = {kind: sum(day.get(kind, 0) for day in counts.values()) for kind, _ in SERIES}
     return render_template("dashboard.html", bars=bars, labels=labels, peak=peak, totals=totals,
+                           total=sum(totals.values()),
                            series=SERIES, everyone=everyone, slot=720 / DAYS)

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, abort, flash, g, redirect, render_template, request, url_for
 
-from stronghold.lists import KINDS
+from stronghold.lists import KINDS, display
 from stronghold.store import entries
 from stronghold.store.errors import EntryError
-from webui import store
+from webui import settings, store
 from webui.auth import login_required
+from webui.confirm import confirmed
 
 bp = Blueprint("lists", __name__, url_prefix="/lists")
 GLOBAL = "global"
+SHOWN_PROBLEMS = 1000
 
 
 def scope_or_404(address: str) -> str | None:
@@ -32,12 +34,15 @@ def scope_or_404(address: str) -> str | None:
 
 
 def _render(address: str, owner: str | None, errors: dict[str, str] | None = None,
-            form: dict[str, str] | None = None, problems: list[str] | None = None, status: int = 200):
+            form: dict[str, str] | None = None, problems: list[str] | None = None, status: int = 200,
+            conflict: entries.ConflictError | None = None):
     q = request.args.get("q", "").strip()[:100]
     with store().session() as s:
         items = {kind: entries.entries(s, owner, kind, q) for kind in KINDS}
+    problems = problems or []
     return render_template("lists.html", address=address, owner=owner, items=items, q=q,
-                           errors=errors or {}, form=form or {}, problems=problems or []), status
+                           errors=errors or {}, form=form or {}, problems=problems[:SHOWN_PROBLEMS],
+                           more_problems=max(0, len(problems) - SHOWN_PROBLEMS), conflict=conflict), status
 
 
 @bp.route("/")
@@ -71,8 +76,9 @@ def add(address: str):
             entry = entries.add_entry(s, owner, kind, pattern, comment)
     except EntryError as exc:
         return _render(address.lower(), owner, errors={kind: str(exc)},
-                       form={"kind": kind, "pattern": pattern, "comment": comment}, status=400)
-    flash(f"{entry.pattern} added to the {kind} list.")
+                       form={"kind": kind, "pattern": pattern, "comment": comment}, status=400,
+                       conflict=exc if isinstance(exc, entries.ConflictError) else None)
+    flash(f"{display(entry.pattern)} added to the {kind} list.")
     return redirect(url_for("lists.show", address=address.lower()))
 
 
@@ -80,32 +86,58 @@ def add(address: str):
 @login_required
 def remove(address: str, entry_id: int):
     owner = scope_or_404(address)
+    with store().session() as s:
+        found = [e for e in entries.entries(s, owner) if e.id == entry_id]
+    if not found:
+        abort(404)
+    entry = found[0]
+    back = url_for("lists.show", address=address.lower())
+    shown = display(entry.pattern)
+    if not confirmed():
+        return render_template("confirm.html", title=f"Remove {shown}?",
+                               question=f"Remove {shown} from the {entry.kind} list of "
+                                        f"{address.lower() if owner else 'everyone (global)'}?",
+                               action=request.path, button="Remove", cancel=back)
     try:
         with store().session() as s:
-            entry = entries.remove_entry(s, entry_id, [owner])
+            entries.remove_entry(s, entry_id, [owner])
     except EntryError:
         abort(404)
-    flash(f"{entry.pattern} removed from the {entry.kind} list.")
-    return redirect(url_for("lists.show", address=address.lower()))
+    flash(f"{shown} removed from the {entry.kind} list.")
+    return redirect(back)
 
 
 @bp.route("/<address>/import", methods=["POST"])
 @login_required
 def import_csv(address: str):
+    """All or nothing: every refused line is listed and nothing is added until the file is clean."""
     owner = scope_or_404(address)
     upload = request.files.get("file")
     if upload is None or not upload.filename:
         return _render(address.lower(), owner, errors={"import": "Choose a CSV file."}, status=400)
+    limit = settings().web_import_max_bytes
+    data = upload.read(limit + 1)
+    if len(data) > limit:
+        return _render(address.lower(), owner, status=413, errors={
+            "import": f"The file is larger than {limit // 1024} KiB; nothing was imported. "
+                      "Split it and import the parts one by one."})
     try:
-        text = upload.read(1024 * 1024).decode("utf-8-sig")
-    except UnicodeDecodeError:
-        return _render(address.lower(), owner, errors={"import": "The file is not UTF-8 text."}, status=400)
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        return _render(address.lower(), owner, status=400, errors={
+            "import": f"The file is not UTF-8 text (line {line}); nothing was imported. "
+                      "Save it as UTF-8 (CSV UTF-8) and try again."})
     kind = request.form.get("kind") or None
     with store().session() as s:
-        added, problems = entries.import_csv(s, owner, text, kind if kind in KINDS else None)
-    flash(f"Imported {added} entries" + (f"; {len(problems)} lines refused." if problems else "."))
-    if problems:
-        return _render(address.lower(), owner, problems=problems)
+        report = entries.import_csv(s, owner, text, kind if kind in KINDS else None)
+    if report.problems:
+        return _render(address.lower(), owner, problems=report.problems, status=400, errors={
+            "import": f"Nothing was imported: {len(report.problems)} line"
+                      f"{'s' if len(report.problems) != 1 else ''} cannot be. Fix "
+                      f"{'them' if len(report.problems) != 1 else 'it'} and import the file again."})
+    skipped = f"; {len(report.skipped)} already there" if report.skipped else ""
+    flash(f"Imported {report.added} entries{skipped}.")
     return redirect(url_for("lists.show", address=address.lower()))
 
 

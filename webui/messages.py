@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
+from email.utils import getaddresses
+
 from flask import Blueprint, abort, flash, g, redirect, render_template, request, url_for
 
-from stronghold.lists import PatternError, normalize_address
+from stronghold.lists import ListIndex, Match, PatternError, display, normalize_address
 from stronghold.store import entries, messagelog
 from stronghold.store.errors import EntryError
+from stronghold.store.tables import MessageRow
 from webui import store
 from webui.auth import login_required
 from webui.junk import items_for_message
@@ -14,6 +19,48 @@ from webui.junk import items_for_message
 bp = Blueprint("messages", __name__, url_prefix="/messages")
 CATEGORIES = ("clean", "spam", "virus", "blocked", "allowed", "error")
 PAGE = 50
+_DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+@dataclass(frozen=True)
+class Sender:
+    """Whom the list buttons act on: the From address people see, else the envelope sender."""
+
+    address: str
+    source: str  # "From address" or "envelope sender"
+
+    @property
+    def domain(self) -> str:
+        return "@" + self.address.rsplit("@", 1)[1]
+
+
+def sender_of(row: MessageRow) -> Sender | None:
+    for _, addr in getaddresses([row.header_from or ""])[:1]:
+        try:
+            return Sender(normalize_address(addr), "From address")
+        except PatternError:
+            break
+    try:
+        return Sender(normalize_address(row.sender or ""), "envelope sender")
+    except PatternError:
+        return None
+
+
+def _list_status(rows: list[MessageRow]) -> dict[int, dict[str, Match]]:
+    """Per message, the entry of my lists its sender is already on ({'block': match, ...})."""
+    with store().session() as s:
+        index = ListIndex([e for a in g.addresses for e in entries.entries(s, a)])
+    status: dict[int, dict[str, Match]] = {}
+    for row in rows:
+        sender = sender_of(row)
+        if sender is None:
+            continue
+        for address in (r.address for r in row.recipients if r.address in g.addresses):
+            for kind in ("block", "allow"):
+                found = index.find(address, kind, [("from", sender.address)])
+                if found is not None:
+                    status.setdefault(row.id, {}).setdefault(kind, found)
+    return status
 
 
 def _viewer_scope() -> tuple[str, ...] | None:
@@ -27,7 +74,7 @@ def message_or_404(message_id: int):
     """The message row if the current user received it (admins: any)."""
     scope = None if g.user.is_admin else g.addresses
     with store().session() as s:
-        row = messagelog.visible_message(s, message_id, scope)
+        row = messagelog.visible_message(s, message_id, scope, g.since)
         if row is None:
             abort(404)
         _ = row.recipients  # load before the session closes
@@ -42,15 +89,24 @@ def index():
         category = ""
     raw_page = request.args.get("page", "0")
     page = min(int(raw_page), 1000) if raw_page.isdigit() else 0
+    q = request.args.get("q", "").strip()[:100]
+    day = request.args.get("day", "").strip()
+    day = day if _DAY.fullmatch(day) else ""
     scope = _viewer_scope()
     with store().session() as s:
-        rows = messagelog.recent(s, messagelog.LogFilter(scope, category, PAGE, page * PAGE))
+        try:
+            rows = messagelog.recent(s, messagelog.LogFilter(scope, category, PAGE, page * PAGE, g.since,
+                                                             search=q, day=day))
+        except ValueError:  # a day like 2026-13-45
+            day, rows = "", messagelog.recent(s, messagelog.LogFilter(scope, category, PAGE, page * PAGE,
+                                                                      g.since, search=q))
         feedback = messagelog.feedback_for(s, [r.id for r in rows], g.user.id)
         for r in rows:
             _ = r.recipients
     return render_template("messages.html", rows=rows, feedback=feedback, category=category,
-                           categories=CATEGORIES, page=page, page_size=PAGE,
-                           show_all=scope is None, mine=set(g.addresses))
+                           categories=CATEGORIES, page=page, page_size=PAGE, q=q, day=day,
+                           show_all=scope is None, mine=set(g.addresses), senders={r.id: sender_of(r) for r in rows},
+                           status=_list_status(rows))
 
 
 @bp.route("/<int:message_id>")
@@ -60,7 +116,8 @@ def show(message_id: int):
     with store().session() as s:
         fb = messagelog.feedback_for(s, [row.id], g.user.id).get(row.id)
         held = items_for_message(s, row, None if g.user.is_admin else g.addresses)
-    return render_template("message.html", m=row, fb=fb, mine=set(g.addresses), held=held)
+    return render_template("message.html", m=row, fb=fb, mine=set(g.addresses), held=held,
+                           sender=sender_of(row), status=_list_status([row]).get(row.id, {}))
 
 
 def _my_recipient_addresses(row) -> list[str]:
@@ -73,17 +130,18 @@ def _my_recipient_addresses(row) -> list[str]:
 @bp.route("/<int:message_id>/list", methods=["POST"])
 @login_required
 def add_sender(message_id: int):
-    """Block or always allow this message's sender, for my addresses that got it."""
+    """Block or always allow this message's sender (its From address, or that address's domain),
+    for my addresses that got it.  The pattern comes from the message, never from the form."""
     row = message_or_404(message_id)
     kind = request.form.get("kind")
-    if kind not in ("allow", "block"):
+    target = request.form.get("target", "address")
+    if kind not in ("allow", "block") or target not in ("address", "domain"):
         abort(400)
-    sender = row.sender or ""
-    try:
-        pattern = normalize_address(sender)
-    except PatternError:
-        flash("This message has no sender address to add.")
+    sender = sender_of(row)
+    if sender is None:
+        flash("This message has no sender address to add.", "error")
         return redirect(url_for("messages.show", message_id=message_id))
+    pattern = sender.address if target == "address" else sender.domain
     done, problems = [], []
     for address in _my_recipient_addresses(row):
         try:
@@ -92,10 +150,11 @@ def add_sender(message_id: int):
             done.append(address)
         except EntryError as exc:
             problems.append(f"{address}: {exc}")
+    what = f"the {sender.source}" if target == "address" else f"the domain of the {sender.source}"
     if done:
-        flash(f"{pattern} is now on the {kind} list of {', '.join(done)}.")
+        flash(f"{display(pattern)} ({what}) is now on the {kind} list of {', '.join(done)}.")
     for p in problems:
-        flash(p)
+        flash(p, "error")
     return _back()
 
 

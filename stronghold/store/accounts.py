@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
+import secrets
+import time
+import unicodedata
+
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import select
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session, object_session, selectinload
 
 from stronghold.lists import PatternError, normalize_address
+from stronghold.store import entries
 from stronghold.store.errors import EntryError
-from stronghold.store.tables import Address, User
+from stronghold.store.tables import Address, ReleasedAddress, User, WebSession
 
 _hasher = PasswordHasher()
 _DUMMY_HASH = _hasher.hash("timing-equaliser")
@@ -25,9 +31,18 @@ def check_password_strength(password: str) -> None:
 
 
 def _clean_login(login: str) -> str:
-    login = login.strip().lower()
-    if not login or len(login) > 254 or any(c.isspace() for c in login):
-        raise EntryError("a login is 1 to 254 characters without spaces")
+    """Lower case, NFC; refuses spaces and every control, format (bidi) or unassigned character.
+
+    A right-to-left override would let ``w5\u202enimda`` display as "w5admin".
+    """
+    login = unicodedata.normalize("NFC", login.strip().lower())
+    if not login or len(login) > 254:
+        raise EntryError("a login is 1 to 254 characters")
+    for c in login:
+        category = unicodedata.category(c)
+        if category[0] in "CZ":
+            name = unicodedata.name(c, f"U+{ord(c):04X}")
+            raise EntryError(f"a login cannot contain spaces or invisible characters (found {name})")
     return login
 
 
@@ -75,16 +90,25 @@ def authenticate(session: Session, login: str, password: str) -> User | None:
 
 
 def set_password(session: Session, user: User, password: str) -> None:
+    """New password; every web session of the user ends (on every web node)."""
     check_password_strength(password)
     user.password_hash = _hasher.hash(password)
+    end_sessions(session, user.id)
 
 
 def set_disabled(user: User, disabled: bool) -> None:
     user.disabled = disabled
+    session = object_session(user)
+    if disabled and session is not None:
+        end_sessions(session, user.id)
 
 
 def delete_user(session: Session, user: User) -> None:
-    session.delete(user)
+    """Delete the user; their addresses are released (lists dropped, past mail hidden from the next owner)."""
+    for address in user.addresses:
+        _forget(session, address.address)
+    end_sessions(session, user.id)
+    session.delete(user)  # the address rows go with it
 
 
 def assign_address(session: Session, user: User, address: str) -> Address:
@@ -98,19 +122,75 @@ def assign_address(session: Session, user: User, address: str) -> Address:
         if existing.user_id == user.id:
             return existing
         raise EntryError(f"{norm} belongs to another user")
-    row = Address(address=norm, user_id=user.id)
+    released = session.get(ReleasedAddress, norm)
+    row = Address(address=norm, user_id=user.id, since=released.released if released else 0.0)
     session.add(row)
     session.flush()
     return row
 
 
+def _forget(session: Session, address: str) -> None:
+    """The address leaves its owner: their list entries go, and its mail so far stays theirs."""
+    entries.drop_owner(session, address)
+    released = session.get(ReleasedAddress, address)
+    if released is None:
+        session.add(ReleasedAddress(address=address, released=time.time()))
+    else:
+        released.released = time.time()
+
+
 def release_address(session: Session, user: User, address: str) -> None:
-    row = session.scalar(select(Address).where(Address.address == address.strip().lower(),
-                                                Address.user_id == user.id))
+    try:
+        norm = normalize_address(address)
+    except PatternError as exc:
+        raise EntryError(str(exc)) from exc
+    row = session.scalar(select(Address).where(Address.address == norm, Address.user_id == user.id))
     if row is None:
-        raise EntryError(f"{address} is not one of {user.login}'s addresses")
+        raise EntryError(f"{norm} is not one of {user.login}'s addresses")
+    _forget(session, norm)
     session.delete(row)
+    session.flush()
 
 
 def owned_addresses(user: User) -> list[str]:
     return [a.address for a in user.addresses]
+
+
+def owned_since(user: User) -> dict[str, float]:
+    """{address: time from which its mail is this user's} (0: all of it)."""
+    return {a.address: a.since for a in user.addresses}
+
+
+# Web sessions: the cookie carries a random id; the store keeps only its SHA-256, so a
+# leaked database does not hand out live sessions.  Deleting rows ends sessions on every node.
+
+def _session_key(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def start_session(session: Session, user: User, lifetime: float) -> str:
+    """A new web session for ``user``; returns the id for the cookie."""
+    now = time.time()
+    session.execute(delete(WebSession).where(WebSession.expires < now))
+    token = secrets.token_urlsafe(32)
+    session.add(WebSession(id=_session_key(token), user_id=user.id, created=now, expires=now + lifetime))
+    return token
+
+
+def session_user(session: Session, token: str) -> User | None:
+    """The enabled user of a live web session, else None."""
+    row = session.get(WebSession, _session_key(token))
+    if row is None or row.expires < time.time():
+        return None
+    user = session.get(User, row.user_id)
+    return None if user is None or user.disabled else user
+
+
+def end_session(session: Session, token: str) -> None:
+    session.execute(delete(WebSession).where(WebSession.id == _session_key(token)))
+
+
+def end_sessions(session: Session, user_id: int) -> int:
+    """End every web session of a user; returns how many ended."""
+    result = session.execute(delete(WebSession).where(WebSession.user_id == user_id))
+    return int(getattr(result, "rowcount", 0) or 0)

@@ -8,17 +8,31 @@ import logging
 import threading
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
 
-from stronghold.lists import KINDS, ListEntry, ListIndex, PatternError, normalize_pattern
+from stronghold.lists import KINDS, ListEntry, ListIndex, PatternError, display, normalize_pattern, shorten
 from stronghold.store.db import Store
 from stronghold.store.errors import EntryError, StoreError
 from stronghold.store.tables import GLOBAL, ListEntryRow, Meta
 
 log = logging.getLogger(__name__)
 VERSION_KEY = "lists_version"
+MAX_COMMENT = 200  # the column's width
+
+
+class DuplicateError(EntryError):
+    """The pattern is already on that very list."""
+
+
+class ConflictError(EntryError):
+    """The pattern is already on the other list of the same owner."""
+
+    def __init__(self, pattern: str, kind: str) -> None:
+        super().__init__(f"{display(pattern)} is on the {kind} list; remove it there first")
+        self.pattern, self.kind = pattern, kind
 
 
 def _bump_version(session: Session) -> None:
@@ -38,23 +52,35 @@ def _to_entry(row: ListEntryRow) -> ListEntry:
     return ListEntry(row.id, row.owner or None, row.kind, row.pattern, row.comment)
 
 
-def add_entry(session: Session, owner: str | None, kind: str, pattern: str,
-              comment: str = "") -> ListEntry:
-    """Validate and add; duplicates and an entry on both lists are refused with a reason."""
+def _checked(kind: str, pattern: str, comment: str) -> tuple[str, str]:
+    """(normalized pattern, tidied comment), or EntryError saying what is wrong."""
     if kind not in KINDS:
-        raise EntryError(f"list kind must be {' or '.join(KINDS)}")
+        raise EntryError(f"the list kind '{shorten(kind)}' is not {' or '.join(KINDS)}")
     try:
         norm = normalize_pattern(pattern)
     except PatternError as exc:
         raise EntryError(str(exc)) from exc
-    comment = " ".join(comment.split())[:200]
+    comment = " ".join(comment.split())
+    if len(comment) > MAX_COMMENT:
+        raise EntryError(f"the comment has {len(comment)} characters; at most {MAX_COMMENT} fit")
+    return norm, comment
+
+
+def _refuse_clash(pattern: str, kind: str, listed_kind: str) -> None:
+    if listed_kind == kind:
+        raise DuplicateError(f"{display(pattern)} is already on the {kind} list")
+    raise ConflictError(pattern, listed_kind)
+
+
+def add_entry(session: Session, owner: str | None, kind: str, pattern: str,
+              comment: str = "") -> ListEntry:
+    """Validate and add; duplicates and an entry on both lists are refused with a reason."""
+    norm, comment = _checked(kind, pattern, comment)
     scope = owner or GLOBAL
     rows = session.scalars(select(ListEntryRow).where(ListEntryRow.owner == scope,
                                                       ListEntryRow.pattern == norm)).all()
     for row in rows:
-        if row.kind == kind:
-            raise EntryError(f"{norm} is already on the {kind} list")
-        raise EntryError(f"{norm} is on the {row.kind} list; remove it there first")
+        _refuse_clash(norm, kind, row.kind)
     row = ListEntryRow(owner=scope, kind=kind, pattern=norm, comment=comment, created=time.time())
     session.add(row)
     session.flush()
@@ -76,13 +102,24 @@ def remove_entry(session: Session, entry_id: int, owners: Iterable[str | None]) 
 
 def entries(session: Session, owner: str | None, kind: str | None = None,
             search: str = "") -> list[ListEntry]:
+    """One owner's entries; ``search`` finds text in the stored (A-label) or shown (U-label) form."""
     query = select(ListEntryRow).where(ListEntryRow.owner == (owner or GLOBAL))
     if kind:
         query = query.where(ListEntryRow.kind == kind)
-    if search:
-        like = "%" + search.strip().lower().replace("%", r"\%").replace("_", r"\_") + "%"
-        query = query.where(ListEntryRow.pattern.like(like, escape="\\"))
-    return [_to_entry(r) for r in session.scalars(query.order_by(ListEntryRow.pattern))]
+    found = [_to_entry(r) for r in session.scalars(query.order_by(ListEntryRow.pattern))]
+    term = search.strip().lower()
+    if term:
+        found = [e for e in found if term in e.pattern or term in display(e.pattern).lower()]
+    return found
+
+
+def drop_owner(session: Session, owner: str) -> int:
+    """Delete every entry of an address's lists (its owner is gone); returns how many."""
+    count = len(session.scalars(select(ListEntryRow.id).where(ListEntryRow.owner == owner)).all())
+    if count:
+        session.execute(delete(ListEntryRow).where(ListEntryRow.owner == owner))
+        _bump_version(session)
+    return count
 
 
 def all_entries(session: Session) -> list[ListEntry]:
@@ -101,35 +138,89 @@ def export_csv(items: Iterable[ListEntry]) -> str:
     return out.getvalue()
 
 
+@dataclass
+class ImportReport:
+    """What an import did: all lines added, or (if any line is refused) none."""
+
+    added: int = 0
+    skipped: list[str] = field(default_factory=list)  # already on that list: nothing to do
+    problems: list[str] = field(default_factory=list)  # refused lines; when any, nothing was added
+    lines: int = 0
+
+
 def import_csv(session: Session, owner: str | None, text: str,
-               default_kind: str | None = None) -> tuple[int, list[str]]:
-    """Add entries from CSV (kind,pattern,comment; header optional); (added, problems)."""
-    added = 0
-    problems: list[str] = []
+               default_kind: str | None = None) -> ImportReport:
+    """Add entries from CSV (kind,pattern,comment; header optional), all or nothing.
+
+    Every line is checked and every problem reported; if there is one, no line is
+    added, so a fixed file can simply be imported again.  Lines already on the
+    same list (or earlier in the file) are skipped and reported.  The new entries
+    go in with one statement: a 30,000-line file takes seconds, not minutes.
+    """
+    report = ImportReport()
+    scope = owner or GLOBAL
+    listed = {pattern: kind for pattern, kind in session.execute(
+        select(ListEntryRow.pattern, ListEntryRow.kind).where(ListEntryRow.owner == scope))}
+    new: dict[str, tuple[str, str]] = {}
     reader = csv.reader(io.StringIO(text))
-    for number, row in enumerate(reader, 1):
-        if not row or not any(cell.strip() for cell in row):
-            continue
-        cells = [c.strip() for c in row]
-        if number == 1 and cells[0].lower() == "kind":
-            continue
-        if default_kind and (len(cells) < 2 or cells[0].lower() not in KINDS):
-            kind, pattern, comment = default_kind, cells[0], (cells[1] if len(cells) > 1 else "")
-        elif len(cells) >= 2:
-            kind, pattern, comment = cells[0].lower(), cells[1], (cells[2] if len(cells) > 2 else "")
-        else:
-            problems.append(f"line {number}: expected kind,pattern[,comment]")
-            continue
+    while True:
         try:
-            with session.begin_nested():
-                add_entry(session, owner, kind, pattern, comment)
-            added += 1
-        except EntryError as exc:
-            problems.append(f"line {number}: {exc}")
-        if len(problems) > 200:
-            problems.append("too many problems; stopped")
+            row = next(reader)
+        except StopIteration:
             break
-    return added, problems
+        except csv.Error as exc:
+            report.problems.append(f"line {reader.line_num}: unreadable CSV ({exc}); "
+                                   "the rest of the file was not read")
+            break
+        report.lines += 1
+        parsed = _parse_row(row, reader.line_num, default_kind, report)
+        if parsed is None:
+            continue
+        kind, pattern, comment = parsed
+        try:
+            norm, comment = _checked(kind, pattern, comment)
+            if norm in listed:
+                _refuse_clash(norm, kind, listed[norm])
+            if norm in new:
+                _refuse_clash(norm, kind, new[norm][0])
+        except DuplicateError as exc:
+            report.skipped.append(f"line {reader.line_num}: {exc}")
+            continue
+        except EntryError as exc:
+            report.problems.append(f"line {reader.line_num}: {exc}")
+            continue
+        new[norm] = (kind, comment)
+    if report.problems or not new:
+        return report
+    now = time.time()
+    session.execute(insert(ListEntryRow), [{"owner": scope, "kind": kind, "pattern": pattern,
+                                            "comment": comment, "created": now}
+                                           for pattern, (kind, comment) in new.items()])
+    _bump_version(session)
+    report.added = len(new)
+    return report
+
+
+def _parse_row(row: list[str], number: int, default_kind: str | None,
+               report: ImportReport) -> tuple[str, str, str] | None:
+    """(kind, pattern, comment) of a CSV row; None for blank lines, the header and problems."""
+    if not row or not any(cell.strip() for cell in row):
+        return None
+    cells = [c.strip() for c in row]
+    if report.lines == 1 and cells[0].lower() == "kind":
+        return None
+    if len(cells) > 3:
+        report.problems.append(f"line {number}: {len(cells)} fields; expected kind,pattern[,comment]")
+        return None
+    if default_kind and (len(cells) < 2 or cells[0].lower() not in KINDS):
+        if len(cells) > 2:
+            report.problems.append(f"line {number}: '{shorten(cells[0])}' is not allow or block")
+            return None
+        return default_kind, cells[0], (cells[1] if len(cells) > 1 else "")
+    if len(cells) >= 2:
+        return cells[0].lower(), cells[1], (cells[2] if len(cells) > 2 else "")
+    report.problems.append(f"line {number}: expected kind,pattern[,comment]")
+    return None
 
 
 class ListCache:
@@ -174,5 +265,6 @@ class ListCache:
             self._checked = 0.0
 
 
-__all__ = ["EntryError", "ListCache", "StoreError", "add_entry", "all_entries", "entries",
-           "export_csv", "import_csv", "lists_version", "remove_entry"]
+__all__ = ["ConflictError", "DuplicateError", "EntryError", "ImportReport", "ListCache", "StoreError",
+           "add_entry", "all_entries", "drop_owner", "entries", "export_csv", "import_csv", "lists_version",
+           "remove_entry"]

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import calendar
 import time
 import zlib
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Table, delete, func, insert, select
+from sqlalchemy import CursorResult, Table, and_, delete, false, func, insert, or_, select
 from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.sql.elements import ColumnElement
 
 from stronghold.engine import Envelope
 from stronghold.message import ParsedMessage
@@ -88,44 +90,71 @@ def record(session: Session, envelope: Envelope, msg: ParsedMessage, verdict: Ve
     return write(session, [entry(envelope, msg, verdict, tokens, ts)])[0]
 
 
+def _received_by(addresses: Sequence[str], since: Mapping[str, float] | None) -> ColumnElement[bool]:
+    """Messages one of ``addresses`` received, each from its ``since`` time (a previous owner's
+    mail stays theirs)."""
+    since = since or {}
+    plain = [a for a in addresses if not since.get(a)]
+    conditions: list[ColumnElement[bool]] = [MessageRecipient.address.in_(plain)] if plain else []
+    conditions += [and_(MessageRecipient.address == a, MessageRow.ts >= since[a])
+                   for a in addresses if since.get(a)]
+    if not conditions:
+        return false()
+    return MessageRow.id.in_(select(MessageRecipient.message_id).where(or_(*conditions)))
+
+
 @dataclass(frozen=True)
 class LogFilter:
     addresses: tuple[str, ...] | None = None  # None: everyone (admins)
     category: str = ""
     limit: int = 100
     offset: int = 0
+    since: Mapping[str, float] = field(default_factory=dict)  # per address: mail from then on
+    search: str = ""  # in the sender, From header or subject
+    day: str = ""  # YYYY-MM-DD (UTC)
+
+
+def _like(text: str) -> str:
+    return "%" + text.replace("\\", "\\\\").replace("%", r"\%").replace("_", r"\_") + "%"
 
 
 def recent(session: Session, flt: LogFilter) -> list[MessageRow]:
     query = select(MessageRow).options(selectinload(MessageRow.recipients))
     if flt.addresses is not None:
-        query = query.where(MessageRow.id.in_(
-            select(MessageRecipient.message_id).where(MessageRecipient.address.in_(flt.addresses))))
+        query = query.where(_received_by(flt.addresses, flt.since))
     if flt.category:
         query = query.where(MessageRow.category == flt.category)
+    if flt.search:
+        like = _like(flt.search.lower())
+        query = query.where(or_(*(func.lower(col).like(like, escape="\\")
+                                  for col in (MessageRow.sender, MessageRow.header_from, MessageRow.subject))))
+    if flt.day:
+        start = calendar.timegm(time.strptime(flt.day, "%Y-%m-%d"))
+        query = query.where(MessageRow.ts >= start, MessageRow.ts < start + 86400)
     query = query.order_by(MessageRow.ts.desc(), MessageRow.id.desc()).limit(flt.limit).offset(flt.offset)
     return list(session.scalars(query))
 
 
-def visible_message(session: Session, message_id: int,
-                    addresses: tuple[str, ...] | None) -> MessageRow | None:
-    """The message if one of ``addresses`` received it (None: any, for admins)."""
+def visible_message(session: Session, message_id: int, addresses: tuple[str, ...] | None,
+                    since: Mapping[str, float] | None = None) -> MessageRow | None:
+    """The message if one of ``addresses`` received it while theirs (None: any, for admins)."""
     row = session.get(MessageRow, message_id)
     if row is None:
         return None
-    if addresses is not None and not any(r.address in addresses for r in row.recipients):
+    since = since or {}
+    if addresses is not None and not any(r.address in addresses and row.ts >= since.get(r.address, 0.0)
+                                         for r in row.recipients):
         return None
     return row
 
 
-def daily_counts(session: Session, addresses: tuple[str, ...] | None,
-                 days: int = 30) -> dict[str, dict[str, int]]:
+def daily_counts(session: Session, addresses: tuple[str, ...] | None, days: int = 30,
+                 since: Mapping[str, float] | None = None) -> dict[str, dict[str, int]]:
     """{YYYY-MM-DD: {category: count}} for the last ``days`` days (UTC)."""
-    since = time.time() - days * 86400
-    query = select(MessageRow.ts, MessageRow.category).where(MessageRow.ts >= since)
+    start = time.time() - days * 86400
+    query = select(MessageRow.ts, MessageRow.category).where(MessageRow.ts >= start)
     if addresses is not None:
-        query = query.where(MessageRow.id.in_(
-            select(MessageRecipient.message_id).where(MessageRecipient.address.in_(addresses))))
+        query = query.where(_received_by(addresses, since))
     out: dict[str, dict[str, int]] = {}
     for ts, category in session.execute(query):
         day = time.strftime("%Y-%m-%d", time.gmtime(ts))

@@ -37,7 +37,36 @@ class Address(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     address: Mapped[str] = mapped_column(String(320), unique=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    # mail before this time belongs to a previous owner of the address (0: no previous owner)
+    since: Mapped[float] = mapped_column(Float, default=0.0)
     user: Mapped[User] = relationship(back_populates="addresses")
+
+
+class ReleasedAddress(Base):
+    """When an address last left its owner (deleted user or released), so the next owner starts fresh."""
+
+    __tablename__ = "released_addresses"
+    address: Mapped[str] = mapped_column(String(320), primary_key=True)
+    released: Mapped[float] = mapped_column(Float)
+
+
+class WebSession(Base):
+    """A web login; the cookie holds a random id whose SHA-256 is ``id``. Deleting the row ends it."""
+
+    __tablename__ = "web_sessions"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    created: Mapped[float] = mapped_column(Float)
+    expires: Mapped[float] = mapped_column(Float, index=True)
+
+
+class RateLimit(Base):
+    """Fixed-window counters of the web UI's rate limits, shared by every web node."""
+
+    __tablename__ = "rate_limits"
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    count: Mapped[int] = mapped_column(Integer, default=0)
+    expires: Mapped[float] = mapped_column(Float, index=True)
 
 
 class ListEntryRow(Base):

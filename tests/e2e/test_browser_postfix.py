@@ -46,6 +46,7 @@ def test_block_in_browser_then_unblock(stack: Stack, web: WebProcess) -> None:
         assert err.value.recipients["quinn@example.com"][0] == 550
 
         page.get_by_role("button", name="Remove @pushy-vendor.example").click()
+        page.get_by_role("button", name="Remove", exact=True).click()  # the confirmation page
         expect(page.locator("#list-block")).not_to_contain_text("@pushy-vendor.example")
         assert mail.send(stack.postfix.port, "sales@pushy-vendor.example", ["quinn@example.com"], data) == {}
         assert stack.sink.wait_for(lambda m: f"X-Test-Id: {tid}".encode() in m.data)

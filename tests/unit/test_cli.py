@@ -113,7 +113,10 @@ def test_users_and_lists_from_the_cli(env: Path, monkeypatch: pytest.MonkeyPatch
     assert "already on the block list" in capsys.readouterr().err
     csv_file = env / "in.csv"
     csv_file.write_text("allow,friend@pal.example,\nblock,not valid,\n")
-    assert main(["list", "import", str(csv_file), "--owner", "olga@example.com"]) == 1
+    assert main(["list", "import", str(csv_file), "--owner", "olga@example.com"]) == 1  # all or nothing
+    assert "nothing imported" in capsys.readouterr().out
+    csv_file.write_text("allow,friend@pal.example,\n")
+    assert main(["list", "import", str(csv_file), "--owner", "olga@example.com"]) == 0
     assert main(["list", "export", "--owner", "olga@example.com"]) == 0
     out = capsys.readouterr().out
     assert "block,@junk.example" in out and "allow,friend@pal.example" in out

@@ -2,7 +2,16 @@
 
 import pytest
 
-from stronghold.lists import ListEntry, ListIndex, PatternError, matches, normalize_pattern, sender_addresses
+from stronghold.lists import (
+    ListEntry,
+    ListIndex,
+    PatternError,
+    display,
+    matches,
+    normalize_address,
+    normalize_pattern,
+    sender_addresses,
+)
 
 
 @pytest.mark.parametrize("raw, norm", [
@@ -50,3 +59,28 @@ def test_index_finds_by_owner_and_kind() -> None:
     assert hit is not None and hit.entry.id == 1 and hit.source == "from"
     assert idx.find("b@x.example", "block", [("from", "z@spam.example")]) is None
     assert idx.find(None, "allow", [("envelope", "n@mail.good.example")]).entry.id == 2
+
+
+@pytest.mark.parametrize(("raw", "stored", "shown"), [
+    ("@faß.de", "@xn--fa-hia.de", "@faß.de"),  # IDNA 2008: ß is kept, not mapped to ss
+    ("@FASS.de", "@fass.de", "@fass.de"),
+    ("x@Bücher.Example", "x@xn--bcher-kva.example", "x@bücher.example"),  # UTS 46 lower-cases
+    ("*.xn--bcher-kva.example", "*.xn--bcher-kva.example", "*.bücher.example"),
+    ("@ÖBB.at", "@xn--bb-eka.at", "@öbb.at"),
+])
+def test_idn_stored_as_a_label_shown_as_u_label(raw: str, stored: str, shown: str) -> None:
+    assert normalize_pattern(raw) == stored
+    assert display(stored) == shown
+
+
+def test_idn_blocks_the_right_domain() -> None:
+    pattern = normalize_pattern("@faß.de")
+    assert matches(pattern, normalize_address("mailer@xn--fa-hia.de"))
+    assert matches(pattern, normalize_address("mailer@faß.de"))
+    assert not matches(pattern, normalize_address("mailer@fass.de"))
+
+
+@pytest.mark.parametrize("bad", ["@xn--zz.example", "@a\u200db.example", "@-bad.example", "@ex ample.com"])
+def test_invalid_idn_is_refused(bad: str) -> None:
+    with pytest.raises(PatternError, match="not a valid domain"):
+        normalize_pattern(bad)

@@ -69,10 +69,16 @@ def test_list_entries_validated_deduplicated_and_versioned(store: Store) -> None
 
 def test_csv_round_trip_and_problems(store: Store) -> None:
     with store.session() as s:
-        added, problems = entries.import_csv(
+        report = entries.import_csv(
             s, "a@example.com", "kind,pattern,comment\nblock,@x.example,one\nallow,bad pattern,\n"
             "allow,friend@y.example,pal\nblock,@x.example,dup\n")
-        assert added == 2 and len(problems) == 2
+        assert report.added == 0 and report.problems == ["line 3: 'bad pattern' is not an address like "
+                                                         "name@example.com"]
+        assert entries.entries(s, "a@example.com") == []  # all or nothing
+        report = entries.import_csv(
+            s, "a@example.com", "kind,pattern,comment\nblock,@x.example,one\n"
+            "allow,friend@y.example,pal\nblock,@x.example,dup\n")
+        assert report.added == 2 and report.skipped == ["line 4: @x.example is already on the block list"]
         text = entries.export_csv(entries.entries(s, "a@example.com"))
     assert "block,@x.example,one" in text and "allow,friend@y.example,pal" in text
 
@@ -180,3 +186,36 @@ def test_log_writes_refused_by_a_locked_database_wait_in_the_queue(tmp_path) -> 
         rows = messagelog.recent(s, messagelog.LogFilter())
     assert sorted(r.queue_id for r in rows) == ["L1", "L2", "L3", "L4"]  # L0, the oldest, was dropped
     store.dispose()
+
+
+def test_csv_import_reports_every_bad_line_and_adds_none(store: Store) -> None:
+    text = "".join(f"block,bad {n},\n" for n in range(300)) + "allow,good@pal.example,\n"
+    with store.session() as s:
+        report = entries.import_csv(s, "a@example.com", text)
+        assert report.added == 0 and len(report.problems) == 300 and report.lines == 301
+        assert report.problems[-1].startswith("line 300:")
+        assert entries.entries(s, "a@example.com") == []
+
+
+def test_csv_import_oversized_fields_are_problems_not_crashes(store: Store) -> None:
+    huge = "x" * (200 * 1024)
+    with store.session() as s:
+        report = entries.import_csv(s, "a@example.com", f"block,@ok.example,\nblock,\"{huge}\",\n")
+        assert report.added == 0 and "line 2: unreadable CSV" in report.problems[0]
+        report = entries.import_csv(s, "a@example.com", f"block,@ok.example,{'c' * 201}\n")
+        assert report.problems == ["line 1: the comment has 201 characters; at most 200 fit"]
+        report = entries.import_csv(s, "a@example.com", f"block,{'a' * 1000}@x.com,\n")
+        assert report.problems == ["line 1: the pattern has 1006 characters; at most 320 fit"]
+
+
+def test_entry_errors_are_clear_and_quote_what_was_given(store: Store) -> None:
+    with store.session() as s:
+        with pytest.raises(EntryError, match="the comment has 250 characters; at most 200 fit"):
+            entries.add_entry(s, "a@example.com", "block", "@x.example", "c" * 250)
+        with pytest.raises(EntryError) as caught:
+            entries.add_entry(s, "a@example.com", "block", "<script>alert(1)</script>@x.com")
+        assert str(caught.value).startswith("'<script>alert(1)</script>@x.com'")
+        with pytest.raises(EntryError) as caught:
+            entries.add_entry(s, "a@example.com", "block", "@" + "a" * 300 + ".com")
+        assert len(str(caught.value)) < 120
+        assert entries.entries(s, "a@example.com") == []

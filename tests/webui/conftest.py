@@ -13,7 +13,6 @@ from flask.testing import FlaskClient
 from stronghold.store import accounts
 from stronghold.store.db import Store
 from webui import create_app
-from webui.auth import throttle
 
 PASSWORD = "a long enough password"
 _TOKEN = re.compile(r'name="csrf_token" value="([^"]+)"')
@@ -33,7 +32,7 @@ def seed(store: Store) -> dict[str, int]:
 
 @pytest.fixture
 def app(store: Store, tmp_path: Path) -> Iterator[Flask]:
-    throttle._failures.clear()
+    """A fresh store per test, so login counters and sessions start empty too."""
     application = create_app({"data_dir": tmp_path / "data", "database_url": store.url, "TESTING": True})
     application.config["user_ids"] = seed(store)
     yield application

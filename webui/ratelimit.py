@@ -1,0 +1,126 @@
+"""Login throttling with Flask-Limiter, counted in the store so every web node sees the same counts.
+
+Only failed logins count, per client address *and* login name, with a staircase
+of windows (a backoff), so an attacker who guesses one account from one address
+slows to a few tries a day while the owner, from any other address, still logs
+in.  A looser per-address limit slows one address spraying many names.  Behind a
+reverse proxy, ``web_trusted_proxies`` hops of X-Forwarded-For are believed
+(Werkzeug's ProxyFix), no more: a client cannot pick its own address.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from typing import Any
+
+from flask import Flask, Response, request
+from flask_limiter import Limiter
+from limits.storage import Storage
+from sqlalchemy import delete, insert, select, text, update
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from stronghold.store.db import Store
+from stronghold.store.tables import RateLimit
+
+log = logging.getLogger(__name__)
+SCHEME = "stronghold+sql"
+
+
+class SqlStorage(Storage):
+    """Fixed-window counters in the ``rate_limits`` table; expired rows are purged as new ones come."""
+
+    STORAGE_SCHEME = [SCHEME]
+
+    def __init__(self, uri: str | None = None, wrap_exceptions: bool = False, **options: Any) -> None:
+        store = options.get("store")
+        if not isinstance(store, Store):
+            raise ValueError("SqlStorage needs storage_options={'store': Store}")
+        self.store = store
+        super().__init__(uri, wrap_exceptions=wrap_exceptions)
+
+    @property
+    def base_exceptions(self) -> type[Exception] | tuple[type[Exception], ...]:
+        return SQLAlchemyError
+
+    def incr(self, key: str, expiry: int, amount: int = 1) -> int:
+        for _ in range(3):  # a concurrent insert of the same key: count again
+            now = time.time()
+            with self.store.engine.begin() as conn:
+                done = conn.execute(update(RateLimit).where(RateLimit.key == key, RateLimit.expires > now)
+                                    .values(count=RateLimit.count + amount))
+                if done.rowcount:
+                    return int(conn.execute(select(RateLimit.count).where(RateLimit.key == key)).scalar_one())
+            try:
+                with self.store.engine.begin() as conn:
+                    conn.execute(delete(RateLimit).where(RateLimit.expires <= now))
+                    conn.execute(insert(RateLimit).values(key=key, count=amount, expires=now + expiry))
+                return amount
+            except IntegrityError:
+                continue
+        raise RuntimeError(f"rate limit counter {key} kept changing")
+
+    def _row(self, key: str) -> tuple[int, float] | None:
+        with self.store.engine.connect() as conn:
+            row = conn.execute(select(RateLimit.count, RateLimit.expires).where(RateLimit.key == key)).first()
+        if row is None or row[1] <= time.time():
+            return None
+        return int(row[0]), float(row[1])
+
+    def get(self, key: str) -> int:
+        row = self._row(key)
+        return row[0] if row else 0
+
+    def get_expiry(self, key: str) -> float:
+        row = self._row(key)
+        return row[1] if row else time.time()
+
+    def check(self) -> bool:
+        try:
+            with self.store.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except SQLAlchemyError:
+            return False
+        return True
+
+    def reset(self) -> int | None:
+        with self.store.engine.begin() as conn:
+            return int(conn.execute(delete(RateLimit)).rowcount or 0)
+
+    def clear(self, key: str) -> None:
+        with self.store.engine.begin() as conn:
+            conn.execute(delete(RateLimit).where(RateLimit.key == key))
+
+
+def client_address() -> str:
+    return request.remote_addr or "unknown"
+
+
+def _login_name() -> str:
+    name = request.form.get("login", "").strip().lower()[:254]
+    return hashlib.sha256(name.encode()).hexdigest()[:32]
+
+
+def client_and_login() -> str:
+    """The key of the per-(address, login) limit; the name is hashed (any length, any characters)."""
+    return f"{client_address()}/{_login_name()}"
+
+
+def _failed(response: Response) -> bool:
+    return response.status_code == 401
+
+
+def init_app(app: Flask, store: Store, per_login: str, per_client: str) -> Limiter:
+    """A limiter for this app; only the login form is limited, and only failures count."""
+    limiter = Limiter(client_address, app=app, storage_uri=f"{SCHEME}://",
+                      storage_options={"store": store},  # type: ignore[dict-item]
+                      strategy="fixed-window", key_prefix="login", headers_enabled=True,
+                      retry_after="delta-seconds")
+    view: Any = app.view_functions["auth.login"]
+    view = limiter.limit(per_login, key_func=client_and_login, methods=["POST"], deduct_when=_failed,
+                         scope="client+login")(view)
+    view = limiter.limit(per_client, key_func=client_address, methods=["POST"], deduct_when=_failed,
+                         scope="client")(view)
+    app.view_functions["auth.login"] = view
+    return limiter
