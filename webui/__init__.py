@@ -115,6 +115,9 @@ def _error_pages(app: Flask) -> None:
 
     @app.errorhandler(429)
     def too_many(err: HTTPException):
+        if request.blueprint == "digest":
+            from webui import digest
+            return digest.too_many()
         return render_template("login.html", error="Too many failed attempts from here. Wait a while "
                                                     "and try again, or log in from another device."), 429
 

@@ -123,4 +123,15 @@ def init_app(app: Flask, store: Store, per_login: str, per_client: str) -> Limit
     view = limiter.limit(per_client, key_func=client_address, methods=["POST"], deduct_when=_failed,
                          scope="client")(view)
     app.view_functions["auth.login"] = view
+    from webui import digest  # digest release links: bad ones (a guesser's) count per client address
+    for endpoint in ("digest.confirm", "digest.redeem"):
+        link_view: Any = app.view_functions[endpoint]
+        app.view_functions[endpoint] = limiter.limit(
+            digest.BAD_LINKS, key_func=client_address, deduct_when=_bad_link, scope="digest-links",
+        )(link_view)
     return limiter
+
+
+def _bad_link(response: Response) -> bool:
+    from webui import digest
+    return response.status_code in digest.BAD_LINK_STATUSES

@@ -25,7 +25,6 @@ from tests.webui.conftest import Auth, seed, token
 from tests.webui.hostile import hostile
 from webui import create_app
 from webui import digest as webui_digest
-from webui.auth import throttle
 
 pytestmark = pytest.mark.postgres
 
@@ -40,8 +39,6 @@ def sink() -> Iterator[SmtpSink]:
 @pytest.fixture
 def app(store: Store, tmp_path: Path, sink: SmtpSink) -> Iterator[Flask]:
     """The conftest app, with releases going to the SMTP sink."""
-    throttle._failures.clear()
-    webui_digest.bad_links._failures.clear()
     sink.messages.clear()
     application = create_app({"data_dir": tmp_path / "data", "database_url": store.url, "TESTING": True,
                               "release_smtp": f"127.0.0.1:{sink.port}"})
