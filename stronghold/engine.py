@@ -4,10 +4,17 @@ Precedence, per recipient (first match wins; see docs/precedence.md):
 
 1. a virus                        -> virus_action, whatever any list says
 2. the recipient's block list     -> reject
-3. the recipient's allow list     -> accept, no spam action
+3. the recipient's allow list     -> accept, no spam action (authenticated senders only)
 4. the global block list          -> reject
-5. the global allow list          -> accept, no spam action
+5. the global allow list          -> accept, no spam action (authenticated senders only)
 6. the classifier's score         -> spam_action_high / spam_action / accept
+
+An allow entry applies only when the address it matched is authenticated
+(``authres``): the single header From aligned with a passing DKIM d= or SPF
+domain, or the envelope sender with SPF pass; otherwise, unless its owner
+marked it "trust without authentication", it is skipped with a trace step
+saying why.  A DMARC failure under the From domain's p=quarantine/reject gets
+``dmarc_action`` after the recipient's own block and before allow entries.
 
 Recipients can disagree after DATA; the message-level rule in ``combine``
 never rejects a recipient who wants the message and never drops one without a
@@ -20,9 +27,10 @@ to the configured policy (tempfail by default: a crashed check is never
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from stronghold.antivirus import Scanner, ScannerError, ScanResult
+from stronghold.authres import Authenticator, AuthResults, single_from
 from stronghold.classifier import Model, ModelError, Score
 from stronghold.config import Config
 from stronghold.lists import ALLOW, BLOCK, ListIndex, Match, sender_addresses
@@ -53,6 +61,8 @@ class Policy:
     on_model_error: str = "tempfail"
     on_store_error: str = "tempfail"
     oversize_action: str = "scan-head"
+    dmarc_action: Action = Action.TAG
+    on_dns_error: str = "unauthenticated"
 
     @classmethod
     def from_config(cls, cfg: Config) -> Policy:
@@ -67,6 +77,8 @@ class Policy:
             on_model_error=cfg.on_model_error,
             on_store_error=cfg.on_store_error,
             oversize_action=cfg.oversize_action,
+            dmarc_action=Action(cfg.dmarc_action),
+            on_dns_error=cfg.on_dns_error,
         )
 
 
@@ -92,6 +104,7 @@ class Findings:
     store_error: str | None = None
     oversize: bool = False
     notes: tuple[TraceStep, ...] = field(default_factory=tuple)
+    auth: AuthResults | None = None  # gathered only when it can change the outcome
 
 
 def check_recipient(sender: str, recipient: str, lists: ListIndex) -> RecipientDecision | None:
@@ -112,13 +125,56 @@ def check_recipient(sender: str, recipient: str, lists: ListIndex) -> RecipientD
     return RecipientDecision(recipient, Action.REJECT, Category.BLOCKED, "sender blocked", (step,))
 
 
-def _list_step(recipient: str, lists: ListIndex, senders: list[tuple[str, str]]
-               ) -> tuple[Match | None, str | None]:
+def allow_senders(senders: list[tuple[str, str]], msg: ParsedMessage) -> list[tuple[str, str]]:
+    """The senders an allow entry may match: the envelope, and the header From
+    only when it holds exactly one address."""
+    if single_from(msg.header_all("from")) is None:
+        return [s for s in senders if s[0] != "from"]
+    return senders
+
+
+def _allow(lists: ListIndex, owner: str | None, senders: list[tuple[str, str]],
+           allowed: list[tuple[str, str]], auth: AuthResults | None) -> tuple[Match | None, TraceStep | None]:
+    """An allow entry of ``owner`` that applies, or the step saying why one was skipped."""
+    skipped: Match | None = None
+    for hit in lists.find_all(owner, ALLOW, allowed):
+        if hit.entry.trust_unauthenticated or (auth is not None and auth.authenticates(hit.source, hit.address)):
+            return hit, None
+        skipped = skipped or hit
+    if skipped is not None:
+        who = "From" if skipped.source == "from" else "envelope sender"
+        why = auth.brief() if auth is not None else "not checked"
+        return None, TraceStep("allow", "skipped", f"#{skipped.entry.id} {who} {skipped.address} "
+                                                   f"not authenticated ({why})")
+    if len(allowed) < len(senders):
+        unusable = lists.find(owner, ALLOW, senders)
+        if unusable is not None:
+            return None, TraceStep("allow", "skipped", f"#{unusable.entry.id} From {unusable.address}: "
+                                                       "the header From must hold exactly one address")
+    return None, None
+
+
+def _list_step(recipient: str, lists: ListIndex, senders: list[tuple[str, str]],
+               allowed: list[tuple[str, str]], auth: AuthResults | None,
+               steps: list[TraceStep]) -> tuple[Match | None, str | None]:
+    """The first list entry that applies; skipped allow entries add a step to ``steps``."""
     for owner, kind in ((recipient, BLOCK), (recipient, ALLOW), (None, BLOCK), (None, ALLOW)):
-        hit = lists.find(owner, kind, senders)
+        if kind == BLOCK:
+            hit = lists.find(owner, kind, senders)
+        else:
+            hit, skip = _allow(lists, owner, senders, allowed, auth)
+            if skip is not None:
+                steps.append(skip)
         if hit is not None:
             return hit, kind
     return None, None
+
+
+def allow_may_apply(lists: ListIndex, envelope: Envelope, msg: ParsedMessage) -> bool:
+    """Would some recipient's or the global allow list match (before authentication)?"""
+    allowed = allow_senders(sender_addresses(envelope.sender, msg.header("from")), msg)
+    return any(lists.find(owner, ALLOW, allowed) is not None
+               for owner in (*envelope.recipients, None))
 
 
 def _score_action(score: float, threshold: float, policy: Policy) -> tuple[Action, Category, str]:
@@ -182,17 +238,42 @@ def decide(envelope: Envelope, msg: ParsedMessage, found: Findings, policy: Poli
             return failed
     elif score is not None and threshold is not None:
         trace.append(TraceStep("classifier", f"{score:.4f}", f"threshold {threshold:.4f}"))
+    auth = found.auth
+    if auth is not None:
+        trace.append(TraceStep("auth", auth.source, auth.describe()))
+        if auth.dns_failed and policy.on_dns_error == "tempfail":
+            failed = _failure("auth", "tempfail", "DNS failed: " + auth.describe(), envelope, trace)
+            if failed:
+                return failed
+    dmarc_policy = auth.dmarc_failed_policy() if auth is not None else ""
+    if dmarc_policy:
+        trace.append(TraceStep("dmarc", "fail", f"p={dmarc_policy} {auth.from_domain if auth else ''}"))
     senders = sender_addresses(envelope.sender, msg.header("from"))
+    allowed = allow_senders(senders, msg)
     decisions: list[RecipientDecision] = []
     for rcpt in envelope.recipients:
         steps: list[TraceStep] = []
-        hit, kind = _list_step(rcpt, lists, senders) if lists is not None else (None, None)
+        hit: Match | None = None
+        kind: str | None = None
+        if lists is not None and dmarc_policy:  # blocks still apply; allow entries do not
+            hit = lists.find(rcpt, BLOCK, senders) or lists.find(None, BLOCK, senders)
+            kind = BLOCK if hit is not None else None
+        elif lists is not None:
+            hit, kind = _list_step(rcpt, lists, senders, allowed, auth, steps)
         if hit is not None and kind == BLOCK:
             steps.append(TraceStep("block", "match", hit.describe()))
             decisions.append(RecipientDecision(rcpt, Action.REJECT, Category.BLOCKED,
                                                "sender blocked", tuple(steps)))
+        elif dmarc_policy:
+            action = policy.dmarc_action
+            if score is not None and threshold is not None:
+                scored = _score_action(score, threshold, policy)[0]
+                action = scored if scored.severity > action.severity else action
+            decisions.append(RecipientDecision(rcpt, action, Category.SPAM, f"dmarc fail (p={dmarc_policy})",
+                                               tuple(steps)))
         elif hit is not None and kind == ALLOW:
-            steps.append(TraceStep("allow", "match", hit.describe()))
+            trusted = " (trusted without authentication)" if hit.entry.trust_unauthenticated else ""
+            steps.append(TraceStep("allow", "match", hit.describe() + trusted))
             decisions.append(RecipientDecision(rcpt, Action.ACCEPT, Category.ALLOWED,
                                                "sender allowed", tuple(steps)))
         elif score is not None and threshold is not None:
@@ -201,7 +282,7 @@ def decide(envelope: Envelope, msg: ParsedMessage, found: Findings, policy: Poli
         else:
             decisions.append(RecipientDecision(rcpt, Action.ACCEPT, Category.CLEAN,
                                                "not scored", tuple(steps)))
-    return combine(envelope, decisions, trace, score, threshold, reasons, policy)
+    return replace(combine(envelope, decisions, trace, score, threshold, reasons, policy), auth=auth)
 
 
 def combine(envelope: Envelope, decisions: list[RecipientDecision], trace: list[TraceStep],
@@ -287,10 +368,13 @@ ListSource = Callable[[], ListIndex]
 
 def gather(msg: ParsedMessage, stream: Stream | None, scanner: Scanner | None,
            model: ModelSource, lists: ListSource, oversize: bool = False,
-           skip_content_checks: bool = False, tokens: set[str] | None = None) -> Findings:
+           skip_content_checks: bool = False, tokens: set[str] | None = None,
+           envelope: Envelope | None = None, authenticator: Authenticator | None = None) -> Findings:
     """Run the checks through their interfaces; typed errors become findings.
 
     ``tokens`` are the message's features when the caller has them already.
+    The sender is authenticated (DNS) only when that can change the outcome:
+    an allow entry would match, or the authenticator checks all mail.
     """
     scan = scan_error = None
     if scanner is not None and stream is not None and not skip_content_checks:
@@ -311,14 +395,30 @@ def gather(msg: ParsedMessage, stream: Stream | None, scanner: Scanner | None,
             threshold = current.spam_threshold
         except ModelError as exc:
             model_error = str(exc)
+    auth = None
+    if authenticator is not None and envelope is not None and index is not None and (
+            authenticator.every_message or allow_may_apply(index, envelope, msg)):
+        auth = authenticator.check(envelope.sender, envelope.client_ip, envelope.helo, msg.headers,
+                                   lambda: _whole(stream))
     return Findings(scan=scan, scan_error=scan_error, score=score, model_threshold=threshold,
                     model_error=model_error, lists=index, store_error=store_error,
-                    oversize=oversize)
+                    oversize=oversize, auth=auth)
+
+
+def _whole(stream: Stream | None) -> bytes:
+    """The message as it arrived (for DKIM); the stream is left at its start."""
+    if stream is None:
+        return b""
+    stream.seek(0)
+    data = stream.read()
+    stream.seek(0)
+    return data
 
 
 def evaluate(envelope: Envelope, msg: ParsedMessage, stream: Stream | None,
              scanner: Scanner | None, model: ModelSource, lists: ListSource,
-             policy: Policy, oversize: bool = False, tokens: set[str] | None = None) -> Verdict:
+             policy: Policy, oversize: bool = False, tokens: set[str] | None = None,
+             authenticator: Authenticator | None = None) -> Verdict:
     """gather() then decide(): the one call the milter, CLI and web UI share."""
     skip = oversize and policy.oversize_action == "accept"
     if oversize and policy.oversize_action in ("tempfail", "reject"):
@@ -329,5 +429,6 @@ def evaluate(envelope: Envelope, msg: ParsedMessage, stream: Stream | None,
                           for r in envelope.recipients)
         return Verdict(action, Category.ERROR, None, None, None, decisions, trace,
                        smtp_reply=reply)
-    found = gather(msg, stream, scanner, model, lists, oversize, skip_content_checks=skip, tokens=tokens)
+    found = gather(msg, stream, scanner, model, lists, oversize, skip_content_checks=skip, tokens=tokens,
+                   envelope=envelope, authenticator=authenticator)
     return decide(envelope, msg, found, policy)

@@ -13,7 +13,7 @@ Domains are stored in their ASCII (IDNA) form, so ``bücher.example`` and
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from email.utils import getaddresses
 
@@ -109,6 +109,7 @@ class ListEntry:
     kind: str
     pattern: str
     comment: str = ""
+    trust_unauthenticated: bool = False  # allow entries: match even when the sender is not authenticated
 
 
 @dataclass(frozen=True)
@@ -141,6 +142,16 @@ class ListIndex:
                 if matches(entry.pattern, address):
                     return Match(entry, source, address)
         return None
+
+    def find_all(self, owner: str | None, kind: str,
+                 senders: list[tuple[str, str]]) -> Iterator[Match]:
+        """Every (entry, sender) match of ``owner``'s ``kind`` list, in list order."""
+        for entry in self._by_owner.get(owner, ()):
+            if entry.kind != kind:
+                continue
+            for source, address in senders:
+                if matches(entry.pattern, address):
+                    yield Match(entry, source, address)
 
     def __len__(self) -> int:
         return sum(len(v) for v in self._by_owner.values())

@@ -157,8 +157,13 @@ class StrongholdMilter(Milter.Base):
             return Milter.REJECT if verdict.action is Action.REJECT else Milter.TEMPFAIL
         for name, index in reversed(self.strip):
             self.chgheader(name, index, "")
+        auth = self.service.authenticator
+        for index in reversed(auth.forged_positions(msg.headers)):
+            self.chgheader("Authentication-Results", index, "")
         for name, value in verdict.headers:
             self.addheader(name, value)
+        if verdict.auth is not None and auth.mode == "check":
+            self.addheader("Authentication-Results", verdict.auth.header_value(auth.authserv_id), 0)
         if verdict.subject_prefix:
             subject = msg.header("subject") or ""
             if not subject.startswith(verdict.subject_prefix):

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from stronghold.authres import AuthResults
 
 
 class Action(StrEnum):
@@ -72,6 +76,7 @@ class Verdict:
     drop_recipients: tuple[str, ...] = ()  # removed after DATA, each logged as blocked
     headers: tuple[tuple[str, str], ...] = field(default_factory=tuple)
     subject_prefix: str = ""
+    auth: AuthResults | None = None  # sender authentication, when it was checked
 
     @property
     def summary(self) -> str:

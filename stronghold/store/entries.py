@@ -35,14 +35,17 @@ def lists_version(session: Session) -> int:
 
 
 def _to_entry(row: ListEntryRow) -> ListEntry:
-    return ListEntry(row.id, row.owner or None, row.kind, row.pattern, row.comment)
+    return ListEntry(row.id, row.owner or None, row.kind, row.pattern, row.comment,
+                     bool(row.trust_unauthenticated))
 
 
 def add_entry(session: Session, owner: str | None, kind: str, pattern: str,
-              comment: str = "") -> ListEntry:
+              comment: str = "", trust_unauthenticated: bool = False) -> ListEntry:
     """Validate and add; duplicates and an entry on both lists are refused with a reason."""
     if kind not in KINDS:
         raise EntryError(f"list kind must be {' or '.join(KINDS)}")
+    if trust_unauthenticated and kind != "allow":
+        raise EntryError("only allow entries can be trusted without authentication")
     try:
         norm = normalize_pattern(pattern)
     except PatternError as exc:
@@ -55,7 +58,8 @@ def add_entry(session: Session, owner: str | None, kind: str, pattern: str,
         if row.kind == kind:
             raise EntryError(f"{norm} is already on the {kind} list")
         raise EntryError(f"{norm} is on the {row.kind} list; remove it there first")
-    row = ListEntryRow(owner=scope, kind=kind, pattern=norm, comment=comment, created=time.time())
+    row = ListEntryRow(owner=scope, kind=kind, pattern=norm, comment=comment, created=time.time(),
+                       trust_unauthenticated=trust_unauthenticated)
     session.add(row)
     session.flush()
     _bump_version(session)
@@ -72,6 +76,20 @@ def remove_entry(session: Session, entry_id: int, owners: Iterable[str | None]) 
     session.delete(row)
     _bump_version(session)
     return entry
+
+
+def set_trust(session: Session, entry_id: int, owners: Iterable[str | None],
+              trust_unauthenticated: bool) -> ListEntry:
+    """Mark an allow entry of one of ``owners`` as trusted without authentication (or not)."""
+    scopes = [o or GLOBAL for o in owners]
+    row = session.get(ListEntryRow, entry_id)
+    if row is None or row.owner not in scopes:
+        raise EntryError("no such entry")
+    if row.kind != "allow":
+        raise EntryError("only allow entries can be trusted without authentication")
+    row.trust_unauthenticated = trust_unauthenticated
+    _bump_version(session)
+    return _to_entry(row)
 
 
 def entries(session: Session, owner: str | None, kind: str | None = None,
@@ -175,4 +193,4 @@ class ListCache:
 
 
 __all__ = ["EntryError", "ListCache", "StoreError", "add_entry", "all_entries", "entries",
-           "export_csv", "import_csv", "lists_version", "remove_entry"]
+           "export_csv", "import_csv", "lists_version", "remove_entry", "set_trust"]
