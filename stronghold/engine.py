@@ -255,11 +255,12 @@ def decide(envelope: Envelope, msg: ParsedMessage, found: Findings, policy: Poli
         steps: list[TraceStep] = []
         hit: Match | None = None
         kind: str | None = None
-        if lists is not None and dmarc_policy:  # blocks still apply; allow entries do not
-            hit = lists.find(rcpt, BLOCK, senders) or lists.find(None, BLOCK, senders)
-            kind = BLOCK if hit is not None else None
-        elif lists is not None:
+        if lists is not None:
             hit, kind = _list_step(rcpt, lists, senders, allowed, auth, steps)
+            if dmarc_policy and hit is not None and kind == ALLOW:  # blocks still apply; allow entries do not
+                steps.append(TraceStep("allow", "skipped", f"#{hit.entry.id} DMARC failed"))
+                hit = lists.find(None, BLOCK, senders)
+                kind = BLOCK if hit is not None else None
         if hit is not None and kind == BLOCK:
             steps.append(TraceStep("block", "match", hit.describe()))
             decisions.append(RecipientDecision(rcpt, Action.REJECT, Category.BLOCKED,
