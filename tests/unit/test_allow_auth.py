@@ -234,7 +234,7 @@ def test_trusted_authentication_results_topmost_only(test_dns: LoopbackDns) -> N
 
 
 def test_in_check_mode_every_header_with_our_id_is_forged(auth: Authenticator) -> None:
-    raw = ("Authentication-Results: MX.test.example; dkim=pass header.d=trusted.example\r\n".encode()
+    raw = (b"Authentication-Results: MX.test.example; dkim=pass header.d=trusted.example\r\n"
            + message())
     assert auth.forged_positions(parse(raw).headers) == [1]
     v = run(auth, "bounce@fail.example", raw, entries("boss@trusted.example"))
