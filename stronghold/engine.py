@@ -172,6 +172,10 @@ def _list_step(recipient: str, lists: ListIndex, senders: list[tuple[str, str]],
 
 def allow_may_apply(lists: ListIndex, envelope: Envelope, msg: ParsedMessage) -> bool:
     """Would some recipient's or the global allow list match (before authentication)?"""
+    owners = (*envelope.recipients, None)
+    text = f"{envelope.sender} {msg.header('from') or ''}".lower()
+    if text.isascii() and not lists.may_match(owners, ALLOW, text):
+        return False  # ordinary mail stops here, without parsing an address
     allowed = allow_senders(sender_addresses(envelope.sender, msg.header("from")), msg)
     return any(lists.find(owner, ALLOW, allowed) is not None
                for owner in (*envelope.recipients, None))
@@ -249,7 +253,8 @@ def decide(envelope: Envelope, msg: ParsedMessage, found: Findings, policy: Poli
     if dmarc_policy:
         trace.append(TraceStep("dmarc", "fail", f"p={dmarc_policy} {auth.from_domain if auth else ''}"))
     senders = sender_addresses(envelope.sender, msg.header("from"))
-    allowed = allow_senders(senders, msg)
+    allowed = senders if lists is None or not lists.may_match((*envelope.recipients, None), ALLOW, " ".join(
+        a for _, a in senders)) else allow_senders(senders, msg)
     decisions: list[RecipientDecision] = []
     for rcpt in envelope.recipients:
         steps: list[TraceStep] = []

@@ -129,8 +129,11 @@ class ListIndex:
 
     def __init__(self, entries: Iterable[ListEntry]) -> None:
         self._by_owner: dict[str | None, list[ListEntry]] = {}
+        self._needles: dict[tuple[str | None, str], tuple[str, ...]] = {}
         for entry in entries:
             self._by_owner.setdefault(entry.owner, []).append(entry)
+            key = (entry.owner, entry.kind)
+            self._needles[key] = (*self._needles.get(key, ()), entry.pattern.removeprefix("*."))
 
     def find(self, owner: str | None, kind: str,
              senders: list[tuple[str, str]]) -> Match | None:
@@ -152,6 +155,11 @@ class ListIndex:
             for source, address in senders:
                 if matches(entry.pattern, address):
                     yield Match(entry, source, address)
+
+    def may_match(self, owners: Iterable[str | None], kind: str, text: str) -> bool:
+        """Could an entry of these owners' ``kind`` lists match an address in ``text``
+        (lower-case ASCII)?  False only when none can: a cheap test before parsing."""
+        return any(needle in text for owner in owners for needle in self._needles.get((owner, kind), ()))
 
     def __len__(self) -> int:
         return sum(len(v) for v in self._by_owner.values())
