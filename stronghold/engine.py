@@ -29,8 +29,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
+from stronghold.allowrule import allow_candidates, allow_may_apply, authenticated_allow
 from stronghold.antivirus import Scanner, ScannerError, ScanResult
-from stronghold.authres import Authenticator, AuthResults, single_from
+from stronghold.authres import Authenticator, AuthResults
 from stronghold.classifier import Model, ModelError, Score
 from stronghold.config import Config
 from stronghold.lists import ALLOW, BLOCK, ListIndex, Match, sender_addresses
@@ -125,35 +126,6 @@ def check_recipient(sender: str, recipient: str, lists: ListIndex) -> RecipientD
     return RecipientDecision(recipient, Action.REJECT, Category.BLOCKED, "sender blocked", (step,))
 
 
-def allow_senders(senders: list[tuple[str, str]], msg: ParsedMessage) -> list[tuple[str, str]]:
-    """The senders an allow entry may match: the envelope, and the header From
-    only when it holds exactly one address."""
-    if single_from(msg.header_all("from")) is None:
-        return [s for s in senders if s[0] != "from"]
-    return senders
-
-
-def _allow(lists: ListIndex, owner: str | None, senders: list[tuple[str, str]],
-           allowed: list[tuple[str, str]], auth: AuthResults | None) -> tuple[Match | None, TraceStep | None]:
-    """An allow entry of ``owner`` that applies, or the step saying why one was skipped."""
-    skipped: Match | None = None
-    for hit in lists.find_all(owner, ALLOW, allowed):
-        if hit.entry.trust_unauthenticated or (auth is not None and auth.authenticates(hit.source, hit.address)):
-            return hit, None
-        skipped = skipped or hit
-    if skipped is not None:
-        who = "From" if skipped.source == "from" else "envelope sender"
-        why = auth.brief() if auth is not None else "not checked"
-        return None, TraceStep("allow", "skipped", f"#{skipped.entry.id} {who} {skipped.address} "
-                                                   f"not authenticated ({why})")
-    if len(allowed) < len(senders):
-        unusable = lists.find(owner, ALLOW, senders)
-        if unusable is not None:
-            return None, TraceStep("allow", "skipped", f"#{unusable.entry.id} From {unusable.address}: "
-                                                       "the header From must hold exactly one address")
-    return None, None
-
-
 def _list_step(recipient: str, lists: ListIndex, senders: list[tuple[str, str]],
                allowed: list[tuple[str, str]], auth: AuthResults | None,
                steps: list[TraceStep]) -> tuple[Match | None, str | None]:
@@ -162,23 +134,12 @@ def _list_step(recipient: str, lists: ListIndex, senders: list[tuple[str, str]],
         if kind == BLOCK:
             hit = lists.find(owner, kind, senders)
         else:
-            hit, skip = _allow(lists, owner, senders, allowed, auth)
+            hit, skip = authenticated_allow(lists, owner, senders, allowed, auth)
             if skip is not None:
                 steps.append(skip)
         if hit is not None:
             return hit, kind
     return None, None
-
-
-def allow_may_apply(lists: ListIndex, envelope: Envelope, msg: ParsedMessage) -> bool:
-    """Would some recipient's or the global allow list match (before authentication)?"""
-    owners = (*envelope.recipients, None)
-    text = f"{envelope.sender} {msg.header('from') or ''}".lower()
-    if text.isascii() and not lists.may_match(owners, ALLOW, text):
-        return False  # ordinary mail stops here, without parsing an address
-    allowed = allow_senders(sender_addresses(envelope.sender, msg.header("from")), msg)
-    return any(lists.find(owner, ALLOW, allowed) is not None
-               for owner in (*envelope.recipients, None))
 
 
 def _score_action(score: float, threshold: float, policy: Policy) -> tuple[Action, Category, str]:
@@ -253,8 +214,7 @@ def decide(envelope: Envelope, msg: ParsedMessage, found: Findings, policy: Poli
     if dmarc_policy:
         trace.append(TraceStep("dmarc", "fail", f"p={dmarc_policy} {auth.from_domain if auth else ''}"))
     senders = sender_addresses(envelope.sender, msg.header("from"))
-    allowed = senders if lists is None or not lists.may_match((*envelope.recipients, None), ALLOW, " ".join(
-        a for _, a in senders)) else allow_senders(senders, msg)
+    allowed = allow_candidates(lists, envelope.recipients, senders, msg)
     decisions: list[RecipientDecision] = []
     for rcpt in envelope.recipients:
         steps: list[TraceStep] = []
@@ -403,7 +363,7 @@ def gather(msg: ParsedMessage, stream: Stream | None, scanner: Scanner | None,
             model_error = str(exc)
     auth = None
     if authenticator is not None and envelope is not None and index is not None and (
-            authenticator.every_message or allow_may_apply(index, envelope, msg)):
+            authenticator.every_message or allow_may_apply(index, envelope.sender, envelope.recipients, msg)):
         auth = authenticator.check(envelope.sender, envelope.client_ip, envelope.helo, msg.headers,
                                    lambda: _whole(stream))
     return Findings(scan=scan, scan_error=scan_error, score=score, model_threshold=threshold,
