@@ -238,7 +238,7 @@ class Authenticator:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}")
         self.mode = mode
-        self.authserv_id = (own_id or socket.getfqdn()).lower()
+        self.authserv_id = (own_id or socket.gethostname()).lower()  # no DNS at start-up
         self.dns = resolver
         self.every_message = every_message  # DMARC for all mail, not only where an allow entry matches
 
