@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install the Debian packages Mail Stronghold and its tests need (idempotent).
 set -euo pipefail
-PKGS=(postfix clamav-daemon clamav postgresql chromium libmilter-dev swaks)
+PKGS=(postfix clamav-daemon clamav postgresql chromium libmilter-dev swaks openssl)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
