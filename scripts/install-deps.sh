@@ -5,7 +5,7 @@ set -euo pipefail
 # 1143 or free ones, unix sockets in their own folders); a system Dovecot that the packages may
 # start uses /etc/dovecot, 143 and 993, so the two never collide and ours never touch it.
 PKGS=(postfix clamav-daemon clamav postgresql chromium libmilter-dev swaks
-      dovecot-imapd dovecot-lmtpd dovecot-sieve)
+      dovecot-imapd dovecot-lmtpd dovecot-sieve openssl)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

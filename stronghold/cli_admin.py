@@ -109,8 +109,25 @@ def _owner(args: argparse.Namespace) -> str | None:
 
 def cmd_list_add(args: argparse.Namespace, cfg: Config) -> int:
     with _session(cfg) as s:
-        entry = lists_store.add_entry(s, _owner(args), args.kind, args.pattern, args.comment or "")
-    print(f"#{entry.id} {entry.owner or 'global'} {entry.kind} {entry.pattern}")
+        entry = lists_store.add_entry(s, _owner(args), args.kind, args.pattern, args.comment or "",
+                                      trust_unauthenticated=args.trust_unauthenticated)
+    print(f"#{entry.id} {entry.owner or 'global'} {entry.kind} {entry.pattern}{_trust_note(entry)}")
+    return 0
+
+
+TRUST_WARNING = "TRUSTED WITHOUT AUTHENTICATION: anyone can forge this sender"
+
+
+def _trust_note(entry: lists_store.ListEntry) -> str:
+    return f"\t[{TRUST_WARNING}]" if entry.trust_unauthenticated else ""
+
+
+def cmd_list_trust(args: argparse.Namespace, cfg: Config) -> int:
+    with _session(cfg) as s:
+        entry = lists_store.set_trust(s, args.id, [_owner(args)], not args.off)
+    state = "now matches unauthenticated senders" if entry.trust_unauthenticated else \
+        "now needs an authenticated sender"
+    print(f"#{entry.id} {entry.pattern} {state}{_trust_note(entry)}")
     return 0
 
 
@@ -131,8 +148,12 @@ def cmd_list_rm(args: argparse.Namespace, cfg: Config) -> int:
 
 def cmd_list_ls(args: argparse.Namespace, cfg: Config) -> int:
     with _session(cfg) as s:
-        for e in lists_store.entries(s, _owner(args), args.kind):
-            print(f"{e.id}\t{e.kind}\t{e.pattern}\t{e.comment}")
+        found = lists_store.entries(s, _owner(args), args.kind)
+    for e in found:
+        print(f"{e.id}\t{e.kind}\t{e.pattern}\t{e.comment}{_trust_note(e)}")
+    if any(e.kind == "allow" for e in found):
+        print("# allow entries match only authenticated senders (a From aligned with DKIM or SPF, or an "
+              "envelope sender with SPF pass), unless trusted without authentication", file=sys.stderr)
     return 0
 
 
@@ -190,7 +211,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("pattern", help="name@example.com, @example.com or *.example.com")
     a.add_argument("--owner", help=owner_help)
     a.add_argument("--comment")
+    a.add_argument("--trust-unauthenticated", action="store_true",
+                   help="allow entries: match even when the sender is not authenticated (forgeable)")
     a.set_defaults(func=cmd_list_add)
+    a = ls.add_parser("trust", help="let an allow entry match unauthenticated senders (--off: stop)")
+    a.add_argument("id", type=int)
+    a.add_argument("--off", action="store_true")
+    a.add_argument("--owner", help=owner_help)
+    a.set_defaults(func=cmd_list_trust)
     a = ls.add_parser("rm", help="remove an entry (by --id, or kind and pattern)")
     a.add_argument("kind", nargs="?", choices=("allow", "block"))
     a.add_argument("pattern", nargs="?")

@@ -8,6 +8,7 @@ never silently ignored.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -122,6 +123,31 @@ def _text(value: Any) -> str:
     return str(value)
 
 
+def _nameservers(value: Any) -> tuple[str, ...]:
+    items = value if isinstance(value, (list, tuple)) else str(value).replace(",", " ").split()
+    out = []
+    for item in items:
+        try:
+            out.append(str(ipaddress.ip_address(str(item).strip())))
+        except ValueError as exc:
+            raise ValueError(f"'{item}' is not an IP address") from exc
+    return tuple(out)
+
+
+def _port(value: Any) -> int:
+    number = int(value)
+    if not 0 < number < 65536:
+        raise ValueError("must be a port number (1-65535)")
+    return number
+
+
+def _authserv_id(value: Any) -> str:
+    text = str(value).strip().lower()
+    if text and not re.fullmatch(r"[a-z0-9][a-z0-9.-]{0,252}", text):
+        raise ValueError("must be a host-name-like token (letters, digits, dots, hyphens)")
+    return text
+
+
 def _bool(value: Any) -> bool:
     if isinstance(value, bool):
         return value
@@ -193,6 +219,25 @@ SETTINGS: dict[str, Setting] = {
     "log_tokens": Setting(True, _bool, "keep message features in the log so feedback can train"),
     "log_retention_days": Setting(30, _non_negative_int,
                                   "message log entries older than this are deleted (0: keep forever)"),
+    "dns_nameservers": Setting((), _nameservers,
+                               "name servers (IP addresses) for sender authentication; empty: the system's"),
+    "dns_port": Setting(53, _port, "port of dns_nameservers"),
+    "dns_timeout": Setting(2.0, _non_negative, "seconds one DNS lookup may take"),
+    "auth_mode": Setting("check", _choice("check", "header"),
+                         "check: SPF/DKIM/DMARC ourselves; header: trust the topmost "
+                         "Authentication-Results carrying authserv_id (a checker in front of us)"),
+    "authserv_id": Setting("", _authserv_id,
+                           "authserv-id of this site's Authentication-Results (incoming ones with it "
+                           "are removed as forged); empty: the host name"),
+    "dmarc_every_message": Setting(False, _bool,
+                                   "check DMARC for all mail (DNS per message), not only where an "
+                                   "allow entry would match"),
+    "dmarc_action": Setting("tag", _choice("tag", "quarantine", "reject"),
+                            "what a DMARC failure under the From domain's p=quarantine/reject gets "
+                            "(a recipient's own block still rejects)"),
+    "on_dns_error": Setting("unauthenticated", _choice("unauthenticated", "tempfail"),
+                            "when authentication lookups fail: treat the sender as unauthenticated, "
+                            "or tempfail the message"),
     "web_bind": Setting("127.0.0.1:8080", _text, "host:port of the web UI"),
     "web_secret_key": Setting("", _text, "Flask secret key; empty: generated into data_dir"),
     "web_secure_cookies": Setting(False, _bool, "mark cookies Secure (set when served over TLS)"),
@@ -254,6 +299,14 @@ class Config:
     lists_refresh_seconds: float
     log_tokens: bool
     log_retention_days: int
+    dns_nameservers: tuple[str, ...]
+    dns_port: int
+    dns_timeout: float
+    auth_mode: str
+    authserv_id: str
+    dmarc_every_message: bool
+    dmarc_action: str
+    on_dns_error: str
     web_bind: str
     web_secret_key: str
     web_secure_cookies: bool

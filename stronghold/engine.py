@@ -4,10 +4,17 @@ Precedence, per recipient (first match wins; see docs/precedence.md):
 
 1. a virus                        -> virus_action, whatever any list says
 2. the recipient's block list     -> reject
-3. the recipient's allow list     -> accept, no spam action
+3. the recipient's allow list     -> accept, no spam action (authenticated senders only)
 4. the global block list          -> reject
-5. the global allow list          -> accept, no spam action
+5. the global allow list          -> accept, no spam action (authenticated senders only)
 6. the classifier's score         -> spam_action_high / spam_action / accept
+
+An allow entry applies only when the address it matched is authenticated
+(``authres``): the single header From aligned with a passing DKIM d= or SPF
+domain, or the envelope sender with SPF pass; otherwise, unless its owner
+marked it "trust without authentication", it is skipped with a trace step
+saying why.  A DMARC failure under the From domain's p=quarantine/reject gets
+``dmarc_action`` after the recipient's own block and before allow entries.
 
 Each recipient keeps their own outcome: ``ROUTES`` (a table, first match
 wins) sends each copy to the delivered copy, the quarantine, or away
@@ -23,7 +30,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
+from stronghold.allowrule import allow_candidates, allow_may_apply, authenticated_allow
 from stronghold.antivirus import Scanner, ScannerError, ScanResult
+from stronghold.authres import Authenticator, AuthResults
 from stronghold.classifier import Model, ModelError, Score
 from stronghold.config import Config
 from stronghold.lists import ALLOW, BLOCK, ListIndex, Match, sender_addresses
@@ -54,6 +63,8 @@ class Policy:
     on_model_error: str = "tempfail"
     on_store_error: str = "tempfail"
     oversize_action: str = "scan-head"
+    dmarc_action: Action = Action.TAG
+    on_dns_error: str = "unauthenticated"
 
     @classmethod
     def from_config(cls, cfg: Config) -> Policy:
@@ -68,6 +79,8 @@ class Policy:
             on_model_error=cfg.on_model_error,
             on_store_error=cfg.on_store_error,
             oversize_action=cfg.oversize_action,
+            dmarc_action=Action(cfg.dmarc_action),
+            on_dns_error=cfg.on_dns_error,
         )
 
 
@@ -93,6 +106,7 @@ class Findings:
     store_error: str | None = None
     oversize: bool = False
     notes: tuple[TraceStep, ...] = field(default_factory=tuple)
+    auth: AuthResults | None = None  # gathered only when it can change the outcome
 
 
 def check_recipient(sender: str, recipient: str, lists: ListIndex) -> RecipientDecision | None:
@@ -113,10 +127,17 @@ def check_recipient(sender: str, recipient: str, lists: ListIndex) -> RecipientD
     return RecipientDecision(recipient, Action.REJECT, Category.BLOCKED, "sender blocked", (step,))
 
 
-def _list_step(recipient: str, lists: ListIndex, senders: list[tuple[str, str]]
-               ) -> tuple[Match | None, str | None]:
+def _list_step(recipient: str, lists: ListIndex, senders: list[tuple[str, str]],
+               allowed: list[tuple[str, str]], auth: AuthResults | None,
+               steps: list[TraceStep]) -> tuple[Match | None, str | None]:
+    """The first list entry that applies; skipped allow entries add a step to ``steps``."""
     for owner, kind in ((recipient, BLOCK), (recipient, ALLOW), (None, BLOCK), (None, ALLOW)):
-        hit = lists.find(owner, kind, senders)
+        if kind == BLOCK:
+            hit = lists.find(owner, kind, senders)
+        else:
+            hit, skip = authenticated_allow(lists, owner, senders, allowed, auth)
+            if skip is not None:
+                steps.append(skip)
         if hit is not None:
             return hit, kind
     return None, None
@@ -183,17 +204,43 @@ def decide(envelope: Envelope, msg: ParsedMessage, found: Findings, policy: Poli
             return failed
     elif score is not None and threshold is not None:
         trace.append(TraceStep("classifier", f"{score:.4f}", f"threshold {threshold:.4f}"))
+    auth = found.auth
+    if auth is not None:
+        trace.append(TraceStep("auth", auth.source, auth.describe()))
+        if auth.dns_failed and policy.on_dns_error == "tempfail":
+            failed = _failure("auth", "tempfail", "DNS failed: " + auth.describe(), envelope, trace)
+            if failed:
+                return failed
+    dmarc_policy = auth.dmarc_failed_policy() if auth is not None else ""
+    if dmarc_policy:
+        trace.append(TraceStep("dmarc", "fail", f"p={dmarc_policy} {auth.from_domain if auth else ''}"))
     senders = sender_addresses(envelope.sender, msg.header("from"))
+    allowed = allow_candidates(lists, envelope.recipients, senders, msg)
     decisions: list[RecipientDecision] = []
     for rcpt in envelope.recipients:
         steps: list[TraceStep] = []
-        hit, kind = _list_step(rcpt, lists, senders) if lists is not None else (None, None)
+        hit: Match | None = None
+        kind: str | None = None
+        if lists is not None:
+            hit, kind = _list_step(rcpt, lists, senders, allowed, auth, steps)
+            if dmarc_policy and hit is not None and kind == ALLOW:  # blocks still apply; allow entries do not
+                steps.append(TraceStep("allow", "skipped", f"#{hit.entry.id} DMARC failed"))
+                hit = lists.find(None, BLOCK, senders)
+                kind = BLOCK if hit is not None else None
         if hit is not None and kind == BLOCK:
             steps.append(TraceStep("block", "match", hit.describe()))
             decisions.append(RecipientDecision(rcpt, Action.REJECT, Category.BLOCKED,
                                                "sender blocked", tuple(steps)))
+        elif dmarc_policy:
+            action = policy.dmarc_action
+            if score is not None and threshold is not None:
+                scored = _score_action(score, threshold, policy)[0]
+                action = scored if scored.severity > action.severity else action
+            decisions.append(RecipientDecision(rcpt, action, Category.SPAM, f"dmarc fail (p={dmarc_policy})",
+                                               tuple(steps)))
         elif hit is not None and kind == ALLOW:
-            steps.append(TraceStep("allow", "match", hit.describe()))
+            trusted = " (trusted without authentication)" if hit.entry.trust_unauthenticated else ""
+            steps.append(TraceStep("allow", "match", hit.describe() + trusted))
             decisions.append(RecipientDecision(rcpt, Action.ACCEPT, Category.ALLOWED,
                                                "sender allowed", tuple(steps)))
         elif score is not None and threshold is not None:
@@ -202,7 +249,8 @@ def decide(envelope: Envelope, msg: ParsedMessage, found: Findings, policy: Poli
         else:
             decisions.append(RecipientDecision(rcpt, Action.ACCEPT, Category.CLEAN,
                                                "not scored", tuple(steps)))
-    return route(decisions, trace, score, threshold, reasons, policy, oversize=found.oversize)
+    return replace(route(decisions, trace, score, threshold, reasons, policy, oversize=found.oversize),
+                   auth=auth)
 
 
 # -- routing: every recipient its own outcome, in one pass ---------------------
@@ -356,10 +404,13 @@ ListSource = Callable[[], ListIndex]
 
 def gather(msg: ParsedMessage, stream: Stream | None, scanner: Scanner | None,
            model: ModelSource, lists: ListSource, oversize: bool = False,
-           skip_content_checks: bool = False, tokens: set[str] | None = None) -> Findings:
+           skip_content_checks: bool = False, tokens: set[str] | None = None,
+           envelope: Envelope | None = None, authenticator: Authenticator | None = None) -> Findings:
     """Run the checks through their interfaces; typed errors become findings.
 
     ``tokens`` are the message's features when the caller has them already.
+    The sender is authenticated (DNS) only when that can change the outcome:
+    an allow entry would match, or the authenticator checks all mail.
     """
     scan = scan_error = None
     if scanner is not None and stream is not None and not skip_content_checks:
@@ -380,14 +431,30 @@ def gather(msg: ParsedMessage, stream: Stream | None, scanner: Scanner | None,
             threshold = current.spam_threshold
         except ModelError as exc:
             model_error = str(exc)
+    auth = None
+    if authenticator is not None and envelope is not None and index is not None and (
+            authenticator.every_message or allow_may_apply(index, envelope.sender, envelope.recipients, msg)):
+        auth = authenticator.check(envelope.sender, envelope.client_ip, envelope.helo, msg.headers,
+                                   lambda: _whole(stream))
     return Findings(scan=scan, scan_error=scan_error, score=score, model_threshold=threshold,
                     model_error=model_error, lists=index, store_error=store_error,
-                    oversize=oversize)
+                    oversize=oversize, auth=auth)
+
+
+def _whole(stream: Stream | None) -> bytes:
+    """The message as it arrived (for DKIM); the stream is left at its start."""
+    if stream is None:
+        return b""
+    stream.seek(0)
+    data = stream.read()
+    stream.seek(0)
+    return data
 
 
 def evaluate(envelope: Envelope, msg: ParsedMessage, stream: Stream | None,
              scanner: Scanner | None, model: ModelSource, lists: ListSource,
-             policy: Policy, oversize: bool = False, tokens: set[str] | None = None) -> Verdict:
+             policy: Policy, oversize: bool = False, tokens: set[str] | None = None,
+             authenticator: Authenticator | None = None) -> Verdict:
     """gather() then decide(): the one call the milter, CLI and web UI share."""
     skip = oversize and policy.oversize_action == "accept"
     if oversize and policy.oversize_action in ("tempfail", "reject"):
@@ -398,5 +465,6 @@ def evaluate(envelope: Envelope, msg: ParsedMessage, stream: Stream | None,
                           for r in envelope.recipients)
         return Verdict(action, Category.ERROR, None, None, None, decisions, trace,
                        smtp_reply=reply)
-    found = gather(msg, stream, scanner, model, lists, oversize, skip_content_checks=skip, tokens=tokens)
+    found = gather(msg, stream, scanner, model, lists, oversize, skip_content_checks=skip, tokens=tokens,
+                   envelope=envelope, authenticator=authenticator)
     return decide(envelope, msg, found, policy)

@@ -15,7 +15,7 @@ IDNA 2003 would have it).  ``display`` gives the Unicode form back for people.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from email.utils import getaddresses
 
@@ -144,6 +144,7 @@ class ListEntry:
     kind: str
     pattern: str
     comment: str = ""
+    trust_unauthenticated: bool = False  # allow entries: match even when the sender is not authenticated
 
 
 @dataclass(frozen=True)
@@ -163,8 +164,11 @@ class ListIndex:
 
     def __init__(self, entries: Iterable[ListEntry]) -> None:
         self._by_owner: dict[str | None, list[ListEntry]] = {}
+        self._needles: dict[tuple[str | None, str], tuple[str, ...]] = {}
         for entry in entries:
             self._by_owner.setdefault(entry.owner, []).append(entry)
+            key = (entry.owner, entry.kind)
+            self._needles[key] = (*self._needles.get(key, ()), entry.pattern.removeprefix("*."))
 
     def find(self, owner: str | None, kind: str,
              senders: list[tuple[str, str]]) -> Match | None:
@@ -176,6 +180,21 @@ class ListIndex:
                 if matches(entry.pattern, address):
                     return Match(entry, source, address)
         return None
+
+    def find_all(self, owner: str | None, kind: str,
+                 senders: list[tuple[str, str]]) -> Iterator[Match]:
+        """Every (entry, sender) match of ``owner``'s ``kind`` list, in list order."""
+        for entry in self._by_owner.get(owner, ()):
+            if entry.kind != kind:
+                continue
+            for source, address in senders:
+                if matches(entry.pattern, address):
+                    yield Match(entry, source, address)
+
+    def may_match(self, owners: Iterable[str | None], kind: str, text: str) -> bool:
+        """Could an entry of these owners' ``kind`` lists match an address in ``text``
+        (lower-case ASCII)?  False only when none can: a cheap test before parsing."""
+        return any(needle in text for owner in owners for needle in self._needles.get((owner, kind), ()))
 
     def __len__(self) -> int:
         return sum(len(v) for v in self._by_owner.values())

@@ -170,8 +170,13 @@ class StrongholdMilter(Milter.Base):
             return Milter.DISCARD
         for name, index in reversed(self.strip):
             self.chgheader(name, index, "")
+        auth = self.service.authenticator
+        for index in reversed(auth.forged_positions(msg.headers)):
+            self.chgheader("Authentication-Results", index, "")
         for name, value in verdict.headers:
             self.addheader(name, value)
+        if verdict.auth is not None and auth.mode == "check":
+            self.addheader("Authentication-Results", verdict.auth.header_value(auth.authserv_id), 0)
         if verdict.subject_prefix:
             new = headers.prefixed(self.subject_raw, verdict.subject_prefix)
             if new is not None:

@@ -21,8 +21,10 @@ from typing import TypeVar
 from sqlalchemy.orm import Session
 
 from stronghold.antivirus import Scanner, make_scanner
+from stronghold.authres import Authenticator
 from stronghold.classifier import Model, ModelError, passport_path, table_path
 from stronghold.config import Config
+from stronghold.dnscache import Dns
 from stronghold.engine import Envelope, Policy, check_recipient, evaluate, hold_failed
 from stronghold.lists import ListIndex
 from stronghold.message import ParsedMessage
@@ -264,6 +266,9 @@ class Service:
         self._lists = ListCache(self.store, cfg.lists_refresh_seconds)
         self.db = StoreThread()
         self._next_purge = 0.0
+        self.authenticator = Authenticator(cfg.auth_mode, cfg.authserv_id,
+                                           Dns(cfg.dns_nameservers, cfg.dns_port, cfg.dns_timeout),
+                                           every_message=cfg.dmarc_every_message)
 
     def lists(self) -> ListIndex:
         try:
@@ -289,7 +294,7 @@ class Service:
         started = time.perf_counter()
         tokens = features(msg)
         verdict = evaluate(envelope, msg, stream, self.scanner, self.model, self.lists,
-                           self.policy, oversize=oversize, tokens=tokens)
+                           self.policy, oversize=oversize, tokens=tokens, authenticator=self.authenticator)
         for step in verdict.trace:
             if step.step == "antivirus":
                 if step.outcome == "error":

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from stronghold.authres import AuthResults
 
 
 class Action(StrEnum):
@@ -92,6 +96,7 @@ class Verdict:
     smtp_reply: tuple[str, str, str] | None = None  # (code, xcode, text) for reject/tempfail
     headers: tuple[tuple[str, str], ...] = field(default_factory=tuple)  # for the delivered copy
     subject_prefix: str = ""
+    auth: AuthResults | None = None  # sender authentication, when it was checked
 
     @property
     def delivered(self) -> tuple[str, ...]:

@@ -18,6 +18,7 @@ from stronghold.localdovecot import Dovecot
 from stronghold.localstack import TEST_SIGNATURES, Clamd, Postfix, free_port
 from stronghold.store.db import Store
 from stronghold.training import collect, train_model
+from tests.harness.dnsserver import LoopbackDns, publish_test_zones
 from tests.harness.imapbox import Mailboxes
 from tests.harness.milterproc import MilterProcess
 from tests.harness.postgres import PostgresCluster
@@ -77,6 +78,22 @@ def postgres() -> Iterator[PostgresCluster]:
     cluster.start()
     yield cluster
     cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def test_dns() -> Iterator[LoopbackDns]:
+    """A DNS server on loopback with the test domains (SPF, DKIM keys, DMARC)."""
+    home = Path(tempfile.mkdtemp(prefix="stronghold-dns-"))
+    server = LoopbackDns()
+    server.keys = publish_test_zones(server, home)
+    server.start()
+    yield server
+    server.stop()
+    shutil.rmtree(home, ignore_errors=True)
+
+
+def dns_settings(server: LoopbackDns, timeout: float = 1.0) -> dict[str, object]:
+    return {"dns_nameservers": "127.0.0.1", "dns_port": server.port, "dns_timeout": timeout}
 
 
 _db_counter = iter(range(1, 1_000_000))
@@ -177,9 +194,10 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack(models_dir: Path, clamd: Clamd) -> Iterator[Stack]:
+def stack(models_dir: Path, clamd: Clamd, test_dns: LoopbackDns) -> Iterator[Stack]:
     home = shared_tmpdir("stronghold-stack-")
-    s = Stack(home, models_dir, clamd.address, f"sqlite:///{home / 'store.db'}").start()
+    s = Stack(home, models_dir, clamd.address, f"sqlite:///{home / 'store.db'}",
+              **dns_settings(test_dns)).start()
     yield s
     s.stop()
     shutil.rmtree(home, ignore_errors=True)

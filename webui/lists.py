@@ -69,11 +69,12 @@ def add(address: str):
     kind = request.form.get("kind", "")
     pattern = request.form.get("pattern", "")
     comment = request.form.get("comment", "")
+    trust = kind == "allow" and request.form.get("trust_unauthenticated") == "1"
     if kind not in KINDS:
         abort(400)
     try:
         with store().session() as s:
-            entry = entries.add_entry(s, owner, kind, pattern, comment)
+            entry = entries.add_entry(s, owner, kind, pattern, comment, trust_unauthenticated=trust)
     except EntryError as exc:
         return _render(address.lower(), owner, errors={kind: str(exc)},
                        form={"kind": kind, "pattern": pattern, "comment": comment}, status=400,
@@ -105,6 +106,22 @@ def remove(address: str, entry_id: int):
         abort(404)
     flash(f"{shown} removed from the {entry.kind} list.")
     return redirect(back)
+
+
+@bp.route("/<address>/trust/<int:entry_id>", methods=["POST"])
+@login_required
+def trust(address: str, entry_id: int):
+    """Let an allow entry match unauthenticated senders, or require authentication again."""
+    owner = scope_or_404(address)
+    wanted = request.form.get("trust") == "1"
+    try:
+        with store().session() as s:
+            entry = entries.set_trust(s, entry_id, [owner], wanted)
+    except EntryError:
+        abort(404)
+    flash(f"{entry.pattern} is now trusted without authentication: anyone can forge it." if wanted
+          else f"{entry.pattern} now applies only to authenticated mail.")
+    return redirect(url_for("lists.show", address=address.lower()))
 
 
 @bp.route("/<address>/import", methods=["POST"])

@@ -117,7 +117,28 @@ def show(message_id: int):
         fb = messagelog.feedback_for(s, [row.id], g.user.id).get(row.id)
         held = items_for_message(s, row, None if g.user.is_admin else g.addresses)
     return render_template("message.html", m=row, fb=fb, mine=set(g.addresses), held=held,
-                           sender=sender_of(row), status=_list_status([row]).get(row.id, {}))
+                           sender=sender_of(row), status=_list_status([row]).get(row.id, {}),
+                           auth=auth_step(row.trace))
+
+
+def auth_step(trace: str) -> str | None:
+    """What the trace says was authenticated: the detail of its ``auth=`` step."""
+    if trace.startswith("auth="):
+        start = 0
+    elif " auth=" in trace:
+        start = trace.index(" auth=") + 1
+    else:
+        return None
+    open_at = trace.find("(", start)
+    if open_at < 0:
+        return None
+    depth = 0
+    for i in range(open_at, len(trace)):
+        depth += {"(": 1, ")": -1}.get(trace[i], 0)
+        if depth == 0:
+            source = trace[start + len("auth="):open_at]
+            return f"{trace[open_at + 1:i]} ({source})"
+    return None
 
 
 def _my_recipient_addresses(row) -> list[str]:

@@ -49,7 +49,8 @@ def lists_version(session: Session) -> int:
 
 
 def _to_entry(row: ListEntryRow) -> ListEntry:
-    return ListEntry(row.id, row.owner or None, row.kind, row.pattern, row.comment)
+    return ListEntry(row.id, row.owner or None, row.kind, row.pattern, row.comment,
+                     bool(row.trust_unauthenticated))
 
 
 def _checked(kind: str, pattern: str, comment: str) -> tuple[str, str]:
@@ -73,15 +74,18 @@ def _refuse_clash(pattern: str, kind: str, listed_kind: str) -> None:
 
 
 def add_entry(session: Session, owner: str | None, kind: str, pattern: str,
-              comment: str = "") -> ListEntry:
+              comment: str = "", trust_unauthenticated: bool = False) -> ListEntry:
     """Validate and add; duplicates and an entry on both lists are refused with a reason."""
     norm, comment = _checked(kind, pattern, comment)
+    if trust_unauthenticated and kind != "allow":
+        raise EntryError("only allow entries can be trusted without authentication")
     scope = owner or GLOBAL
     rows = session.scalars(select(ListEntryRow).where(ListEntryRow.owner == scope,
                                                       ListEntryRow.pattern == norm)).all()
     for row in rows:
         _refuse_clash(norm, kind, row.kind)
-    row = ListEntryRow(owner=scope, kind=kind, pattern=norm, comment=comment, created=time.time())
+    row = ListEntryRow(owner=scope, kind=kind, pattern=norm, comment=comment, created=time.time(),
+                       trust_unauthenticated=trust_unauthenticated)
     session.add(row)
     session.flush()
     _bump_version(session)
@@ -98,6 +102,20 @@ def remove_entry(session: Session, entry_id: int, owners: Iterable[str | None]) 
     session.delete(row)
     _bump_version(session)
     return entry
+
+
+def set_trust(session: Session, entry_id: int, owners: Iterable[str | None],
+              trust_unauthenticated: bool) -> ListEntry:
+    """Mark an allow entry of one of ``owners`` as trusted without authentication (or not)."""
+    scopes = [o or GLOBAL for o in owners]
+    row = session.get(ListEntryRow, entry_id)
+    if row is None or row.owner not in scopes:
+        raise EntryError("no such entry")
+    if row.kind != "allow":
+        raise EntryError("only allow entries can be trusted without authentication")
+    row.trust_unauthenticated = trust_unauthenticated
+    _bump_version(session)
+    return _to_entry(row)
 
 
 def entries(session: Session, owner: str | None, kind: str | None = None,
@@ -267,4 +285,5 @@ class ListCache:
 
 __all__ = ["ConflictError", "DuplicateError", "EntryError", "ImportReport", "ListCache", "StoreError",
            "add_entry", "all_entries", "drop_owner", "entries", "export_csv", "import_csv", "lists_version",
-           "remove_entry"]
+           "remove_entry",
+           "set_trust"]

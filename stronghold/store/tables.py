@@ -78,6 +78,8 @@ class ListEntryRow(Base):
     pattern: Mapped[str] = mapped_column(String(320))
     comment: Mapped[str] = mapped_column(String(200), default="")
     created: Mapped[float] = mapped_column(Float, default=time.time)
+    # allow entries: match even an unauthenticated sender (for senders that cannot sign)
+    trust_unauthenticated: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class MessageRow(Base):

@@ -124,3 +124,24 @@ def test_users_and_lists_from_the_cli(env: Path, monkeypatch: pytest.MonkeyPatch
     assert main(["user", "disable", "olga"]) == 0
     assert main(["user", "ls"]) == 0
     assert "olga\tuser disabled\tolga@example.com" in capsys.readouterr().out
+
+
+def test_list_trust_without_authentication_is_shown_with_a_warning(env: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["list", "add", "allow", "boss@trusted.example", "--owner", "pia@example.com"]) == 0
+    assert main(["list", "add", "allow", "old@legacy.example", "--owner", "pia@example.com",
+                 "--trust-unauthenticated"]) == 0
+    assert main(["list", "add", "block", "@x.example", "--trust-unauthenticated"]) == 2
+    capsys.readouterr()
+    assert main(["list", "ls", "--owner", "pia@example.com"]) == 0
+    got = capsys.readouterr()
+    lines = {ln.split("\t")[2]: ln for ln in got.out.splitlines()}
+    assert "TRUSTED WITHOUT AUTHENTICATION" in lines["old@legacy.example"]
+    assert "TRUSTED" not in lines["boss@trusted.example"]
+    assert "match only authenticated senders" in got.err
+    entry_id = lines["boss@trusted.example"].split("\t")[0]
+    assert main(["list", "trust", entry_id, "--owner", "pia@example.com"]) == 0
+    assert main(["list", "trust", entry_id, "--owner", "someone@else.example"]) == 2  # not that owner's
+    capsys.readouterr()
+    main(["list", "ls", "--owner", "pia@example.com"])
+    assert "TRUSTED WITHOUT" in next(ln for ln in capsys.readouterr().out.splitlines() if "boss@" in ln)

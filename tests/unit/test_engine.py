@@ -7,6 +7,7 @@ import io
 import pytest
 
 from stronghold.antivirus import ScannerError, ScanResult
+from stronghold.authres import AuthResults
 from stronghold.classifier import Clue, ModelError, Score
 from stronghold.engine import ROUTES, Envelope, Findings, Policy, check_recipient, decide, evaluate, hold_failed
 from stronghold.lists import ListEntry, ListIndex
@@ -17,6 +18,9 @@ from stronghold.verdict import Action, Category, Route
 MSG = parse(b"From: Sender <s@from.example>\r\nSubject: hi\r\n\r\nhello there\r\n")
 ENV = Envelope("s@env.example", ("a@x.example", "b@x.example"), "192.0.2.1", "helo", "Q1")
 POLICY = Policy(reject_threshold=0.99, spam_action=Action.TAG, spam_action_high=Action.REJECT)
+# both senders authenticated, so allow entries apply (tests/unit/test_allow_auth.py covers the rest)
+AUTH = AuthResults("test", spf="pass", spf_domain="env.example", dkim=(("from.example", "pass"),),
+                   from_domain="from.example")
 
 
 def lists(*entries: tuple[str | None, str, str]) -> ListIndex:
@@ -26,7 +30,7 @@ def lists(*entries: tuple[str | None, str, str]) -> ListIndex:
 def found(score: float = 0.1, virus: str | None = None, idx: ListIndex | None = None,
           **kw: object) -> Findings:
     base: dict[str, object] = dict(scan=ScanResult(virus), score=Score(score, (Clue("tok", score),)),
-                                   model_threshold=0.9, lists=idx or lists())
+                                   model_threshold=0.9, lists=idx or lists(), auth=AUTH)
     base.update(kw)
     return Findings(**base)  # type: ignore[arg-type]
 

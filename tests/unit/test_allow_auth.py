@@ -1,0 +1,252 @@
+"""Allow entries a forger cannot use: SPF, DKIM, DMARC alignment against a real DNS server on loopback."""
+
+from __future__ import annotations
+
+import io
+import uuid
+
+import pytest
+
+from stronghold.authres import Authenticator, AuthResults, parse_header
+from stronghold.classifier import Score
+from stronghold.dnscache import Dns
+from stronghold.engine import Envelope, Policy, decide, gather
+from stronghold.lists import ListEntry, ListIndex
+from stronghold.message import parse
+from stronghold.verdict import Action, Category, Verdict
+from tests.harness.dnsserver import LoopbackDns, sign
+
+RCPT = "m1@example.com"
+POLICY = Policy(reject_threshold=0.99, spam_action=Action.TAG, spam_action_high=Action.REJECT)
+
+
+class FixedModel:
+    spam_threshold = 0.9
+
+    def __init__(self, probability: float) -> None:
+        self.probability = probability
+
+    def score(self, tokens: set[str]) -> Score:
+        return Score(self.probability, ())
+
+
+def message(frm: str | None = "The Boss <boss@trusted.example>", body: str = "Figures attached.\r\n",
+            extra: str = "") -> bytes:
+    head = f"From: {frm}\r\n" if frm is not None else ""
+    return (f"{head}To: {RCPT}\r\nSubject: figures\r\nDate: Mon, 30 Nov 2026 10:00:00 +0000\r\n"
+            f"Message-ID: <{uuid.uuid4().hex}@trusted.example>\r\n{extra}\r\n{body}").encode()
+
+
+def entries(*specs: tuple[str, bool] | str) -> ListIndex:
+    items = []
+    for i, spec in enumerate(specs, 1):
+        pattern, trust = (spec, False) if isinstance(spec, str) else spec
+        items.append(ListEntry(i, RCPT, "allow", pattern, trust_unauthenticated=trust))
+    return ListIndex(items)
+
+
+@pytest.fixture(scope="module")
+def auth(test_dns: LoopbackDns) -> Authenticator:
+    return Authenticator("check", "mx.test.example", Dns(("127.0.0.1",), test_dns.port, 1.0))
+
+
+def run(auth: Authenticator | None, sender: str, raw: bytes, idx: ListIndex, ip: str = "127.0.0.1",
+        policy: Policy = POLICY, score: float = 0.999) -> Verdict:
+    msg = parse(raw)
+    env = Envelope(sender, (RCPT,), ip, "mx.sender.example", "Q1")
+    found = gather(msg, io.BytesIO(raw), None, lambda: FixedModel(score), lambda: idx,  # type: ignore[arg-type,return-value]
+                   envelope=env, authenticator=auth)
+    return decide(env, msg, found, policy)
+
+
+def trace(v: Verdict) -> str:
+    return v.summary
+
+
+# -- SPF -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("domain,result", [("trusted.example", "pass"), ("fail.example", "fail"),
+                                           ("softfail.example", "softfail"), ("neutral.example", "neutral"),
+                                           ("none.example", "none"), ("temperror.example", "temperror")])
+def test_each_spf_result_and_what_an_envelope_match_gets(auth: Authenticator, domain: str, result: str) -> None:
+    sender = f"boss@{domain}"
+    found = auth.check(sender, "127.0.0.1", "mx.sender.example", [], lambda: b"")
+    assert (found.spf, found.spf_domain) == (result, domain)
+    v = run(auth, sender, message("News <news@elsewhere.example>"), entries(sender))
+    if result == "pass":
+        assert v.category is Category.ALLOWED and "allow=match" in trace(v)
+    else:
+        assert v.category is Category.SPAM and v.action is Action.REJECT
+        assert f"envelope sender {sender} not authenticated (spf={result} dkim=none)" in trace(v)
+
+
+def test_envelope_sender_matches_only_from_an_address_spf_permits(auth: Authenticator) -> None:
+    raw = message("Someone <x@elsewhere.example>")
+    assert run(auth, "boss@trusted.example", raw, entries("boss@trusted.example")).category is Category.ALLOWED
+    forged = run(auth, "boss@trusted.example", raw, entries("boss@trusted.example"), ip="192.0.2.9")
+    assert forged.category is Category.SPAM
+    assert "not authenticated (spf=fail dkim=none)" in trace(forged)
+
+
+# -- DKIM and alignment ---------------------------------------------------------------------
+
+def test_signed_from_is_allowed_even_when_spf_fails(auth: Authenticator, test_dns: LoopbackDns) -> None:
+    raw = sign(message(), "trusted.example", test_dns.keys)
+    v = run(auth, "bounce@fail.example", raw, entries("boss@trusted.example"))
+    assert v.category is Category.ALLOWED and v.action is Action.ACCEPT
+    assert v.auth is not None and v.auth.dkim == (("trusted.example", "pass"),)
+    assert "auth=checked(spf=fail(fail.example) dkim=pass(trusted.example)" in trace(v)
+
+
+def test_altered_after_signing_is_not_authenticated(auth: Authenticator, test_dns: LoopbackDns) -> None:
+    raw = sign(message(), "trusted.example", test_dns.keys).replace(b"Figures attached.", b"Wire the money.")
+    v = run(auth, "bounce@fail.example", raw, entries("boss@trusted.example"))
+    assert v.category is Category.SPAM
+    assert "allow=skipped(#1 From boss@trusted.example not authenticated " \
+           "(spf=fail dkim=fail(trusted.example)))" in trace(v)
+
+
+def test_unsigned_and_other_domain_signatures_are_not_aligned(auth: Authenticator, test_dns: LoopbackDns) -> None:
+    v = run(auth, "bounce@fail.example", message(), entries("boss@trusted.example"))
+    assert v.category is Category.SPAM and "(spf=fail dkim=none)" in trace(v)
+    other = sign(message(), "other.example", test_dns.keys)
+    v = run(auth, "bounce@fail.example", other, entries("boss@trusted.example"))
+    assert v.category is Category.SPAM and "(spf=fail dkim=pass(other.example))" in trace(v)
+    # SPF passing for another domain does not vouch for the From either
+    v = run(auth, "bounce@other.example", message(), entries("boss@trusted.example"))
+    assert v.category is Category.SPAM and "(spf=pass dkim=none)" in trace(v)
+
+
+def test_relaxed_alignment_subdomain_signature_and_spf(auth: Authenticator, test_dns: LoopbackDns) -> None:
+    sub = sign(message(), "mail.trusted.example", test_dns.keys)
+    assert run(auth, "bounce@fail.example", sub, entries("boss@trusted.example")).category is Category.ALLOWED
+    # SPF pass for trusted.example aligns a From at a subdomain of it
+    raw = message("Alerts <alerts@news.trusted.example>")
+    assert run(auth, "bounce@trusted.example", raw, entries("@news.trusted.example")).category is Category.ALLOWED
+
+
+def test_strict_alignment_when_the_domain_asks_for_it(auth: Authenticator, test_dns: LoopbackDns) -> None:
+    raw = sign(message("News <news@news.strict.example>"), "strict.example", test_dns.keys)
+    v = run(auth, "bounce@fail.example", raw, entries("@news.strict.example"))
+    assert v.category is Category.SPAM  # adkim=s at the organizational domain: d= must equal the From domain
+    assert v.auth is not None and v.auth.dmarc == "fail"
+
+
+# -- the header From: exactly one address ---------------------------------------------------
+
+def test_several_from_addresses_or_none_never_match(auth: Authenticator, test_dns: LoopbackDns) -> None:
+    two = sign(message("evil@bad.example, boss@trusted.example"), "trusted.example", test_dns.keys)
+    for idx in (entries("boss@trusted.example"), entries(("boss@trusted.example", True))):
+        v = run(auth, "evil@bad.example", two, idx)
+        assert v.category is Category.SPAM
+        assert "the header From must hold exactly one address" in trace(v)
+    twice = sign(message(extra="From: evil@bad.example\r\n"), "trusted.example", test_dns.keys)
+    assert run(auth, "evil@bad.example", twice, entries("boss@trusted.example")).category is Category.SPAM
+    none = message(None)
+    assert run(auth, "evil@bad.example", none, entries(("boss@trusted.example", True))).category is Category.SPAM
+
+
+def test_trust_without_authentication_is_per_entry(auth: Authenticator) -> None:
+    raw = message("Old System <old@none.example>")
+    assert run(auth, "bounce@fail.example", raw, entries("old@none.example")).category is Category.SPAM
+    v = run(auth, "bounce@fail.example", raw, entries(("old@none.example", True)))
+    assert v.category is Category.ALLOWED and "trusted without authentication" in trace(v)
+    # but not where the domain's DMARC policy says its mail is always authenticated
+    v = run(auth, "bounce@fail.example", message(), entries(("boss@trusted.example", True)))
+    assert v.category is Category.SPAM and "allow=skipped(#1 DMARC failed)" in trace(v)
+
+
+# -- DMARC policy as a signal -----------------------------------------------------------------
+
+def test_dmarc_failure_under_p_reject_is_tagged_or_rejected(test_dns: LoopbackDns) -> None:
+    every = Authenticator("check", "mx.test.example", Dns(("127.0.0.1",), test_dns.port, 1.0), every_message=True)
+    v = run(every, "bounce@fail.example", message(), ListIndex([]), score=0.1)
+    assert v.action is Action.TAG and v.category is Category.SPAM
+    assert "dmarc=fail(p=reject trusted.example)" in trace(v)
+    assert dict(v.headers)["X-Spam-Flag"] == "YES"
+    rejecting = Policy(reject_threshold=0.99, dmarc_action=Action.REJECT)
+    assert run(every, "bounce@fail.example", message(), ListIndex([]), policy=rejecting, score=0.1).action \
+        is Action.REJECT
+    # p=quarantine: tagged too; p=none or a pass: nothing
+    q = run(every, "bounce@fail.example", message("x@quarantine.example"), ListIndex([]), score=0.1)
+    assert q.action is Action.TAG and "dmarc=fail(p=quarantine" in trace(q)
+    ok = run(every, "bounce@trusted.example", message(), ListIndex([]), score=0.1)
+    assert ok.action is Action.ACCEPT and ok.auth is not None and ok.auth.dmarc == "pass"
+
+
+def test_dmarc_failure_never_overrides_a_recipients_block(test_dns: LoopbackDns) -> None:
+    every = Authenticator("check", "mx.test.example", Dns(("127.0.0.1",), test_dns.port, 1.0), every_message=True)
+    idx = ListIndex([ListEntry(1, RCPT, "block", "@trusted.example")])
+    v = run(every, "bounce@fail.example", message(), idx, score=0.1)
+    assert v.decisions[0].category is Category.BLOCKED and v.action is Action.REJECT
+
+
+# -- cost: no lookup unless it can change the outcome -------------------------------------------
+
+def test_ordinary_mail_causes_no_lookup(test_dns: LoopbackDns) -> None:
+    auth = Authenticator("check", "mx.test.example", Dns(("127.0.0.1",), test_dns.port, 1.0))  # empty cache
+    before = test_dns.lookups()
+    idx = ListIndex([ListEntry(1, RCPT, "allow", "friend@else.example"),
+                     ListEntry(2, "other@example.com", "allow", "@trusted.example")])
+    v = run(auth, "boss@trusted.example", message(), idx, score=0.1)
+    assert v.auth is None and v.category is Category.CLEAN
+    assert test_dns.lookups() == before
+    run(auth, "boss@trusted.example", message(), entries("boss@trusted.example"))
+    assert test_dns.lookups() > before  # the same mail with a matching entry is checked
+
+
+# -- DNS failure -------------------------------------------------------------------------------
+
+def test_dns_down_leaves_entries_unauthenticated_and_mail_flowing(test_dns: LoopbackDns) -> None:
+    down = Authenticator("check", "mx.test.example", Dns(("127.0.0.1",), test_dns.port, 0.3))
+    raw = sign(message(), "trusted.example", test_dns.keys)
+    test_dns.zone.silent = True
+    try:
+        v = run(down, "boss@trusted.example", raw, entries("boss@trusted.example"))
+        strict = run(down, "boss@trusted.example", raw, entries("boss@trusted.example"),
+                     policy=Policy(on_dns_error="tempfail"))
+    finally:
+        test_dns.zone.silent = False
+    assert v.category is Category.SPAM and v.action is Action.REJECT  # scored, as if not allow-listed
+    assert "(spf=temperror dkim=temperror(trusted.example))" in trace(v)
+    assert strict.action is Action.TEMPFAIL
+
+
+# -- a checker in front of us: Authentication-Results -------------------------------------------
+
+def test_trusted_authentication_results_topmost_only(test_dns: LoopbackDns) -> None:
+    hdr = Authenticator("header", "gw.test.example", Dns(("127.0.0.1",), test_dns.port, 1.0))
+    extra = ("Authentication-Results: gw.test.example; spf=fail smtp.mailfrom=bounce@fail.example;\r\n"
+             "  dkim=pass (good signature) header.d=trusted.example header.s=sel\r\n"
+             "Authentication-Results: evil.example; dkim=pass header.d=other.example\r\n"
+             "Authentication-Results: gw.test.example; dkim=pass header.d=forged.example\r\n")
+    raw = f"{extra}".encode() + message()
+    before = test_dns.lookups()
+    v = run(hdr, "bounce@fail.example", raw, entries("boss@trusted.example"))
+    assert v.category is Category.ALLOWED
+    assert v.auth is not None and v.auth.dkim == (("trusted.example", "pass"),)
+    assert test_dns.lookups() == before  # read, not looked up
+    assert hdr.forged_positions(parse(raw).headers) == [3]  # the lower copy with the gateway's id
+    # another id is never read: without the gateway's header the sender is unauthenticated
+    other = b"Authentication-Results: evil.example; dkim=pass header.d=trusted.example\r\n" + message()
+    v = run(hdr, "bounce@fail.example", other, entries("boss@trusted.example"))
+    assert v.category is Category.SPAM and "header gw.test.example (absent)" in trace(v)
+
+
+def test_in_check_mode_every_header_with_our_id_is_forged(auth: Authenticator) -> None:
+    raw = (b"Authentication-Results: MX.test.example; dkim=pass header.d=trusted.example\r\n"
+           + message())
+    assert auth.forged_positions(parse(raw).headers) == [1]
+    v = run(auth, "bounce@fail.example", raw, entries("boss@trusted.example"))
+    assert v.category is Category.SPAM  # ignored: we checked ourselves
+
+
+def test_authentication_results_parsing() -> None:
+    ident, methods = parse_header('mx.example (comment (nested)) 1; spf=pass smtp.mailfrom="a@b.example"; '
+                                  "dkim=pass header.d=b.example; dmarc=fail header.from=b.example")
+    assert ident == "mx.example"
+    assert methods[0] == ("spf", "pass", {"smtp.mailfrom": "a@b.example"})
+    assert [m for m, _, _ in methods] == ["spf", "dkim", "dmarc"]
+    own = AuthResults("checked", spf="pass", spf_domain="b.example", dkim=(("b.example", "pass"),), dmarc="pass",
+                      from_domain="b.example")
+    assert parse_header(own.header_value("mx.example"))[1][1] == ("dkim", "pass", {"header.d": "b.example"})
