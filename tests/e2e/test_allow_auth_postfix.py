@@ -32,9 +32,10 @@ OUR_ID = "mx.stronghold.test"
 
 @pytest.fixture(scope="module")
 def auth_stack(models_dir: Path, clamd: Clamd, test_dns: LoopbackDns) -> Iterator[Stack]:
+    """An admin who rejects spam at SMTP (not the default), so the reply says how mail was judged."""
     home = shared_tmpdir("stronghold-auth-")
     s = Stack(home, models_dir, clamd.address, f"sqlite:///{home / 'store.db'}", authserv_id=OUR_ID,
-              **dns_settings(test_dns, timeout=1.0)).start()
+              spam_action="reject", spam_action_high="reject", **dns_settings(test_dns, timeout=1.0)).start()
     yield s
     s.stop()
     shutil.rmtree(home, ignore_errors=True)

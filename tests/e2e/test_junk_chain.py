@@ -54,7 +54,8 @@ def test_held_for_m3_clean_for_m1_then_released_once_from_the_browser(
     spam = next(p for p in corpus_files(corpus, "spam")
                 if model.score(tokenize(p.read_bytes())).probability >= 0.9999).read_bytes()
     with dovecot_stack.store.session() as s:
-        entries.add_entry(s, "m1@example.com", "allow", "offers@chain.example")
+        # unsigned test mail: m1 trusts the sender without authentication (tested on its own elsewhere)
+        entries.add_entry(s, "m1@example.com", "allow", "offers@chain.example", trust_unauthenticated=True)
     tid, data = mail.tagged(spam)
     assert mail.send(dovecot_stack.postfix.port, "offers@chain.example", ["m1@example.com", "m3@example.com"],
                      data) == {}

@@ -65,6 +65,7 @@ def milter(make_config, models_dir: Path, monkeypatch: pytest.MonkeyPatch, setti
     assert ctx._connect(ip="192.0.2.7") == Milter.CONTINUE
     yield ctx, store
     ctx._close()
+    StrongholdMilter.service.db.drain(10)  # queued log writes land before the pool closes
     store.dispose()
 
 
@@ -134,7 +135,7 @@ def test_each_recipient_gets_their_own_copy(milter) -> None:
     """m1 allows the sender: the delivered copy is clean; m3's would be tagged, so it is held."""
     ctx, store = milter
     with store.session() as s:
-        entries.add_entry(s, "m1@example.com", "allow", "news@shop.example")
+        entries.add_entry(s, "m1@example.com", "allow", "news@shop.example", trust_unauthenticated=True)
     raw = (b"From: news@shop.example\nSubject: Sale\nX-Spam-Level: *****\nX-Stronghold-Note: forged\n\n"
            b"Everything must go.\n")
     assert ctx._feedFile(io.BytesIO(raw), "news@shop.example", "m1@example.com", "M3@example.com") \
@@ -170,7 +171,7 @@ def test_nothing_delivered_means_discard_after_the_copies_are_held(milter) -> No
 def test_quarantine_write_failing_tempfails_and_delivers_nothing(milter) -> None:
     ctx, store = milter
     with store.session() as s:
-        entries.add_entry(s, "m1@example.com", "allow", "news@shop.example")
+        entries.add_entry(s, "m1@example.com", "allow", "news@shop.example", trust_unauthenticated=True)
     with store.engine.begin() as conn:
         conn.exec_driver_sql("CREATE TRIGGER no_holds BEFORE INSERT ON quarantine_items "
                              "BEGIN SELECT RAISE(ABORT, 'quarantine is read-only'); END")

@@ -38,7 +38,7 @@ def _log(app: Flask, header_from: str, sender: str, subject: str = "news", categ
          ts: float | None = None) -> int:
     msg = parse(f"From: {header_from}\r\nSubject: {subject}\r\n\r\nbody".encode())
     env = Envelope(sender, ("alice@example.com",), queue_id="Q2")
-    index = ListIndex([ListEntry(1, "alice@example.com", "allow", "@trusted.example")]
+    index = ListIndex([ListEntry(1, "alice@example.com", "allow", "@trusted.example", trust_unauthenticated=True)]
                       if category_allowed else [])
     verdict = decide(env, msg, Findings(lists=index), Policy())
     with app.extensions["stronghold_store"].session() as s:
