@@ -89,6 +89,8 @@ def cmd_user_address(args: argparse.Namespace, cfg: Config) -> int:
             accounts.assign_address(s, user, address)
         for address in args.rm or ():
             accounts.release_address(s, user, address)
+        s.flush()
+        s.refresh(user)  # the addresses as stored now, not as loaded before the change
         print(f"{user.login}: {', '.join(accounts.owned_addresses(user)) or '(no addresses)'}")
     return 0
 

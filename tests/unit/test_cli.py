@@ -121,6 +121,11 @@ def test_users_and_lists_from_the_cli(env: Path, monkeypatch: pytest.MonkeyPatch
     out = capsys.readouterr().out
     assert "block,@junk.example" in out and "allow,friend@pal.example" in out
     assert main(["list", "rm", "block", "@junk.example", "--owner", "olga@example.com"]) == 0
+    capsys.readouterr()
+    assert main(["user", "address", "olga", "--add", "o.second@example.com"]) == 0
+    assert capsys.readouterr().out == "olga: o.second@example.com, olga@example.com\n"  # what it holds now
+    assert main(["user", "address", "olga", "--rm", "o.second@example.com"]) == 0
+    assert capsys.readouterr().out == "olga: olga@example.com\n"
     assert main(["user", "disable", "olga"]) == 0
     assert main(["user", "ls"]) == 0
     assert "olga\tuser disabled\tolga@example.com" in capsys.readouterr().out
