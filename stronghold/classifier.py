@@ -121,6 +121,7 @@ class Passport:
     trained_spam: int = 0
     learned_ham: int = 0
     learned_spam: int = 0
+    ledger_sha256: str = ""  # what of the learning ledger the counts hold (stronghold.learning)
     training_set_sha256: str = ""
     evaluation: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)  # why the training set may not be trusted
@@ -197,14 +198,28 @@ class Model:
 
     def learn(self, token_sets: Sequence[set[str]], labels: Sequence[bool]) -> None:
         """Incremental update (user feedback) without a full retrain."""
-        if not token_sets:
+        self.adjust(token_sets, labels, [], [])
+
+    def adjust(self, add: Sequence[set[str]], add_labels: Sequence[bool],
+               remove: Sequence[set[str]], remove_labels: Sequence[bool]) -> None:
+        """Add the counts of ``add`` and take out those of ``remove`` (learned before), in one pass.
+
+        Counts are whole numbers held in float64, so adding and taking out are exact: a model
+        that learned, unlearned and relearned equals one that learned the end result once.
+        """
+        if not add and not remove:
             return
         if self.nb is None:
             raise ModelError("this model was loaded for scoring only; load it with for_learning=True")
-        y = np.asarray(labels, dtype=int)
-        self.nb.partial_fit(feature_matrix(token_sets), y)
-        self.passport.learned_spam += int(y.sum())
-        self.passport.learned_ham += int(len(y) - y.sum())
+        y = np.asarray([*add_labels, *remove_labels], dtype=int)
+        weights = np.asarray([1.0] * len(add) + [-1.0] * len(remove))
+        self.nb.partial_fit(feature_matrix([*add, *remove]), y, sample_weight=weights)
+        if (self.nb.class_count_ < 0).any() or (self.nb.feature_count_ < 0).any():
+            raise ModelError("unlearning took out counts this model never held (model and ledger disagree)")
+        added = np.asarray(add_labels, dtype=int)
+        removed = np.asarray(remove_labels, dtype=int)
+        self.passport.learned_spam += int(added.sum()) - int(removed.sum())
+        self.passport.learned_ham += (len(added) - int(added.sum())) - (len(removed) - int(removed.sum()))
         self._logodds = self._compute_logodds()
 
     def _compute_logodds(self) -> np.ndarray:
