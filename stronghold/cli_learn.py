@@ -71,6 +71,14 @@ def cmd_learn(args: argparse.Namespace, cfg: Config) -> int:
     live = _model_path(args, cfg)
     who = args.who or getpass.getuser()
     token_sets, labels = _inputs(args)
+    if args.record_only:  # the IMAP hook: quick, needs only the database
+        if args.from_feedback or args.forget_by or not token_sets:
+            raise LearnUsageError("--record-only takes --spam/--ham/--forget files only")
+        with _store(cfg) as store, store.session() as session:
+            change = ledger.record(session, token_sets, labels, source=args.source, who=who)
+        print(f"ledger: {change.new} new, {change.same} already known, {change.flipped} flipped, "
+              f"{change.forgotten} forgotten (applied by the next 'stronghold learn')")
+        return 0
     read_passport(live)  # no model: say so before anything is recorded
     with _store(cfg) as store:
         with learning.model_lock(live):
@@ -89,10 +97,6 @@ def cmd_learn(args: argparse.Namespace, cfg: Config) -> int:
             print(f"ledger: {change.new} new, {change.same} already known, {change.flipped} flipped, "
                   f"{change.forgotten + forgotten_by} forgotten"
                   + (f", {change.unknown} not in the ledger" if change.unknown else ""))
-            if args.record_only:
-                if mark_feedback is not None:
-                    mark_feedback()
-                return 0
             model, result = learning.update_candidate(store, live)
             if mark_feedback is not None:
                 mark_feedback()
