@@ -477,9 +477,9 @@ def passport_path(path: Path) -> Path:
 def read_passport(path: Path) -> Passport:
     """The passport of the model at ``path`` (no unpickling)."""
     path = Path(path)
-    if not path.exists():
-        raise ModelError(f"no model at {path}; train one with 'stronghold train'")
     side = passport_path(path)
+    if not path.exists() and not side.exists():  # a node pulled from the store has no counts file
+        raise ModelError(f"no model at {path}; train one with 'stronghold train'")
     try:
         data = json.loads(side.read_text())
     except FileNotFoundError as exc:

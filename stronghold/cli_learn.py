@@ -11,8 +11,9 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
-from stronghold import learning
+from stronghold import learning, modelsync
 from stronghold.classifier import Model, read_passport
 from stronghold.config import Config
 from stronghold.feedback import pending_items
@@ -122,11 +123,30 @@ def cmd_model_info(args: argparse.Namespace, cfg: Config) -> int:
     data: dict[str, object] = dict(passport.__dict__)
     data["path"] = str(path)
     data["version"] = learning.version_of(passport)
+    with _store(cfg) as store:
+        published = modelsync.active_version(store)
+        data["published"] = published or ""
+        nodes: list[dict[str, Any]] = [{"node": n.node, "version": n.version, "seen": n.seen, "error": n.error,
+                                        "current": n.version == published} for n in modelsync.nodes(store)]
     if args.json:
-        print(json.dumps(data, indent=2))
-    else:
-        for key, value in data.items():
-            print(f"{key}: {value}")
+        print(json.dumps({**data, "nodes": nodes}, indent=2))
+        return 0
+    for key, value in data.items():
+        print(f"{key}: {value}")
+    for n in nodes:
+        ago = time.time() - n["seen"]
+        state = "runs the published model" if n["current"] else "DIFFERS from the published model"
+        print(f"node {n['node']}: {n['version'][:12] or '(none)'} ({state}; reported {ago:.0f}s ago)"
+              + (f" error: {n['error']}" if n["error"] else ""))
+    return 0
+
+
+def cmd_publish(args: argparse.Namespace, cfg: Config) -> int:
+    live = _model_path(args, cfg)
+    with _store(cfg) as store:
+        version = modelsync.publish(store, live)
+        learning.record_event(store, "published", version, args.who or getpass.getuser(), f"from {live}")
+    print(f"published {version[:12]}: nodes with model_sync_seconds set pull it")
     return 0
 
 
@@ -192,6 +212,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--model", metavar="M")
     a.add_argument("--json", action="store_true")
     a.set_defaults(func=cmd_model_info)
+    a = msub.add_parser("publish", help="make the live model file the one every node runs (after 'train')")
+    a.add_argument("--model", metavar="M")
+    a.add_argument("--who", metavar="LOGIN")
+    a.set_defaults(func=cmd_publish)
     a = msub.add_parser("candidates", help="the candidate, how it compares, and the model's history")
     a.add_argument("--model", metavar="M")
     a.add_argument("--limit", type=int, default=20)

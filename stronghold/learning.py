@@ -9,6 +9,9 @@ Files, all in the models folder (the only place models are loaded from):
   ``stronghold train``, that every candidate is scored on;
 - ``versions/NNNN-<table sha>/``: models that were live before, newest last (``model rollback``).
 
+A promoted or rolled-back model is published in the store (``modelsync``), where every milter
+node pulls it from.
+
 The ledger (``store.ledger``) says what should be learned; ``sync`` moves a model's counts to
 match it (adding, taking out, flipping) and records in the passport which ledger state the counts
 hold, so a model and the ledger can never silently drift apart.  Learning is exact arithmetic on
@@ -29,6 +32,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from stronghold import modelsync
 from stronghold.classifier import (
     Model,
     ModelError,
@@ -62,9 +66,7 @@ def versions_dir(live: Path) -> Path:
     return live.parent / "versions"
 
 
-def version_of(passport: Passport) -> str:
-    """A model's version: the SHA-256 of the table it scores with."""
-    return passport.table_sha256
+version_of = modelsync.version_of  # a model's version: the SHA-256 of its passport
 
 
 def same_base(a: Passport, b: Passport) -> bool:
@@ -285,6 +287,7 @@ def promote(store: Store, live: Path, who: str, force: bool = False) -> Judgemen
         return judgement
     _archive(live)
     _copy_model(cand, live)
+    modelsync.publish(store, live)
     reason = judgement.reason if judgement.promote else "forced by the administrator; " + judgement.reason
     record_event(store, "promoted", version_of(candidate.passport), who, reason)
     return Judgement(True, reason)
@@ -301,5 +304,6 @@ def rollback(store: Store, live: Path, who: str) -> str:
     _copy_model(src, live)
     version = version_of(read_passport(live))
     shutil.rmtree(archived[-1])
+    modelsync.publish(store, live)
     record_event(store, "rolled-back", version, who, f"restored {archived[-1].name}")
     return version

@@ -201,3 +201,24 @@ class ModelEvent(Base):
     version: Mapped[str] = mapped_column(String(64))  # table SHA-256 of the model concerned
     who: Mapped[str] = mapped_column(String(320), default="")
     reason: Mapped[str] = mapped_column(Text, default="")
+
+
+class ModelVersion(Base):
+    """A published model: the scoring table (zlib-compressed .npy bytes) and passport every node reads."""
+
+    __tablename__ = "model_versions"
+    version: Mapped[str] = mapped_column(String(64), primary_key=True)  # SHA-256 of the .npy file
+    published: Mapped[float] = mapped_column(Float, default=time.time)
+    active: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
+    passport: Mapped[str] = mapped_column(Text)
+    table: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class ModelNode(Base):
+    """Which model version each milter node runs, as it last reported."""
+
+    __tablename__ = "model_nodes"
+    node: Mapped[str] = mapped_column(String(255), primary_key=True)
+    version: Mapped[str] = mapped_column(String(64), default="")
+    seen: Mapped[float] = mapped_column(Float, default=time.time)
+    error: Mapped[str] = mapped_column(String(300), default="")

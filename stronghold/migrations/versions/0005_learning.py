@@ -1,4 +1,5 @@
-"""The learning ledger (learned_messages) and the shared model's history (model_events).
+"""The learning ledger (learned_messages), the shared model's history (model_events), the published
+model every node reads (model_versions) and which version each node runs (model_nodes).
 
 Revision ID: 0005
 """
@@ -36,8 +37,25 @@ def upgrade() -> None:
         sa.Column("who", sa.String(320), nullable=False),
         sa.Column("reason", sa.Text, nullable=False),
     )
+    op.create_table(
+        "model_versions",
+        sa.Column("version", sa.String(64), primary_key=True),
+        sa.Column("published", sa.Float, nullable=False),
+        sa.Column("active", sa.Boolean, nullable=False, index=True),
+        sa.Column("passport", sa.Text, nullable=False),
+        sa.Column("table", sa.LargeBinary, nullable=False),
+    )
+    op.create_table(
+        "model_nodes",
+        sa.Column("node", sa.String(255), primary_key=True),
+        sa.Column("version", sa.String(64), nullable=False),
+        sa.Column("seen", sa.Float, nullable=False),
+        sa.Column("error", sa.String(300), nullable=False),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("model_nodes")
+    op.drop_table("model_versions")
     op.drop_table("model_events")
     op.drop_table("learned_messages")
