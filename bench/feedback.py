@@ -23,6 +23,7 @@ from pathlib import Path
 
 from bench.accuracy import split
 from stronghold import learning
+from stronghold.classifier import Model
 from stronghold.store import ledger
 from stronghold.store.db import Store
 from stronghold.training import evaluate, tokenize, train_model
@@ -55,7 +56,6 @@ def main(argv: list[str] | None = None) -> int:
             fed = mistakes[:round(fraction * len(mistakes))]
             with tempfile.TemporaryDirectory() as mtmp:
                 base.save(Path(mtmp) / "m.joblib")  # a fresh copy of the base counts each time
-                from stronghold.classifier import Model
                 model = Model.load(Path(mtmp) / "m.joblib", for_learning=True)
             with store.session() as session:
                 ledger.record(session, [sets[i] for i in fed], [labels[i] for i in fed], source="web", who="bench")
@@ -70,8 +70,10 @@ def main(argv: list[str] | None = None) -> int:
             after = [i for i in rest if i > (fed[-1] if fed else -1)]
             late = sum(1 for i in after if (scores[i] >= threshold) != labels[i])
             late_base = sum(1 for i in after if (first[i] >= threshold) != labels[i])
-            print(f"| {fraction:.1%} ({len(fed)}) | {len(fed)} | {fp + fn} of {len(rest)} ({(fp + fn) / len(rest):.2%}) "
-                  f"| {fp} | {fn} | {e.one_minus_auc_pct:.3f} | {late} of {len(after)} (without feedback {late_base}) |")
+            rate = (fp + fn) / len(rest)
+            print(f"| {fraction:.1%} ({len(fed)}) | {len(fed)} | {fp + fn} of {len(rest)} ({rate:.2%}) "
+                  f"| {fp} | {fn} | {e.one_minus_auc_pct:.3f} "
+                  f"| {late} of {len(after)} (without feedback {late_base}) |")
     return 0
 
 

@@ -13,12 +13,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from stronghold import learning, modelsync
+from sqlalchemy import select
+
+from stronghold import learning, modelsync, personal
 from stronghold.classifier import Model, read_passport
 from stronghold.config import Config
 from stronghold.feedback import pending_items
 from stronghold.store import ledger
 from stronghold.store.db import Store
+from stronghold.store.tables import LearnedMessage, PersonalLayerRow
 from stronghold.training import check_mail, read_messages, tokenize
 
 
@@ -68,6 +71,14 @@ def _inputs(args: argparse.Namespace) -> tuple[list[set[str]], list[bool | None]
     return token_sets, labels
 
 
+def _personal_scope(args: argparse.Namespace, who: str) -> str:
+    """Whose personal layer the feedback also trains: a user's own marks (web, IMAP, Junk page)
+    always train theirs; from the command line only with --personal."""
+    if args.personal:
+        return str(args.personal)
+    return who if args.source in ("web", "imap", "junk") else ""
+
+
 def cmd_learn(args: argparse.Namespace, cfg: Config) -> int:
     live = _model_path(args, cfg)
     who = args.who or getpass.getuser()
@@ -77,6 +88,9 @@ def cmd_learn(args: argparse.Namespace, cfg: Config) -> int:
             raise LearnUsageError("--record-only takes --spam/--ham/--forget files only")
         with _store(cfg) as store, store.session() as session:
             change = ledger.record(session, token_sets, labels, source=args.source, who=who)
+            personal = _personal_scope(args, who)
+            if personal:
+                ledger.record(session, token_sets, labels, source=args.source, who=who, scope=personal)
         print(f"ledger: {change.new} new, {change.same} already known, {change.flipped} flipped, "
               f"{change.forgotten} forgotten (applied by the next 'stronghold learn')")
         return 0
@@ -86,6 +100,11 @@ def cmd_learn(args: argparse.Namespace, cfg: Config) -> int:
             with store.session() as session:
                 change = ledger.record(session, token_sets, labels, source=args.source, who=who)
                 forgotten_by = ledger.forget_by(session, args.forget_by) if args.forget_by else 0
+                personal = _personal_scope(args, who)
+                if personal:
+                    ledger.record(session, token_sets, labels, source=args.source, who=who, scope=personal)
+                if args.forget_by:
+                    ledger.forget_by(session, args.forget_by, scope=args.forget_by)
             mark_feedback = None
             items: list[tuple[set[str], bool, str]] = []
             if args.from_feedback:
@@ -93,6 +112,8 @@ def cmd_learn(args: argparse.Namespace, cfg: Config) -> int:
                 with store.session() as session:
                     for tokens, is_spam, login in items:
                         c = ledger.record(session, [tokens], [is_spam], source="web", who=login)
+                        if login:  # a user's mark moves their own scores at once
+                            ledger.record(session, [tokens], [is_spam], source="web", who=login, scope=login)
                         change = ledger.Change(change.new + c.new, change.same + c.same,
                                                change.flipped + c.flipped, change.forgotten, change.unknown)
             print(f"ledger: {change.new} new, {change.same} already known, {change.flipped} flipped, "
@@ -109,12 +130,24 @@ def cmd_learn(args: argparse.Namespace, cfg: Config) -> int:
               f"{p.learned_spam} learned spam + {p.learned_ham} learned ham")
         if args.no_promote:
             print(f"candidate {learning.version_of(p)[:12]} kept; 'stronghold model promote' judges it")
-            return 0
-        judgement = learning.promote(store, live, who)
-    word = "promoted" if judgement.promote else "held back"
-    print(f"candidate {learning.version_of(p)[:12]} {word}: {judgement.reason}",
-          file=sys.stdout if judgement.promote else sys.stderr)
+        else:
+            judgement = learning.promote(store, live, who)
+            word = "promoted" if judgement.promote else "held back"
+            print(f"candidate {learning.version_of(p)[:12]} {word}: {judgement.reason}",
+                  file=sys.stdout if judgement.promote else sys.stderr)
+        _rebuild_layers(store, live)
     return 0
+
+
+def _rebuild_layers(store: Store, live: Path) -> None:
+    """Personal layers over the live model's counts (after any change of feedback or model)."""
+    with store.session() as session:
+        wanted = session.scalars(select(LearnedMessage.id).where(LearnedMessage.scope != ledger.SHARED)).first()
+        stored = session.scalars(select(PersonalLayerRow.scope)).first()
+    if wanted is None and stored is None:
+        return
+    count = personal.rebuild(store, Model.load(live, for_learning=True))
+    print(f"personal layers: {count} rebuilt")
 
 
 def cmd_model_info(args: argparse.Namespace, cfg: Config) -> int:
@@ -200,6 +233,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="learn what users marked spam / not spam in the web UI")
     p.add_argument("--source", choices=ledger.SOURCES, default="cli", help="where the feedback came from")
     p.add_argument("--who", metavar="LOGIN", help="who gave it (default: the user running the command)")
+    p.add_argument("--personal", metavar="LOGIN",
+                   help="also train LOGIN's personal layer (a user login, or a mail address)")
     p.add_argument("--record-only", action="store_true",
                    help="only write the ledger (a later 'stronghold learn' applies it)")
     p.add_argument("--no-promote", action="store_true", help="update the candidate, do not judge or promote it")

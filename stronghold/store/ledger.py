@@ -59,6 +59,9 @@ def record(session: Session, token_sets: Sequence[set[str]], labels: Sequence[bo
             continue
         if label is None:
             forgotten += 1
+            if row.applied is None:  # never in any model's counts: nothing to take out later
+                session.delete(row)
+                continue
         elif row.label is None:
             new += 1
         else:

@@ -222,3 +222,13 @@ class ModelNode(Base):
     version: Mapped[str] = mapped_column(String(64), default="")
     seen: Mapped[float] = mapped_column(Float, default=time.time)
     error: Mapped[str] = mapped_column(String(300), default="")
+
+
+class PersonalLayerRow(Base):
+    """A user's personal layer (stronghold.personal): buckets and values, built where the model learns."""
+
+    __tablename__ = "personal_layers"
+    scope: Mapped[str] = mapped_column(String(320), primary_key=True)  # a user's login, or an address
+    updated: Mapped[float] = mapped_column(Float, default=time.time)
+    messages: Mapped[int] = mapped_column(Integer, default=0)
+    data: Mapped[bytes] = mapped_column(LargeBinary)

@@ -1,5 +1,6 @@
 """The learning ledger (learned_messages), the shared model's history (model_events), the published
-model every node reads (model_versions) and which version each node runs (model_nodes).
+model every node reads (model_versions), which version each node runs (model_nodes) and users'
+personal layers (personal_layers).
 
 Revision ID: 0005
 """
@@ -52,9 +53,17 @@ def upgrade() -> None:
         sa.Column("seen", sa.Float, nullable=False),
         sa.Column("error", sa.String(300), nullable=False),
     )
+    op.create_table(
+        "personal_layers",
+        sa.Column("scope", sa.String(320), primary_key=True),
+        sa.Column("updated", sa.Float, nullable=False),
+        sa.Column("messages", sa.Integer, nullable=False),
+        sa.Column("data", sa.LargeBinary, nullable=False),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("personal_layers")
     op.drop_table("model_nodes")
     op.drop_table("model_versions")
     op.drop_table("model_events")
