@@ -24,11 +24,9 @@ def _model(threshold: float) -> Model:
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Store:
-    store = Store(f"sqlite:///{tmp_path / 'shared.db'}")
-    store.upgrade()
-    yield store
-    store.dispose()
+def db(store: Store) -> Store:
+    """The shared store: SQLite and PostgreSQL (the table bytes are a large binary column)."""
+    return store
 
 
 def test_nodes_pull_the_published_model_and_report_it(tmp_path: Path, db: Store, monkeypatch: pytest.MonkeyPatch,
@@ -82,6 +80,7 @@ def test_a_corrupt_published_model_leaves_the_node_as_it_was(tmp_path: Path, db:
     assert reported.version == first and reported.error
 
 
+@pytest.mark.parametrize("store", ["postgres"], indirect=True)  # several nodes share a server database
 def test_a_running_milter_pulls_a_new_version_within_seconds(tmp_path: Path, db: Store) -> None:
     learner = tmp_path / "learner" / "model.joblib"
     _model(0.7).save(learner)
