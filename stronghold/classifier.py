@@ -59,6 +59,8 @@ from stronghold.tokens import TOKENIZER_VERSION, family
 if TYPE_CHECKING:
     from sklearn.naive_bayes import MultinomialNB
 
+    from stronghold.personal import Layer
+
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 2  # 2: chi-square combining of token families (Params changed)
 N_FEATURES = 2**22
@@ -121,6 +123,7 @@ class Passport:
     trained_spam: int = 0
     learned_ham: int = 0
     learned_spam: int = 0
+    ledger_sha256: str = ""  # what of the learning ledger the counts hold (stronghold.learning)
     training_set_sha256: str = ""
     evaluation: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)  # why the training set may not be trusted
@@ -197,14 +200,28 @@ class Model:
 
     def learn(self, token_sets: Sequence[set[str]], labels: Sequence[bool]) -> None:
         """Incremental update (user feedback) without a full retrain."""
-        if not token_sets:
+        self.adjust(token_sets, labels, [], [])
+
+    def adjust(self, add: Sequence[set[str]], add_labels: Sequence[bool],
+               remove: Sequence[set[str]], remove_labels: Sequence[bool]) -> None:
+        """Add the counts of ``add`` and take out those of ``remove`` (learned before), in one pass.
+
+        Counts are whole numbers held in float64, so adding and taking out are exact: a model
+        that learned, unlearned and relearned equals one that learned the end result once.
+        """
+        if not add and not remove:
             return
         if self.nb is None:
             raise ModelError("this model was loaded for scoring only; load it with for_learning=True")
-        y = np.asarray(labels, dtype=int)
-        self.nb.partial_fit(feature_matrix(token_sets), y)
-        self.passport.learned_spam += int(y.sum())
-        self.passport.learned_ham += int(len(y) - y.sum())
+        y = np.asarray([*add_labels, *remove_labels], dtype=int)
+        weights = np.asarray([1.0] * len(add) + [-1.0] * len(remove))
+        self.nb.partial_fit(feature_matrix([*add, *remove]), y, sample_weight=weights)
+        if (self.nb.class_count_ < 0).any() or (self.nb.feature_count_ < 0).any():
+            raise ModelError("unlearning took out counts this model never held (model and ledger disagree)")
+        added = np.asarray(add_labels, dtype=int)
+        removed = np.asarray(remove_labels, dtype=int)
+        self.passport.learned_spam += int(added.sum()) - int(removed.sum())
+        self.passport.learned_ham += (len(added) - int(added.sum())) - (len(removed) - int(removed.sum()))
         self._logodds = self._compute_logodds()
 
     def _compute_logodds(self) -> np.ndarray:
@@ -212,30 +229,25 @@ class Model:
         assert self.nb is not None
         ham_counts, spam_counts = self.nb.feature_count_
         n_ham, n_spam = self.nb.class_count_
-        p = self.params
-        cutoff = math.log((0.5 + p.min_dev) / (0.5 - p.min_dev))
         out = np.zeros(len(ham_counts), dtype=np.float32)
         step = 1 << 18
         for start in range(0, len(out), step):
-            ham = ham_counts[start:start + step]
-            spam = spam_counts[start:start + step]
-            seen = ham + spam
-            rs = spam / max(n_spam, 1.0)
-            rh = ham / max(n_ham, 1.0)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                raw = np.where(seen > 0, rs / (rs + rh), p.prior)
-            smoothed = np.clip((p.strength * p.prior + seen * raw) / (p.strength + seen), 1e-6, 1 - 1e-6)
-            chunk = np.log(smoothed / (1.0 - smoothed))
-            chunk[np.abs(chunk) < cutoff] = 0.0
-            out[start:start + step] = chunk
+            out[start:start + step] = logodds_from_counts(ham_counts[start:start + step],
+                                                          spam_counts[start:start + step],
+                                                          float(n_ham), float(n_spam), self.params)
         return out
 
     # -- scoring ------------------------------------------------------------
-    def score(self, tokens: Iterable[str], n_reasons: int = 8) -> Score:
-        """Spam probability in (0, 1), its log-odds and the tokens that decided it."""
+    def score(self, tokens: Iterable[str], n_reasons: int = 8, layer: Layer | None = None) -> Score:
+        """Spam probability in (0, 1), its log-odds and the tokens that decided it.
+
+        ``layer``: a recipient's personal layer (``stronghold.personal``) over the shared counts.
+        """
         toks = tokens if isinstance(tokens, (list, tuple)) else list(tokens)
         idx = token_indices(toks)
         values = self._logodds[idx] if len(idx) else np.zeros(0, dtype=np.float32)
+        if layer is not None:
+            values = layer.adjust(idx, values)
         # Only voting tokens matter, taken in bucket order so that nothing depends on the order
         # tokens came in (set order changes with the hash seed); a bucket shared by two tokens
         # of one message is ordered by the tokens themselves.
@@ -344,6 +356,21 @@ class Model:
         if not isinstance(nb, MultinomialNB):
             raise ModelError(f"model {path} is not a Mail Stronghold model")
         return cls(nb, passport)
+
+
+def logodds_from_counts(ham: np.ndarray, spam: np.ndarray, n_ham: float, n_spam: float,
+                        p: Params) -> np.ndarray:
+    """Per-bucket voting log-odds from per-class message counts (0 where a token does not vote)."""
+    cutoff = math.log((0.5 + p.min_dev) / (0.5 - p.min_dev))
+    seen = ham + spam
+    rs = spam / max(n_spam, 1.0)
+    rh = ham / max(n_ham, 1.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        raw = np.where(seen > 0, rs / (rs + rh), p.prior)
+    smoothed = np.clip((p.strength * p.prior + seen * raw) / (p.strength + seen), 1e-6, 1 - 1e-6)
+    out = np.log(smoothed / (1.0 - smoothed))
+    out[np.abs(out) < cutoff] = 0.0
+    return out.astype(np.float32)
 
 
 MAX_LOGODDS = 36.0  # 1 - sigmoid(36) ~ 2.3e-16: the largest log-odds a float64 probability below 1 shows
@@ -462,9 +489,9 @@ def passport_path(path: Path) -> Path:
 def read_passport(path: Path) -> Passport:
     """The passport of the model at ``path`` (no unpickling)."""
     path = Path(path)
-    if not path.exists():
-        raise ModelError(f"no model at {path}; train one with 'stronghold train'")
     side = passport_path(path)
+    if not path.exists() and not side.exists():  # a node pulled from the store has no counts file
+        raise ModelError(f"no model at {path}; train one with 'stronghold train'")
     try:
         data = json.loads(side.read_text())
     except FileNotFoundError as exc:

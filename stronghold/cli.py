@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
@@ -11,13 +10,11 @@ import traceback
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from stronghold import cli_admin, cli_quarantine, cli_scan, cli_services, jobs
+from stronghold import cli_admin, cli_learn, cli_quarantine, cli_scan, cli_services, jobs, learning
 from stronghold import config as config_mod
-from stronghold.classifier import Model, ModelError, read_passport
+from stronghold.classifier import ModelError
 from stronghold.config import Config, ConfigError
-from stronghold.feedback import pending_feedback
-from stronghold.store.db import Store
-from stronghold.training import CorpusError, Sample, collect, iter_messages, tokenize, train_model
+from stronghold.training import CorpusError, Sample, check_labels, collect, in_holdout, tokenize, train_model
 
 log = logging.getLogger("stronghold")
 
@@ -28,7 +25,8 @@ class UsageError(Exception):
 
 KNOWN_ERRORS: tuple[type[Exception], ...] = (ConfigError, ModelError, CorpusError, UsageError,
                                               *cli_services.KNOWN_ERRORS, *cli_admin.KNOWN_ERRORS,
-                                              *cli_quarantine.KNOWN_ERRORS, cli_scan.ScanUsageError)
+                                              *cli_quarantine.KNOWN_ERRORS, *cli_learn.KNOWN_ERRORS,
+                                              cli_scan.ScanUsageError)
 Handler = Callable[[argparse.Namespace, Config], int]
 
 
@@ -47,6 +45,14 @@ def _model_path(args: argparse.Namespace, cfg: Config) -> Path:
 
 # -- train / scan / learn / model ----------------------------------------------
 
+def _write_heldback(model: Path, samples: Sequence[Sample], holdout: float) -> None:
+    """The fixed sample candidates are judged on: the holdout, else every k-th training message."""
+    chosen = [s for s in samples if in_holdout(s.source, holdout)] if holdout > 0 else list(samples)
+    step = max(1, len(chosen) // learning.HELDBACK_SIZE)
+    chosen = chosen[::step][:learning.HELDBACK_SIZE]
+    learning.write_heldback(model, [tokenize(s.raw) for s in chosen], [s.is_spam for s in chosen])
+
+
 def cmd_train(args: argparse.Namespace, cfg: Config) -> int:
     if not (args.ham or args.spam or args.index):
         raise UsageError("give --ham and --spam corpora, or --index FILE")
@@ -59,10 +65,12 @@ def cmd_train(args: argparse.Namespace, cfg: Config) -> int:
                            Path(args.index) if args.index else None))
     if not samples:
         raise CorpusError("the corpora hold no messages")
+    check_labels(samples)
     model, evaluation = train_model(samples, holdout=args.holdout,
                                     progress=_progress(len(samples), "training"))
     out = _model_path(args, cfg)
     model.save(out)
+    _write_heldback(out, samples, args.holdout)
     p = model.passport
     seconds = time.monotonic() - started
     print(f"trained on {p.trained_ham} ham + {p.trained_spam} spam in {seconds:.1f}s -> {out}")
@@ -74,48 +82,6 @@ def cmd_train(args: argparse.Namespace, cfg: Config) -> int:
         print(f"holdout: {e.n_ham} ham, {e.n_spam} spam; (1-AUC)% {e.one_minus_auc_pct:.4f}; "
               f"at threshold FP {e.fp_rate:.4%} FN {e.fn_rate:.2%}; "
               f"FN at <=0.1% FP {e.fn_rate_at_fp_0_1pct:.2%}")
-    return 0
-
-
-def cmd_learn(args: argparse.Namespace, cfg: Config) -> int:
-    path = _model_path(args, cfg)
-    model = Model.load(path, for_learning=True)
-    token_sets: list[set[str]] = []
-    labels: list[bool] = []
-    for is_spam, names in ((True, args.spam or ()), (False, args.ham or ())):
-        for name in names:
-            for _source, raw in iter_messages(Path(name)):
-                token_sets.append(tokenize(raw))
-                labels.append(is_spam)
-    with Store(cfg.db_url) as store:
-        extra = 0
-        mark_done = None
-        if args.from_feedback:
-            fb_sets, fb_labels, mark_done = pending_feedback(store)
-            token_sets += fb_sets
-            labels += fb_labels
-            extra = len(fb_sets)
-        if not token_sets:
-            raise UsageError("nothing to learn: give --spam/--ham files or --from-feedback with pending feedback")
-        model.learn(token_sets, labels)
-        model.save(path)
-        if mark_done is not None:
-            mark_done()
-    print(f"learned {sum(labels)} spam + {len(labels) - sum(labels)} ham"
-          + (f" ({extra} from feedback)" if args.from_feedback else "") + f" -> {path}")
-    return 0
-
-
-def cmd_model_info(args: argparse.Namespace, cfg: Config) -> int:
-    path = _model_path(args, cfg)
-    passport = read_passport(path)
-    data = dict(passport.__dict__)
-    data["path"] = str(path)
-    if args.json:
-        print(json.dumps(data, indent=2))
-    else:
-        for key, value in data.items():
-            print(f"{key}: {value}")
     return 0
 
 
@@ -139,21 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     cli_scan.register(sub)
 
-    p = sub.add_parser("learn", help="update the model incrementally")
-    p.add_argument("--spam", nargs="+", metavar="FILE")
-    p.add_argument("--ham", nargs="+", metavar="FILE")
-    p.add_argument("--from-feedback", action="store_true",
-                   help="learn what users marked spam / not spam in the web UI")
-    p.add_argument("--model", metavar="M")
-    p.set_defaults(func=cmd_learn)
-
-    p = sub.add_parser("model", help="model information")
-    msub = p.add_subparsers(dest="model_command", required=True, metavar="ACTION")
-    pi = msub.add_parser("info", help="the model's passport")
-    pi.add_argument("--model", metavar="M")
-    pi.add_argument("--json", action="store_true")
-    pi.set_defaults(func=cmd_model_info)
-
+    cli_learn.register(sub)
     cli_services.register(sub)
     jobs.register(sub)
     cli_admin.register(sub)

@@ -273,6 +273,10 @@ SETTINGS: dict[str, Setting] = {
     "web_session_hours": Setting(8.0, _positive, "a web login lasts this long at most"),
     "web_import_max_bytes": Setting(2 * 1024 * 1024, _positive_int,
                                     "largest CSV file the web UI imports; larger ones are refused whole"),
+    "model_sync_seconds": Setting(0.0, _non_negative,
+                                  "how often the milter pulls the model published in the store "
+                                  "(several nodes); 0: off, the local model file only"),
+    "node_name": Setting("", _text, "this node's name in 'stronghold model info'; empty: the host name"),
 }
 
 
@@ -330,6 +334,8 @@ class Config:
     web_client_limits: str
     web_session_hours: float
     web_import_max_bytes: int
+    model_sync_seconds: float
+    node_name: str
 
     @property
     def user_threshold_bounds(self) -> tuple[float, float] | None:

@@ -27,8 +27,10 @@ to the configured policy (tempfail by default: a crashed check is never
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 from stronghold.allowrule import allow_candidates, allow_may_apply, authenticated_allow
 from stronghold.antivirus import Scanner, ScannerError, ScanResult
@@ -41,6 +43,11 @@ from stronghold.spool import Stream
 from stronghold.store.errors import StoreError
 from stronghold.tokens import features
 from stronghold.verdict import Action, Category, RecipientDecision, Route, TraceStep, Verdict
+
+if TYPE_CHECKING:
+    from stronghold.personal import Layer
+
+log = logging.getLogger(__name__)
 
 REPLY_VIRUS = ("554", "5.7.0", "Message contains a virus: {name}")
 REPLY_SPAM = ("550", "5.7.1", "Message rejected as spam")
@@ -107,6 +114,7 @@ class Findings:
     oversize: bool = False
     notes: tuple[TraceStep, ...] = field(default_factory=tuple)
     auth: AuthResults | None = None  # gathered only when it can change the outcome
+    personal: Mapping[str, Score] = field(default_factory=dict)  # recipient -> score with their own layer
 
 
 def check_recipient(sender: str, recipient: str, lists: ListIndex) -> RecipientDecision | None:
@@ -246,9 +254,12 @@ def decide(envelope: Envelope, msg: ParsedMessage, found: Findings, policy: Poli
             decisions.append(RecipientDecision(rcpt, Action.ACCEPT, Category.ALLOWED,
                                                "sender allowed", tuple(steps)))
         elif score is not None and rcpt_threshold is not None:
+            layer = found.personal.get(rcpt.lower())
+            if layer is not None:
+                steps.append(TraceStep("personal", f"{layer.probability:.4f}", "the recipient's own feedback"))
             if own is not None:
                 steps.append(TraceStep("threshold", "own", f"{own:.4f}"))
-            action, category, why = _score_action(score, rcpt_threshold, policy)
+            action, category, why = _score_action(layer.probability if layer else score, rcpt_threshold, policy)
             decisions.append(RecipientDecision(rcpt, action, category, why, tuple(steps)))
         else:
             decisions.append(RecipientDecision(rcpt, Action.ACCEPT, Category.CLEAN,
@@ -404,12 +415,14 @@ def _headers(tagged: bool, score: float | None, threshold: float | None, action:
 
 ModelSource = Callable[[], Model]
 ListSource = Callable[[], ListIndex]
+LayerSource = Callable[[], "Mapping[str, Layer]"]
 
 
 def gather(msg: ParsedMessage, stream: Stream | None, scanner: Scanner | None,
            model: ModelSource, lists: ListSource, oversize: bool = False,
            skip_content_checks: bool = False, tokens: set[str] | None = None,
-           envelope: Envelope | None = None, authenticator: Authenticator | None = None) -> Findings:
+           envelope: Envelope | None = None, authenticator: Authenticator | None = None,
+           layers: LayerSource | None = None) -> Findings:
     """Run the checks through their interfaces; typed errors become findings.
 
     ``tokens`` are the message's features when the caller has them already.
@@ -428,11 +441,15 @@ def gather(msg: ParsedMessage, stream: Stream | None, scanner: Scanner | None,
     except StoreError as exc:
         store_error = str(exc)
     score = threshold = model_error = None
+    personal: dict[str, Score] = {}
     if not skip_content_checks and not (scan is not None and scan.infected):
         try:
             current = model()
-            score = current.score(tokens if tokens is not None else features(msg))
+            toks = tokens if tokens is not None else features(msg)
+            score = current.score(toks)
             threshold = current.spam_threshold
+            if layers is not None and envelope is not None:
+                personal = _personal_scores(current, toks, envelope.recipients, layers)
         except ModelError as exc:
             model_error = str(exc)
     auth = None
@@ -442,7 +459,27 @@ def gather(msg: ParsedMessage, stream: Stream | None, scanner: Scanner | None,
                                    lambda: _whole(stream))
     return Findings(scan=scan, scan_error=scan_error, score=score, model_threshold=threshold,
                     model_error=model_error, lists=index, store_error=store_error,
-                    oversize=oversize, auth=auth)
+                    oversize=oversize, auth=auth, personal=personal)
+
+
+def _personal_scores(model: Model, tokens: set[str], recipients: Sequence[str],
+                     layers: LayerSource) -> dict[str, Score]:
+    """Scores with each recipient's personal layer (only recipients that have one)."""
+    try:
+        found = layers()
+    except StoreError as exc:  # the shared score still stands; personal layers come back with the store
+        log.warning("personal layers unavailable: %s", exc)
+        return {}
+    if not found:
+        return {}
+    out: dict[str, Score] = {}
+    listed: list[str] | None = None
+    for rcpt in recipients:
+        layer = found.get(rcpt.lower())
+        if layer is not None:
+            listed = listed or list(tokens)
+            out[rcpt.lower()] = model.score(listed, layer=layer)
+    return out
 
 
 def _whole(stream: Stream | None) -> bytes:
@@ -458,7 +495,7 @@ def _whole(stream: Stream | None) -> bytes:
 def evaluate(envelope: Envelope, msg: ParsedMessage, stream: Stream | None,
              scanner: Scanner | None, model: ModelSource, lists: ListSource,
              policy: Policy, oversize: bool = False, tokens: set[str] | None = None,
-             authenticator: Authenticator | None = None) -> Verdict:
+             authenticator: Authenticator | None = None, layers: LayerSource | None = None) -> Verdict:
     """gather() then decide(): the one call the milter, CLI and web UI share."""
     skip = oversize and policy.oversize_action == "accept"
     if oversize and policy.oversize_action in ("tempfail", "reject"):
@@ -470,5 +507,5 @@ def evaluate(envelope: Envelope, msg: ParsedMessage, stream: Stream | None,
         return Verdict(action, Category.ERROR, None, None, None, decisions, trace,
                        smtp_reply=reply)
     found = gather(msg, stream, scanner, model, lists, oversize, skip_content_checks=skip, tokens=tokens,
-                   envelope=envelope, authenticator=authenticator)
+                   envelope=envelope, authenticator=authenticator, layers=layers)
     return decide(envelope, msg, found, policy)

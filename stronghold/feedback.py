@@ -9,16 +9,14 @@ from stronghold.store import messagelog
 from stronghold.store.db import Store
 
 
-def pending_feedback(store: Store) -> tuple[list[set[str]], list[bool], Callable[[], None]]:
-    """Token sets and labels of unapplied feedback, and a callback marking it applied.
-
-    Feedback on a message whose features were not kept (log_tokens = false) is
-    marked applied with nothing learned: there is nothing to learn from.
-    """
+def pending_items(store: Store) -> tuple[list[tuple[set[str], bool, str]], Callable[[], None]]:
+    """(features, is_spam, login) of unapplied web feedback, and a callback marking it applied."""
+    from stronghold.store.tables import User
     with store.session() as session:
         rows = messagelog.pending(session)
-        token_sets = [messagelog.unpack_tokens(msg.tokens) for fb, msg in rows if msg.tokens]
-        labels = [fb.is_spam for fb, msg in rows if msg.tokens]
+        logins = {u.id: u.login for u in session.query(User).filter(User.id.in_({fb.user_id for fb, _ in rows}))}
+        items = [(messagelog.unpack_tokens(msg.tokens), fb.is_spam, logins.get(fb.user_id, ""))
+                 for fb, msg in rows if msg.tokens]
         ids = [fb.id for fb, _ in rows]
 
     def mark_done() -> None:
@@ -28,4 +26,4 @@ def pending_feedback(store: Store) -> tuple[list[set[str]], list[bool], Callable
                 row = session.get(Feedback, fid)
                 if row is not None and row.applied is None:
                     row.applied = time.time()
-    return token_sets, labels, mark_done
+    return items, mark_done

@@ -1,5 +1,9 @@
 """A private Dovecot on loopback: IMAP for users, LMTP for Postfix, Sieve files tagged mail into Junk.
 
+With a ``learn_command``, moves are feedback (IMAPSieve, ``vnd.dovecot.pipe``): a message moved or
+copied into Junk is recorded as spam, one moved out of Junk (anywhere but Trash) as ham, through
+``stronghold learn --source imap --record-only`` run as the mail account.
+
 Like the Postfix and clamd in ``localstack``, it lives in one folder of its own
 (config, run dir, state, log, mail under ``vmail/``) and never reads or touches
 the system's /etc/dovecot or its service.  Users are virtual (a passwd-file the
@@ -12,6 +16,8 @@ from __future__ import annotations
 import hashlib
 import os
 import pwd
+import re
+import shlex
 import shutil
 import socket
 import subprocess
@@ -33,6 +39,24 @@ if header :is "X-Spam-Flag" "YES" {{
   fileinto :create "{JUNK}";
   stop;
 }}
+"""
+
+
+# IMAPSieve scripts (pigeonhole): IMAP moves into / out of Junk become feedback.
+LEARN_PROGRAM = "stronghold-learn"
+REPORT_SPAM_SIEVE = f"""\
+require ["vnd.dovecot.pipe", "copy", "imapsieve", "environment", "variables"];
+# A message moved or copied into {JUNK}: the user says it is spam.
+if environment :matches "imap.user" "*" {{ set "username" "${{1}}"; }}
+pipe :copy "{LEARN_PROGRAM}" ["spam", "${{username}}"];
+"""
+REPORT_HAM_SIEVE = f"""\
+require ["vnd.dovecot.pipe", "copy", "imapsieve", "environment", "variables"];
+# A message moved out of {JUNK}: not spam, unless it went to {TRASH} (deleting says nothing).
+if environment :matches "imap.mailbox" "*" {{ set "mailbox" "${{1}}"; }}
+if string "${{mailbox}}" "{TRASH}" {{ stop; }}
+if environment :matches "imap.user" "*" {{ set "username" "${{1}}"; }}
+pipe :copy "{LEARN_PROGRAM}" ["ham", "${{username}}"];
 """
 
 
@@ -101,6 +125,9 @@ class Dovecot:
     users: Mapping[str, str]
     imap_port: int = field(default_factory=free_port)
     lmtp_owner: str = "postfix"
+    # ``stronghold`` command (argv) IMAP moves call, and the environment it runs with (settings)
+    learn_command: tuple[str, ...] = ()
+    learn_env: Mapping[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -133,6 +160,7 @@ class Dovecot:
         return tuple(sorted(self.users))
 
     def _conf(self, account: MailAccount) -> str:
+        self._account_name = account.name
         h = self.home
         # A short, stable instance name: doveadm and the logs tell our instances apart by it.
         instance = "stronghold-" + hashlib.sha256(str(h).encode()).hexdigest()[:8]
@@ -203,7 +231,61 @@ plugin {{
   sieve_before = {self.sieve_script}
   sieve = file:~/sieve;active=~/.dovecot.sieve
 }}
+{self._imapsieve_conf()}"""
+
+    def _imapsieve_conf(self) -> str:
+        """IMAPSieve on moves into / out of Junk; the pipe reaches `stronghold learn` through a
+        Dovecot script service, so it runs as the Stronghold user (who may write the database),
+        not as the mail account."""
+        if not self.learn_command:
+            return ""
+        d = self.sieve_script.parent
+        learn_user = pwd.getpwuid(os.geteuid()).pw_name
+        return f"""\
+protocol imap {{
+  mail_plugins = $mail_plugins imap_sieve
+}}
+service {LEARN_PROGRAM} {{
+  executable = script {d / 'bin' / LEARN_PROGRAM}
+  user = {learn_user}
+  unix_listener sieve-pipe/{LEARN_PROGRAM} {{
+    mode = 0600
+    user = {self._account_name}
+  }}
+}}
+plugin {{
+  sieve_plugins = sieve_imapsieve sieve_extprograms
+  sieve_global_extensions = +vnd.dovecot.pipe +vnd.dovecot.environment
+  sieve_pipe_socket_dir = sieve-pipe
+  imapsieve_mailbox1_name = {JUNK}
+  imapsieve_mailbox1_causes = COPY APPEND
+  imapsieve_mailbox1_before = file:{d / 'report-spam.sieve'}
+  imapsieve_mailbox2_name = *
+  imapsieve_mailbox2_from = {JUNK}
+  imapsieve_mailbox2_causes = COPY
+  imapsieve_mailbox2_before = file:{d / 'report-ham.sieve'}
+}}
 """
+
+    def _write_learn_hook(self) -> list[Path]:
+        """The pipe program and the two IMAPSieve scripts (to compile); none without a learn command."""
+        if not self.learn_command:
+            return []
+        d = self.sieve_script.parent
+        (d / "bin").mkdir(parents=True, exist_ok=True)
+        exports = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in sorted(self.learn_env.items())
+                          if re.fullmatch(r"[A-Z_][A-Z0-9_]*", k))
+        program = d / "bin" / LEARN_PROGRAM
+        program.write_text(
+            "#!/bin/sh\n# Written by stronghold.localdovecot: IMAP moves into and out of Junk are feedback.\n"
+            'case "$1" in spam|ham) ;; *) echo "usage: $0 spam|ham USER" >&2; exit 64 ;; esac\n'
+            + exports + "exec " + " ".join(shlex.quote(a) for a in self.learn_command)
+            + ' learn --source imap --record-only --who "$2" --"$1" -\n')
+        program.chmod(0o755)
+        scripts = [d / "report-spam.sieve", d / "report-ham.sieve"]
+        scripts[0].write_text(REPORT_SPAM_SIEVE)
+        scripts[1].write_text(REPORT_HAM_SIEVE)
+        return scripts
 
     def _write_users(self, account: MailAccount) -> None:
         lines = []
@@ -224,14 +306,15 @@ plugin {{
     def _compile_sieve(self) -> None:
         self.sieve_script.parent.mkdir(parents=True, exist_ok=True)
         self.sieve_script.write_text(JUNK_SIEVE)
-        out = subprocess.run(["sievec", "-c", str(self.config_path), str(self.sieve_script)],
-                             capture_output=True, text=True, check=False)
-        if out.returncode != 0:
-            raise StackError(f"sievec {self.sieve_script}: {(out.stderr or out.stdout).strip()[:300]}")
+        for script in [self.sieve_script, *self._write_learn_hook()]:
+            out = subprocess.run(["sievec", "-c", str(self.config_path), str(script)],
+                                 capture_output=True, text=True, check=False)
+            if out.returncode != 0:
+                raise StackError(f"sievec {script}: {(out.stderr or out.stdout).strip()[:300]}")
 
     def start(self, timeout: float = 30) -> None:
         account = mail_account()
-        for sub in ("state", "vmail"):
+        for sub in ("state", "vmail", *(("run/sieve-pipe",) if self.learn_command else ())):
             (self.home / sub).mkdir(parents=True, exist_ok=True)
         os.chown(self.vmail, account.uid, account.gid)
         os.chmod(self.vmail, 0o700)

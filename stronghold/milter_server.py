@@ -31,6 +31,7 @@ from pathlib import Path
 import Milter
 import milter
 
+from stronghold import modelsync
 from stronghold.config import Config
 from stronghold.milter import FLAGS, StrongholdMilter
 from stronghold.service import Service
@@ -138,6 +139,15 @@ def _worker(cfg: Config, service: Service) -> None:
     os._exit(0)
 
 
+def _model_syncer(cfg: Config, service: Service) -> None:
+    """Child process: pull the model published in the store, report the version this node runs."""
+    for sig in (signal.SIGHUP,):
+        signal.signal(sig, signal.SIG_IGN)
+    service.store.engine.dispose(close=False)
+    modelsync.run(service.store, cfg.model_path, modelsync.node_name(cfg.node_name), cfg.model_sync_seconds)
+    os._exit(0)
+
+
 def serve(cfg: Config) -> int:
     """Open the socket, fork the workers, supervise them; returns an exit status."""
     spec = socket_spec(cfg)
@@ -167,6 +177,7 @@ def serve(cfg: Config) -> int:
     print(f"stronghold milter: listening on {spec} ({cfg.milter_workers} workers)", flush=True)
 
     children: dict[int, float] = {}
+    syncer: list[int] = []  # the model-sync child's pid, when model_sync_seconds is set
     stopping = False
 
     def spawn() -> None:
@@ -174,6 +185,13 @@ def serve(cfg: Config) -> int:
         if pid == 0:
             _worker(cfg, service)
         children[pid] = time.monotonic()
+
+    def spawn_syncer() -> None:
+        pid = os.fork()
+        if pid == 0:
+            _model_syncer(cfg, service)
+        children[pid] = time.monotonic()
+        syncer[:] = [pid]
 
     def on_stop(signum: int, _frame: object) -> None:
         nonlocal stopping
@@ -194,6 +212,8 @@ def serve(cfg: Config) -> int:
     service.store.engine.dispose()
     for _ in range(cfg.milter_workers):
         spawn()
+    if cfg.model_sync_seconds > 0:
+        spawn_syncer()
     while children:
         try:
             pid, status = os.wait()
@@ -207,7 +227,10 @@ def serve(cfg: Config) -> int:
         log.error("worker %d exited (status %d); restarting", pid, status)
         if time.monotonic() - started < 1.0:
             time.sleep(1.0)  # a worker that dies at once: do not spin
-        spawn()
+        if pid in syncer:
+            spawn_syncer()
+        else:
+            spawn()
     if spec.startswith("unix:"):
         try:
             os.unlink(spec[5:])

@@ -11,7 +11,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
@@ -28,6 +28,7 @@ from stronghold.dnscache import Dns
 from stronghold.engine import Envelope, Policy, check_recipient, evaluate, hold_failed
 from stronghold.lists import ListIndex
 from stronghold.message import ParsedMessage
+from stronghold.personal import Layer, LayerCache
 from stronghold.spool import Stream
 from stronghold.store import messagelog, quarantine
 from stronghold.store.db import Store
@@ -264,6 +265,7 @@ class Service:
         self.scanner = scanner or make_scanner(cfg.clamd_socket, cfg.clamd_timeout)
         self.model = ModelHolder(cfg.model_path, self.incidents)
         self._lists = ListCache(self.store, cfg.lists_refresh_seconds, cfg.user_threshold_bounds)
+        self._layers = LayerCache(self.store, cfg.lists_refresh_seconds)
         self.db = StoreThread()
         self._next_purge = 0.0
         self.authenticator = Authenticator(cfg.auth_mode, cfg.authserv_id,
@@ -281,6 +283,11 @@ class Service:
         self.incidents.ok("database")
         return index
 
+    def personal_layers(self) -> Mapping[str, Layer]:
+        """Recipients' personal layers; the store is asked (off the mail thread) every few seconds."""
+        cached = self._layers.cached()
+        return cached if cached is not None else self.db.call(self._layers.layers)
+
     def check_recipient(self, sender: str, recipient: str) -> RecipientDecision | None:
         """RCPT-time block check; None when allowed or when the store is down
         (the end-of-message check then applies on_store_error)."""
@@ -294,7 +301,8 @@ class Service:
         started = time.perf_counter()
         tokens = features(msg)
         verdict = evaluate(envelope, msg, stream, self.scanner, self.model, self.lists,
-                           self.policy, oversize=oversize, tokens=tokens, authenticator=self.authenticator)
+                           self.policy, oversize=oversize, tokens=tokens, authenticator=self.authenticator,
+                           layers=self.personal_layers)
         for step in verdict.trace:
             if step.step == "antivirus":
                 if step.outcome == "error":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import mailbox
 import math
+import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,6 +82,45 @@ def iter_messages(path: Path) -> Iterator[tuple[str, bytes]]:
     yield str(path), path.read_bytes()
 
 
+_HEADER_FIELD = re.compile(rb"[!-9;-~]+[ \t]*:")
+SNIFF_BYTES = 64 * 1024
+
+
+def check_mail(source: str, raw: bytes) -> None:
+    """Refuse what is not a mail message: binary data, or no header block at the top."""
+    head = raw[:SNIFF_BYTES]
+    if b"\x00" in head:
+        raise CorpusError(f"{source}: binary data (NUL bytes), not a mail message")
+    if head.startswith(b"From "):
+        head = head.split(b"\n", 1)[1] if b"\n" in head else b""
+    if not head.strip():
+        raise CorpusError(f"{source}: empty, no message in it")
+    if not _HEADER_FIELD.match(head):
+        raise CorpusError(f"{source}: no header block (the first line is not 'Name: value'), not a mail message")
+
+
+def read_messages(path: Path) -> list[tuple[str, bytes]]:
+    """Every message under ``path``, each checked to be mail; an empty folder or mbox is an error."""
+    found = list(iter_messages(path))
+    if not found:
+        kind = "folder" if Path(path).is_dir() else "file"
+        raise CorpusError(f"{path}: no messages in this {kind}")
+    for source, raw in found:
+        check_mail(source, raw)
+    return found
+
+
+def check_labels(samples: Sequence[Sample]) -> None:
+    """The same message given as ham and as spam is an error (one of the two labels is wrong)."""
+    seen: dict[str, Sample] = {}
+    for sample in samples:
+        key = hashlib.sha256(sample.raw).hexdigest()
+        other = seen.setdefault(key, sample)
+        if other.is_spam != sample.is_spam:
+            ham, spam = (other, sample) if sample.is_spam else (sample, other)
+            raise CorpusError(f"the same message is given as ham ({ham.source}) and as spam ({spam.source})")
+
+
 def read_index(index: Path) -> list[tuple[bool, Path]]:
     """(is_spam, path) pairs of a TREC-style index file."""
     try:
@@ -106,11 +146,12 @@ def collect(ham: Sequence[Path] = (), spam: Sequence[Path] = (),
     """Every labelled message named by the arguments."""
     for is_spam, paths in ((False, ham), (True, spam)):
         for path in paths:
-            for source, raw in iter_messages(path):
+            for source, raw in read_messages(path):
                 yield Sample(source, is_spam, raw)
     if index is not None:
         for is_spam, path in read_index(index):
             for source, raw in iter_messages(path):
+                check_mail(source, raw)
                 yield Sample(source, is_spam, raw)
 
 

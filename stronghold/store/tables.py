@@ -167,3 +167,69 @@ class QuarantineItem(Base):
     released: Mapped[float | None] = mapped_column(Float, nullable=True)
     released_by: Mapped[str | None] = mapped_column(String(320), nullable=True)
     delivered: Mapped[float | None] = mapped_column(Float, nullable=True)  # the release's SMTP 250
+
+
+class LearnedMessage(Base):
+    """The learning ledger: one row per message (and scope) that feedback taught the model.
+
+    ``content_hash`` is the SHA-256 of the message's features as the milter sees them (see
+    stronghold.learning.content_hash); ``scope`` is "" for the shared model, else the user whose
+    personal layer it trains.  ``label`` is what the ledger wants (None: forgotten, still to be
+    taken out); ``applied`` what the model's counts hold now.
+    """
+
+    __tablename__ = "learned_messages"
+    __table_args__ = (UniqueConstraint("content_hash", "scope", name="uq_learned_message"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    content_hash: Mapped[str] = mapped_column(String(64))
+    scope: Mapped[str] = mapped_column(String(320), default="", index=True)
+    label: Mapped[bool | None] = mapped_column(Boolean, nullable=True)  # True: spam
+    applied: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    source: Mapped[str] = mapped_column(String(10))  # cli / web / imap / junk
+    who: Mapped[str] = mapped_column(String(320), default="")
+    created: Mapped[float] = mapped_column(Float, default=time.time)
+    updated: Mapped[float] = mapped_column(Float, default=time.time, index=True)
+    tokens: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class ModelEvent(Base):
+    """What happened to the shared model: candidate built, promoted, held back, rolled back (and why)."""
+
+    __tablename__ = "model_events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    ts: Mapped[float] = mapped_column(Float, default=time.time, index=True)
+    action: Mapped[str] = mapped_column(String(20))
+    version: Mapped[str] = mapped_column(String(64))  # table SHA-256 of the model concerned
+    who: Mapped[str] = mapped_column(String(320), default="")
+    reason: Mapped[str] = mapped_column(Text, default="")
+
+
+class ModelVersion(Base):
+    """A published model: the scoring table (zlib-compressed .npy bytes) and passport every node reads."""
+
+    __tablename__ = "model_versions"
+    version: Mapped[str] = mapped_column(String(64), primary_key=True)  # SHA-256 of the .npy file
+    published: Mapped[float] = mapped_column(Float, default=time.time)
+    active: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
+    passport: Mapped[str] = mapped_column(Text)
+    table: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class ModelNode(Base):
+    """Which model version each milter node runs, as it last reported."""
+
+    __tablename__ = "model_nodes"
+    node: Mapped[str] = mapped_column(String(255), primary_key=True)
+    version: Mapped[str] = mapped_column(String(64), default="")
+    seen: Mapped[float] = mapped_column(Float, default=time.time)
+    error: Mapped[str] = mapped_column(String(300), default="")
+
+
+class PersonalLayerRow(Base):
+    """A user's personal layer (stronghold.personal): buckets and values, built where the model learns."""
+
+    __tablename__ = "personal_layers"
+    scope: Mapped[str] = mapped_column(String(320), primary_key=True)  # a user's login, or an address
+    updated: Mapped[float] = mapped_column(Float, default=time.time)
+    messages: Mapped[int] = mapped_column(Integer, default=0)
+    data: Mapped[bytes] = mapped_column(LargeBinary)

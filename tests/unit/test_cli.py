@@ -66,7 +66,8 @@ def test_train_scan_learn_info(small_corpus: tuple[Path, Path], corpus: Path, en
     assert info["trained_ham"] + info["trained_spam"] > 150
     assert 0.5 <= info["spam_threshold"] < 1 and info["versions"]["scikit-learn"]
     assert main(["learn", "--spam", str(ham_file)]) == 0
-    assert "learned 1 spam" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "holds 1 learned spam + 0 learned ham" in out and "promoted" in out
     assert main(["model", "info", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["learned_spam"] == 1
 

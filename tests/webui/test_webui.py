@@ -204,8 +204,13 @@ def test_feedback_is_learned_and_shown_as_applied(client: FlaskClient, auth: Aut
 
     from stronghold.classifier import Model, read_passport
     from stronghold.cli import main
+    from stronghold.learning import write_heldback
+    from stronghold.training import tokenize
+    from tests.conftest import CORPUS, corpus_files
     models = tmp_path / "models"
     shutil.copytree(models_dir, models)
+    sample = corpus_files(CORPUS, "ham")[:40] + corpus_files(CORPUS, "spam")[:20]
+    write_heldback(models / "model.joblib", [tokenize(p.read_bytes()) for p in sample], [False] * 40 + [True] * 20)
     mid = _log_message(app, ("alice@example.com",), "weekly newsletter")
     auth.login("alice")
     auth.post(f"/messages/{mid}/feedback", {"is_spam": "1"}, "/messages/")
@@ -215,7 +220,8 @@ def test_feedback_is_learned_and_shown_as_applied(client: FlaskClient, auth: Aut
     monkeypatch.setenv("STRONGHOLD_DATA_DIR", str(tmp_path / "data"))
     before = Model.load(models / "model.joblib").score({"tok"}).probability
     assert main(["learn", "--from-feedback"]) == 0
-    assert read_passport(models / "model.joblib").learned_spam == 1
+    assert read_passport(models / "model.joblib").learned_spam == 1  # judged not worse, promoted
+    assert main(["model", "candidates"]) == 0  # the ledger says who taught it, from the web
     assert Model.load(models / "model.joblib").score({"tok"}).probability > before
     assert "learned" in client.get("/messages/").get_data(as_text=True)
     assert "not learned yet" not in client.get("/messages/").get_data(as_text=True)

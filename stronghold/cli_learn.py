@@ -1,0 +1,269 @@
+"""`stronghold learn` (feedback into the ledger, the ledger into the model) and
+`stronghold model info|candidates|promote|rollback`."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from stronghold import learning, modelsync, personal
+from stronghold.classifier import Model, read_passport
+from stronghold.config import Config
+from stronghold.feedback import pending_items
+from stronghold.store import ledger
+from stronghold.store.db import Store
+from stronghold.store.tables import LearnedMessage, PersonalLayerRow
+from stronghold.training import check_mail, read_messages, tokenize
+
+
+class LearnUsageError(Exception):
+    """`learn` or `model` was asked something it cannot do (one-line message)."""
+
+
+KNOWN_ERRORS = (LearnUsageError,)
+
+
+@contextmanager
+def _store(cfg: Config) -> Iterator[Store]:
+    with Store(cfg.db_url) as store:
+        store.upgrade()
+        yield store
+
+
+def _model_path(args: argparse.Namespace, cfg: Config) -> Path:
+    return Path(args.model) if getattr(args, "model", None) else cfg.model_path
+
+
+def _read(name: str) -> list[tuple[str, bytes]]:
+    if name == "-":
+        raw = sys.stdin.buffer.read()
+        check_mail("standard input", raw)
+        return [("standard input", raw)]
+    return read_messages(Path(name))
+
+
+def _inputs(args: argparse.Namespace) -> tuple[list[set[str]], list[bool | None]]:
+    """Features and wanted labels of the named files; the same message with two labels is an error."""
+    token_sets: list[set[str]] = []
+    labels: list[bool | None] = []
+    seen: dict[str, tuple[bool | None, str]] = {}
+    names = {True: "spam", False: "ham", None: "forget"}
+    for label, paths in ((True, args.spam or ()), (False, args.ham or ()), (None, args.forget or ())):
+        for name in paths:
+            for source, raw in _read(name):
+                tokens = tokenize(raw)
+                key = ledger.content_hash(tokens)
+                before = seen.setdefault(key, (label, source))
+                if before[0] != label:
+                    raise LearnUsageError(f"the same message is given as {names[before[0]]} ({before[1]}) "
+                                          f"and as {names[label]} ({source})")
+                token_sets.append(tokens)
+                labels.append(label)
+    return token_sets, labels
+
+
+def _personal_scope(args: argparse.Namespace, who: str) -> str:
+    """Whose personal layer the feedback also trains: a user's own marks (web, IMAP, Junk page)
+    always train theirs; from the command line only with --personal."""
+    if args.personal:
+        return str(args.personal)
+    return who if args.source in ("web", "imap", "junk") else ""
+
+
+def cmd_learn(args: argparse.Namespace, cfg: Config) -> int:
+    live = _model_path(args, cfg)
+    who = args.who or getpass.getuser()
+    token_sets, labels = _inputs(args)
+    if args.record_only:  # the IMAP hook: quick, needs only the database
+        if args.from_feedback or args.forget_by or not token_sets:
+            raise LearnUsageError("--record-only takes --spam/--ham/--forget files only")
+        with _store(cfg) as store, store.session() as session:
+            change = ledger.record(session, token_sets, labels, source=args.source, who=who)
+            personal = _personal_scope(args, who)
+            if personal:
+                ledger.record(session, token_sets, labels, source=args.source, who=who, scope=personal)
+        print(f"ledger: {change.new} new, {change.same} already known, {change.flipped} flipped, "
+              f"{change.forgotten} forgotten (applied by the next 'stronghold learn')")
+        return 0
+    read_passport(live)  # no model: say so before anything is recorded
+    with _store(cfg) as store:
+        with learning.model_lock(live):
+            with store.session() as session:
+                change = ledger.record(session, token_sets, labels, source=args.source, who=who)
+                forgotten_by = ledger.forget_by(session, args.forget_by) if args.forget_by else 0
+                personal = _personal_scope(args, who)
+                if personal:
+                    ledger.record(session, token_sets, labels, source=args.source, who=who, scope=personal)
+                if args.forget_by:
+                    ledger.forget_by(session, args.forget_by, scope=args.forget_by)
+            mark_feedback = None
+            items: list[tuple[set[str], bool, str]] = []
+            if args.from_feedback:
+                items, mark_feedback = pending_items(store)
+                with store.session() as session:
+                    for tokens, is_spam, login in items:
+                        c = ledger.record(session, [tokens], [is_spam], source="web", who=login)
+                        if login:  # a user's mark moves their own scores at once
+                            ledger.record(session, [tokens], [is_spam], source="web", who=login, scope=login)
+                        change = ledger.Change(change.new + c.new, change.same + c.same,
+                                               change.flipped + c.flipped, change.forgotten, change.unknown)
+            print(f"ledger: {change.new} new, {change.same} already known, {change.flipped} flipped, "
+                  f"{change.forgotten + forgotten_by} forgotten"
+                  + (f", {change.unknown} not in the ledger" if change.unknown else ""))
+            model, result = learning.update_candidate(store, live)
+            if mark_feedback is not None:
+                mark_feedback()
+        p = model.passport
+        if result.added == result.removed == 0 and not (token_sets or forgotten_by or items):
+            raise LearnUsageError("nothing to learn: give --spam/--ham/--forget files, --forget-by or "
+                                  "--from-feedback")
+        print(f"learned {result.added} (took out {result.removed}); the model now holds "
+              f"{p.learned_spam} learned spam + {p.learned_ham} learned ham")
+        if args.no_promote:
+            print(f"candidate {learning.version_of(p)[:12]} kept; 'stronghold model promote' judges it")
+        else:
+            judgement = learning.promote(store, live, who)
+            word = "promoted" if judgement.promote else "held back"
+            print(f"candidate {learning.version_of(p)[:12]} {word}: {judgement.reason}",
+                  file=sys.stdout if judgement.promote else sys.stderr)
+        _rebuild_layers(store, live)
+    return 0
+
+
+def _rebuild_layers(store: Store, live: Path) -> None:
+    """Personal layers over the live model's counts (after any change of feedback or model)."""
+    with store.session() as session:
+        wanted = session.scalars(select(LearnedMessage.id).where(LearnedMessage.scope != ledger.SHARED)).first()
+        stored = session.scalars(select(PersonalLayerRow.scope)).first()
+    if wanted is None and stored is None:
+        return
+    count = personal.rebuild(store, Model.load(live, for_learning=True))
+    print(f"personal layers: {count} rebuilt")
+
+
+def cmd_model_info(args: argparse.Namespace, cfg: Config) -> int:
+    path = _model_path(args, cfg)
+    passport = read_passport(path)
+    data: dict[str, object] = dict(passport.__dict__)
+    data["path"] = str(path)
+    data["version"] = learning.version_of(passport)
+    with _store(cfg) as store:
+        published = modelsync.active_version(store)
+        data["published"] = published or ""
+        nodes: list[dict[str, Any]] = [{"node": n.node, "version": n.version, "seen": n.seen, "error": n.error,
+                                        "current": n.version == published} for n in modelsync.nodes(store)]
+    if args.json:
+        print(json.dumps({**data, "nodes": nodes}, indent=2))
+        return 0
+    for key, value in data.items():
+        print(f"{key}: {value}")
+    for n in nodes:
+        ago = time.time() - n["seen"]
+        state = "runs the published model" if n["current"] else "DIFFERS from the published model"
+        print(f"node {n['node']}: {n['version'][:12] or '(none)'} ({state}; reported {ago:.0f}s ago)"
+              + (f" error: {n['error']}" if n["error"] else ""))
+    return 0
+
+
+def cmd_publish(args: argparse.Namespace, cfg: Config) -> int:
+    live = _model_path(args, cfg)
+    with _store(cfg) as store:
+        version = modelsync.publish(store, live)
+        learning.record_event(store, "published", version, args.who or getpass.getuser(), f"from {live}")
+    print(f"published {version[:12]}: nodes with model_sync_seconds set pull it")
+    return 0
+
+
+def cmd_candidates(args: argparse.Namespace, cfg: Config) -> int:
+    live = _model_path(args, cfg)
+    cand = learning.candidate_path(live)
+    with _store(cfg) as store:
+        if cand.exists():
+            candidate, current = Model.load(cand), Model.load(live)
+            p = candidate.passport
+            print(f"candidate {learning.version_of(p)[:12]}: {p.learned_spam} learned spam + "
+                  f"{p.learned_ham} learned ham (live {learning.version_of(current.passport)[:12]})")
+            if learning.version_of(p) != learning.version_of(current.passport):
+                j = learning.judge(candidate, current, learning.read_heldback(live),
+                                   learning.recent_feedback(store))
+                print(f"would be {'promoted' if j.promote else 'held back'}: {j.reason}")
+        else:
+            print("no candidate")
+        for event in learning.events(store, args.limit):
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(event.ts))
+            print(f"{when} {event.action} {event.version[:12]} by {event.who or '-'}: {event.reason}")
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace, cfg: Config) -> int:
+    live = _model_path(args, cfg)
+    with _store(cfg) as store, learning.model_lock(live):
+        judgement = learning.promote(store, live, args.who or getpass.getuser(), force=args.force)
+    if not judgement.promote:
+        print(f"held back: {judgement.reason}", file=sys.stderr)
+        return 1
+    print(f"promoted: {judgement.reason}")
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace, cfg: Config) -> int:
+    live = _model_path(args, cfg)
+    with _store(cfg) as store, learning.model_lock(live):
+        version = learning.rollback(store, live, args.who or getpass.getuser())
+    print(f"rolled back: {version[:12]} is live again")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("learn", help="teach the model: feedback into the ledger, the ledger into the model")
+    p.add_argument("--spam", nargs="+", metavar="FILE", help="messages that are spam ('-': standard input)")
+    p.add_argument("--ham", nargs="+", metavar="FILE", help="messages that are not spam")
+    p.add_argument("--forget", nargs="+", metavar="FILE", help="take these messages out of what was learned")
+    p.add_argument("--forget-by", metavar="WHO", help="take out everything WHO taught")
+    p.add_argument("--from-feedback", action="store_true",
+                   help="learn what users marked spam / not spam in the web UI")
+    p.add_argument("--source", choices=ledger.SOURCES, default="cli", help="where the feedback came from")
+    p.add_argument("--who", metavar="LOGIN", help="who gave it (default: the user running the command)")
+    p.add_argument("--personal", metavar="LOGIN",
+                   help="also train LOGIN's personal layer (a user login, or a mail address)")
+    p.add_argument("--record-only", action="store_true",
+                   help="only write the ledger (a later 'stronghold learn' applies it)")
+    p.add_argument("--no-promote", action="store_true", help="update the candidate, do not judge or promote it")
+    p.add_argument("--model", metavar="M")
+    p.set_defaults(func=cmd_learn)
+
+    p = sub.add_parser("model", help="model information, candidates, promotion and rollback")
+    msub = p.add_subparsers(dest="model_command", required=True, metavar="ACTION")
+    a = msub.add_parser("info", help="the live model's passport")
+    a.add_argument("--model", metavar="M")
+    a.add_argument("--json", action="store_true")
+    a.set_defaults(func=cmd_model_info)
+    a = msub.add_parser("publish", help="make the live model file the one every node runs (after 'train')")
+    a.add_argument("--model", metavar="M")
+    a.add_argument("--who", metavar="LOGIN")
+    a.set_defaults(func=cmd_publish)
+    a = msub.add_parser("candidates", help="the candidate, how it compares, and the model's history")
+    a.add_argument("--model", metavar="M")
+    a.add_argument("--limit", type=int, default=20)
+    a.set_defaults(func=cmd_candidates)
+    a = msub.add_parser("promote", help="judge the candidate and make it live if it is not worse")
+    a.add_argument("--model", metavar="M")
+    a.add_argument("--force", action="store_true", help="promote even if it is worse (recorded)")
+    a.add_argument("--who", metavar="LOGIN")
+    a.set_defaults(func=cmd_promote)
+    a = msub.add_parser("rollback", help="make the previous live model live again")
+    a.add_argument("--model", metavar="M")
+    a.add_argument("--who", metavar="LOGIN")
+    a.set_defaults(func=cmd_rollback)
+
+
+

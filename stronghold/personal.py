@@ -1,0 +1,172 @@
+"""Per-user adaptation: a personal layer over the shared model, built from one user's own feedback.
+
+A user's layer is what the shared model would say about the tokens of that user's feedback had it
+learned the feedback itself, ``WEIGHT`` times over: for each token bucket of those messages, the
+voting log-odds from the shared model's counts plus the user's (``classifier.logodds_from_counts``).
+When a recipient has a layer, those buckets score with the layer's values and every other token
+with the shared table's, so a user with no layer, or mail unlike anything they marked, gets exactly
+the shared score, and one user's "newsletters are spam" changes nobody else's mail.
+
+Layers need the shared counts, so they are built where the model learns (``stronghold learn``, after
+each change of the user's feedback and after each promotion) and stored in the store
+(``personal_layers``: sorted buckets and float32 values); every milter process caches them
+(``LayerCache``) and rechecks the store every few seconds.  The layer of a login applies to all of
+that user's addresses; a layer named by an address (IMAP users) to that address.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from sqlalchemy import delete, func, select
+
+from stronghold.classifier import Model, ModelError, logodds_from_counts, token_indices
+from stronghold.store.db import Store
+from stronghold.store.ledger import SHARED
+from stronghold.store.messagelog import unpack_tokens
+from stronghold.store.tables import Address, LearnedMessage, PersonalLayerRow, User
+
+log = logging.getLogger(__name__)
+WEIGHT = 20.0  # one message of a user's own feedback counts this many times in their layer
+
+
+@dataclass(frozen=True)
+class Layer:
+    """Voting log-odds for the buckets of one user's feedback (``buckets`` sorted, unique)."""
+
+    buckets: np.ndarray  # int64
+    values: np.ndarray  # float32
+
+    @classmethod
+    def build(cls, model: Model, token_sets: Sequence[Iterable[str]], labels: Sequence[bool],
+              weight: float = WEIGHT) -> Layer:
+        if model.nb is None:
+            raise ModelError("a personal layer needs the shared model's counts (load it for learning)")
+        per_message = [np.unique(token_indices(sorted(t))) for t in token_sets]
+        if not per_message:
+            return cls(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32))
+        buckets = np.unique(np.concatenate(per_message))
+        ham = np.zeros(len(buckets))
+        spam = np.zeros(len(buckets))
+        for found, is_spam in zip(per_message, labels, strict=True):
+            (spam if is_spam else ham)[np.searchsorted(buckets, found)] += weight
+        n_ham, n_spam = model.nb.class_count_
+        u_spam = weight * sum(1 for x in labels if x)
+        u_ham = weight * len(labels) - u_spam
+        values = logodds_from_counts(model.nb.feature_count_[0][buckets] + ham,
+                                     model.nb.feature_count_[1][buckets] + spam,
+                                     float(n_ham) + u_ham, float(n_spam) + u_spam, model.params)
+        return cls(buckets.astype(np.int64), values)
+
+    def adjust(self, idx: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """The per-token log-odds ``values`` (of buckets ``idx``) with this layer's buckets replaced."""
+        if not len(idx) or not len(self.buckets):
+            return values
+        pos = np.searchsorted(self.buckets, idx)
+        pos[pos >= len(self.buckets)] = 0
+        hit = self.buckets[pos] == idx
+        if not hit.any():
+            return values
+        out = values.astype(np.float32, copy=True)
+        out[hit] = self.values[pos[hit]]
+        return out
+
+    def pack(self) -> bytes:
+        return len(self.buckets).to_bytes(4, "little") + self.buckets.astype("<i8").tobytes() + \
+            self.values.astype("<f4").tobytes()
+
+    @classmethod
+    def unpack(cls, data: bytes) -> Layer:
+        n = int.from_bytes(data[:4], "little")
+        if len(data) != 4 + 12 * n:
+            raise ValueError("personal layer of the wrong size")
+        buckets = np.frombuffer(data, dtype="<i8", count=n, offset=4).astype(np.int64)
+        values = np.frombuffer(data, dtype="<f4", count=n, offset=4 + 8 * n).astype(np.float32)
+        return cls(buckets, values)
+
+
+def rebuild(store: Store, model: Model, scopes: Iterable[str] | None = None) -> int:
+    """Build and store the layers of ``scopes`` (None: every scope with personal feedback)."""
+    with store.session() as session:
+        query = select(LearnedMessage.scope, LearnedMessage.tokens, LearnedMessage.label).where(
+            LearnedMessage.scope != SHARED, LearnedMessage.label.is_not(None))
+        wanted = None if scopes is None else sorted(set(scopes) - {SHARED})
+        if wanted is not None:
+            query = query.where(LearnedMessage.scope.in_(wanted))
+        by_scope: dict[str, tuple[list[set[str]], list[bool]]] = {s: ([], []) for s in wanted or ()}
+        for scope, blob, label in session.execute(query):
+            sets, labels = by_scope.setdefault(scope, ([], []))
+            sets.append(unpack_tokens(blob))
+            labels.append(bool(label))
+    now = time.time()
+    with store.session() as session:
+        if wanted is None:
+            session.execute(delete(PersonalLayerRow))
+        for scope, (sets, labels) in by_scope.items():
+            session.execute(delete(PersonalLayerRow).where(PersonalLayerRow.scope == scope))
+            if sets:
+                session.add(PersonalLayerRow(scope=scope, updated=now, messages=len(sets),
+                                             data=Layer.build(model, sets, labels).pack()))
+    return len(by_scope)
+
+
+def load_layers(store: Store) -> dict[str, Layer]:
+    """Every recipient address with a personal layer."""
+    with store.session() as session:
+        rows = session.execute(select(PersonalLayerRow.scope, PersonalLayerRow.data)).all()
+        owners = dict(session.execute(select(User.login, User.id)).all())
+        addresses: dict[int, list[str]] = {}
+        for user_id, address in session.execute(select(Address.user_id, Address.address)):
+            addresses.setdefault(user_id, []).append(address.lower())
+    out: dict[str, Layer] = {}
+    for scope, data in rows:
+        try:
+            layer = Layer.unpack(data)
+        except ValueError as exc:
+            log.error("personal layer of %s unusable: %s", scope, exc)
+            continue
+        targets = addresses.get(owners[scope], []) if scope in owners else [scope.lower()] if "@" in scope else []
+        for address in targets:
+            out[address] = layer
+    return out
+
+
+class LayerCache:
+    """The personal layers of a milter process, reloaded when the stored layers change.
+
+    The check is one small query every ``refresh`` seconds, off the mail thread; recipients without
+    a layer cost one dictionary lookup per message.
+    """
+
+    def __init__(self, store: Store, refresh: float = 2.0) -> None:
+        self.store = store
+        self.refresh = refresh
+        self._layers: Mapping[str, Layer] = {}
+        self._stamp: tuple[int, float] | None = None
+        self._checked = -math.inf
+        self._lock = threading.Lock()
+
+    def cached(self) -> Mapping[str, Layer] | None:
+        """The layers without touching the store, or None when a check is due."""
+        with self._lock:
+            return self._layers if time.monotonic() - self._checked < self.refresh else None
+
+    def layers(self) -> Mapping[str, Layer]:
+        with self.store.session() as session:
+            count, newest = session.execute(select(func.count(PersonalLayerRow.scope),
+                                                   func.max(PersonalLayerRow.updated))).one()
+        stamp = (int(count), float(newest or 0.0))
+        if stamp != self._stamp:
+            layers = load_layers(self.store)
+            with self._lock:
+                self._layers, self._stamp = layers, stamp
+            log.info("personal layers: %d addresses", len(layers))
+        with self._lock:
+            self._checked = time.monotonic()
+            return self._layers

@@ -1,0 +1,162 @@
+"""The learning loop from the command line: ledger, exact undo, input checks, judged promotion."""
+
+from __future__ import annotations
+
+import mailbox
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stronghold.classifier import Model, passport_path, read_passport, table_path
+from stronghold.cli import main
+from stronghold.learning import candidate_path
+from stronghold.store import ledger
+from stronghold.store.db import Store
+from stronghold.training import tokenize
+from tests.conftest import corpus_files
+
+pytestmark = pytest.mark.corpus
+
+
+@pytest.fixture
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("STRONGHOLD_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("STRONGHOLD_MODELS_DIR", str(tmp_path / "models"))
+    monkeypatch.setenv("STRONGHOLD_CLAMD_SOCKET", "none")
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    return tmp_path
+
+
+@pytest.fixture(scope="module")
+def base(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A small training set: a folder of ham and an mbox of spam."""
+    home = tmp_path_factory.mktemp("base")
+    ham = home / "ham"
+    ham.mkdir()
+    for i, path in enumerate(corpus_files(corpus, "ham", "train")[:200]):
+        (ham / f"{i}.eml").write_bytes(path.read_bytes())
+    spam = home / "spam.mbox"
+    box = mailbox.mbox(str(spam), create=True)
+    for path in corpus_files(corpus, "spam", "train")[:100]:
+        box.add(path.read_bytes())
+    box.close()
+    return ham, spam
+
+
+def _train(base: tuple[Path, Path], models: Path) -> Path:
+    out = models / "model.joblib"
+    assert main(["train", "--ham", str(base[0]), "--spam", str(base[1]), "--model", str(out)]) == 0
+    return out
+
+
+def _files(path: Path) -> list[bytes]:
+    return [path.read_bytes(), table_path(path).read_bytes(), passport_path(path).read_bytes()]
+
+
+def test_learn_again_flip_forget_equals_learning_the_end_result_once(
+        base: tuple[Path, Path], corpus: Path, env: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    a, b, c = (str(p) for p in corpus_files(corpus, "spam", "test")[:3])
+    live = _train(base, env / "models")
+    steps = [(["--spam", a, b]), (["--spam", a]), (["--ham", a, "--spam", c]), (["--forget", b])]
+    for step in steps:
+        assert main(["learn", "--no-promote", *step]) == 0
+    out = capsys.readouterr().out
+    assert "1 new, 0 already known, 1 flipped" in out and "0 new, 1 already known" in out
+    cand = candidate_path(live)
+    p = read_passport(cand)
+    assert (p.learned_ham, p.learned_spam) == (1, 1)  # a as ham, c as spam; b gone, a counted once
+    with Store(f"sqlite:///{env / 'data' / 'stronghold.db'}") as store, store.session() as s:
+        assert {(r.label, r.applied, r.source) for r in ledger.rows(s)} == {(False, False, "cli"),
+                                                                           (True, True, "cli")}
+
+    # a fresh training on the same data, then the final labels learned once, in another folder and store
+    monkeypatch.setenv("STRONGHOLD_DATA_DIR", str(env / "data2"))
+    live2 = _train(base, env / "models2")
+    assert main(["learn", "--no-promote", "--model", str(live2), "--ham", a, "--spam", c]) == 0
+    assert _files(cand) == _files(candidate_path(live2))
+
+    # and the counts are exactly those of training on base + final labels in one go
+    base_sets = [tokenize(p.read_bytes()) for p in sorted(base[0].iterdir())]
+    box = mailbox.mbox(str(base[1]))
+    spam_sets = [tokenize(box.get_bytes(key)) for key in box.keys()]
+    box.close()
+    once = Model.train(base_sets + spam_sets + [tokenize(Path(a).read_bytes()), tokenize(Path(c).read_bytes())],
+                       [False] * len(base_sets) + [True] * len(spam_sets) + [False, True])
+    learned = Model.load(cand, for_learning=True)
+    assert learned.nb is not None and once.nb is not None
+    assert np.array_equal(learned.nb.feature_count_, once.nb.feature_count_)
+    assert np.array_equal(np.load(table_path(cand)), once._logodds)
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"\x7fELF\x02\x01\x01\x00\x00\x00binary", "binary data"),
+    (b"just some text\nwith no headers\n", "no header block"),
+    (b"", "empty, no message in it"),
+])
+def test_non_mail_is_refused(content: bytes, message: str, base: tuple[Path, Path], env: Path,
+                             capsys: pytest.CaptureFixture[str]) -> None:
+    _train(base, env / "models")
+    bad = env / "bad"
+    bad.write_bytes(content)
+    capsys.readouterr()
+    assert main(["learn", "--spam", str(bad)]) == 2
+    assert message in capsys.readouterr().err
+    assert main(["train", "--ham", str(bad), "--spam", str(base[1]), "--model", str(env / "x.joblib")]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_empty_inputs_and_contradictions_are_errors(base: tuple[Path, Path], corpus: Path, env: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    _train(base, env / "models")
+    (env / "empty").mkdir()
+    (env / "empty.mbox").write_bytes(b"")
+    capsys.readouterr()
+    assert main(["learn", "--spam", str(env / "empty")]) == 2
+    assert "no messages in this folder" in capsys.readouterr().err
+    assert main(["learn", "--spam", str(env / "empty.mbox")]) == 2
+    assert "empty, no message in it" in capsys.readouterr().err
+    one = str(corpus_files(corpus, "ham", "test")[0])
+    assert main(["learn", "--spam", one, "--ham", one]) == 2
+    assert "the same message is given as spam" in capsys.readouterr().err
+    assert main(["train", "--ham", str(base[0]), one, "--spam", str(base[1]), one,
+                 "--model", str(env / "x.joblib")]) == 2
+    assert "given as ham" in capsys.readouterr().err
+    assert main(["learn"]) == 2
+    assert "nothing to learn" in capsys.readouterr().err
+
+
+def test_one_user_feeding_500_spam_as_not_spam_does_not_reach_the_live_model(
+        corpus: Path, env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    train = env / "train"
+    for label, n in (("ham", 600), ("spam", 300)):
+        (train / label).mkdir(parents=True)
+        for i, path in enumerate(corpus_files(corpus, label, "train")[:n]):
+            (train / label / f"{i}.eml").write_bytes(path.read_bytes())
+    live = env / "models" / "model.joblib"
+    assert main(["train", "--ham", str(train / "ham"), "--spam", str(train / "spam"), "--holdout", "0.25"]) == 0
+    before = _files(live)
+    poison = env / "poison"
+    poison.mkdir()
+    for i, path in enumerate(corpus_files(corpus, "spam", "train")[300:800]):
+        (poison / f"{i}.eml").write_bytes(path.read_bytes())
+    capsys.readouterr()
+    assert main(["learn", "--ham", str(poison), "--source", "web", "--who", "mallory"]) == 0
+    got = capsys.readouterr()
+    distinct = len({ledger.content_hash(tokenize(f.read_bytes())) for f in poison.iterdir()})
+    assert f"{distinct} new" in got.out and "held back" in got.err and "misses more spam" in got.err
+    assert _files(live) == before  # everyone keeps the model they had
+    assert read_passport(candidate_path(live)).learned_ham == distinct > 490
+    assert main(["model", "promote"]) == 1  # asked again: still no
+    assert main(["model", "candidates"]) == 0
+    assert "held-back" in capsys.readouterr().out
+    # the administrator takes mallory's feedback out, and honest feedback is promoted
+    honest = str(corpus_files(corpus, "spam", "test")[0])
+    assert main(["learn", "--forget-by", "mallory", "--spam", honest, "--who", "alice"]) == 0
+    got = capsys.readouterr()
+    assert "promoted" in got.out, got.err
+    assert _files(live) != before
+    assert (read_passport(live).learned_ham, read_passport(live).learned_spam) == (0, 1)
+    assert main(["model", "rollback"]) == 0
+    assert _files(live) == before
