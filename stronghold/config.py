@@ -198,6 +198,10 @@ SETTINGS: dict[str, Setting] = {
                               "probability at or above which mail is spam; empty: the model's"),
     "reject_threshold": Setting(0.999, _probability,
                                 "probability at or above which spam_action_high applies"),
+    "user_threshold_min": Setting(0.5, _probability,
+                                  "lowest spam threshold a user may choose on their settings page"),
+    "user_threshold_max": Setting(0.99, _probability,
+                                  "highest spam threshold a user may choose (min = max: users cannot choose)"),
     "spam_action": Setting("tag", _choice("tag", "quarantine", "reject"),
                            "what spam gets: tag (delivered into Junk), quarantine (held), reject (550)"),
     "spam_action_high": Setting("tag", _choice("tag", "quarantine", "reject"),
@@ -290,6 +294,8 @@ class Config:
     clamd_timeout: float
     spam_threshold: float | None
     reject_threshold: float
+    user_threshold_min: float
+    user_threshold_max: float
     spam_action: str
     spam_action_high: str
     virus_action: str
@@ -330,6 +336,13 @@ class Config:
     web_import_max_bytes: int
     model_sync_seconds: float
     node_name: str
+
+    @property
+    def user_threshold_bounds(self) -> tuple[float, float] | None:
+        """(min, max) a user may choose; None when users may not choose (min = max)."""
+        if self.user_threshold_min >= self.user_threshold_max:
+            return None
+        return self.user_threshold_min, self.user_threshold_max
 
     @property
     def model_path(self) -> Path:
@@ -375,6 +388,8 @@ def load(path: Path | None = None, overrides: Mapping[str, Any] | None = None,
             raise ConfigError(f"setting {name}={raw!r}: {exc}") from exc
     if "/" in checked["model"]:
         raise ConfigError("setting model: a file name inside models_dir, not a path")
+    if checked["user_threshold_min"] > checked["user_threshold_max"]:
+        raise ConfigError("setting user_threshold_min is above user_threshold_max")
     return Config(**checked)
 
 

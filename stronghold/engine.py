@@ -229,6 +229,8 @@ def decide(envelope: Envelope, msg: ParsedMessage, found: Findings, policy: Poli
         steps: list[TraceStep] = []
         hit: Match | None = None
         kind: str | None = None
+        own = lists.threshold_for(rcpt) if lists is not None and threshold is not None else None
+        rcpt_threshold = own if own is not None else threshold
         if lists is not None:
             hit, kind = _list_step(rcpt, lists, senders, allowed, auth, steps)
             if dmarc_policy and hit is not None and kind == ALLOW:  # blocks still apply; allow entries do not
@@ -241,8 +243,8 @@ def decide(envelope: Envelope, msg: ParsedMessage, found: Findings, policy: Poli
                                                "sender blocked", tuple(steps)))
         elif dmarc_policy:
             action = policy.dmarc_action
-            if score is not None and threshold is not None:
-                scored = _score_action(score, threshold, policy)[0]
+            if score is not None and rcpt_threshold is not None:
+                scored = _score_action(score, rcpt_threshold, policy)[0]
                 action = scored if scored.severity > action.severity else action
             decisions.append(RecipientDecision(rcpt, action, Category.SPAM, f"dmarc fail (p={dmarc_policy})",
                                                tuple(steps)))
@@ -251,11 +253,13 @@ def decide(envelope: Envelope, msg: ParsedMessage, found: Findings, policy: Poli
             steps.append(TraceStep("allow", "match", hit.describe() + trusted))
             decisions.append(RecipientDecision(rcpt, Action.ACCEPT, Category.ALLOWED,
                                                "sender allowed", tuple(steps)))
-        elif score is not None and threshold is not None:
-            own = found.personal.get(rcpt.lower())
+        elif score is not None and rcpt_threshold is not None:
+            layer = found.personal.get(rcpt.lower())
+            if layer is not None:
+                steps.append(TraceStep("personal", f"{layer.probability:.4f}", "the recipient's own feedback"))
             if own is not None:
-                steps.append(TraceStep("personal", f"{own.probability:.4f}", "the recipient's own feedback"))
-            action, category, why = _score_action(own.probability if own else score, threshold, policy)
+                steps.append(TraceStep("threshold", "own", f"{own:.4f}"))
+            action, category, why = _score_action(layer.probability if layer else score, rcpt_threshold, policy)
             decisions.append(RecipientDecision(rcpt, action, category, why, tuple(steps)))
         else:
             decisions.append(RecipientDecision(rcpt, Action.ACCEPT, Category.CLEAN,

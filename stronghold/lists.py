@@ -15,7 +15,7 @@ IDNA 2003 would have it).  ``display`` gives the Unicode form back for people.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from email.utils import getaddresses
 
@@ -162,7 +162,8 @@ class Match:
 class ListIndex:
     """All list entries, indexed for quick lookups by owner."""
 
-    def __init__(self, entries: Iterable[ListEntry]) -> None:
+    def __init__(self, entries: Iterable[ListEntry], thresholds: Mapping[str, float] | None = None) -> None:
+        self._thresholds = dict(thresholds or {})  # recipient address -> its owner's own spam threshold
         self._by_owner: dict[str | None, list[ListEntry]] = {}
         self._needles: dict[tuple[str | None, str], tuple[str, ...]] = {}
         for entry in entries:
@@ -195,6 +196,10 @@ class ListIndex:
         """Could an entry of these owners' ``kind`` lists match an address in ``text``
         (lower-case ASCII)?  False only when none can: a cheap test before parsing."""
         return any(needle in text for owner in owners for needle in self._needles.get((owner, kind), ()))
+
+    def threshold_for(self, recipient: str) -> float | None:
+        """The spam threshold the owner of ``recipient`` chose, if any (within the admin's bounds)."""
+        return self._thresholds.get(recipient)
 
     def __len__(self) -> int:
         return sum(len(v) for v in self._by_owner.values())

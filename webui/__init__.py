@@ -54,8 +54,8 @@ def create_app(test_config: Mapping[str, Any] | None = None, cfg: Config | None 
         n = cfg.web_trusted_proxies
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n)  # type: ignore[method-assign]
 
-    from webui import admin, auth, dashboard, digest, junk, lists, messages, ratelimit
-    for module in (auth, dashboard, lists, messages, junk, digest, admin):
+    from webui import admin, auth, dashboard, digest, junk, lists, messages, ratelimit, usersettings
+    for module in (auth, dashboard, lists, messages, junk, digest, usersettings, admin):
         app.register_blueprint(module.bp)
     ratelimit.init_app(app, store, cfg.web_login_limits, cfg.web_client_limits)
 

@@ -194,3 +194,15 @@ def end_sessions(session: Session, user_id: int) -> int:
     """End every web session of a user; returns how many ended."""
     result = session.execute(delete(WebSession).where(WebSession.user_id == user_id))
     return int(getattr(result, "rowcount", 0) or 0)
+
+
+def set_spam_threshold(session: Session, user: User, value: float | None, bounds: tuple[float, float]) -> None:
+    """The user's own spam threshold (None: the system's); refused outside the admin's ``bounds``.
+
+    Milters read thresholds with the lists, so the lists' version is bumped."""
+    low, high = bounds
+    if value is not None and not low <= value <= high:
+        raise EntryError(f"the threshold must be between {low:g} and {high:g}")
+    user.spam_threshold = value
+    entries.bump_version(session)
+

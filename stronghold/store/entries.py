@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from stronghold.lists import KINDS, ListEntry, ListIndex, PatternError, display, normalize_pattern, shorten
 from stronghold.store.db import Store
 from stronghold.store.errors import EntryError, StoreError
-from stronghold.store.tables import GLOBAL, ListEntryRow, Meta
+from stronghold.store.tables import GLOBAL, Address, ListEntryRow, Meta, User
 
 log = logging.getLogger(__name__)
 VERSION_KEY = "lists_version"
@@ -35,7 +35,7 @@ class ConflictError(EntryError):
         self.pattern, self.kind = pattern, kind
 
 
-def _bump_version(session: Session) -> None:
+def bump_version(session: Session) -> None:
     row = session.get(Meta, VERSION_KEY)
     if row is None:
         session.add(Meta(key=VERSION_KEY, value=1))
@@ -88,7 +88,7 @@ def add_entry(session: Session, owner: str | None, kind: str, pattern: str,
                        trust_unauthenticated=trust_unauthenticated)
     session.add(row)
     session.flush()
-    _bump_version(session)
+    bump_version(session)
     return _to_entry(row)
 
 
@@ -100,7 +100,7 @@ def remove_entry(session: Session, entry_id: int, owners: Iterable[str | None]) 
         raise EntryError("no such entry")
     entry = _to_entry(row)
     session.delete(row)
-    _bump_version(session)
+    bump_version(session)
     return entry
 
 
@@ -114,7 +114,7 @@ def set_trust(session: Session, entry_id: int, owners: Iterable[str | None],
     if row.kind != "allow":
         raise EntryError("only allow entries can be trusted without authentication")
     row.trust_unauthenticated = trust_unauthenticated
-    _bump_version(session)
+    bump_version(session)
     return _to_entry(row)
 
 
@@ -136,7 +136,7 @@ def drop_owner(session: Session, owner: str) -> int:
     count = len(session.scalars(select(ListEntryRow.id).where(ListEntryRow.owner == owner)).all())
     if count:
         session.execute(delete(ListEntryRow).where(ListEntryRow.owner == owner))
-        _bump_version(session)
+        bump_version(session)
     return count
 
 
@@ -214,7 +214,7 @@ def import_csv(session: Session, owner: str | None, text: str,
     session.execute(insert(ListEntryRow), [{"owner": scope, "kind": kind, "pattern": pattern,
                                             "comment": comment, "created": now}
                                            for pattern, (kind, comment) in new.items()])
-    _bump_version(session)
+    bump_version(session)
     report.added = len(new)
     return report
 
@@ -241,6 +241,15 @@ def _parse_row(row: list[str], number: int, default_kind: str | None,
     return None
 
 
+def address_thresholds(session: Session, bounds: tuple[float, float]) -> dict[str, float]:
+    """{address: its owner's own spam threshold} for enabled users who chose one, clamped to
+    ``bounds`` (an admin who narrows them later need not edit every user)."""
+    low, high = bounds
+    rows = session.execute(select(Address.address, User.spam_threshold).join(User, Address.user_id == User.id)
+                           .where(User.spam_threshold.is_not(None), User.disabled.is_(False))).all()
+    return {address: min(max(float(value), low), high) for address, value in rows if value is not None}
+
+
 class ListCache:
     """The lists as the milter sees them: reloaded when the version changes.
 
@@ -249,9 +258,11 @@ class ListCache:
     applies on_store_error); the next call tries again.
     """
 
-    def __init__(self, store: Store, refresh: float = 2.0) -> None:
+    def __init__(self, store: Store, refresh: float = 2.0,
+                 threshold_bounds: tuple[float, float] | None = None) -> None:
         self.store = store
         self.refresh = refresh
+        self.threshold_bounds = threshold_bounds  # None: users' own thresholds are not used
         self._lock = threading.Lock()
         self._index: ListIndex | None = None
         self._version = -1
@@ -272,7 +283,9 @@ class ListCache:
             with self.store.session() as session:
                 version = lists_version(session)
                 if version != self._version or self._index is None:
-                    self._index = ListIndex(all_entries(session))
+                    thresholds = (address_thresholds(session, self.threshold_bounds)
+                                  if self.threshold_bounds is not None else None)
+                    self._index = ListIndex(all_entries(session), thresholds)
                     self._version = version
                     log.info("lists loaded: %d entries (version %d)", len(self._index), version)
             self._checked = now

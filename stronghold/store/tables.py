@@ -24,6 +24,7 @@ class User(Base):
     created: Mapped[float] = mapped_column(Float, default=time.time)
     digest: Mapped[str] = mapped_column(String(10), default="daily")  # off / daily / weekly
     digest_sent: Mapped[float | None] = mapped_column(Float, nullable=True)  # last digest covered up to
+    spam_threshold: Mapped[float | None] = mapped_column(Float, nullable=True)  # own; None: the system's
     addresses: Mapped[list[Address]] = relationship(back_populates="user", cascade="all, delete-orphan",
                                                     order_by="Address.address")
 

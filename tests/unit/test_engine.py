@@ -30,7 +30,7 @@ def lists(*entries: tuple[str | None, str, str]) -> ListIndex:
 def found(score: float = 0.1, virus: str | None = None, idx: ListIndex | None = None,
           **kw: object) -> Findings:
     base: dict[str, object] = dict(scan=ScanResult(virus), score=Score(score, (Clue("tok", score),)),
-                                   model_threshold=0.9, lists=idx or lists(), auth=AUTH)
+                                   model_threshold=0.9, lists=idx if idx is not None else lists(), auth=AUTH)
     base.update(kw)
     return Findings(**base)  # type: ignore[arg-type]
 
@@ -259,3 +259,19 @@ def test_incidents_are_logged_once_not_per_message(caplog: pytest.LogCaptureFixt
         incidents.ok("clamd")
     messages = [r.getMessage() for r in caplog.records]
     assert messages == ["clamd failing: down", "clamd recovered"]
+
+
+def test_each_recipient_is_judged_at_their_own_threshold() -> None:
+    """b chose 0.6 on their settings page; a has the system's 0.9: a 0.7 message is spam for b only."""
+    idx = ListIndex([], thresholds={"b@x.example": 0.6})
+    v = decide(ENV, MSG, found(0.7, idx=idx), POLICY)
+    # spam for b, clean for a: a gets the copy clean, b's goes to the quarantine (their Junk page)
+    assert by_rcpt(v) == {"a@x.example": (Action.ACCEPT, Category.CLEAN),
+                          "b@x.example": (Action.QUARANTINE, Category.SPAM)}
+    own = next(d for d in v.decisions if d.recipient == "b@x.example")
+    assert "threshold=own(0.6000)" in [str(s) for s in own.trace]
+    stricter = decide(ENV, MSG, found(0.95, idx=ListIndex([], thresholds={"a@x.example": 0.97})), POLICY)
+    assert by_rcpt(stricter)["a@x.example"] == (Action.ACCEPT, Category.CLEAN)  # 0.95 < a's own 0.97
+    assert by_rcpt(stricter)["b@x.example"] == (Action.QUARANTINE, Category.SPAM)
+    alone = decide(Envelope("s@env.example", ("b@x.example",)), MSG, found(0.7, idx=idx), POLICY)
+    assert by_rcpt(alone) == {"b@x.example": (Action.TAG, Category.SPAM)}  # alone: tagged into Junk

@@ -180,7 +180,8 @@ def test_every_page_fits_a_phone(site: tuple[WebProcess, Store], browser: Browse
         screenshot(page, f"phone-{name}")
     login(page, web.url, "alice")
     for name, url in {"dashboard": "/", "messages": "/messages/", "message": f"/messages/{mid}",
-                      "lists": "/lists/alice@example.com", "password": "/password",
+                      "lists": "/lists/alice@example.com", "password": "/password", "settings": "/settings/",
+                      "junk": "/junk/",
                       "not-found": "/nothing-here"}.items():
         page.goto(web.url + url)
         wide[name] = page.evaluate("document.documentElement.scrollWidth")
