@@ -31,6 +31,7 @@ from pathlib import Path
 import Milter
 import milter
 
+from stronghold import logfmt, metrics
 from stronghold.config import Config
 from stronghold.milter import FLAGS, StrongholdMilter
 from stronghold.service import Service
@@ -118,10 +119,11 @@ def _share_socket(path: Path, group: str) -> None:
     os.chmod(path, 0o660)
 
 
-def _worker(cfg: Config, service: Service) -> None:
+def _worker(cfg: Config, service: Service, slot: int) -> None:
     """Child process: fresh DB connections, then serve until told to stop."""
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, signal.SIG_DFL)
+    logfmt.set_worker(f"w{slot}")
     faulthandler.enable(all_threads=True)  # a native crash leaves every thread's stack in the log
     service.store.engine.dispose(close=False)
     StrongholdMilter.service = service
@@ -138,13 +140,27 @@ def _worker(cfg: Config, service: Service) -> None:
     os._exit(0)
 
 
+def _metrics_process(cfg: Config) -> None:
+    """Child process: serve /metrics until SIGTERM."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    logfmt.set_worker("metrics")
+    try:
+        metrics.serve(cfg)
+    except OSError as exc:
+        log.error("metrics on %s: %s", cfg.metrics_bind, exc)
+    os._exit(1)
+
+
 def serve(cfg: Config) -> int:
     """Open the socket, fork the workers, supervise them; returns an exit status."""
+    logfmt.configure(cfg.log_format)
     spec = socket_spec(cfg)
     cfg.data_dir.mkdir(parents=True, exist_ok=True)
     if spec.startswith("unix:"):
         Path(spec[5:]).parent.mkdir(parents=True, exist_ok=True)
     service = Service(cfg)
+    service.incidents.recorder = metrics.enable(cfg)
     try:
         service.store.upgrade()
     except StoreError as exc:  # keep running: messages get on_store_error until it is back
@@ -166,14 +182,16 @@ def serve(cfg: Config) -> int:
     log.info("milter listening on %s with %d workers", spec, cfg.milter_workers)
     print(f"stronghold milter: listening on {spec} ({cfg.milter_workers} workers)", flush=True)
 
-    children: dict[int, float] = {}
+    children: dict[int, tuple[float, int]] = {}  # pid -> (started, slot); slot 0: the metrics server
     stopping = False
 
-    def spawn() -> None:
+    def spawn(slot: int) -> None:
         pid = os.fork()
         if pid == 0:
-            _worker(cfg, service)
-        children[pid] = time.monotonic()
+            if slot == 0:
+                _metrics_process(cfg)
+            _worker(cfg, service, slot)
+        children[pid] = (time.monotonic(), slot)
 
     def on_stop(signum: int, _frame: object) -> None:
         nonlocal stopping
@@ -192,8 +210,10 @@ def serve(cfg: Config) -> int:
     signal.signal(signal.SIGINT, on_stop)
     signal.signal(signal.SIGHUP, on_hup)
     service.store.engine.dispose()
-    for _ in range(cfg.milter_workers):
-        spawn()
+    if cfg.metrics_bind:
+        spawn(0)
+    for slot in range(1, cfg.milter_workers + 1):
+        spawn(slot)
     while children:
         try:
             pid, status = os.wait()
@@ -201,13 +221,16 @@ def serve(cfg: Config) -> int:
             break
         except InterruptedError:
             continue
-        started = children.pop(pid, None)
-        if stopping or started is None:
+        child = children.pop(pid, None)
+        metrics.worker_died(cfg, pid)
+        if stopping or child is None:
             continue
-        log.error("worker %d exited (status %d); restarting", pid, status)
+        started, slot = child
+        log.error("%s %d exited (status %d); restarting", f"worker w{slot}" if slot else "metrics server",
+                  pid, status)
         if time.monotonic() - started < 1.0:
             time.sleep(1.0)  # a worker that dies at once: do not spin
-        spawn()
+        spawn(slot)
     if spec.startswith("unix:"):
         try:
             os.unlink(spec[5:])
