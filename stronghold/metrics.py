@@ -64,22 +64,26 @@ NULL = Recorder()
 
 
 class PromRecorder(Recorder):
-    """Counts into prometheus_client metrics (multiprocess files when the folder is set)."""
+    """Counts into prometheus_client metrics (multiprocess files when the folder is set).
+
+    The metrics join no registry: the metrics process reads every worker's files.
+    """
 
     def __init__(self) -> None:
         from prometheus_client import Counter, Gauge, Histogram
         self.messages = Counter("stronghold_messages", "Messages decided, by verdict and action",
-                                ["verdict", "action"])
+                                ["verdict", "action"], registry=None)
         self.recipients = Counter("stronghold_recipients", "Recipients decided, by verdict, action "
                                   "and stage (rcpt: refused at RCPT; eom: at end of message)",
-                                  ["verdict", "action", "stage"])
+                                  ["verdict", "action", "stage"], registry=None)
         self.stage = Histogram("stronghold_stage_seconds", "Time per message in each stage",
-                               ["stage"], buckets=BUCKETS)
+                               ["stage"], buckets=BUCKETS, registry=None)
         self.failures = Counter("stronghold_dependency_failures", "Failed calls to a dependency "
-                                "(clamd, database, model, ...)", ["dependency"])
-        self.incidents = Counter("stronghold_incidents", "Times a dependency started failing", ["dependency"])
+                                "(clamd, database, model, ...)", ["dependency"], registry=None)
+        self.incidents = Counter("stronghold_incidents", "Times a dependency started failing",
+                                 ["dependency"], registry=None)
         self.failing = Gauge("stronghold_dependency_failing", "1 while a worker sees the dependency failing",
-                             ["dependency"], multiprocess_mode="livemax")
+                             ["dependency"], multiprocess_mode="livemax", registry=None)
         self._stage = {name: self.stage.labels(name) for name in STAGES}
         self._messages: dict[tuple[str, str], Any] = {}
         self._recipients: dict[tuple[str, str, str], Any] = {}

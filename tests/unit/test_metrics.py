@@ -1,0 +1,63 @@
+"""Metrics: what a message adds, how feedback becomes false negatives/positives, loopback only.
+
+The milter's multiprocess counting through real Postfix is in tests/e2e/test_ops_postfix.py.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from prometheus_client.core import CounterMetricFamily
+
+from stronghold.config import ConfigError
+from stronghold.engine import Policy, decide
+from stronghold.metrics import PromRecorder, feedback_families
+from stronghold.service import Outcome
+from tests.unit.test_engine import ENV, MSG, found
+
+
+def _samples(metric: object) -> dict[tuple[str, tuple[str, ...]], float]:
+    return {(s.name, tuple(s.labels.values())): s.value for fam in metric.collect()  # type: ignore[attr-defined]
+            for s in fam.samples}
+
+
+def test_a_message_counts_once_per_verdict_and_per_recipient() -> None:
+    rec = PromRecorder()
+    verdict = decide(ENV, MSG, found(0.95), Policy())
+    rec.message(Outcome(verdict, None, 0.002, {"parse": 0.0003, "clamd": 0.001, "total": 0.002, "x": 1.0}))
+    rec.message(Outcome(verdict, None, 0.002, {"total": 0.004}))
+    assert _samples(rec.messages)[("stronghold_messages_total", ("spam", "tag"))] == 2
+    assert _samples(rec.recipients)[("stronghold_recipients_total", ("spam", "tag", "eom"))] == 4
+    stages = _samples(rec.stage)
+    assert stages[("stronghold_stage_seconds_count", ("total",))] == 2
+    assert stages[("stronghold_stage_seconds_count", ("parse",))] == 1
+    assert stages[("stronghold_stage_seconds_sum", ("total",))] == pytest.approx(0.006)
+    rec.incident("clamd", started=True)
+    rec.incident("clamd", started=False)
+    assert _samples(rec.failures)[("stronghold_dependency_failures_total", ("clamd",))] == 2
+    assert _samples(rec.incidents)[("stronghold_incidents_total", ("clamd",))] == 1
+
+
+def test_feedback_against_the_filters_decision() -> None:
+    now, old = time.time(), time.time() - 3 * 86400
+    marks = [("clean", True, now), ("allowed", True, old), ("spam", False, now), ("spam", True, now),
+             ("clean", False, old), ("error", True, now)]
+    fams = {f.name: f for f in feedback_families(marks, CounterMetricFamily)}
+    value = {name: fams[name].samples[0].value for name in fams if len(fams[name].samples) == 1}
+    assert value["stronghold_feedback_false_negatives"] == 2  # marked spam, passed as clean or allowed
+    assert value["stronghold_feedback_false_positives"] == 1  # marked not spam, judged spam
+    assert value["stronghold_feedback_false_negatives_last_day"] == 1
+    assert value["stronghold_feedback_false_positives_last_day"] == 1
+    by = {tuple(s.labels.values()): s.value for s in fams["stronghold_feedback_marks"].samples}
+    assert by == {("spam", "clean"): 1, ("spam", "allowed"): 1, ("not_spam", "spam"): 1, ("spam", "spam"): 1,
+                  ("not_spam", "clean"): 1, ("spam", "error"): 1}
+
+
+def test_metrics_bind_is_loopback_only(make_config) -> None:
+    assert make_config().metrics_bind == ""  # off unless set
+    assert make_config(metrics_bind="127.0.0.1:9464").metrics_bind == "127.0.0.1:9464"
+    assert make_config(metrics_bind="[::1]:9464").metrics_bind == "[::1]:9464"
+    for bad in ("0.0.0.0:9464", "192.0.2.1:9464", "127.0.0.1", "127.0.0.1:x"):
+        with pytest.raises(ConfigError):
+            make_config(metrics_bind=bad)
