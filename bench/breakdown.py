@@ -1,13 +1,15 @@
 """Where a message's CPU goes: CPU per message of every process on the machine, by name.
 
-    python -m bench.breakdown [--concurrency 32] [--messages 1200]
+    python -m bench.breakdown [--concurrency 32] [--messages 1200] [--variant NAME=VALUE ...]
 
 Sends the same corpus messages through Postfix alone and through Postfix with
 the milter (clamd, classifier, lists, message log), and for each run prints the
 machine's busy time per message and each process name's share (Postfix's
 daemons, clamd, the milter's workers; "python" includes the load generator,
 whose own share is printed apart).  Ticks from /proc, so use runs of a second
-or more.
+or more.  ``--variant`` adds, in the same run, a second milter with those
+settings (e.g. ``--variant metrics_bind=127.0.0.1:9464`` for the cost of
+metrics); ``--rounds`` repeats the runs in turn, as the machine is noisy.
 """
 
 from __future__ import annotations
@@ -48,20 +50,28 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--messages", type=int, default=1200)
+    parser.add_argument("--variant", action="append", metavar="NAME=VALUE",
+                        help="also run a second milter with this setting (repeat for several)")
+    parser.add_argument("--rounds", type=int, default=1, help="run every system this many times, in turn")
     args = parser.parse_args()
+    variant = dict(item.split("=", 1) for item in args.variant or ())
     home = Path(tempfile.mkdtemp(prefix="stronghold-breakdown-"))
     os.chmod(home, 0o755)  # noqa: S103 - Postfix must reach the milter socket
     parts: list = []
     try:
-        _clamd, milter, _settings = start_filter(home, parts)
+        clamd, milter, _settings = start_filter(home, parts)
+        runs = [("Postfix alone", None, "plain"), ("Postfix + Stronghold", milter.address, "filtered")]
+        if variant:
+            _, other, _ = start_filter(home, parts, clamd=clamd, folder="variant", extra=variant)
+            runs.append((f"Postfix + Stronghold ({', '.join(args.variant)})", other.address, "filtered-variant"))
         systems = []
-        for name, milter_address in (("Postfix alone", None), ("Postfix + Stronghold", milter.address)):
-            postfix = Postfix(home / name.split()[-1].lower(), free_port(), milter=milter_address)
+        for name, milter_address, folder in runs:
+            postfix = Postfix(home / folder, free_port(), milter=milter_address)
             postfix.start()
             parts.append(postfix)
             systems.append((name, postfix))
         messages = load_messages(args.messages)
-        for name, postfix in systems:
+        for name, postfix in systems * args.rounds:
             run_once(name, postfix, messages[:50], 4, None, None)  # warm up
             time.sleep(1)
             before, busy, own = cpu_by_pid(), machine_busy(), time.process_time()

@@ -5,15 +5,18 @@ The milter's multiprocess counting through real Postfix is in tests/e2e/test_ops
 
 from __future__ import annotations
 
+import re
 import time
+from pathlib import Path
 
 import pytest
 from prometheus_client.core import CounterMetricFamily
 
-from stronghold.config import ConfigError
+from stronghold.config import ROOT, ConfigError
 from stronghold.engine import Policy, decide
-from stronghold.metrics import PromRecorder, feedback_families
+from stronghold.metrics import PromRecorder, StateCollector, feedback_families
 from stronghold.service import Outcome
+from stronghold.store.db import Store
 from tests.unit.test_engine import ENV, MSG, found
 
 
@@ -61,3 +64,17 @@ def test_metrics_bind_is_loopback_only(make_config) -> None:
     for bad in ("0.0.0.0:9464", "192.0.2.1:9464", "127.0.0.1", "127.0.0.1:x"):
         with pytest.raises(ConfigError):
             make_config(metrics_bind=bad)
+
+
+def test_dashboard_asks_only_for_metrics_that_exist(make_config, tmp_path: Path) -> None:
+    cfg = make_config(database_url=f"sqlite:///{tmp_path / 'm.db'}")
+    with Store(cfg.db_url) as store:
+        store.upgrade()
+        served = {fam.name for fam in StateCollector(cfg, store).collect()}
+    rec = PromRecorder()
+    served |= {m._name for m in (rec.messages, rec.recipients, rec.stage, rec.failures, rec.incidents,
+                                 rec.failing)}
+    asked = set(re.findall(r"stronghold_[a-z_]+", (ROOT / "docs" / "grafana-dashboard.json").read_text()))
+    assert len(asked) >= 10
+    unknown = {n for n in asked if re.sub(r"_(bucket|sum|count|total)$", "", n) not in served}
+    assert not unknown
