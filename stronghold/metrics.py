@@ -247,7 +247,8 @@ def _iso(ts: float) -> str:
 
 
 def serve(cfg: Config) -> None:
-    """The metrics process: serve /metrics on ``metrics_bind`` until SIGTERM (never returns)."""
+    """The metrics process: serve /metrics on ``metrics_bind`` until a signal ends it (never returns
+    unless the port cannot be bound: OSError)."""
     from prometheus_client import CollectorRegistry, multiprocess, start_http_server
 
     from stronghold.store.db import Store
@@ -258,6 +259,5 @@ def serve(cfg: Config) -> None:
     registry.register(StateCollector(cfg, store))
     start_http_server(int(port), host.strip("[]"), registry)
     log.info("metrics on http://%s/metrics", cfg.metrics_bind)
-    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
-    while True:
+    while True:  # the HTTP server runs in a thread; SIGTERM ends the process
         signal.pause()

@@ -141,7 +141,8 @@ def _worker(cfg: Config, service: Service, slot: int) -> None:
 
 
 def _metrics_process(cfg: Config) -> None:
-    """Child process: serve /metrics until SIGTERM."""
+    """Child process: serve /metrics until SIGTERM (the supervisor's handlers are not ours)."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     logfmt.set_worker("metrics")

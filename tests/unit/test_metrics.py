@@ -15,7 +15,7 @@ from prometheus_client.core import CounterMetricFamily
 from stronghold.config import ROOT, ConfigError
 from stronghold.engine import Policy, decide
 from stronghold.metrics import PromRecorder, StateCollector, feedback_families
-from stronghold.service import Outcome
+from stronghold.service import Incidents, Outcome
 from stronghold.store.db import Store
 from tests.unit.test_engine import ENV, MSG, found
 
@@ -78,3 +78,17 @@ def test_dashboard_asks_only_for_metrics_that_exist(make_config, tmp_path: Path)
     assert len(asked) >= 10
     unknown = {n for n in asked if re.sub(r"_(bucket|sum|count|total)$", "", n) not in served}
     assert not unknown
+
+
+def test_incidents_reach_the_recorder() -> None:
+    incidents = Incidents()
+    incidents.recorder = rec = PromRecorder()
+    incidents.failed("clamd", "connection refused")
+    incidents.failed("clamd", "connection refused")
+    assert _samples(rec.failing)[("stronghold_dependency_failing", ("clamd",))] == 1
+    incidents.ok("clamd")
+    incidents.failed("database", "locked")
+    assert _samples(rec.failures)[("stronghold_dependency_failures_total", ("clamd",))] == 2
+    assert _samples(rec.incidents)[("stronghold_incidents_total", ("clamd",))] == 1
+    assert _samples(rec.incidents)[("stronghold_incidents_total", ("database",))] == 1
+    assert _samples(rec.failing)[("stronghold_dependency_failing", ("clamd",))] == 0
