@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.throughput import TICKS, load_messages, run_once, start_filter
+from bench.throughput import TICKS, group_pids, load_messages, run_once, start_filter
 from stronghold.localstack import Postfix, free_port
 
 
@@ -60,18 +60,19 @@ def main() -> int:
     parts: list = []
     try:
         clamd, milter, _settings = start_filter(home, parts)
-        runs = [("Postfix alone", None, "plain"), ("Postfix + Stronghold", milter.address, "filtered")]
+        runs = [("Postfix alone", None, "plain"), ("Postfix + Stronghold", milter, "filtered")]
         if variant:
             _, other, _ = start_filter(home, parts, clamd=clamd, folder="variant", extra=variant)
-            runs.append((f"Postfix + Stronghold ({', '.join(args.variant)})", other.address, "filtered-variant"))
+            runs.append((f"Postfix + Stronghold ({', '.join(args.variant)})", other, "filtered-variant"))
         systems = []
-        for name, milter_address, folder in runs:
-            postfix = Postfix(home / folder, free_port(), milter=milter_address)
+        for name, filter_process, folder in runs:
+            postfix = Postfix(home / folder, free_port(),
+                              milter=filter_process.address if filter_process is not None else None)
             postfix.start()
             parts.append(postfix)
-            systems.append((name, postfix))
+            systems.append((name, postfix, filter_process))
         messages = load_messages(args.messages)
-        for name, postfix in systems * args.rounds:
+        for name, postfix, filter_process in systems * args.rounds:
             run_once(name, postfix, messages[:50], 4, None, None)  # warm up
             time.sleep(1)
             before, busy, own = cpu_by_pid(), machine_busy(), time.process_time()
@@ -82,8 +83,13 @@ def main() -> int:
             for pid, (proc, seconds) in after.items():
                 shares[proc] = shares.get(proc, 0.0) + seconds - before.get(pid, (proc, 0.0))[1]
             n = result.sent
+            milter_cpu = ""
+            if filter_process is not None and filter_process.proc is not None:
+                pids = set(group_pids(filter_process.proc.pid))  # the milter's own processes only
+                seconds = sum(after[p][1] - before.get(p, after[p])[1] for p in pids if p in after)
+                milter_cpu = f", the milter's processes {seconds * 1000 / n:.3f}"
             print(f"{name}: {result.rate:.0f} msg/s at concurrency {args.concurrency}; machine busy "
-                  f"{busy * 1000 / n:.2f} ms/msg, load generator {own * 1000 / n:.2f}")
+                  f"{busy * 1000 / n:.2f} ms/msg, load generator {own * 1000 / n:.2f}{milter_cpu}")
             print("   " + ", ".join(f"{proc} {seconds * 1000 / n:.2f}" for proc, seconds
                                     in sorted(shares.items(), key=lambda kv: -kv[1]) if seconds * 1000 / n >= 0.01))
     finally:
