@@ -224,7 +224,8 @@ SETTINGS: dict[str, Setting] = {
     "on_model_error": Setting("tempfail", _choice(*FAIL_ACTIONS), "when the model is unusable"),
     "on_store_error": Setting("tempfail", _choice(*FAIL_ACTIONS), "when the database fails"),
     "max_message_bytes": Setting(25 * 1024 * 1024, _positive_int,
-                                 "messages larger than this get oversize_action"),
+                                 "messages are scanned whole up to this size; larger ones get oversize_action "
+                                 "(keep Postfix's message_size_limit at or below it)"),
     "oversize_action": Setting("reject", _choice("reject", "tempfail", "scan-head", "accept"),
                                "past max_message_bytes: reject (552 5.3.4) or tempfail unscanned; "
                                "scan-head and accept deliver a tail no one scanned (a virus there passes)"),
