@@ -192,10 +192,10 @@ class StateCollector:
         from stronghold.store.tables import GLOBAL, Feedback, ListEntryRow, MessageRow, QuarantineItem
         with self.store.session() as s:
             lists: dict[tuple[str, str], int] = {}
-            for kind, is_global, n in s.execute(
-                    select(ListEntryRow.kind, ListEntryRow.owner == GLOBAL, func.count())
-                    .group_by(ListEntryRow.kind, ListEntryRow.owner == GLOBAL)):
-                lists[(kind, "global" if is_global else "user")] = int(n)
+            for scope, where in (("global", ListEntryRow.owner == GLOBAL), ("user", ListEntryRow.owner != GLOBAL)):
+                for kind, n in s.execute(select(ListEntryRow.kind, func.count()).where(where)
+                                         .group_by(ListEntryRow.kind)):
+                    lists[(str(kind), scope)] = int(n)
             held = int(s.scalar(select(func.count(QuarantineItem.id))
                                 .where(QuarantineItem.released.is_(None))) or 0)
             marks = [(str(cat), bool(spam), float(created)) for cat, spam, created in s.execute(

@@ -16,6 +16,7 @@ from stronghold.config import ROOT, ConfigError
 from stronghold.engine import Policy, decide
 from stronghold.metrics import PromRecorder, StateCollector, feedback_families
 from stronghold.service import Incidents, Outcome
+from stronghold.store import accounts, entries, messagelog, quarantine
 from stronghold.store.db import Store
 from tests.unit.test_engine import ENV, MSG, found
 
@@ -92,3 +93,30 @@ def test_incidents_reach_the_recorder() -> None:
     assert _samples(rec.incidents)[("stronghold_incidents_total", ("clamd",))] == 1
     assert _samples(rec.incidents)[("stronghold_incidents_total", ("database",))] == 1
     assert _samples(rec.failing)[("stronghold_dependency_failing", ("clamd",))] == 0
+
+
+@pytest.mark.postgres
+def test_scrape_reads_lists_quarantine_and_feedback(store: Store, make_config) -> None:
+    """The same queries on SQLite and PostgreSQL."""
+    cfg = make_config(database_url=str(store.engine.url.render_as_string(hide_password=False)))
+    with store.session() as s:
+        entries.add_entry(s, None, "block", "@spam.example")
+        entries.add_entry(s, "m1@example.com", "allow", "@friend.example")
+        entries.add_entry(s, "m1@example.com", "block", "@foe.example")
+        quarantine.hold(s, b"Subject: x\r\n\r\nbody\r\n", recipients=["m1@example.com", "m2@example.com"],
+                        sender="a@b.example", subject="x", queue_id="Q", score=0.99, category="spam",
+                        reason="spam", trace="", virus=None)
+        user = accounts.add_user(s, "m1@example.com", "correct horse battery staple 42")
+        clean = messagelog.write(s, [messagelog.entry(ENV, MSG, decide(ENV, MSG, found(0.1), Policy()))])[0]
+        spam = messagelog.write(s, [messagelog.entry(ENV, MSG, decide(ENV, MSG, found(0.95), Policy()))])[0]
+        messagelog.set_feedback(s, clean, user.id, True)
+        messagelog.set_feedback(s, spam, user.id, False)
+    got = {(sample.name, tuple(sample.labels.values())): sample.value
+           for fam in StateCollector(cfg, store).collect() for sample in fam.samples}
+    assert got[("stronghold_database_up", ())] == 1
+    assert got[("stronghold_list_entries", ("block", "global"))] == 1
+    assert got[("stronghold_list_entries", ("allow", "user"))] == 1
+    assert got[("stronghold_list_entries", ("block", "user"))] == 1
+    assert got[("stronghold_quarantine_items", ())] == 2
+    assert got[("stronghold_feedback_false_negatives_total", ())] == 1
+    assert got[("stronghold_feedback_false_positives_total", ())] == 1
