@@ -158,7 +158,7 @@ class StateCollector:
         self.store = store
 
     def collect(self) -> Iterator[Any]:
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+        from prometheus_client.core import GaugeMetricFamily
         info = GaugeMetricFamily("stronghold_model_info", "The model file's identity", labels=["model", "created"])
         age = GaugeMetricFamily("stronghold_model_age_seconds", "Seconds since the model was trained")
         try:
@@ -186,7 +186,7 @@ class StateCollector:
             sizes.add_metric([kind, scope], n)
         yield sizes
         yield GaugeMetricFamily("stronghold_quarantine_items", "Held copies not yet released", value=held)
-        yield from feedback_families(marks, CounterMetricFamily)
+        yield from feedback_families(marks)
 
     def _read_store(self) -> tuple[dict[tuple[str, str], int], int, list[tuple[str, bool, float]]]:
         from stronghold.store.tables import GLOBAL, Feedback, ListEntryRow, MessageRow, QuarantineItem
@@ -204,14 +204,16 @@ class StateCollector:
         return lists, held, marks
 
 
-def feedback_families(marks: Iterable[tuple[str, bool, float]], family: Any) -> Iterator[Any]:
+def feedback_families(marks: Iterable[tuple[str, bool, float]]) -> Iterator[Any]:
     """Users' marks against what the filter decided: all marks by (mark, decided),
     false negatives (marked spam, passed as clean or allowed) and false positives
     (marked not spam, judged spam); also the last day's, as gauges."""
-    all_marks = family("stronghold_feedback_marks", "Users' spam / not-spam marks by what the filter "
-                       "decided (marks in the message log)", labels=["mark", "decided"])
-    fn = family("stronghold_feedback_false_negatives", "Marked spam by a user, passed by the filter")
-    fp = family("stronghold_feedback_false_positives", "Marked not spam by a user, judged spam by the filter")
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+    all_marks = CounterMetricFamily("stronghold_feedback_marks", "Users' spam / not-spam marks by what the "
+                                    "filter decided (marks in the message log)", labels=["mark", "decided"])
+    fn = CounterMetricFamily("stronghold_feedback_false_negatives", "Marked spam by a user, passed by the filter")
+    fp = CounterMetricFamily("stronghold_feedback_false_positives",
+                             "Marked not spam by a user, judged spam by the filter")
     day = time.time() - 86400
     counts: dict[tuple[str, str], int] = {}
     totals = {"fn": 0, "fp": 0, "fn_day": 0, "fp_day": 0}
@@ -227,7 +229,6 @@ def feedback_families(marks: Iterable[tuple[str, bool, float]], family: Any) -> 
         all_marks.add_metric(list(key), n)
     fn.add_metric([], totals["fn"])
     fp.add_metric([], totals["fp"])
-    from prometheus_client.core import GaugeMetricFamily
     yield all_marks
     yield fn
     yield fp

@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import pytest
-from prometheus_client.core import CounterMetricFamily
 
 from stronghold.config import ROOT, ConfigError
 from stronghold.engine import Policy, decide
@@ -47,7 +46,7 @@ def test_feedback_against_the_filters_decision() -> None:
     now, old = time.time(), time.time() - 3 * 86400
     marks = [("clean", True, now), ("allowed", True, old), ("spam", False, now), ("spam", True, now),
              ("clean", False, old), ("error", True, now)]
-    fams = {f.name: f for f in feedback_families(marks, CounterMetricFamily)}
+    fams = {f.name: f for f in feedback_families(marks)}
     value = {name: fams[name].samples[0].value for name in fams if len(fams[name].samples) == 1}
     assert value["stronghold_feedback_false_negatives"] == 2  # marked spam, passed as clean or allowed
     assert value["stronghold_feedback_false_positives"] == 1  # marked not spam, judged spam
