@@ -27,6 +27,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -204,15 +205,20 @@ def run_once(label: str, postfix: Postfix, messages: list[bytes], concurrency: i
     return res
 
 
-def start_filter(home: Path, parts: list) -> tuple[Clamd, MilterProcess, dict[str, object]]:
+def start_filter(home: Path, parts: list, clamd: Clamd | None = None, folder: str = "milter",
+                 extra: Mapping[str, object] | None = None) -> tuple[Clamd, MilterProcess, dict[str, object]]:
     """clamd, a store with a few list entries, and the milter (2 workers, unix socket) under ``home``.
 
     Each started part is appended to ``parts`` at once, so the caller can stop them all.
+    A second milter (``folder``, settings ``extra``) may share the first one's ``clamd``.
     """
-    clamd = Clamd(home / "clamd", TEST_SIGNATURES)
-    clamd.start()
-    parts.append(clamd)
-    db_url = f"sqlite:///{home / 'store.db'}"
+    if clamd is None:
+        clamd = Clamd(home / "clamd", TEST_SIGNATURES)
+        clamd.start()
+        parts.append(clamd)
+    db_url = f"sqlite:///{home / folder / 'store.db'}"
+    (home / folder).mkdir()
+    os.chmod(home / folder, 0o755)  # noqa: S103 - Postfix must reach the milter socket
     store = Store(db_url)
     store.upgrade()
     with store.session() as s:  # some real list work for the engine
@@ -220,13 +226,11 @@ def start_filter(home: Path, parts: list) -> tuple[Clamd, MilterProcess, dict[st
             entries.add_entry(s, f"user{i}@example.com", "allow", f"sender{i}@load.example")
         entries.add_entry(s, "user1@example.com", "block", "@blocked.example")
     store.dispose()
-    (home / "milter").mkdir()
-    os.chmod(home / "milter", 0o755)  # noqa: S103 - Postfix must reach the milter socket
     settings: dict[str, object] = {
-        "data_dir": str(home / "milter"), "models_dir": str(ROOT / "models"),
-        "milter_socket": f"unix:{home / 'milter' / 'milter.sock'}", "clamd_socket": clamd.address,
-        "database_url": db_url, "milter_workers": 2}
-    milter = MilterProcess(home, settings)
+        "data_dir": str(home / folder), "models_dir": str(ROOT / "models"),
+        "milter_socket": f"unix:{home / folder / 'milter.sock'}", "clamd_socket": clamd.address,
+        "database_url": db_url, "milter_workers": 2, **(extra or {})}
+    milter = MilterProcess(home / folder, settings)
     milter.start()
     parts.append(milter)
     return clamd, milter, settings

@@ -99,4 +99,6 @@ Next:
     non_smtpd_milters = $milter
     milter_default_action = tempfail
     milter_protocol = 6
+    smtpd_delay_open_until_valid_rcpt = no    (queue ids on RCPT-stage log lines)
+    message_size_limit at most max_message_bytes (--check-config compares them)
 MSG

@@ -7,6 +7,7 @@ import io
 import json
 
 from stronghold import config as config_mod
+from stronghold import sizelimits
 from stronghold.antivirus import EICAR, ClamdScanner, ScannerError
 from stronghold.classifier import Model, ModelError
 from stronghold.config import Config, ConfigError
@@ -61,6 +62,8 @@ def check_config(cfg: Config) -> int:
     except StoreError as exc:
         print(f"FAIL: {exc}")
         problems += 1
+    for warning in sizelimits.check(cfg):
+        print(f"WARNING: {warning}")
     if cfg.clamd_socket == "none":
         print("WARNING: clamd_socket = none: no virus scanning")
     else:

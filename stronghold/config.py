@@ -119,6 +119,21 @@ def _path(value: Any) -> Path:
     return Path(str(value)).expanduser()
 
 
+def _loopback_bind(value: Any) -> str:
+    """HOST:PORT on a loopback address, or empty (off)."""
+    text = str(value).strip()
+    if not text:
+        return ""
+    host, sep, port = text.rpartition(":")
+    try:
+        loopback = sep and ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if not loopback or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("must be a loopback HOST:PORT such as 127.0.0.1:9464, or empty")
+    return text
+
+
 def _text(value: Any) -> str:
     return str(value)
 
@@ -213,9 +228,15 @@ SETTINGS: dict[str, Setting] = {
     "on_model_error": Setting("tempfail", _choice(*FAIL_ACTIONS), "when the model is unusable"),
     "on_store_error": Setting("tempfail", _choice(*FAIL_ACTIONS), "when the database fails"),
     "max_message_bytes": Setting(25 * 1024 * 1024, _positive_int,
-                                 "messages larger than this get oversize_action"),
-    "oversize_action": Setting("scan-head", _choice("scan-head", "accept", "tempfail", "reject"),
-                               "scan-head: scan the first max_message_bytes; accept: pass with a header"),
+                                 "messages are scanned whole up to this size; larger ones get oversize_action "
+                                 "(keep Postfix's message_size_limit at or below it)"),
+    "oversize_action": Setting("reject", _choice("reject", "tempfail", "scan-head", "accept"),
+                               "past max_message_bytes: reject (552 5.3.4) or tempfail unscanned; "
+                               "scan-head and accept deliver a tail no one scanned (a virus there passes)"),
+    "clamd_config": Setting(Path("/etc/clamav/clamd.conf"), _path,
+                            "clamd's own config, read by --check-config (StreamMaxLength, MaxFileSize)"),
+    "postfix_config_dir": Setting("", _text,
+                                  "Postfix config folder --check-config asks postconf about; empty: the default"),
     "spool_memory_bytes": Setting(1024 * 1024, _positive_int,
                                   "message bytes kept in memory before spooling to disk"),
     "lists_refresh_seconds": Setting(2.0, _non_negative,
@@ -242,6 +263,11 @@ SETTINGS: dict[str, Setting] = {
     "on_dns_error": Setting("unauthenticated", _choice("unauthenticated", "tempfail"),
                             "when authentication lookups fail: treat the sender as unauthenticated, "
                             "or tempfail the message"),
+    "log_format": Setting("text", _choice("text", "json"),
+                          "text: one line per event; json: one JSON object per line (per message: "
+                          "queue id, recipients' decisions, score, trace, ms per stage, worker)"),
+    "metrics_bind": Setting("", _loopback_bind,
+                            "loopback HOST:PORT serving Prometheus /metrics (e.g. 127.0.0.1:9464); empty: off"),
     "web_bind": Setting("127.0.0.1:8080", _text, "host:port of the web UI"),
     "web_secret_key": Setting("", _text, "Flask secret key; empty: generated into data_dir"),
     "web_secure_cookies": Setting(False, _bool, "mark cookies Secure (set when served over TLS)"),
@@ -305,6 +331,8 @@ class Config:
     on_store_error: str
     max_message_bytes: int
     oversize_action: str
+    clamd_config: Path
+    postfix_config_dir: str
     spool_memory_bytes: int
     lists_refresh_seconds: float
     log_tokens: bool
@@ -317,6 +345,8 @@ class Config:
     dmarc_every_message: bool
     dmarc_action: str
     on_dns_error: str
+    log_format: str
+    metrics_bind: str
     web_bind: str
     web_secret_key: str
     web_secure_cookies: bool

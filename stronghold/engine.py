@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from time import perf_counter
 from typing import TYPE_CHECKING
 
 from stronghold.allowrule import allow_candidates, allow_may_apply, authenticated_allow
@@ -69,7 +70,7 @@ class Policy:
     on_scanner_error: str = "tempfail"
     on_model_error: str = "tempfail"
     on_store_error: str = "tempfail"
-    oversize_action: str = "scan-head"
+    oversize_action: str = "reject"
     dmarc_action: Action = Action.TAG
     on_dns_error: str = "unauthenticated"
 
@@ -422,24 +423,31 @@ def gather(msg: ParsedMessage, stream: Stream | None, scanner: Scanner | None,
            model: ModelSource, lists: ListSource, oversize: bool = False,
            skip_content_checks: bool = False, tokens: set[str] | None = None,
            envelope: Envelope | None = None, authenticator: Authenticator | None = None,
-           layers: LayerSource | None = None) -> Findings:
+           layers: LayerSource | None = None,
+           timings: dict[str, float] | None = None) -> Findings:
     """Run the checks through their interfaces; typed errors become findings.
 
     ``tokens`` are the message's features when the caller has them already.
+    ``timings``, when given, gets the seconds each check took (clamd, lists,
+    classifier, auth) added to what it holds.
     The sender is authenticated (DNS) only when that can change the outcome:
     an allow entry would match, or the authenticator checks all mail.
     """
+    clock = perf_counter()
+    t = timings if timings is not None else {}
     scan = scan_error = None
     if scanner is not None and stream is not None and not skip_content_checks:
         try:
             scan = scanner.scan(stream)
         except ScannerError as exc:
             scan_error = str(exc)
+        clock = _lap(t, "clamd", clock)
     index = store_error = None
     try:
         index = lists()
     except StoreError as exc:
         store_error = str(exc)
+    clock = _lap(t, "lists", clock)
     score = threshold = model_error = None
     personal: dict[str, Score] = {}
     if not skip_content_checks and not (scan is not None and scan.infected):
@@ -452,11 +460,13 @@ def gather(msg: ParsedMessage, stream: Stream | None, scanner: Scanner | None,
                 personal = _personal_scores(current, toks, envelope.recipients, layers)
         except ModelError as exc:
             model_error = str(exc)
+        clock = _lap(t, "classifier", clock)
     auth = None
     if authenticator is not None and envelope is not None and index is not None and (
             authenticator.every_message or allow_may_apply(index, envelope.sender, envelope.recipients, msg)):
         auth = authenticator.check(envelope.sender, envelope.client_ip, envelope.helo, msg.headers,
                                    lambda: _whole(stream))
+        _lap(t, "auth", clock)
     return Findings(scan=scan, scan_error=scan_error, score=score, model_threshold=threshold,
                     model_error=model_error, lists=index, store_error=store_error,
                     oversize=oversize, auth=auth, personal=personal)
@@ -482,6 +492,13 @@ def _personal_scores(model: Model, tokens: set[str], recipients: Sequence[str],
     return out
 
 
+def _lap(timings: dict[str, float], stage: str, since: float) -> float:
+    """Add the seconds since ``since`` to ``timings[stage]``; returns now."""
+    now = perf_counter()
+    timings[stage] = timings.get(stage, 0.0) + now - since
+    return now
+
+
 def _whole(stream: Stream | None) -> bytes:
     """The message as it arrived (for DKIM); the stream is left at its start."""
     if stream is None:
@@ -495,7 +512,8 @@ def _whole(stream: Stream | None) -> bytes:
 def evaluate(envelope: Envelope, msg: ParsedMessage, stream: Stream | None,
              scanner: Scanner | None, model: ModelSource, lists: ListSource,
              policy: Policy, oversize: bool = False, tokens: set[str] | None = None,
-             authenticator: Authenticator | None = None, layers: LayerSource | None = None) -> Verdict:
+             authenticator: Authenticator | None = None, layers: LayerSource | None = None,
+             timings: dict[str, float] | None = None) -> Verdict:
     """gather() then decide(): the one call the milter, CLI and web UI share."""
     skip = oversize and policy.oversize_action == "accept"
     if oversize and policy.oversize_action in ("tempfail", "reject"):
@@ -507,5 +525,6 @@ def evaluate(envelope: Envelope, msg: ParsedMessage, stream: Stream | None,
         return Verdict(action, Category.ERROR, None, None, None, decisions, trace,
                        smtp_reply=reply)
     found = gather(msg, stream, scanner, model, lists, oversize, skip_content_checks=skip, tokens=tokens,
-                   envelope=envelope, authenticator=authenticator, layers=layers)
+                   envelope=envelope, authenticator=authenticator, layers=layers,
+                   timings=timings)
     return decide(envelope, msg, found, policy)

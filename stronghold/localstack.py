@@ -169,12 +169,15 @@ defer unix - - n - 0 bounce
 trace unix - - n - 0 bounce
 verify unix - - n - 1 verify
 flush unix n - n 1000? 0 flush
+tlsmgr unix - - n 1000? 1 tlsmgr
 proxymap unix - - n - - proxymap
+proxywrite unix - - n - 1 proxymap
 smtp unix - - n - - smtp
 lmtp unix - - n - - lmtp
 relay unix - - n - - smtp
 showq unix n - n - - showq
 error unix - - n - - error
+local unix - n n - - local
 retry unix - - n - - error
 discard unix - - n - - discard
 virtual unix - n n - - virtual
@@ -251,6 +254,13 @@ class Postfix:
             "milter_connect_timeout": "10s",
             "milter_content_timeout": "120s",
             "smtpd_milters": self.milter or "",
+            # A queue id from MAIL FROM on, so the milter's RCPT-stage lines and Postfix's own
+            # "milter-reject: RCPT" lines carry it (by default Postfix opens the queue file only
+            # after the first accepted recipient, and a first refused one is logged NOQUEUE).
+            "smtpd_delay_open_until_valid_rcpt": "no",
+            "milter_rcpt_macros": "i {rcpt_addr} {rcpt_host} {rcpt_mailer}",
+            "alias_maps": "",
+            "alias_database": "",
             "non_smtpd_milters": "",
             "shlib_directory": "/usr/lib/postfix",
             "daemon_directory": "/usr/lib/postfix/sbin",

@@ -14,14 +14,16 @@ nobody receives it, the message is discarded after the hold.
 from __future__ import annotations
 
 import logging
+from time import perf_counter
 from typing import Any
 
 import Milter
 
 from stronghold import headers
 from stronghold.engine import Envelope
+from stronghold.logfmt import MessageLine, RcptLine
 from stronghold.message import MAX_BYTES, parse
-from stronghold.service import Service, log_line
+from stronghold.service import Service
 from stronghold.spool import Spool
 from stronghold.store.errors import StoreError
 from stronghold.verdict import Action
@@ -85,8 +87,7 @@ class StrongholdMilter(Milter.Base):
         decision = self.service.check_recipient(self.sender, rcpt)
         if decision is not None:
             env = Envelope(self.sender, (rcpt,), self.client_ip, self.helo, self.getsymval("i") or "")
-            log.info("%s: from=<%s> to=<%s> verdict=blocked action=reject stage=rcpt trace=%s",
-                     env.queue_id or "-", self.sender, rcpt, " ".join(map(str, decision.trace)))
+            log.info("%s", RcptLine(env, decision))
             self.service.record_rcpt_reject(env, decision)
             self.setreply("550", "5.7.1", "Sender is blocked by the recipient")
             return Milter.REJECT
@@ -148,10 +149,12 @@ class StrongholdMilter(Milter.Base):
                        self.getsymval("i") or "")
         if self.spool is None:  # no MAIL FROM seen: nothing to decide about
             return Milter.TEMPFAIL
+        started = perf_counter()
         raw = self.spool.head(MAX_BYTES + 1)  # one byte more, so parse() records the truncation
         msg = parse(raw)
         msg.size = self.size
         self.spool.seek(0)
+        parsed = perf_counter()
         outcome = self.service.decide(env, msg, self.spool, oversize=self.oversize)
         if outcome.verdict.held:  # stored before anything is accepted; if not stored, tempfail
             subject = headers.decode_value(self.subject_raw) if self.subject_raw is not None else ""
@@ -160,7 +163,9 @@ class StrongholdMilter(Milter.Base):
             except StoreError as exc:
                 outcome = self.service.hold_failed(outcome, str(exc))
         verdict = outcome.verdict
-        log.info("%s", log_line(env, outcome))
+        outcome.stages["parse"] = parsed - started
+        outcome.stages["total"] = perf_counter() - started
+        log.info("%s", MessageLine(env, outcome))
         self.service.record(env, msg, outcome)
         if verdict.action in (Action.REJECT, Action.TEMPFAIL):
             code, xcode, text = verdict.smtp_reply or ("451", "4.7.1", "Try again later")
@@ -175,6 +180,7 @@ class StrongholdMilter(Milter.Base):
             self.chgheader("Authentication-Results", index, "")
         for name, value in verdict.headers:
             self.addheader(name, value)
+        self.addheader("X-Stronghold-Version", self.service.version_header())
         if verdict.auth is not None and auth.mode == "check":
             self.addheader("Authentication-Results", verdict.auth.header_value(auth.authserv_id), 0)
         if verdict.subject_prefix:

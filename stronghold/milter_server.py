@@ -31,7 +31,7 @@ from pathlib import Path
 import Milter
 import milter
 
-from stronghold import modelsync
+from stronghold import logfmt, metrics, modelsync
 from stronghold.config import Config
 from stronghold.milter import FLAGS, StrongholdMilter
 from stronghold.service import Service
@@ -39,6 +39,7 @@ from stronghold.store.errors import StoreError
 
 log = logging.getLogger(__name__)
 LISTEN_BACKLOG = 1024  # libmilter's default is small: busy Postfix would get refused (451)
+METRICS_SLOT, SYNC_SLOT = 0, -1  # children beside the workers (slots 1..milter_workers)
 
 
 def socket_spec(cfg: Config) -> str:
@@ -119,10 +120,11 @@ def _share_socket(path: Path, group: str) -> None:
     os.chmod(path, 0o660)
 
 
-def _worker(cfg: Config, service: Service) -> None:
+def _worker(cfg: Config, service: Service, slot: int) -> None:
     """Child process: fresh DB connections, then serve until told to stop."""
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, signal.SIG_DFL)
+    logfmt.set_worker(f"w{slot}")
     faulthandler.enable(all_threads=True)  # a native crash leaves every thread's stack in the log
     service.store.engine.dispose(close=False)
     StrongholdMilter.service = service
@@ -141,6 +143,7 @@ def _worker(cfg: Config, service: Service) -> None:
 
 def _model_syncer(cfg: Config, service: Service) -> None:
     """Child process: pull the model published in the store, report the version this node runs."""
+    logfmt.set_worker("sync")
     for sig in (signal.SIGHUP,):
         signal.signal(sig, signal.SIG_IGN)
     service.store.engine.dispose(close=False)
@@ -148,13 +151,28 @@ def _model_syncer(cfg: Config, service: Service) -> None:
     os._exit(0)
 
 
+def _metrics_process(cfg: Config) -> None:
+    """Child process: serve /metrics until SIGTERM (the supervisor's handlers are not ours)."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    logfmt.set_worker("metrics")
+    try:
+        metrics.serve(cfg)
+    except OSError as exc:
+        log.error("metrics on %s: %s", cfg.metrics_bind, exc)
+    os._exit(1)
+
+
 def serve(cfg: Config) -> int:
     """Open the socket, fork the workers, supervise them; returns an exit status."""
+    logfmt.configure(cfg.log_format)
     spec = socket_spec(cfg)
     cfg.data_dir.mkdir(parents=True, exist_ok=True)
     if spec.startswith("unix:"):
         Path(spec[5:]).parent.mkdir(parents=True, exist_ok=True)
     service = Service(cfg)
+    service.incidents.recorder = metrics.enable(cfg)
     try:
         service.store.upgrade()
     except StoreError as exc:  # keep running: messages get on_store_error until it is back
@@ -176,22 +194,18 @@ def serve(cfg: Config) -> int:
     log.info("milter listening on %s with %d workers", spec, cfg.milter_workers)
     print(f"stronghold milter: listening on {spec} ({cfg.milter_workers} workers)", flush=True)
 
-    children: dict[int, float] = {}
-    syncer: list[int] = []  # the model-sync child's pid, when model_sync_seconds is set
+    children: dict[int, tuple[float, int]] = {}  # pid -> (started, slot); 0: metrics, -1: model sync
     stopping = False
 
-    def spawn() -> None:
+    def spawn(slot: int) -> None:
         pid = os.fork()
         if pid == 0:
-            _worker(cfg, service)
-        children[pid] = time.monotonic()
-
-    def spawn_syncer() -> None:
-        pid = os.fork()
-        if pid == 0:
-            _model_syncer(cfg, service)
-        children[pid] = time.monotonic()
-        syncer[:] = [pid]
+            if slot == METRICS_SLOT:
+                _metrics_process(cfg)
+            if slot == SYNC_SLOT:
+                _model_syncer(cfg, service)
+            _worker(cfg, service, slot)
+        children[pid] = (time.monotonic(), slot)
 
     def on_stop(signum: int, _frame: object) -> None:
         nonlocal stopping
@@ -210,10 +224,12 @@ def serve(cfg: Config) -> int:
     signal.signal(signal.SIGINT, on_stop)
     signal.signal(signal.SIGHUP, on_hup)
     service.store.engine.dispose()
-    for _ in range(cfg.milter_workers):
-        spawn()
+    if cfg.metrics_bind:
+        spawn(0)
+    for slot in range(1, cfg.milter_workers + 1):
+        spawn(slot)
     if cfg.model_sync_seconds > 0:
-        spawn_syncer()
+        spawn(SYNC_SLOT)
     while children:
         try:
             pid, status = os.wait()
@@ -221,16 +237,16 @@ def serve(cfg: Config) -> int:
             break
         except InterruptedError:
             continue
-        started = children.pop(pid, None)
-        if stopping or started is None:
+        child = children.pop(pid, None)
+        metrics.worker_died(cfg, pid)
+        if stopping or child is None:
             continue
-        log.error("worker %d exited (status %d); restarting", pid, status)
+        started, slot = child
+        name = {METRICS_SLOT: "metrics server", SYNC_SLOT: "model sync"}.get(slot, f"worker w{slot}")
+        log.error("%s %d exited (status %d); restarting", name, pid, status)
         if time.monotonic() - started < 1.0:
             time.sleep(1.0)  # a worker that dies at once: do not spin
-        if pid in syncer:
-            spawn_syncer()
-        else:
-            spawn()
+        spawn(slot)
     if spec.startswith("unix:"):
         try:
             os.unlink(spec[5:])

@@ -6,6 +6,7 @@ UI use the same pieces.  Nothing here speaks the milter protocol.
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import math
 import os
@@ -14,12 +15,13 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
 from sqlalchemy.orm import Session
 
+from stronghold import metrics
 from stronghold.antivirus import Scanner, make_scanner
 from stronghold.authres import Authenticator
 from stronghold.classifier import Model, ModelError, passport_path, table_path
@@ -28,6 +30,7 @@ from stronghold.dnscache import Dns
 from stronghold.engine import Envelope, Policy, check_recipient, evaluate, hold_failed
 from stronghold.lists import ListIndex
 from stronghold.message import ParsedMessage
+from stronghold.metrics import Recorder
 from stronghold.personal import Layer, LayerCache
 from stronghold.spool import Stream
 from stronghold.store import messagelog, quarantine
@@ -39,6 +42,10 @@ from stronghold.verdict import RecipientDecision, Verdict
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+try:
+    VERSION = importlib.metadata.version("mail-stronghold")
+except importlib.metadata.PackageNotFoundError:  # a source checkout that was never installed
+    VERSION = "0+unknown"
 
 
 class Incidents:
@@ -49,11 +56,13 @@ class Incidents:
     def __init__(self) -> None:
         self._failing: dict[str, float] = {}
         self._lock = threading.Lock()
+        self.recorder: Recorder = metrics.NULL
 
     def failed(self, kind: str, detail: str) -> None:
         now = time.monotonic()
         with self._lock:
             last = self._failing.get(kind)
+            self.recorder.incident(kind, started=last is None)
             if last is None or now - last > self.REMIND_SECONDS:
                 log.error("%s failing: %s", kind, detail)
                 self._failing[kind] = now
@@ -62,6 +71,7 @@ class Incidents:
         with self._lock:
             if self._failing.pop(kind, None) is not None:
                 log.warning("%s recovered", kind)
+                self.recorder.recovered(kind)
 
 
 class ModelHolder:
@@ -252,6 +262,7 @@ class Outcome:
     verdict: Verdict
     tokens: set[str] | None
     seconds: float
+    stages: dict[str, float] = field(default_factory=dict)  # seconds per stage (metrics.STAGES)
 
 
 class Service:
@@ -268,6 +279,7 @@ class Service:
         self._layers = LayerCache(self.store, cfg.lists_refresh_seconds)
         self.db = StoreThread()
         self._next_purge = 0.0
+        self._version: tuple[int, str] = (-1, "")
         self.authenticator = Authenticator(cfg.auth_mode, cfg.authserv_id,
                                            Dns(cfg.dns_nameservers, cfg.dns_port, cfg.dns_timeout),
                                            every_message=cfg.dmarc_every_message)
@@ -300,9 +312,10 @@ class Service:
                oversize: bool = False) -> Outcome:
         started = time.perf_counter()
         tokens = features(msg)
+        stages = {"classifier": time.perf_counter() - started}
         verdict = evaluate(envelope, msg, stream, self.scanner, self.model, self.lists,
                            self.policy, oversize=oversize, tokens=tokens, authenticator=self.authenticator,
-                           layers=self.personal_layers)
+                           layers=self.personal_layers, timings=stages)
         for step in verdict.trace:
             if step.step == "antivirus":
                 if step.outcome == "error":
@@ -310,7 +323,19 @@ class Service:
                 else:
                     self.incidents.ok("clamd")
         kept = tokens if self.cfg.log_tokens and verdict.score is not None else None
-        return Outcome(verdict, kept, time.perf_counter() - started)
+        return Outcome(verdict, kept, time.perf_counter() - started, stages)
+
+    def version_header(self) -> str:
+        """X-Stronghold-Version: the package's version and the model that scored the message."""
+        generation = self.model.generation
+        if self._version[0] != generation:
+            try:
+                passport = self.model().passport
+                model = f"model {metrics.model_id(passport.file_sha256, passport.created)}"
+            except ModelError:
+                model = "model none"
+            self._version = (generation, f"{VERSION} {model}")
+        return self._version[1]
 
     def hold(self, envelope: Envelope, verdict: Verdict, raw: bytes, subject: str) -> list[int]:
         """Store the copies ``verdict`` holds, one quarantine item per recipient, and
@@ -346,7 +371,7 @@ class Service:
     @staticmethod
     def hold_failed(outcome: Outcome, detail: str) -> Outcome:
         """The outcome once holding failed: the whole message is tempfailed."""
-        return Outcome(hold_failed(outcome.verdict, detail), outcome.tokens, outcome.seconds)
+        return Outcome(hold_failed(outcome.verdict, detail), outcome.tokens, outcome.seconds, outcome.stages)
 
     PURGE_EVERY = 3600.0
 
@@ -358,6 +383,7 @@ class Service:
         """
         self.db.write(messagelog.entry(envelope, msg, outcome.verdict, outcome.tokens), self.store,
                       self._log_written)
+        self.incidents.recorder.message(outcome)
         now = time.monotonic()
         if now >= self._next_purge:
             self._next_purge = now + self.PURGE_EVERY
@@ -376,6 +402,7 @@ class Service:
 
     def record_rcpt_reject(self, envelope: Envelope, decision: RecipientDecision) -> None:
         trace = " ".join(str(s) for s in decision.trace)
+        self.incidents.recorder.rcpt_reject(decision)
         self.db.write(messagelog.rcpt_reject_entry(envelope, decision.recipient, decision.reason, trace),
                       self.store, self._log_written)
 
@@ -385,12 +412,3 @@ class Service:
         else:
             self.incidents.failed("message log", str(error))
 
-
-def log_line(envelope: Envelope, outcome: Outcome) -> str:
-    """The one line per message: queue id, sender, recipients, verdict and why."""
-    v = outcome.verdict
-    score = f"{v.score:.4f}" if v.score is not None else "-"
-    return (f"{envelope.queue_id or '-'}: from=<{envelope.sender}> "
-            f"to={','.join('<' + r + '>' for r in envelope.recipients)} score={score} "
-            f"verdict={v.category.value} action={v.action.value} "
-            f"ms={outcome.seconds * 1000:.1f} trace={v.summary} reasons={','.join(v.reasons[:5])}")

@@ -139,14 +139,15 @@ def test_malformed_mime_is_delivered_not_lost(stack: Stack) -> None:
     assert "defect" in h["X-Spam-Status"] or "score=" in h["X-Spam-Status"]
 
 
-def test_oversize_message_scans_the_head_and_is_delivered(stack: Stack) -> None:
+def test_oversize_message_is_refused_by_default(stack: Stack) -> None:
+    """Past max_message_bytes nothing is delivered unscanned: 552 (oversize_action = reject)."""
     body = ("All the quarterly figures are below.\n" + "0123456789 " * 300_000)[:3_000_000]
     tid, data = mail.simple(body=body)
     assert len(data) > 2_000_000  # the stack's max_message_bytes
-    assert mail.send(stack.postfix.port, "carol@sender.example", ["kim@example.com"], data) == {}
-    got = stack.sink.wait_for(_by_id(tid))
-    assert len(got[0].data) >= len(data)  # delivered whole, not truncated
-    assert "size=oversize(scan-head)" in mail.headers(got[0].data)["X-Spam-Status"]
+    with pytest.raises(smtplib.SMTPDataError) as refused:
+        mail.send(stack.postfix.port, "carol@sender.example", ["kim@example.com"], data)
+    assert refused.value.smtp_code == 552
+    assert not [m for m in stack.sink.messages if f"X-Test-Id: {tid}".encode() in m.data]
 
 
 def test_every_message_has_one_log_line(stack: Stack) -> None:

@@ -205,10 +205,10 @@ def test_tagged_subjects_arrive_readable(stack: Stack, spam: bytes, raw_subject:
 def test_every_spam_header_from_outside_is_removed(stack: Stack) -> None:
     forged = ("X-Spam-Flag: NO\r\nX-Spam-Level: \r\nX-Spam-Report: all fine\r\n"
               "X-Spam-Checker-Version: SpamAssassin 3.4.6\r\nX-Spam-Whatever: forged\r\n"
-              "x-spam-status: No, forged\r\nX-Stronghold-Verdict: clean\r\n")
+              "x-spam-status: No, forged\r\nX-Stronghold-Verdict: clean\r\nX-Stronghold-Version: 9 forged\r\n")
     tid, data = mail.simple(extra=forged)
     assert mail.send(stack.postfix.port, "carol@sender.example", ["strip@example.com"], data) == {}
     h = mail.headers(stack.sink.wait_for(_by_id(tid))[0].data)
     names = sorted(n for n in h.keys() if n.lower().startswith(("x-spam-", "x-stronghold-")))
-    assert names == ["X-Spam-Flag", "X-Spam-Score", "X-Spam-Status"]
-    assert "forged" not in h["X-Spam-Status"]
+    assert names == ["X-Spam-Flag", "X-Spam-Score", "X-Spam-Status", "X-Stronghold-Version"]
+    assert "forged" not in h["X-Spam-Status"] and "forged" not in h["X-Stronghold-Version"]

@@ -1,0 +1,64 @@
+"""Per-message log lines: the text form splits into key=value pairs, the JSON form is one object."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shlex
+
+from stronghold import logfmt
+from stronghold.engine import Envelope, Policy, decide
+from stronghold.logfmt import JsonFormatter, MessageLine, RcptLine
+from stronghold.message import parse
+from stronghold.service import Outcome
+from stronghold.verdict import Action, Category, RecipientDecision, TraceStep
+from tests.unit.test_engine import found
+
+ENV = Envelope("s@env.example", ("a@x.example", "b@x.example"), "192.0.2.1", "helo", "4Q1XyZ")
+MSG = parse(b"From: s@from.example\r\nSubject: hi\r\n\r\nhello\r\n")
+
+
+def _outcome() -> Outcome:
+    verdict = decide(ENV, MSG, found(0.95), Policy())
+    return Outcome(verdict, None, 0.0021, {"parse": 0.0002, "clamd": 0.001, "total": 0.0025})
+
+
+def _record(line: object) -> logging.LogRecord:
+    record = logging.LogRecord("stronghold.milter", logging.INFO, __file__, 1, "%s", (line,), None)
+    logfmt.WorkerFilter().filter(record)
+    return record
+
+
+def test_text_line_splits_into_pairs_whatever_the_trace_holds() -> None:
+    line = str(MessageLine(ENV, _outcome()))
+    pairs = dict(p.split("=", 1) for p in shlex.split(line.split(": ", 1)[1]))
+    assert pairs["trace"] == _outcome().verdict.summary  # spaces and parentheses kept, one value
+    assert " " in pairs["trace"] and "(" in pairs["trace"]
+    assert pairs["verdict"] == "spam" and pairs["action"] == "tag" and line.startswith("4Q1XyZ: ")
+
+
+def test_json_message_object_has_each_recipients_decision_and_stages() -> None:
+    logfmt.set_worker("w2")
+    try:
+        obj = json.loads(JsonFormatter().format(_record(MessageLine(ENV, _outcome()))))
+    finally:
+        logfmt.set_worker("main")
+    assert obj["queue_id"] == "4Q1XyZ" and obj["recipients"] == ["a@x.example", "b@x.example"]
+    assert [(d["recipient"], d["action"]) for d in obj["decisions"]] == [("a@x.example", "tag"),
+                                                                         ("b@x.example", "tag")]
+    assert obj["score"] == 0.95 and obj["worker"] == "w2" and obj["event"] == "message"
+    assert obj["trace"][0] == "antivirus=clean" and isinstance(obj["trace"], list)
+    assert obj["ms"] == {"parse": 0.2, "clamd": 1.0, "total": 2.5}
+
+
+def test_json_rcpt_line_and_plain_lines() -> None:
+    decision = RecipientDecision("a@x.example", Action.REJECT, Category.BLOCKED, "sender blocked",
+                                 (TraceStep("block", "rcpt", "#3 @env.example"),))
+    obj = json.loads(JsonFormatter().format(_record(RcptLine(ENV, decision))))
+    assert obj["stage"] == "rcpt" and obj["queue_id"] == "4Q1XyZ" and obj["action"] == "reject"
+    assert obj["trace"] == ["block=rcpt(#3 @env.example)"]
+    text = str(RcptLine(ENV, decision))
+    assert shlex.split(text)[-1] == "trace=block=rcpt(#3 @env.example)"
+    plain = logging.LogRecord("x", logging.WARNING, __file__, 1, "clamd failing: %s", ("down",), None)
+    assert json.loads(JsonFormatter().format(plain))["msg"] == "clamd failing: down"
+
