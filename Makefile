@@ -56,10 +56,13 @@ bench: venv corpus model
 	   echo '## Accuracy (`make bench-accuracy`)'; echo; $(PY) -m bench.accuracy; echo; \
 	   $(PY) -m bench.throughput --tcp | sed 's/^# Throughput/## Throughput/'; } | tee bench/results/latest.md
 
-# The same, with rspamd 3 (Debian's package, local rules only) as a third system.
+# The same, with rspamd 3 (Debian's package) twice: local rules only, and with antivirus on the same
+# clamd + Bayes on a private Redis trained on the same split (the fair peer).
 bench-peers: venv corpus model
 	@dpkg-query -W -f='$${Status}' rspamd 2>/dev/null | grep -q "install ok installed" || \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends rspamd >/dev/null
+	@dpkg-query -W -f='$${Status}' redis-server 2>/dev/null | grep -q "install ok installed" || \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server >/dev/null
 	$(PY) -m bench.throughput --peers --noop | tee bench/results/peers.md
 
 soak: venv corpus model
