@@ -33,6 +33,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--messages", type=int, default=1200)
+    parser.add_argument("--keep", action="store_true", help="keep the run's folder (logs) and say where")
     args = parser.parse_args()
     before = args.before.resolve()
     if not (before / "stronghold" / "milter.py").exists() or not (before / "models" / "model.joblib").exists():
@@ -88,7 +89,10 @@ def main() -> int:
     finally:
         for part in reversed(parts):
             part.stop()
-        shutil.rmtree(home, ignore_errors=True)
+        if args.keep:
+            print(f"logs kept in {home}", file=sys.stderr)
+        else:
+            shutil.rmtree(home, ignore_errors=True)
 
 
 if __name__ == "__main__":
