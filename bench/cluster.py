@@ -232,14 +232,14 @@ def propagation(nodes: list[Node], db_url: str, timeout: float = 15.0) -> list[f
 
 
 def restart_run(nodes: list[Node], pg: StatsCluster, messages: list[bytes], concurrency: int,
-                down: float = 3.0, retry_for: float = 90.0) -> dict[str, object]:
+                down: float = 3.0, retry_for: float = 90.0, after: float = 0.5) -> dict[str, object]:
     """Load, a PostgreSQL immediate stop and start mid-run, resends of every 4xx; then the accounting."""
     msgs = tagged(messages, "restart")
     final: dict[int, int] = {}
     tempfails = 0
 
     def outage() -> None:
-        time.sleep(1.0)
+        time.sleep(after)
         pg.stop_server()
         time.sleep(down)
         pg.start_server()
@@ -325,8 +325,9 @@ def main() -> int:
             print(f"  {count} node(s): {row['msg_s']:.1f} msg/s, {row['peak_conns']} connections, "
                   f"{row['db_cpu_ms']:.3f} ms PostgreSQL CPU/msg", file=sys.stderr, flush=True)
         delays = propagation(nodes, db_url)
-        outage = restart_run(nodes, pg, messages[:300], args.concurrency)
-        report = render(args, rows, delays, outage, time.time() - started)
+        outage = restart_run(nodes, pg, messages, args.concurrency)
+        top = top_statements(pg)
+        report = render(args, rows, delays, outage, time.time() - started) + top
         print(report)
         RESULTS.mkdir(parents=True, exist_ok=True)
         (RESULTS / f"cluster-{time.strftime('%Y-%m-%d')}.md").write_text(report)
@@ -338,6 +339,20 @@ def main() -> int:
             part.stop()
         pg.stop()
         shutil.rmtree(home, ignore_errors=True)
+
+
+def top_statements(pg: StatsCluster, n: int = 6) -> str:
+    """The statements the nodes ran most, from pg_stat_statements (whole run)."""
+    with psycopg.connect(host="127.0.0.1", port=pg.port, user="postgres", dbname="stronghold",
+                         autocommit=True) as conn:
+        rows = conn.execute("SELECT calls, total_exec_time, left(regexp_replace(query, '\\s+', ' ', 'g'), 90) "
+                            "FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid "
+                            "WHERE d.datname = 'stronghold' AND query NOT ILIKE '%%pg_stat%%' "
+                            "ORDER BY total_exec_time DESC LIMIT %s", (n,)).fetchall()
+    lines = ["", "Statements by total execution time (pg_stat_statements, whole run):", "",
+             "| calls | total ms | statement |", "|---|---|---|"]
+    lines += [f"| {calls} | {ms:.0f} | `{query.replace('|', '/')}` |" for calls, ms, query in rows]
+    return "\n".join(lines) + "\n"
 
 
 def render(args: argparse.Namespace, rows: list[dict[str, float]], delays: list[float | None],
@@ -360,7 +375,7 @@ def render(args: argparse.Namespace, rows: list[dict[str, float]], delays: list[
               f"{len(got)} of {len(delays)} nodes; delay per node: "
               + ", ".join(f"{d:.2f} s" if d is not None else "not within 15 s" for d in delays)
               + (f" (max {max(got):.2f} s)" if got else ""), "",
-              f"PostgreSQL immediate stop for 3 s, 1 s into a run of {outage['sent']} messages, resending "
+              f"PostgreSQL immediate stop for 3 s, 0.5 s into a run of {outage['sent']} messages, resending "
               f"every 4xx: {outage['tempfails']} temporary failures along the way; finally "
               f"{outage['accepted']} accepted + {outage['rejected']} rejected, {outage['never_final']} never "
               f"answered for good; accepted but not delivered: {outage['missing']}; delivered twice: "
