@@ -104,19 +104,9 @@ class StrongholdMilter(Milter.Base):
     # -- content ----------------------------------------------------------------
     @Milter.noreply
     def header(self, name: str, value: Any) -> int:
-        raw = value if isinstance(value, bytes) else str(value).encode("utf-8", "surrogateescape")
-        self.on_header(name, raw)
-        return Milter.CONTINUE
-
-    header.error_strategy = "bytes"  # pymilter: pass raw bytes
-
-    def on_header(self, name: str, raw: bytes) -> int:
-        """One header field: spooled, counted, noted if it is ours or the Subject.
-
-        milter_server registers this directly with libmilter (fast_callbacks): no
-        pymilter wrappers per header, and no reply when Postfix agreed to none."""
         key = name.lower()
         self.seen_headers[key] = self.seen_headers.get(key, 0) + 1
+        raw = value if isinstance(value, bytes) else str(value).encode("utf-8", "surrogateescape")
         if key == "subject" and not self.subject_index:
             self.subject_index = self.seen_headers[key]
             self.subject_raw = raw
@@ -126,25 +116,19 @@ class StrongholdMilter(Milter.Base):
             self.strip.append((name, self.seen_headers[key]))
             if self.spool is not None:
                 self.strip_spans.append((start, self.spool.size))
-        return Milter.NOREPLY if self._protocol & Milter.P_NR_HDR else Milter.CONTINUE
+        return Milter.CONTINUE
+
+    header.error_strategy = "bytes"  # pymilter: pass raw bytes
 
     @Milter.noreply
     def eoh(self) -> int:
-        self.on_eoh()
-        return Milter.CONTINUE
-
-    def on_eoh(self) -> int:
         self._write(b"\r\n")
-        return Milter.NOREPLY if self._protocol & Milter.P_NR_EOH else Milter.CONTINUE
+        return Milter.CONTINUE
 
     @Milter.noreply
     def body(self, chunk: bytes) -> int:
-        self.on_body(chunk)
-        return Milter.CONTINUE
-
-    def on_body(self, chunk: bytes) -> int:
         self._write(chunk)
-        return Milter.NOREPLY if self._protocol & Milter.P_NR_BODY else Milter.CONTINUE
+        return Milter.CONTINUE
 
     def _write(self, data: bytes) -> None:
         limit = self.service.cfg.max_message_bytes

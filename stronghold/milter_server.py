@@ -53,11 +53,9 @@ def _register(spec: str, timeout: int) -> None:
     milter.set_helo_callback(lambda ctx, host: ctx.getpriv().hello(host))
     milter.set_envfrom_callback(lambda ctx, *b: ctx.getpriv().envfrom_bytes(*b))
     milter.set_envrcpt_callback(lambda ctx, *b: ctx.getpriv().envrcpt_bytes(*b))
-    # header, end of header and body go straight to the methods that do the work (one Python
-    # call per header field instead of four): the most frequent callbacks of a message
-    milter.set_header_callback(lambda ctx, f, v: ctx.getpriv().on_header(f, v))
-    milter.set_eoh_callback(lambda ctx: ctx.getpriv().on_eoh())
-    milter.set_body_callback(lambda ctx, chunk: ctx.getpriv().on_body(chunk))
+    milter.set_header_callback(lambda ctx, f, v: ctx.getpriv().header_bytes(f, v))
+    milter.set_eoh_callback(lambda ctx: ctx.getpriv().eoh())
+    milter.set_body_callback(lambda ctx, chunk: ctx.getpriv().body(chunk))
     milter.set_eom_callback(lambda ctx: ctx.getpriv().eom())
     milter.set_abort_callback(lambda ctx: ctx.getpriv().abort())
     milter.set_close_callback(Milter.close_callback)
