@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: deps venv corpus model test lint run stop install uninstall bench bench-accuracy bench-peers soak clean
+.PHONY: deps venv corpus model test lint run stop install uninstall bench bench-accuracy bench-peers bench-cluster soak clean
 
 deps:
 	@scripts/install-deps.sh
@@ -56,11 +56,19 @@ bench: venv corpus model
 	   echo '## Accuracy (`make bench-accuracy`)'; echo; $(PY) -m bench.accuracy; echo; \
 	   $(PY) -m bench.throughput --tcp | sed 's/^# Throughput/## Throughput/'; } | tee bench/results/latest.md
 
-# The same, with rspamd 3 (Debian's package, local rules only) as a third system.
+# The same, with rspamd 3 (Debian's package) twice: local rules only, and with antivirus on the same
+# clamd + Bayes on a private Redis trained on the same split (the fair peer).
 bench-peers: venv corpus model
 	@dpkg-query -W -f='$${Status}' rspamd 2>/dev/null | grep -q "install ok installed" || \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends rspamd >/dev/null
+	@dpkg-query -W -f='$${Status}' redis-server 2>/dev/null | grep -q "install ok installed" || \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server >/dev/null
 	$(PY) -m bench.throughput --peers --noop | tee bench/results/peers.md
+
+# Mail nodes (Postfix + milter, own data_dir each) on one PostgreSQL: msg/s, connections, database
+# CPU and statements per message, list-change propagation, a PostgreSQL restart mid-run (docs/scaling.md).
+bench-cluster: venv corpus model
+	$(PY) -m bench.cluster --nodes 1 2 4
 
 soak: venv corpus model
 	$(PY) -m bench.soak --minutes 20

@@ -65,7 +65,10 @@ def rcpt_reject_entry(envelope: Envelope, recipient: str, why: str, trace: str) 
 _MESSAGES = cast(Table, MessageRow.__table__)
 _RECIPIENTS = cast(Table, MessageRecipient.__table__)
 _INSERT_MESSAGES = insert(_MESSAGES).returning(_MESSAGES.c.id, sort_by_parameter_order=True)
-_INSERT_RECIPIENTS = insert(_RECIPIENTS)
+# RETURNING (ids unused) makes SQLAlchemy send the rows as one multi-row INSERT
+# ("insertmanyvalues"); without it psycopg runs one INSERT per recipient row, the
+# statement PostgreSQL spent most of its time on (bench.cluster, docs/scaling.md).
+_INSERT_RECIPIENTS = insert(_RECIPIENTS).returning(_RECIPIENTS.c.id)
 
 
 def write(session: Session, entries: Sequence[LogEntry]) -> list[int]:
