@@ -54,7 +54,7 @@ def main() -> int:
                                           "models_dir": str(before / "models"),
                                           "milter_socket": f"unix:{a_home / 'milter' / 'milter.sock'}",
                                           "database_url": f"sqlite:///{a_home / 'store.db'}"})
-        shutil.copy(home / "store.db", a_home / "store.db")  # the same list entries
+        shutil.copy(home / "milter" / "store.db", a_home / "store.db")  # the same list entries
         milter_a.start()
         parts.append(milter_a)
         if saved is None:
