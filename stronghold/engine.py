@@ -186,6 +186,8 @@ def decide(envelope: Envelope, msg: ParsedMessage, found: Findings, policy: Poli
         failed = _failure("antivirus", policy.on_scanner_error, found.scan_error, envelope, trace)
         if failed:
             return failed
+    elif found.scan is not None and not found.scan.scanned:
+        trace.append(TraceStep("antivirus", "none", "no scanner configured"))
     elif found.scan is not None:
         trace.append(TraceStep("antivirus", found.scan.virus or "clean"))
         if found.scan.infected:
