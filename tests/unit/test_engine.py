@@ -9,11 +9,11 @@ import pytest
 from stronghold.antivirus import ScannerError, ScanResult
 from stronghold.authres import AuthResults
 from stronghold.classifier import Clue, ModelError, Score
-from stronghold.engine import ROUTES, Envelope, Findings, Policy, check_recipient, decide, evaluate, hold_failed
+from stronghold.engine import ROUTES, Findings, Policy, check_recipient, decide, evaluate, hold_failed
 from stronghold.lists import ListEntry, ListIndex
 from stronghold.message import parse
 from stronghold.store.errors import StoreError
-from stronghold.verdict import Action, Category, Route
+from stronghold.verdict import Action, Category, Envelope, Route
 
 MSG = parse(b"From: Sender <s@from.example>\r\nSubject: hi\r\n\r\nhello there\r\n")
 ENV = Envelope("s@env.example", ("a@x.example", "b@x.example"), "192.0.2.1", "helo", "Q1")

@@ -13,12 +13,12 @@ from Milter import testctx
 
 from stronghold.antivirus import EICAR, NoScanner
 from stronghold.config import Config
-from stronghold.engine import Envelope
 from stronghold.message import MAX_BYTES, parse
 from stronghold.milter import StrongholdMilter
 from stronghold.service import Service
 from stronghold.store import entries, messagelog, quarantine
 from stronghold.store.db import Store
+from stronghold.verdict import Envelope
 
 pytestmark = pytest.mark.corpus  # the model is trained on it
 
