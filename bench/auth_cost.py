@@ -22,9 +22,10 @@ from typing import Any
 from stronghold.authres import Authenticator
 from stronghold.classifier import Score
 from stronghold.dnscache import Dns
-from stronghold.engine import Envelope, Policy, decide, gather
+from stronghold.engine import Policy, decide, gather
 from stronghold.lists import ListEntry, ListIndex
 from stronghold.message import parse
+from stronghold.verdict import Envelope
 
 ROOT = Path(__file__).resolve().parent.parent
 

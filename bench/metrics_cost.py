@@ -18,9 +18,10 @@ import tempfile
 import time
 
 from stronghold import metrics
-from stronghold.engine import Envelope, Findings, Policy, decide
+from stronghold.engine import Findings, Policy, decide
 from stronghold.message import parse
 from stronghold.service import Outcome
+from stronghold.verdict import Envelope
 
 
 def _outcome() -> Outcome:

@@ -28,6 +28,7 @@ class ScannerError(Exception):
 @dataclass(frozen=True)
 class ScanResult:
     virus: str | None  # signature name, or None when clean
+    scanned: bool = True  # False: no scanner is configured, nothing was looked at
 
     @property
     def infected(self) -> bool:
@@ -44,7 +45,7 @@ class NoScanner:
     name = "none"
 
     def scan(self, stream: Stream) -> ScanResult:
-        return ScanResult(None)
+        return ScanResult(None, scanned=False)
 
 
 class ClamdScanner:

@@ -20,13 +20,12 @@ from typing import TYPE_CHECKING, Any
 
 from stronghold.classifier import Model, Score
 from stronghold.config import Config
-from stronghold.engine import Envelope
 from stronghold.message import MAX_BYTES, parse
 from stronghold.received import as_received, envelope_sender, header_recipients
 from stronghold.spool import Spool
 from stronghold.store.db import Store
 from stronghold.training import iter_messages, read_index, tokenize
-from stronghold.verdict import Verdict
+from stronghold.verdict import Envelope, Verdict
 
 if TYPE_CHECKING:
     from stronghold.service import Service

@@ -43,7 +43,7 @@ from stronghold.message import ParsedMessage
 from stronghold.spool import Stream
 from stronghold.store.errors import StoreError
 from stronghold.tokens import features
-from stronghold.verdict import Action, Category, RecipientDecision, Route, TraceStep, Verdict
+from stronghold.verdict import Action, Category, Envelope, RecipientDecision, Route, TraceStep, Verdict
 
 if TYPE_CHECKING:
     from stronghold.personal import Layer
@@ -90,15 +90,6 @@ class Policy:
             dmarc_action=Action(cfg.dmarc_action),
             on_dns_error=cfg.on_dns_error,
         )
-
-
-@dataclass(frozen=True)
-class Envelope:
-    sender: str
-    recipients: tuple[str, ...]
-    client_ip: str = ""
-    helo: str = ""
-    queue_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -186,6 +177,8 @@ def decide(envelope: Envelope, msg: ParsedMessage, found: Findings, policy: Poli
         failed = _failure("antivirus", policy.on_scanner_error, found.scan_error, envelope, trace)
         if failed:
             return failed
+    elif found.scan is not None and not found.scan.scanned:
+        trace.append(TraceStep("antivirus", "none", "no scanner configured"))
     elif found.scan is not None:
         trace.append(TraceStep("antivirus", found.scan.virus or "clean"))
         if found.scan.infected:

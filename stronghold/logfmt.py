@@ -20,9 +20,8 @@ import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from stronghold.engine import Envelope
     from stronghold.service import Outcome
-    from stronghold.verdict import RecipientDecision, TraceStep
+    from stronghold.verdict import Envelope, RecipientDecision, TraceStep
 
 TEXT_FORMAT = "%(asctime)s %(name)s %(levelname)s [%(worker)s %(process)d] %(message)s"
 _worker = "main"

@@ -20,13 +20,12 @@ from typing import Any
 import Milter
 
 from stronghold import headers
-from stronghold.engine import Envelope
 from stronghold.logfmt import MessageLine, RcptLine
 from stronghold.message import MAX_BYTES, parse
 from stronghold.service import Service
 from stronghold.spool import Spool
 from stronghold.store.errors import StoreError
-from stronghold.verdict import Action
+from stronghold.verdict import Action, Envelope
 
 log = logging.getLogger(__name__)
 FLAGS = Milter.ADDHDRS | Milter.CHGHDRS | Milter.DELRCPT

@@ -12,6 +12,11 @@ stall); we set TCP_NODELAY on the listening socket, which accepted
 connections inherit on Linux.  The listening socket is non-blocking so that
 a worker that loses the race for a connection goes back to polling (and
 notices SIGTERM) instead of blocking in accept().
+
+``_register`` re-does what ``Milter.runmilter`` does inside (the raw C-module
+callbacks, the ``*_bytes`` wrappers of ``Milter.Base``) and then forks after
+``opensocket``: pymilter's internals, not its documented API, so setup.cfg
+pins pymilter to the version tested.  Move the pin only with the milter tests green.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ from stronghold.authres import Authenticator
 from stronghold.classifier import Model, ModelError, passport_path, table_path
 from stronghold.config import Config
 from stronghold.dnscache import Dns
-from stronghold.engine import Envelope, Policy, check_recipient, evaluate, hold_failed
+from stronghold.engine import Policy, check_recipient, evaluate, hold_failed
 from stronghold.lists import ListIndex
 from stronghold.message import ParsedMessage
 from stronghold.metrics import Recorder
@@ -38,7 +38,7 @@ from stronghold.store.db import Store
 from stronghold.store.entries import ListCache
 from stronghold.store.errors import StoreError
 from stronghold.tokens import features
-from stronghold.verdict import RecipientDecision, Verdict
+from stronghold.verdict import Envelope, RecipientDecision, Verdict
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

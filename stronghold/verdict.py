@@ -1,4 +1,4 @@
-"""The values the engine returns: actions, per-recipient decisions, traces."""
+"""The values the engine takes and returns: the envelope, actions, per-recipient decisions, traces."""
 
 from __future__ import annotations
 
@@ -8,6 +8,17 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from stronghold.authres import AuthResults
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """The SMTP envelope of one message, as the milter saw it."""
+
+    sender: str
+    recipients: tuple[str, ...]
+    client_ip: str = ""
+    helo: str = ""
+    queue_id: str = ""
 
 
 class Action(StrEnum):

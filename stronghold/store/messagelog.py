@@ -13,10 +13,9 @@ from sqlalchemy import CursorResult, Table, and_, delete, false, func, insert, o
 from sqlalchemy.orm import Session, selectinload
 from sqlalchemy.sql.elements import ColumnElement
 
-from stronghold.engine import Envelope
 from stronghold.message import ParsedMessage
 from stronghold.store.tables import Feedback, MessageRecipient, MessageRow
-from stronghold.verdict import Verdict
+from stronghold.verdict import Envelope, Verdict
 
 
 def pack_tokens(tokens: Iterable[str]) -> bytes:

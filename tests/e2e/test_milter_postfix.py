@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email.header
+import re
 import smtplib
 
 import pytest
@@ -135,8 +136,17 @@ def test_malformed_mime_is_delivered_not_lost(stack: Stack) -> None:
     tid, data = mail.tagged(raw)
     assert mail.send(stack.postfix.port, "x@odd.example", ["jane@example.com"], data) == {}
     h = mail.headers(stack.sink.wait_for(_by_id(tid))[0].data)
-    assert h["X-Spam-Flag"] in ("YES", "NO")
-    assert "defect" in h["X-Spam-Status"] or "score=" in h["X-Spam-Status"]
+    # delivered after a full check: scored by the classifier, not waved through unparsed
+    assert re.search(r"\bscore=[01]\.\d{4}\b", h["X-Spam-Status"]) and "classifier=" in h["X-Spam-Status"]
+    # and the parser saw what was wrong with it (its defects became features of the logged message)
+    wait_for(lambda: _malformed_row(stack) is not None, 10, "the malformed message in the log")
+    row = _malformed_row(stack)
+    assert row is not None
+    assert {"defect:bad-base64", "defect:CloseBoundaryNotFoundDefect"} <= messagelog.unpack_tokens(row.tokens)
+
+
+def _malformed_row(stack: Stack):
+    return next((r for r in _log_rows(stack, "jane@example.com") if r.sender == "x@odd.example"), None)
 
 
 def test_oversize_message_is_refused_by_default(stack: Stack) -> None:

@@ -9,11 +9,11 @@ import pytest
 from stronghold.antivirus import ScannerError, ScanResult
 from stronghold.authres import AuthResults
 from stronghold.classifier import Clue, ModelError, Score
-from stronghold.engine import ROUTES, Envelope, Findings, Policy, check_recipient, decide, evaluate, hold_failed
+from stronghold.engine import ROUTES, Findings, Policy, check_recipient, decide, evaluate, hold_failed
 from stronghold.lists import ListEntry, ListIndex
 from stronghold.message import parse
 from stronghold.store.errors import StoreError
-from stronghold.verdict import Action, Category, Route
+from stronghold.verdict import Action, Category, Envelope, Route
 
 MSG = parse(b"From: Sender <s@from.example>\r\nSubject: hi\r\n\r\nhello there\r\n")
 ENV = Envelope("s@env.example", ("a@x.example", "b@x.example"), "192.0.2.1", "helo", "Q1")
@@ -236,8 +236,29 @@ def test_evaluate_maps_adapter_errors_and_never_fails_open() -> None:
     def no_store():
         raise StoreError("db down")
 
-    v = evaluate(ENV, MSG, io.BytesIO(b"x"), Boom(), no_model, no_store, POLICY)
-    assert v.action is Action.TEMPFAIL and "antivirus=error" in v.summary
+    def run(**policy: str):
+        return evaluate(ENV, MSG, io.BytesIO(b"x"), Boom(), no_model, no_store, Policy(**policy))
+
+    def failed(v) -> list[str]:
+        return [f"{s.step}:{s.detail}" for s in v.trace if s.outcome == "error"]
+
+    # each of the three failures tempfails by default, in turn, once the one before it is let through
+    v = run()
+    assert v.action is Action.TEMPFAIL and v.category is Category.ERROR and v.smtp_reply[0] == "451"
+    assert failed(v) == ["antivirus:clamd down"]
+    v = run(on_scanner_error="accept")
+    assert v.action is Action.TEMPFAIL and v.category is Category.ERROR
+    assert failed(v) == ["antivirus:clamd down", "lists:db down"]
+    v = run(on_scanner_error="accept", on_store_error="accept")
+    assert v.action is Action.TEMPFAIL and v.category is Category.ERROR
+    assert failed(v) == ["antivirus:clamd down", "lists:db down", "classifier:no model"]
+    v = run(on_scanner_error="accept", on_store_error="accept", on_model_error="reject")
+    assert v.action is Action.REJECT and v.category is Category.ERROR and v.smtp_reply[0] == "550"
+    # only when the admin accepts all three does the message pass, unscored and saying why
+    v = run(on_scanner_error="accept", on_store_error="accept", on_model_error="accept")
+    assert v.action is Action.ACCEPT and v.score is None
+    assert failed(v) == ["antivirus:clamd down", "lists:db down", "classifier:no model"]
+    assert all(d.reason == "not scored" for d in v.decisions)
 
 
 def test_oversize_actions() -> None:

@@ -12,11 +12,11 @@ from hypothesis import strategies as st
 
 from stronghold.antivirus import ScanResult
 from stronghold.classifier import Model
-from stronghold.engine import Envelope, Policy, evaluate
+from stronghold.engine import Policy, evaluate
 from stronghold.lists import ListEntry, ListIndex
 from stronghold.message import parse
 from stronghold.tokens import features
-from stronghold.verdict import Action, Category
+from stronghold.verdict import Action, Category, Envelope
 
 ENV = Envelope("s@x.example", ("a@y.example",))
 LISTS = ListIndex([ListEntry(1, "a@y.example", "block", "@evil.example")])

@@ -9,12 +9,11 @@ import pytest
 from sqlalchemy import update
 
 from stronghold.cli import main
-from stronghold.engine import Envelope
 from stronghold.message import parse
 from stronghold.store import accounts, messagelog, quarantine
 from stronghold.store.db import Store
 from stronghold.store.tables import MessageRow, QuarantineItem
-from stronghold.verdict import Action, Category, Verdict
+from stronghold.verdict import Action, Category, Envelope, Verdict
 
 DAY = 86400.0
 

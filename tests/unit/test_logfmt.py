@@ -7,11 +7,11 @@ import logging
 import shlex
 
 from stronghold import logfmt
-from stronghold.engine import Envelope, Policy, decide
+from stronghold.engine import Policy, decide
 from stronghold.logfmt import JsonFormatter, MessageLine, RcptLine
 from stronghold.message import parse
 from stronghold.service import Outcome
-from stronghold.verdict import Action, Category, RecipientDecision, TraceStep
+from stronghold.verdict import Action, Category, Envelope, RecipientDecision, TraceStep
 from tests.unit.test_engine import found
 
 ENV = Envelope("s@env.example", ("a@x.example", "b@x.example"), "192.0.2.1", "helo", "4Q1XyZ")

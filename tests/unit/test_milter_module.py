@@ -13,11 +13,12 @@ from Milter import testctx
 
 from stronghold.antivirus import EICAR, NoScanner
 from stronghold.config import Config
-from stronghold.message import MAX_BYTES
+from stronghold.message import MAX_BYTES, parse
 from stronghold.milter import StrongholdMilter
 from stronghold.service import Service
 from stronghold.store import entries, messagelog, quarantine
 from stronghold.store.db import Store
+from stronghold.verdict import Envelope
 
 pytestmark = pytest.mark.corpus  # the model is trained on it
 
@@ -96,9 +97,26 @@ def test_rcpt_block_refuses_one_recipient(milter) -> None:
 
 
 def test_no_scanner_configured_is_visible(make_config, models_dir: Path) -> None:
+    """clamd_socket = none: the trace says no scan was done, never antivirus=clean."""
     cfg = make_config(models_dir=models_dir, clamd_socket="none")
-    service = Service(cfg, store=Store(f"sqlite:///{cfg.data_dir}.db"))
-    assert isinstance(service.scanner, NoScanner)
+    cfg.data_dir.mkdir(parents=True)
+    store = Store(cfg.db_url)
+    store.upgrade()
+    service = Service(cfg, store=store)
+    try:
+        assert isinstance(service.scanner, NoScanner)
+        raw = b"From: a@b.example\nSubject: lunch\n\nSee you at noon.\n"
+        env = Envelope("a@b.example", ("u@example.com",))
+        verdict = service.decide(env, parse(raw), io.BytesIO(raw)).verdict
+        assert [str(s) for s in verdict.trace if s.step == "antivirus"] == ["antivirus=none(no scanner configured)"]
+        assert "antivirus=none" in dict(verdict.headers)["X-Spam-Status"]
+        service.scanner = EicarOnlyScanner()  # the same message, scanned and found clean
+        scanned = service.decide(env, parse(raw), io.BytesIO(raw)).verdict
+        assert [str(s) for s in scanned.trace if s.step == "antivirus"] == ["antivirus=clean"]
+        assert (verdict.action, verdict.score) == (scanned.action, scanned.score)  # only the trace differs
+    finally:
+        service.db.drain(10)
+        store.dispose()
 
 
 def test_header_from_block_removes_the_recipient_as_postfix_gave_it(milter) -> None:
@@ -199,3 +217,48 @@ def test_check_config_says_what_spam_gets_and_checks_the_quarantine(make_config,
         conn.exec_driver_sql("DROP TABLE quarantine_items")
     assert check_config(cfg) == 1
     assert "FAIL: database error" in capsys.readouterr().out
+
+
+def _record_header_changes(ctx, monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int, str]]:
+    """Every chgheader the milter sends (TestCtx itself drops the index)."""
+    calls: list[tuple[str, int, str]] = []
+    original = ctx.chgheader
+
+    def chgheader(field: str, idx: int, value: str) -> None:
+        calls.append((field, idx, value))
+        original(field, idx, value)
+
+    monkeypatch.setattr(ctx, "chgheader", chgheader)
+    return calls
+
+
+@pytest.mark.parametrize("settings", [{"spam_threshold": 1.0}])  # nothing is spam: the copy is delivered clean
+def test_forged_verdict_headers_are_stripped_from_the_delivered_copy(milter, monkeypatch) -> None:
+    ctx, _store = milter
+    changes = _record_header_changes(ctx, monkeypatch)
+    raw = (b"From: a@b.example\nX-Spam-Flag: YES\nSubject: lunch\nX-Spam-Status: Yes, score=1.0 forged\n"
+           b"X-Spam-Flag: YES\nX-Stronghold-Version: forged\nX-Spamming-Tool: not ours\n\n"
+           b"See you at noon for the project meeting.\n")
+    assert ctx._feedFile(io.BytesIO(raw), "a@b.example", "u@example.com") == Milter.ACCEPT
+    # each outside copy is deleted by its own position, last first, so the indexes stay valid
+    assert changes == [("X-Stronghold-Version", 1, ""), ("X-Spam-Flag", 2, ""), ("X-Spam-Status", 1, ""),
+                       ("X-Spam-Flag", 1, "")]
+    assert ctx._msg.get_all("X-Spam-Flag") == ["NO"]  # only ours, added after the strip
+    assert ctx._msg.get_all("X-Stronghold-Version") == [StrongholdMilter.service.version_header()]
+    assert "forged" not in ctx._msg["X-Spam-Status"]
+    assert ctx._msg["X-Spamming-Tool"] == "not ours"  # only X-Spam-* and X-Stronghold-* are ours
+
+
+@pytest.mark.parametrize("settings", [EVERYTHING_IS_SPAM])  # tag (the default spam_action) everything
+def test_tagged_copy_gets_the_subject_prefix(milter, monkeypatch) -> None:
+    ctx, _store = milter
+    changes = _record_header_changes(ctx, monkeypatch)
+    raw = b"From: a@b.example\nReceived: by x\nSubject: Sale\nSubject: second\n\nEverything must go.\n"
+    assert ctx._feedFile(io.BytesIO(raw), "a@b.example", "u@example.com") == Milter.ACCEPT
+    assert ctx._msg["X-Spam-Flag"] == "YES"
+    assert changes == [("Subject", 1, "[SPAM] Sale")]  # the first Subject, the one readers see
+    assert "[SPAM] Sale" in ctx._msg.get_all("Subject")
+    # a message with no Subject gets one that says so
+    raw = b"From: a@b.example\n\nEverything must go.\n"
+    assert ctx._feedFile(io.BytesIO(raw), "a@b.example", "u@example.com") == Milter.ACCEPT
+    assert ctx._msg.get_all("Subject") == ["[SPAM]"]

@@ -10,13 +10,12 @@ import pytest
 from stronghold import config as config_mod
 from stronghold.classifier import Model
 from stronghold.cli import main
-from stronghold.engine import Envelope
 from stronghold.message import parse
 from stronghold.personal import Layer
 from stronghold.received import as_received
 from stronghold.service import Service
 from stronghold.training import tokenize
-from stronghold.verdict import Action
+from stronghold.verdict import Action, Envelope
 from tests.conftest import corpus_files
 
 pytestmark = pytest.mark.corpus

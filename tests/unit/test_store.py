@@ -6,11 +6,12 @@ import time
 
 import pytest
 
-from stronghold.engine import Envelope, Findings, Policy, decide
+from stronghold.engine import Findings, Policy, decide
 from stronghold.message import parse
 from stronghold.store import accounts, entries, messagelog
 from stronghold.store.db import Store
 from stronghold.store.errors import EntryError, StoreError
+from stronghold.verdict import Envelope
 
 pytestmark = pytest.mark.postgres
 

@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from stronghold.engine import Envelope, Findings, Policy, decide
+from stronghold.engine import Findings, Policy, decide
 from stronghold.lists import ListIndex
 from stronghold.message import parse
 from stronghold.store import entries, messagelog
 from stronghold.store.db import Store
+from stronghold.verdict import Envelope
 from tests.conftest import shared_tmpdir
 from tests.harness.browser import WebProcess, launch, screenshot
 from tests.webui.conftest import PASSWORD, seed

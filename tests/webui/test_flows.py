@@ -11,10 +11,11 @@ from flask.testing import FlaskClient
 from werkzeug.datastructures import FileStorage
 from werkzeug.test import encode_multipart
 
-from stronghold.engine import Envelope, Findings, Policy, decide
+from stronghold.engine import Findings, Policy, decide
 from stronghold.lists import ListEntry, ListIndex
 from stronghold.message import parse
 from stronghold.store import entries, messagelog
+from stronghold.verdict import Envelope
 from tests.webui.conftest import Auth, token
 
 pytestmark = pytest.mark.postgres

@@ -10,12 +10,13 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from stronghold.engine import Envelope, Findings, Policy, decide
+from stronghold.engine import Findings, Policy, decide
 from stronghold.lists import ListIndex
 from stronghold.message import parse
 from stronghold.store import accounts, entries, messagelog
 from stronghold.store.errors import EntryError
 from stronghold.store.tables import RateLimit
+from stronghold.verdict import Envelope
 from tests.webui.conftest import PASSWORD, Auth, token
 from webui import create_app
 from webui.ratelimit import SqlStorage

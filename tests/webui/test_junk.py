@@ -14,12 +14,13 @@ from flask.testing import FlaskClient
 from sqlalchemy import update
 
 from stronghold import digest
-from stronghold.engine import Envelope, Findings, Policy, decide
+from stronghold.engine import Findings, Policy, decide
 from stronghold.lists import ListIndex
 from stronghold.message import parse
 from stronghold.store import accounts, entries, messagelog, quarantine
 from stronghold.store.db import Store
 from stronghold.store.tables import QuarantineItem
+from stronghold.verdict import Envelope
 from tests.harness.smtpsink import SmtpSink
 from tests.webui.conftest import Auth, seed, token
 from tests.webui.hostile import hostile

@@ -8,10 +8,11 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from stronghold.engine import Envelope, Findings, Policy, decide
+from stronghold.engine import Findings, Policy, decide
 from stronghold.lists import ListIndex
 from stronghold.message import parse
 from stronghold.store import entries, messagelog
+from stronghold.verdict import Envelope
 from tests.webui.conftest import PASSWORD, Auth, token
 
 pytestmark = pytest.mark.postgres

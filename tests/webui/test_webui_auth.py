@@ -9,10 +9,11 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from stronghold.authres import AuthResults
-from stronghold.engine import Envelope, Findings, Policy, decide
+from stronghold.engine import Findings, Policy, decide
 from stronghold.lists import ListIndex
 from stronghold.message import parse
 from stronghold.store import entries, messagelog
+from stronghold.verdict import Envelope
 from tests.webui.conftest import Auth
 
 pytestmark = pytest.mark.postgres
