@@ -248,6 +248,9 @@ protocol imap {{
 service {LEARN_PROGRAM} {{
   executable = script {d / 'bin' / LEARN_PROGRAM}
   user = {learn_user}
+  # Python with numpy and scikit-learn maps more than Dovecot's default 256 MB of address space:
+  # under that limit imports fail now and then (SystemError), and the mark is lost
+  vsz_limit = 0
   unix_listener sieve-pipe/{LEARN_PROGRAM} {{
     mode = 0600
     user = {self._account_name}
@@ -257,6 +260,9 @@ plugin {{
   sieve_plugins = sieve_imapsieve sieve_extprograms
   sieve_global_extensions = +vnd.dovecot.pipe +vnd.dovecot.environment
   sieve_pipe_socket_dir = sieve-pipe
+  # `stronghold learn` starts a Python process: past Pigeonhole's default 10 s it would be killed
+  # (and the mark lost) on a busy host
+  sieve_pipe_exec_timeout = 120s
   imapsieve_mailbox1_name = {JUNK}
   imapsieve_mailbox1_causes = COPY APPEND
   imapsieve_mailbox1_before = file:{d / 'report-spam.sieve'}

@@ -71,13 +71,13 @@ def test_moves_into_and_out_of_junk_are_feedback(learning_dovecot: tuple[Dovecot
         client.select("INBOX")
         uid = client.uid("SEARCH", "ALL")[1][0].split()[-1]
         uid = _move(client, uid, JUNK)  # the user: "this is spam"
-        wait_for(lambda: _label(store, digest) == (True, "imap", USER), 20, "spam from the move into Junk")
+        wait_for(lambda: _label(store, digest) == (True, "imap", USER), 90, "spam from the move into Junk")
         client.select(f'"{JUNK}"')
         uid = _move(client, uid, "Archive")  # "not spam after all"
-        wait_for(lambda: _label(store, digest) == (False, "imap", USER), 20, "ham from the move out of Junk")
+        wait_for(lambda: _label(store, digest) == (False, "imap", USER), 90, "ham from the move out of Junk")
         client.select('"Archive"')
         assert client.uid("COPY", uid, f'"{JUNK}"')[0] == "OK"  # a copy into Junk counts too
-        wait_for(lambda: _label(store, digest) == (True, "imap", USER), 20, "spam from the copy into Junk")
+        wait_for(lambda: _label(store, digest) == (True, "imap", USER), 90, "spam from the copy into Junk")
         client.select(f'"{JUNK}"')
         junk_uid = client.uid("SEARCH", "ALL")[1][0].split()[-1]
         _move(client, junk_uid, TRASH)  # deleting from Junk is no opinion
