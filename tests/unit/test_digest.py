@@ -10,7 +10,6 @@ import calendar
 import email
 import re
 import time
-from collections.abc import Iterator
 from email.policy import default
 
 import pytest
@@ -28,17 +27,6 @@ MONDAY_9 = float(calendar.timegm((2026, 11, 30, 9, 0, 0)))  # a Monday, 09:00 UT
 assert time.gmtime(MONDAY_9).tm_wday == 0 and time.gmtime(MONDAY_9).tm_hour == 9
 
 
-@pytest.fixture(scope="module")
-def module_sink() -> Iterator[SmtpSink]:
-    s = SmtpSink()
-    yield s
-    s.close()
-
-
-@pytest.fixture
-def sink(module_sink: SmtpSink) -> SmtpSink:
-    module_sink.messages.clear()
-    return module_sink
 
 
 @pytest.fixture

@@ -26,17 +26,6 @@ RAW = (b"From: Shop <news@shop.example>\nTo: m1@example.com, m3@example.com\n"
        b"X-Stronghold-Released: 1 by forged\n\nThank you for your order.\n.leading dot\n")
 
 
-@pytest.fixture(scope="module")
-def module_sink() -> Iterator[SmtpSink]:
-    s = SmtpSink()
-    yield s
-    s.close()
-
-
-@pytest.fixture
-def sink(module_sink: SmtpSink) -> SmtpSink:
-    module_sink.messages.clear()  # item ids restart with each fresh database
-    return module_sink
 
 
 def _hold(store: Store, **kw) -> list[int]:

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
 from stronghold.engine import Findings, Policy, decide
 from stronghold.lists import ListIndex
@@ -16,7 +16,7 @@ from stronghold.store import entries, messagelog
 from stronghold.store.db import Store
 from stronghold.verdict import Envelope
 from tests.conftest import shared_tmpdir
-from tests.harness.browser import WebProcess, launch, screenshot
+from tests.harness.browser import WebProcess, screenshot
 from tests.webui.conftest import PASSWORD, seed
 
 pytestmark = pytest.mark.browser
@@ -36,19 +36,6 @@ def site() -> Iterator[tuple[WebProcess, Store]]:
     shutil.rmtree(home, ignore_errors=True)
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as p:
-        b = launch(p)
-        yield b
-        b.close()
-
-
-@pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:
-    context = browser.new_context(viewport={"width": 1200, "height": 900})
-    yield context.new_page()
-    context.close()
 
 
 def login(page: Page, base: str, user: str, password: str = PASSWORD) -> None:

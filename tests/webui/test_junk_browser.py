@@ -9,14 +9,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
 from stronghold import config as config_mod
 from stronghold import digest
 from stronghold.store import quarantine
 from stronghold.store.db import Store
 from tests.conftest import shared_tmpdir
-from tests.harness.browser import WebProcess, launch, screenshot
+from tests.harness.browser import WebProcess, screenshot
 from tests.harness.milterproc import write_config
 from tests.harness.smtpsink import SmtpSink
 from tests.webui.conftest import PASSWORD, seed
@@ -86,19 +86,6 @@ def site() -> Iterator[Site]:
     shutil.rmtree(home, ignore_errors=True)
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as p:
-        b = launch(p)
-        yield b
-        b.close()
-
-
-@pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:
-    context = browser.new_context(viewport={"width": 1200, "height": 900})
-    yield context.new_page()
-    context.close()
 
 
 def login(page: Page, base: str, user: str) -> None:
