@@ -26,8 +26,8 @@ models/model.joblib: stronghold/classifier.py stronghold/tokens.py stronghold/tr
 model: models/model.joblib
 
 lint: venv
-	$(VENV)/bin/ruff check $(wildcard stronghold webui tests bench corpus)
-	$(VENV)/bin/mypy stronghold webui
+	$(VENV)/bin/ruff check $(wildcard stronghold webui tests bench corpus devtools)
+	$(VENV)/bin/mypy stronghold webui devtools
 
 test: lint corpus
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 from bench.throughput import ROOT, load_messages, run_once, start_filter
-from stronghold.localstack import Postfix, free_port
+from devtools.localstack import Postfix, free_port
 from tests.harness.milterproc import MilterProcess
 
 

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from bench.throughput import TICKS, group_pids, load_messages, run_once, start_filter
-from stronghold.localstack import Postfix, free_port
+from devtools.localstack import Postfix, free_port
 
 
 def cpu_by_pid() -> dict[int, tuple[str, float]]:

@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 from bench.throughput import load_messages
+from devtools.localstack import TEST_SIGNATURES, Clamd, memory_tmpdir
 from stronghold.antivirus import ClamdScanner
-from stronghold.localstack import TEST_SIGNATURES, Clamd, memory_tmpdir
 
 
 def thread_cpu_seconds(pid: int) -> float:

@@ -40,7 +40,7 @@ from pathlib import Path
 import psycopg
 
 from bench.throughput import TICKS, load_messages, send_one
-from stronghold.localstack import TEST_SIGNATURES, Clamd, Postfix, free_port
+from devtools.localstack import TEST_SIGNATURES, Clamd, Postfix, free_port
 from stronghold.store import entries
 from stronghold.store.db import Store
 from tests.harness.milterproc import MilterProcess

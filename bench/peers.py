@@ -27,7 +27,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from stronghold.localstack import StackError, _unix_connects, free_port, stop_process, wait_for
+from devtools.localstack import StackError, _unix_connects, free_port, stop_process, wait_for
 
 log = logging.getLogger(__name__)
 

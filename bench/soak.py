@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from bench.throughput import drive, group_pids, load_messages, start_filter
-from stronghold.localstack import Postfix, free_port
+from devtools.localstack import Postfix, free_port
 
 
 def rss_mb(pid: int) -> float:

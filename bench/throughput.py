@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.peers import NoopMilter, Rspamd
-from stronghold.localstack import TEST_SIGNATURES, Clamd, Postfix, free_port
+from devtools.localstack import TEST_SIGNATURES, Clamd, Postfix, free_port
 from stronghold.store import entries
 from stronghold.store.db import Store
 from tests.harness.milterproc import MilterProcess

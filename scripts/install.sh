@@ -39,6 +39,9 @@ owner() { getent passwd "$ACCOUNT" >/dev/null && echo "$1" || echo root; }
 # the package, in a virtual environment of its own
 say "installing the package into $DESTDIR$PREFIX"
 "$PYTHON" -m venv "$DESTDIR$PREFIX"
+# setuptools builds in build/ and keeps files from earlier builds there (a module since
+# moved or deleted would be installed again): start from an empty one.
+rm -rf "$SRC/build"
 "$DESTDIR$PREFIX/bin/pip" install --quiet --disable-pip-version-check "$SRC"
 if [ -n "$DESTDIR" ]; then  # scripts must name where the venv will live, not the scratch root
   grep -rlI "^#!$DESTDIR$PREFIX/" "$DESTDIR$PREFIX/bin" | xargs -r sed -i "1s|^#!$DESTDIR$PREFIX/|#!$PREFIX/|"

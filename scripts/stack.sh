@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# make run / make stop: start or stop the local stack (see stronghold/devstack.py).
+# make run / make stop: start or stop the local stack (see devtools/devstack.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-exec .venv/bin/stronghold stack "$1"
+exec .venv/bin/python -m devtools.devstack "$1"

@@ -11,13 +11,12 @@ from stronghold import sizelimits
 from stronghold.antivirus import EICAR, ClamdScanner, ScannerError
 from stronghold.classifier import Model, ModelError
 from stronghold.config import Config, ConfigError
-from stronghold.localstack import StackError
 from stronghold.mailbox_expiry import ExpiryError, expire, run_every
 from stronghold.store import quarantine
 from stronghold.store.db import Store
 from stronghold.store.errors import EntryError, StoreError
 
-KNOWN_ERRORS = (StoreError, EntryError, ScannerError, StackError, ExpiryError)
+KNOWN_ERRORS = (StoreError, EntryError, ScannerError, ExpiryError)
 
 
 def outcomes(cfg: Config) -> list[str]:
@@ -130,11 +129,6 @@ def cmd_mailbox_expire(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
-def _cmd_stack(args: argparse.Namespace, cfg: Config) -> int:
-    from stronghold.devstack import cmd_stack
-    return cmd_stack(args, cfg)
-
-
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("milter", help="run the milter for Postfix")
     p.add_argument("--check-config", action="store_true",
@@ -142,9 +136,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_milter)
     p = sub.add_parser("web", help="run the web UI")
     p.set_defaults(func=cmd_web)
-    p = sub.add_parser("stack", help="start or stop the local stack on loopback (make run / make stop)")
-    p.add_argument("action", choices=("start", "stop"))
-    p.set_defaults(func=_cmd_stack)
     p = sub.add_parser("config", help="settings files")
     csub = p.add_subparsers(dest="config_command", required=True, metavar="ACTION")
     pe = csub.add_parser("example", help="print a settings file listing every setting and its meaning")

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from devtools.localdovecot import Dovecot
+from devtools.localstack import TEST_SIGNATURES, Clamd, Postfix, free_port
 from stronghold import config as config_mod
 from stronghold.classifier import Model
 from stronghold.config import Config
-from stronghold.localdovecot import Dovecot
-from stronghold.localstack import TEST_SIGNATURES, Clamd, Postfix, free_port
 from stronghold.store.db import Store
 from stronghold.training import collect, train_model
 from tests.harness.dnsserver import LoopbackDns, publish_test_zones

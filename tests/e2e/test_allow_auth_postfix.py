@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from devtools.localstack import Clamd
 from stronghold.classifier import Model
-from stronghold.localstack import Clamd
 from stronghold.store import entries
 from stronghold.training import tokenize
 from tests.conftest import Stack, corpus_files, dns_settings, shared_tmpdir

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from stronghold.localstack import TEST_SIGNATURES, Clamd, Postfix, free_port, wait_for
+from devtools.localstack import TEST_SIGNATURES, Clamd, Postfix, free_port, wait_for
 from tests.conftest import Stack, shared_tmpdir
 from tests.e2e import mail
 from tests.harness.postgres import PostgresCluster

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from stronghold.localdovecot import JUNK, TRASH, Dovecot
-from stronghold.localstack import wait_for
+from devtools.localdovecot import JUNK, TRASH, Dovecot
+from devtools.localstack import wait_for
 from stronghold.store import ledger
 from stronghold.store.db import Store
 from stronghold.training import tokenize

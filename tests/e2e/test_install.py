@@ -5,6 +5,7 @@ from __future__ import annotations
 import grp
 import os
 import pwd
+import re
 import shutil
 import stat
 import subprocess
@@ -14,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from devtools.localstack import Clamd, Postfix, free_port, wait_for
 from stronghold import config as config_mod
-from stronghold.localstack import Clamd, Postfix, free_port, wait_for
 from tests.conftest import shared_tmpdir
 from tests.e2e import mail
 from tests.harness.milterproc import write_config
@@ -80,6 +81,19 @@ def test_installed_package_defaults_to_system_paths_and_runs(installed: Path) ->
     help_text = subprocess.run([str(python), "-m", "stronghold.cli", "--help"], capture_output=True,
                                text=True, cwd="/", env=env, check=True).stdout
     assert "milter" in help_text and "jobs" in help_text
+
+
+def test_installed_package_holds_only_the_product(installed: Path) -> None:
+    """The dev stack (private Postfix, clamd, Dovecot for make run and the tests) is not installed."""
+    site = next((installed / "opt/stronghold/lib").glob("python3*/site-packages"))
+    product = {p.relative_to(site).as_posix() for p in site.glob("stronghold/**/*.py")}
+    assert "stronghold/milter.py" in product and "stronghold/engine.py" in product
+    assert not any(name.split("/")[-1].startswith(("localstack", "localdovecot", "devstack")) for name in product)
+    assert not (site / "devtools").exists() and not (site / "tests").exists()
+    help_text = subprocess.run([str(installed / "opt/stronghold/bin/python"), "-m", "stronghold.cli", "--help"],
+                               capture_output=True, text=True, cwd="/", env={"PATH": "/usr/bin:/bin"}).stdout
+    commands = set(re.findall(r"^    ([a-z][a-z-]*) ", help_text, re.MULTILINE))
+    assert {"milter", "web", "train", "scan"} <= commands and "stack" not in commands
 
 
 def test_units_verify(installed: Path, tmp_path: Path) -> None:

@@ -8,8 +8,8 @@ import smtplib
 
 import pytest
 
+from devtools.localstack import wait_for
 from stronghold.classifier import Model
-from stronghold.localstack import wait_for
 from stronghold.store import entries, messagelog
 from stronghold.training import tokenize
 from tests.conftest import Stack, corpus_files

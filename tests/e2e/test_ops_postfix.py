@@ -21,10 +21,10 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from devtools.localstack import Clamd, free_port, wait_for
 from stronghold.antivirus import EICAR
 from stronghold.classifier import Model
 from stronghold.config import SETTINGS
-from stronghold.localstack import Clamd, free_port, wait_for
 from stronghold.metrics import model_id
 from stronghold.service import VERSION
 from stronghold.store import accounts, entries, messagelog

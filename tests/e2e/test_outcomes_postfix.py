@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from devtools.localstack import Clamd, wait_for
 from stronghold.classifier import Model
-from stronghold.localstack import Clamd, wait_for
 from stronghold.release import release
 from stronghold.store import entries, messagelog, quarantine
 from stronghold.training import tokenize

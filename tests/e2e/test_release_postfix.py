@@ -10,10 +10,10 @@ from email.policy import default
 
 import pytest
 
+from devtools.localdovecot import Dovecot
+from devtools.localstack import Postfix, free_port
 from stronghold import digest
 from stronghold.config import Config
-from stronghold.localdovecot import Dovecot
-from stronghold.localstack import Postfix, free_port
 from stronghold.release import ReleaseError, release
 from stronghold.store import accounts, quarantine
 from stronghold.store.db import Store

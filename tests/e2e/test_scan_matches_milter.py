@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from devtools.localstack import wait_for
 from stronghold.cli import main
-from stronghold.localstack import wait_for
 from stronghold.store import entries, messagelog
 from stronghold.store.tables import MessageRow
 from tests.conftest import Stack, corpus_files

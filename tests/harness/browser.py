@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from stronghold.localstack import free_port, wait_for
+from devtools.localstack import free_port, wait_for
 from tests.harness.milterproc import write_config
 
 CHROMIUM = "/usr/bin/chromium"

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from stronghold.localstack import StackError, _unix_connects, wait_for
+from devtools.localstack import StackError, _unix_connects, wait_for
 
 
 def write_config(path: Path, settings: Mapping[str, Any]) -> Path:

@@ -9,7 +9,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from stronghold.localstack import StackError, free_port
+from devtools.localstack import StackError, free_port
 
 
 def _bin(name: str) -> str:

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from devtools.localstack import TEST_SIGNATURES, Clamd, free_port
 from stronghold.antivirus import EICAR, ClamdScanner, ScannerError
-from stronghold.localstack import TEST_SIGNATURES, Clamd, free_port
 from stronghold.spool import Spool
 from tests.conftest import shared_tmpdir
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from devtools.localstack import Clamd
 from stronghold.cli_services import check_config
-from stronghold.localstack import Clamd
 from stronghold.store.db import Store
 
 pytestmark = [pytest.mark.clamd, pytest.mark.corpus]

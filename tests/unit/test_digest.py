@@ -14,9 +14,9 @@ from email.policy import default
 
 import pytest
 
+from devtools.localstack import free_port
 from stronghold import digest
 from stronghold.digest import DigestLinkError, compose, last_slot, make_link_token, redeem
-from stronghold.localstack import free_port
 from stronghold.store import accounts, quarantine
 from stronghold.store.db import Store
 from tests.harness.smtpsink import SmtpSink

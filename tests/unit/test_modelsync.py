@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from devtools.localstack import wait_for
 from stronghold import modelsync
 from stronghold.classifier import Model, table_path
 from stronghold.cli import main
-from stronghold.localstack import wait_for
 from stronghold.service import Incidents, ModelHolder
 from stronghold.store.db import Store
 from stronghold.store.tables import ModelVersion

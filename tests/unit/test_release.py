@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import update
 
-from stronghold.localstack import free_port
+from devtools.localstack import free_port
 from stronghold.release import ReleaseError, prepare, release
 from stronghold.store import quarantine
 from stronghold.store.db import Store

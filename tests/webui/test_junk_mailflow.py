@@ -8,8 +8,8 @@ from collections.abc import Iterator
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
-from stronghold.localdovecot import Dovecot
-from stronghold.localstack import Postfix, free_port
+from devtools.localdovecot import Dovecot
+from devtools.localstack import Postfix, free_port
 from stronghold.store import accounts, quarantine
 from stronghold.store.db import Store
 from tests.conftest import shared_tmpdir

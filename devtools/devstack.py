@@ -1,4 +1,4 @@
-"""`stronghold stack start|stop`: the whole product on loopback, for `make run`.
+"""`python -m devtools.devstack start|stop`: the whole product on loopback, for `make run`.
 
 clamd, the milter, Postfix on 127.0.0.1:2525 (delivering over LMTP to Dovecot,
 whose Sieve files tagged spam into Junk), Dovecot's IMAP on 127.0.0.1:1143, the
@@ -19,10 +19,9 @@ import sys
 import time
 from pathlib import Path
 
+from devtools.localdovecot import Dovecot
+from devtools.localstack import ROOT, Clamd, Postfix, StackError, _unix_connects, memory_fs, signature_dir, wait_for
 from stronghold import config as config_mod
-from stronghold.config import Config
-from stronghold.localdovecot import Dovecot
-from stronghold.localstack import ROOT, Clamd, Postfix, StackError, _unix_connects, memory_fs, signature_dir, wait_for
 from stronghold.store import accounts
 from stronghold.store.db import Store
 
@@ -180,8 +179,16 @@ def stop(quiet: bool = False) -> int:
     return 0
 
 
-def cmd_stack(args: argparse.Namespace, cfg: Config) -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m devtools.devstack", description=__doc__.split("\n\n")[0])
+    parser.add_argument("action", choices=("start", "stop"))
+    args = parser.parse_args(argv)
     try:
         return start() if args.action == "start" else stop()
     except StackError as exc:
-        raise StackError(f"{exc}; logs are in {HOME}") from exc
+        print(f"error: {exc}; logs are in {HOME}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

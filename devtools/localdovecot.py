@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from stronghold.localstack import StackError, free_port, stop_process, wait_for
+from devtools.localstack import StackError, free_port, stop_process, wait_for
 
 VMAIL_USER = "stronghold-vmail"
 JUNK = "Junk"
@@ -171,7 +171,7 @@ class Dovecot:
             for name, use in ((JUNK, "Junk"), (TRASH, "Trash"), ("Sent", "Sent"),
                               ("Drafts", "Drafts")))
         return f"""\
-# Written by stronghold.localdovecot; private to this folder.
+# Written by devtools.localdovecot; private to this folder.
 instance_name = {instance}
 base_dir = {h / 'run'}
 state_dir = {h / 'state'}
@@ -283,7 +283,7 @@ plugin {{
                           if re.fullmatch(r"[A-Z_][A-Z0-9_]*", k))
         program = d / "bin" / LEARN_PROGRAM
         program.write_text(
-            "#!/bin/sh\n# Written by stronghold.localdovecot: IMAP moves into and out of Junk are feedback.\n"
+            "#!/bin/sh\n# Written by devtools.localdovecot: IMAP moves into and out of Junk are feedback.\n"
             'case "$1" in spam|ham) ;; *) echo "usage: $0 spam|ham USER" >&2; exit 64 ;; esac\n'
             + exports + "exec " + " ".join(shlex.quote(a) for a in self.learn_command)
             + ' learn --source imap --record-only --who "$2" --"$1" -\n')
