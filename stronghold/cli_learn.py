@@ -8,7 +8,7 @@ import getpass
 import json
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import select
 
 from stronghold import learning, modelsync, personal
-from stronghold.classifier import Model, read_passport
+from stronghold.classifier import Model, passport_path, read_passport
 from stronghold.config import Config
 from stronghold.feedback import pending_items
 from stronghold.store import ledger
@@ -92,7 +92,7 @@ def cmd_learn(args: argparse.Namespace, cfg: Config) -> int:
             if personal:
                 ledger.record(session, token_sets, labels, source=args.source, who=who, scope=personal)
         print(f"ledger: {change.new} new, {change.same} already known, {change.flipped} flipped, "
-              f"{change.forgotten} forgotten (applied by the next 'stronghold learn')")
+              f"{change.forgotten} forgotten (applied by the next 'stronghold learn' or 'stronghold jobs')")
         return 0
     read_passport(live)  # no model: say so before anything is recorded
     with _store(cfg) as store:
@@ -108,14 +108,9 @@ def cmd_learn(args: argparse.Namespace, cfg: Config) -> int:
             mark_feedback = None
             items: list[tuple[set[str], bool, str]] = []
             if args.from_feedback:
-                items, mark_feedback = pending_items(store)
-                with store.session() as session:
-                    for tokens, is_spam, login in items:
-                        c = ledger.record(session, [tokens], [is_spam], source="web", who=login)
-                        if login:  # a user's mark moves their own scores at once
-                            ledger.record(session, [tokens], [is_spam], source="web", who=login, scope=login)
-                        change = ledger.Change(change.new + c.new, change.same + c.same,
-                                               change.flipped + c.flipped, change.forgotten, change.unknown)
+                items, mark_feedback, c = _record_web_feedback(store)
+                change = ledger.Change(change.new + c.new, change.same + c.same,
+                                       change.flipped + c.flipped, change.forgotten, change.unknown)
             print(f"ledger: {change.new} new, {change.same} already known, {change.flipped} flipped, "
                   f"{change.forgotten + forgotten_by} forgotten"
                   + (f", {change.unknown} not in the ledger" if change.unknown else ""))
@@ -139,15 +134,53 @@ def cmd_learn(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
-def _rebuild_layers(store: Store, live: Path) -> None:
-    """Personal layers over the live model's counts (after any change of feedback or model)."""
+def _record_web_feedback(store: Store) -> tuple[list[tuple[set[str], bool, str]], Callable[[], None],
+                                                 ledger.Change]:
+    """Put the web UI's unapplied "spam / not spam" marks in the ledger (shared, and the marking
+    user's own scope); returns them, the callback that marks them applied, and the ledger change."""
+    items, mark_feedback = pending_items(store)
+    change = ledger.Change(0, 0, 0, 0, 0)
+    with store.session() as session:
+        for tokens, is_spam, login in items:
+            c = ledger.record(session, [tokens], [is_spam], source="web", who=login)
+            if login:  # a user's mark moves their own scores at once
+                ledger.record(session, [tokens], [is_spam], source="web", who=login, scope=login)
+            change = ledger.Change(change.new + c.new, change.same + c.same, change.flipped + c.flipped,
+                                   change.forgotten, change.unknown)
+    return items, mark_feedback, change
+
+
+def learn_job(cfg: Config, store: Store) -> str:
+    """`stronghold jobs` learn: web marks and IMAP moves recorded since the last run go into the
+    candidate, which is judged and promoted (or held back), and personal layers are rebuilt."""
+    live = cfg.model_path
+    if not passport_path(live).is_file():
+        return f"skipped: no model at {live}"
+    with learning.model_lock(live):
+        items, mark_feedback, _ = _record_web_feedback(store)
+        _, result = learning.update_candidate(store, live)
+        mark_feedback()
+    layers = _rebuild_layers(store, live, quiet=True)
+    done = f"{len(items)} web mark(s); personal layers: {layers if layers is not None else 'none'}"
+    if result.added == result.removed == 0:
+        return f"{done}; nothing new for the shared model"
+    judgement = learning.promote(store, live, "jobs")
+    word = "promoted" if judgement.promote else "held back"
+    return f"{done}; learned {result.added} (took out {result.removed}), candidate {word}: {judgement.reason}"
+
+
+def _rebuild_layers(store: Store, live: Path, quiet: bool = False) -> int | None:
+    """Personal layers over the live model's counts (after any change of feedback or model);
+    how many were rebuilt, None when nobody has one."""
     with store.session() as session:
         wanted = session.scalars(select(LearnedMessage.id).where(LearnedMessage.scope != ledger.SHARED)).first()
         stored = session.scalars(select(PersonalLayerRow.scope)).first()
     if wanted is None and stored is None:
-        return
+        return None
     count = personal.rebuild(store, Model.load(live, for_learning=True))
-    print(f"personal layers: {count} rebuilt")
+    if not quiet:
+        print(f"personal layers: {count} rebuilt")
+    return count
 
 
 def cmd_model_info(args: argparse.Namespace, cfg: Config) -> int:

@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable
 
 from stronghold import digest, mailbox_expiry
+from stronghold.cli_learn import learn_job
 from stronghold.config import Config, ConfigError
 from stronghold.store import messagelog, quarantine
 from stronghold.store.db import Store
@@ -58,6 +59,7 @@ JOBS: dict[str, Job] = {
     "quarantine": purge_quarantine,
     "digest": send_digests,
     "junk": expire_junk,
+    "learn": learn_job,
 }
 
 
@@ -83,6 +85,7 @@ def cmd_jobs(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("jobs", help="run the scheduled jobs (retention, digests); for a timer or cron")
+    p = sub.add_parser("jobs", help="run the scheduled jobs (retention, digests, Junk expiry, learning): "
+                       "for a timer or cron")
     p.add_argument("--only", action="append", metavar="JOB", help=f"run only this job ({', '.join(JOBS)})")
     p.set_defaults(func=cmd_jobs)

@@ -11,9 +11,11 @@ import pytest
 from stronghold.classifier import Model, passport_path, read_passport, table_path
 from stronghold.cli import main
 from stronghold.learning import candidate_path
-from stronghold.store import ledger
+from stronghold.message import parse
+from stronghold.store import accounts, ledger, messagelog
 from stronghold.store.db import Store
 from stronghold.training import tokenize
+from stronghold.verdict import Action, Category, Envelope, Verdict
 from tests.conftest import corpus_files
 
 pytestmark = pytest.mark.corpus
@@ -160,3 +162,27 @@ def test_one_user_feeding_500_spam_as_not_spam_does_not_reach_the_live_model(
     assert (read_passport(live).learned_ham, read_passport(live).learned_spam) == (0, 1)
     assert main(["model", "rollback"]) == 0
     assert _files(live) == before
+
+
+def test_jobs_learn_applies_web_marks_and_imap_moves_once(base: tuple[Path, Path], corpus: Path, env: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """The hourly `stronghold jobs` takes what users marked (web) and moved (IMAP) into the model."""
+    live = _train(base, env / "models")
+    spam = [str(p) for p in corpus_files(corpus, "spam", "test")[:4]]
+    assert main(["learn", "--record-only", "--source", "imap", "--who", "b@example.com", "--spam", *spam]) == 0
+    raw = corpus_files(corpus, "ham", "test")[0].read_bytes()
+    verdict = Verdict(Action.TAG, Category.SPAM, 0.95, 0.9, None, (), ())
+    with Store(f"sqlite:///{env / 'data' / 'stronghold.db'}") as store, store.session() as s:
+        user = accounts.add_user(s, "c@example.com", "a long enough passphrase")
+        [mid] = messagelog.write(s, [messagelog.entry(Envelope("x@y.example", ("c@example.com",)), parse(raw),
+                                                      verdict, tokens=tokenize(raw))])
+        messagelog.set_feedback(s, mid, user.id, is_spam=False)
+    capsys.readouterr()
+    assert main(["jobs", "--only", "learn"]) == 0
+    out = capsys.readouterr().out
+    assert "learn: 1 web mark(s); personal layers: 2" in out and "learned 5 (took out 0)" in out, out
+    assert "candidate promoted" in out or "candidate held back" in out
+    p = read_passport(candidate_path(live))
+    assert (p.learned_ham, p.learned_spam) == (1, 4)
+    assert main(["jobs", "--only", "learn"]) == 0  # applied once: the next run finds nothing new
+    assert "learn: 0 web mark(s); personal layers: 2; nothing new for the shared model" in capsys.readouterr().out
