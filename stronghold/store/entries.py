@@ -144,15 +144,18 @@ def all_entries(session: Session) -> list[ListEntry]:
     return [_to_entry(r) for r in session.scalars(select(ListEntryRow))]
 
 
-CSV_FIELDS = ("kind", "pattern", "comment")
+CSV_FIELDS = ("kind", "pattern", "comment", "trust_unauthenticated")
+TRUST_WORDS = {"": False, "no": False, "yes": True}
 
 
 def export_csv(items: Iterable[ListEntry]) -> str:
+    """kind,pattern,comment,trust_unauthenticated ("yes" on allow entries trusted without
+    authentication, empty otherwise): what ``import_csv`` reads back to the same entries."""
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(CSV_FIELDS)
     for e in items:
-        writer.writerow((e.kind, e.pattern, e.comment))
+        writer.writerow((e.kind, e.pattern, e.comment, "yes" if e.trust_unauthenticated else ""))
     return out.getvalue()
 
 
@@ -168,7 +171,9 @@ class ImportReport:
 
 def import_csv(session: Session, owner: str | None, text: str,
                default_kind: str | None = None) -> ImportReport:
-    """Add entries from CSV (kind,pattern,comment; header optional), all or nothing.
+    """Add entries from CSV (kind,pattern[,comment[,trust_unauthenticated]]; header optional),
+    all or nothing.  The fourth field, "yes" or "no" (or empty), marks an allow entry as trusted
+    without authentication, as ``export_csv`` writes it.
 
     Every line is checked and every problem reported; if there is one, no line is
     added, so a fixed file can simply be imported again.  Lines already on the
@@ -179,7 +184,7 @@ def import_csv(session: Session, owner: str | None, text: str,
     scope = owner or GLOBAL
     listed = {pattern: kind for pattern, kind in session.execute(
         select(ListEntryRow.pattern, ListEntryRow.kind).where(ListEntryRow.owner == scope))}
-    new: dict[str, tuple[str, str]] = {}
+    new: dict[str, tuple[str, str, bool]] = {}
     reader = csv.reader(io.StringIO(text))
     while True:
         try:
@@ -194,7 +199,7 @@ def import_csv(session: Session, owner: str | None, text: str,
         parsed = _parse_row(row, reader.line_num, default_kind, report)
         if parsed is None:
             continue
-        kind, pattern, comment = parsed
+        kind, pattern, comment, trust = parsed
         try:
             norm, comment = _checked(kind, pattern, comment)
             if norm in listed:
@@ -207,36 +212,47 @@ def import_csv(session: Session, owner: str | None, text: str,
         except EntryError as exc:
             report.problems.append(f"line {reader.line_num}: {exc}")
             continue
-        new[norm] = (kind, comment)
+        new[norm] = (kind, comment, trust)
     if report.problems or not new:
         return report
     now = time.time()
     session.execute(insert(ListEntryRow), [{"owner": scope, "kind": kind, "pattern": pattern,
-                                            "comment": comment, "created": now}
-                                           for pattern, (kind, comment) in new.items()])
+                                            "comment": comment, "created": now,
+                                            "trust_unauthenticated": trust}
+                                           for pattern, (kind, comment, trust) in new.items()])
     bump_version(session)
     report.added = len(new)
     return report
 
 
 def _parse_row(row: list[str], number: int, default_kind: str | None,
-               report: ImportReport) -> tuple[str, str, str] | None:
-    """(kind, pattern, comment) of a CSV row; None for blank lines, the header and problems."""
+               report: ImportReport) -> tuple[str, str, str, bool] | None:
+    """(kind, pattern, comment, trusted) of a CSV row; None for blank lines, the header and problems."""
     if not row or not any(cell.strip() for cell in row):
         return None
     cells = [c.strip() for c in row]
     if report.lines == 1 and cells[0].lower() == "kind":
         return None
-    if len(cells) > 3:
-        report.problems.append(f"line {number}: {len(cells)} fields; expected kind,pattern[,comment]")
+    if len(cells) > 4:
+        report.problems.append(f"line {number}: {len(cells)} fields; "
+                               "expected kind,pattern[,comment[,trust_unauthenticated]]")
         return None
     if default_kind and (len(cells) < 2 or cells[0].lower() not in KINDS):
         if len(cells) > 2:
             report.problems.append(f"line {number}: '{shorten(cells[0])}' is not allow or block")
             return None
-        return default_kind, cells[0], (cells[1] if len(cells) > 1 else "")
+        return default_kind, cells[0], (cells[1] if len(cells) > 1 else ""), False
     if len(cells) >= 2:
-        return cells[0].lower(), cells[1], (cells[2] if len(cells) > 2 else "")
+        kind = cells[0].lower()
+        word = cells[3].lower() if len(cells) > 3 else ""
+        if word not in TRUST_WORDS:
+            report.problems.append(f"line {number}: trust_unauthenticated is '{shorten(cells[3])}'; "
+                                   "expected yes, no or nothing")
+            return None
+        if TRUST_WORDS[word] and kind != "allow":
+            report.problems.append(f"line {number}: only allow entries can be trusted without authentication")
+            return None
+        return kind, cells[1], (cells[2] if len(cells) > 2 else ""), TRUST_WORDS[word]
     report.problems.append(f"line {number}: expected kind,pattern[,comment]")
     return None
 

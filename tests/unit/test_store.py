@@ -81,7 +81,30 @@ def test_csv_round_trip_and_problems(store: Store) -> None:
             "allow,friend@y.example,pal\nblock,@x.example,dup\n")
         assert report.added == 2 and report.skipped == ["line 4: @x.example is already on the block list"]
         text = entries.export_csv(entries.entries(s, "a@example.com"))
-    assert "block,@x.example,one" in text and "allow,friend@y.example,pal" in text
+    assert "block,@x.example,one," in text and "allow,friend@y.example,pal," in text
+
+
+def test_csv_carries_trust_without_authentication(store: Store) -> None:
+    """An export imported elsewhere gives the same entries, the per-entry trust flag included."""
+    with store.session() as s:
+        trusted = entries.add_entry(s, "a@example.com", "allow", "boss@trusted.example", "boss",
+                                    trust_unauthenticated=True)
+        entries.add_entry(s, "a@example.com", "allow", "pal@y.example", "pal")
+        entries.add_entry(s, "a@example.com", "block", "@x.example", "no")
+        text = entries.export_csv(entries.entries(s, "a@example.com"))
+        assert "allow,boss@trusted.example,boss,yes\r\n" in text and "allow,pal@y.example,pal,\r\n" in text
+        report = entries.import_csv(s, "c@example.com", text)
+        assert report.added == 3 and not report.problems
+        copied = {(e.kind, e.pattern, e.comment, e.trust_unauthenticated) for e in entries.entries(s, "c@example.com")}
+        assert copied == {(e.kind, e.pattern, e.comment, e.trust_unauthenticated)
+                          for e in entries.entries(s, "a@example.com")}
+        assert trusted.trust_unauthenticated
+        for line, problem in (("block,@z.example,,yes", "only allow entries can be trusted"),
+                              ("allow,p@z.example,,maybe", "trust_unauthenticated is 'maybe'"),
+                              ("allow,p@z.example,,yes,extra", "5 fields")):
+            report = entries.import_csv(s, "d@example.com", f"allow,ok@z.example,fine,yes\n{line}\n")
+            assert report.added == 0 and problem in report.problems[0], report.problems
+        assert entries.entries(s, "d@example.com") == []
 
 
 def test_list_cache_sees_edits(store: Store) -> None:
