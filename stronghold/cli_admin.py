@@ -231,7 +231,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("kind", nargs="?", choices=("allow", "block"))
     a.add_argument("--owner", help=owner_help)
     a.set_defaults(func=cmd_list_ls)
-    a = ls.add_parser("import", help="add entries from CSV (kind,pattern[,comment[,trust_unauthenticated yes/no]]), all or nothing")
+    a = ls.add_parser("import", help="add entries from CSV (kind,pattern[,comment[,trust_unauthenticated "
+                                     "yes/no]]), all or nothing")
     a.add_argument("file", help="CSV file or -")
     a.add_argument("--kind", choices=("allow", "block"), help="for rows that have no kind column")
     a.add_argument("--owner", help=owner_help)
