@@ -191,7 +191,7 @@ def results_from_header(value: str, from_domain: str) -> AuthResults:
     ident, methods = parse_header(value)
     spf, spf_domain = "none", ""
     dkim: list[tuple[str, str]] = []
-    dmarc = ""
+    dmarc = policy = ""
     for method, result, props in methods:
         if method == "spf" and spf == "none":
             spf = result if result in SPF_RESULTS else "permerror"
@@ -203,8 +203,25 @@ def results_from_header(value: str, from_domain: str) -> AuthResults:
                 dkim.append((d, result if result in ("pass", "fail", "temperror") else "fail"))
         elif method == "dmarc" and not dmarc:
             dmarc = result
+            policy = props.get("policy.published-domain-policy") or props.get("policy.dmarc") or ""
+    if dmarc and not policy:
+        policy = _commented_policy(value)
     return AuthResults(source=f"header {ident}", spf=spf, spf_domain=spf_domain, dkim=tuple(dkim),
-                       from_domain=from_domain, dmarc=dmarc)
+                       from_domain=from_domain, dmarc=dmarc,
+                       dmarc_policy=policy if policy in DMARC_POLICIES else "")
+
+
+DMARC_POLICIES = ("none", "quarantine", "reject")
+_DMARC_COMMENT = re.compile(r"\bdmarc\s*=\s*\w+\s*\(([^()]*)\)", re.IGNORECASE)
+_POLICY_WORD = re.compile(r"(?<![\w.])p\s*=\s*(\w+)", re.IGNORECASE)
+
+
+def _commented_policy(value: str) -> str:
+    """The published policy a checker noted in a comment after its DMARC result, as
+    OpenDMARC and the large mailbox providers write it: ``dmarc=fail (p=reject dis=none)``."""
+    comment = _DMARC_COMMENT.search(value)
+    word = _POLICY_WORD.search(comment.group(1)) if comment else None
+    return word.group(1).lower() if word else ""
 
 
 # -- checking ourselves -------------------------------------------------------------

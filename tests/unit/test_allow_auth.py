@@ -233,6 +233,27 @@ def test_trusted_authentication_results_topmost_only(test_dns: LoopbackDns) -> N
     assert v.category is Category.SPAM and "header gw.test.example (absent)" in trace(v)
 
 
+@pytest.mark.parametrize(("dmarc", "policy"), [
+    ("dmarc=fail (p=reject sp=none dis=none) header.from=trusted.example", "reject"),
+    ("dmarc=fail (p=QUARANTINE sp=NONE dis=NONE) header.from=trusted.example", "quarantine"),
+    ("dmarc=fail policy.published-domain-policy=reject header.from=trusted.example", "reject"),
+    ("dmarc=fail (sp=reject p=none) header.from=trusted.example", ""),  # p=none: nothing to enforce
+    ("dmarc=pass (p=reject) header.from=trusted.example", ""),
+    ("dmarc=fail header.from=trusted.example", ""),  # no policy given: the checker in front decides
+])
+def test_header_mode_reads_the_dmarc_policy_the_checker_noted(test_dns: LoopbackDns, dmarc: str,
+                                                             policy: str) -> None:
+    """In header mode a DMARC failure under p=quarantine/reject gets dmarc_action, as in check mode."""
+    hdr = Authenticator("header", "gw.test.example", Dns(("127.0.0.1",), test_dns.port, 1.0))
+    raw = f"Authentication-Results: gw.test.example; spf=none; {dmarc}\r\n".encode() + message()
+    v = run(hdr, "bounce@fail.example", raw, entries("boss@trusted.example"))
+    assert v.auth is not None and v.auth.dmarc_failed_policy() == policy
+    if policy:
+        assert v.category is Category.SPAM and f"dmarc=fail(p={policy} trusted.example)" in trace(v), trace(v)
+    reasons = {d.reason for d in v.decisions}
+    assert (f"dmarc fail (p={policy})" in reasons) if policy else not any("dmarc" in r for r in reasons), reasons
+
+
 def test_in_check_mode_every_header_with_our_id_is_forged(auth: Authenticator) -> None:
     raw = (b"Authentication-Results: MX.test.example; dkim=pass header.d=trusted.example\r\n"
            + message())
