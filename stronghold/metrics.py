@@ -30,7 +30,7 @@ from stronghold.config import Config
 from stronghold.store.errors import StoreError
 
 if TYPE_CHECKING:
-    from stronghold.service import Outcome
+    from stronghold.outcome import Outcome
     from stronghold.store.db import Store
     from stronghold.verdict import RecipientDecision
 

@@ -7,8 +7,8 @@ mount, secure and keep consistent, and renames on it are not atomic for readers 
 A version is the scoring table (``.npy``, 16 MiB, a few MiB compressed) and its passport: all a
 node needs to score.  The scikit-learn counts stay with whoever learns, so nodes never unpickle
 anything they were sent.  A pulled table is checked against the version's SHA-256 and loaded
-before it replaces the node's files (table first, passport last: the milter's ``ModelHolder``
-reloads when the passport changes, within a second).
+before it replaces the node's files (table first, passport last: the milter's
+``modelholder.ModelHolder`` reloads when the passport changes, within a second).
 """
 
 from __future__ import annotations

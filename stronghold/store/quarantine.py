@@ -47,6 +47,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from stronghold.store.tables import QuarantineBlob, QuarantineItem
+from stronghold.verdict import Envelope, Verdict
 
 VIRUS = "virus"
 _BLOBS = cast(Table, QuarantineBlob.__table__)
@@ -125,6 +126,22 @@ def hold(session: Session, raw: bytes, *, recipients: Sequence[str], sender: str
     stmt = insert(_ITEMS).returning(_ITEMS.c.id, sort_by_parameter_order=True)
     return [int(i) for i in session.connection().execute(stmt, rows).scalars()]
 
+
+
+def hold_verdict(session: Session, envelope: Envelope, verdict: Verdict, raw: bytes, subject: str) -> list[int]:
+    """One item per recipient whose copy ``verdict`` holds; returns their ids.
+
+    Each item's trace is the message's steps and that recipient's own, never
+    another recipient's lists.  The bytes are stored once however many hold them.
+    """
+    message_steps = " ".join(str(s) for s in verdict.trace)
+    ids: list[int] = []
+    for d in verdict.held:
+        own = " ".join(str(s) for s in d.trace)
+        ids += hold(session, raw, recipients=[d.recipient], sender=envelope.sender, subject=subject,
+                    queue_id=envelope.queue_id, score=verdict.score, category=d.category.value,
+                    reason=d.reason, trace=f"{message_steps} {own}".strip(), virus=verdict.virus)
+    return ids
 
 def get(session: Session, item_id: int) -> Held | None:
     row = session.get(QuarantineItem, item_id)
