@@ -26,8 +26,8 @@ from stronghold.store import entries, messagelog, quarantine
 from stronghold.store.errors import EntryError, StoreError
 from stronghold.store.quarantine import Held
 from stronghold.store.tables import MessageRecipient, MessageRow, QuarantineItem
-from webui import settings, store
 from webui.auth import login_required
+from webui.context import settings, store
 from webui.preview import render as render_preview
 from webui.preview import visible
 

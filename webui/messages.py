@@ -12,12 +12,13 @@ from stronghold.lists import ListIndex, Match, PatternError, display, normalize_
 from stronghold.store import entries, messagelog
 from stronghold.store.errors import EntryError
 from stronghold.store.tables import MessageRow
-from webui import store
+from stronghold.verdict import Category
 from webui.auth import login_required
+from webui.context import store
 from webui.junk import items_for_message
 
 bp = Blueprint("messages", __name__, url_prefix="/messages")
-CATEGORIES = ("clean", "spam", "virus", "blocked", "allowed", "error")
+CATEGORIES = tuple(c.value for c in Category)  # what the filter can say; the log filters on it
 PAGE = 50
 _DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
 
