@@ -13,15 +13,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
-
 from stronghold import learning, modelsync, personal
 from stronghold.classifier import Model, read_passport
 from stronghold.config import Config
 from stronghold.feedback import pending_items
-from stronghold.store import ledger
+from stronghold.store import layers, ledger
 from stronghold.store.db import Store
-from stronghold.store.tables import LearnedMessage, PersonalLayerRow
 from stronghold.training import check_mail, read_messages, tokenize
 
 
@@ -142,10 +139,8 @@ def cmd_learn(args: argparse.Namespace, cfg: Config) -> int:
 def _rebuild_layers(store: Store, live: Path) -> None:
     """Personal layers over the live model's counts (after any change of feedback or model)."""
     with store.session() as session:
-        wanted = session.scalars(select(LearnedMessage.id).where(LearnedMessage.scope != ledger.SHARED)).first()
-        stored = session.scalars(select(PersonalLayerRow.scope)).first()
-    if wanted is None and stored is None:
-        return
+        if not ledger.has_personal(session) and not layers.exist(session):
+            return
     count = personal.rebuild(store, Model.load(live, for_learning=True))
     print(f"personal layers: {count} rebuilt")
 

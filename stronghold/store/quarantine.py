@@ -143,6 +143,20 @@ def hold_verdict(session: Session, envelope: Envelope, verdict: Verdict, raw: by
                     reason=d.reason, trace=f"{message_steps} {own}".strip(), virus=verdict.virus)
     return ids
 
+def ids_for_message(session: Session, queue_id: str, recipients: Sequence[str],
+                    addresses: Sequence[str] | None) -> list[int]:
+    """Item ids of the message ``queue_id`` held for ``recipients``; with ``addresses``
+    only theirs, and no virus (what a user may release)."""
+    if not queue_id:
+        return []
+    query = select(QuarantineItem.id).where(QuarantineItem.queue_id == queue_id,
+                                            QuarantineItem.recipient.in_(list(recipients)))
+    if addresses is not None:
+        query = query.where(QuarantineItem.recipient.in_(list(addresses)), QuarantineItem.category != VIRUS,
+                            QuarantineItem.virus.is_(None))
+    return list(session.scalars(query.order_by(QuarantineItem.id)))
+
+
 def get(session: Session, item_id: int) -> Held | None:
     row = session.get(QuarantineItem, item_id)
     return _held(row) if row is not None else None
@@ -246,6 +260,11 @@ def mark_delivered(session: Session, item_id: int, stamp: float) -> None:
 
 def count(session: Session) -> int:
     return int(session.scalar(select(func.count(QuarantineItem.id))) or 0)
+
+
+def count_unreleased(session: Session) -> int:
+    """Held copies not yet released."""
+    return int(session.scalar(select(func.count(QuarantineItem.id)).where(QuarantineItem.released.is_(None))) or 0)
 
 
 def blob_count(session: Session) -> int:

@@ -6,7 +6,8 @@ layer and those below; ``if TYPE_CHECKING:`` imports are exempt (they never
 run: verdict.py names authres's result type).  The product never imports the
 dev tooling or the tests, nor the web UI, except for the command line at the
 top (``stronghold web`` starts it); no web UI blueprint imports the ``webui``
-package, which imports the blueprints.
+package, which imports the blueprints.  Only the store speaks SQL: nothing
+outside stronghold/store/ (and its migrations) imports SQLAlchemy at run time.
 """
 
 from __future__ import annotations
@@ -97,6 +98,15 @@ def test_the_product_imports_no_web_ui_dev_tooling_or_tests(path: Path) -> None:
     never = NEVER_FROM_PRODUCT[1:] if layer(_module(path)) == CLI else NEVER_FROM_PRODUCT
     reached = sorted(m for m in imports(path) if _within(m, never))
     assert not reached, f"{_module(path)} imports {reached}"
+
+
+@pytest.mark.parametrize("path", [p for p in (*PRODUCT, *sorted(WEBUI.glob("*.py")))
+                                  if layer(_module(p)) != layer("stronghold.store")],
+                         ids=lambda p: str(p.relative_to(ROOT)))
+def test_only_the_store_speaks_sql(path: Path) -> None:
+    """Queries live in store modules; the rest opens a session and calls them (type hints may name one)."""
+    reached = sorted(m for m in imports(path, running_only=True) if _within(m, ("sqlalchemy",)))
+    assert not reached, f"{_module(path)} imports {reached}: put the query in a stronghold.store module"
 
 
 @pytest.mark.parametrize("path", BLUEPRINTS, ids=lambda p: p.name)
