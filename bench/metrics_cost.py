@@ -20,7 +20,7 @@ import time
 from stronghold import metrics
 from stronghold.engine import Findings, Policy, decide
 from stronghold.message import parse
-from stronghold.service import Outcome
+from stronghold.outcome import Outcome
 from stronghold.verdict import Envelope
 
 

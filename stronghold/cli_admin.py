@@ -9,14 +9,16 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-
-from sqlalchemy.orm import Session
+from typing import TYPE_CHECKING
 
 from stronghold.config import Config
 from stronghold.store import accounts
 from stronghold.store import entries as lists_store
 from stronghold.store.db import Store
 from stronghold.store.errors import EntryError, StoreError
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 KNOWN_ERRORS = (StoreError, EntryError)
 

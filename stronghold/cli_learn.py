@@ -8,20 +8,17 @@ import getpass
 import json
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
-
 from stronghold import learning, modelsync, personal
-from stronghold.classifier import Model, passport_path, read_passport
+from stronghold.classifier import Model, read_passport
 from stronghold.config import Config
-from stronghold.feedback import pending_items
+from stronghold.feedback import record_pending
 from stronghold.store import ledger
 from stronghold.store.db import Store
-from stronghold.store.tables import LearnedMessage, PersonalLayerRow
 from stronghold.training import check_mail, read_messages, tokenize
 
 
@@ -108,7 +105,7 @@ def cmd_learn(args: argparse.Namespace, cfg: Config) -> int:
             mark_feedback = None
             items: list[tuple[set[str], bool, str]] = []
             if args.from_feedback:
-                items, mark_feedback, c = _record_web_feedback(store)
+                items, mark_feedback, c = record_pending(store)
                 change = ledger.Change(change.new + c.new, change.same + c.same,
                                        change.flipped + c.flipped, change.forgotten, change.unknown)
             print(f"ledger: {change.new} new, {change.same} already known, {change.flipped} flipped, "
@@ -134,53 +131,10 @@ def cmd_learn(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
-def _record_web_feedback(store: Store) -> tuple[list[tuple[set[str], bool, str]], Callable[[], None],
-                                                 ledger.Change]:
-    """Put the web UI's unapplied "spam / not spam" marks in the ledger (shared, and the marking
-    user's own scope); returns them, the callback that marks them applied, and the ledger change."""
-    items, mark_feedback = pending_items(store)
-    change = ledger.Change(0, 0, 0, 0, 0)
-    with store.session() as session:
-        for tokens, is_spam, login in items:
-            c = ledger.record(session, [tokens], [is_spam], source="web", who=login)
-            if login:  # a user's mark moves their own scores at once
-                ledger.record(session, [tokens], [is_spam], source="web", who=login, scope=login)
-            change = ledger.Change(change.new + c.new, change.same + c.same, change.flipped + c.flipped,
-                                   change.forgotten, change.unknown)
-    return items, mark_feedback, change
-
-
-def learn_job(cfg: Config, store: Store) -> str:
-    """`stronghold jobs` learn: web marks and IMAP moves recorded since the last run go into the
-    candidate, which is judged and promoted (or held back), and personal layers are rebuilt."""
-    live = cfg.model_path
-    if not passport_path(live).is_file():
-        return f"skipped: no model at {live}"
-    with learning.model_lock(live):
-        items, mark_feedback, _ = _record_web_feedback(store)
-        _, result = learning.update_candidate(store, live)
-        mark_feedback()
-    layers = _rebuild_layers(store, live, quiet=True)
-    done = f"{len(items)} web mark(s); personal layers: {layers if layers is not None else 'none'}"
-    if result.added == result.removed == 0:
-        return f"{done}; nothing new for the shared model"
-    judgement = learning.promote(store, live, "jobs")
-    word = "promoted" if judgement.promote else "held back"
-    return f"{done}; learned {result.added} (took out {result.removed}), candidate {word}: {judgement.reason}"
-
-
-def _rebuild_layers(store: Store, live: Path, quiet: bool = False) -> int | None:
-    """Personal layers over the live model's counts (after any change of feedback or model);
-    how many were rebuilt, None when nobody has one."""
-    with store.session() as session:
-        wanted = session.scalars(select(LearnedMessage.id).where(LearnedMessage.scope != ledger.SHARED)).first()
-        stored = session.scalars(select(PersonalLayerRow.scope)).first()
-    if wanted is None and stored is None:
-        return None
-    count = personal.rebuild(store, Model.load(live, for_learning=True))
-    if not quiet:
+def _rebuild_layers(store: Store, live: Path) -> None:
+    count = personal.rebuild_if_any(store, live)
+    if count is not None:
         print(f"personal layers: {count} rebuilt")
-    return count
 
 
 def cmd_model_info(args: argparse.Namespace, cfg: Config) -> int:

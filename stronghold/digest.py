@@ -41,10 +41,8 @@ from dataclasses import dataclass
 from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import formatdate, make_msgid
-from typing import Any, cast
 
 from itsdangerous import BadData, SignatureExpired, TimestampSigner, URLSafeTimedSerializer
-from sqlalchemy import CursorResult, select, update
 
 from stronghold.config import Config
 from stronghold.release import OutcomeUnknown, ReleaseError, release, smtp_send
@@ -52,7 +50,6 @@ from stronghold.store import accounts, quarantine
 from stronghold.store.db import Store
 from stronghold.store.errors import StoreError
 from stronghold.store.quarantine import Held
-from stronghold.store.tables import User
 from stronghold.webkey import secret_key
 
 log = logging.getLogger(__name__)
@@ -238,15 +235,12 @@ def _address_of(login: str, addresses: Sequence[str]) -> str:
 
 def _claim_user(store: Store, user_id: int, old: float | None, now: float) -> bool:
     with store.session() as s:
-        sent = User.digest_sent.is_(None) if old is None else User.digest_sent == old
-        result = cast(CursorResult[Any], s.execute(update(User).where(User.id == user_id, sent)
-                                                   .values(digest_sent=now)))
-        return result.rowcount == 1
+        return accounts.claim_digest(s, user_id, old, now)
 
 
 def _unclaim_user(store: Store, user_id: int, old: float | None, now: float) -> None:
     with store.session() as s:
-        s.execute(update(User).where(User.id == user_id, User.digest_sent == now).values(digest_sent=old))
+        accounts.unclaim_digest(s, user_id, old, now)
 
 
 def _pending(store: Store, addresses: Sequence[str], since: float, until: float) -> tuple[list[Held], int]:
@@ -258,10 +252,7 @@ def _pending(store: Store, addresses: Sequence[str], since: float, until: float)
 
 def _candidates(store: Store, only: str | None) -> list[tuple[int, str, str, float | None, list[str]]]:
     with store.session() as s:
-        query = select(User).where(User.disabled.is_(False), User.digest != "off")
-        if only:
-            query = query.where(User.login == only.strip().lower())
-        users = [u for u in s.scalars(query.order_by(User.login))]
+        users = accounts.digest_users(s, only)
         if only and not users:
             raise DigestError(f"no enabled user {only} with a digest")
         return [(u.id, u.login, u.digest, u.digest_sent, accounts.owned_addresses(u)) for u in users]

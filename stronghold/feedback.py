@@ -2,28 +2,37 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
-from stronghold.store import messagelog
+from stronghold.store import accounts, ledger, messagelog
 from stronghold.store.db import Store
 
 
 def pending_items(store: Store) -> tuple[list[tuple[set[str], bool, str]], Callable[[], None]]:
     """(features, is_spam, login) of unapplied web feedback, and a callback marking it applied."""
-    from stronghold.store.tables import User
     with store.session() as session:
         rows = messagelog.pending(session)
-        logins = {u.id: u.login for u in session.query(User).filter(User.id.in_({fb.user_id for fb, _ in rows}))}
+        logins = accounts.logins(session, {fb.user_id for fb, _ in rows})
         items = [(messagelog.unpack_tokens(msg.tokens), fb.is_spam, logins.get(fb.user_id, ""))
                  for fb, msg in rows if msg.tokens]
         ids = [fb.id for fb, _ in rows]
 
     def mark_done() -> None:
-        from stronghold.store.tables import Feedback
         with store.session() as session:
-            for fid in ids:
-                row = session.get(Feedback, fid)
-                if row is not None and row.applied is None:
-                    row.applied = time.time()
+            messagelog.mark_applied(session, ids)
     return items, mark_done
+
+
+def record_pending(store: Store) -> tuple[list[tuple[set[str], bool, str]], Callable[[], None], ledger.Change]:
+    """Put the unapplied web marks in the ledger (shared, and the marking user's own scope);
+    returns them, the callback that marks them applied (once the model took them), and the change."""
+    items, mark_done = pending_items(store)
+    change = ledger.Change()
+    with store.session() as session:
+        for tokens, is_spam, login in items:
+            c = ledger.record(session, [tokens], [is_spam], source="web", who=login)
+            if login:  # a user's mark moves their own scores at once
+                ledger.record(session, [tokens], [is_spam], source="web", who=login, scope=login)
+            change = ledger.Change(change.new + c.new, change.same + c.same, change.flipped + c.flipped,
+                                   change.forgotten, change.unknown)
+    return items, mark_done, change

@@ -11,9 +11,10 @@ import argparse
 import logging
 from collections.abc import Callable
 
-from stronghold import digest, mailbox_expiry
-from stronghold.cli_learn import learn_job
+from stronghold import digest, learning, mailbox_expiry, personal
+from stronghold.classifier import passport_path
 from stronghold.config import Config, ConfigError
+from stronghold.feedback import record_pending
 from stronghold.store import messagelog, quarantine
 from stronghold.store.db import Store
 
@@ -54,12 +55,31 @@ def expire_junk(cfg: Config, store: Store) -> str:
     return ", ".join(f"{e.folder} {e.messages} expunged" for e in done) or "kept (junk_retention_days = 0)"
 
 
+def learn(cfg: Config, store: Store) -> str:
+    """Web marks and IMAP moves recorded since the last run go into the candidate, which is
+    judged and promoted (or held back); personal layers are rebuilt."""
+    live = cfg.model_path
+    if not passport_path(live).is_file():
+        return f"skipped: no model at {live}"
+    with learning.model_lock(live):
+        items, mark_done, _ = record_pending(store)
+        _, result = learning.update_candidate(store, live)
+        mark_done()
+    rebuilt = personal.rebuild_if_any(store, live)
+    done = f"{len(items)} web mark(s); personal layers: {rebuilt if rebuilt is not None else 'none'}"
+    if result.added == result.removed == 0:
+        return f"{done}; nothing new for the shared model"
+    judgement = learning.promote(store, live, "jobs")
+    word = "promoted" if judgement.promote else "held back"
+    return f"{done}; learned {result.added} (took out {result.removed}), candidate {word}: {judgement.reason}"
+
+
 JOBS: dict[str, Job] = {
     "message-log": purge_message_log,
     "quarantine": purge_quarantine,
     "digest": send_digests,
     "junk": expire_junk,
-    "learn": learn_job,
+    "learn": learn,
 }
 
 

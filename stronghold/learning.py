@@ -42,7 +42,7 @@ from stronghold.classifier import (
     read_passport,
     table_path,
 )
-from stronghold.store import ledger
+from stronghold.store import ledger, modelversions
 from stronghold.store.db import Store
 from stronghold.store.messagelog import unpack_tokens
 from stronghold.store.tables import ModelEvent
@@ -239,14 +239,13 @@ def recent_feedback(store: Store, now: float | None = None) -> tuple[list[set[st
 
 def record_event(store: Store, action: str, version: str, who: str, reason: str) -> None:
     with store.session() as session:
-        session.add(ModelEvent(ts=time.time(), action=action, version=version, who=who, reason=reason))
+        modelversions.record_event(session, action, version, who, reason)
     log.info("model %s %s by %s: %s", action, version[:12], who or "-", reason)
 
 
 def events(store: Store, limit: int = 20) -> list[ModelEvent]:
-    from sqlalchemy import select
     with store.session() as session:
-        return list(session.scalars(select(ModelEvent).order_by(ModelEvent.id.desc()).limit(limit)))
+        return modelversions.events(session, limit)
 
 
 _FILES = (lambda p: p, table_path, passport_path)

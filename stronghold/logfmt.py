@@ -20,7 +20,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from stronghold.service import Outcome
+    from stronghold.outcome import Outcome
     from stronghold.verdict import Envelope, RecipientDecision, TraceStep
 
 TEXT_FORMAT = "%(asctime)s %(name)s %(levelname)s [%(worker)s %(process)d] %(message)s"

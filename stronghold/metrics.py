@@ -23,14 +23,12 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, select
-
 from stronghold.classifier import ModelError, read_passport
 from stronghold.config import Config
 from stronghold.store.errors import StoreError
 
 if TYPE_CHECKING:
-    from stronghold.service import Outcome
+    from stronghold.outcome import Outcome
     from stronghold.store.db import Store
     from stronghold.verdict import RecipientDecision
 
@@ -189,19 +187,9 @@ class StateCollector:
         yield from feedback_families(marks)
 
     def _read_store(self) -> tuple[dict[tuple[str, str], int], int, list[tuple[str, bool, float]]]:
-        from stronghold.store.tables import GLOBAL, Feedback, ListEntryRow, MessageRow, QuarantineItem
+        from stronghold.store import entries, messagelog, quarantine
         with self.store.session() as s:
-            lists: dict[tuple[str, str], int] = {}
-            for scope, where in (("global", ListEntryRow.owner == GLOBAL), ("user", ListEntryRow.owner != GLOBAL)):
-                for kind, n in s.execute(select(ListEntryRow.kind, func.count()).where(where)
-                                         .group_by(ListEntryRow.kind)):
-                    lists[(str(kind), scope)] = int(n)
-            held = int(s.scalar(select(func.count(QuarantineItem.id))
-                                .where(QuarantineItem.released.is_(None))) or 0)
-            marks = [(str(cat), bool(spam), float(created)) for cat, spam, created in s.execute(
-                select(MessageRow.category, Feedback.is_spam, Feedback.created)
-                .join(MessageRow, Feedback.message_id == MessageRow.id))]
-        return lists, held, marks
+            return entries.sizes(s), quarantine.count_unreleased(s), messagelog.feedback_marks(s)
 
 
 def feedback_families(marks: Iterable[tuple[str, bool, float]]) -> Iterator[Any]:

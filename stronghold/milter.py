@@ -14,6 +14,7 @@ nobody receives it, the message is discarded after the hold.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from time import perf_counter
 from typing import Any
 
@@ -31,6 +32,13 @@ log = logging.getLogger(__name__)
 FLAGS = Milter.ADDHDRS | Milter.CHGHDRS | Milter.DELRCPT
 
 
+def factory(service: Service) -> Callable[[], StrongholdMilter]:
+    """pymilter's ``Milter.factory``: one ``StrongholdMilter`` per connection, each given ``service``."""
+    def connection() -> StrongholdMilter:
+        return StrongholdMilter(service)
+    return connection
+
+
 def _bare(address: str) -> str:
     return address.strip().strip("<>").strip()
 
@@ -39,9 +47,8 @@ class StrongholdMilter(Milter.Base):
     """Callbacks that never refuse are ``@noreply``: where Postfix agrees, it does
     not wait for an answer to each header and body chunk (fewer round trips)."""
 
-    service: Service  # set by serve() before the first connection
-
-    def __init__(self) -> None:
+    def __init__(self, service: Service) -> None:
+        self.service = service
         self.client_ip = ""
         self.helo = ""
         self.spool: Spool | None = None

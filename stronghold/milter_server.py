@@ -38,7 +38,7 @@ import milter
 
 from stronghold import logfmt, metrics, modelsync
 from stronghold.config import Config
-from stronghold.milter import FLAGS, StrongholdMilter
+from stronghold.milter import FLAGS, factory
 from stronghold.service import Service
 from stronghold.store.errors import StoreError
 
@@ -51,9 +51,10 @@ def socket_spec(cfg: Config) -> str:
     return cfg.milter_socket or f"unix:{cfg.data_dir / 'milter.sock'}"
 
 
-def _register(spec: str, timeout: int) -> None:
-    """What Milter.runmilter does before opening the socket, minus main()."""
-    Milter.factory = StrongholdMilter
+def _register(spec: str, timeout: int, service: Service) -> None:
+    """What Milter.runmilter does before opening the socket, minus main(); every
+    connection's milter gets ``service`` (each worker its forked copy)."""
+    Milter.factory = factory(service)
     milter.set_flags(FLAGS)
     milter.set_exception_policy(milter.TEMPFAIL)  # a bug in a callback never lets mail through unchecked
     milter.set_connect_callback(Milter.connect_callback)
@@ -132,7 +133,6 @@ def _worker(cfg: Config, service: Service, slot: int) -> None:
     logfmt.set_worker(f"w{slot}")
     faulthandler.enable(all_threads=True)  # a native crash leaves every thread's stack in the log
     service.store.engine.dispose(close=False)
-    StrongholdMilter.service = service
     try:
         milter.main()
     except milter.error as exc:
@@ -189,7 +189,7 @@ def serve(cfg: Config) -> int:
     except Exception as exc:  # noqa: BLE001 - any load failure is reported, workers retry
         log.error("starting without a usable model (%s); messages get on_model_error=%s",
                   exc, cfg.on_model_error)
-    _register(spec, cfg.milter_timeout)
+    _register(spec, cfg.milter_timeout, service)
     milter.opensocket(True)
     if spec.startswith("unix:"):
         _share_socket(Path(spec[5:]), cfg.milter_socket_group)

@@ -7,8 +7,8 @@ mount, secure and keep consistent, and renames on it are not atomic for readers 
 A version is the scoring table (``.npy``, 16 MiB, a few MiB compressed) and its passport: all a
 node needs to score.  The scikit-learn counts stay with whoever learns, so nodes never unpickle
 anything they were sent.  A pulled table is checked against the version's SHA-256 and loaded
-before it replaces the node's files (table first, passport last: the milter's ``ModelHolder``
-reloads when the passport changes, within a second).
+before it replaces the node's files (table first, passport last: the milter's
+``modelholder.ModelHolder`` reloads when the passport changes, within a second).
 """
 
 from __future__ import annotations
@@ -24,12 +24,11 @@ import zlib
 from dataclasses import asdict
 from pathlib import Path
 
-from sqlalchemy import select, update
-
 from stronghold.classifier import Model, ModelError, Passport, passport_path, read_passport, table_path
+from stronghold.store import modelversions
 from stronghold.store.db import Store
 from stronghold.store.errors import StoreError
-from stronghold.store.tables import ModelNode, ModelVersion
+from stronghold.store.tables import ModelNode
 
 log = logging.getLogger(__name__)
 INCOMING = ".incoming"
@@ -48,19 +47,14 @@ def publish(store: Store, live: Path) -> str:
         raise ModelError(f"model table {table_path(live)} does not match its passport; not published")
     version = version_of(passport)
     with store.session() as session:
-        row = session.get(ModelVersion, version)
-        if row is None:
-            row = ModelVersion(version=version, passport=text, table=zlib.compress(table, 6))
-            session.add(row)
-        session.execute(update(ModelVersion).where(ModelVersion.version != version).values(active=False))
-        row.active, row.published = True, time.time()
+        modelversions.publish(session, version, text, zlib.compress(table, 6))
     log.info("model %s published for every node", version[:12])
     return version
 
 
 def active_version(store: Store) -> str | None:
     with store.session() as session:
-        return session.scalars(select(ModelVersion.version).where(ModelVersion.active.is_(True))).first()
+        return modelversions.active(session)
 
 
 def version_of(passport: Passport) -> str:
@@ -81,10 +75,10 @@ def pull(store: Store, dest: Path) -> str | None:
     if version is None or version == local_version(dest):
         return version
     with store.session() as session:
-        row = session.get(ModelVersion, version)
-        if row is None:
-            return None
-        blob, passport_text = row.table, row.passport
+        stored = modelversions.content(session, version)
+    if stored is None:
+        return None
+    blob, passport_text = stored
     table = zlib.decompress(blob)
     passport = Passport.from_json(json.loads(passport_text))
     if version_of(passport) != version or hashlib.sha256(table).hexdigest() != passport.table_sha256:
@@ -103,16 +97,12 @@ def pull(store: Store, dest: Path) -> str | None:
 
 def report(store: Store, node: str, version: str, error: str = "") -> None:
     with store.session() as session:
-        row = session.get(ModelNode, node)
-        if row is None:
-            row = ModelNode(node=node)
-            session.add(row)
-        row.version, row.seen, row.error = version, time.time(), error[:300]
+        modelversions.report_node(session, node, version, error)
 
 
 def nodes(store: Store) -> list[ModelNode]:
     with store.session() as session:
-        return list(session.scalars(select(ModelNode).order_by(ModelNode.node)))
+        return modelversions.nodes(session)
 
 
 def sync_once(store: Store, dest: Path, node: str) -> str:

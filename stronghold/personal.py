@@ -22,15 +22,13 @@ import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
-from sqlalchemy import delete, func, select
 
 from stronghold.classifier import Model, ModelError, logodds_from_counts, token_indices
+from stronghold.store import layers, ledger
 from stronghold.store.db import Store
-from stronghold.store.ledger import SHARED
-from stronghold.store.messagelog import unpack_tokens
-from stronghold.store.tables import Address, LearnedMessage, PersonalLayerRow, User
 
 log = logging.getLogger(__name__)
 WEIGHT = 20.0  # one message of a user's own feedback counts this many times in their layer
@@ -94,44 +92,34 @@ class Layer:
 def rebuild(store: Store, model: Model, scopes: Iterable[str] | None = None) -> int:
     """Build and store the layers of ``scopes`` (None: every scope with personal feedback)."""
     with store.session() as session:
-        query = select(LearnedMessage.scope, LearnedMessage.tokens, LearnedMessage.label).where(
-            LearnedMessage.scope != SHARED, LearnedMessage.label.is_not(None))
-        wanted = None if scopes is None else sorted(set(scopes) - {SHARED})
-        if wanted is not None:
-            query = query.where(LearnedMessage.scope.in_(wanted))
-        by_scope: dict[str, tuple[list[set[str]], list[bool]]] = {s: ([], []) for s in wanted or ()}
-        for scope, blob, label in session.execute(query):
-            sets, labels = by_scope.setdefault(scope, ([], []))
-            sets.append(unpack_tokens(blob))
-            labels.append(bool(label))
-    now = time.time()
+        by_scope = ledger.personal(session, scopes)
+    built = {scope: (len(sets), Layer.build(model, sets, labels).pack()) if sets else None
+             for scope, (sets, labels) in by_scope.items()}
     with store.session() as session:
-        if wanted is None:
-            session.execute(delete(PersonalLayerRow))
-        for scope, (sets, labels) in by_scope.items():
-            session.execute(delete(PersonalLayerRow).where(PersonalLayerRow.scope == scope))
-            if sets:
-                session.add(PersonalLayerRow(scope=scope, updated=now, messages=len(sets),
-                                             data=Layer.build(model, sets, labels).pack()))
+        layers.replace(session, built, drop_others=scopes is None)
     return len(by_scope)
+
+
+def rebuild_if_any(store: Store, live: Path) -> int | None:
+    """Rebuild the personal layers over the live model at ``live`` (after any change of feedback
+    or model); how many, or None when nobody has feedback or a layer."""
+    with store.session() as session:
+        if not ledger.has_personal(session) and not layers.exist(session):
+            return None
+    return rebuild(store, Model.load(live, for_learning=True))
 
 
 def load_layers(store: Store) -> dict[str, Layer]:
     """Every recipient address with a personal layer."""
     with store.session() as session:
-        rows = session.execute(select(PersonalLayerRow.scope, PersonalLayerRow.data)).all()
-        owners = dict(session.execute(select(User.login, User.id)).all())
-        addresses: dict[int, list[str]] = {}
-        for user_id, address in session.execute(select(Address.user_id, Address.address)):
-            addresses.setdefault(user_id, []).append(address.lower())
+        rows = layers.stored(session)
     out: dict[str, Layer] = {}
-    for scope, data in rows:
+    for scope, data, targets in rows:
         try:
             layer = Layer.unpack(data)
         except ValueError as exc:
             log.error("personal layer of %s unusable: %s", scope, exc)
             continue
-        targets = addresses.get(owners[scope], []) if scope in owners else [scope.lower()] if "@" in scope else []
         for address in targets:
             out[address] = layer
     return out
@@ -159,14 +147,12 @@ class LayerCache:
 
     def layers(self) -> Mapping[str, Layer]:
         with self.store.session() as session:
-            count, newest = session.execute(select(func.count(PersonalLayerRow.scope),
-                                                   func.max(PersonalLayerRow.updated))).one()
-        stamp = (int(count), float(newest or 0.0))
+            stamp = layers.stamp(session)
         if stamp != self._stamp:
-            layers = load_layers(self.store)
+            loaded = load_layers(self.store)
             with self._lock:
-                self._layers, self._stamp = layers, stamp
-            log.info("personal layers: %d addresses", len(layers))
+                self._layers, self._stamp = loaded, stamp
+            log.info("personal layers: %d addresses", len(loaded))
         with self._lock:
             self._checked = time.monotonic()
             return self._layers

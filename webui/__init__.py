@@ -10,7 +10,6 @@ import re
 import time
 from collections.abc import Mapping
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 from flask import Flask, g, render_template, request
@@ -24,6 +23,7 @@ from stronghold.config import Config
 from stronghold.lists import display
 from stronghold.store.db import Store
 from stronghold.webkey import secret_key
+from webui import context
 
 csrf = CSRFProtect()
 
@@ -47,8 +47,7 @@ def create_app(test_config: Mapping[str, Any] | None = None, cfg: Config | None 
     app.config.update(flask_keys)
     store = Store(cfg.db_url)
     store.upgrade()
-    app.extensions["stronghold_store"] = store
-    app.extensions["stronghold_config"] = cfg
+    context.install(app, store, cfg)
     csrf.init_app(app)
     if cfg.web_trusted_proxies:
         n = cfg.web_trusted_proxies
@@ -108,7 +107,7 @@ def _error_pages(app: Flask) -> None:
 
     @app.errorhandler(RequestEntityTooLarge)
     def too_large(err: RequestEntityTooLarge):
-        limit = app.extensions["stronghold_config"].web_import_max_bytes
+        limit = context.settings().web_import_max_bytes
         return render_template("error.html", title="Too large",
                                message=f"What you sent is larger than this site accepts: files up to "
                                        f"{limit // 1024} KiB. Split the file and send the parts one by one."), 413
@@ -135,15 +134,3 @@ def _error_pages(app: Flask) -> None:
         title, message = ERRORS[500]
         return render_template("error.html", title=title, message=message), 500
 
-
-def store() -> Store:
-    from flask import current_app
-    return current_app.extensions["stronghold_store"]
-
-
-def settings() -> Config:
-    from flask import current_app
-    return current_app.extensions["stronghold_config"]
-
-
-__all__ = ["Path", "create_app", "csrf", "settings", "store"]

@@ -6,9 +6,9 @@ from flask import Blueprint, abort, flash, g, redirect, render_template, request
 
 from stronghold.store import accounts
 from stronghold.store.errors import EntryError
-from webui import store
 from webui.auth import admin_required
 from webui.confirm import confirmed
+from webui.context import store
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 

@@ -13,7 +13,7 @@ from flask import Blueprint, abort, current_app, flash, g, redirect, render_temp
 from stronghold.store import accounts
 from stronghold.store.errors import EntryError
 from stronghold.store.tables import User
-from webui import store
+from webui.context import store
 
 bp = Blueprint("auth", __name__)
 _UNSAFE = re.compile(r"[\x00-\x20\x7f\\]")  # controls, spaces and backslashes: browsers drop or bend them

@@ -8,13 +8,16 @@ from dataclasses import dataclass
 from flask import Blueprint, g, render_template, request
 
 from stronghold.store import messagelog
-from webui import store
+from stronghold.verdict import Category
 from webui.auth import login_required
+from webui.context import store
 
 bp = Blueprint("dashboard", __name__)
-# every category the message log holds, so the totals add up to what "Recent mail" lists
-SERIES = (("clean", "#4c8c4a"), ("allowed", "#2b7a9b"), ("spam", "#d08c1f"), ("virus", "#b3261e"),
-          ("blocked", "#555f6d"), ("error", "#7b3f8c"))
+# stacked in this order; every category the message log holds, so the totals add up to what
+# "Recent mail" lists (tests/webui: a category without a colour fails)
+COLORS = {Category.CLEAN: "#4c8c4a", Category.ALLOWED: "#2b7a9b", Category.SPAM: "#d08c1f",
+          Category.VIRUS: "#b3261e", Category.BLOCKED: "#555f6d", Category.ERROR: "#7b3f8c"}
+SERIES = tuple((category.value, color) for category, color in COLORS.items())
 DAYS = 30
 
 

@@ -16,7 +16,7 @@ from flask import Blueprint, Response, make_response, render_template
 
 from stronghold import digest
 from stronghold.store.errors import StoreError
-from webui import settings, store
+from webui.context import settings, store
 from webui.preview import visible
 
 log = logging.getLogger(__name__)

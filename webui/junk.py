@@ -16,8 +16,6 @@ import time
 from dataclasses import dataclass
 
 from flask import Blueprint, abort, flash, g, make_response, redirect, render_template, request, url_for
-from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from stronghold import digest
 from stronghold import release as release_mod
@@ -25,9 +23,8 @@ from stronghold.lists import PatternError, normalize_address
 from stronghold.store import entries, messagelog, quarantine
 from stronghold.store.errors import EntryError, StoreError
 from stronghold.store.quarantine import Held
-from stronghold.store.tables import MessageRecipient, MessageRow, QuarantineItem
-from webui import settings, store
 from webui.auth import login_required
+from webui.context import settings, store
 from webui.preview import render as render_preview
 from webui.preview import visible
 
@@ -138,35 +135,13 @@ def show(item_id: int):
             raw = quarantine.content(s, held.id)
         except KeyError:
             abort(404)
-        message_id = log_message_id(s, held)
+        message_id = messagelog.latest_for_recipient(s, held.queue_id, held.recipient)
     response = make_response(render_template("junk_item.html", h=held, p=render_preview(raw),
                                              message_id=message_id, visible=visible,
                                              retry=g.user.is_admin and retryable(held)))
     response.headers["Content-Security-Policy"] = PREVIEW_CSP
     response.headers["Referrer-Policy"] = "no-referrer"
     return response
-
-
-def log_message_id(session: Session, held: Held) -> int | None:
-    """The message-log row of the same message and recipient (by queue id), if it is still kept."""
-    if not held.queue_id:
-        return None
-    return session.scalar(
-        select(MessageRow.id).join(MessageRecipient, MessageRecipient.message_id == MessageRow.id)
-        .where(MessageRow.queue_id == held.queue_id, MessageRecipient.address == held.recipient)
-        .order_by(MessageRow.id.desc()).limit(1))
-
-
-def items_for_message(session: Session, row: MessageRow, addresses: tuple[str, ...] | None) -> list[int]:
-    """Quarantine item ids of a logged message (same queue id) for ``addresses`` (None: all)."""
-    if not row.queue_id:
-        return []
-    query = select(QuarantineItem.id).where(QuarantineItem.queue_id == row.queue_id,
-                                            QuarantineItem.recipient.in_([r.address for r in row.recipients]))
-    if addresses is not None:
-        query = query.where(QuarantineItem.recipient.in_(addresses), QuarantineItem.category != quarantine.VIRUS,
-                            QuarantineItem.virus.is_(None))
-    return list(session.scalars(query.order_by(QuarantineItem.id)))
 
 
 def _when(ts: float) -> str:
@@ -254,7 +229,7 @@ def not_spam(item_id: int):
     held = item_or_404(item_id)
     _release(held)
     with store().session() as s:
-        message_id = log_message_id(s, held)
+        message_id = messagelog.latest_for_recipient(s, held.queue_id, held.recipient)
         if message_id is not None:
             messagelog.set_feedback(s, message_id, g.user.id, False)
     if message_id is None:

@@ -7,9 +7,9 @@ from flask import Blueprint, Response, abort, flash, g, redirect, render_templat
 from stronghold.lists import KINDS, display
 from stronghold.store import entries
 from stronghold.store.errors import EntryError
-from webui import settings, store
 from webui.auth import login_required
 from webui.confirm import confirmed
+from webui.context import settings, store
 
 bp = Blueprint("lists", __name__, url_prefix="/lists")
 GLOBAL = "global"

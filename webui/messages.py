@@ -9,15 +9,15 @@ from email.utils import getaddresses
 from flask import Blueprint, abort, flash, g, redirect, render_template, request, url_for
 
 from stronghold.lists import ListIndex, Match, PatternError, display, normalize_address
-from stronghold.store import entries, messagelog
+from stronghold.store import entries, messagelog, quarantine
 from stronghold.store.errors import EntryError
 from stronghold.store.tables import MessageRow
-from webui import store
+from stronghold.verdict import Category
 from webui.auth import login_required
-from webui.junk import items_for_message
+from webui.context import store
 
 bp = Blueprint("messages", __name__, url_prefix="/messages")
-CATEGORIES = ("clean", "spam", "virus", "blocked", "allowed", "error")
+CATEGORIES = tuple(c.value for c in Category)  # what the filter can say; the log filters on it
 PAGE = 50
 _DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
 
@@ -115,7 +115,8 @@ def show(message_id: int):
     row = message_or_404(message_id)
     with store().session() as s:
         fb = messagelog.feedback_for(s, [row.id], g.user.id).get(row.id)
-        held = items_for_message(s, row, None if g.user.is_admin else g.addresses)
+        held = quarantine.ids_for_message(s, row.queue_id, [r.address for r in row.recipients],
+                                          None if g.user.is_admin else g.addresses)
     return render_template("message.html", m=row, fb=fb, mine=set(g.addresses), held=held,
                            sender=sender_of(row), status=_list_status([row]).get(row.id, {}),
                            auth=auth_step(row.trace))

@@ -18,18 +18,16 @@ from typing import Any
 from flask import Flask, Response, request
 from flask_limiter import Limiter
 from limits.storage import Storage
-from sqlalchemy import delete, insert, select, text, update
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
+from stronghold.store import ratelimits
 from stronghold.store.db import Store
-from stronghold.store.tables import RateLimit
 
 log = logging.getLogger(__name__)
 SCHEME = "stronghold+sql"
 
 
 class SqlStorage(Storage):
-    """Fixed-window counters in the ``rate_limits`` table; expired rows are purged as new ones come."""
+    """Flask-Limiter's view of the store's counters (``stronghold.store.ratelimits``)."""
 
     STORAGE_SCHEME = [SCHEME]
 
@@ -42,55 +40,27 @@ class SqlStorage(Storage):
 
     @property
     def base_exceptions(self) -> type[Exception] | tuple[type[Exception], ...]:
-        return SQLAlchemyError
+        return ratelimits.ERRORS
 
     def incr(self, key: str, expiry: int, amount: int = 1) -> int:
-        for _ in range(3):  # a concurrent insert of the same key: count again
-            now = time.time()
-            with self.store.engine.begin() as conn:
-                done = conn.execute(update(RateLimit).where(RateLimit.key == key, RateLimit.expires > now)
-                                    .values(count=RateLimit.count + amount))
-                if done.rowcount:
-                    return int(conn.execute(select(RateLimit.count).where(RateLimit.key == key)).scalar_one())
-            try:
-                with self.store.engine.begin() as conn:
-                    conn.execute(delete(RateLimit).where(RateLimit.expires <= now))
-                    conn.execute(insert(RateLimit).values(key=key, count=amount, expires=now + expiry))
-                return amount
-            except IntegrityError:
-                continue
-        raise RuntimeError(f"rate limit counter {key} kept changing")
-
-    def _row(self, key: str) -> tuple[int, float] | None:
-        with self.store.engine.connect() as conn:
-            row = conn.execute(select(RateLimit.count, RateLimit.expires).where(RateLimit.key == key)).first()
-        if row is None or row[1] <= time.time():
-            return None
-        return int(row[0]), float(row[1])
+        return ratelimits.incr(self.store, key, expiry, amount)
 
     def get(self, key: str) -> int:
-        row = self._row(key)
+        row = ratelimits.current(self.store, key)
         return row[0] if row else 0
 
     def get_expiry(self, key: str) -> float:
-        row = self._row(key)
+        row = ratelimits.current(self.store, key)
         return row[1] if row else time.time()
 
     def check(self) -> bool:
-        try:
-            with self.store.engine.connect() as conn:
-                conn.execute(text("SELECT 1"))
-        except SQLAlchemyError:
-            return False
-        return True
+        return ratelimits.reachable(self.store)
 
     def reset(self) -> int | None:
-        with self.store.engine.begin() as conn:
-            return int(conn.execute(delete(RateLimit)).rowcount or 0)
+        return ratelimits.reset(self.store)
 
     def clear(self, key: str) -> None:
-        with self.store.engine.begin() as conn:
-            conn.execute(delete(RateLimit).where(RateLimit.key == key))
+        ratelimits.clear(self.store, key)
 
 
 def client_address() -> str:

@@ -12,8 +12,8 @@ from stronghold import digest
 from stronghold.classifier import ModelError, read_passport
 from stronghold.store import accounts
 from stronghold.store.errors import EntryError
-from webui import settings, store
 from webui.auth import login_required
+from webui.context import settings, store
 
 bp = Blueprint("usersettings", __name__, url_prefix="/settings")
 

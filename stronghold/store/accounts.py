@@ -6,10 +6,12 @@ import hashlib
 import secrets
 import time
 import unicodedata
+from collections.abc import Iterable
+from typing import Any, cast
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import delete, select
+from sqlalchemy import CursorResult, delete, select, update
 from sqlalchemy.orm import Session, object_session, selectinload
 
 from stronghold.lists import PatternError, normalize_address
@@ -65,6 +67,35 @@ def get_user(session: Session, login: str) -> User | None:
 
 def get_user_by_id(session: Session, user_id: int) -> User | None:
     return session.get(User, user_id)
+
+
+def logins(session: Session, user_ids: Iterable[int]) -> dict[int, str]:
+    """user id -> login of those that exist."""
+    wanted = set(user_ids)
+    if not wanted:
+        return {}
+    return {uid: login for uid, login in session.execute(select(User.id, User.login).where(User.id.in_(wanted)))}
+
+
+def digest_users(session: Session, only: str | None = None) -> list[User]:
+    """Enabled users who get a digest (or just ``only``, if that is one of them), by login."""
+    query = select(User).where(User.disabled.is_(False), User.digest != "off")
+    if only:
+        query = query.where(User.login == only.strip().lower())
+    return list(session.scalars(query.order_by(User.login)))
+
+
+def claim_digest(session: Session, user_id: int, old: float | None, now: float) -> bool:
+    """Mark the user's digest sent at ``now`` if it still says ``old``: of two nodes, one wins."""
+    sent = User.digest_sent.is_(None) if old is None else User.digest_sent == old
+    result = cast(CursorResult[Any], session.execute(update(User).where(User.id == user_id, sent)
+                                                     .values(digest_sent=now)))
+    return result.rowcount == 1
+
+
+def unclaim_digest(session: Session, user_id: int, old: float | None, now: float) -> None:
+    """Give a claim back (the digest could not be sent)."""
+    session.execute(update(User).where(User.id == user_id, User.digest_sent == now).values(digest_sent=old))
 
 
 def all_users(session: Session) -> list[User]:

@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from stronghold.lists import KINDS, ListEntry, ListIndex, PatternError, display, normalize_pattern, shorten
@@ -142,6 +142,16 @@ def drop_owner(session: Session, owner: str) -> int:
 
 def all_entries(session: Session) -> list[ListEntry]:
     return [_to_entry(r) for r in session.scalars(select(ListEntryRow))]
+
+
+def sizes(session: Session) -> dict[tuple[str, str], int]:
+    """Entries per (kind, scope), scope "global" or "user"."""
+    counts: dict[tuple[str, str], int] = {}
+    for scope, where in (("global", ListEntryRow.owner == GLOBAL), ("user", ListEntryRow.owner != GLOBAL)):
+        for kind, n in session.execute(select(ListEntryRow.kind, func.count()).where(where)
+                                       .group_by(ListEntryRow.kind)):
+            counts[(str(kind), scope)] = int(n)
+    return counts
 
 
 CSV_FIELDS = ("kind", "pattern", "comment", "trust_unauthenticated")

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from stronghold.store.messagelog import pack_tokens
+from stronghold.store.messagelog import pack_tokens, unpack_tokens
 from stronghold.store.tables import LearnedMessage
 
 SOURCES = ("cli", "web", "imap", "junk")
@@ -99,6 +99,27 @@ def mark_applied(session: Session, scope: str, wanted: dict[str, bool | None]) -
             row.applied = wanted[row.content_hash]
     session.execute(delete(LearnedMessage).where(LearnedMessage.scope == scope, LearnedMessage.label.is_(None),
                                                  LearnedMessage.applied.is_(None)))
+
+
+def personal(session: Session, scopes: Iterable[str] | None = None) -> dict[str, tuple[list[set[str]], list[bool]]]:
+    """Labelled personal feedback by scope: (token sets, is spam); ``scopes`` None: every
+    personal scope, else those (each present, empty if it has none)."""
+    query = select(LearnedMessage.scope, LearnedMessage.tokens, LearnedMessage.label).where(
+        LearnedMessage.scope != SHARED, LearnedMessage.label.is_not(None))
+    wanted = None if scopes is None else sorted(set(scopes) - {SHARED})
+    if wanted is not None:
+        query = query.where(LearnedMessage.scope.in_(wanted))
+    by_scope: dict[str, tuple[list[set[str]], list[bool]]] = {s: ([], []) for s in wanted or ()}
+    for scope, blob, label in session.execute(query):
+        sets, labels = by_scope.setdefault(scope, ([], []))
+        sets.append(unpack_tokens(blob))
+        labels.append(bool(label))
+    return by_scope
+
+
+def has_personal(session: Session) -> bool:
+    """Whether any personal feedback was ever recorded (wanted or forgotten)."""
+    return session.scalars(select(LearnedMessage.id).where(LearnedMessage.scope != SHARED)).first() is not None
 
 
 def recent(session: Session, since: float, scope: str = SHARED) -> list[LearnedMessage]:

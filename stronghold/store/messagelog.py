@@ -197,6 +197,31 @@ def pending(session: Session) -> list[tuple[Feedback, MessageRow]]:
     return [(fb, msg) for fb, msg in rows]
 
 
+def mark_applied(session: Session, feedback_ids: Iterable[int], now: float | None = None) -> None:
+    """Feedback taken into training (each row once: an applied row keeps its time)."""
+    for fid in feedback_ids:
+        row = session.get(Feedback, fid)
+        if row is not None and row.applied is None:
+            row.applied = time.time() if now is None else now
+
+
+def feedback_marks(session: Session) -> list[tuple[str, bool, float]]:
+    """(category the filter gave, marked spam, when marked) of every mark."""
+    return [(str(cat), bool(spam), float(created)) for cat, spam, created in session.execute(
+        select(MessageRow.category, Feedback.is_spam, Feedback.created)
+        .join(MessageRow, Feedback.message_id == MessageRow.id))]
+
+
+def latest_for_recipient(session: Session, queue_id: str, recipient: str) -> int | None:
+    """The newest log row of message ``queue_id`` to ``recipient``, if it is still kept."""
+    if not queue_id:
+        return None
+    return session.scalar(
+        select(MessageRow.id).join(MessageRecipient, MessageRecipient.message_id == MessageRow.id)
+        .where(MessageRow.queue_id == queue_id, MessageRecipient.address == recipient)
+        .order_by(MessageRow.id.desc()).limit(1))
+
+
 def purge_older_than(session: Session, days: int) -> int:
     cutoff = time.time() - days * 86400
     result = cast(CursorResult[Any], session.execute(delete(MessageRow).where(MessageRow.ts < cutoff)))

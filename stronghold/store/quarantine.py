@@ -47,6 +47,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from stronghold.store.tables import QuarantineBlob, QuarantineItem
+from stronghold.verdict import Envelope, Verdict
 
 VIRUS = "virus"
 _BLOBS = cast(Table, QuarantineBlob.__table__)
@@ -124,6 +125,36 @@ def hold(session: Session, raw: bytes, *, recipients: Sequence[str], sender: str
              "sha256": digest} for r in recipients]
     stmt = insert(_ITEMS).returning(_ITEMS.c.id, sort_by_parameter_order=True)
     return [int(i) for i in session.connection().execute(stmt, rows).scalars()]
+
+
+
+def hold_verdict(session: Session, envelope: Envelope, verdict: Verdict, raw: bytes, subject: str) -> list[int]:
+    """One item per recipient whose copy ``verdict`` holds; returns their ids.
+
+    Each item's trace is the message's steps and that recipient's own, never
+    another recipient's lists.  The bytes are stored once however many hold them.
+    """
+    message_steps = " ".join(str(s) for s in verdict.trace)
+    ids: list[int] = []
+    for d in verdict.held:
+        own = " ".join(str(s) for s in d.trace)
+        ids += hold(session, raw, recipients=[d.recipient], sender=envelope.sender, subject=subject,
+                    queue_id=envelope.queue_id, score=verdict.score, category=d.category.value,
+                    reason=d.reason, trace=f"{message_steps} {own}".strip(), virus=verdict.virus)
+    return ids
+
+def ids_for_message(session: Session, queue_id: str, recipients: Sequence[str],
+                    addresses: Sequence[str] | None) -> list[int]:
+    """Item ids of the message ``queue_id`` held for ``recipients``; with ``addresses``
+    only theirs, and no virus (what a user may release)."""
+    if not queue_id:
+        return []
+    query = select(QuarantineItem.id).where(QuarantineItem.queue_id == queue_id,
+                                            QuarantineItem.recipient.in_(list(recipients)))
+    if addresses is not None:
+        query = query.where(QuarantineItem.recipient.in_(list(addresses)), QuarantineItem.category != VIRUS,
+                            QuarantineItem.virus.is_(None))
+    return list(session.scalars(query.order_by(QuarantineItem.id)))
 
 
 def get(session: Session, item_id: int) -> Held | None:
@@ -229,6 +260,11 @@ def mark_delivered(session: Session, item_id: int, stamp: float) -> None:
 
 def count(session: Session) -> int:
     return int(session.scalar(select(func.count(QuarantineItem.id))) or 0)
+
+
+def count_unreleased(session: Session) -> int:
+    """Held copies not yet released."""
+    return int(session.scalar(select(func.count(QuarantineItem.id)).where(QuarantineItem.released.is_(None))) or 0)
 
 
 def blob_count(session: Session) -> int:

@@ -111,7 +111,8 @@ def test_digest_command_dry_run_then_send(env: Store, sink: SmtpSink, monkeypatc
 def test_the_milter_service_purges_the_quarantine_with_the_message_log(env: Store, make_config) -> None:
     from stronghold.engine import Findings, Policy, decide
     from stronghold.message import parse
-    from stronghold.service import Outcome, Service
+    from stronghold.outcome import Outcome
+    from stronghold.service import Service
     from stronghold.store.entries import ListIndex
     from stronghold.verdict import Envelope
     _hold(env, ["m3@example.com"], "old", age_days=31)

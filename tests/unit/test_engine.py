@@ -271,7 +271,7 @@ def test_oversize_actions() -> None:
 
 
 def test_incidents_are_logged_once_not_per_message(caplog: pytest.LogCaptureFixture) -> None:
-    from stronghold.service import Incidents
+    from stronghold.incidents import Incidents
     incidents = Incidents()
     with caplog.at_level("WARNING"):
         for _ in range(50):

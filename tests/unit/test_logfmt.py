@@ -10,7 +10,7 @@ from stronghold import logfmt
 from stronghold.engine import Policy, decide
 from stronghold.logfmt import JsonFormatter, MessageLine, RcptLine
 from stronghold.message import parse
-from stronghold.service import Outcome
+from stronghold.outcome import Outcome
 from stronghold.verdict import Action, Category, Envelope, RecipientDecision, TraceStep
 from tests.unit.test_engine import found
 

@@ -13,8 +13,9 @@ import pytest
 
 from stronghold.config import ROOT, ConfigError
 from stronghold.engine import Policy, decide
+from stronghold.incidents import Incidents
 from stronghold.metrics import PromRecorder, StateCollector, feedback_families
-from stronghold.service import Incidents, Outcome
+from stronghold.outcome import Outcome
 from stronghold.store import accounts, entries, messagelog, quarantine
 from stronghold.store.db import Store
 from tests.unit.test_engine import ENV, MSG, found

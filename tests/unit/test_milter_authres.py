@@ -9,7 +9,7 @@ import Milter
 import pytest
 from Milter import testctx
 
-from stronghold.milter import StrongholdMilter
+from stronghold.milter import factory
 from stronghold.service import Service
 from stronghold.store import entries
 from stronghold.store.db import Store
@@ -35,8 +35,8 @@ def ctx(request: pytest.FixtureRequest, make_config, models_dir: Path, test_dns:
     store.upgrade()
     with store.session() as s:
         entries.add_entry(s, "u@example.com", "allow", "boss@trusted.example")
-    StrongholdMilter.service = Service(cfg, store=store, scanner=EicarOnlyScanner())
-    Milter.factory = StrongholdMilter
+    service = Service(cfg, store=store, scanner=EicarOnlyScanner())
+    monkeypatch.setattr(Milter, "factory", factory(service))
     monkeypatch.setattr(testctx.TestCtx, "default_opts", [Milter.CURR_ACTS, 0x1FFFFF & ~NOREPLY_BITS, 0, 0])
     context = testctx.TestCtx()
     changes: list[tuple[str, int, str]] = []

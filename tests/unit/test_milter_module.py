@@ -14,7 +14,7 @@ from Milter import testctx
 from stronghold.antivirus import EICAR, NoScanner
 from stronghold.config import Config
 from stronghold.message import MAX_BYTES, parse
-from stronghold.milter import StrongholdMilter
+from stronghold.milter import factory
 from stronghold.service import Service
 from stronghold.store import entries, messagelog, quarantine
 from stronghold.store.db import Store
@@ -58,15 +58,15 @@ def milter(make_config, models_dir: Path, monkeypatch: pytest.MonkeyPatch, setti
     cfg.data_dir.mkdir(parents=True)
     store = Store(cfg.db_url)
     store.upgrade()
-    StrongholdMilter.service = Service(cfg, store=store, scanner=EicarOnlyScanner())
-    Milter.factory = StrongholdMilter
+    service = Service(cfg, store=store, scanner=EicarOnlyScanner())
+    monkeypatch.setattr(Milter, "factory", factory(service))
     # TestCtx stops feeding at a NOREPLY answer, so it plays an MTA that offers no "no reply" bits
     monkeypatch.setattr(testctx.TestCtx, "default_opts", [Milter.CURR_ACTS, 0x1FFFFF & ~NOREPLY_BITS, 0, 0])
     ctx = testctx.TestCtx()
     assert ctx._connect(ip="192.0.2.7") == Milter.CONTINUE
     yield ctx, store
     ctx._close()
-    StrongholdMilter.service.db.drain(10)  # queued log writes land before the pool closes
+    service.db.drain(10)  # queued log writes land before the pool closes
     store.dispose()
 
 
@@ -133,7 +133,7 @@ def test_large_message_is_parsed_as_truncated(milter) -> None:
     ctx, store = milter
     raw = b"From: a@b.example\nSubject: big\n\n" + b"word " * (MAX_BYTES // 5 + 1000) + b"\n"
     assert ctx._feedFile(io.BytesIO(raw), "a@b.example", "big@example.com") == Milter.ACCEPT
-    StrongholdMilter.service.db.drain()  # the log write is queued on the store thread
+    ctx.getpriv().service.db.drain()  # the log write is queued on the store thread
     with store.session() as s:
         row = messagelog.recent(s, messagelog.LogFilter(addresses=("big@example.com",)))[0]
         assert "defect:truncated" in messagelog.unpack_tokens(row.tokens)
@@ -168,7 +168,7 @@ def test_each_recipient_gets_their_own_copy(milter) -> None:
     with store.session() as s:
         stored = quarantine.content(s, held[0].id)
     assert b"Everything must go." in stored and b"X-Spam-Level" not in stored and b"X-Stronghold" not in stored
-    StrongholdMilter.service.db.drain()
+    ctx.getpriv().service.db.drain()
     with store.session() as s:
         row = messagelog.recent(s, messagelog.LogFilter(addresses=("m3@example.com",)))[0]
         assert {r.address: r.action for r in row.recipients} == {"m1@example.com": "accept",
@@ -197,7 +197,7 @@ def test_quarantine_write_failing_tempfails_and_delivers_nothing(milter) -> None
     assert ctx._feedFile(io.BytesIO(raw), "news@shop.example", "m1@example.com", "m3@example.com") \
         == Milter.TEMPFAIL
     assert ctx._reply[:2] == ("451", "4.7.1") and not ctx._delrcpt
-    StrongholdMilter.service.db.drain()
+    ctx.getpriv().service.db.drain()
     with store.session() as s:
         row = messagelog.recent(s, messagelog.LogFilter(addresses=("m1@example.com",)))[0]
         assert row.action == "tempfail" and "quarantine=error" in row.trace
@@ -244,7 +244,7 @@ def test_forged_verdict_headers_are_stripped_from_the_delivered_copy(milter, mon
     assert changes == [("X-Stronghold-Version", 1, ""), ("X-Spam-Flag", 2, ""), ("X-Spam-Status", 1, ""),
                        ("X-Spam-Flag", 1, "")]
     assert ctx._msg.get_all("X-Spam-Flag") == ["NO"]  # only ours, added after the strip
-    assert ctx._msg.get_all("X-Stronghold-Version") == [StrongholdMilter.service.version_header()]
+    assert ctx._msg.get_all("X-Stronghold-Version") == [ctx.getpriv().service.version_header()]
     assert "forged" not in ctx._msg["X-Spam-Status"]
     assert ctx._msg["X-Spamming-Tool"] == "not ours"  # only X-Spam-* and X-Stronghold-* are ours
 

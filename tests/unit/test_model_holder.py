@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from stronghold.classifier import Model, ModelError, table_path
-from stronghold.service import Incidents, ModelHolder
+from stronghold.incidents import Incidents
+from stronghold.modelholder import ModelHolder
 
 
 def _model(threshold: float) -> Model:

@@ -11,7 +11,8 @@ from devtools.localstack import wait_for
 from stronghold import modelsync
 from stronghold.classifier import Model, table_path
 from stronghold.cli import main
-from stronghold.service import Incidents, ModelHolder
+from stronghold.incidents import Incidents
+from stronghold.modelholder import ModelHolder
 from stronghold.store.db import Store
 from stronghold.store.tables import ModelVersion
 from tests.harness.milterproc import MilterProcess

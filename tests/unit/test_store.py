@@ -184,7 +184,7 @@ def test_log_writes_refused_by_a_locked_database_wait_in_the_queue(tmp_path) -> 
     beyond the cap are dropped, and counted), then are written once it lets go."""
     import sqlite3
 
-    from stronghold.service import StoreThread
+    from stronghold.store.writebehind import StoreThread
     path = tmp_path / "store.db"
     store = Store(f"sqlite:///{path}")
     store.upgrade()

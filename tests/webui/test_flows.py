@@ -15,7 +15,7 @@ from stronghold.engine import Findings, Policy, decide
 from stronghold.lists import ListEntry, ListIndex
 from stronghold.message import parse
 from stronghold.store import entries, messagelog
-from stronghold.verdict import Envelope
+from stronghold.verdict import Category, Envelope
 from tests.webui.conftest import Auth, token
 
 pytestmark = pytest.mark.postgres
@@ -194,6 +194,16 @@ def test_dashboard_totals_count_every_message(client: FlaskClient, auth: Auth, a
     page = client.get("/").get_data(as_text=True)
     assert "all: <strong>2</strong>" in page and "allowed</a>: <strong>1</strong>" in page
 
+
+
+def test_every_category_the_filter_can_say_is_charted_and_filterable(client: FlaskClient, auth: Auth) -> None:
+    """The dashboard and the Recent mail filter take their categories from verdict.Category."""
+    auth.login()
+    page = client.get("/").get_data(as_text=True)
+    listing = client.get("/messages/").get_data(as_text=True)
+    for category in Category:
+        assert f"{category}</a>: <strong>0</strong>" in page
+        assert f'<option value="{category}">' in listing
 
 def test_recent_mail_search_by_sender_subject_and_day(client: FlaskClient, auth: Auth, app: Flask) -> None:
     _log(app, "Anna <anna@friends.example>", "anna@friends.example", "Holiday photos")
