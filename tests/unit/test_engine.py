@@ -237,7 +237,7 @@ def test_evaluate_maps_adapter_errors_and_never_fails_open() -> None:
         raise StoreError("db down")
 
     def run(**policy: str):
-        return evaluate(ENV, MSG, io.BytesIO(b"x"), Boom(), no_model, no_store, Policy(**policy))
+        return evaluate(ENV, MSG, io.BytesIO(b"x"), Boom(), no_model, no_store, Policy(**policy), tokens=set())
 
     def failed(v) -> list[str]:
         return [f"{s.step}:{s.detail}" for s in v.trace if s.outcome == "error"]
@@ -263,10 +263,10 @@ def test_evaluate_maps_adapter_errors_and_never_fails_open() -> None:
 
 def test_oversize_actions() -> None:
     v = evaluate(ENV, MSG, None, None, lambda: None, lambda: lists(), Policy(oversize_action="reject"),
-                 oversize=True)
+                 tokens=set(), oversize=True)
     assert v.action is Action.REJECT and v.smtp_reply[0] == "552"
     v = evaluate(ENV, MSG, None, None, lambda: None, lambda: lists(), Policy(oversize_action="accept"),
-                 oversize=True)
+                 tokens=set(), oversize=True)
     assert v.action is Action.ACCEPT and "oversize" in v.summary
 
 
