@@ -366,31 +366,35 @@ PRECEDENCE: tuple[Rule, ...] = (
          "spam_action_high / spam_action / accept", (Category.SPAM, Category.CLEAN)),
 )
 _RANK = {rule.name: index for index, rule in enumerate(PRECEDENCE)}
+_AT_RCPT = tuple(rule for rule in PRECEDENCE if rule.at_rcpt)
+_NO_POLICY, _NOTHING_YET = Policy(), Findings()  # RCPT time: the rows walked there read neither
 
 
 def walk(rules: Sequence[Rule], facts: Facts, recipients: Sequence[str],
          trace: list[TraceStep]) -> tuple[list[RecipientDecision], Ruling | None]:
     """Walk ``rules`` in order: each recipient's decision is the first row that decides.
 
-    A MESSAGE row that decides decides for everyone (returned too: its reply refuses
-    the whole message when it has one); steps of MESSAGE rows go to ``trace``, the
-    others to the recipient's own trace.  Recipients no row decides for are left out.
+    The MESSAGE rows (first in the table) add their steps to ``trace``; one that
+    decides decides for everyone, and is returned too (its reply, when it has one,
+    refuses the whole message).  The other rows are walked for each recipient,
+    with steps of their own.  Recipients no row decides for are left out.
     """
-    steps: dict[str, list[TraceStep]] = {rcpt: [] for rcpt in recipients}
-    decided: dict[str, RecipientDecision] = {}
-    for rule in rules:
-        if rule.scope == MESSAGE:
-            ruling = rule.check(facts, "", trace)
-            if ruling is not None:
-                own = tuple(trace) if ruling.reply is not None else ()
-                return [_decision(rcpt, ruling, own, rule) for rcpt in recipients], ruling
-            continue
-        for rcpt in recipients:
-            if rcpt not in decided:
-                ruled = rule.check(facts, rcpt, steps[rcpt])
-                if ruled is not None:
-                    decided[rcpt] = _decision(rcpt, ruled, tuple(steps[rcpt]), rule)
-    return [decided[rcpt] for rcpt in recipients if rcpt in decided], None
+    first = next((i for i, rule in enumerate(rules) if rule.scope != MESSAGE), len(rules))
+    for rule in rules[:first]:
+        ruling = rule.check(facts, "", trace)
+        if ruling is not None:
+            own = tuple(trace) if ruling.reply is not None else ()  # a refusal: the steps that led to it
+            return [_decision(rcpt, ruling, own, rule) for rcpt in recipients], ruling
+    decisions: list[RecipientDecision] = []
+    per_recipient = rules[first:]
+    for rcpt in recipients:
+        steps: list[TraceStep] = []
+        for rule in per_recipient:
+            ruled = rule.check(facts, rcpt, steps)
+            if ruled is not None:
+                decisions.append(_decision(rcpt, ruled, tuple(steps), rule))
+                break
+    return decisions, None
 
 
 def _decision(rcpt: str, ruling: Ruling, steps: tuple[TraceStep, ...], rule: Rule) -> RecipientDecision:
@@ -403,8 +407,8 @@ def check_recipient(sender: str, recipient: str, lists: ListIndex) -> RecipientD
     senders = sender_addresses(sender, None)
     if not senders:
         return None
-    facts = Facts(Policy(), lists, senders, senders, at_rcpt=True)
-    decisions, _ = walk([rule for rule in PRECEDENCE if rule.at_rcpt], facts, (recipient,), [])
+    facts = Facts(_NO_POLICY, lists, senders, senders, _NOTHING_YET, at_rcpt=True)
+    decisions, _ = walk(_AT_RCPT, facts, (recipient,), [])
     if decisions and decisions[0].action is Action.REJECT:
         return decisions[0]
     return None
@@ -438,11 +442,11 @@ def decide(envelope: Envelope, msg: ParsedMessage, found: Findings, policy: Poli
                        smtp_reply=message_ruling.reply, checks=checks)
     if message_ruling is not None:  # a virus: every recipient gets virus_action, then routing
         virus = found.scan.virus if found.scan is not None else None
-        return replace(route(decisions, trace, None, None, (f"virus:{virus}",), policy, virus=virus,
-                             oversize=found.oversize), checks=checks)
+        return route(decisions, trace, None, None, (f"virus:{virus}",), policy, virus=virus,
+                     oversize=found.oversize, checks=checks)
     reasons = tuple(f"{c.token}:{c.spam_prob:.3f}" for c in found.score.clues) if found.score else ()
-    return replace(route(decisions, trace, facts.score, facts.threshold, reasons, policy, oversize=found.oversize),
-                   auth=found.auth, checks=checks)
+    return route(decisions, trace, facts.score, facts.threshold, reasons, policy, oversize=found.oversize,
+                 auth=found.auth, checks=checks)
 
 
 # -- routing: every recipient its own outcome, in one pass ---------------------
@@ -489,13 +493,15 @@ def _routed(d: RecipientDecision, outcomes: frozenset[Action]) -> RecipientDecis
             action = Action.QUARANTINE if rule.route is Route.HOLD else d.action
             step = TraceStep("route", rule.route.value, rule.why)
             reason = d.reason if action is d.action else f"{d.reason}; {rule.why}"
-            return replace(d, action=action, reason=reason, trace=(*d.trace, step), route=rule.route)
+            return RecipientDecision(d.recipient, action, d.category, reason, (*d.trace, step), rule.route,
+                                     d.rule)
     raise ValueError(f"no routing rule for outcome {d.action.value}")  # a gap in ROUTES: a bug
 
 
 def route(decisions: list[RecipientDecision], trace: list[TraceStep], score: float | None,
           threshold: float | None, reasons: tuple[str, ...], policy: Policy,
-          virus: str | None = None, oversize: bool = False) -> Verdict:
+          virus: str | None = None, oversize: bool = False, auth: AuthResults | None = None,
+          checks: tuple[CheckResult, ...] = ()) -> Verdict:
     """Route each recipient by ``ROUTES``, then give the message one SMTP answer.
 
     For the message, first match wins:
@@ -512,12 +518,12 @@ def route(decisions: list[RecipientDecision], trace: list[TraceStep], score: flo
     category = _message_category(routed)
     if routed and all(d.route is Route.REFUSE for d in routed):
         return Verdict(Action.REJECT, category, score, threshold, virus, routed, tuple(trace),
-                       reasons, smtp_reply=_reject_reply(routed, virus))
+                       reasons, smtp_reply=_reject_reply(routed, virus), auth=auth, checks=checks)
     if oversize and any(d.route is Route.HOLD for d in routed):
         trace = [*trace, TraceStep("quarantine", "refused", "only the head was read")]
         refused = tuple(replace(d, action=Action.REJECT, route=Route.REFUSE) for d in routed)
         return Verdict(Action.REJECT, category, score, threshold, virus, refused, tuple(trace),
-                       reasons, smtp_reply=REPLY_OVERSIZE)
+                       reasons, smtp_reply=REPLY_OVERSIZE, auth=auth, checks=checks)
     delivered = [d for d in routed if d.route.delivered]
     tagged = any(d.route is Route.DELIVER_TAGGED for d in delivered)
     if tagged:
@@ -529,7 +535,7 @@ def route(decisions: list[RecipientDecision], trace: list[TraceStep], score: flo
     headers = _headers(tagged, score, threshold, action, trace + _recipient_steps(delivered), reasons)
     prefix = policy.subject_prefix if tagged else ""
     return Verdict(action, category, score, threshold, virus, routed, tuple(trace), reasons,
-                   headers=headers if delivered else (), subject_prefix=prefix)
+                   headers=headers if delivered else (), subject_prefix=prefix, auth=auth, checks=checks)
 
 
 def _reject_reply(decisions: tuple[RecipientDecision, ...], virus: str | None) -> tuple[str, str, str]:
