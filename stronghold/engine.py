@@ -1,34 +1,30 @@
 """The scoring core: envelope + message -> Verdict, with a trace.
 
-Precedence, per recipient (first match wins; see docs/precedence.md):
+``PRECEDENCE`` below is the single statement of the rules: an ordered table
+of named rows, and for each recipient the first row that decides wins.  The
+rows that concern the whole message (size, antivirus, the check failures)
+come first and decide for every recipient at once; the rest are walked per
+recipient.  Every path walks the same table: end of message (``decide``,
+which the milter and ``stronghold scan`` reach through ``evaluate``) with
+everything the checks found, and RCPT time (``check_recipient``) with the
+envelope alone, passing over the rows that need the message.  Each row that
+looks at something appends a ``TraceStep``; the message's category is the
+category of the decision made by the earliest row.  docs/precedence.md
+explains the rows.
 
-1. a virus                        -> virus_action, whatever any list says
-2. the recipient's block list     -> reject
-3. the recipient's allow list     -> accept, no spam action (authenticated senders only)
-4. the global block list          -> reject
-5. the global allow list          -> accept, no spam action (authenticated senders only)
-6. the classifier's score         -> spam_action_high / spam_action / accept
-
-An allow entry applies only when the address it matched is authenticated
-(``authres``): the single header From aligned with a passing DKIM d= or SPF
-domain, or the envelope sender with SPF pass; otherwise, unless its owner
-marked it "trust without authentication", it is skipped with a trace step
-saying why.  A DMARC failure under the From domain's p=quarantine/reject gets
-``dmarc_action`` after the recipient's own block and before allow entries.
-
-Each recipient keeps their own outcome: ``ROUTES`` (a table, first match
-wins) sends each copy to the delivered copy, the quarantine, or away
-(``delrcpt``), and the message is refused at SMTP only when every recipient
-refuses it.  ``decide`` is pure; ``evaluate`` calls the scanner, the model and
-the lists through the small interfaces passed in and maps their typed errors
-to the configured policy (tempfail by default: a crashed check is never
-"nothing found").
+Then ``ROUTES`` (another table, first match wins) sends each recipient's
+copy to the delivered copy, the quarantine, or away (``delrcpt``); the
+message is refused at SMTP only when every recipient refuses it.  ``decide``
+is pure; ``evaluate`` calls the scanner, the model and the lists through the
+small interfaces passed in, and their typed errors become findings that the
+table maps to the configured policy (tempfail by default: a crashed check is
+never "nothing found").
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from time import perf_counter
 from typing import TYPE_CHECKING
@@ -38,12 +34,21 @@ from stronghold.antivirus import Scanner, ScannerError, ScanResult
 from stronghold.authres import Authenticator, AuthResults
 from stronghold.classifier import Model, ModelError, Score
 from stronghold.config import Config
-from stronghold.lists import ALLOW, BLOCK, ListIndex, Match, sender_addresses
+from stronghold.lists import ALLOW, BLOCK, ListIndex, sender_addresses
 from stronghold.message import ParsedMessage
 from stronghold.spool import Stream
 from stronghold.store.errors import StoreError
-from stronghold.tokens import features
-from stronghold.verdict import Action, Category, Envelope, RecipientDecision, Route, TraceStep, Verdict
+from stronghold.verdict import (
+    Action,
+    Category,
+    Check,
+    CheckResult,
+    Envelope,
+    RecipientDecision,
+    Route,
+    TraceStep,
+    Verdict,
+)
 
 if TYPE_CHECKING:
     from stronghold.personal import Layer
@@ -55,6 +60,7 @@ REPLY_SPAM = ("550", "5.7.1", "Message rejected as spam")
 REPLY_BLOCKED = ("550", "5.7.1", "Sender is blocked by the recipient")
 REPLY_TEMPFAIL = ("451", "4.7.1", "Temporary filtering failure, please try again later")
 REPLY_OVERSIZE = ("552", "5.3.4", "Message too big for the filter")
+REPLY_UNCHECKED = ("550", "5.7.1", "Message could not be checked")
 
 
 @dataclass(frozen=True)
@@ -109,157 +115,338 @@ class Findings:
     personal: Mapping[str, Score] = field(default_factory=dict)  # recipient -> score with their own layer
 
 
-def check_recipient(sender: str, recipient: str, lists: ListIndex) -> RecipientDecision | None:
-    """RCPT-time check: a reject decision if the envelope sender is blocked for this recipient.
+# -- the precedence table ---------------------------------------------------------
 
-    Follows the same precedence as ``decide``: the recipient's own allow list
-    overrides the global block list.
+@dataclass(frozen=True)
+class Facts:
+    """What one walk of the table knows: everything the checks found at end of
+    message; at RCPT time the envelope sender and the lists alone."""
+
+    policy: Policy
+    lists: ListIndex | None
+    senders: list[tuple[str, str]]  # the envelope sender, and at end of message the header From
+    allowed: list[tuple[str, str]]  # those an allow entry may match (allowrule.allow_senders)
+    found: Findings = field(default_factory=Findings)
+    at_rcpt: bool = False
+
+    @property
+    def score(self) -> float | None:
+        return self.found.score.probability if self.found.score is not None else None
+
+    @property
+    def threshold(self) -> float | None:
+        return self.policy.spam_threshold if self.policy.spam_threshold is not None else self.found.model_threshold
+
+    @property
+    def dmarc_failed(self) -> str:
+        """The From domain's p= when DMARC failed under quarantine/reject, else ""."""
+        return self.found.auth.dmarc_failed_policy() if self.found.auth is not None else ""
+
+    def threshold_for(self, rcpt: str) -> tuple[float | None, float | None]:
+        """(the threshold ``rcpt`` is judged at, their own choice if they made one)."""
+        threshold = self.threshold
+        own = self.lists.threshold_for(rcpt) if self.lists is not None and threshold is not None else None
+        return (own if own is not None else threshold), own
+
+
+@dataclass(frozen=True)
+class Ruling:
+    """What a row decided; ``reply`` when it refuses the whole message at once."""
+
+    action: Action
+    category: Category
+    reason: str
+    reply: tuple[str, str, str] | None = None
+
+
+MESSAGE = "message"  # the row looks at the message: it decides for every recipient at once
+RECIPIENT = "recipient"  # the row is walked for each recipient
+
+# A row's check: (what the walk knows, the recipient ("" for a message row), the trace to add to).
+RowCheck = Callable[[Facts, str, list[TraceStep]], "Ruling | None"]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One row of the precedence table."""
+
+    name: str
+    scope: str  # MESSAGE or RECIPIENT
+    check: RowCheck
+    decides: str  # what it decides, for people (docs/precedence.md has the same rows)
+    categories: tuple[Category, ...]  # what its decisions are called, most telling first
+    at_rcpt: bool = False  # answerable from the envelope alone: walked at RCPT time too
+
+
+def _failed(check: Check, setting: str, detail: str, trace: list[TraceStep]) -> Ruling | None:
+    """A failed check: the admin's ``on_*_error`` refuses the message, or (accept) the walk carries on."""
+    trace.append(TraceStep(check.value, "error", detail[:200]))
+    if setting == "accept":
+        return None
+    if setting == "tempfail":
+        return Ruling(Action.TEMPFAIL, Category.ERROR, f"{check.value} error", REPLY_TEMPFAIL)
+    return Ruling(Action.REJECT, Category.ERROR, f"{check.value} error", REPLY_UNCHECKED)
+
+
+def size_plan(oversize: bool, policy: Policy) -> str:
+    """What the size row leaves to check: "refuse" (nothing: oversize_action reject or
+    tempfail), "envelope" (oversize accept: lists and authentication, not the content)
+    or "all" (scan-head scans the head; a message within the limit is checked whole)."""
+    if not oversize:
+        return "all"
+    if policy.oversize_action in ("reject", "tempfail"):
+        return "refuse"
+    return "envelope" if policy.oversize_action == "accept" else "all"
+
+
+def _size_row(facts: Facts, _rcpt: str, trace: list[TraceStep]) -> Ruling | None:
+    policy = facts.policy
+    if not facts.found.oversize:
+        return None
+    trace.append(TraceStep("size", "oversize", policy.oversize_action))
+    if size_plan(True, policy) != "refuse":
+        return None
+    if policy.oversize_action == "tempfail":
+        return Ruling(Action.TEMPFAIL, Category.ERROR, "oversize", REPLY_TEMPFAIL)
+    return Ruling(Action.REJECT, Category.ERROR, "oversize", REPLY_OVERSIZE)
+
+
+def _antivirus_row(facts: Facts, _rcpt: str, trace: list[TraceStep]) -> Ruling | None:
+    found = facts.found
+    if found.scan_error is not None:
+        return _failed(Check.ANTIVIRUS, facts.policy.on_scanner_error, found.scan_error, trace)
+    if found.scan is None:
+        trace.append(TraceStep("antivirus", "skipped"))
+    elif not found.scan.scanned:
+        trace.append(TraceStep("antivirus", "none", "no scanner configured"))
+    else:
+        trace.append(TraceStep("antivirus", found.scan.virus or "clean"))
+        if found.scan.infected:
+            return Ruling(facts.policy.virus_action, Category.VIRUS, f"virus {found.scan.virus}")
+    return None
+
+
+def _lists_row(facts: Facts, _rcpt: str, trace: list[TraceStep]) -> Ruling | None:
+    if facts.found.store_error is None:
+        return None
+    return _failed(Check.LISTS, facts.policy.on_store_error, facts.found.store_error, trace)
+
+
+def _classifier_row(facts: Facts, _rcpt: str, trace: list[TraceStep]) -> Ruling | None:
+    if facts.found.model_error is not None:
+        return _failed(Check.CLASSIFIER, facts.policy.on_model_error, facts.found.model_error, trace)
+    score, threshold = facts.score, facts.threshold
+    if score is not None and threshold is not None:
+        trace.append(TraceStep("classifier", f"{score:.4f}", f"threshold {threshold:.4f}"))
+    return None
+
+
+def _auth_row(facts: Facts, _rcpt: str, trace: list[TraceStep]) -> Ruling | None:
+    auth = facts.found.auth
+    if auth is None:
+        return None
+    trace.append(TraceStep("auth", auth.source, auth.describe()))
+    if auth.dns_failed and facts.policy.on_dns_error == "tempfail":
+        return _failed(Check.AUTH, "tempfail", "DNS failed: " + auth.describe(), trace)
+    if facts.dmarc_failed:
+        trace.append(TraceStep("dmarc", "fail", f"p={facts.dmarc_failed} {auth.from_domain}"))
+    return None
+
+
+def _block_row(own: bool) -> RowCheck:
+    """The recipient's own (``own``) or the global block list: any sender address, authenticated or not."""
+    def check(facts: Facts, rcpt: str, steps: list[TraceStep]) -> Ruling | None:
+        if facts.lists is None:
+            return None
+        hit = facts.lists.find(rcpt if own else None, BLOCK, facts.senders)
+        if hit is None:
+            return None
+        steps.append(TraceStep("block", "rcpt" if facts.at_rcpt else "match", hit.describe()))
+        return Ruling(Action.REJECT, Category.BLOCKED, "sender blocked")
+    return check
+
+
+def _allow_row(own: bool) -> RowCheck:
+    """The recipient's own (``own``) or the global allow list: only for an authenticated
+    sender (allowrule), never under a DMARC failure; a skipped entry leaves a step saying why.
+    At RCPT time authentication is not known yet: an entry matching the envelope sender
+    holds the decision over to end of message."""
+    def check(facts: Facts, rcpt: str, steps: list[TraceStep]) -> Ruling | None:
+        lists = facts.lists
+        if lists is None:
+            return None
+        owner = rcpt if own else None
+        if facts.at_rcpt:
+            hit = lists.find(owner, ALLOW, facts.senders)
+            if hit is None:
+                return None
+            steps.append(TraceStep("allow", "rcpt", hit.describe() + " (checked again at end of message)"))
+            return Ruling(Action.ACCEPT, Category.ALLOWED, "sender allowed")
+        hit, skip = authenticated_allow(lists, owner, facts.senders, facts.allowed, facts.found.auth)
+        if skip is not None:
+            steps.append(skip)
+        if hit is None:
+            return None
+        if facts.dmarc_failed:
+            steps.append(TraceStep("allow", "skipped", f"#{hit.entry.id} DMARC failed"))
+            return None
+        trusted = " (trusted without authentication)" if hit.entry.trust_unauthenticated else ""
+        steps.append(TraceStep("allow", "match", hit.describe() + trusted))
+        return Ruling(Action.ACCEPT, Category.ALLOWED, "sender allowed")
+    return check
+
+
+def _scored(probability: float, threshold: float, policy: Policy) -> tuple[Action, Category, str, TraceStep]:
+    """A probability against a threshold: the action, category, reason and the step saying so."""
+    p = f"{probability:.4f}"
+    if probability >= policy.reject_threshold and probability >= threshold:
+        return (policy.spam_action_high, Category.SPAM, "spam (high score)",
+                TraceStep("score", "spam-high", f"{p}>={max(policy.reject_threshold, threshold):.4f}"))
+    if probability >= threshold:
+        return policy.spam_action, Category.SPAM, "spam", TraceStep("score", "spam", f"{p}>={threshold:.4f}")
+    return Action.ACCEPT, Category.CLEAN, "clean", TraceStep("score", "clean", f"{p}<{threshold:.4f}")
+
+
+def _dmarc_row(facts: Facts, rcpt: str, steps: list[TraceStep]) -> Ruling | None:
+    p = facts.dmarc_failed
+    if not p:
+        return None
+    action = facts.policy.dmarc_action
+    score, (threshold, _own) = facts.score, facts.threshold_for(rcpt)
+    if score is not None and threshold is not None:  # a worse score still counts
+        scored, _, _, step = _scored(score, threshold, facts.policy)
+        steps.append(step)
+        action = scored if scored.severity > action.severity else action
+    steps.append(TraceStep("dmarc", action.value, f"p={p}"))
+    return Ruling(action, Category.SPAM, f"dmarc fail (p={p})")
+
+
+def _score_row(facts: Facts, rcpt: str, steps: list[TraceStep]) -> Ruling:
+    score, (threshold, own) = facts.score, facts.threshold_for(rcpt)
+    if score is None or threshold is None:
+        steps.append(TraceStep("score", "none", "not scored"))
+        return Ruling(Action.ACCEPT, Category.CLEAN, "not scored")
+    layer = facts.found.personal.get(rcpt.lower())
+    if layer is not None:
+        steps.append(TraceStep("personal", f"{layer.probability:.4f}", "the recipient's own feedback"))
+        score = layer.probability
+    if own is not None:
+        steps.append(TraceStep("threshold", "own", f"{own:.4f}"))
+    action, category, why, step = _scored(score, threshold, facts.policy)
+    steps.append(step)
+    return Ruling(action, category, why)
+
+
+# The rules, first row that decides wins (docs/precedence.md explains each row;
+# tests/unit/test_precedence_matrix.py checks every combination against the milter).
+# MESSAGE rows come first: they decide for every recipient at once.  ``at_rcpt``
+# rows are walked at RCPT time as well, with the envelope sender alone; the rows
+# passed over there can only refuse at end of message (size, antivirus, a check
+# failing), so a recipient refused at RCPT time is never one end of message delivers.
+PRECEDENCE: tuple[Rule, ...] = (
+    Rule("size", MESSAGE, _size_row, "over max_message_bytes: oversize_action reject/tempfail refuses "
+         "the message unchecked; accept and scan-head carry on", (Category.ERROR,)),
+    Rule("antivirus", MESSAGE, _antivirus_row, "a virus: virus_action, whatever any list says; "
+         "clamd failing: on_scanner_error", (Category.VIRUS, Category.ERROR)),
+    Rule("lists", MESSAGE, _lists_row, "the database failing: on_store_error", (Category.ERROR,)),
+    Rule("classifier", MESSAGE, _classifier_row, "the model failing: on_model_error", (Category.ERROR,)),
+    Rule("auth", MESSAGE, _auth_row, "DNS failing under on_dns_error = tempfail: tempfail",
+         (Category.ERROR,)),
+    Rule("recipient-block", RECIPIENT, _block_row(own=True), "the recipient's block list: reject",
+         (Category.BLOCKED,), at_rcpt=True),
+    Rule("recipient-allow", RECIPIENT, _allow_row(own=True), "the recipient's allow list: accept "
+         "(authenticated sender, no DMARC failure)", (Category.ALLOWED,), at_rcpt=True),
+    Rule("global-block", RECIPIENT, _block_row(own=False), "the global block list: reject",
+         (Category.BLOCKED,), at_rcpt=True),
+    Rule("global-allow", RECIPIENT, _allow_row(own=False), "the global allow list: accept "
+         "(authenticated sender, no DMARC failure)", (Category.ALLOWED,), at_rcpt=True),
+    Rule("dmarc", RECIPIENT, _dmarc_row, "DMARC failed under p=quarantine/reject: dmarc_action "
+         "(the score's action if worse)", (Category.SPAM,)),
+    Rule("score", RECIPIENT, _score_row, "the score against the recipient's own or the system threshold: "
+         "spam_action_high / spam_action / accept", (Category.SPAM, Category.CLEAN)),
+)
+_RANK = {rule.name: index for index, rule in enumerate(PRECEDENCE)}
+_AT_RCPT = tuple(rule for rule in PRECEDENCE if rule.at_rcpt)
+_NO_POLICY, _NOTHING_YET = Policy(), Findings()  # RCPT time: the rows walked there read neither
+
+
+def walk(rules: Sequence[Rule], facts: Facts, recipients: Sequence[str],
+         trace: list[TraceStep]) -> tuple[list[RecipientDecision], Ruling | None]:
+    """Walk ``rules`` in order: each recipient's decision is the first row that decides.
+
+    The MESSAGE rows (first in the table) add their steps to ``trace``; one that
+    decides decides for everyone, and is returned too (its reply, when it has one,
+    refuses the whole message).  The other rows are walked for each recipient,
+    with steps of their own.  Recipients no row decides for are left out.
     """
+    first = next((i for i, rule in enumerate(rules) if rule.scope != MESSAGE), len(rules))
+    for rule in rules[:first]:
+        ruling = rule.check(facts, "", trace)
+        if ruling is not None:
+            own = tuple(trace) if ruling.reply is not None else ()  # a refusal: the steps that led to it
+            return [_decision(rcpt, ruling, own, rule) for rcpt in recipients], ruling
+    decisions: list[RecipientDecision] = []
+    per_recipient = rules[first:]
+    for rcpt in recipients:
+        steps: list[TraceStep] = []
+        for rule in per_recipient:
+            ruled = rule.check(facts, rcpt, steps)
+            if ruled is not None:
+                decisions.append(_decision(rcpt, ruled, tuple(steps), rule))
+                break
+    return decisions, None
+
+
+def _decision(rcpt: str, ruling: Ruling, steps: tuple[TraceStep, ...], rule: Rule) -> RecipientDecision:
+    return RecipientDecision(rcpt, ruling.action, ruling.category, ruling.reason, steps, rule=rule.name)
+
+
+def check_recipient(sender: str, recipient: str, lists: ListIndex) -> RecipientDecision | None:
+    """RCPT time: the table walked with the envelope alone; a reject decision
+    when a row that can be answered from it refuses the sender for this recipient."""
     senders = sender_addresses(sender, None)
     if not senders:
         return None
-    hit = lists.find(recipient, BLOCK, senders)
-    if hit is None and lists.find(recipient, ALLOW, senders) is None:
-        hit = lists.find(None, BLOCK, senders)
-    if hit is None:
-        return None
-    step = TraceStep("block", "rcpt", hit.describe())
-    return RecipientDecision(recipient, Action.REJECT, Category.BLOCKED, "sender blocked", (step,))
+    facts = Facts(_NO_POLICY, lists, senders, senders, _NOTHING_YET, at_rcpt=True)
+    decisions, _ = walk(_AT_RCPT, facts, (recipient,), [])
+    if decisions and decisions[0].action is Action.REJECT:
+        return decisions[0]
+    return None
 
 
-def _list_step(recipient: str, lists: ListIndex, senders: list[tuple[str, str]],
-               allowed: list[tuple[str, str]], auth: AuthResults | None,
-               steps: list[TraceStep]) -> tuple[Match | None, str | None]:
-    """The first list entry that applies; skipped allow entries add a step to ``steps``."""
-    for owner, kind in ((recipient, BLOCK), (recipient, ALLOW), (None, BLOCK), (None, ALLOW)):
-        if kind == BLOCK:
-            hit = lists.find(owner, kind, senders)
-        else:
-            hit, skip = authenticated_allow(lists, owner, senders, allowed, auth)
-            if skip is not None:
-                steps.append(skip)
-        if hit is not None:
-            return hit, kind
-    return None, None
-
-
-def _score_action(score: float, threshold: float, policy: Policy) -> tuple[Action, Category, str]:
-    if score >= policy.reject_threshold and score >= threshold:
-        return policy.spam_action_high, Category.SPAM, "spam (high score)"
-    if score >= threshold:
-        return policy.spam_action, Category.SPAM, "spam"
-    return Action.ACCEPT, Category.CLEAN, "clean"
-
-
-def _failure(kind: str, policy_value: str, detail: str, envelope: Envelope,
-             trace: list[TraceStep]) -> Verdict | None:
-    """A Verdict for a failed check unless the admin chose to carry on."""
-    trace.append(TraceStep(kind, "error", detail[:200]))
-    if policy_value == "accept":
-        return None
-    action = Action.TEMPFAIL if policy_value == "tempfail" else Action.REJECT
-    reply = REPLY_TEMPFAIL if action is Action.TEMPFAIL else (
-        "550", "5.7.1", "Message could not be checked")
-    decisions = tuple(RecipientDecision(r, action, Category.ERROR, f"{kind} error", tuple(trace))
-                      for r in envelope.recipients)
-    return Verdict(action, Category.ERROR, None, None, None, decisions, tuple(trace),
-                   smtp_reply=reply)
+def _checks(found: Findings) -> tuple[CheckResult, ...]:
+    """Each check that ran, and whether it failed (for the service's incident reports)."""
+    out: list[CheckResult] = []
+    if found.scan_error is not None or found.scan is not None:
+        out.append(CheckResult(Check.ANTIVIRUS, found.scan_error))
+    if found.store_error is not None or found.lists is not None:
+        out.append(CheckResult(Check.LISTS, found.store_error))
+    if found.model_error is not None or found.score is not None:
+        out.append(CheckResult(Check.CLASSIFIER, found.model_error))
+    if found.auth is not None:
+        out.append(CheckResult(Check.AUTH, "DNS failed: " + found.auth.describe() if found.auth.dns_failed
+                               else None))
+    return tuple(out)
 
 
 def decide(envelope: Envelope, msg: ParsedMessage, found: Findings, policy: Policy) -> Verdict:
-    """Pure precedence table: findings -> each recipient's outcome -> routed Verdict."""
+    """Pure: walk ``PRECEDENCE`` for every recipient, then route the outcomes into a Verdict."""
     trace: list[TraceStep] = list(found.notes)
-    if found.oversize:
-        trace.append(TraceStep("size", "oversize", policy.oversize_action))
-    # 1. antivirus (before any list: a virus is never let through)
-    virus: str | None = None
-    if found.scan_error is not None:
-        failed = _failure("antivirus", policy.on_scanner_error, found.scan_error, envelope, trace)
-        if failed:
-            return failed
-    elif found.scan is not None and not found.scan.scanned:
-        trace.append(TraceStep("antivirus", "none", "no scanner configured"))
-    elif found.scan is not None:
-        trace.append(TraceStep("antivirus", found.scan.virus or "clean"))
-        if found.scan.infected:
-            virus = found.scan.virus
-    else:
-        trace.append(TraceStep("antivirus", "skipped"))
-    if virus is not None:
-        infected = [RecipientDecision(r, policy.virus_action, Category.VIRUS, f"virus {virus}")
-                    for r in envelope.recipients]
-        return route(infected, trace, None, None, (f"virus:{virus}",), policy, virus=virus,
-                     oversize=found.oversize)
-    # lists
-    lists = found.lists
-    if found.store_error is not None:
-        failed = _failure("lists", policy.on_store_error, found.store_error, envelope, trace)
-        if failed:
-            return failed
-    # classifier
-    score = found.score.probability if found.score is not None else None
-    threshold = policy.spam_threshold if policy.spam_threshold is not None else found.model_threshold
-    reasons = tuple(f"{c.token}:{c.spam_prob:.3f}" for c in found.score.clues) if found.score else ()
-    if found.model_error is not None:
-        failed = _failure("classifier", policy.on_model_error, found.model_error, envelope, trace)
-        if failed:
-            return failed
-    elif score is not None and threshold is not None:
-        trace.append(TraceStep("classifier", f"{score:.4f}", f"threshold {threshold:.4f}"))
-    auth = found.auth
-    if auth is not None:
-        trace.append(TraceStep("auth", auth.source, auth.describe()))
-        if auth.dns_failed and policy.on_dns_error == "tempfail":
-            failed = _failure("auth", "tempfail", "DNS failed: " + auth.describe(), envelope, trace)
-            if failed:
-                return failed
-    dmarc_policy = auth.dmarc_failed_policy() if auth is not None else ""
-    if dmarc_policy:
-        trace.append(TraceStep("dmarc", "fail", f"p={dmarc_policy} {auth.from_domain if auth else ''}"))
     senders = sender_addresses(envelope.sender, msg.header("from"))
-    allowed = allow_candidates(lists, envelope.recipients, senders, msg)
-    decisions: list[RecipientDecision] = []
-    for rcpt in envelope.recipients:
-        steps: list[TraceStep] = []
-        hit: Match | None = None
-        kind: str | None = None
-        own = lists.threshold_for(rcpt) if lists is not None and threshold is not None else None
-        rcpt_threshold = own if own is not None else threshold
-        if lists is not None:
-            hit, kind = _list_step(rcpt, lists, senders, allowed, auth, steps)
-            if dmarc_policy and hit is not None and kind == ALLOW:  # blocks still apply; allow entries do not
-                steps.append(TraceStep("allow", "skipped", f"#{hit.entry.id} DMARC failed"))
-                hit = lists.find(None, BLOCK, senders)
-                kind = BLOCK if hit is not None else None
-        if hit is not None and kind == BLOCK:
-            steps.append(TraceStep("block", "match", hit.describe()))
-            decisions.append(RecipientDecision(rcpt, Action.REJECT, Category.BLOCKED,
-                                               "sender blocked", tuple(steps)))
-        elif dmarc_policy:
-            action = policy.dmarc_action
-            if score is not None and rcpt_threshold is not None:
-                scored = _score_action(score, rcpt_threshold, policy)[0]
-                action = scored if scored.severity > action.severity else action
-            decisions.append(RecipientDecision(rcpt, action, Category.SPAM, f"dmarc fail (p={dmarc_policy})",
-                                               tuple(steps)))
-        elif hit is not None and kind == ALLOW:
-            trusted = " (trusted without authentication)" if hit.entry.trust_unauthenticated else ""
-            steps.append(TraceStep("allow", "match", hit.describe() + trusted))
-            decisions.append(RecipientDecision(rcpt, Action.ACCEPT, Category.ALLOWED,
-                                               "sender allowed", tuple(steps)))
-        elif score is not None and rcpt_threshold is not None:
-            layer = found.personal.get(rcpt.lower())
-            if layer is not None:
-                steps.append(TraceStep("personal", f"{layer.probability:.4f}", "the recipient's own feedback"))
-            if own is not None:
-                steps.append(TraceStep("threshold", "own", f"{own:.4f}"))
-            action, category, why = _score_action(layer.probability if layer else score, rcpt_threshold, policy)
-            decisions.append(RecipientDecision(rcpt, action, category, why, tuple(steps)))
-        else:
-            decisions.append(RecipientDecision(rcpt, Action.ACCEPT, Category.CLEAN,
-                                               "not scored", tuple(steps)))
-    return replace(route(decisions, trace, score, threshold, reasons, policy, oversize=found.oversize),
-                   auth=auth)
+    facts = Facts(policy, found.lists, senders, allow_candidates(found.lists, envelope.recipients, senders, msg),
+                  found)
+    decisions, message_ruling = walk(PRECEDENCE, facts, envelope.recipients, trace)
+    checks = _checks(found)
+    if message_ruling is not None and message_ruling.reply is not None:  # refused before any recipient row
+        return Verdict(message_ruling.action, Category.ERROR, None, None, None, tuple(decisions), tuple(trace),
+                       smtp_reply=message_ruling.reply, checks=checks)
+    if message_ruling is not None:  # a virus: every recipient gets virus_action, then routing
+        virus = found.scan.virus if found.scan is not None else None
+        return route(decisions, trace, None, None, (f"virus:{virus}",), policy, virus=virus,
+                     oversize=found.oversize, checks=checks)
+    reasons = tuple(f"{c.token}:{c.spam_prob:.3f}" for c in found.score.clues) if found.score else ()
+    return route(decisions, trace, facts.score, facts.threshold, reasons, policy, oversize=found.oversize,
+                 auth=found.auth, checks=checks)
 
 
 # -- routing: every recipient its own outcome, in one pass ---------------------
@@ -306,14 +493,15 @@ def _routed(d: RecipientDecision, outcomes: frozenset[Action]) -> RecipientDecis
             action = Action.QUARANTINE if rule.route is Route.HOLD else d.action
             step = TraceStep("route", rule.route.value, rule.why)
             reason = d.reason if action is d.action else f"{d.reason}; {rule.why}"
-            return RecipientDecision(d.recipient, action, d.category, reason, (*d.trace, step),
-                                     rule.route)
+            return RecipientDecision(d.recipient, action, d.category, reason, (*d.trace, step), rule.route,
+                                     d.rule)
     raise ValueError(f"no routing rule for outcome {d.action.value}")  # a gap in ROUTES: a bug
 
 
 def route(decisions: list[RecipientDecision], trace: list[TraceStep], score: float | None,
           threshold: float | None, reasons: tuple[str, ...], policy: Policy,
-          virus: str | None = None, oversize: bool = False) -> Verdict:
+          virus: str | None = None, oversize: bool = False, auth: AuthResults | None = None,
+          checks: tuple[CheckResult, ...] = ()) -> Verdict:
     """Route each recipient by ``ROUTES``, then give the message one SMTP answer.
 
     For the message, first match wins:
@@ -330,12 +518,12 @@ def route(decisions: list[RecipientDecision], trace: list[TraceStep], score: flo
     category = _message_category(routed)
     if routed and all(d.route is Route.REFUSE for d in routed):
         return Verdict(Action.REJECT, category, score, threshold, virus, routed, tuple(trace),
-                       reasons, smtp_reply=_reject_reply(routed, virus))
+                       reasons, smtp_reply=_reject_reply(routed, virus), auth=auth, checks=checks)
     if oversize and any(d.route is Route.HOLD for d in routed):
         trace = [*trace, TraceStep("quarantine", "refused", "only the head was read")]
         refused = tuple(replace(d, action=Action.REJECT, route=Route.REFUSE) for d in routed)
         return Verdict(Action.REJECT, category, score, threshold, virus, refused, tuple(trace),
-                       reasons, smtp_reply=REPLY_OVERSIZE)
+                       reasons, smtp_reply=REPLY_OVERSIZE, auth=auth, checks=checks)
     delivered = [d for d in routed if d.route.delivered]
     tagged = any(d.route is Route.DELIVER_TAGGED for d in delivered)
     if tagged:
@@ -347,7 +535,7 @@ def route(decisions: list[RecipientDecision], trace: list[TraceStep], score: flo
     headers = _headers(tagged, score, threshold, action, trace + _recipient_steps(delivered), reasons)
     prefix = policy.subject_prefix if tagged else ""
     return Verdict(action, category, score, threshold, virus, routed, tuple(trace), reasons,
-                   headers=headers if delivered else (), subject_prefix=prefix)
+                   headers=headers if delivered else (), subject_prefix=prefix, auth=auth, checks=checks)
 
 
 def _reject_reply(decisions: tuple[RecipientDecision, ...], virus: str | None) -> tuple[str, str, str]:
@@ -369,12 +557,22 @@ def hold_failed(verdict: Verdict, detail: str) -> Verdict:
 
 
 def _message_category(decisions: tuple[RecipientDecision, ...]) -> Category:
-    order = (Category.VIRUS, Category.ERROR, Category.SPAM, Category.BLOCKED, Category.ALLOWED)
-    present = {d.category for d in decisions}
-    for cat in order:
-        if cat in present:
-            return cat
-    return Category.CLEAN
+    """The category of the decision made by the earliest row of ``PRECEDENCE``
+    (within a row, its most telling category); CLEAN when there is none."""
+    if not decisions:
+        return Category.CLEAN
+    return min(decisions, key=_precedence).category
+
+
+_BY_HAND = tuple(dict.fromkeys(c for rule in PRECEDENCE for c in rule.categories))  # the table's order
+
+
+def _precedence(d: RecipientDecision) -> tuple[int, int]:
+    """Where a decision stands in the table: its row, then its category within the row
+    (decisions built by hand, without a row, come last, in the table's order of categories)."""
+    index = _RANK.get(d.rule, len(PRECEDENCE))
+    categories = PRECEDENCE[index].categories if index < len(PRECEDENCE) else _BY_HAND
+    return index, categories.index(d.category) if d.category in categories else len(categories)
 
 
 def _recipient_steps(delivered: list[RecipientDecision]) -> list[TraceStep]:
@@ -413,14 +611,15 @@ LayerSource = Callable[[], "Mapping[str, Layer]"]
 
 
 def gather(msg: ParsedMessage, stream: Stream | None, scanner: Scanner | None,
-           model: ModelSource, lists: ListSource, oversize: bool = False,
-           skip_content_checks: bool = False, tokens: set[str] | None = None,
+           model: ModelSource, lists: ListSource, *, tokens: Collection[str], oversize: bool = False,
+           skip_content_checks: bool = False,
            envelope: Envelope | None = None, authenticator: Authenticator | None = None,
            layers: LayerSource | None = None,
            timings: dict[str, float] | None = None) -> Findings:
     """Run the checks through their interfaces; typed errors become findings.
 
-    ``tokens`` are the message's features when the caller has them already.
+    ``tokens`` are the message's features (``tokens.features``), computed once by
+    the caller, which also keeps them for the message log.
     ``timings``, when given, gets the seconds each check took (clamd, lists,
     classifier, auth) added to what it holds.
     The sender is authenticated (DNS) only when that can change the outcome:
@@ -446,11 +645,10 @@ def gather(msg: ParsedMessage, stream: Stream | None, scanner: Scanner | None,
     if not skip_content_checks and not (scan is not None and scan.infected):
         try:
             current = model()
-            toks = tokens if tokens is not None else features(msg)
-            score = current.score(toks)
+            score = current.score(tokens)
             threshold = current.spam_threshold
             if layers is not None and envelope is not None:
-                personal = _personal_scores(current, toks, envelope.recipients, layers)
+                personal = _personal_scores(current, tokens, envelope.recipients, layers)
         except ModelError as exc:
             model_error = str(exc)
         clock = _lap(t, "classifier", clock)
@@ -465,7 +663,7 @@ def gather(msg: ParsedMessage, stream: Stream | None, scanner: Scanner | None,
                     oversize=oversize, auth=auth, personal=personal)
 
 
-def _personal_scores(model: Model, tokens: set[str], recipients: Sequence[str],
+def _personal_scores(model: Model, tokens: Collection[str], recipients: Sequence[str],
                      layers: LayerSource) -> dict[str, Score]:
     """Scores with each recipient's personal layer (only recipients that have one)."""
     try:
@@ -504,20 +702,19 @@ def _whole(stream: Stream | None) -> bytes:
 
 def evaluate(envelope: Envelope, msg: ParsedMessage, stream: Stream | None,
              scanner: Scanner | None, model: ModelSource, lists: ListSource,
-             policy: Policy, oversize: bool = False, tokens: set[str] | None = None,
+             policy: Policy, *, tokens: Collection[str], oversize: bool = False,
              authenticator: Authenticator | None = None, layers: LayerSource | None = None,
              timings: dict[str, float] | None = None) -> Verdict:
-    """gather() then decide(): the one call the milter, CLI and web UI share."""
-    skip = oversize and policy.oversize_action == "accept"
-    if oversize and policy.oversize_action in ("tempfail", "reject"):
-        action = Action.TEMPFAIL if policy.oversize_action == "tempfail" else Action.REJECT
-        trace = (TraceStep("size", "oversize", policy.oversize_action),)
-        reply = REPLY_TEMPFAIL if action is Action.TEMPFAIL else REPLY_OVERSIZE
-        decisions = tuple(RecipientDecision(r, action, Category.ERROR, "oversize", trace)
-                          for r in envelope.recipients)
-        return Verdict(action, Category.ERROR, None, None, None, decisions, trace,
-                       smtp_reply=reply)
-    found = gather(msg, stream, scanner, model, lists, oversize, skip_content_checks=skip, tokens=tokens,
-                   envelope=envelope, authenticator=authenticator, layers=layers,
-                   timings=timings)
+    """gather() then decide(): the one call the milter and ``stronghold scan`` share.
+
+    Only the checks the table can still use are run: none when the size row
+    refuses the message, no content checks when it lets an oversize one through.
+    """
+    plan = size_plan(oversize, policy)
+    if plan == "refuse":
+        found = Findings(oversize=oversize)
+    else:
+        found = gather(msg, stream, scanner, model, lists, tokens=tokens, oversize=oversize,
+                       skip_content_checks=plan == "envelope", envelope=envelope, authenticator=authenticator,
+                       layers=layers, timings=timings)
     return decide(envelope, msg, found, policy)

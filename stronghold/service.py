@@ -31,7 +31,7 @@ from stronghold.store.entries import ListCache
 from stronghold.store.errors import StoreError
 from stronghold.store.writebehind import StoreThread
 from stronghold.tokens import features
-from stronghold.verdict import Envelope, RecipientDecision, Verdict
+from stronghold.verdict import Check, Envelope, RecipientDecision, Verdict
 
 log = logging.getLogger(__name__)
 try:
@@ -91,12 +91,11 @@ class Service:
         verdict = evaluate(envelope, msg, stream, self.scanner, self.model, self.lists,
                            self.policy, oversize=oversize, tokens=tokens, authenticator=self.authenticator,
                            layers=self.personal_layers, timings=stages)
-        for step in verdict.trace:
-            if step.step == "antivirus":
-                if step.outcome == "error":
-                    self.incidents.failed("clamd", step.detail)
-                else:
-                    self.incidents.ok("clamd")
+        clamd = verdict.check(Check.ANTIVIRUS)  # the model and the store report their own incidents
+        if clamd is not None and clamd.error is not None:
+            self.incidents.failed("clamd", clamd.error)
+        elif clamd is not None:
+            self.incidents.ok("clamd")
         kept = tokens if self.cfg.log_tokens and verdict.score is not None else None
         return Outcome(verdict, kept, time.perf_counter() - started, stages)
 

@@ -90,6 +90,28 @@ class RecipientDecision:
     reason: str
     trace: tuple[TraceStep, ...] = ()
     route: Route = Route.REFUSE
+    rule: str = ""  # the row of engine.PRECEDENCE that decided ("" when built by hand)
+
+
+class Check(StrEnum):
+    """The checks a message goes through (engine.gather), each of which can fail."""
+
+    ANTIVIRUS = "antivirus"
+    LISTS = "lists"
+    CLASSIFIER = "classifier"
+    AUTH = "auth"
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """One check that ran for a message: fine, or failed and why (typed, never read back from the trace)."""
+
+    check: Check
+    error: str | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.error is not None
 
 
 @dataclass(frozen=True)
@@ -108,6 +130,11 @@ class Verdict:
     headers: tuple[tuple[str, str], ...] = field(default_factory=tuple)  # for the delivered copy
     subject_prefix: str = ""
     auth: AuthResults | None = None  # sender authentication, when it was checked
+    checks: tuple[CheckResult, ...] = ()  # each check that ran, fine or failed
+
+    def check(self, which: Check) -> CheckResult | None:
+        """How ``which`` went for this message; None when it did not run."""
+        return next((c for c in self.checks if c.check is which), None)
 
     @property
     def delivered(self) -> tuple[str, ...]:

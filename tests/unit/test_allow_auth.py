@@ -55,7 +55,7 @@ def run(auth: Authenticator | None, sender: str, raw: bytes, idx: ListIndex, ip:
     msg = parse(raw)
     env = Envelope(sender, (RCPT,), ip, "mx.sender.example", "Q1")
     found = gather(msg, io.BytesIO(raw), None, lambda: FixedModel(score), lambda: idx,  # type: ignore[arg-type,return-value]
-                   envelope=env, authenticator=auth)
+                   tokens=set(), envelope=env, authenticator=auth)
     return decide(env, msg, found, policy)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 
 import pytest
 
@@ -237,7 +238,7 @@ def test_evaluate_maps_adapter_errors_and_never_fails_open() -> None:
         raise StoreError("db down")
 
     def run(**policy: str):
-        return evaluate(ENV, MSG, io.BytesIO(b"x"), Boom(), no_model, no_store, Policy(**policy))
+        return evaluate(ENV, MSG, io.BytesIO(b"x"), Boom(), no_model, no_store, Policy(**policy), tokens=set())
 
     def failed(v) -> list[str]:
         return [f"{s.step}:{s.detail}" for s in v.trace if s.outcome == "error"]
@@ -263,10 +264,10 @@ def test_evaluate_maps_adapter_errors_and_never_fails_open() -> None:
 
 def test_oversize_actions() -> None:
     v = evaluate(ENV, MSG, None, None, lambda: None, lambda: lists(), Policy(oversize_action="reject"),
-                 oversize=True)
+                 tokens=set(), oversize=True)
     assert v.action is Action.REJECT and v.smtp_reply[0] == "552"
     v = evaluate(ENV, MSG, None, None, lambda: None, lambda: lists(), Policy(oversize_action="accept"),
-                 oversize=True)
+                 tokens=set(), oversize=True)
     assert v.action is Action.ACCEPT and "oversize" in v.summary
 
 
@@ -296,3 +297,82 @@ def test_each_recipient_is_judged_at_their_own_threshold() -> None:
     assert by_rcpt(stricter)["b@x.example"] == (Action.QUARANTINE, Category.SPAM)
     alone = decide(Envelope("s@env.example", ("b@x.example",)), MSG, found(0.7, idx=idx), POLICY)
     assert by_rcpt(alone) == {"b@x.example": (Action.TAG, Category.SPAM)}  # alone: tagged into Junk
+
+
+# -- the table itself -------------------------------------------------------------------
+
+def test_the_table_has_message_rows_first_and_a_last_row_that_always_decides() -> None:
+    from stronghold.engine import MESSAGE, PRECEDENCE, Facts
+    scopes = [rule.scope for rule in PRECEDENCE]
+    assert scopes == sorted(scopes, key=lambda s: s != MESSAGE)  # message rows, then recipient rows
+    assert len({rule.name for rule in PRECEDENCE}) == len(PRECEDENCE)
+    last = PRECEDENCE[-1]
+    for score in (None, 0.1, 0.95, 0.9999):
+        facts = Facts(POLICY, lists(), [], [], found(score) if score is not None else Findings())
+        assert last.check(facts, "a@x.example", []) is not None  # nobody falls off the end of the table
+    assert [r.name for r in PRECEDENCE if r.at_rcpt] == ["recipient-block", "recipient-allow", "global-block",
+                                                           "global-allow"]
+
+
+def test_the_docs_list_the_rows_in_the_tables_order() -> None:
+    import re
+    from pathlib import Path
+
+    from stronghold.engine import PRECEDENCE
+    text = (Path(__file__).resolve().parents[2] / "docs" / "precedence.md").read_text()
+    section = text.split("## The table", 1)[1].split("\n## ", 1)[0]
+    assert re.findall(r"^\| \d+ \| `([a-z-]+)` \|", section, re.M) == [r.name for r in PRECEDENCE]
+
+
+def test_every_recipient_decision_names_its_row_and_the_score_leaves_a_step() -> None:
+    idx = lists(("a@x.example", "block", "@from.example"))
+    v = decide(ENV, MSG, found(0.95, idx=idx), POLICY)
+    a, b = v.decisions
+    assert (a.rule, b.rule) == ("recipient-block", "score")
+    assert "score=spam(0.9500>=0.9000)" in [str(s) for s in b.trace]
+    assert not any(s.step == "score" for s in a.trace)  # a's walk ended at their block list
+    clean = decide(ENV, MSG, found(0.1), POLICY).decisions[0]
+    assert "score=clean(0.1000<0.9000)" in [str(s) for s in clean.trace]
+    high = decide(ENV, MSG, found(0.995), POLICY).decisions[0]
+    assert "score=spam-high(0.9950>=0.9900)" in [str(s) for s in high.trace]
+    unscored = decide(ENV, MSG, replace(found(0.1), score=None), POLICY).decisions[0]
+    assert (unscored.reason, [str(s) for s in unscored.trace][:1]) == ("not scored", ["score=none(not scored)"])
+
+
+def test_the_message_category_comes_from_the_earliest_row() -> None:
+    # a blocked, b spam: the block row comes before the score row
+    v = decide(ENV, MSG, found(0.95, idx=lists(("a@x.example", "block", "@from.example"))), POLICY)
+    assert by_rcpt(v) == {"a@x.example": (Action.REJECT, Category.BLOCKED), "b@x.example": (Action.TAG, Category.SPAM)}
+    assert v.category is Category.BLOCKED
+    # a allowed by their own list (row 7), b blocked by the global list (row 8)
+    idx = lists(("a@x.example", "allow", "s@env.example"), (None, "block", "@env.example"))
+    assert decide(ENV, MSG, found(0.1, idx=idx), POLICY).category is Category.ALLOWED
+    # within the score row, spam before clean
+    v = decide(ENV, MSG, found(0.7, idx=ListIndex([], thresholds={"b@x.example": 0.6})), POLICY)
+    assert v.category is Category.SPAM
+
+
+def test_rcpt_time_walks_the_same_rows_with_the_envelope_alone() -> None:
+    idx = lists(("a@x.example", "block", "s@env.example"), (None, "block", "@env.example"),
+                ("b@x.example", "allow", "@env.example"))
+    d = check_recipient("s@env.example", "a@x.example", idx)
+    assert d is not None and d.rule == "recipient-block"
+    assert [str(s) for s in d.trace] == ["block=rcpt(a@x.example block #1 s@env.example ~ envelope s@env.example)"]
+    assert check_recipient("s@env.example", "b@x.example", idx) is None  # b's allow entry: decided at end of message
+    d = check_recipient("s@env.example", "c@x.example", idx)
+    assert d is not None and d.rule == "global-block" and d.category is Category.BLOCKED
+
+
+@pytest.mark.parametrize("field, check", [("scan_error", "antivirus"), ("model_error", "classifier"),
+                                          ("store_error", "lists")])
+def test_the_verdict_says_which_check_failed(field: str, check: str) -> None:
+    from stronghold.verdict import Check
+    broken = found(0.1, **{field: "it broke", "scan": None if field == "scan_error" else ScanResult(None)})
+    for policy in (POLICY, Policy(**{**POLICY.__dict__, "on_scanner_error": "accept", "on_model_error": "accept",
+                                     "on_store_error": "accept"})):
+        v = decide(ENV, MSG, broken, policy)
+        failed = {c.check.value: c.error for c in v.checks if c.failed}
+        assert failed == {check: "it broke"}
+        assert {c.check for c in v.checks} == set(Check)  # each ran (found() has auth results too)
+    assert decide(ENV, MSG, found(0.1), POLICY).check(Check.ANTIVIRUS) is not None
+    assert not any(c.failed for c in decide(ENV, MSG, found(0.1), POLICY).checks)

@@ -31,7 +31,7 @@ class Clean:
 
 def verdict_for(raw: bytes):
     msg = parse(raw)
-    return evaluate(ENV, msg, io.BytesIO(raw), Clean(), lambda: MODEL, lambda: LISTS, Policy())
+    return evaluate(ENV, msg, io.BytesIO(raw), Clean(), lambda: MODEL, lambda: LISTS, Policy(), tokens=features(msg))
 
 
 def assert_scored_and_decided(raw: bytes) -> None:
