@@ -22,9 +22,11 @@ from typing import Any
 from stronghold.authres import Authenticator
 from stronghold.classifier import Score
 from stronghold.dnscache import Dns
-from stronghold.engine import Policy, decide, gather
+from stronghold.engine import gather
 from stronghold.lists import ListEntry, ListIndex
 from stronghold.message import parse
+from stronghold.policy import Policy
+from stronghold.precedence import decide
 from stronghold.verdict import Envelope
 
 ROOT = Path(__file__).resolve().parent.parent

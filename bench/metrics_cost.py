@@ -18,9 +18,11 @@ import tempfile
 import time
 
 from stronghold import metrics
-from stronghold.engine import Findings, Policy, decide
+from stronghold.findings import Findings
 from stronghold.message import parse
 from stronghold.outcome import Outcome
+from stronghold.policy import Policy
+from stronghold.precedence import decide
 from stronghold.verdict import Envelope
 
 

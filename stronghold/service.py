@@ -17,13 +17,16 @@ from stronghold.authres import Authenticator
 from stronghold.classifier import ModelError
 from stronghold.config import Config
 from stronghold.dnscache import Dns
-from stronghold.engine import Policy, check_recipient, evaluate, hold_failed
+from stronghold.engine import evaluate
 from stronghold.incidents import Incidents
 from stronghold.lists import ListIndex
 from stronghold.message import ParsedMessage
 from stronghold.modelholder import ModelHolder
 from stronghold.outcome import Outcome
 from stronghold.personal import Layer, LayerCache
+from stronghold.policy import Policy
+from stronghold.precedence import check_recipient
+from stronghold.routing import hold_failed
 from stronghold.spool import Stream
 from stronghold.store import messagelog, quarantine
 from stronghold.store.db import Store

@@ -81,7 +81,7 @@ class RecipientDecision:
     """One recipient's own outcome (``action``) and where their copy goes.
 
     Unrouted decisions default to REFUSE: nothing is delivered unless the
-    engine's routing table says so.
+    routing table (``routing.ROUTES``) says so.
     """
 
     recipient: str
@@ -90,7 +90,7 @@ class RecipientDecision:
     reason: str
     trace: tuple[TraceStep, ...] = ()
     route: Route = Route.REFUSE
-    rule: str = ""  # the row of engine.PRECEDENCE that decided ("" when built by hand)
+    rule: str = ""  # the row of precedence.PRECEDENCE that decided ("" when built by hand)
 
 
 class Check(StrEnum):

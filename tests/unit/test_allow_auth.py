@@ -10,9 +10,11 @@ import pytest
 from stronghold.authres import Authenticator, AuthResults, parse_header
 from stronghold.classifier import Score
 from stronghold.dnscache import Dns
-from stronghold.engine import Policy, decide, gather
+from stronghold.engine import gather
 from stronghold.lists import ListEntry, ListIndex
 from stronghold.message import parse
+from stronghold.policy import Policy
+from stronghold.precedence import decide
 from stronghold.verdict import Action, Category, Envelope, Verdict
 from tests.harness.dnsserver import LoopbackDns, sign
 

@@ -109,9 +109,11 @@ def test_digest_command_dry_run_then_send(env: Store, sink: SmtpSink, monkeypatc
 
 
 def test_the_milter_service_purges_the_quarantine_with_the_message_log(env: Store, make_config) -> None:
-    from stronghold.engine import Findings, Policy, decide
+    from stronghold.findings import Findings
     from stronghold.message import parse
     from stronghold.outcome import Outcome
+    from stronghold.policy import Policy
+    from stronghold.precedence import decide
     from stronghold.service import Service
     from stronghold.store.entries import ListIndex
     from stronghold.verdict import Envelope

@@ -10,9 +10,13 @@ import pytest
 from stronghold.antivirus import ScannerError, ScanResult
 from stronghold.authres import AuthResults
 from stronghold.classifier import Clue, ModelError, Score
-from stronghold.engine import ROUTES, Findings, Policy, check_recipient, decide, evaluate, hold_failed
+from stronghold.engine import evaluate
+from stronghold.findings import Findings
 from stronghold.lists import ListEntry, ListIndex
 from stronghold.message import parse
+from stronghold.policy import Policy
+from stronghold.precedence import check_recipient, decide
+from stronghold.routing import ROUTES, hold_failed
 from stronghold.store.errors import StoreError
 from stronghold.verdict import Action, Category, Envelope, Route
 
@@ -184,10 +188,10 @@ def test_hold_failure_tempfails_every_recipient() -> None:
     ((Action.TAG, Action.QUARANTINE), (Route.DELIVER_TAGGED, Route.HOLD)),
 ])
 def test_routing_table(outcomes, expected) -> None:
-    from stronghold.engine import route
+    from stronghold.routing import route
     from stronghold.verdict import RecipientDecision
     ds = [RecipientDecision(f"r{i}@x.example", a, Category.SPAM, "r") for i, a in enumerate(outcomes)]
-    v = route(ds, [], 0.5, 0.4, (), Policy())
+    v = route(ds, [], 0.5, 0.4, (), Policy(), category=Category.SPAM)
     assert tuple(d.route for d in v.decisions) == expected
 
 
@@ -302,7 +306,7 @@ def test_each_recipient_is_judged_at_their_own_threshold() -> None:
 # -- the table itself -------------------------------------------------------------------
 
 def test_the_table_has_message_rows_first_and_a_last_row_that_always_decides() -> None:
-    from stronghold.engine import MESSAGE, PRECEDENCE, Facts
+    from stronghold.precedence import MESSAGE, PRECEDENCE, Facts
     scopes = [rule.scope for rule in PRECEDENCE]
     assert scopes == sorted(scopes, key=lambda s: s != MESSAGE)  # message rows, then recipient rows
     assert len({rule.name for rule in PRECEDENCE}) == len(PRECEDENCE)
@@ -318,7 +322,7 @@ def test_the_docs_list_the_rows_in_the_tables_order() -> None:
     import re
     from pathlib import Path
 
-    from stronghold.engine import PRECEDENCE
+    from stronghold.precedence import PRECEDENCE
     text = (Path(__file__).resolve().parents[2] / "docs" / "precedence.md").read_text()
     section = text.split("## The table", 1)[1].split("\n## ", 1)[0]
     assert re.findall(r"^\| \d+ \| `([a-z-]+)` \|", section, re.M) == [r.name for r in PRECEDENCE]

@@ -12,9 +12,10 @@ from hypothesis import strategies as st
 
 from stronghold.antivirus import ScanResult
 from stronghold.classifier import Model
-from stronghold.engine import Policy, evaluate
+from stronghold.engine import evaluate
 from stronghold.lists import ListEntry, ListIndex
 from stronghold.message import parse
+from stronghold.policy import Policy
 from stronghold.tokens import features
 from stronghold.verdict import Action, Category, Envelope
 

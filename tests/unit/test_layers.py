@@ -1,7 +1,8 @@
 """Imports run downwards only (docs/architecture.md, "Layers").
 
-stronghold/, bottom to top: values, store, the checks and the rest, engine,
-service, milter, milter_server, the command line.  A module may import its own
+stronghold/, bottom to top: values (policy among them), store, the checks and
+the rest (findings among them), routing, precedence, engine, service, milter,
+milter_server, the command line.  A module may import its own
 layer and those below; ``if TYPE_CHECKING:`` imports are exempt (they never
 run: verdict.py names authres's result type).  The product never imports the
 dev tooling or the tests, nor the web UI, except for the command line at the
@@ -20,11 +21,12 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "stronghold"
 WEBUI = ROOT / "webui"
-VALUES = ("stronghold.verdict", "stronghold.config", "stronghold.lists", "stronghold.message")
+VALUES = ("stronghold.verdict", "stronghold.config", "stronghold.lists", "stronghold.message",
+          "stronghold.policy")
 STORE = ("stronghold.store", "stronghold.migrations")
 # layers above the default one (everything not named here: the checks, metrics, release, digests...)
-TOP = (("stronghold.engine",), ("stronghold.service",), ("stronghold.milter",),
-       ("stronghold.milter_server",), ("stronghold.cli",))
+TOP = (("stronghold.routing",), ("stronghold.precedence",), ("stronghold.engine",), ("stronghold.service",),
+       ("stronghold.milter",), ("stronghold.milter_server",), ("stronghold.cli",))
 DEFAULT = 2
 NEVER_FROM_PRODUCT = ("webui", "devtools", "tests", "bench")
 CLI = DEFAULT + len(TOP)  # the top: the one front door that may start the web UI
@@ -40,7 +42,8 @@ def _within(name: str, prefixes: tuple[str, ...]) -> bool:
 
 
 def layer(name: str) -> int:
-    """0 values, 1 store, 2 the rest, then engine, service, milter, milter_server, cli (cli_*)."""
+    """0 values, 1 store, 2 the rest, then routing, precedence, engine, service, milter,
+    milter_server, cli (cli_*)."""
     if _within(name, VALUES):
         return 0
     if _within(name, STORE):
@@ -124,3 +127,4 @@ def test_the_layer_table_knows_the_modules_it_names() -> None:
         assert dotted.with_suffix(".py").exists() or dotted.is_dir(), name
     assert layer("stronghold.store.writebehind") == 1 and layer("stronghold.cli_scan") == CLI
     assert layer("stronghold.milter_server") < CLI
+    assert layer("stronghold.routing") < layer("stronghold.precedence") < layer("stronghold.engine")

@@ -7,10 +7,11 @@ import logging
 import shlex
 
 from stronghold import logfmt
-from stronghold.engine import Policy, decide
 from stronghold.logfmt import JsonFormatter, MessageLine, RcptLine
 from stronghold.message import parse
 from stronghold.outcome import Outcome
+from stronghold.policy import Policy
+from stronghold.precedence import decide
 from stronghold.verdict import Action, Category, Envelope, RecipientDecision, TraceStep
 from tests.unit.test_engine import found
 

@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 
 from stronghold.config import ROOT, ConfigError
-from stronghold.engine import Policy, decide
 from stronghold.incidents import Incidents
 from stronghold.metrics import PromRecorder, StateCollector, feedback_families
 from stronghold.outcome import Outcome
+from stronghold.policy import Policy
+from stronghold.precedence import decide
 from stronghold.store import accounts, entries, messagelog, quarantine
 from stronghold.store.db import Store
 from tests.unit.test_engine import ENV, MSG, found

@@ -5,8 +5,8 @@ block and allow entries; a high, mid or low score; no failure, or clamd, the mod
 database failing under each ``on_*_error`` choice.  Each is decided
 
 1. by ``expected`` below: the rules as docs/precedence.md states them, written as plain ifs
-   (independent of ``engine.PRECEDENCE``, so a change to the table shows up here);
-2. by the table: ``engine.check_recipient`` at RCPT time, then ``engine.decide``;
+   (independent of ``precedence.PRECEDENCE``, so a change to the table shows up here);
+2. by the table: ``precedence.check_recipient`` at RCPT time, then ``precedence.decide``;
 3. by the milter in-process (pymilter's TestCtx), the way Postfix drives it, with stand-ins
    for clamd, the model and the lists beside a real SQLite store.
 
@@ -32,10 +32,12 @@ from Milter import testctx
 from stronghold.antivirus import ScannerError, ScanResult
 from stronghold.authres import AuthResults
 from stronghold.classifier import ModelError, Score
-from stronghold.engine import PRECEDENCE, Findings, Policy, check_recipient, decide
+from stronghold.findings import Findings
 from stronghold.lists import ListEntry, ListIndex
 from stronghold.message import parse
 from stronghold.milter import factory
+from stronghold.policy import Policy
+from stronghold.precedence import PRECEDENCE, check_recipient, decide
 from stronghold.service import Outcome, Service
 from stronghold.store.db import Store
 from stronghold.store.errors import StoreError

@@ -6,8 +6,10 @@ import time
 
 import pytest
 
-from stronghold.engine import Findings, Policy, decide
+from stronghold.findings import Findings
 from stronghold.message import parse
+from stronghold.policy import Policy
+from stronghold.precedence import decide
 from stronghold.store import accounts, entries, messagelog
 from stronghold.store.db import Store
 from stronghold.store.errors import EntryError, StoreError

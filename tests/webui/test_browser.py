@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
-from stronghold.engine import Findings, Policy, decide
+from stronghold.findings import Findings
 from stronghold.lists import ListIndex
 from stronghold.message import parse
+from stronghold.policy import Policy
+from stronghold.precedence import decide
 from stronghold.store import entries, messagelog
 from stronghold.store.db import Store
 from stronghold.verdict import Envelope

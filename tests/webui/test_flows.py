@@ -11,9 +11,11 @@ from flask.testing import FlaskClient
 from werkzeug.datastructures import FileStorage
 from werkzeug.test import encode_multipart
 
-from stronghold.engine import Findings, Policy, decide
+from stronghold.findings import Findings
 from stronghold.lists import ListEntry, ListIndex
 from stronghold.message import parse
+from stronghold.policy import Policy
+from stronghold.precedence import decide
 from stronghold.store import entries, messagelog
 from stronghold.verdict import Category, Envelope
 from tests.webui.conftest import Auth, token

@@ -10,9 +10,11 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from stronghold.engine import Findings, Policy, decide
+from stronghold.findings import Findings
 from stronghold.lists import ListIndex
 from stronghold.message import parse
+from stronghold.policy import Policy
+from stronghold.precedence import decide
 from stronghold.store import accounts, entries, messagelog
 from stronghold.store.errors import EntryError
 from stronghold.store.tables import RateLimit

@@ -14,9 +14,11 @@ from flask.testing import FlaskClient
 from sqlalchemy import update
 
 from stronghold import digest
-from stronghold.engine import Findings, Policy, decide
+from stronghold.findings import Findings
 from stronghold.lists import ListIndex
 from stronghold.message import parse
+from stronghold.policy import Policy
+from stronghold.precedence import decide
 from stronghold.store import accounts, entries, messagelog, quarantine
 from stronghold.store.db import Store
 from stronghold.store.tables import QuarantineItem

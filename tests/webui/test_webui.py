@@ -8,9 +8,11 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from stronghold.engine import Findings, Policy, decide
+from stronghold.findings import Findings
 from stronghold.lists import ListIndex
 from stronghold.message import parse
+from stronghold.policy import Policy
+from stronghold.precedence import decide
 from stronghold.store import entries, messagelog
 from stronghold.verdict import Envelope
 from tests.webui.conftest import PASSWORD, Auth, token
