@@ -264,57 +264,13 @@ def _leaves(root: email.message.Message, defects: list[str]) -> list[tuple[email
     return leaves
 
 
-# What the stdlib parser takes for a header line (email.feedparser.headerRE), and its line ends.
-_HEADER_LINE = re.compile(rb"From |[\041-\071\073-\176]*:|[\t ]")
-_EOL = re.compile(rb"\r\n|\r|\n")
-_COMPOSITE = re.compile(rb"(?im)^content-type:\s*(?:multipart|message)/")
-
-
-def _header_end(raw: bytes) -> int:
-    """Offset just past the empty line that ends the header block, found as the
-    stdlib parser finds it; -1 when the block ends any other way (a line that is
-    not a header, which the stdlib reads as the first body line, or no end)."""
-    pos = 0
-    match = _HEADER_LINE.match
-    search = _EOL.search
-    while True:
-        eol = search(raw, pos)
-        if eol is None:
-            return -1
-        if eol.start() == pos:
-            return eol.end()
-        if not match(raw, pos):
-            return -1
-        pos = eol.end()
-
-
-def _single_part(raw: bytes) -> email.message.Message | None:
-    """A message that is not multipart (nor message/*), without running the
-    stdlib parser over its body: the headers are parsed and the rest becomes the
-    payload unchanged, which is exactly what the stdlib parser makes of a body it
-    does not split.  None when the message is not such a message."""
-    end = _header_end(raw)
-    if end < 0 or _COMPOSITE.search(raw, 0, end):
-        return None
-    root = email.message_from_bytes(raw[:end])
-    if root.get_content_maintype() in ("multipart", "message"):  # a Content-Type the pattern missed
-        return None
-    root.set_payload(raw[end:].decode("ascii", "surrogateescape"))
-    return root
-
-
 def _mime_tree(raw: bytes, defects: list[str]) -> email.message.Message:
     """The stdlib MIME tree, or headers + flat text when nesting is pathological.
 
-    Most mail is a single part: its body is not run through the stdlib parser
-    line by line (``_single_part``; the tree is the same).  The stdlib parser
-    recurses once per multipart level, so a message with hundreds of nested
-    multiparts is read flat instead (and says so).
+    The stdlib parser recurses once per multipart level, so a message with
+    hundreds of nested multiparts is read flat instead (and says so).
     """
     if raw.lower().count(b"boundary=") <= MAX_PARTS:
-        single = _single_part(raw)
-        if single is not None:
-            return single
         try:
             return email.message_from_bytes(raw)
         except RecursionError:
