@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""CPU per message of two versions of the milter, A B A B in the same run.
+"""CPU per message of two versions of the milter, A B B A ... in the same run.
 
     python -m bench.ab --before /path/to/other/checkout [--rounds 3] [--concurrency 32]
 
@@ -72,14 +72,14 @@ def main() -> int:
             parts.append(postfix)
             sides.append((label, postfix, milter))
         messages = load_messages(args.messages)
-        for label, postfix, milter in sides:
-            run_once(label, postfix, messages[:50], 4, milter, clamd)  # warm up
+        for label, postfix, milter in sides:  # warm up: clamd's first few hundred scans cost more
+            run_once(label, postfix, messages[:300], 8, milter, clamd)
         cpu: dict[str, list[float]] = {"A": [], "B": []}
         own: dict[str, list[float]] = {"A": [], "B": []}  # the milter's processes alone
         scan: dict[str, list[float]] = {"A": [], "B": []}  # clamd alone
         rate: dict[str, list[float]] = {"A": [], "B": []}
-        for i in range(args.rounds):
-            for label, postfix, milter in sides:
+        for i in range(args.rounds):  # A B, then B A: neither side always goes first
+            for label, postfix, milter in (sides if i % 2 == 0 else sides[::-1]):
                 r = run_once(label, postfix, messages, args.concurrency, milter, clamd)
                 assert r.cpu_ms_per_msg is not None and r.filter_cpu_ms is not None and r.clamd_cpu_ms is not None
                 cpu[label].append(r.cpu_ms_per_msg)
