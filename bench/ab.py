@@ -22,6 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from bench.selector_milter import SelectorMilterProcess
 from bench.throughput import ROOT, load_messages, run_once, start_filter
 from devtools.localstack import Postfix, free_port
 from tests.harness.milterproc import MilterProcess
@@ -35,6 +36,8 @@ def main() -> int:
     parser.add_argument("--messages", type=int, default=1200)
     parser.add_argument("--setting", action="append", default=[], metavar="NAME=VALUE",
                         help="a milter setting for B only (repeatable), e.g. milter_workers=3")
+    parser.add_argument("--b-engine", choices=("pymilter", "selector"), default="pymilter",
+                        help="B's protocol engine: the product's (pymilter), or bench.selector_milter's experiment")
     parser.add_argument("--keep", action="store_true", help="keep the run's folder (logs) and say where")
     args = parser.parse_args()
     before = args.before.resolve()
@@ -49,6 +52,12 @@ def main() -> int:
         extra = {name: _value(value) for name, _, value in (item.partition("=") for item in args.setting)}
         clamd, milter_b, settings = start_filter(home, parts, extra=extra)
         settings = {k: v for k, v in settings.items() if k not in extra}  # A keeps the defaults
+        if args.b_engine == "selector":
+            milter_b.stop()
+            parts.remove(milter_b)
+            milter_b = SelectorMilterProcess(milter_b.home, milter_b.settings)
+            milter_b.start()
+            parts.append(milter_b)
         a_home = home / "a"
         (a_home / "milter").mkdir(parents=True)
         os.chmod(a_home, 0o755)  # noqa: S103
@@ -89,7 +98,7 @@ def main() -> int:
                 print(f"round {i + 1} {label}: {r.rate:6.1f} msg/s, milter+clamd {r.cpu_ms_per_msg:.3f} ms/msg "
                       f"(milter {r.filter_cpu_ms:.3f}, clamd {r.clamd_cpu_ms:.3f}; p99 {r.pct(0.99):.1f} ms; "
                       f"{r.accepted} accepted, {r.rejected} rejected, {r.deferred} deferred)", flush=True)
-        for label, tree in (("A", before), ("B", f"{ROOT} {' '.join(args.setting)}".strip())):
+        for label, tree in (("A", before), ("B", f"{ROOT} {args.b_engine} {' '.join(args.setting)}".strip())):
             print(f"{label} ({tree}): {statistics.mean(cpu[label]):.3f} ms/msg (milter "
                   f"{statistics.mean(own[label]):.3f}, clamd {statistics.mean(scan[label]):.3f}), "
                   f"{statistics.mean(rate[label]):.1f} msg/s")

@@ -22,7 +22,6 @@ pins pymilter to the version tested.  Move the pin only with the milter tests gr
 from __future__ import annotations
 
 import faulthandler
-import gc
 import grp
 import logging
 import multiprocessing
@@ -230,10 +229,6 @@ def serve(cfg: Config) -> int:
     signal.signal(signal.SIGINT, on_stop)
     signal.signal(signal.SIGHUP, on_hup)
     service.store.engine.dispose()
-    # Everything loaded so far (model, SQLAlchemy, numpy...) lives as long as the
-    # process: out of the collector's sight, the workers' full collections do not
-    # walk it again and again, nor write to (and so copy) the pages they share.
-    gc.freeze()
     if cfg.metrics_bind:
         spawn(0)
     for slot in range(1, cfg.milter_workers + 1):
