@@ -360,14 +360,15 @@ def render(results: list[RunResult], args: argparse.Namespace, seconds: float) -
              f"lists and message log on; accepted mail: {args.delivery} "
              f"({'Postfix virtual delivery into a maildir' if args.delivery == 'maildir' else 'discard transport'}).",
              "",
-             "| system | conc. | msg/s | p50 ms | p99 ms | CPU ms/msg (filter + clamd, Redis) | filter peak RSS MB "
-             "| sent = accepted + rejected + deferred | accepted found delivered |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| system | conc. | msg/s | p50 ms | p99 ms | CPU ms/msg (filter + clamd, Redis) | of which clamd "
+             "| filter peak RSS MB | sent = accepted + rejected + deferred | accepted found delivered |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         cpu = f"{r.cpu_ms_per_msg:.2f}" if r.cpu_ms_per_msg is not None else "-"
+        scan = f"{r.clamd_cpu_ms:.2f}" if r.clamd_cpu_ms else "-"
         rss = f"{r.milter_rss_mb:.0f}" if r.milter_rss_mb is not None else "-"
         lines.append(f"| {r.label} | {r.concurrency} | {r.rate:.1f} | {r.pct(0.5):.1f} | {r.pct(0.99):.1f} | {cpu} "
-                     f"| {rss} | {r.sent} = {r.accepted} + {r.rejected} + {r.deferred} "
+                     f"| {scan} | {rss} | {r.sent} = {r.accepted} + {r.rejected} + {r.deferred} "
                      f"| {r.delivered_in_log}/{r.accepted} |")
     lines += ["", "Ratios (mean msg/s of each system over Postfix alone at the same concurrency):", ""]
     for conc in args.concurrency:
