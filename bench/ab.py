@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""CPU per message of two versions of the milter, A B A B in the same run.
+"""CPU per message of two versions of the milter, A B B A ... in the same run.
 
     python -m bench.ab --before /path/to/other/checkout [--rounds 3] [--concurrency 32]
 
@@ -8,7 +8,7 @@ add`` or ``git archive | tar -x``, with a model in its models/), B the one in
 this tree; each behind its own Postfix, on the same clamd, settings, model and
 corpus mix.  Reported per run: msg/s and the milter's process group + clamd
 CPU per message (from /proc, so other work on a shared machine does not
-count); then the mean of each side and the ratio B/A.  The machine is shared:
+count), split into the milter and clamd; then the mean of each side and the ratios B/A.  The machine is shared:
 read the ratio, and run it more than once.
 """
 
@@ -22,6 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from bench.selector_milter import SelectorMilterProcess
 from bench.throughput import ROOT, load_messages, run_once, start_filter
 from devtools.localstack import Postfix, free_port
 from tests.harness.milterproc import MilterProcess
@@ -33,6 +34,10 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--messages", type=int, default=1200)
+    parser.add_argument("--setting", action="append", default=[], metavar="NAME=VALUE",
+                        help="a milter setting for B only (repeatable), e.g. milter_workers=3")
+    parser.add_argument("--b-engine", choices=("pymilter", "selector"), default="pymilter",
+                        help="B's protocol engine: the product's (pymilter), or bench.selector_milter's experiment")
     parser.add_argument("--keep", action="store_true", help="keep the run's folder (logs) and say where")
     args = parser.parse_args()
     before = args.before.resolve()
@@ -44,7 +49,15 @@ def main() -> int:
     parts: list = []
     saved = os.environ.get("PYTHONPATH")
     try:
-        clamd, milter_b, settings = start_filter(home, parts)
+        extra = {name: _value(value) for name, _, value in (item.partition("=") for item in args.setting)}
+        clamd, milter_b, settings = start_filter(home, parts, extra=extra)
+        settings = {k: v for k, v in settings.items() if k not in extra}  # A keeps the defaults
+        if args.b_engine == "selector":
+            milter_b.stop()
+            parts.remove(milter_b)
+            milter_b = SelectorMilterProcess(milter_b.home, milter_b.settings)
+            milter_b.start()
+            parts.append(milter_b)
         a_home = home / "a"
         (a_home / "milter").mkdir(parents=True)
         os.chmod(a_home, 0o755)  # noqa: S103
@@ -68,23 +81,32 @@ def main() -> int:
             parts.append(postfix)
             sides.append((label, postfix, milter))
         messages = load_messages(args.messages)
-        for label, postfix, milter in sides:
-            run_once(label, postfix, messages[:50], 4, milter, clamd)  # warm up
+        for label, postfix, milter in sides:  # warm up: clamd's first few hundred scans cost more
+            run_once(label, postfix, messages[:300], 8, milter, clamd)
         cpu: dict[str, list[float]] = {"A": [], "B": []}
+        own: dict[str, list[float]] = {"A": [], "B": []}  # the milter's processes alone
+        scan: dict[str, list[float]] = {"A": [], "B": []}  # clamd alone
         rate: dict[str, list[float]] = {"A": [], "B": []}
-        for i in range(args.rounds):
-            for label, postfix, milter in sides:
+        for i in range(args.rounds):  # A B, then B A: neither side always goes first
+            for label, postfix, milter in (sides if i % 2 == 0 else sides[::-1]):
                 r = run_once(label, postfix, messages, args.concurrency, milter, clamd)
-                assert r.cpu_ms_per_msg is not None
+                assert r.cpu_ms_per_msg is not None and r.filter_cpu_ms is not None and r.clamd_cpu_ms is not None
                 cpu[label].append(r.cpu_ms_per_msg)
+                own[label].append(r.filter_cpu_ms)
+                scan[label].append(r.clamd_cpu_ms)
                 rate[label].append(r.rate)
                 print(f"round {i + 1} {label}: {r.rate:6.1f} msg/s, milter+clamd {r.cpu_ms_per_msg:.3f} ms/msg "
-                      f"({r.accepted} accepted, {r.rejected} rejected, {r.deferred} deferred)", flush=True)
-        a, b = statistics.mean(cpu["A"]), statistics.mean(cpu["B"])
-        print(f"A ({before}): {a:.3f} ms/msg, {statistics.mean(rate['A']):.1f} msg/s")
-        print(f"B ({ROOT}): {b:.3f} ms/msg, {statistics.mean(rate['B']):.1f} msg/s")
-        print(f"B/A CPU per message {b / a:.3f}; per round: "
-              + ", ".join(f"{y / x:.3f}" for x, y in zip(cpu["A"], cpu["B"], strict=True)))
+                      f"(milter {r.filter_cpu_ms:.3f}, clamd {r.clamd_cpu_ms:.3f}; p99 {r.pct(0.99):.1f} ms; "
+                      f"{r.accepted} accepted, {r.rejected} rejected, {r.deferred} deferred)", flush=True)
+        for label, tree in (("A", before), ("B", f"{ROOT} {args.b_engine} {' '.join(args.setting)}".strip())):
+            print(f"{label} ({tree}): {statistics.mean(cpu[label]):.3f} ms/msg (milter "
+                  f"{statistics.mean(own[label]):.3f}, clamd {statistics.mean(scan[label]):.3f}), "
+                  f"{statistics.mean(rate[label]):.1f} msg/s")
+        for what, values in (("CPU per message", cpu), ("milter CPU", own), ("clamd CPU", scan),
+                             ("msg/s", rate)):
+            a, b = statistics.mean(values["A"]), statistics.mean(values["B"])
+            print(f"B/A {what} {b / a:.3f}; per round: "
+                  + ", ".join(f"{y / x:.3f}" for x, y in zip(values["A"], values["B"], strict=True)))
         return 0
     finally:
         for part in reversed(parts):
@@ -93,6 +115,16 @@ def main() -> int:
             print(f"logs kept in {home}", file=sys.stderr)
         else:
             shutil.rmtree(home, ignore_errors=True)
+
+
+def _value(text: str) -> object:
+    """A setting's value from the command line: an integer, a number, a boolean or text."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(text, text)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import email
 import email.errors
 import email.header
 import email.message
+import email.policy
 import html
 import quopri
 import re
@@ -264,13 +265,58 @@ def _leaves(root: email.message.Message, defects: list[str]) -> list[tuple[email
     return leaves
 
 
+# The header block as the stdlib parser reads it (email.feedparser.headerRE for a
+# header line, any of its line ends), up to and with the empty line that ends it.
+# Atomic and possessive: linear, whatever the input.
+_HEAD = re.compile(rb"(?:(?>From |[\041-\071\073-\176]*+:|[\t ])[^\r\n]*+(?:\r\n|\r|\n))*+(?:\r\n|\r|\n)")
+_LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)")
+_SOURCE = email.policy.compat32.header_source_parse
+
+
+def _single_part(raw: bytes) -> email.message.Message | None:
+    """The stdlib's tree of a message that is one part, built without its feed parser.
+
+    Only for plain header blocks: each line a ``name:`` field or a continuation,
+    the first not a continuation, no ``From `` line, an empty line at the end;
+    each field then goes through the stdlib's own ``header_source_parse`` and the
+    rest becomes the payload unchanged, exactly what ``email.message_from_bytes``
+    makes of it.  None for anything else (multipart, message/*, odd headers):
+    the caller runs the stdlib parser.
+    """
+    head = _HEAD.match(raw)
+    if head is None:
+        return None
+    fields: list[list[str]] = []
+    for line in _LINE.findall(raw[:head.end()].decode("ascii", "surrogateescape"))[:-1]:
+        if line[0] in " \t":
+            if not fields:
+                return None
+            fields[-1].append(line)
+        elif line.startswith("From ") or line.find(":") <= 0:
+            return None
+        else:
+            fields.append([line])
+    root = email.message.Message()
+    for lines in fields:
+        root.set_raw(*_SOURCE(lines))
+    if root.get_content_maintype() in ("multipart", "message"):
+        return None
+    root.set_payload(raw[head.end():].decode("ascii", "surrogateescape"))
+    return root
+
+
 def _mime_tree(raw: bytes, defects: list[str]) -> email.message.Message:
     """The stdlib MIME tree, or headers + flat text when nesting is pathological.
 
-    The stdlib parser recurses once per multipart level, so a message with
-    hundreds of nested multiparts is read flat instead (and says so).
+    A message of one part is read by ``_single_part`` (the same tree, at a
+    fraction of the cost).  The stdlib parser recurses once per multipart level,
+    so a message with hundreds of nested multiparts is read flat instead (and
+    says so).
     """
     if raw.lower().count(b"boundary=") <= MAX_PARTS:
+        single = _single_part(raw)
+        if single is not None:
+            return single
         try:
             return email.message_from_bytes(raw)
         except RecursionError:

@@ -103,3 +103,45 @@ def test_base64_keeps_its_last_bytes_with_or_without_padding() -> None:
             raw = b"Content-Type: text/plain\r\nContent-Transfer-Encoding: base64\r\n\r\n" + body + b"\r\n"
             msg = parse(raw)
             assert msg.text.strip() == text.decode() and "bad-base64" not in msg.defects
+
+
+# Single-part messages skip the stdlib's feed parser (message._single_part); the tree must be the one
+# the stdlib makes: the same header fields (raw, folded), defects and payload.
+_ONE_PART = [
+    b"From: A <a@x.example>\r\nSubject: plain\r\n\r\nbody\r\nmore\r\n",
+    b"Subject: folded\r\n\twith a tab\r\n  and spaces\r\nX-Empty:\r\nX-Colon: a: b: c\r\n"
+    b"X-Trail:  t \t\r\n\r\n\r\nbody",
+    b"Subject: =?iso-8859-1?q?caf=E9?=\nFrom: \xe9t\xe9 <a@x.example>\n\nLF only \xff\n",
+    b"Subject: cr only\rX-Y: z\r\rbody\r",
+    b"Content-Type: text/html; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n<p>caf=C3=A9</p>",
+    b"Subject: no body\r\n\r\n",
+]
+_TO_STDLIB = [  # what the shortcut leaves to the stdlib parser
+    b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n\r\nx\r\n--b--\r\n",
+    b"Content-Type:\r\n multipart/alternative; boundary=b\r\n\r\n--b\r\n\r\nx\r\n--b--\r\n",
+    b"Content-Type: message/rfc822\r\n\r\nSubject: inner\r\n\r\nx\r\n",
+    b" starts folded\r\nSubject: x\r\n\r\nbody",
+    b"Subject: x\r\nnot a header line\r\n\r\nbody",
+    b"Subject: x\r\n: no name\r\n\r\nbody",
+    b"Subject: x\r\nFrom someone\r\n\r\nbody",
+    b"Subject: no empty line at the end\r\n",
+]
+
+
+@pytest.mark.parametrize("raw", _ONE_PART)
+def test_single_part_shortcut_gives_the_stdlib_tree(raw: bytes) -> None:
+    import email
+
+    from stronghold.message import _single_part
+    ours, theirs = _single_part(raw), email.message_from_bytes(raw)
+    assert ours is not None  # taken: the shortcut is what this test is about
+    assert ours._headers == theirs._headers
+    assert [type(d) for d in ours.defects] == [type(d) for d in theirs.defects]
+    assert ours.get_payload() == theirs.get_payload()
+    assert ours.as_bytes() == theirs.as_bytes()
+
+
+@pytest.mark.parametrize("raw", _TO_STDLIB)
+def test_single_part_shortcut_leaves_the_rest_to_the_stdlib(raw: bytes) -> None:
+    from stronghold.message import _single_part
+    assert _single_part(raw) is None
