@@ -61,7 +61,8 @@ def _enc(value: str) -> bytes:
 class Connection:
     """One MTA connection: its buffer, macros, pending reply text and its milter object."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, service: Service) -> None:
+        self.service = service
         self.sock = sock
         self.buf = bytearray()
         self.out: list[bytes] = []
@@ -71,7 +72,7 @@ class Connection:
         self.milter = self._new_milter()
 
     def _new_milter(self) -> StrongholdMilter:
-        m = StrongholdMilter()
+        m = StrongholdMilter(self.service)
         m._setctx(self)
         m._actions = FLAGS
         m._protocol = getattr(self, "protocol", 0)
@@ -190,7 +191,7 @@ class Connection:
         return True
 
 
-def serve_worker(listener: socket.socket) -> None:
+def serve_worker(listener: socket.socket, service: Service) -> None:
     sel = selectors.DefaultSelector()
     sel.register(listener, selectors.EVENT_READ, None)
     stop = False
@@ -208,7 +209,7 @@ def serve_worker(listener: socket.socket) -> None:
                 except BlockingIOError:
                     continue
                 sock.setblocking(True)
-                sel.register(sock, selectors.EVENT_READ, Connection(sock))
+                sel.register(sock, selectors.EVENT_READ, Connection(sock, service))
                 continue
             conn: Connection = key.data
             try:
@@ -244,14 +245,13 @@ def main(argv: list[str] | None = None) -> int:
     service = Service(cfg)
     service.model()
     service.store.engine.dispose()
-    StrongholdMilter.service = service
     children = []
     for slot in range(1, cfg.milter_workers + 1):
         pid = os.fork()
         if pid == 0:
             logfmt.set_worker(f"w{slot}")
             service.store.engine.dispose(close=False)
-            serve_worker(listener)
+            serve_worker(listener, service)
             service.db.drain()
             os._exit(0)
         children.append(pid)

@@ -12,7 +12,6 @@ import pytest
 
 from bench.selector_milter import Connection
 from stronghold.antivirus import EICAR, ScanResult
-from stronghold.milter import StrongholdMilter
 from stronghold.service import Service
 from stronghold.store.db import Store
 
@@ -62,12 +61,12 @@ def connection(make_config, models_dir: Path):
     cfg.data_dir.mkdir(parents=True)
     store = Store(cfg.db_url)
     store.upgrade()
-    StrongholdMilter.service = Service(cfg, store=store, scanner=EicarOnlyScanner())
+    service = Service(cfg, store=store, scanner=EicarOnlyScanner())
     ours, theirs = socket.socketpair()
-    yield Connection(ours), theirs
+    yield Connection(ours, service), theirs
     ours.close()
     theirs.close()
-    StrongholdMilter.service.db.drain(10)
+    service.db.drain(10)
     store.dispose()
 
 
