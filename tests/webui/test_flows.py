@@ -18,7 +18,6 @@ from stronghold.store import entries, messagelog
 from stronghold.verdict import Envelope
 from tests.webui.conftest import Auth, token
 
-pytestmark = pytest.mark.postgres
 MiB = 1024 * 1024
 PAGE = "/lists/alice@example.com"
 
