@@ -1,4 +1,5 @@
-"""Typed settings: every key has a default, a description and a validator.
+"""Typed settings: every key has a default, a description and a validator, declared once as a
+``Config`` field.
 
 Sources, later wins: declared defaults, a TOML file (``--config`` or
 ``$STRONGHOLD_CONFIG``), environment variables ``STRONGHOLD_<KEY>``, and a
