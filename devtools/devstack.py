@@ -4,11 +4,17 @@ clamd, the milter, Postfix on 127.0.0.1:2525 (delivering over LMTP to Dovecot,
 whose Sieve files tagged spam into Junk), Dovecot's IMAP on 127.0.0.1:1143, the
 Junk/Trash expiry job and the web UI on 127.0.0.1:8080, each in var/stack/<part>/
 with its own log.
+
+Environment variables move it (a second stack, or a test): DEVSTACK_HOME (the
+folder, default var/stack), DEVSTACK_SMTP_PORT, DEVSTACK_RELEASE_PORT,
+DEVSTACK_IMAP_PORT, DEVSTACK_WEB_PORT and DEVSTACK_MODELS_DIR (default models/).
+``stop`` needs the same DEVSTACK_HOME as ``start``.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import secrets
@@ -17,6 +23,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from devtools.localdovecot import Dovecot
@@ -29,10 +37,42 @@ HOME = ROOT / "var" / "stack"
 SMTP_PORT = 2525
 RELEASE_PORT = 10026
 IMAP_PORT = 1143
-WEB = "127.0.0.1:8080"
+WEB_PORT = 8080
 MAIL_USERS = ("m1@example.com", "m2@example.com", "m3@example.com", "postmaster@example.com")
 EXPIRE_EVERY = 3600  # seconds between runs of `stronghold mailbox expire`
 PARTS = ("web", "expiry", "milter", "dovecot", "clamd")  # stopped in this order
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where the stack lives and listens (all on 127.0.0.1)."""
+
+    home: Path = HOME
+    smtp_port: int = SMTP_PORT
+    release_port: int = RELEASE_PORT
+    imap_port: int = IMAP_PORT
+    web_port: int = WEB_PORT
+    models_dir: Path = ROOT / "models"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Layout:
+        """The defaults, moved by DEVSTACK_HOME, DEVSTACK_<PART>_PORT and DEVSTACK_MODELS_DIR."""
+        def port(name: str, default: int) -> int:
+            text = environ.get(f"DEVSTACK_{name}_PORT", "")
+            if not text:
+                return default
+            if not text.isdigit() or not 0 < int(text) < 65536:
+                raise StackError(f"DEVSTACK_{name}_PORT={text!r} is not a port number")
+            return int(text)
+
+        return cls(home=Path(environ.get("DEVSTACK_HOME") or HOME).resolve(),
+                   smtp_port=port("SMTP", SMTP_PORT), release_port=port("RELEASE", RELEASE_PORT),
+                   imap_port=port("IMAP", IMAP_PORT), web_port=port("WEB", WEB_PORT),
+                   models_dir=Path(environ.get("DEVSTACK_MODELS_DIR") or ROOT / "models").resolve())
+
+    @property
+    def web(self) -> str:
+        return f"127.0.0.1:{self.web_port}"
 
 
 def _alive(pid_file: Path) -> int | None:
@@ -44,12 +84,12 @@ def _alive(pid_file: Path) -> int | None:
         return None
 
 
-def _spawn(name: str, argv: list[str]) -> int:
-    log = open(HOME / f"{name}.log", "ab")
+def _spawn(home: Path, name: str, argv: list[str]) -> int:
+    log = open(home / f"{name}.log", "ab")
     proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                             env={k: v for k, v in os.environ.items() if not k.startswith("STRONGHOLD_")})
     log.close()
-    (HOME / f"{name}.pid").write_text(str(proc.pid))
+    (home / f"{name}.pid").write_text(str(proc.pid))
     return proc.pid
 
 
@@ -62,7 +102,7 @@ def _tcp_open(host: str, port: int) -> bool:
         return False
 
 
-def _first_admin(store: Store) -> str | None:
+def _first_admin(store: Store, home: Path) -> str | None:
     """Create 'admin' with a random password when there is no user yet; returns the password."""
     with store.session() as s:
         if accounts.all_users(s):
@@ -70,16 +110,16 @@ def _first_admin(store: Store) -> str | None:
         password = secrets.token_urlsafe(12)
         user = accounts.add_user(s, "admin", password, admin=True)
         accounts.assign_address(s, user, "postmaster@example.com")
-    path = HOME / "admin-password"
+    path = home / "admin-password"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
         fh.write(password + "\n")
     return password
 
 
-def _mail_users() -> dict[str, str]:
+def _mail_users(home: Path) -> dict[str, str]:
     """IMAP users and their passwords, kept across restarts in a 0600 file."""
-    path = HOME / "mail-users.json"
+    path = home / "mail-users.json"
     try:
         users: dict[str, str] = json.loads(path.read_text())
     except (FileNotFoundError, ValueError):
@@ -91,89 +131,91 @@ def _mail_users() -> dict[str, str]:
     return users
 
 
-def start() -> int:
-    stop(quiet=True)
+def start(layout: Layout) -> int:
+    stop(layout, quiet=True)
+    home = layout.home
     for sub in ("", "milter", "clamd", "dovecot"):
-        (HOME / sub).mkdir(parents=True, exist_ok=True)
-        os.chmod(HOME / sub, 0o755)  # noqa: S103 - Postfix (another user) must reach the socket
+        (home / sub).mkdir(parents=True, exist_ok=True)
+        os.chmod(home / sub, 0o755)  # noqa: S103 - Postfix (another user) must reach the socket
     sigs, which = signature_dir()
-    scratch = _clamd_tmpdir()
+    scratch = _clamd_tmpdir(home)
     scratch.mkdir(mode=0o700, parents=True, exist_ok=True)
-    clamd = Clamd(HOME / "clamd", sigs, tmpdir=scratch)
+    clamd = Clamd(home / "clamd", sigs, tmpdir=scratch)
     clamd.start()
     assert clamd.proc is not None
-    (HOME / "clamd.pid").write_text(str(clamd.proc.pid))
-    users = _mail_users()
-    dovecot = Dovecot(HOME / "dovecot", users, imap_port=IMAP_PORT)
+    (home / "clamd.pid").write_text(str(clamd.proc.pid))
+    users = _mail_users(home)
+    dovecot = Dovecot(home / "dovecot", users, imap_port=layout.imap_port)
     dovecot.start()
     assert dovecot.proc is not None
-    (HOME / "dovecot.pid").write_text(str(dovecot.proc.pid))
+    (home / "dovecot.pid").write_text(str(dovecot.proc.pid))
     settings = {
-        "data_dir": str(HOME / "milter"), "models_dir": str(ROOT / "models"),
-        "database_url": f"sqlite:///{HOME / 'store.db'}",
-        "milter_socket": f"unix:{HOME / 'milter' / 'milter.sock'}",
-        "clamd_socket": clamd.address, "web_bind": WEB,
+        "data_dir": str(home / "milter"), "models_dir": str(layout.models_dir),
+        "database_url": f"sqlite:///{home / 'store.db'}",
+        "milter_socket": f"unix:{home / 'milter' / 'milter.sock'}",
+        "clamd_socket": clamd.address, "web_bind": layout.web,
         "dovecot_config": str(dovecot.config_path),
     }
-    if "release_smtp" in config_mod.SETTINGS:  # the quarantine re-injects through the release listener
-        settings["release_smtp"] = f"127.0.0.1:{RELEASE_PORT}"
-    conf = HOME / "stronghold.toml"
+    settings["release_smtp"] = f"127.0.0.1:{layout.release_port}"  # where the quarantine re-injects
+    settings["web_base_url"] = f"http://{layout.web}"
+    conf = home / "stronghold.toml"
     conf.write_text("".join(f'{k} = "{v}"\n' for k, v in settings.items()))
     store = Store(settings["database_url"])
     store.upgrade()
-    password = _first_admin(store)
+    password = _first_admin(store, home)
     store.dispose()
     cli = [sys.executable, "-m", "stronghold.cli", "--config", str(conf)]
-    _spawn("milter", [*cli, "milter"])
-    wait_for(lambda: _unix_connects(HOME / "milter" / "milter.sock"), 60, f"milter ({HOME / 'milter.log'})")
-    postfix = Postfix(HOME / "postfix", SMTP_PORT, milter=f"unix:{HOME / 'milter' / 'milter.sock'}",
-                      lmtp=dovecot.lmtp_address, mailboxes=dovecot.addresses, release_port=RELEASE_PORT)
+    _spawn(home, "milter", [*cli, "milter"])
+    wait_for(lambda: _unix_connects(home / "milter" / "milter.sock"), 60, f"milter ({home / 'milter.log'})")
+    postfix = Postfix(home / "postfix", layout.smtp_port, milter=f"unix:{home / 'milter' / 'milter.sock'}",
+                      lmtp=dovecot.lmtp_address, mailboxes=dovecot.addresses, release_port=layout.release_port)
     postfix.start()
-    _spawn("expiry", [*cli, "mailbox", "expire", "--every", str(EXPIRE_EVERY)])
-    _spawn("web", [*cli, "web"])
-    host, port = WEB.split(":")
-    wait_for(lambda: _tcp_open(host, int(port)), 60, f"web UI ({HOME / 'web.log'})")
+    _spawn(home, "expiry", [*cli, "mailbox", "expire", "--every", str(EXPIRE_EVERY)])
+    _spawn(home, "web", [*cli, "web"])
+    wait_for(lambda: _tcp_open("127.0.0.1", layout.web_port), 60, f"web UI ({home / 'web.log'})")
     demo = "m1@example.com"
     retention = config_mod.load(conf, environ={}).junk_retention_days
     print(f"""
 Mail Stronghold is running on loopback:
-  SMTP (Postfix + milter)  127.0.0.1:{SMTP_PORT}   delivers over LMTP to Dovecot ({', '.join(MAIL_USERS)})
-  release (no milter)      127.0.0.1:{RELEASE_PORT}  what the quarantine releases is re-injected here
-  IMAP (Dovecot)           127.0.0.1:{IMAP_PORT}   tagged spam goes to Junk (log {dovecot.log_path})
-  Junk/Trash expiry        every {EXPIRE_EVERY}s, after {retention} days (log {HOME / 'expiry.log'})
-  milter                   unix:{HOME / 'milter' / 'milter.sock'}  (log {HOME / 'milter.log'})
+  SMTP (Postfix + milter)  127.0.0.1:{layout.smtp_port}   delivers over LMTP to Dovecot ({', '.join(MAIL_USERS)})
+  release (no milter)      127.0.0.1:{layout.release_port}  what the quarantine releases is re-injected here
+  IMAP (Dovecot)           127.0.0.1:{layout.imap_port}   tagged spam goes to Junk (log {dovecot.log_path})
+  Junk/Trash expiry        every {EXPIRE_EVERY}s, after {retention} days (log {home / 'expiry.log'})
+  milter                   unix:{home / 'milter' / 'milter.sock'}  (log {home / 'milter.log'})
   clamd                    {clamd.socket_path}  ({which})
-  web UI                   http://{WEB}/   (log {HOME / 'web.log'})
+  web UI                   http://{layout.web}/   (log {home / 'web.log'})
   settings                 {conf}
-First admin: login 'admin', password {password or '(unchanged; see ' + str(HOME / 'admin-password') + ')'}
-IMAP user: {demo}, password {users[demo]}  (all mailbox users: {HOME / 'mail-users.json'})
+First admin: login 'admin', password {password or '(unchanged; see ' + str(home / 'admin-password') + ')'}
+IMAP user: {demo}, password {users[demo]}  (all mailbox users: {home / 'mail-users.json'})
 Try it:
-  swaks --server 127.0.0.1:{SMTP_PORT} --from carol@sender.example --to {demo}
-  curl -s 'imap://127.0.0.1:{IMAP_PORT}/INBOX;MAILINDEX=1' --user '{demo}:{users[demo]}'
+  swaks --server 127.0.0.1:{layout.smtp_port} --from carol@sender.example --to {demo}
+  curl -s 'imap://127.0.0.1:{layout.imap_port}/INBOX;MAILINDEX=1' --user '{demo}:{users[demo]}'
 Stop it with: make stop
 """)
     return 0
 
 
-def _clamd_tmpdir() -> Path:
-    """clamd's scratch space: in memory when the machine has /dev/shm (docs/operations.md)."""
+def _clamd_tmpdir(home: Path) -> Path:
+    """clamd's scratch space: in memory when the machine has /dev/shm (docs/operations.md), one
+    per stack folder."""
     shm = memory_fs()
     if shm is not None:
-        return shm / f"stronghold-stack-clamd-{os.getuid()}"
-    return HOME / "clamd" / "tmp"
+        return shm / f"stronghold-stack-clamd-{os.getuid()}-{hashlib.sha256(bytes(home)).hexdigest()[:8]}"
+    return home / "clamd" / "tmp"
 
 
-def stop(quiet: bool = False) -> int:
+def stop(layout: Layout, quiet: bool = False) -> int:
+    home = layout.home
     for name in PARTS:
-        pid = _alive(HOME / f"{name}.pid")
+        pid = _alive(home / f"{name}.pid")
         if pid is not None:
             os.killpg(pid, signal.SIGTERM)
             deadline = time.monotonic() + 20
-            while _alive(HOME / f"{name}.pid") and time.monotonic() < deadline:
+            while _alive(home / f"{name}.pid") and time.monotonic() < deadline:
                 time.sleep(0.1)
-    if (HOME / "postfix" / "main.cf").exists():
-        Postfix(HOME / "postfix", SMTP_PORT).stop()
-    shutil.rmtree(_clamd_tmpdir(), ignore_errors=True)
+    if (home / "postfix" / "main.cf").exists():
+        Postfix(home / "postfix", layout.smtp_port).stop()
+    shutil.rmtree(_clamd_tmpdir(home), ignore_errors=True)
     if not quiet:
         print("Mail Stronghold local stack stopped.")
     return 0
@@ -184,9 +226,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("action", choices=("start", "stop"))
     args = parser.parse_args(argv)
     try:
-        return start() if args.action == "start" else stop()
+        layout = Layout.from_env(os.environ)
+        return start(layout) if args.action == "start" else stop(layout)
     except StackError as exc:
-        print(f"error: {exc}; logs are in {HOME}", file=sys.stderr)
+        print(f"error: {exc}; logs are in {os.environ.get('DEVSTACK_HOME') or HOME}", file=sys.stderr)
         return 1
 
 

@@ -1,4 +1,5 @@
-"""Typed settings: every key has a default, a description and a validator.
+"""Typed settings: every key has a default, a description and a validator, declared once as a
+``Config`` field.
 
 Sources, later wins: declared defaults, a TOML file (``--config`` or
 ``$STRONGHOLD_CONFIG``), environment variables ``STRONGHOLD_<KEY>``, and a
@@ -14,7 +15,7 @@ import os
 import re
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -191,181 +192,130 @@ FAIL_ACTIONS = ("tempfail", "accept", "reject")
 
 @dataclass(frozen=True)
 class Setting:
+    """How one setting is read: its default, the validator turning raw input into the typed value,
+    and its meaning (shown by ``stronghold config example`` and ``describe``)."""
+
     default: Any
     check: Callable[[Any], Any]
     help: str
 
 
-SETTINGS: dict[str, Setting] = {
-    "data_dir": Setting(DEFAULT_DATA_DIR, _path, "where the SQLite store, spool and runtime files live"),
-    "models_dir": Setting(DEFAULT_MODELS_DIR, _path, "the only folder models are loaded from"),
-    "model": Setting("model.joblib", _text, "model file name inside models_dir"),
-    "database_url": Setting("", _text, "SQLAlchemy URL; empty means SQLite in data_dir"),
-    "milter_socket": Setting("", _socket,
-                             "unix:/PATH or inet:PORT@HOST; empty: unix socket data_dir/milter.sock"),
-    "milter_socket_group": Setting("postfix", _text,
-                                   "group given the unix socket (mode 0660) so Postfix can connect"),
-    "milter_workers": Setting(2, _positive_int, "pre-forked milter processes (one per core)"),
-    "milter_timeout": Setting(600, _positive_int, "seconds libmilter waits on Postfix"),
-    "clamd_socket": Setting("unix:/run/clamav/clamd.ctl", _clamd, "clamd: unix:/PATH, tcp:HOST:PORT or none"),
-    "clamd_timeout": Setting(30.0, _non_negative, "seconds to wait for clamd"),
-    "spam_threshold": Setting(None, _optional_probability,
-                              "probability at or above which mail is spam; empty: the model's"),
-    "reject_threshold": Setting(0.999, _probability,
-                                "probability at or above which spam_action_high applies"),
-    "user_threshold_min": Setting(0.5, _probability,
-                                  "lowest spam threshold a user may choose on their settings page"),
-    "user_threshold_max": Setting(0.99, _probability,
-                                  "highest spam threshold a user may choose (min = max: users cannot choose)"),
-    "spam_action": Setting("tag", _choice("tag", "quarantine", "reject"),
-                           "what spam gets: tag (delivered into Junk), quarantine (held), reject (550)"),
-    "spam_action_high": Setting("tag", _choice("tag", "quarantine", "reject"),
-                                "what spam at or above reject_threshold gets (same choices)"),
-    "virus_action": Setting("reject", _choice("reject", "quarantine"),
-                            "what a virus gets: reject (554) or quarantine (released by admins only)"),
-    "subject_prefix": Setting("[SPAM]", _text, "prepended to the subject of tagged spam; empty: none"),
-    "on_scanner_error": Setting("tempfail", _choice(*FAIL_ACTIONS), "when clamd fails"),
-    "on_model_error": Setting("tempfail", _choice(*FAIL_ACTIONS), "when the model is unusable"),
-    "on_store_error": Setting("tempfail", _choice(*FAIL_ACTIONS), "when the database fails"),
-    "max_message_bytes": Setting(25 * 1024 * 1024, _positive_int,
-                                 "messages are scanned whole up to this size; larger ones get oversize_action "
-                                 "(keep Postfix's message_size_limit at or below it)"),
-    "oversize_action": Setting("reject", _choice("reject", "tempfail", "scan-head", "accept"),
-                               "past max_message_bytes: reject (552 5.3.4) or tempfail unscanned; "
-                               "scan-head and accept deliver a tail no one scanned (a virus there passes)"),
-    "clamd_config": Setting(Path("/etc/clamav/clamd.conf"), _path,
-                            "clamd's own config, read by --check-config (StreamMaxLength, MaxFileSize)"),
-    "postfix_config_dir": Setting("", _text,
-                                  "Postfix config folder --check-config asks postconf about; empty: the default"),
-    "spool_memory_bytes": Setting(1024 * 1024, _positive_int,
-                                  "message bytes kept in memory before spooling to disk"),
-    "lists_refresh_seconds": Setting(2.0, _non_negative,
-                                     "how often the milter checks the store for list changes"),
-    "log_tokens": Setting(True, _bool, "keep message features in the log so feedback can train"),
-    "log_retention_days": Setting(30, _non_negative_int,
-                                  "message log entries older than this are deleted (0: keep forever)"),
-    "dns_nameservers": Setting((), _nameservers,
-                               "name servers (IP addresses) for sender authentication; empty: the system's"),
-    "dns_port": Setting(53, _port, "port of dns_nameservers"),
-    "dns_timeout": Setting(2.0, _non_negative, "seconds one DNS lookup may take"),
-    "auth_mode": Setting("check", _choice("check", "header"),
-                         "check: SPF/DKIM/DMARC ourselves; header: trust the topmost "
-                         "Authentication-Results carrying authserv_id (a checker in front of us)"),
-    "authserv_id": Setting("", _authserv_id,
-                           "authserv-id of this site's Authentication-Results (incoming ones with it "
-                           "are removed as forged); empty: the host name"),
-    "dmarc_every_message": Setting(False, _bool,
-                                   "check DMARC for all mail (DNS per message), not only where an "
-                                   "allow entry would match"),
-    "dmarc_action": Setting("tag", _choice("tag", "quarantine", "reject"),
-                            "what a DMARC failure under the From domain's p=quarantine/reject gets "
-                            "(a recipient's own block still rejects)"),
-    "on_dns_error": Setting("unauthenticated", _choice("unauthenticated", "tempfail"),
-                            "when authentication lookups fail: treat the sender as unauthenticated, "
-                            "or tempfail the message"),
-    "log_format": Setting("text", _choice("text", "json"),
-                          "text: one line per event; json: one JSON object per line (per message: "
-                          "queue id, recipients' decisions, score, trace, ms per stage, worker)"),
-    "metrics_bind": Setting("", _loopback_bind,
-                            "loopback HOST:PORT serving Prometheus /metrics (e.g. 127.0.0.1:9464); empty: off"),
-    "web_bind": Setting("127.0.0.1:8080", _text, "host:port of the web UI"),
-    "web_secret_key": Setting("", _text, "Flask secret key; empty: generated into data_dir"),
-    "web_secure_cookies": Setting(False, _bool, "mark cookies Secure (set when served over TLS)"),
-    "release_smtp": Setting("127.0.0.1:10026", _hostport,
-                            "HOST:PORT of Postfix's unfiltered listener: released mail and digests"),
-    "quarantine_retention_days": Setting(30, _non_negative_int,
-                                         "quarantined mail older than this is deleted (0: keep forever)"),
-    "web_base_url": Setting("http://127.0.0.1:8080", _base_url,
-                            "the web UI's address as users reach it (links in digest mail)"),
-    "digest_sender": Setting("postmaster@localhost", _text, "envelope and From address of digest mail"),
-    "digest_link_days": Setting(7, _positive_int, "days a digest's release link stays valid"),
-    "digest_hour": Setting(7, _hour, "UTC hour from which daily (weekly: Monday's) digests are due"),
-    "digest_check_minutes": Setting(15, _non_negative_int,
-                                    "how often `stronghold web` sends due digests (0: a timer runs "
-                                    "`stronghold digest` instead)"),
-    "junk_retention_days": Setting(30, _non_negative_int,
-                                   "Junk and Trash messages older than this are expunged by "
-                                   "'stronghold mailbox expire' (0: keep forever)"),
-    "dovecot_config": Setting(Path("/etc/dovecot/dovecot.conf"), _path,
-                              "the Dovecot config doveadm uses for 'stronghold mailbox expire'"),
-    "web_trusted_proxies": Setting(0, _non_negative_int,
-                                   "reverse proxies in front of the web UI whose X-Forwarded-For/-Proto "
-                                   "are believed (0: none, the client address is the peer's)"),
-    "web_login_limits": Setting("5 per minute; 10 per hour; 20 per day", _rate_limits,
-                                "failed logins allowed per client address and login name (a backoff: "
-                                "the owner logging in from elsewhere is not held up)"),
-    "web_client_limits": Setting("30 per 15 minutes; 100 per day", _rate_limits,
-                                 "failed logins allowed per client address, whatever the login name"),
-    "web_session_hours": Setting(8.0, _positive, "a web login lasts this long at most"),
-    "web_import_max_bytes": Setting(2 * 1024 * 1024, _positive_int,
-                                    "largest CSV file the web UI imports; larger ones are refused whole"),
-    "model_sync_seconds": Setting(0.0, _non_negative,
-                                  "how often the milter pulls the model published in the store "
-                                  "(several nodes); 0: off, the local model file only"),
-    "node_name": Setting("", _text, "this node's name in 'stronghold model info'; empty: the host name"),
-}
+def _setting(default: Any, check: Callable[[Any], Any], help: str) -> Any:
+    """A ``Config`` field carrying its ``Setting``.  The field itself has no default: ``load``
+    always passes every value, checked."""
+    return field(metadata={"setting": Setting(default, check, help)})
 
 
 @dataclass(frozen=True)
 class Config:
-    data_dir: Path
-    models_dir: Path
-    model: str
-    database_url: str
-    milter_socket: str
-    milter_socket_group: str
-    milter_workers: int
-    milter_timeout: int
-    clamd_socket: str
-    clamd_timeout: float
-    spam_threshold: float | None
-    reject_threshold: float
-    user_threshold_min: float
-    user_threshold_max: float
-    spam_action: str
-    spam_action_high: str
-    virus_action: str
-    subject_prefix: str
-    on_scanner_error: str
-    on_model_error: str
-    on_store_error: str
-    max_message_bytes: int
-    oversize_action: str
-    clamd_config: Path
-    postfix_config_dir: str
-    spool_memory_bytes: int
-    lists_refresh_seconds: float
-    log_tokens: bool
-    log_retention_days: int
-    dns_nameservers: tuple[str, ...]
-    dns_port: int
-    dns_timeout: float
-    auth_mode: str
-    authserv_id: str
-    dmarc_every_message: bool
-    dmarc_action: str
-    on_dns_error: str
-    log_format: str
-    metrics_bind: str
-    web_bind: str
-    web_secret_key: str
-    web_secure_cookies: bool
-    release_smtp: str
-    quarantine_retention_days: int
-    web_base_url: str
-    digest_sender: str
-    digest_link_days: int
-    digest_hour: int
-    digest_check_minutes: int
-    junk_retention_days: int
-    dovecot_config: Path
-    web_trusted_proxies: int
-    web_login_limits: str
-    web_client_limits: str
-    web_session_hours: float
-    web_import_max_bytes: int
-    model_sync_seconds: float
-    node_name: str
+    """Every setting, declared once: its type, then its default, validator and meaning."""
+
+    data_dir: Path = _setting(DEFAULT_DATA_DIR, _path, "where the SQLite store, spool and runtime files live")
+    models_dir: Path = _setting(DEFAULT_MODELS_DIR, _path, "the only folder models are loaded from")
+    model: str = _setting("model.joblib", _text, "model file name inside models_dir")
+    database_url: str = _setting("", _text, "SQLAlchemy URL; empty means SQLite in data_dir")
+    milter_socket: str = _setting("", _socket,
+        "unix:/PATH or inet:PORT@HOST; empty: unix socket data_dir/milter.sock")
+    milter_socket_group: str = _setting("postfix", _text,
+        "group given the unix socket (mode 0660) so Postfix can connect")
+    milter_workers: int = _setting(2, _positive_int, "pre-forked milter processes (one per core)")
+    milter_timeout: int = _setting(600, _positive_int, "seconds libmilter waits on Postfix")
+    clamd_socket: str = _setting("unix:/run/clamav/clamd.ctl", _clamd, "clamd: unix:/PATH, tcp:HOST:PORT or none")
+    clamd_timeout: float = _setting(30.0, _non_negative, "seconds to wait for clamd")
+    spam_threshold: float | None = _setting(None, _optional_probability,
+        "probability at or above which mail is spam; empty: the model's")
+    reject_threshold: float = _setting(0.999, _probability,
+        "probability at or above which spam_action_high applies")
+    user_threshold_min: float = _setting(0.5, _probability,
+        "lowest spam threshold a user may choose on their settings page")
+    user_threshold_max: float = _setting(0.99, _probability,
+        "highest spam threshold a user may choose (min = max: users cannot choose)")
+    spam_action: str = _setting("tag", _choice("tag", "quarantine", "reject"),
+        "what spam gets: tag (delivered into Junk), quarantine (held), reject (550)")
+    spam_action_high: str = _setting("tag", _choice("tag", "quarantine", "reject"),
+        "what spam at or above reject_threshold gets (same choices)")
+    virus_action: str = _setting("reject", _choice("reject", "quarantine"),
+        "what a virus gets: reject (554) or quarantine (released by admins only)")
+    subject_prefix: str = _setting("[SPAM]", _text, "prepended to the subject of tagged spam; empty: none")
+    on_scanner_error: str = _setting("tempfail", _choice(*FAIL_ACTIONS), "when clamd fails")
+    on_model_error: str = _setting("tempfail", _choice(*FAIL_ACTIONS), "when the model is unusable")
+    on_store_error: str = _setting("tempfail", _choice(*FAIL_ACTIONS), "when the database fails")
+    max_message_bytes: int = _setting(25 * 1024 * 1024, _positive_int,
+        "messages are scanned whole up to this size; larger ones get oversize_action "
+        "(keep Postfix's message_size_limit at or below it)")
+    oversize_action: str = _setting("reject", _choice("reject", "tempfail", "scan-head", "accept"),
+        "past max_message_bytes: reject (552 5.3.4) or tempfail unscanned; "
+        "scan-head and accept deliver a tail no one scanned (a virus there passes)")
+    clamd_config: Path = _setting(Path("/etc/clamav/clamd.conf"), _path,
+        "clamd's own config, read by --check-config (StreamMaxLength, MaxFileSize)")
+    postfix_config_dir: str = _setting("", _text,
+        "Postfix config folder --check-config asks postconf about; empty: the default")
+    spool_memory_bytes: int = _setting(1024 * 1024, _positive_int,
+        "message bytes kept in memory before spooling to disk")
+    lists_refresh_seconds: float = _setting(2.0, _non_negative,
+        "how often the milter checks the store for list changes")
+    log_tokens: bool = _setting(True, _bool, "keep message features in the log so feedback can train")
+    log_retention_days: int = _setting(30, _non_negative_int,
+        "message log entries older than this are deleted (0: keep forever)")
+    dns_nameservers: tuple[str, ...] = _setting((), _nameservers,
+        "name servers (IP addresses) for sender authentication; empty: the system's")
+    dns_port: int = _setting(53, _port, "port of dns_nameservers")
+    dns_timeout: float = _setting(2.0, _non_negative, "seconds one DNS lookup may take")
+    auth_mode: str = _setting("check", _choice("check", "header"),
+        "check: SPF/DKIM/DMARC ourselves; header: trust the topmost "
+        "Authentication-Results carrying authserv_id (a checker in front of us)")
+    authserv_id: str = _setting("", _authserv_id,
+        "authserv-id of this site's Authentication-Results (incoming ones with it "
+        "are removed as forged); empty: the host name")
+    dmarc_every_message: bool = _setting(False, _bool,
+        "check DMARC for all mail (DNS per message), not only where an "
+        "allow entry would match")
+    dmarc_action: str = _setting("tag", _choice("tag", "quarantine", "reject"),
+        "what a DMARC failure under the From domain's p=quarantine/reject gets "
+        "(a recipient's own block still rejects)")
+    on_dns_error: str = _setting("unauthenticated", _choice("unauthenticated", "tempfail"),
+        "when authentication lookups fail: treat the sender as unauthenticated, "
+        "or tempfail the message")
+    log_format: str = _setting("text", _choice("text", "json"),
+        "text: one line per event; json: one JSON object per line (per message: "
+        "queue id, recipients' decisions, score, trace, ms per stage, worker)")
+    metrics_bind: str = _setting("", _loopback_bind,
+        "loopback HOST:PORT serving Prometheus /metrics (e.g. 127.0.0.1:9464); empty: off")
+    web_bind: str = _setting("127.0.0.1:8080", _text, "host:port of the web UI")
+    web_secret_key: str = _setting("", _text, "Flask secret key; empty: generated into data_dir")
+    web_secure_cookies: bool = _setting(False, _bool, "mark cookies Secure (set when served over TLS)")
+    release_smtp: str = _setting("127.0.0.1:10026", _hostport,
+        "HOST:PORT of Postfix's unfiltered listener: released mail and digests")
+    quarantine_retention_days: int = _setting(30, _non_negative_int,
+        "quarantined mail older than this is deleted (0: keep forever)")
+    web_base_url: str = _setting("http://127.0.0.1:8080", _base_url,
+        "the web UI's address as users reach it (links in digest mail)")
+    digest_sender: str = _setting("postmaster@localhost", _text, "envelope and From address of digest mail")
+    digest_link_days: int = _setting(7, _positive_int, "days a digest's release link stays valid")
+    digest_hour: int = _setting(7, _hour, "UTC hour from which daily (weekly: Monday's) digests are due")
+    digest_check_minutes: int = _setting(15, _non_negative_int,
+        "how often `stronghold web` sends due digests (0: a timer runs "
+        "`stronghold digest` instead)")
+    junk_retention_days: int = _setting(30, _non_negative_int,
+        "Junk and Trash messages older than this are expunged by "
+        "'stronghold mailbox expire' (0: keep forever)")
+    dovecot_config: Path = _setting(Path("/etc/dovecot/dovecot.conf"), _path,
+        "the Dovecot config doveadm uses for 'stronghold mailbox expire'")
+    web_trusted_proxies: int = _setting(0, _non_negative_int,
+        "reverse proxies in front of the web UI whose X-Forwarded-For/-Proto "
+        "are believed (0: none, the client address is the peer's)")
+    web_login_limits: str = _setting("5 per minute; 10 per hour; 20 per day", _rate_limits,
+        "failed logins allowed per client address and login name (a backoff: "
+        "the owner logging in from elsewhere is not held up)")
+    web_client_limits: str = _setting("30 per 15 minutes; 100 per day", _rate_limits,
+        "failed logins allowed per client address, whatever the login name")
+    web_session_hours: float = _setting(8.0, _positive, "a web login lasts this long at most")
+    web_import_max_bytes: int = _setting(2 * 1024 * 1024, _positive_int,
+        "largest CSV file the web UI imports; larger ones are refused whole")
+    model_sync_seconds: float = _setting(0.0, _non_negative,
+        "how often the milter pulls the model published in the store "
+        "(several nodes); 0: off, the local model file only")
+    node_name: str = _setting("", _text, "this node's name in 'stronghold model info'; empty: the host name")
 
     @property
     def user_threshold_bounds(self) -> tuple[float, float] | None:
@@ -384,7 +334,11 @@ class Config:
         return self.database_url or f"sqlite:///{self.data_dir / 'stronghold.db'}"
 
     def describe(self) -> list[tuple[str, Any, str]]:
-        return [(f.name, getattr(self, f.name), SETTINGS[f.name].help) for f in fields(self)]
+        return [(name, getattr(self, name), setting.help) for name, setting in SETTINGS.items()]
+
+
+SETTINGS: dict[str, Setting] = {f.name: f.metadata["setting"] for f in fields(Config)}
+"""Every setting by name, in declaration order (read from ``Config``'s fields)."""
 
 
 def load(path: Path | None = None, overrides: Mapping[str, Any] | None = None,

@@ -25,6 +25,7 @@ from stronghold.tokens import features
 
 TARGET_FP_RATE = 0.0005  # the threshold is set so out-of-fold ham errs at most this often
 CV_FOLDS = 4
+FOLD_SEED = 0  # folds are shuffled, the same way every time: the same data gives the same threshold
 # The threshold never goes below chi-square indicator 0.95 (between SpamBayes's spam cut-off 0.90 and
 # bogofilter's 0.99): below it is the "unsure" middle where mail unlike the training data lands,
 # whatever out-of-fold ham says.
@@ -194,19 +195,9 @@ def evaluate(scores: Sequence[float], labels: Sequence[bool], threshold: float) 
     ham, spam = s[~y], s[y]
     if len(ham) == 0 or len(spam) == 0:
         raise CorpusError("evaluation needs both ham and spam")
-    # AUC by ranks (Mann-Whitney), ties counted half
-    order = np.argsort(np.concatenate([ham, spam]), kind="mergesort")
-    ranks = np.empty(len(order))
-    values = np.concatenate([ham, spam])[order]
-    i = 0
-    while i < len(values):
-        j = i
-        while j + 1 < len(values) and values[j + 1] == values[i]:
-            j += 1
-        ranks[order[i:j + 1]] = (i + j) / 2 + 1
-        i = j + 1
-    spam_ranks = ranks[len(ham):].sum()
-    auc = (spam_ranks - len(spam) * (len(spam) + 1) / 2) / (len(ham) * len(spam))
+    from sklearn.metrics import roc_auc_score  # here: scikit-learn's import costs every command ~1 s
+
+    auc = float(roc_auc_score(y, s))  # ties counted half (Mann-Whitney)
     return Evaluation(
         n_ham=len(ham), n_spam=len(spam),
         one_minus_auc_pct=(1 - auc) * 100,
@@ -244,22 +235,25 @@ def calibrate_threshold(token_sets: Sequence[set[str]], labels: Sequence[bool],
                         params: Params, target_fp: float = TARGET_FP_RATE) -> ThresholdChoice:
     """Spam threshold from out-of-fold scores of the training set.
 
-    Each fold is scored by a model trained on the others (folds by position,
-    so the same data always gives the same threshold).  The threshold sits just
-    above the ham score that out-of-fold ham exceeds at most ``target_fp`` of
-    the time, and never below ``unsure_edge``: out-of-fold ham says where
-    familiar ham ends, not where unfamiliar ham does.
+    Each fold is scored by a model trained on the others.  The folds are
+    stratified and shuffled with a fixed seed: the same data always gives the
+    same threshold, and it does not hinge on the order of the corpus (unshuffled,
+    a corpus listed folder by folder puts a whole kind of ham, such as hard-ham,
+    in one fold that no model trained on).  The threshold sits just above the
+    ham score that out-of-fold ham exceeds at most ``target_fp`` of the time,
+    and never below ``unsure_edge``: out-of-fold ham says where familiar ham
+    ends, not where unfamiliar ham does.
     """
+    from sklearn.model_selection import StratifiedKFold  # here: see evaluate
+
     y = np.asarray(labels, dtype=bool)
-    folds = np.arange(len(y)) % CV_FOLDS
+    n_folds = min(CV_FOLDS, int(y.sum()), int((~y).sum()))
     ham_scores: list[float] = []
-    for fold in range(CV_FOLDS):
-        train_idx = np.flatnonzero(folds != fold)
-        test_idx = np.flatnonzero(folds == fold)
-        if y[train_idx].all() or not y[train_idx].any():
-            continue
-        model = Model.train([token_sets[int(i)] for i in train_idx], y[train_idx].tolist(), params)
-        ham_scores.extend(model.score(token_sets[int(i)]).probability for i in test_idx if not y[i])
+    if n_folds >= 2:
+        folds = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=FOLD_SEED)
+        for train_idx, test_idx in folds.split(np.zeros(len(y)), y):
+            model = Model.train([token_sets[int(i)] for i in train_idx], y[train_idx].tolist(), params)
+            ham_scores.extend(model.score(token_sets[int(i)]).probability for i in test_idx if not y[i])
     floor = unsure_edge(params)
     if not ham_scores:
         return ThresholdChoice(floor, f"chi-square indicator {UNSURE_EDGE} (no out-of-fold ham to measure)",
@@ -272,7 +266,7 @@ def calibrate_threshold(token_sets: Sequence[set[str]], labels: Sequence[bool],
     if allowed < 2:
         warnings.append(f"the out-of-fold estimate rests on the {allowed + 1} highest-scoring of "
                         f"{len(ranked)} ham: too few ham to measure an FP rate of {target_fp:.2%}")
-    oof = (f"{CV_FOLDS}-fold out-of-fold ham: {allowed} of {len(ranked)} at or above "
+    oof = (f"{n_folds}-fold out-of-fold ham: {allowed} of {len(ranked)} at or above "
            f"{measured:.6f} (target FP rate {target_fp:.2%})")
     if measured >= floor:
         return ThresholdChoice(measured, oof, tuple(warnings))

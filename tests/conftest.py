@@ -28,6 +28,24 @@ ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT / "corpus" / "data"
 
 
+# The real part each shared fixture starts or reads, named by the marker a test using it must carry
+# (setup.cfg lists the markers; `pytest -m "not clamd"` must deselect every test that needs clamd).
+FIXTURE_MARKERS = {"corpus": "corpus", "clamd": "clamd", "postgres": "postgres", "dovecot": "dovecot",
+                   "stack": "postfix", "dovecot_stack": "postfix", "browser": "browser"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Refuse to run a test that uses a real part through a shared fixture without its marker."""
+    missing = []
+    for item in items:
+        marks = {mark.name for mark in item.iter_markers()}
+        needed = {FIXTURE_MARKERS[name] for name in getattr(item, "fixturenames", ()) if name in FIXTURE_MARKERS}
+        if needed - marks:
+            missing.append(f"{item.nodeid}: needs marker(s) {', '.join(sorted(needed - marks))}")
+    if missing:
+        raise pytest.UsageError("tests without the marker of a real part they use:\n" + "\n".join(missing))
+
+
 def shared_tmpdir(prefix: str) -> Path:
     """A temp folder other users (Postfix) can traverse; pytest's are 0700."""
     path = Path(tempfile.mkdtemp(prefix=prefix))
@@ -99,7 +117,7 @@ def dns_settings(server: LoopbackDns, timeout: float = 1.0) -> dict[str, object]
 _db_counter = iter(range(1, 1_000_000))
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     """A fresh, migrated store: SQLite file or a new PostgreSQL database."""
     if request.param == "sqlite":

@@ -26,7 +26,7 @@ from tests.conftest import Stack, corpus_files, dns_settings, shared_tmpdir
 from tests.e2e import mail
 from tests.harness.dnsserver import LoopbackDns, sign
 
-pytestmark = [pytest.mark.postfix, pytest.mark.clamd]
+pytestmark = [pytest.mark.postfix, pytest.mark.clamd, pytest.mark.corpus]  # the stack's model is trained on the corpus
 OUR_ID = "mx.stronghold.test"
 
 

@@ -13,7 +13,7 @@ from tests.conftest import Stack
 from tests.e2e import mail
 from tests.harness.browser import WebProcess, launch, screenshot
 
-pytestmark = [pytest.mark.postfix, pytest.mark.browser]
+pytestmark = [pytest.mark.postfix, pytest.mark.clamd, pytest.mark.corpus, pytest.mark.browser]
 PASSWORD = "browser test password"
 
 

@@ -20,7 +20,7 @@ from tests.conftest import Stack, shared_tmpdir
 from tests.e2e import mail
 from tests.harness.postgres import PostgresCluster
 
-pytestmark = [pytest.mark.postfix, pytest.mark.clamd]
+pytestmark = [pytest.mark.postfix, pytest.mark.clamd, pytest.mark.corpus]  # the stack's model is trained on the corpus
 
 
 class EdgeStack:
@@ -105,6 +105,7 @@ def pg_edge_stack(models_dir: Path) -> Iterator[tuple[EdgeStack, PostgresCluster
     shutil.rmtree(home, ignore_errors=True)
 
 
+@pytest.mark.postgres
 def test_database_down_tempfails_then_recovers_without_restart(pg_edge_stack) -> None:
     stack, cluster = pg_edge_stack
     tid, data = mail.simple()

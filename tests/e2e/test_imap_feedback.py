@@ -59,6 +59,8 @@ def _move(client, uid: bytes, folder: str) -> bytes:
 
 
 @pytest.mark.corpus
+@pytest.mark.dovecot
+@pytest.mark.postgres
 def test_moves_into_and_out_of_junk_are_feedback(learning_dovecot: tuple[Dovecot, Store], corpus: Path) -> None:
     server, store = learning_dovecot
     raw = corpus_files(corpus, "ham", "test")[5].read_bytes()

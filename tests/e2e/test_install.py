@@ -125,6 +125,7 @@ def test_uninstall_keeps_data_unless_purged(installed: Path, tmp_path: Path) -> 
 
 @pytest.mark.postfix
 @pytest.mark.clamd
+@pytest.mark.corpus
 def test_installed_milter_as_its_unit_runs_it_under_chrooted_postfix(installed: Path, models_dir: Path,
                                                                        clamd: Clamd) -> None:
     """The installed program, as user stronghold with the unit's paths (under the scratch root),

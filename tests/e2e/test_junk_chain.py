@@ -21,7 +21,7 @@ from tests.e2e import mail
 from tests.harness.browser import WebProcess, launch, screenshot
 from tests.harness.imapbox import Mailboxes
 
-pytestmark = [pytest.mark.postfix, pytest.mark.clamd, pytest.mark.dovecot, pytest.mark.browser]
+pytestmark = [pytest.mark.postfix, pytest.mark.clamd, pytest.mark.dovecot, pytest.mark.browser, pytest.mark.corpus]
 PASSWORD = "a long enough password"
 
 

@@ -16,7 +16,7 @@ from tests.e2e import mail
 from tests.harness.imapbox import Mailboxes
 from tests.harness.milterproc import write_config
 
-pytestmark = [pytest.mark.postfix, pytest.mark.clamd, pytest.mark.dovecot]
+pytestmark = [pytest.mark.postfix, pytest.mark.clamd, pytest.mark.dovecot, pytest.mark.corpus]
 
 DAY = 86400
 

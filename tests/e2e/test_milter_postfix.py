@@ -15,7 +15,7 @@ from stronghold.training import tokenize
 from tests.conftest import Stack, corpus_files
 from tests.e2e import mail
 
-pytestmark = [pytest.mark.postfix, pytest.mark.clamd]
+pytestmark = [pytest.mark.postfix, pytest.mark.clamd, pytest.mark.corpus]  # the stack's model is trained on the corpus
 
 
 def _by_id(tid: str):

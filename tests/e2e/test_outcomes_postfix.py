@@ -24,7 +24,7 @@ from tests.conftest import Stack, corpus_files, shared_tmpdir
 from tests.e2e import mail
 from tests.harness.imapbox import Mailboxes
 
-pytestmark = [pytest.mark.postfix, pytest.mark.clamd]
+pytestmark = [pytest.mark.postfix, pytest.mark.clamd, pytest.mark.corpus]  # the stack's model is trained on the corpus
 
 
 @pytest.fixture(scope="module")
@@ -119,6 +119,7 @@ def test_three_recipients_three_outcomes(quarantine_stack: Stack, spam: bytes) -
              10, "three outcomes in the log")
 
 
+@pytest.mark.dovecot
 def test_m1_inbox_clean_m3_held_then_released_once(dovecot_stack: Stack, mailboxes: Mailboxes, spam: bytes,
                                                    make_config) -> None:
     """The whole chain: milter -> LMTP -> Dovecot, then m3's release through the release listener."""

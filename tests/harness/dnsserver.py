@@ -8,6 +8,7 @@ ordinary mail caused no lookup at all.
 
 from __future__ import annotations
 
+import errno
 import subprocess
 import threading
 from base64 import b64encode
@@ -59,9 +60,18 @@ class LoopbackDns:
         self.zone = Zone()
         self.keys: dict[str, bytes] = {}
         quiet = DNSLogger(log="-request,-reply,-truncated,-error,-recv,-send,-data", logf=lambda _: None)
-        self.udp = DNSServer(self.zone, address="127.0.0.1", port=0, logger=quiet)
-        self.port = self.udp.server.server_address[1]
-        self.tcp = DNSServer(self.zone, address="127.0.0.1", port=self.port, tcp=True, logger=quiet)
+        for _attempt in range(20):  # the UDP port the system picks may be taken for TCP by someone else
+            self.udp = DNSServer(self.zone, address="127.0.0.1", port=0, logger=quiet)
+            self.port = self.udp.server.server_address[1]
+            try:
+                self.tcp = DNSServer(self.zone, address="127.0.0.1", port=self.port, tcp=True, logger=quiet)
+                break
+            except OSError as exc:
+                self.udp.server.server_close()
+                if exc.errno != errno.EADDRINUSE:
+                    raise
+        else:
+            raise OSError(errno.EADDRINUSE, "no loopback port free for both UDP and TCP")
 
     def start(self) -> LoopbackDns:
         self.udp.start_thread()

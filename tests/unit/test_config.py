@@ -1,5 +1,8 @@
 """Typed settings: defaults, file, environment, validation."""
 
+import dataclasses
+import types
+import typing
 from pathlib import Path
 
 import pytest
@@ -37,3 +40,15 @@ def test_invalid_settings_are_errors(overrides: dict, message: str) -> None:
 def test_unknown_environment_variable_is_an_error() -> None:
     with pytest.raises(ConfigError, match="STRONGHOLD_SPAM_TRESHOLD"):
         config.load(None, {}, environ={"STRONGHOLD_SPAM_TRESHOLD": "0.5"})
+
+
+def test_every_setting_is_read_as_its_declared_type() -> None:
+    """Config's field types and the validators in their Settings agree (mypy trusts the former)."""
+    hints = typing.get_type_hints(config.Config)
+    assert list(config.SETTINGS) == [f.name for f in dataclasses.fields(config.Config)]
+    cfg = config.load(None, {"spam_threshold": 0.9, "dns_nameservers": "127.0.0.1"}, environ={})
+    for name in config.SETTINGS:
+        declared = hints[name]
+        kind = typing.get_origin(declared) if isinstance(declared, types.GenericAlias) else declared
+        assert isinstance(getattr(cfg, name), kind), (name, declared, getattr(cfg, name))
+    assert config.load(None, {}, environ={}).spam_threshold is None

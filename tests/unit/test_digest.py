@@ -21,8 +21,6 @@ from stronghold.store import accounts, quarantine
 from stronghold.store.db import Store
 from tests.harness.smtpsink import SmtpSink
 
-pytestmark = pytest.mark.postgres
-
 MONDAY_9 = float(calendar.timegm((2026, 11, 30, 9, 0, 0)))  # a Monday, 09:00 UTC
 assert time.gmtime(MONDAY_9).tm_wday == 0 and time.gmtime(MONDAY_9).tm_hour == 9
 

@@ -17,6 +17,8 @@ from tests.conftest import dns_settings
 from tests.harness.dnsserver import LoopbackDns
 from tests.unit.test_milter_module import NOREPLY_BITS, EicarOnlyScanner
 
+pytestmark = pytest.mark.corpus  # the model is trained on it
+
 GATEWAY = "gw.test.example"
 MESSAGE = (b"Authentication-Results: elsewhere.example; dkim=pass header.d=other.example\n"
            b"Authentication-Results: gw.test.example; spf=fail smtp.mailfrom=bounce@fail.example;\n"

@@ -147,7 +147,7 @@ def _items(store: Store, *rcpts: str) -> list[quarantine.Held]:
         return quarantine.find(s, recipients=list(rcpts))
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 @pytest.mark.parametrize("settings", [EVERYTHING_IS_SPAM])
 def test_each_recipient_gets_their_own_copy(milter) -> None:
     """m1 allows the sender: the delivered copy is clean; m3's would be tagged, so it is held."""

@@ -81,6 +81,7 @@ def test_a_corrupt_published_model_leaves_the_node_as_it_was(tmp_path: Path, db:
     assert reported.version == first and reported.error
 
 
+@pytest.mark.postgres
 @pytest.mark.parametrize("store", ["postgres"], indirect=True)  # several nodes share a server database
 def test_a_running_milter_pulls_a_new_version_within_seconds(tmp_path: Path, db: Store) -> None:
     learner = tmp_path / "learner" / "model.joblib"

@@ -12,8 +12,6 @@ from stronghold.store import quarantine
 from stronghold.store.db import Store
 from stronghold.store.tables import QuarantineBlob, QuarantineItem
 
-pytestmark = pytest.mark.postgres
-
 RAW = (b"From: Spammer <s@spam.example>\r\nTo: m1@example.com, m3@example.com\r\n"
        b"Subject: =?utf-8?q?Cheap_=C3=BCber?=\r\n\r\n" + b"buy now, limited offer\r\n" * 400)
 

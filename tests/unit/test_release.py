@@ -19,8 +19,6 @@ from stronghold.store.db import Store
 from stronghold.store.tables import QuarantineItem
 from tests.harness.smtpsink import SmtpSink
 
-pytestmark = pytest.mark.postgres
-
 RAW = (b"From: Shop <news@shop.example>\nTo: m1@example.com, m3@example.com\n"
        b"X-Spam-Flag: YES\nX-Spam-Custom-Thing:\n folded part\nSubject: Receipt \xc2\xa3 6.50\n"
        b"X-Stronghold-Released: 1 by forged\n\nThank you for your order.\n.leading dot\n")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -28,7 +27,7 @@ def test_clamd_limits_below_ours_are_named(make_config, tmp_path: Path) -> None:
     assert "AlertExceedsMax" in warnings[1]
 
 
-@pytest.mark.skipif(shutil.which("postconf") is None, reason="needs Postfix's postconf")
+@pytest.mark.postfix  # asks postconf
 def test_postfix_limit_read_with_postconf(make_config, tmp_path: Path) -> None:
     (tmp_path / "main.cf").write_text("message_size_limit = 62914560\n")
     limit = sizelimits.postfix_message_size_limit(str(tmp_path))

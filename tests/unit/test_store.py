@@ -15,8 +15,6 @@ from stronghold.store.db import Store
 from stronghold.store.errors import EntryError, StoreError
 from stronghold.verdict import Envelope
 
-pytestmark = pytest.mark.postgres
-
 
 def test_users_passwords_are_argon2_and_authenticate(store: Store) -> None:
     with store.session() as s:

@@ -20,7 +20,6 @@ from stronghold.store import entries, messagelog
 from stronghold.verdict import Category, Envelope
 from tests.webui.conftest import Auth, token
 
-pytestmark = pytest.mark.postgres
 MiB = 1024 * 1024
 PAGE = "/lists/alice@example.com"
 

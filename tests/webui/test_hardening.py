@@ -23,7 +23,6 @@ from tests.webui.conftest import PASSWORD, Auth, token
 from webui import create_app
 from webui.ratelimit import SqlStorage
 
-pytestmark = pytest.mark.postgres
 COOKIE = "stronghold_session"
 
 

@@ -29,8 +29,6 @@ from tests.webui.hostile import hostile
 from webui import create_app
 from webui import digest as webui_digest
 
-pytestmark = pytest.mark.postgres
-
 
 @pytest.fixture(scope="module")
 def sink() -> Iterator[SmtpSink]:

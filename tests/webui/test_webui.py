@@ -17,8 +17,6 @@ from stronghold.store import entries, messagelog
 from stronghold.verdict import Envelope
 from tests.webui.conftest import PASSWORD, Auth, token
 
-pytestmark = pytest.mark.postgres
-
 
 def _entry_ids(app: Flask, owner: str | None) -> dict[str, int]:
     with app.extensions["stronghold_store"].session() as s:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import html
 
-import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
@@ -18,7 +17,6 @@ from stronghold.store import entries, messagelog
 from stronghold.verdict import Envelope
 from tests.webui.conftest import Auth
 
-pytestmark = pytest.mark.postgres
 WARNING = "trusted without authentication: anyone can forge this sender"
 
 
