@@ -63,7 +63,7 @@ def learn(cfg: Config, store: Store) -> str:
         return f"skipped: no model at {live}"
     with learning.model_lock(live):
         items, mark_done, _ = record_pending(store)
-        _, result = learning.update_candidate(store, live)
+        _, result = learning.update_candidate(store, live, save_unchanged=False)  # hourly: no 17 MB rewrite
         mark_done()
     rebuilt = personal.rebuild_if_any(store, live)
     done = f"{len(items)} web mark(s); personal layers: {rebuilt if rebuilt is not None else 'none'}"

@@ -136,11 +136,13 @@ def open_candidate(live: Path) -> Model:
     return Model.load(live, for_learning=True)
 
 
-def update_candidate(store: Store, live: Path) -> tuple[Model, SyncResult]:
-    """Bring the candidate up to the ledger and save it (call under ``model_lock``)."""
+def update_candidate(store: Store, live: Path, save_unchanged: bool = True) -> tuple[Model, SyncResult]:
+    """Bring the candidate up to the ledger and save it (call under ``model_lock``); with
+    ``save_unchanged`` false, a candidate the ledger did not move is not written again."""
     model = open_candidate(live)
     result, wanted = sync(store, model)
-    model.save(candidate_path(live))
+    if save_unchanged or result.added or result.removed:
+        model.save(candidate_path(live))
     with store.session() as session:
         ledger.mark_applied(session, ledger.SHARED, wanted)
     return model, result

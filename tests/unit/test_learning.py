@@ -184,5 +184,7 @@ def test_jobs_learn_applies_web_marks_and_imap_moves_once(base: tuple[Path, Path
     assert "candidate promoted" in out or "candidate held back" in out
     p = read_passport(candidate_path(live))
     assert (p.learned_ham, p.learned_spam) == (1, 4)
+    written = candidate_path(live).stat().st_mtime_ns
     assert main(["jobs", "--only", "learn"]) == 0  # applied once: the next run finds nothing new
     assert "learn: 0 web mark(s); personal layers: 2; nothing new for the shared model" in capsys.readouterr().out
+    assert candidate_path(live).stat().st_mtime_ns == written  # and writes no model files
