@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, Any, cast
 import mmh3
 import numpy as np
 
-from stronghold.tokens import TOKENIZER_VERSION, family
+from stronghold.tokens import TOKENIZER_VERSION, prefix_family
 
 if TYPE_CHECKING:
     from sklearn.naive_bayes import MultinomialNB
@@ -158,8 +158,10 @@ def library_versions() -> dict[str, str]:
 
 def token_indices(tokens: Sequence[str]) -> np.ndarray:
     """Hash bucket of each token, in order (the buckets FeatureHasher uses)."""
-    hashes = np.array([mmh3.hash(t, 0) for t in tokens], dtype=np.int64)  # signed 32-bit, as FeatureHasher
-    return np.abs(hashes) % N_FEATURES
+    idx = np.fromiter(map(mmh3.hash, tokens), dtype=np.int64, count=len(tokens))  # signed 32-bit, as FeatureHasher
+    np.abs(idx, out=idx)
+    idx &= N_FEATURES - 1  # = % N_FEATURES (a power of two) of a number >= 0
+    return idx
 
 
 def feature_matrix(token_sets: Iterable[Iterable[str]]) -> Any:
@@ -245,7 +247,7 @@ class Model:
         """
         toks = tokens if isinstance(tokens, (list, tuple)) else list(tokens)
         idx = token_indices(toks)
-        values = self._logodds[idx] if len(idx) else np.zeros(0, dtype=np.float32)
+        values = self._logodds[idx]
         if layer is not None:
             values = layer.adjust(idx, values)
         # Only voting tokens matter, taken in bucket order so that nothing depends on the order
@@ -261,8 +263,10 @@ class Model:
         vals = values[voting].astype(np.float64)
         votes: list[float] = []  # content tokens vote each
         families: dict[str, float] = {}  # family -> its strongest clue (the first on a tie)
+        family_of = prefix_family
         for token, value in zip(names, vals.tolist(), strict=True):
-            if ":" not in token or (fam := family(token)) is token:
+            colon = token.find(":")
+            if colon < 0 or (fam := family_of(token[:colon])) is None:
                 votes.append(value)
             elif abs(value) > abs(families.get(fam, 0.0)):
                 families[fam] = value

@@ -100,6 +100,22 @@ class WorkerFilter(logging.Filter):
         return True
 
 
+class TextFormatter(logging.Formatter):
+    """``TEXT_FORMAT``, its time of day formatted once a second (not once a line)."""
+
+    _second = -1
+    _text = ""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        if datefmt is not None or not self.default_msec_format:
+            return super().formatTime(record, datefmt)
+        second = int(record.created)
+        if second != self._second:
+            self._text = time.strftime(self.default_time_format, self.converter(record.created))
+            self._second = second
+        return self.default_msec_format % (self._text, record.msecs)
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per record; a MessageLine or RcptLine contributes its fields."""
 
@@ -121,7 +137,7 @@ class JsonFormatter(logging.Formatter):
 
 def configure(log_format: str) -> None:
     """Give the root logger's handlers the chosen format and the worker id (called once, in main)."""
-    formatter = JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT)
+    formatter = JsonFormatter() if log_format == "json" else TextFormatter(TEXT_FORMAT)
     root = logging.getLogger()
     for handler in root.handlers:
         handler.setFormatter(formatter)

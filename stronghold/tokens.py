@@ -48,7 +48,7 @@ _FORMAT = frozenset({"tag", "html", "part", "cte", "charset", "content-type", "c
 _ROUTE = frozenset({"received", "return-path", "sender", "errors-to", "x-beenthere", "x-mailman-version",
                     "precedence", "x-loop", "mailing-list", "x-mailing-list"})
 _CONTENT = frozenset({"subject", "skip"})
-_family_cache: dict[str, str] = {}
+_family_cache: dict[str, str | None] = {}
 
 
 def family(token: str) -> str:
@@ -65,19 +65,26 @@ def family(token: str) -> str:
     prefix, colon, _rest = token.partition(":")
     if not colon:
         return token
-    cached = _family_cache.get(prefix)
-    if cached is None:
-        if prefix in _CONTENT:
-            return token
-        if prefix in _FORMAT:
-            cached = "FORMAT"
-        elif prefix in _ROUTE or prefix.startswith("list-"):
-            cached = "ROUTE"
-        else:
-            cached = prefix + ":"
-        if len(_family_cache) < 10_000:
-            _family_cache[prefix] = cached
-    return cached
+    return prefix_family(prefix) or token
+
+
+def prefix_family(prefix: str) -> str | None:
+    """The family of the tokens ``prefix:...`` (see ``family``); None for content (each its own)."""
+    try:
+        return _family_cache[prefix]
+    except KeyError:
+        pass
+    if prefix in _CONTENT:
+        found = None
+    elif prefix in _FORMAT:
+        found = "FORMAT"
+    elif prefix in _ROUTE or prefix.startswith("list-"):
+        found = "ROUTE"
+    else:
+        found = prefix + ":"
+    if len(_family_cache) < 10_000:
+        _family_cache[prefix] = found
+    return found
 
 
 def _word_tokens(text: str, prefix: str, out: set[str]) -> None:

@@ -19,7 +19,9 @@ from stronghold.verdict import Envelope, Verdict
 
 
 def pack_tokens(tokens: Iterable[str]) -> bytes:
-    return zlib.compress("\n".join(sorted(tokens)).encode(), 1)
+    """A message's tokens as stored: a set, so in no order (sorting them cost a third of
+    packing for blobs a tenth smaller)."""
+    return zlib.compress("\n".join(tokens).encode(), 1)
 
 
 def unpack_tokens(blob: bytes) -> set[str]:

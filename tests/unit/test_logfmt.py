@@ -63,3 +63,11 @@ def test_json_rcpt_line_and_plain_lines() -> None:
     plain = logging.LogRecord("x", logging.WARNING, __file__, 1, "clamd failing: %s", ("down",), None)
     assert json.loads(JsonFormatter().format(plain))["msg"] == "clamd failing: down"
 
+
+
+def test_text_formatter_writes_what_the_stdlib_formatter_does_across_seconds() -> None:
+    ours, stdlib = logfmt.TextFormatter(logfmt.TEXT_FORMAT), logging.Formatter(logfmt.TEXT_FORMAT)
+    for created in (1700000000.001, 1700000000.999, 1700000001.5, 1700000000.25, 1700003600.0):
+        record = _record("x")
+        record.created, record.msecs = created, (created - int(created)) * 1000
+        assert ours.format(record) == stdlib.format(record)
