@@ -182,6 +182,10 @@ class ListIndex:
                     return Match(entry, source, address)
         return None
 
+    def has(self, owner: str | None, kind: str) -> bool:
+        """Does ``owner`` have any entry on its ``kind`` list?"""
+        return (owner, kind) in self._needles
+
     def find_all(self, owner: str | None, kind: str,
                  senders: list[tuple[str, str]]) -> Iterator[Match]:
         """Every (entry, sender) match of ``owner``'s ``kind`` list, in list order."""

@@ -179,6 +179,8 @@ def _block_row(own: bool) -> RowCheck:
     def check(facts: Facts, rcpt: str, steps: list[TraceStep]) -> Ruling | None:
         if facts.lists is None:
             return None
+        if facts.at_rcpt and not own and facts.lists.has(rcpt, ALLOW):
+            return None  # their allow list may match the header From, unseen yet: end of message decides
         hit = facts.lists.find(rcpt if own else None, BLOCK, facts.senders)
         if hit is None:
             return None

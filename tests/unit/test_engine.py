@@ -229,6 +229,21 @@ def test_rcpt_time_block_respects_recipient_allow() -> None:
     assert check_recipient("", "b@x.example", idx) is None
 
 
+def test_rcpt_time_leaves_the_global_block_to_end_of_message_for_a_recipient_with_allow_entries() -> None:
+    """RCPT time cannot see the header From, which a recipient's allow entry may match: for them
+    the global block is decided at end of message, where the allow entry comes first."""
+    env = Envelope("s@env.example", ("a@x.example",))
+    idx = lists((None, "block", "@env.example"), ("a@x.example", "allow", "s@from.example"))
+    assert check_recipient("s@env.example", "a@x.example", idx) is None
+    assert decide(env, MSG, found(0.1, idx=idx), POLICY).category is Category.ALLOWED
+    d = check_recipient("s@env.example", "c@x.example", idx)  # no allow entries: refused at once
+    assert d is not None and d.rule == "global-block"
+    other = lists((None, "block", "@env.example"), ("a@x.example", "allow", "@elsewhere.example"))
+    assert check_recipient("s@env.example", "a@x.example", other) is None
+    v = decide(env, MSG, found(0.1, idx=other), POLICY)  # no entry of theirs matches: blocked after all
+    assert v.category is Category.BLOCKED and v.decisions[0].rule == "global-block"
+
+
 class Boom:
     def scan(self, stream):
         raise ScannerError("clamd down")
