@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import zlib
 
 import pytest
 
@@ -243,3 +244,14 @@ def test_entry_errors_are_clear_and_quote_what_was_given(store: Store) -> None:
             entries.add_entry(s, "a@example.com", "block", "@" + "a" * 300 + ".com")
         assert len(str(caught.value)) < 120
         assert entries.entries(s, "a@example.com") == []
+
+
+@pytest.mark.parametrize("tokens", [{"tok1", "tok2"}, {"urlpath:a\nb", "c"}, {"nul\x00inside", "x"}, {"one"}, set()])
+def test_token_blobs_round_trip_whatever_a_token_holds(tokens: set[str]) -> None:
+    """Feedback learns the tokens the classifier saw, also one holding a line break or a NUL."""
+    assert messagelog.unpack_tokens(messagelog.pack_tokens(tokens)) == tokens
+
+
+def test_token_blobs_written_before_nul_separation_still_read() -> None:
+    old = zlib.compress(b"tok1\ntok2", 1)
+    assert messagelog.unpack_tokens(old) == {"tok1", "tok2"}
