@@ -151,48 +151,101 @@ class AuthResults:
 
 # -- Authentication-Results parsing (RFC 8601) ------------------------------------
 
-_COMMENT = re.compile(r"\([^()]*\)")
+@dataclass(frozen=True)
+class _Piece:
+    """One ';'-separated part of an Authentication-Results value: its text without
+    comments, and the comments it held (outermost text of each)."""
+
+    text: str
+    comments: tuple[str, ...]
 
 
-def _strip_comments(text: str) -> str:
-    previous = None
-    while previous != text:  # nested comments, innermost first
-        previous, text = text, _COMMENT.sub(" ", text)
-    return text
+def _pieces(value: str) -> list[_Piece]:
+    """Split at the semicolons that end a result: not those inside a quoted string
+    (a sender-chosen address such as ``"x; dkim=pass header.d=bank.example"@evil.example``)
+    nor inside a comment; comments are taken out of the text and kept apart."""
+    pieces: list[_Piece] = []
+    text: list[str] = []
+    comments: list[str] = []
+    comment: list[str] = []
+    depth, quoted, escaped = 0, False, False
+    for ch in value:
+        if escaped:
+            (comment if depth else text).append(ch)
+            escaped = False
+            continue
+        if ch == "\\" and (quoted or depth):
+            escaped = True
+            (comment if depth else text).append(ch)
+            continue
+        if depth:
+            if ch == "(":
+                depth += 1
+            elif ch == ")":
+                depth -= 1
+                if depth == 0:
+                    comments.append("".join(comment))
+                    comment = []
+                    text.append(" ")
+                    continue
+            comment.append(ch)
+        elif quoted:
+            quoted = ch != '"'
+            text.append(ch)
+        elif ch == '"':
+            quoted = True
+            text.append(ch)
+        elif ch == "(":
+            depth = 1
+        elif ch == ";":
+            pieces.append(_Piece("".join(text), tuple(comments)))
+            text, comments = [], []
+        else:
+            text.append(ch)
+    pieces.append(_Piece("".join(text), tuple(comments)))
+    return pieces
+
+
+_PROPERTY = re.compile(r'([A-Za-z0-9_./-]+)\s*=\s*("(?:[^"\\]|\\.)*"?[^\s"]*|[^\s"]+)')
 
 
 def authserv_id(value: str) -> str:
     """The authserv-id an Authentication-Results value starts with (lower-case)."""
-    head = _strip_comments(value).split(";", 1)[0].split()
+    head = _pieces(value)[0].text.split()
     return head[0].strip('"').lower() if head else ""
 
 
-def parse_header(value: str) -> tuple[str, list[tuple[str, str, dict[str, str]]]]:
-    """(authserv-id, [(method, result, {property: value})])."""
-    pieces = _strip_comments(value).split(";")
-    ident = pieces[0].split()[0].strip('"').lower() if pieces[0].split() else ""
-    found: list[tuple[str, str, dict[str, str]]] = []
+def _parsed_pieces(value: str) -> tuple[str, list[tuple[str, str, dict[str, str], tuple[str, ...]]]]:
+    pieces = _pieces(value)
+    head = pieces[0].text.split()
+    ident = head[0].strip('"').lower() if head else ""
+    found: list[tuple[str, str, dict[str, str], tuple[str, ...]]] = []
     for piece in pieces[1:]:
-        words = piece.split()
-        if not words or "=" not in words[0]:
+        pairs = [(m.group(1), m.group(2)) for m in _PROPERTY.finditer(piece.text)]
+        if not pairs or not piece.text.lstrip().startswith(pairs[0][0]):
             continue
-        method, result = words[0].split("=", 1)
+        method, result = pairs[0]
         props: dict[str, str] = {}
-        for word in words[1:]:
-            if "=" in word:
-                key, val = word.split("=", 1)
-                props[key.lower()] = val.strip('"').lower()
-        found.append((method.split("/")[0].lower(), result.lower(), props))
+        for key, val in pairs[1:]:
+            props.setdefault(key.lower(), val.strip('"').lower())
+        found.append((method.split("/")[0].lower(), result.strip('"').lower(), props, piece.comments))
     return ident, found
+
+
+def parse_header(value: str) -> tuple[str, list[tuple[str, str, dict[str, str]]]]:
+    """(authserv-id, [(method, result, {property: value})]); semicolons and property
+    names inside quoted strings or comments are text, not structure."""
+    ident, found = _parsed_pieces(value)
+    return ident, [(method, result, props) for method, result, props, _ in found]
 
 
 def results_from_header(value: str, from_domain: str) -> AuthResults:
     """AuthResults read from a trusted Authentication-Results value."""
-    ident, methods = parse_header(value)
+    ident, methods = _parsed_pieces(value)
     spf, spf_domain = "none", ""
     dkim: list[tuple[str, str]] = []
     dmarc = policy = ""
-    for method, result, props in methods:
+    for method, result, props, comments in methods:
         if method == "spf" and spf == "none":
             spf = result if result in SPF_RESULTS else "permerror"
             who = props.get("smtp.mailfrom") or props.get("smtp.helo") or ""
@@ -203,25 +256,25 @@ def results_from_header(value: str, from_domain: str) -> AuthResults:
                 dkim.append((d, result if result in ("pass", "fail", "temperror") else "fail"))
         elif method == "dmarc" and not dmarc:
             dmarc = result
-            policy = props.get("policy.published-domain-policy") or props.get("policy.dmarc") or ""
-    if dmarc and not policy:
-        policy = _commented_policy(value)
+            policy = (props.get("policy.published-domain-policy") or props.get("policy.dmarc")
+                      or _commented_policy(comments))
     return AuthResults(source=f"header {ident}", spf=spf, spf_domain=spf_domain, dkim=tuple(dkim),
                        from_domain=from_domain, dmarc=dmarc,
                        dmarc_policy=policy if policy in DMARC_POLICIES else "")
 
 
 DMARC_POLICIES = ("none", "quarantine", "reject")
-_DMARC_COMMENT = re.compile(r"\bdmarc\s*=\s*\w+\s*\(([^()]*)\)", re.IGNORECASE)
 _POLICY_WORD = re.compile(r"(?<![\w.])p\s*=\s*(\w+)", re.IGNORECASE)
 
 
-def _commented_policy(value: str) -> str:
-    """The published policy a checker noted in a comment after its DMARC result, as
-    OpenDMARC and the large mailbox providers write it: ``dmarc=fail (p=reject dis=none)``."""
-    comment = _DMARC_COMMENT.search(value)
-    word = _POLICY_WORD.search(comment.group(1)) if comment else None
-    return word.group(1).lower() if word else ""
+def _commented_policy(comments: tuple[str, ...]) -> str:
+    """The published policy a checker noted in a comment of its DMARC result, as OpenDMARC
+    and the large mailbox providers write it: ``dmarc=fail (p=reject dis=none)``."""
+    for comment in comments:
+        word = _POLICY_WORD.search(comment)
+        if word:
+            return word.group(1).lower()
+    return ""
 
 
 # -- checking ourselves -------------------------------------------------------------

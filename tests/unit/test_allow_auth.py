@@ -256,6 +256,25 @@ def test_header_mode_reads_the_dmarc_policy_the_checker_noted(test_dns: Loopback
     assert (f"dmarc fail (p={policy})" in reasons) if policy else not any("dmarc" in r for r in reasons), reasons
 
 
+@pytest.mark.parametrize("value", [
+    # a sender-chosen quoted local part, repeated by the checker, must not add results of its own
+    'gw.test.example; spf=pass smtp.mailfrom="x; dkim=pass header.d=trusted.example "@evil.example; '
+    "dmarc=fail (p=reject) header.from=trusted.example",
+    'gw.test.example; spf=pass smtp.mailfrom="x;dmarc=pass "@evil.example; dmarc=fail (p=reject) '
+    "header.from=trusted.example",
+    # nor a comment quoting it that looks like another DMARC result
+    'gw.test.example; spf=pass (domain of "dmarc=none(p=none)"@evil.example designates 192.0.2.1) '
+    "smtp.mailfrom=a@evil.example; dmarc=fail (p=reject dis=none) header.from=trusted.example",
+])
+def test_results_forged_inside_quoted_addresses_and_comments_are_text(test_dns: LoopbackDns, value: str) -> None:
+    hdr = Authenticator("header", "gw.test.example", Dns(("127.0.0.1",), test_dns.port, 1.0))
+    raw = f"Authentication-Results: {value}\r\n".encode() + message()
+    v = run(hdr, "a@evil.example", raw, entries("boss@trusted.example"))
+    assert v.auth is not None and v.auth.dkim == () and v.auth.spf_domain == "evil.example"
+    assert v.auth.dmarc == "fail" and v.auth.dmarc_failed_policy() == "reject"
+    assert v.category is Category.SPAM and {d.reason for d in v.decisions} == {"dmarc fail (p=reject)"}
+
+
 def test_in_check_mode_every_header_with_our_id_is_forged(auth: Authenticator) -> None:
     raw = (b"Authentication-Results: MX.test.example; dkim=pass header.d=trusted.example\r\n"
            + message())
