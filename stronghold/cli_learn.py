@@ -114,20 +114,20 @@ def cmd_learn(args: argparse.Namespace, cfg: Config) -> int:
             model, result = learning.update_candidate(store, live)
             if mark_feedback is not None:
                 mark_feedback()
-        p = model.passport
-        if result.added == result.removed == 0 and not (token_sets or forgotten_by or items):
-            raise LearnUsageError("nothing to learn: give --spam/--ham/--forget files, --forget-by or "
-                                  "--from-feedback")
-        print(f"learned {result.added} (took out {result.removed}); the model now holds "
-              f"{p.learned_spam} learned spam + {p.learned_ham} learned ham")
-        if args.no_promote:
-            print(f"candidate {learning.version_of(p)[:12]} kept; 'stronghold model promote' judges it")
-        else:
-            judgement = learning.promote(store, live, who)
-            word = "promoted" if judgement.promote else "held back"
-            print(f"candidate {learning.version_of(p)[:12]} {word}: {judgement.reason}",
-                  file=sys.stdout if judgement.promote else sys.stderr)
-        _rebuild_layers(store, live)
+            p = model.passport
+            if result.added == result.removed == 0 and not (token_sets or forgotten_by or items):
+                raise LearnUsageError("nothing to learn: give --spam/--ham/--forget files, --forget-by or "
+                                      "--from-feedback")
+            print(f"learned {result.added} (took out {result.removed}); the model now holds "
+                  f"{p.learned_spam} learned spam + {p.learned_ham} learned ham")
+            if args.no_promote:
+                print(f"candidate {learning.version_of(p)[:12]} kept; 'stronghold model promote' judges it")
+            else:
+                judgement = learning.promote(store, live, who)
+                word = "promoted" if judgement.promote else "held back"
+                print(f"candidate {learning.version_of(p)[:12]} {word}: {judgement.reason}",
+                      file=sys.stdout if judgement.promote else sys.stderr)
+            _rebuild_layers(store, live)
     return 0
 
 

@@ -136,6 +136,19 @@ def open_candidate(live: Path) -> Model:
     return Model.load(live, for_learning=True)
 
 
+def awaits_judgement(store: Store, live: Path) -> bool:
+    """A candidate that differs from the live model and was never promoted or held back
+    (built by a run whose judging failed, or with ``--no-promote``)."""
+    cand = candidate_path(live)
+    if not cand.exists():
+        return False
+    version = version_of(read_passport(cand))
+    if version == version_of(read_passport(live)):
+        return False
+    with store.session() as session:
+        return not modelversions.judged(session, version)
+
+
 def update_candidate(store: Store, live: Path, save_unchanged: bool = True) -> tuple[Model, SyncResult]:
     """Bring the candidate up to the ledger and save it (call under ``model_lock``); with
     ``save_unchanged`` false, a candidate the ledger did not move is not written again."""

@@ -100,11 +100,16 @@ def rebuild(store: Store, model: Model, scopes: Iterable[str] | None = None) -> 
     return len(by_scope)
 
 
-def rebuild_if_any(store: Store, live: Path) -> int | None:
+def rebuild_if_any(store: Store, live: Path, only_if_changed: bool = False) -> int | None:
     """Rebuild the personal layers over the live model at ``live`` (after any change of feedback
-    or model); how many, or None when nobody has feedback or a layer."""
+    or model); how many, or None when nobody has feedback or a layer.  ``only_if_changed``:
+    only when personal feedback changed since the layers were last built (else None), so a
+    periodic run does not make every node reload unchanged layers."""
     with store.session() as session:
         if not ledger.has_personal(session) and not layers.exist(session):
+            return None
+        if only_if_changed and layers.exist(session) and not ledger.personal_changed_since(
+                session, layers.stamp(session)[1]):
             return None
     return rebuild(store, Model.load(live, for_learning=True))
 

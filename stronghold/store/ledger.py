@@ -122,6 +122,12 @@ def has_personal(session: Session) -> bool:
     return session.scalars(select(LearnedMessage.id).where(LearnedMessage.scope != SHARED)).first() is not None
 
 
+def personal_changed_since(session: Session, since: float) -> bool:
+    """Did any personal feedback change (recorded, flipped, forgotten) after ``since``?"""
+    return session.scalars(select(LearnedMessage.id).where(LearnedMessage.scope != SHARED,
+                                                           LearnedMessage.updated > since)).first() is not None
+
+
 def recent(session: Session, since: float, scope: str = SHARED) -> list[LearnedMessage]:
     """Labelled rows changed since ``since`` (the feedback part of the held-back set)."""
     return list(session.scalars(select(LearnedMessage).where(LearnedMessage.scope == scope,

@@ -52,6 +52,12 @@ def record_event(session: Session, action: str, version: str, who: str, reason: 
     session.add(ModelEvent(ts=time.time(), action=action, version=version, who=who, reason=reason))
 
 
+def judged(session: Session, version: str) -> bool:
+    """Was the model ``version`` ever promoted or held back?"""
+    return session.scalars(select(ModelEvent.id).where(
+        ModelEvent.version == version, ModelEvent.action.in_(("promoted", "held-back")))).first() is not None
+
+
 def events(session: Session, limit: int = 20) -> list[ModelEvent]:
     """The latest events first."""
     return list(session.scalars(select(ModelEvent).order_by(ModelEvent.id.desc()).limit(limit)))

@@ -180,11 +180,21 @@ def test_jobs_learn_applies_web_marks_and_imap_moves_once(base: tuple[Path, Path
     capsys.readouterr()
     assert main(["jobs", "--only", "learn"]) == 0
     out = capsys.readouterr().out
-    assert "learn: 1 web mark(s); personal layers: 2" in out and "learned 5 (took out 0)" in out, out
+    assert "learn: 1 web mark(s); personal layers: 2 rebuilt; learned 5 (took out 0)" in out, out
     assert "candidate promoted" in out or "candidate held back" in out
     p = read_passport(candidate_path(live))
     assert (p.learned_ham, p.learned_spam) == (1, 4)
     written = candidate_path(live).stat().st_mtime_ns
     assert main(["jobs", "--only", "learn"]) == 0  # applied once: the next run finds nothing new
-    assert "learn: 0 web mark(s); personal layers: 2; nothing new for the shared model" in capsys.readouterr().out
+    assert "learn: 0 web mark(s); personal layers: unchanged; nothing new for the shared model" in \
+        capsys.readouterr().out  # layers not rewritten either: nodes do not reload unchanged layers
     assert candidate_path(live).stat().st_mtime_ns == written  # and writes no model files
+    # a candidate left unjudged (a run that failed while judging, or --no-promote) is judged by the next run
+    more = [str(p) for p in corpus_files(corpus, "spam", "test")[4:6]]
+    assert main(["learn", "--no-promote", "--spam", *more]) == 0
+    capsys.readouterr()
+    assert main(["jobs", "--only", "learn"]) == 0
+    out = capsys.readouterr().out
+    assert "learned 0 (took out 0), candidate promoted" in out or "learned 0 (took out 0), candidate held back" in out
+    assert main(["jobs", "--only", "learn"]) == 0  # judged once
+    assert "nothing new for the shared model" in capsys.readouterr().out
