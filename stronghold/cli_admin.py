@@ -171,6 +171,9 @@ def cmd_list_import(args: argparse.Namespace, cfg: Config) -> int:
         print(f"nothing imported: {len(report.problems)} lines refused; fix them and import again")
         return 1
     print(f"imported {report.added} entries, {len(report.skipped)} already there")
+    if report.trusted:
+        print(f"warning: {report.trusted} allow entries trusted without authentication: anyone can forge "
+              "those senders", file=sys.stderr)
     return 0
 
 

@@ -154,7 +154,9 @@ def import_csv(address: str):
                       f"{'s' if len(report.problems) != 1 else ''} cannot be. Fix "
                       f"{'them' if len(report.problems) != 1 else 'it'} and import the file again."})
     skipped = f"; {len(report.skipped)} already there" if report.skipped else ""
-    flash(f"Imported {report.added} entries{skipped}.")
+    trusted = (f" {report.trusted} of them trusted without authentication: anyone can forge those senders."
+               if report.trusted else "")
+    flash(f"Imported {report.added} entries{skipped}.{trusted}")
     return redirect(url_for("lists.show", address=address.lower()))
 
 

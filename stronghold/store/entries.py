@@ -174,6 +174,7 @@ class ImportReport:
     """What an import did: all lines added, or (if any line is refused) none."""
 
     added: int = 0
+    trusted: int = 0  # of those added, allow entries trusted without authentication
     skipped: list[str] = field(default_factory=list)  # already on that list: nothing to do
     problems: list[str] = field(default_factory=list)  # refused lines; when any, nothing was added
     lines: int = 0
@@ -232,6 +233,7 @@ def import_csv(session: Session, owner: str | None, text: str,
                                            for pattern, (kind, comment, trust) in new.items()])
     bump_version(session)
     report.added = len(new)
+    report.trusted = sum(1 for _, _, trust in new.values() if trust)
     return report
 
 

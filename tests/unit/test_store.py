@@ -95,7 +95,7 @@ def test_csv_carries_trust_without_authentication(store: Store) -> None:
         text = entries.export_csv(entries.entries(s, "a@example.com"))
         assert "allow,boss@trusted.example,boss,yes\r\n" in text and "allow,pal@y.example,pal,\r\n" in text
         report = entries.import_csv(s, "c@example.com", text)
-        assert report.added == 3 and not report.problems
+        assert report.added == 3 and report.trusted == 1 and not report.problems
         copied = {(e.kind, e.pattern, e.comment, e.trust_unauthenticated) for e in entries.entries(s, "c@example.com")}
         assert copied == {(e.kind, e.pattern, e.comment, e.trust_unauthenticated)
                           for e in entries.entries(s, "a@example.com")}
