@@ -25,6 +25,7 @@ MAX_DEPTH = 40
 MAX_PARTS = 200
 MAX_PART_TEXT = 512 * 1024
 MAX_HEADER_VALUE = 8192
+MAX_HEADER_LINES = 2000  # real mail has tens; a flood of short fields costs seconds each 100k
 
 _URL_RE = re.compile(rb"(?i)\b(?:https?://|www\.)[^\s<>\"'()\[\]{}]{1,400}")
 _URL_TEXT_RE = re.compile(r"(?i)\b(?:https?://|www\.)[^\s<>\"'()\[\]{}]{1,400}")
@@ -332,6 +333,24 @@ def _mime_tree(raw: bytes, defects: list[str]) -> email.message.Message:
     return flat
 
 
+_BLANK_LINE = re.compile(rb"\r?\n\r?\n")
+
+
+def _capped_header(raw: bytes, defects: list[str]) -> bytes:
+    """The message with at most MAX_HEADER_LINES lines of top-level header (the rest of the
+    header dropped, "header-flood" recorded), so a flood of fields cannot hold a worker."""
+    blank = _BLANK_LINE.search(raw)
+    end = blank.start() if blank else len(raw)
+    if raw.count(b"\n", 0, end) < MAX_HEADER_LINES:
+        return raw
+    cut = -1
+    for _ in range(MAX_HEADER_LINES):
+        cut = raw.index(b"\n", cut + 1)
+    defects.append("header-flood")
+    newline = b"\r\n" if raw[cut - 1:cut] == b"\r" else b"\n"
+    return raw[:cut + 1] + (newline + raw[blank.end():] if blank else b"")
+
+
 def parse(raw: bytes, max_bytes: int = MAX_BYTES) -> ParsedMessage:
     """Parse ``raw`` into a ParsedMessage; never raises on message content."""
     msg = ParsedMessage(size=len(raw))
@@ -346,6 +365,7 @@ def parse(raw: bytes, max_bytes: int = MAX_BYTES) -> ParsedMessage:
         raw = raw.replace(b"\x00", b"")
     if raw.startswith(b"From ") and b"\n" in raw:  # mbox separator line
         raw = raw.split(b"\n", 1)[1]
+    raw = _capped_header(raw, msg.defects)
     root = _mime_tree(raw, msg.defects)
     for defect in root.defects:
         msg.defects.append(type(defect).__name__)

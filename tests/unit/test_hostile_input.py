@@ -14,7 +14,7 @@ from stronghold.antivirus import ScanResult
 from stronghold.classifier import Model
 from stronghold.engine import evaluate
 from stronghold.lists import ListEntry, ListIndex
-from stronghold.message import parse
+from stronghold.message import MAX_HEADER_LINES, parse
 from stronghold.policy import Policy
 from stronghold.tokens import features
 from stronghold.verdict import Action, Category, Envelope
@@ -109,6 +109,12 @@ def test_fifty_megabyte_line_without_newline() -> None:
 def test_header_flood() -> None:
     raw = b"".join(b"X-Flood-%d: %s\r\n" % (i, b"v" * 50) for i in range(100_000)) + b"\r\nbody"
     _bounded(raw, 20, 48)  # measured 23 MiB; 70 MiB when the 6.7 MB are parsed whole (MAX_BYTES not applied)
+    msg = parse(raw)  # the header is cut at MAX_HEADER_LINES fields
+    assert "header-flood" in msg.defects and len(msg.headers) == MAX_HEADER_LINES
+    small = b"".join(b"X-F-%d: v\n" % i for i in range(MAX_HEADER_LINES + 5)) + b"\nthe body\n"
+    msg = parse(small)  # and the body after it is still read
+    assert len(msg.headers) == MAX_HEADER_LINES and msg.text.strip() == "the body"
+    assert "header-flood" not in parse(b"Subject: x\r\n\r\n" + b"line\r\n" * 50_000).defects  # body: not header
 
 
 def test_invalid_charsets_everywhere() -> None:
