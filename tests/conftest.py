@@ -131,6 +131,20 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     db.dispose()
 
 
+@pytest.fixture(scope="module")
+def module_sink() -> Iterator[SmtpSink]:
+    s = SmtpSink()
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def sink(module_sink: SmtpSink) -> SmtpSink:
+    """An SMTP sink shared by a module, emptied for each test (item ids restart with each database)."""
+    module_sink.messages.clear()
+    return module_sink
+
+
 @pytest.fixture
 def make_config(tmp_path: Path):
     def build(**overrides: object) -> Config:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,19 +16,11 @@ from stronghold.store.tables import QuarantineItem
 from tests.harness.smtpsink import SmtpSink
 
 
-@pytest.fixture(scope="module")
-def sink() -> Iterator[SmtpSink]:
-    s = SmtpSink()
-    yield s
-    s.close()
-
-
 @pytest.fixture
 def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sink: SmtpSink) -> Store:
     monkeypatch.setenv("STRONGHOLD_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("STRONGHOLD_MODELS_DIR", str(tmp_path / "models"))
     monkeypatch.setenv("STRONGHOLD_RELEASE_SMTP", f"127.0.0.1:{sink.port}")
-    sink.messages.clear()
     store = Store(f"sqlite:///{tmp_path / 'data' / 'stronghold.db'}")
     store.upgrade()
     yield store

@@ -30,17 +30,9 @@ from webui import create_app
 from webui import digest as webui_digest
 
 
-@pytest.fixture(scope="module")
-def sink() -> Iterator[SmtpSink]:
-    s = SmtpSink()
-    yield s
-    s.close()
-
-
 @pytest.fixture
 def app(store: Store, tmp_path: Path, sink: SmtpSink) -> Iterator[Flask]:
     """The conftest app, with releases going to the SMTP sink."""
-    sink.messages.clear()
     application = create_app({"data_dir": tmp_path / "data", "database_url": store.url, "TESTING": True,
                               "release_smtp": f"127.0.0.1:{sink.port}"})
     application.config["user_ids"] = seed(store)

@@ -6,7 +6,7 @@ import shutil
 from collections.abc import Iterator
 
 import pytest
-from playwright.sync_api import Page, expect, sync_playwright
+from playwright.sync_api import Page, expect
 
 from devtools.localdovecot import Dovecot
 from devtools.localstack import Postfix, free_port
@@ -14,7 +14,7 @@ from stronghold.store import accounts, quarantine
 from stronghold.store.db import Store
 from tests.conftest import shared_tmpdir
 from tests.e2e import mail
-from tests.harness.browser import WebProcess, launch, screenshot
+from tests.harness.browser import WebProcess, screenshot
 from tests.harness.imapbox import Mailboxes
 from tests.webui.conftest import PASSWORD
 
@@ -41,14 +41,6 @@ def site(dovecot: Dovecot) -> Iterator[tuple[WebProcess, Store, Postfix]]:
     postfix.stop()
     store.dispose()
     shutil.rmtree(home, ignore_errors=True)
-
-
-@pytest.fixture
-def page() -> Iterator[Page]:
-    with sync_playwright() as p:
-        browser = launch(p)
-        yield browser.new_context(viewport={"width": 1200, "height": 900}).new_page()
-        browser.close()
 
 
 def test_m3_releases_in_the_browser_one_copy_reaches_only_m3s_inbox(site: tuple[WebProcess, Store, Postfix],
