@@ -217,6 +217,7 @@ def test_search_by_text_and_dates_and_pages(client: FlaskClient, auth: Auth, app
         hold(app, "alice2@example.com", f"bulk {i:02d}")
     first = client.get("/junk/").get_data(as_text=True)
     assert "bulk 49" in first and "autumn sale" not in first and 'rel="next"' in first
+    assert "<title>Junk · Mail Stronghold</title>" in first and first.count('id="h-digest"') == 1
     second = client.get("/junk/?page=1").get_data(as_text=True)
     assert "autumn sale" in second and "bulk 49" not in second and 'rel="next"' not in second
 
