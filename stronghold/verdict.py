@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -151,9 +152,10 @@ class Verdict:
         """Recipients removed after DATA and logged as rejected for them."""
         return tuple(d.recipient for d in self.decisions if d.route is Route.DROP)
 
-    @property
+    @cached_property
     def summary(self) -> str:
-        """Message steps then each recipient's decision, as one line for logs."""
+        """Message steps then each recipient's decision, as one line for logs (built once:
+        the log line and the message-log row both use it)."""
         parts = [str(step) for step in self.trace]
         for d in self.decisions:
             steps = "".join(f"[{s}]" for s in d.trace)
