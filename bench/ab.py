@@ -18,12 +18,13 @@ import argparse
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 from bench.selector_milter import SelectorMilterProcess
-from bench.throughput import ROOT, load_messages, run_once, start_filter
+from bench.throughput import LIST_ENTRIES, ROOT, load_messages, run_once, start_filter
 from devtools.localstack import Postfix, free_port
 from tests.harness.milterproc import MilterProcess
 
@@ -47,7 +48,6 @@ def main() -> int:
     home = Path(tempfile.mkdtemp(prefix="stronghold-ab-"))
     os.chmod(home, 0o755)  # noqa: S103 - Postfix must reach the milter socket
     parts: list = []
-    saved = os.environ.get("PYTHONPATH")
     try:
         extra = {name: _value(value) for name, _, value in (item.partition("=") for item in args.setting)}
         clamd, milter_b, settings = start_filter(home, parts, extra=extra)
@@ -62,18 +62,18 @@ def main() -> int:
         (a_home / "milter").mkdir(parents=True)
         os.chmod(a_home, 0o755)  # noqa: S103
         os.chmod(a_home / "milter", 0o755)  # noqa: S103
-        os.environ["PYTHONPATH"] = str(before)  # the child imports version A
         milter_a = MilterProcess(a_home, {**settings, "data_dir": str(a_home / "milter"),
                                           "models_dir": str(before / "models"),
                                           "milter_socket": f"unix:{a_home / 'milter' / 'milter.sock'}",
-                                          "database_url": f"sqlite:///{a_home / 'store.db'}"})
-        shutil.copy(home / "milter" / "store.db", a_home / "store.db")  # the same list entries
+                                          "database_url": f"sqlite:///{a_home / 'store.db'}"},
+                                 source=before)  # the child imports version A
+        for owner, kind, pattern in LIST_ENTRIES:  # the same list entries, written by A's own code
+            subprocess.run([sys.executable, "-m", "stronghold.cli", "--config", str(milter_a.config),
+                            "list", "add", "--owner", owner, kind, pattern], cwd=before, check=True,
+                           env={**os.environ, "PYTHONPATH": str(before)}, stdout=subprocess.DEVNULL)
         milter_a.start()
         parts.append(milter_a)
-        if saved is None:
-            del os.environ["PYTHONPATH"]
-        else:
-            os.environ["PYTHONPATH"] = saved
+        check_version(milter_a, before)
         sides = []
         for label, milter in (("A", milter_a), ("B", milter_b)):
             postfix = Postfix(home / f"postfix-{label}", free_port(), milter=milter.address)
@@ -115,6 +115,16 @@ def main() -> int:
             print(f"logs kept in {home}", file=sys.stderr)
         else:
             shutil.rmtree(home, ignore_errors=True)
+
+
+def check_version(milter: MilterProcess, tree: Path) -> None:
+    """Refuse to measure unless the milter really runs ``tree``'s code (its working directory,
+    first on ``python -m``'s sys.path): a run that silently measured this tree twice read
+    as 'no difference' for every change."""
+    assert milter.proc is not None
+    cwd = Path(os.readlink(f"/proc/{milter.proc.pid}/cwd"))
+    if cwd.resolve() != tree.resolve():
+        raise SystemExit(f"milter A runs from {cwd}, not {tree}")
 
 
 def _value(text: str) -> object:

@@ -219,6 +219,10 @@ def run_once(label: str, postfix: Postfix, messages: list[bytes], concurrency: i
     return res
 
 
+LIST_ENTRIES = [*((f"user{i}@example.com", "allow", f"sender{i}@load.example") for i in range(0, 20, 3)),
+                ("user1@example.com", "block", "@blocked.example")]
+
+
 def start_filter(home: Path, parts: list, clamd: Clamd | None = None, folder: str = "milter",
                  extra: Mapping[str, object] | None = None) -> tuple[Clamd, MilterProcess, dict[str, object]]:
     """clamd, a store with a few list entries, and the milter (2 workers, unix socket) under ``home``.
@@ -236,15 +240,14 @@ def start_filter(home: Path, parts: list, clamd: Clamd | None = None, folder: st
     store = Store(db_url)
     store.upgrade()
     with store.session() as s:  # some real list work for the engine
-        for i in range(0, 20, 3):
-            entries.add_entry(s, f"user{i}@example.com", "allow", f"sender{i}@load.example")
-        entries.add_entry(s, "user1@example.com", "block", "@blocked.example")
+        for owner, kind, pattern in LIST_ENTRIES:
+            entries.add_entry(s, owner, kind, pattern)
     store.dispose()
     settings: dict[str, object] = {
         "data_dir": str(home / folder), "models_dir": str(ROOT / "models"),
         "milter_socket": f"unix:{home / folder / 'milter.sock'}", "clamd_socket": clamd.address,
         "database_url": db_url, "milter_workers": 2, **(extra or {})}
-    milter = MilterProcess(home / folder, settings)
+    milter = MilterProcess(home / folder, settings, source=ROOT)  # this tree, wherever the bench runs from
     milter.start()
     parts.append(milter)
     return clamd, milter, settings

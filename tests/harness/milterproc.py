@@ -28,8 +28,13 @@ def write_config(path: Path, settings: Mapping[str, Any]) -> Path:
 
 
 class MilterProcess:
-    def __init__(self, home: Path, settings: Mapping[str, Any]) -> None:
+    """``source``: run the milter of another source tree (benchmarks' A/B).  Its folder
+    is the child's working directory as well as its PYTHONPATH: ``python -m`` puts the
+    working directory first on sys.path, so PYTHONPATH alone would import this tree."""
+
+    def __init__(self, home: Path, settings: Mapping[str, Any], source: Path | None = None) -> None:
         self.home = home
+        self.source = source
         self.settings = dict(settings)
         self.spec = str(self.settings["milter_socket"])
         self.config = write_config(home / "stronghold.toml", self.settings)
@@ -57,10 +62,12 @@ class MilterProcess:
 
     def start(self, timeout: float = 60) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("STRONGHOLD_")}
+        if self.source is not None:
+            env["PYTHONPATH"] = str(self.source)
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "stronghold.cli", "--config", str(self.config),
                                       "milter"], stdout=self._log, stderr=subprocess.STDOUT, env=env,
-                                     start_new_session=True)
+                                     cwd=self.source, start_new_session=True)
         wait_for(lambda: self.proc.poll() is None and self.ready(), timeout,
                  f"milter ({self.log_path})")
 
