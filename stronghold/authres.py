@@ -340,7 +340,8 @@ class Authenticator:
             return AuthResults(source=f"header {self.authserv_id} (absent)", from_domain=from_domain)
         errors: list[str] = []
         spf_result, spf_domain = self._spf(sender, client_ip, helo)
-        dkim = self._dkim(raw())
+        signed = any(key.lower() == "dkim-signature" for key, _ in headers)
+        dkim = self._dkim(raw()) if signed else ()  # unsigned (most mail): dkimpy would parse it all for nothing
         found = AuthResults(source="checked", spf=spf_result, spf_domain=spf_domain, dkim=dkim,
                             from_domain=from_domain)
         if from_domain:

@@ -119,6 +119,18 @@ def test_unsigned_and_other_domain_signatures_are_not_aligned(auth: Authenticato
     assert v.category is Category.SPAM and "(spf=pass dkim=none)" in trace(v)
 
 
+def test_unsigned_mail_is_not_read_again_for_dkim(auth: Authenticator, test_dns: LoopbackDns) -> None:
+    def must_not_read() -> bytes:
+        raise AssertionError("the whole message was read for DKIM without a DKIM-Signature")
+    raw = message()
+    found = auth.check("bounce@fail.example", "127.0.0.1", "mx.sender.example", parse(raw).headers, must_not_read)
+    assert found.dkim == () and found.spf == "fail"
+    signed = sign(raw, "trusted.example", test_dns.keys)
+    found = auth.check("bounce@fail.example", "127.0.0.1", "mx.sender.example", parse(signed).headers,
+                       lambda: signed)
+    assert found.dkim == (("trusted.example", "pass"),)
+
+
 def test_relaxed_alignment_subdomain_signature_and_spf(auth: Authenticator, test_dns: LoopbackDns) -> None:
     sub = sign(message(), "mail.trusted.example", test_dns.keys)
     assert run(auth, "bounce@fail.example", sub, entries("boss@trusted.example")).category is Category.ALLOWED
