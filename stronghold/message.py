@@ -215,13 +215,34 @@ def html_to_text(markup: str) -> tuple[str, dict[str, int], list[str], list[str]
     return (html.unescape(joined) if "&" in joined else joined), tags, urls, features
 
 
+def _body_as_sent(part: email.message.Message) -> bytes | None:
+    """A leaf part's body bytes as they arrived (transfer encoding not undone).
+
+    The parser keeps 8-bit bytes as surrogates; ``get_payload()`` would decode
+    them with the declared charset (ASCII when none, each byte then a U+FFFD),
+    and encoding that text again gave the body in UTF-8 under a label that said
+    otherwise: "Café" in a Latin-1 body was read "CafÃ©".
+    """
+    text = part.get_payload(decode=False)
+    if not isinstance(text, str):
+        return None
+    if text.isascii():
+        return text.encode("ascii")
+    kept = part._payload  # the surrogate-escaped text that get_payload() decodes
+    if isinstance(kept, str):
+        try:
+            return kept.encode("ascii", "surrogateescape")
+        except UnicodeEncodeError:  # real non-ASCII characters (a payload set as text): as UTF-8
+            pass
+    return text.encode("utf-8", "surrogateescape")
+
+
 def _payload_bytes(part: email.message.Message, defects: list[str]) -> bytes:
     """The decoded body of a leaf part, never raising on bad transfer encodings."""
-    raw = part.get_payload(decode=False)
-    if not isinstance(raw, str):
+    data = _body_as_sent(part)
+    if data is None:
         return b""
     cte = str(part.get("content-transfer-encoding", "")).strip().lower()
-    data = raw.encode("utf-8", "surrogateescape")
     if cte == "base64":
         cleaned = re.sub(rb"[^A-Za-z0-9+/=]", b"", data)
         cleaned = cleaned.split(b"=", 1)[0]
@@ -329,7 +350,7 @@ def _mime_tree(raw: bytes, defects: list[str]) -> email.message.Message:
     flat = email.message_from_bytes(head + b"\r\n\r\n")
     del flat["content-type"]
     del flat["content-transfer-encoding"]
-    flat.set_payload(body.decode("latin-1"))
+    flat.set_payload(body.decode("ascii", "surrogateescape"))  # as the parser keeps 8-bit bytes
     return flat
 
 

@@ -20,7 +20,9 @@ from stronghold.message import ParsedMessage, url_host
 # 2: HTML read by message.html_to_text's own scanner instead of html.parser.
 # 3: timestamps of the collector (Delivery-Date, X-Original-Date, ...) no longer features; only
 #    the 4 oldest Received headers are.
-TOKENIZER_VERSION = 3
+# 4: 8-bit bodies read as the bytes they are (a Latin-1 "Café" was read "CafÃ©", an unlabelled
+#    one "Caf\ufffd").
+TOKENIZER_VERSION = 4
 
 MAX_TEXT = 200_000
 MIN_WORD = 3

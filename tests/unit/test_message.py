@@ -145,3 +145,31 @@ def test_single_part_shortcut_gives_the_stdlib_tree(raw: bytes) -> None:
 def test_single_part_shortcut_leaves_the_rest_to_the_stdlib(raw: bytes) -> None:
     from stronghold.message import _single_part
     assert _single_part(raw) is None
+
+
+@pytest.mark.parametrize("header,body,text,defects", [
+    # Latin-1 sent as 8-bit: the letters it says, not their UTF-8 bytes read as Latin-1
+    (b"Content-Type: text/plain; charset=iso-8859-1\nContent-Transfer-Encoding: 8bit\n",
+     "Café crème brûlée".encode("latin-1"), "Café crème brûlée", []),
+    # a label with 8-bit characters of its own does not change how the body is read
+    (b"Content-Type: text/plain; charset=iso-8859-1; x-note=\"\xe9t\xe9\"\n",
+     "Crème".encode("latin-1"), "Crème", ["8bit-header"]),
+    # no charset: UTF-8 if it is, else Latin-1 and a defect (it was a U+FFFD per byte)
+    (b"Content-Type: text/plain\n", "Grüße".encode(), "Grüße", []),
+    (b"Content-Type: text/plain\n", "Grüße".encode("latin-1"), "Grüße", ["body-charset"]),
+    (b"Content-Type: text/plain; charset=koi8-r\n", "Привет".encode("koi8-r"), "Привет", []),
+])
+def test_8bit_bodies_are_read_as_the_bytes_they_are(header: bytes, body: bytes, text: str,
+                                                    defects: list[str]) -> None:
+    single = parse(b"From: a@example.com\nSubject: s\n" + header + b"\n" + body + b"\n")
+    assert single.text.strip() == text and single.defects == defects
+    multi = parse(b"From: a@example.com\nSubject: s\nMIME-Version: 1.0\nContent-Type: multipart/mixed; boundary=B\n"
+                  b"\n--B\n" + header + b"\n" + body + b"\n--B--\n")
+    assert multi.text.strip() == text
+    assert [d for d in multi.defects if d != "8bit-header"] == [d for d in defects if d != "8bit-header"]
+
+
+def test_quoted_printable_with_raw_8bit_bytes_keeps_both() -> None:
+    msg = parse(b"From: a@example.com\nContent-Type: text/plain; charset=iso-8859-1\n"
+                b"Content-Transfer-Encoding: quoted-printable\n\nCaf=E9 cr\xe8me\n")
+    assert msg.text.strip() == "Café crème" and msg.defects == []
