@@ -390,12 +390,18 @@ def parse(raw: bytes, max_bytes: int = MAX_BYTES) -> ParsedMessage:
     root = _mime_tree(raw, msg.defects)
     for defect in root.defects:
         msg.defects.append(type(defect).__name__)
-    for name, value in root.items():
+    for name, value in root.raw_items():  # items() would turn an 8-bit value into U+FFFDs
         if not isinstance(value, str):
             value = str(value)
-        if not value.isascii():
+        if not value.isascii():  # raw 8-bit bytes: UTF-8 (RFC 6532) if they are, else Latin-1
             msg.defects.append("8bit-header")
-            value = value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+            try:
+                data = value.encode("ascii", "surrogateescape")
+            except UnicodeEncodeError:
+                data = value.encode("utf-8", "surrogateescape")
+            value, bad = decode_bytes(data, None)
+            if bad:
+                msg.defects.append("header-charset")
         text, bad = decode_header_value(value)
         msg.defects.extend(bad)
         msg.headers.append((name, text))
