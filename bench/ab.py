@@ -37,6 +37,8 @@ def main() -> int:
     parser.add_argument("--messages", type=int, default=1200)
     parser.add_argument("--setting", action="append", default=[], metavar="NAME=VALUE",
                         help="a milter setting for B only (repeatable), e.g. milter_workers=3")
+    parser.add_argument("--postfix-setting", action="append", default=[], metavar="NAME=VALUE",
+                        help="a main.cf setting for B's Postfix only (repeatable), e.g. milter_helo_macros=")
     parser.add_argument("--b-engine", choices=("pymilter", "selector"), default="pymilter",
                         help="B's protocol engine: the product's (pymilter), or bench.selector_milter's experiment")
     parser.add_argument("--keep", action="store_true", help="keep the run's folder (logs) and say where")
@@ -76,7 +78,8 @@ def main() -> int:
         check_version(milter_a, before)
         sides = []
         for label, milter in (("A", milter_a), ("B", milter_b)):
-            postfix = Postfix(home / f"postfix-{label}", free_port(), milter=milter.address)
+            extra_cf = dict(item.partition("=")[::2] for item in args.postfix_setting) if label == "B" else {}
+            postfix = Postfix(home / f"postfix-{label}", free_port(), milter=milter.address, extra=extra_cf)
             postfix.start()
             parts.append(postfix)
             sides.append((label, postfix, milter))
@@ -98,7 +101,8 @@ def main() -> int:
                 print(f"round {i + 1} {label}: {r.rate:6.1f} msg/s, milter+clamd {r.cpu_ms_per_msg:.3f} ms/msg "
                       f"(milter {r.filter_cpu_ms:.3f}, clamd {r.clamd_cpu_ms:.3f}; p99 {r.pct(0.99):.1f} ms; "
                       f"{r.accepted} accepted, {r.rejected} rejected, {r.deferred} deferred)", flush=True)
-        for label, tree in (("A", before), ("B", f"{ROOT} {args.b_engine} {' '.join(args.setting)}".strip())):
+        b_side = f"{ROOT} {args.b_engine} {' '.join(args.setting + args.postfix_setting)}".strip()
+        for label, tree in (("A", before), ("B", b_side)):
             print(f"{label} ({tree}): {statistics.mean(cpu[label]):.3f} ms/msg (milter "
                   f"{statistics.mean(own[label]):.3f}, clamd {statistics.mean(scan[label]):.3f}), "
                   f"{statistics.mean(rate[label]):.1f} msg/s")
