@@ -52,14 +52,9 @@ def main() -> int:
     parts: list = []
     try:
         extra = {name: _value(value) for name, _, value in (item.partition("=") for item in args.setting)}
-        clamd, milter_b, settings = start_filter(home, parts, extra=extra)
+        engine = SelectorMilterProcess if args.b_engine == "selector" else MilterProcess
+        clamd, milter_b, settings = start_filter(home, parts, extra=extra, process=engine)
         settings = {k: v for k, v in settings.items() if k not in extra}  # A keeps the defaults
-        if args.b_engine == "selector":
-            milter_b.stop()
-            parts.remove(milter_b)
-            milter_b = SelectorMilterProcess(milter_b.home, milter_b.settings)
-            milter_b.start()
-            parts.append(milter_b)
         a_home = home / "a"
         (a_home / "milter").mkdir(parents=True)
         os.chmod(a_home, 0o755)  # noqa: S103

@@ -25,14 +25,12 @@ import selectors
 import signal
 import socket
 import struct
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import Milter
 
-from devtools.localstack import wait_for
 from stronghold import config as config_mod
 from stronghold import logfmt
 from stronghold.milter import FLAGS, StrongholdMilter
@@ -273,13 +271,8 @@ def main(argv: list[str] | None = None) -> int:
 class SelectorMilterProcess(MilterProcess):
     """MilterProcess running this module instead of ``stronghold milter``."""
 
-    def start(self, timeout: float = 60) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("STRONGHOLD_")}
-        self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "bench.selector_milter", "--config", str(self.config)],
-                                     stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        wait_for(lambda: self.proc is not None and self.proc.poll() is None and self.ready(), timeout,
-                 f"selector milter ({self.log_path})")
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "bench.selector_milter", "--config", str(self.config)]
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ import functools
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
@@ -34,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.throughput import TICKS, drive, group_pids, load_messages, start_filter
-from devtools.localstack import Postfix, free_port, wait_for
+from devtools.localstack import Postfix, free_port
 from tests.harness.milterproc import MilterProcess
 
 # (label, module, attribute path, depth): depth only indents the report
@@ -116,14 +115,9 @@ def install(folder: Path) -> None:
 class StageCpuMilter(MilterProcess):
     """The product's milter, served through ``python -m bench.stagecpu --serve``."""
 
-    def start(self, timeout: float = 60) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("STRONGHOLD_")}
-        self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "bench.stagecpu", "--serve", str(self.home),
-                                      "--config", str(self.config), "milter"],
-                                     stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        wait_for(lambda: self.proc is not None and self.proc.poll() is None and self.ready(), timeout,
-                 f"milter ({self.log_path})")
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "bench.stagecpu", "--serve", str(self.home), "--config", str(self.config),
+                "milter"]
 
 
 def _read(folder: Path) -> tuple[int, dict[str, float]]:
@@ -157,12 +151,7 @@ def main() -> int:
     os.chmod(home, 0o755)  # noqa: S103 - Postfix must reach the milter socket
     parts: list = []
     try:
-        _clamd, plain, settings = start_filter(home, parts)
-        plain.stop()
-        parts.remove(plain)
-        milter = StageCpuMilter(plain.home, settings)
-        milter.start()
-        parts.append(milter)
+        _clamd, milter, _settings = start_filter(home, parts, process=StageCpuMilter)
         postfix = Postfix(home / "postfix", free_port(), milter=milter.address)
         postfix.start()
         parts.append(postfix)

@@ -224,8 +224,11 @@ LIST_ENTRIES = [*((f"user{i}@example.com", "allow", f"sender{i}@load.example") f
 
 
 def start_filter(home: Path, parts: list, clamd: Clamd | None = None, folder: str = "milter",
-                 extra: Mapping[str, object] | None = None) -> tuple[Clamd, MilterProcess, dict[str, object]]:
+                 extra: Mapping[str, object] | None = None, process: type[MilterProcess] = MilterProcess
+                 ) -> tuple[Clamd, MilterProcess, dict[str, object]]:
     """clamd, a store with a few list entries, and the milter (2 workers, unix socket) under ``home``.
+
+    ``process``: how the milter is run (a MilterProcess subclass: the selector experiment, stage timers).
 
     Each started part is appended to ``parts`` at once, so the caller can stop them all.
     A second milter (``folder``, settings ``extra``) may share the first one's ``clamd``.
@@ -247,7 +250,7 @@ def start_filter(home: Path, parts: list, clamd: Clamd | None = None, folder: st
         "data_dir": str(home / folder), "models_dir": str(ROOT / "models"),
         "milter_socket": f"unix:{home / folder / 'milter.sock'}", "clamd_socket": clamd.address,
         "database_url": db_url, "milter_workers": 2, **(extra or {})}
-    milter = MilterProcess(home / folder, settings, source=ROOT)  # this tree, wherever the bench runs from
+    milter = process(home / folder, settings, source=ROOT)  # this tree, wherever the bench runs from
     milter.start()
     parts.append(milter)
     return clamd, milter, settings

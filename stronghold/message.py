@@ -228,7 +228,7 @@ def _body_as_sent(part: email.message.Message) -> bytes | None:
         return None
     if text.isascii():
         return text.encode("ascii")
-    kept = part._payload  # the surrogate-escaped text that get_payload() decodes
+    kept = getattr(part, "_payload", None)  # the surrogate-escaped text that get_payload() decodes
     if isinstance(kept, str):
         try:
             return kept.encode("ascii", "surrogateescape")
@@ -399,8 +399,8 @@ def parse(raw: bytes, max_bytes: int = MAX_BYTES) -> ParsedMessage:
                 data = value.encode("ascii", "surrogateescape")
             except UnicodeEncodeError:
                 data = value.encode("utf-8", "surrogateescape")
-            value, bad = decode_bytes(data, None)
-            if bad:
+            value, latin1 = decode_bytes(data, None)
+            if latin1:
                 msg.defects.append("header-charset")
         text, bad = decode_header_value(value)
         msg.defects.extend(bad)
