@@ -20,7 +20,7 @@ venv: deps $(VENV)/.installed
 corpus:
 	@python3 corpus/fetch.py
 
-models/model.joblib: stronghold/classifier.py stronghold/tokens.py stronghold/message.py stronghold/training.py | venv corpus
+models/model.joblib: stronghold/classifier.py stronghold/chisquare.py stronghold/modelfile.py stronghold/tokens.py stronghold/message.py stronghold/training.py | venv corpus
 	$(VENV)/bin/stronghold train --index corpus/data/index.train --model models/model.joblib
 
 model: models/model.joblib

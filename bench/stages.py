@@ -3,7 +3,9 @@
     python -m bench.stages --before /path/to/older/checkout [--every 6] [--rounds 5] [--check-only]
 
 Loads ``classifier``, ``tokens``, ``store/messagelog`` and ``logfmt`` of the ``--before``
-tree beside this tree's (under other module names), then:
+tree beside this tree's (under other module names; the old classifier with that tree's own
+``chisquare`` and ``modelfile`` when it has them, i.e. from the split of ``classifier.py`` on),
+then:
 
 1. **identity**: for every corpus message (``corpus/data``), the features,
    the score (probability, log-odds, clues: compared as floats, exactly) and
@@ -25,7 +27,8 @@ import logging
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 from typing import Any, cast
@@ -46,6 +49,44 @@ def load_before(tree: Path, relpath: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     spec.loader.exec_module(module)
+    return module
+
+
+CLASSIFIER_PARTS = ("chisquare", "modelfile")  # split out of classifier.py; older trees have neither
+
+
+@contextmanager
+def _stronghold_modules(replacements: dict[str, ModuleType]) -> Iterator[None]:
+    """``stronghold.<name>`` resolves to the given modules inside the block (sys.modules and the
+    package attribute), to this tree's own again after it."""
+    import stronghold
+    saved = {name: (sys.modules.get(f"stronghold.{name}"), getattr(stronghold, name, None))
+             for name in replacements}
+    try:
+        for name, module in replacements.items():
+            sys.modules[f"stronghold.{name}"] = module
+            setattr(stronghold, name, module)
+        yield
+    finally:
+        for name, (in_modules, attribute) in saved.items():
+            if in_modules is None:
+                sys.modules.pop(f"stronghold.{name}", None)
+            else:
+                sys.modules[f"stronghold.{name}"] = in_modules
+            if attribute is None:
+                delattr(stronghold, name)
+            else:
+                setattr(stronghold, name, attribute)
+
+
+def load_classifier_before(tree: Path) -> ModuleType:
+    """The ``--before`` tree's classifier, importing that tree's ``chisquare`` and ``modelfile``
+    where it has them (so an old tree after the split scores with its own math, not this tree's)."""
+    parts = {name: load_before(tree, f"stronghold/{name}.py") for name in CLASSIFIER_PARTS
+             if (tree / "stronghold" / f"{name}.py").exists()}
+    with _stronghold_modules(parts):
+        module = load_before(tree, "stronghold/classifier.py")
+    print(f"before: {tree}/stronghold/classifier.py" + (f" with its {', '.join(sorted(parts))}" if parts else ""))
     return module
 
 
@@ -158,8 +199,9 @@ def main() -> int:
     parser.add_argument("--no-check", action="store_true")
     args = parser.parse_args()
     old = {name: load_before(args.before, f"stronghold/{rel}")
-           for name, rel in (("classifier", "classifier.py"), ("tokens", "tokens.py"),
-                             ("messagelog", "store/messagelog.py"), ("logfmt", "logfmt.py"))}
+           for name, rel in (("tokens", "tokens.py"), ("messagelog", "store/messagelog.py"),
+                             ("logfmt", "logfmt.py"))}
+    old["classifier"] = load_classifier_before(args.before)
     old_model, new_model = old["classifier"].Model.load(MODEL), classifier.Model.load(MODEL)
     paths = corpus_messages()
     differ = 0 if args.no_check else check(paths, old, old_model, new_model)

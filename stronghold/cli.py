@@ -12,8 +12,8 @@ from pathlib import Path
 
 from stronghold import cli_admin, cli_learn, cli_quarantine, cli_scan, cli_services, jobs, learning
 from stronghold import config as config_mod
-from stronghold.classifier import ModelError
 from stronghold.config import Config, ConfigError
+from stronghold.modelfile import ModelError
 from stronghold.training import CorpusError, Sample, check_labels, collect, in_holdout, tokenize, train_model
 
 log = logging.getLogger("stronghold")

@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from stronghold import learning, modelsync, personal
-from stronghold.classifier import Model, read_passport
+from stronghold.classifier import Model
 from stronghold.config import Config
 from stronghold.feedback import record_pending
+from stronghold.modelfile import read_passport
 from stronghold.store import ledger
 from stronghold.store.db import Store
 from stronghold.training import check_mail, read_messages, tokenize

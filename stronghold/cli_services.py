@@ -9,9 +9,10 @@ import json
 from stronghold import config as config_mod
 from stronghold import sizelimits
 from stronghold.antivirus import EICAR, ClamdScanner, ScannerError
-from stronghold.classifier import Model, ModelError
+from stronghold.classifier import Model
 from stronghold.config import Config, ConfigError
 from stronghold.mailbox_expiry import ExpiryError, expire, run_every
+from stronghold.modelfile import ModelError
 from stronghold.store import quarantine
 from stronghold.store.db import Store
 from stronghold.store.errors import EntryError, StoreError

@@ -16,10 +16,11 @@ from typing import TYPE_CHECKING
 from stronghold.allowrule import allow_may_apply
 from stronghold.antivirus import Scanner, ScannerError
 from stronghold.authres import Authenticator
-from stronghold.classifier import Model, ModelError, Score
+from stronghold.classifier import Model, Score
 from stronghold.findings import Findings
 from stronghold.lists import ListIndex
 from stronghold.message import ParsedMessage
+from stronghold.modelfile import ModelError
 from stronghold.policy import Policy
 from stronghold.precedence import decide, size_plan
 from stronghold.spool import Stream

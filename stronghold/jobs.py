@@ -12,9 +12,9 @@ import logging
 from collections.abc import Callable
 
 from stronghold import digest, learning, mailbox_expiry, personal
-from stronghold.classifier import passport_path
 from stronghold.config import Config, ConfigError
 from stronghold.feedback import record_pending
+from stronghold.modelfile import passport_path
 from stronghold.store import messagelog, quarantine
 from stronghold.store.db import Store
 

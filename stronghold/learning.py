@@ -33,15 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stronghold import modelsync
-from stronghold.classifier import (
-    Model,
-    ModelError,
-    Passport,
-    check_file_is_trusted,
-    passport_path,
-    read_passport,
-    table_path,
-)
+from stronghold.classifier import Model
+from stronghold.modelfile import ModelError, Passport, check_file_is_trusted, passport_path, read_passport, table_path
 from stronghold.store import ledger, modelversions
 from stronghold.store.db import Store
 from stronghold.store.messagelog import unpack_tokens

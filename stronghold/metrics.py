@@ -23,8 +23,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from stronghold.classifier import ModelError, read_passport
 from stronghold.config import Config
+from stronghold.modelfile import ModelError, read_passport
 from stronghold.store.errors import StoreError
 
 if TYPE_CHECKING:

@@ -10,8 +10,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from stronghold.classifier import Model, ModelError, passport_path, table_path
+from stronghold.classifier import Model
 from stronghold.incidents import Incidents
+from stronghold.modelfile import ModelError, passport_path, table_path
 
 log = logging.getLogger(__name__)
 

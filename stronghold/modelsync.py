@@ -24,7 +24,8 @@ import zlib
 from dataclasses import asdict
 from pathlib import Path
 
-from stronghold.classifier import Model, ModelError, Passport, passport_path, read_passport, table_path
+from stronghold.classifier import Model
+from stronghold.modelfile import ModelError, Passport, passport_path, read_passport, table_path
 from stronghold.store import modelversions
 from stronghold.store.db import Store
 from stronghold.store.errors import StoreError

@@ -26,7 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from stronghold.classifier import Model, ModelError, logodds_from_counts, token_indices
+from stronghold.classifier import Model, logodds_from_counts, token_indices
+from stronghold.modelfile import ModelError
 from stronghold.store import layers, ledger
 from stronghold.store.db import Store
 

@@ -14,13 +14,13 @@ from collections.abc import Mapping
 from stronghold import metrics
 from stronghold.antivirus import Scanner, make_scanner
 from stronghold.authres import Authenticator
-from stronghold.classifier import ModelError
 from stronghold.config import Config
 from stronghold.dnscache import Dns
 from stronghold.engine import evaluate
 from stronghold.incidents import Incidents
 from stronghold.lists import ListIndex
 from stronghold.message import ParsedMessage
+from stronghold.modelfile import ModelError
 from stronghold.modelholder import ModelHolder
 from stronghold.outcome import Outcome
 from stronghold.personal import Layer, LayerCache

@@ -18,8 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from stronghold.classifier import Model, ModelError, Params, compress
+from stronghold.chisquare import compress
+from stronghold.classifier import Model, Params
 from stronghold.message import parse
+from stronghold.modelfile import ModelError
 from stronghold.received import as_received
 from stronghold.tokens import features
 

@@ -9,7 +9,7 @@ import math
 from flask import Blueprint, flash, g, redirect, render_template, request, url_for
 
 from stronghold import digest
-from stronghold.classifier import ModelError, read_passport
+from stronghold.modelfile import ModelError, read_passport
 from stronghold.store import accounts
 from stronghold.store.errors import EntryError
 from webui.auth import login_required

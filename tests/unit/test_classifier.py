@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from stronghold.classifier import Model, ModelError, feature_matrix, log_chi2_tails, passport_path, token_indices
+from stronghold.chisquare import log_chi2_tails
+from stronghold.classifier import Model, feature_matrix, token_indices
+from stronghold.modelfile import ModelError, passport_path
 
 
 def _sets() -> tuple[list[set[str]], list[bool]]:
@@ -106,7 +108,7 @@ def test_model_from_an_older_tokenizer_is_used_with_a_warning(tmp_path: Path, ca
     assert data["tokenizer"] == TOKENIZER_VERSION
     del data["tokenizer"]  # as written before the field existed: version 1
     side.write_text(json.dumps(data))
-    with caplog.at_level("WARNING", logger="stronghold.classifier"):
+    with caplog.at_level("WARNING", logger="stronghold.modelfile"):
         model = Model.load(tmp_path / "m.joblib")
     assert model.score({"viagra", "free"}).probability > 0.5
     assert "trained with tokenizer 1" in caplog.text and "retrain" in caplog.text

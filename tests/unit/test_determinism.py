@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from stronghold.classifier import passport_path, table_path
+from stronghold.modelfile import passport_path, table_path
 from tests.conftest import ROOT, corpus_files
 
 pytestmark = pytest.mark.corpus

@@ -9,11 +9,12 @@ import pytest
 
 from stronghold.antivirus import ScannerError, ScanResult
 from stronghold.authres import AuthResults
-from stronghold.classifier import Clue, ModelError, Score
+from stronghold.classifier import Clue, Score
 from stronghold.engine import evaluate
 from stronghold.findings import Findings
 from stronghold.lists import ListEntry, ListIndex
 from stronghold.message import parse
+from stronghold.modelfile import ModelError
 from stronghold.policy import Policy
 from stronghold.precedence import check_recipient, decide
 from stronghold.routing import ROUTES, hold_failed

@@ -8,10 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stronghold.classifier import Model, passport_path, read_passport, table_path
+from stronghold.classifier import Model
 from stronghold.cli import main
 from stronghold.learning import candidate_path
 from stronghold.message import parse
+from stronghold.modelfile import passport_path, read_passport, table_path
 from stronghold.store import accounts, ledger, messagelog
 from stronghold.store.db import Store
 from stronghold.training import tokenize

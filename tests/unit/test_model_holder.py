@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from stronghold.classifier import Model, ModelError, table_path
+from stronghold.classifier import Model
 from stronghold.incidents import Incidents
+from stronghold.modelfile import ModelError, table_path
 from stronghold.modelholder import ModelHolder
 
 

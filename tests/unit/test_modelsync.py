@@ -9,9 +9,10 @@ import pytest
 
 from devtools.localstack import wait_for
 from stronghold import modelsync
-from stronghold.classifier import Model, table_path
+from stronghold.classifier import Model
 from stronghold.cli import main
 from stronghold.incidents import Incidents
+from stronghold.modelfile import table_path
 from stronghold.modelholder import ModelHolder
 from stronghold.store.db import Store
 from stronghold.store.tables import ModelVersion

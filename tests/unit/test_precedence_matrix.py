@@ -31,11 +31,12 @@ from Milter import testctx
 
 from stronghold.antivirus import ScannerError, ScanResult
 from stronghold.authres import AuthResults
-from stronghold.classifier import ModelError, Score
+from stronghold.classifier import Score
 from stronghold.findings import Findings
 from stronghold.lists import ListEntry, ListIndex
 from stronghold.message import parse
 from stronghold.milter import factory
+from stronghold.modelfile import ModelError
 from stronghold.policy import Policy
 from stronghold.precedence import PRECEDENCE, check_recipient, decide
 from stronghold.service import Outcome, Service

@@ -206,9 +206,10 @@ def test_feedback_is_learned_and_shown_as_applied(client: FlaskClient, auth: Aut
                                                   tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     import shutil
 
-    from stronghold.classifier import Model, read_passport
+    from stronghold.classifier import Model
     from stronghold.cli import main
     from stronghold.learning import write_heldback
+    from stronghold.modelfile import read_passport
     from stronghold.training import tokenize
     from tests.conftest import CORPUS, corpus_files
     models = tmp_path / "models"
