@@ -9,15 +9,36 @@ never silently ignored.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
-import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+from stronghold.settingtypes import (
+    any_text,
+    authserv_id,
+    base_url,
+    boolean,
+    choice,
+    clamd_address,
+    host_port,
+    hour,
+    local_path,
+    loopback_bind,
+    nameservers,
+    non_negative,
+    non_negative_int,
+    optional_probability,
+    port_number,
+    positive,
+    positive_int,
+    probability,
+    rate_limits,
+    socket_address,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 # A source checkout keeps its state beside the code (make run, tests); an installed
@@ -30,161 +51,6 @@ DEFAULT_MODELS_DIR = ROOT / "models" if FROM_SOURCE else SYSTEM_STATE / "models"
 
 class ConfigError(Exception):
     """A setting is unknown or invalid (one-line message)."""
-
-
-def _choice(*allowed: str) -> Callable[[Any], str]:
-    def check(value: Any) -> str:
-        if value not in allowed:
-            raise ValueError(f"must be one of {', '.join(allowed)}")
-        return str(value)
-    return check
-
-
-def _probability(value: Any) -> float:
-    number = float(value)
-    if not 0.0 <= number <= 1.0:
-        raise ValueError("must be between 0 and 1")
-    return number
-
-
-def _optional_probability(value: Any) -> float | None:
-    if value in (None, "", "model"):
-        return None
-    return _probability(value)
-
-
-def _positive_int(value: Any) -> int:
-    number = int(value)
-    if number <= 0:
-        raise ValueError("must be a positive whole number")
-    return number
-
-
-def _non_negative_int(value: Any) -> int:
-    number = int(value)
-    if number < 0:
-        raise ValueError("must not be negative")
-    return number
-
-
-def _non_negative(value: Any) -> float:
-    number = float(value)
-    if number < 0:
-        raise ValueError("must not be negative")
-    return number
-
-
-def _positive(value: Any) -> float:
-    number = float(value)
-    if number <= 0:
-        raise ValueError("must be more than 0")
-    return number
-
-
-def _socket(value: Any) -> str:
-    text = str(value)
-    if text and not re.fullmatch(r"unix:/.+|inet6?:\d{1,5}(@[\w.:\[\]-]+)?", text):
-        raise ValueError("must be unix:/PATH or inet:PORT@HOST")
-    return text
-
-
-def _clamd(value: Any) -> str:
-    text = str(value)
-    if not re.fullmatch(r"unix:/.+|tcp:[\w.\[\]:-]+:\d{1,5}|none", text):
-        raise ValueError("must be unix:/PATH, tcp:HOST:PORT or none")
-    return text
-
-
-def _hostport(value: Any) -> str:
-    text = str(value)
-    if not re.fullmatch(r"(\[[0-9a-fA-F:]+\]|[\w.-]+):\d{1,5}", text):
-        raise ValueError("must be HOST:PORT")
-    return text
-
-
-def _base_url(value: Any) -> str:
-    text = str(value).rstrip("/")
-    if not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", text):
-        raise ValueError("must be an http:// or https:// URL")
-    return text
-
-
-def _hour(value: Any) -> int:
-    number = int(value)
-    if not 0 <= number <= 23:
-        raise ValueError("must be an hour from 0 to 23")
-    return number
-
-
-def _path(value: Any) -> Path:
-    return Path(str(value)).expanduser()
-
-
-def _loopback_bind(value: Any) -> str:
-    """HOST:PORT on a loopback address, or empty (off)."""
-    text = str(value).strip()
-    if not text:
-        return ""
-    host, sep, port = text.rpartition(":")
-    try:
-        loopback = sep and ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        loopback = host == "localhost"
-    if not loopback or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError("must be a loopback HOST:PORT such as 127.0.0.1:9464, or empty")
-    return text
-
-
-def _text(value: Any) -> str:
-    return str(value)
-
-
-def _nameservers(value: Any) -> tuple[str, ...]:
-    items = value if isinstance(value, (list, tuple)) else str(value).replace(",", " ").split()
-    out = []
-    for item in items:
-        try:
-            out.append(str(ipaddress.ip_address(str(item).strip())))
-        except ValueError as exc:
-            raise ValueError(f"'{item}' is not an IP address") from exc
-    return tuple(out)
-
-
-def _port(value: Any) -> int:
-    number = int(value)
-    if not 0 < number < 65536:
-        raise ValueError("must be a port number (1-65535)")
-    return number
-
-
-def _authserv_id(value: Any) -> str:
-    text = str(value).strip().lower()
-    if text and not re.fullmatch(r"[a-z0-9][a-z0-9.-]{0,252}", text):
-        raise ValueError("must be a host-name-like token (letters, digits, dots, hyphens)")
-    return text
-
-
-def _bool(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise ValueError("must be true or false")
-
-
-def _rate_limits(value: Any) -> str:
-    """A Flask-Limiter limit string such as '5 per minute; 20 per day'."""
-    from limits import parse_many
-    text = str(value)
-    try:
-        if not parse_many(text):
-            raise ValueError("no limit given")
-    except ValueError as exc:
-        raise ValueError(f"must be limits like '5 per minute; 20 per day' ({exc})") from exc
-    return text
 
 
 FAIL_ACTIONS = ("tempfail", "accept", "reject")
@@ -210,112 +76,113 @@ def _setting(default: Any, check: Callable[[Any], Any], help: str) -> Any:
 class Config:
     """Every setting, declared once: its type, then its default, validator and meaning."""
 
-    data_dir: Path = _setting(DEFAULT_DATA_DIR, _path, "where the SQLite store, spool and runtime files live")
-    models_dir: Path = _setting(DEFAULT_MODELS_DIR, _path, "the only folder models are loaded from")
-    model: str = _setting("model.joblib", _text, "model file name inside models_dir")
-    database_url: str = _setting("", _text, "SQLAlchemy URL; empty means SQLite in data_dir")
-    milter_socket: str = _setting("", _socket,
+    data_dir: Path = _setting(DEFAULT_DATA_DIR, local_path, "where the SQLite store, spool and runtime files live")
+    models_dir: Path = _setting(DEFAULT_MODELS_DIR, local_path, "the only folder models are loaded from")
+    model: str = _setting("model.joblib", any_text, "model file name inside models_dir")
+    database_url: str = _setting("", any_text, "SQLAlchemy URL; empty means SQLite in data_dir")
+    milter_socket: str = _setting("", socket_address,
         "unix:/PATH or inet:PORT@HOST; empty: unix socket data_dir/milter.sock")
-    milter_socket_group: str = _setting("postfix", _text,
+    milter_socket_group: str = _setting("postfix", any_text,
         "group given the unix socket (mode 0660) so Postfix can connect")
-    milter_workers: int = _setting(2, _positive_int, "pre-forked milter processes (one per core)")
-    milter_timeout: int = _setting(600, _positive_int, "seconds libmilter waits on Postfix")
-    clamd_socket: str = _setting("unix:/run/clamav/clamd.ctl", _clamd, "clamd: unix:/PATH, tcp:HOST:PORT or none")
-    clamd_timeout: float = _setting(30.0, _non_negative, "seconds to wait for clamd")
-    spam_threshold: float | None = _setting(None, _optional_probability,
+    milter_workers: int = _setting(2, positive_int, "pre-forked milter processes (one per core)")
+    milter_timeout: int = _setting(600, positive_int, "seconds libmilter waits on Postfix")
+    clamd_socket: str = _setting("unix:/run/clamav/clamd.ctl", clamd_address,
+                                 "clamd: unix:/PATH, tcp:HOST:PORT or none")
+    clamd_timeout: float = _setting(30.0, non_negative, "seconds to wait for clamd")
+    spam_threshold: float | None = _setting(None, optional_probability,
         "probability at or above which mail is spam; empty: the model's")
-    reject_threshold: float = _setting(0.999, _probability,
+    reject_threshold: float = _setting(0.999, probability,
         "probability at or above which spam_action_high applies")
-    user_threshold_min: float = _setting(0.5, _probability,
+    user_threshold_min: float = _setting(0.5, probability,
         "lowest spam threshold a user may choose on their settings page")
-    user_threshold_max: float = _setting(0.99, _probability,
+    user_threshold_max: float = _setting(0.99, probability,
         "highest spam threshold a user may choose (min = max: users cannot choose)")
-    spam_action: str = _setting("tag", _choice("tag", "quarantine", "reject"),
+    spam_action: str = _setting("tag", choice("tag", "quarantine", "reject"),
         "what spam gets: tag (delivered into Junk), quarantine (held), reject (550)")
-    spam_action_high: str = _setting("tag", _choice("tag", "quarantine", "reject"),
+    spam_action_high: str = _setting("tag", choice("tag", "quarantine", "reject"),
         "what spam at or above reject_threshold gets (same choices)")
-    virus_action: str = _setting("reject", _choice("reject", "quarantine"),
+    virus_action: str = _setting("reject", choice("reject", "quarantine"),
         "what a virus gets: reject (554) or quarantine (released by admins only)")
-    subject_prefix: str = _setting("[SPAM]", _text, "prepended to the subject of tagged spam; empty: none")
-    on_scanner_error: str = _setting("tempfail", _choice(*FAIL_ACTIONS), "when clamd fails")
-    on_model_error: str = _setting("tempfail", _choice(*FAIL_ACTIONS), "when the model is unusable")
-    on_store_error: str = _setting("tempfail", _choice(*FAIL_ACTIONS), "when the database fails")
-    max_message_bytes: int = _setting(25 * 1024 * 1024, _positive_int,
+    subject_prefix: str = _setting("[SPAM]", any_text, "prepended to the subject of tagged spam; empty: none")
+    on_scanner_error: str = _setting("tempfail", choice(*FAIL_ACTIONS), "when clamd fails")
+    on_model_error: str = _setting("tempfail", choice(*FAIL_ACTIONS), "when the model is unusable")
+    on_store_error: str = _setting("tempfail", choice(*FAIL_ACTIONS), "when the database fails")
+    max_message_bytes: int = _setting(25 * 1024 * 1024, positive_int,
         "messages are scanned whole up to this size; larger ones get oversize_action "
         "(keep Postfix's message_size_limit at or below it)")
-    oversize_action: str = _setting("reject", _choice("reject", "tempfail", "scan-head", "accept"),
+    oversize_action: str = _setting("reject", choice("reject", "tempfail", "scan-head", "accept"),
         "past max_message_bytes: reject (552 5.3.4) or tempfail unscanned; "
         "scan-head and accept deliver a tail no one scanned (a virus there passes)")
-    clamd_config: Path = _setting(Path("/etc/clamav/clamd.conf"), _path,
+    clamd_config: Path = _setting(Path("/etc/clamav/clamd.conf"), local_path,
         "clamd's own config, read by --check-config (StreamMaxLength, MaxFileSize)")
-    postfix_config_dir: str = _setting("", _text,
+    postfix_config_dir: str = _setting("", any_text,
         "Postfix config folder --check-config asks postconf about; empty: the default")
-    spool_memory_bytes: int = _setting(1024 * 1024, _positive_int,
+    spool_memory_bytes: int = _setting(1024 * 1024, positive_int,
         "message bytes kept in memory before spooling to disk")
-    lists_refresh_seconds: float = _setting(2.0, _non_negative,
+    lists_refresh_seconds: float = _setting(2.0, non_negative,
         "how often the milter checks the store for list changes")
-    log_tokens: bool = _setting(True, _bool, "keep message features in the log so feedback can train")
-    log_retention_days: int = _setting(30, _non_negative_int,
+    log_tokens: bool = _setting(True, boolean, "keep message features in the log so feedback can train")
+    log_retention_days: int = _setting(30, non_negative_int,
         "message log entries older than this are deleted (0: keep forever)")
-    dns_nameservers: tuple[str, ...] = _setting((), _nameservers,
+    dns_nameservers: tuple[str, ...] = _setting((), nameservers,
         "name servers (IP addresses) for sender authentication; empty: the system's")
-    dns_port: int = _setting(53, _port, "port of dns_nameservers")
-    dns_timeout: float = _setting(2.0, _non_negative, "seconds one DNS lookup may take")
-    auth_mode: str = _setting("check", _choice("check", "header"),
+    dns_port: int = _setting(53, port_number, "port of dns_nameservers")
+    dns_timeout: float = _setting(2.0, non_negative, "seconds one DNS lookup may take")
+    auth_mode: str = _setting("check", choice("check", "header"),
         "check: SPF/DKIM/DMARC ourselves; header: trust the topmost "
         "Authentication-Results carrying authserv_id (a checker in front of us)")
-    authserv_id: str = _setting("", _authserv_id,
+    authserv_id: str = _setting("", authserv_id,
         "authserv-id of this site's Authentication-Results (incoming ones with it "
         "are removed as forged); empty: the host name")
-    dmarc_every_message: bool = _setting(False, _bool,
+    dmarc_every_message: bool = _setting(False, boolean,
         "check DMARC for all mail (DNS per message), not only where an "
         "allow entry would match")
-    dmarc_action: str = _setting("tag", _choice("tag", "quarantine", "reject"),
+    dmarc_action: str = _setting("tag", choice("tag", "quarantine", "reject"),
         "what a DMARC failure under the From domain's p=quarantine/reject gets "
         "(a recipient's own block still rejects)")
-    on_dns_error: str = _setting("unauthenticated", _choice("unauthenticated", "tempfail"),
+    on_dns_error: str = _setting("unauthenticated", choice("unauthenticated", "tempfail"),
         "when authentication lookups fail: treat the sender as unauthenticated, "
         "or tempfail the message")
-    log_format: str = _setting("text", _choice("text", "json"),
+    log_format: str = _setting("text", choice("text", "json"),
         "text: one line per event; json: one JSON object per line (per message: "
         "queue id, recipients' decisions, score, trace, ms per stage, worker)")
-    metrics_bind: str = _setting("", _loopback_bind,
+    metrics_bind: str = _setting("", loopback_bind,
         "loopback HOST:PORT serving Prometheus /metrics (e.g. 127.0.0.1:9464); empty: off")
-    web_bind: str = _setting("127.0.0.1:8080", _text, "host:port of the web UI")
-    web_secret_key: str = _setting("", _text, "Flask secret key; empty: generated into data_dir")
-    web_secure_cookies: bool = _setting(False, _bool, "mark cookies Secure (set when served over TLS)")
-    release_smtp: str = _setting("127.0.0.1:10026", _hostport,
+    web_bind: str = _setting("127.0.0.1:8080", any_text, "host:port of the web UI")
+    web_secret_key: str = _setting("", any_text, "Flask secret key; empty: generated into data_dir")
+    web_secure_cookies: bool = _setting(False, boolean, "mark cookies Secure (set when served over TLS)")
+    release_smtp: str = _setting("127.0.0.1:10026", host_port,
         "HOST:PORT of Postfix's unfiltered listener: released mail and digests")
-    quarantine_retention_days: int = _setting(30, _non_negative_int,
+    quarantine_retention_days: int = _setting(30, non_negative_int,
         "quarantined mail older than this is deleted (0: keep forever)")
-    web_base_url: str = _setting("http://127.0.0.1:8080", _base_url,
+    web_base_url: str = _setting("http://127.0.0.1:8080", base_url,
         "the web UI's address as users reach it (links in digest mail)")
-    digest_sender: str = _setting("postmaster@localhost", _text, "envelope and From address of digest mail")
-    digest_link_days: int = _setting(7, _positive_int, "days a digest's release link stays valid")
-    digest_hour: int = _setting(7, _hour, "UTC hour from which daily (weekly: Monday's) digests are due")
-    digest_check_minutes: int = _setting(15, _non_negative_int,
+    digest_sender: str = _setting("postmaster@localhost", any_text, "envelope and From address of digest mail")
+    digest_link_days: int = _setting(7, positive_int, "days a digest's release link stays valid")
+    digest_hour: int = _setting(7, hour, "UTC hour from which daily (weekly: Monday's) digests are due")
+    digest_check_minutes: int = _setting(15, non_negative_int,
         "how often `stronghold web` sends due digests (0: a timer runs "
         "`stronghold digest` instead)")
-    junk_retention_days: int = _setting(30, _non_negative_int,
+    junk_retention_days: int = _setting(30, non_negative_int,
         "Junk and Trash messages older than this are expunged by "
         "'stronghold mailbox expire' (0: keep forever)")
-    dovecot_config: Path = _setting(Path("/etc/dovecot/dovecot.conf"), _path,
+    dovecot_config: Path = _setting(Path("/etc/dovecot/dovecot.conf"), local_path,
         "the Dovecot config doveadm uses for 'stronghold mailbox expire'")
-    web_trusted_proxies: int = _setting(0, _non_negative_int,
+    web_trusted_proxies: int = _setting(0, non_negative_int,
         "reverse proxies in front of the web UI whose X-Forwarded-For/-Proto "
         "are believed (0: none, the client address is the peer's)")
-    web_login_limits: str = _setting("5 per minute; 10 per hour; 20 per day", _rate_limits,
+    web_login_limits: str = _setting("5 per minute; 10 per hour; 20 per day", rate_limits,
         "failed logins allowed per client address and login name (a backoff: "
         "the owner logging in from elsewhere is not held up)")
-    web_client_limits: str = _setting("30 per 15 minutes; 100 per day", _rate_limits,
+    web_client_limits: str = _setting("30 per 15 minutes; 100 per day", rate_limits,
         "failed logins allowed per client address, whatever the login name")
-    web_session_hours: float = _setting(8.0, _positive, "a web login lasts this long at most")
-    web_import_max_bytes: int = _setting(2 * 1024 * 1024, _positive_int,
+    web_session_hours: float = _setting(8.0, positive, "a web login lasts this long at most")
+    web_import_max_bytes: int = _setting(2 * 1024 * 1024, positive_int,
         "largest CSV file the web UI imports; larger ones are refused whole")
-    model_sync_seconds: float = _setting(0.0, _non_negative,
+    model_sync_seconds: float = _setting(0.0, non_negative,
         "how often the milter pulls the model published in the store "
         "(several nodes); 0: off, the local model file only")
-    node_name: str = _setting("", _text, "this node's name in 'stronghold model info'; empty: the host name")
+    node_name: str = _setting("", any_text, "this node's name in 'stronghold model info'; empty: the host name")
 
     @property
     def user_threshold_bounds(self) -> tuple[float, float] | None:

@@ -21,8 +21,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "stronghold"
 WEBUI = ROOT / "webui"
-VALUES = ("stronghold.verdict", "stronghold.config", "stronghold.lists", "stronghold.message",
-          "stronghold.policy")
+VALUES = ("stronghold.verdict", "stronghold.config", "stronghold.settingtypes", "stronghold.lists",
+          "stronghold.message", "stronghold.policy")
 STORE = ("stronghold.store", "stronghold.migrations")
 # layers above the default one (everything not named here: the checks, metrics, release, digests...)
 TOP = (("stronghold.routing",), ("stronghold.precedence",), ("stronghold.engine",), ("stronghold.service",),
