@@ -15,10 +15,11 @@ import email.errors
 import email.header
 import email.message
 import email.policy
-import html
 import quopri
 import re
 from dataclasses import dataclass, field
+
+from stronghold.htmltext import html_to_text
 
 MAX_BYTES = 2 * 1024 * 1024
 MAX_DEPTH = 40
@@ -120,99 +121,6 @@ def decode_bytes(data: bytes, charset: str | None) -> tuple[str, bool]:
         return data.decode("utf-8"), bad
     except UnicodeDecodeError:
         return data.decode("latin-1"), True
-
-
-# Possessive quantifiers keep both linear: a failed match at one "<" costs at
-# most the text up to the next one, at one attribute name at most 64 characters.
-_MARKUP = re.compile(r"<(?:!--|(/?)([a-zA-Z][^\t\n\r\f />\x00<]*+)([^<>]*+)>|[!?][^<>]*+>)")
-_ATTR = re.compile(r"""([^\s/>=]{1,64}+)\s*+=\s*+("[^"]*+"|'[^']*+'|[^\s"'>]++)""")
-_HIDDEN = {"script", "style", "head", "title"}  # their text is not shown
-_RAW_TEXT = {"script", "style"}  # their content is not markup
-_URL_ATTRS = {"href", "src", "action", "background"}
-
-
-def _attribute_features(tag: str, attrs: str, urls: list[str], features: list[str]) -> None:
-    for key, raw in _ATTR.findall(attrs):
-        key = key.lower()
-        value = raw[1:-1] if raw[:1] in "\"'" else raw
-        if "&" in value:
-            value = html.unescape(value)
-        if key in _URL_ATTRS:
-            value = value.strip()
-            low = value.lower()
-            if low.startswith(("http://", "https://", "www.")):
-                urls.append(value)
-            elif low.startswith("mailto:"):
-                features.append("mailto")
-            if key == "src" and tag == "img":
-                features.append("img-remote" if "://" in value else "img-local")
-        elif key == "style":
-            low = value.lower().replace(" ", "")
-            if "display:none" in low or "visibility:hidden" in low:
-                features.append("hidden-style")
-            if "font-size:0" in low or "font-size:1px" in low:
-                features.append("tiny-font")
-        elif key == "color" and tag == "font":
-            features.append(f"font-color:{value.lower()[:10]}")
-        elif key == "size" and tag == "font":
-            features.append(f"font-size:{value.strip()[:4]}")
-
-
-def html_to_text(markup: str) -> tuple[str, dict[str, int], list[str], list[str]]:
-    """(visible text, tag counts, urls, markup features) of an HTML document.
-
-    A single forward scan (linear in the input, whatever it holds): a tag ends
-    at the first ``>`` unless a ``<`` comes first, comments at ``-->``, script
-    and style content at their end tag.  It reads mail HTML as the standard
-    library's HTMLParser does for 95% of the corpus's documents, at under half
-    its cost; the rest differ in how broken tags are cut.
-    """
-    text: list[str] = []
-    tags: dict[str, int] = {}
-    urls: list[str] = []
-    features: list[str] = []
-    pos, n, hidden = 0, len(markup), 0
-    lowered: str | None = None
-    search = _MARKUP.search
-    while True:
-        m = search(markup, pos)
-        if m is None:
-            if not hidden and pos < n:
-                text.append(markup[pos:])
-            break
-        start = m.start()
-        if not hidden and start > pos:
-            text.append(markup[pos:start])
-        name = m.group(2)
-        if name is None:  # comment, declaration or processing instruction
-            if markup.startswith("<!--", start):
-                features.append("comment")
-                end = markup.find("-->", start + 4)
-                pos = n if end < 0 else end + 3
-            else:
-                pos = m.end()
-            continue
-        pos = m.end()
-        tag = name.lower()
-        if m.group(1):
-            if tag in _HIDDEN and hidden:
-                hidden -= 1
-            continue
-        tags[tag] = tags.get(tag, 0) + 1
-        attrs = m.group(3)
-        if "=" in attrs:
-            _attribute_features(tag, attrs, urls, features)
-        if attrs.endswith("/"):
-            continue
-        if tag in _RAW_TEXT:
-            if lowered is None:
-                lowered = markup.lower()
-            end = lowered.find("</" + tag, pos)
-            pos = n if end < 0 else end
-        if tag in _HIDDEN:
-            hidden += 1
-    joined = " ".join(text)
-    return (html.unescape(joined) if "&" in joined else joined), tags, urls, features
 
 
 def _body_as_sent(part: email.message.Message) -> bytes | None:

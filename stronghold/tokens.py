@@ -17,7 +17,7 @@ from stronghold.message import ParsedMessage, url_host
 
 # Bumped whenever the features of a given message change (tokenizer or parser):
 # a model trained with another version still loads, with a warning to retrain.
-# 2: HTML read by message.html_to_text's own scanner instead of html.parser.
+# 2: HTML read by our own scanner (htmltext.html_to_text) instead of html.parser.
 # 3: timestamps of the collector (Delivery-Date, X-Original-Date, ...) no longer features; only
 #    the 4 oldest Received headers are.
 # 4: 8-bit bodies read as the bytes they are (a Latin-1 "Café" was read "CafÃ©", an unlabelled

@@ -1,7 +1,7 @@
 """A quarantined message as plain text, safe to put in front of its recipient.
 
 The preview is text only: the decoded text/plain part, or else the HTML part
-turned into text by the filter's own scanner (``message.html_to_text``), plus
+turned into text by the filter's own scanner (``htmltext.html_to_text``), plus
 decoded headers, link targets and attachment names as text.  Nothing here is
 markup: templates escape every string, so ``<script>`` in a message shows as
 those characters.  Control characters and Unicode direction overrides (which
@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from stronghold.htmltext import html_to_text
 from stronghold.message import (
     MAX_BYTES,
     MAX_PART_TEXT,
@@ -21,7 +22,6 @@ from stronghold.message import (
     _mime_tree,
     _payload_bytes,
     decode_bytes,
-    html_to_text,
     parse,
 )
 

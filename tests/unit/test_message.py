@@ -74,7 +74,7 @@ def test_url_host() -> None:
 
 
 def test_html_text_skips_comments_scripts_and_styles() -> None:
-    from stronghold.message import html_to_text
+    from stronghold.htmltext import html_to_text
     text, tags, urls, feats = html_to_text(
         "<html><head><title>T</title><style>p{color:red}</style></head><body>"
         "Hello<!-- hidden < comment --> <script>if (a<b) x='</p>'</script>world &amp; "
@@ -85,7 +85,7 @@ def test_html_text_skips_comments_scripts_and_styles() -> None:
 
 
 def test_unclosed_tag_does_not_swallow_the_rest() -> None:
-    from stronghold.message import html_to_text
+    from stronghold.htmltext import html_to_text
     text, tags, _urls, _feats = html_to_text("<b>bold <i never closed <p>para</p> tail")
     assert "para" in text and "tail" in text and tags["p"] == 1
 
