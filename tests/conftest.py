@@ -53,6 +53,15 @@ def shared_tmpdir(prefix: str) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True)
+def _state_outside_the_checkout(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A test that names no folders of its own gets temporary ones, never the checkout's models/
+    and var/ (a `jobs` test once promoted a developer's stale candidate model into models/)."""
+    base = tmp_path_factory.getbasetemp() / "unnamed-state"
+    monkeypatch.setenv("STRONGHOLD_DATA_DIR", str(base / "data"))
+    monkeypatch.setenv("STRONGHOLD_MODELS_DIR", str(base / "models"))
+
+
 @pytest.fixture(scope="session")
 def corpus() -> Path:
     if not (CORPUS / "index.test").exists():

@@ -52,3 +52,10 @@ def test_every_setting_is_read_as_its_declared_type() -> None:
         kind = typing.get_origin(declared) if isinstance(declared, types.GenericAlias) else declared
         assert isinstance(getattr(cfg, name), kind), (name, declared, getattr(cfg, name))
     assert config.load(None, {}, environ={}).spam_threshold is None
+
+
+def test_a_test_that_names_no_folders_gets_temporary_ones() -> None:
+    """The checkout's models/ and var/ belong to the developer (conftest's autouse fixture)."""
+    cfg = config.load()
+    checkout = config.ROOT.resolve()
+    assert checkout not in cfg.models_dir.resolve().parents and checkout not in cfg.data_dir.resolve().parents

@@ -21,6 +21,7 @@ DAY = 86400.0
 @pytest.fixture
 def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Store:
     monkeypatch.setenv("STRONGHOLD_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("STRONGHOLD_MODELS_DIR", str(tmp_path / "models"))
     monkeypatch.setenv("STRONGHOLD_DOVECOT_CONFIG", str(tmp_path / "no-dovecot.conf"))
     store = Store(f"sqlite:///{tmp_path / 'data' / 'stronghold.db'}")
     store.upgrade()
