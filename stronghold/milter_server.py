@@ -37,7 +37,7 @@ import Milter
 import milter
 
 from stronghold import logfmt, metrics, modelsync
-from stronghold.config import Config
+from stronghold.config import Config, ConfigError
 from stronghold.milter import FLAGS, factory
 from stronghold.service import Service
 from stronghold.store.errors import StoreError
@@ -112,6 +112,38 @@ def _tune_listener(spec: str) -> bool:
         finally:
             sock.detach()
     return False
+
+
+class SocketInUse(ConfigError):
+    """The configured milter socket belongs to a running milter (a setting clash: one line, exit 2)."""
+
+
+def _claim_unix_socket(path: Path) -> None:
+    """Refuse to start while another milter answers on ``path``: libmilter would remove its
+    socket and bind ours, leaving it running unreachable (and our stop would then leave no
+    socket at all).  A socket nobody answers on is stale, and libmilter replaces it."""
+    if not path.exists():
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(2)
+        probe.connect(str(path))
+    except (ConnectionRefusedError, FileNotFoundError):
+        return  # stale: nobody listens
+    except OSError as exc:  # not ours to judge (permissions, a hung listener): leave it be
+        raise SocketInUse(f"cannot tell whether {path} is in use ({exc}); remove it if it is stale") from exc
+    finally:
+        probe.close()
+    raise SocketInUse(f"another milter is listening on {path}; stop it first (or give this one "
+                      "another milter_socket)")
+
+
+def _socket_identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _share_socket(path: Path, group: str) -> None:
@@ -190,9 +222,13 @@ def serve(cfg: Config) -> int:
         log.error("starting without a usable model (%s); messages get on_model_error=%s",
                   exc, cfg.on_model_error)
     _register(spec, cfg.milter_timeout, service)
+    own_socket = None
+    if spec.startswith("unix:"):
+        _claim_unix_socket(Path(spec[5:]))
     milter.opensocket(True)
     if spec.startswith("unix:"):
         _share_socket(Path(spec[5:]), cfg.milter_socket_group)
+        own_socket = _socket_identity(Path(spec[5:]))
     if not _tune_listener(spec):
         log.warning("could not tune the listening socket %s: expect ~40 ms stalls over TCP "
                     "and slow stops", spec)
@@ -252,11 +288,8 @@ def serve(cfg: Config) -> int:
         if time.monotonic() - started < 1.0:
             time.sleep(1.0)  # a worker that dies at once: do not spin
         spawn(slot)
-    if spec.startswith("unix:"):
-        try:
-            os.unlink(spec[5:])
-        except FileNotFoundError:
-            pass
+    if own_socket is not None and _socket_identity(Path(spec[5:])) == own_socket:
+        os.unlink(spec[5:])  # only our own: a milter started after us may have put its socket there
     return 0
 
 

@@ -1,0 +1,53 @@
+"""The milter's unix socket: a second milter on it is refused, and a milter removes only its own socket."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from devtools.localstack import _unix_connects
+from tests.harness.milterproc import MilterProcess, write_config
+
+
+def _settings(home: Path) -> dict[str, object]:
+    return {"data_dir": str(home / "data"), "models_dir": str(home / "models"), "clamd_socket": "none",
+            "milter_socket": f"unix:{home / 'milter.sock'}", "database_url": f"sqlite:///{home / 'store.db'}",
+            "milter_workers": 1}
+
+
+def test_a_second_milter_on_a_live_socket_is_refused_and_the_first_keeps_it(tmp_path: Path) -> None:
+    first = MilterProcess(tmp_path, _settings(tmp_path))
+    first.start()
+    try:
+        config = write_config(tmp_path / "second.toml", _settings(tmp_path))
+        second = subprocess.run([sys.executable, "-m", "stronghold.cli", "--config", str(config), "milter"],
+                                capture_output=True, text=True, timeout=60)
+        assert second.returncode == 2
+        assert "another milter is listening on" in second.stderr
+        assert _unix_connects(tmp_path / "milter.sock")  # still the first one's, still answering
+    finally:
+        first.stop()
+    assert not (tmp_path / "milter.sock").exists()  # its own socket: removed at stop
+
+
+def test_a_stale_socket_is_replaced_and_a_stop_leaves_another_ones_socket(tmp_path: Path) -> None:
+    sock_path = tmp_path / "milter.sock"
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(str(sock_path))  # bound, never listening: what a crashed milter leaves
+    stale.close()
+    milter = MilterProcess(tmp_path, _settings(tmp_path))
+    milter.start()
+    try:
+        assert _unix_connects(sock_path)
+        sock_path.unlink()  # meanwhile someone else's milter takes the path
+        other = socket.socket(socket.AF_UNIX)
+        other.bind(str(sock_path))
+        other.listen()
+    finally:
+        milter.stop()
+    try:
+        assert sock_path.exists() and _unix_connects(sock_path)  # not ours: left alone
+    finally:
+        other.close()
