@@ -190,9 +190,14 @@ IMAP user: {demo}, password {users[demo]}  (all mailbox users: {home / 'mail-use
 Try it:
   swaks --server 127.0.0.1:{layout.smtp_port} --from carol@sender.example --to {demo}
   curl -s 'imap://127.0.0.1:{layout.imap_port}/INBOX;MAILINDEX=1' --user '{demo}:{users[demo]}'
-Stop it with: make stop
+Stop it with: {_stop_command(home)}
 """)
     return 0
+
+
+def _stop_command(home: Path) -> str:
+    """``make stop``, naming the folder when it is not the default one (stop needs the same)."""
+    return "make stop" if home == Path(HOME).resolve() else f"DEVSTACK_HOME={home} make stop"
 
 
 def _clamd_tmpdir(home: Path) -> Path:

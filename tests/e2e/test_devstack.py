@@ -82,6 +82,7 @@ def test_devstack_on_free_ports_delivers_serves_and_stops_everything(models_dir:
     try:
         assert started.returncode == 0, started.stderr[-2000:]
         assert f"127.0.0.1:{ports['SMTP']}" in started.stdout and f"http://127.0.0.1:{ports['WEB']}/" in started.stdout
+        assert f"Stop it with: DEVSTACK_HOME={home.resolve()} make stop" in started.stdout  # not the default one's
         login = re.search(r"^IMAP user: (\S+), password (\S+)", started.stdout, re.M)
         assert login is not None, started.stdout
         user, password = login.groups()
