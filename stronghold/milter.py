@@ -23,6 +23,7 @@ import Milter
 from stronghold import headers
 from stronghold.logfmt import MessageLine, RcptLine
 from stronghold.message import MAX_BYTES, parse
+from stronghold.policy import REPLY_BLOCKED
 from stronghold.service import Service
 from stronghold.spool import Spool
 from stronghold.store.errors import StoreError
@@ -95,7 +96,7 @@ class StrongholdMilter(Milter.Base):
             env = Envelope(self.sender, (rcpt,), self.client_ip, self.helo, self.getsymval("i") or "")
             log.info("%s", RcptLine(env, decision))
             self.service.record_rcpt_reject(env, decision)
-            self.setreply("550", "5.7.1", "Sender is blocked by the recipient")
+            self.setreply(*REPLY_BLOCKED)
             return Milter.REJECT
         self.recipients.append(rcpt)
         self.rcpt_as_given[rcpt] = given

@@ -10,7 +10,7 @@ from stronghold.verdict import Action
 
 REPLY_VIRUS = ("554", "5.7.0", "Message contains a virus: {name}")
 REPLY_SPAM = ("550", "5.7.1", "Message rejected as spam")
-REPLY_BLOCKED = ("550", "5.7.1", "Sender is blocked by the recipient")
+REPLY_BLOCKED = ("550", "5.7.1", "Sender is blocked")  # whose list is not the sender's business
 REPLY_TEMPFAIL = ("451", "4.7.1", "Temporary filtering failure, please try again later")
 REPLY_OVERSIZE = ("552", "5.3.4", "Message too big for the filter")
 REPLY_UNCHECKED = ("550", "5.7.1", "Message could not be checked")

@@ -56,7 +56,7 @@ SETTINGS = {"spam_threshold": 0.9, "reject_threshold": 0.99, "spam_action": "tag
             "virus_action": "reject", "auth_mode": "header", "authserv_id": GATEWAY, "lists_refresh_seconds": 0}
 ERRORS = {"clamd": "clamd down", "model": "model file missing", "store": "database down"}
 SETTING = {"clamd": "on_scanner_error", "model": "on_model_error", "store": "on_store_error"}
-BLOCKED_REPLY = ("550", "5.7.1", "Sender is blocked by the recipient")
+BLOCKED_REPLY = ("550", "5.7.1", "Sender is blocked")
 POLICY = Policy(spam_threshold=0.9, reject_threshold=0.99, spam_action=Action.TAG,  # what SETTINGS say
                 spam_action_high=Action.REJECT)
 
