@@ -55,11 +55,15 @@ def shared_tmpdir(prefix: str) -> Path:
 
 @pytest.fixture(autouse=True)
 def _state_outside_the_checkout(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A test that names no folders of its own gets temporary ones, never the checkout's models/
-    and var/ (a `jobs` test once promoted a developer's stale candidate model into models/)."""
+    """A test that names no config of its own gets one with temporary folders, never the checkout's
+    models/ and var/ (a `jobs` test once promoted a developer's stale candidate model into models/).
+    A config file (``--config``) and STRONGHOLD_* variables a test gives still win."""
     base = tmp_path_factory.getbasetemp() / "unnamed-state"
-    monkeypatch.setenv("STRONGHOLD_DATA_DIR", str(base / "data"))
-    monkeypatch.setenv("STRONGHOLD_MODELS_DIR", str(base / "models"))
+    config = base / "stronghold.toml"
+    if not config.exists():
+        base.mkdir(parents=True, exist_ok=True)
+        config.write_text(f'data_dir = "{base / "data"}"\nmodels_dir = "{base / "models"}"\n')
+    monkeypatch.setenv("STRONGHOLD_CONFIG", str(config))
 
 
 @pytest.fixture(scope="session")
