@@ -23,6 +23,7 @@ from stronghold.lists import PatternError, normalize_address
 from stronghold.store import entries, messagelog, quarantine
 from stronghold.store.errors import EntryError, StoreError
 from stronghold.store.quarantine import Held
+from webui.allownote import allow_note
 from webui.auth import login_required
 from webui.context import settings, store
 from webui.preview import render as render_preview
@@ -218,7 +219,8 @@ def release_and_allow(item_id: int):
     except EntryError as exc:
         flash(f"{held.recipient}: {exc}.")
     else:
-        flash(f"{pattern} is now on the allow list of {held.recipient}.")
+        note, category = allow_note(held.trace, "envelope", pattern)  # the item's steps and its recipient's
+        flash(f"{pattern} is now on the allow list of {held.recipient}. {note}".rstrip(), category)
     return _after_action(held)
 
 
