@@ -23,6 +23,7 @@ from stronghold.lists import PatternError, normalize_address
 from stronghold.store import entries, messagelog, quarantine
 from stronghold.store.errors import EntryError, StoreError
 from stronghold.store.quarantine import Held
+from stronghold.store.tables import MessageRow
 from webui.allownote import allow_note
 from webui.auth import login_required
 from webui.context import settings, store
@@ -232,10 +233,14 @@ def not_spam(item_id: int):
     _release(held)
     with store().session() as s:
         message_id = messagelog.latest_for_recipient(s, held.queue_id, held.recipient)
-        if message_id is not None:
-            messagelog.set_feedback(s, message_id, g.user.id, False)
-    if message_id is None:
+        row = s.get(MessageRow, message_id) if message_id is not None else None
+        kept = row is not None and bool(row.tokens)  # no content kept: nothing to learn from
+        if row is not None and kept:
+            messagelog.set_feedback(s, row.id, g.user.id, False)
+    if row is None:
         flash("The filter cannot learn from this one: the message log no longer holds it.")
+    elif not kept:
+        flash("The filter cannot learn from this one: its content was not kept in the message log.")
     else:
         flash("Marked as not spam. The filter learns it at its next training run.")
     return _after_action(held)

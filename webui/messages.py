@@ -22,6 +22,7 @@ bp = Blueprint("messages", __name__, url_prefix="/messages")
 CATEGORIES = tuple(c.value for c in Category)  # what the filter can say; the log filters on it
 PAGE = 50
 _DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
+NOTHING_KEPT = "Nothing of this message's content was kept, so there is nothing to learn from."
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,7 @@ def index():
         feedback = messagelog.feedback_for(s, [r.id for r in rows], g.user.id)
         for r in rows:
             _ = r.recipients
-    return render_template("messages.html", rows=rows, feedback=feedback, category=category,
+    return render_template("messages.html", rows=rows, feedback=feedback, nothing_kept=NOTHING_KEPT, category=category,
                            categories=CATEGORIES, page=page, page_size=PAGE, q=q, day=day,
                            show_all=scope is None, mine=set(g.addresses), senders={r.id: sender_of(r) for r in rows},
                            status=_list_status(rows))
@@ -126,7 +127,7 @@ def show(message_id: int):
                                           None if g.user.is_admin else g.addresses)
     sender = sender_of(row)
     skipped = skipped_allow(row.trace)
-    return render_template("message.html", m=row, fb=fb, mine=set(g.addresses), held=held,
+    return render_template("message.html", m=row, fb=fb, nothing_kept=NOTHING_KEPT, mine=set(g.addresses), held=held,
                            sender=sender, status=_list_status([row]).get(row.id, {}),
                            auth=auth_step(row.trace), skipped=skipped,
                            skipped_entries={d.split(" ", 1)[0]: d for ds in skipped.values() for d in ds},
@@ -193,6 +194,9 @@ def feedback(message_id: int):
     verdict = request.form.get("is_spam")
     if verdict not in ("1", "0"):
         abort(400)
+    if not row.tokens:  # refused before its content was read, or its content was never kept
+        flash(NOTHING_KEPT, "error")
+        return _back()
     with store().session() as s:
         messagelog.set_feedback(s, row.id, g.user.id, verdict == "1")
     flash("Thanks: marked as " + ("spam" if verdict == "1" else "not spam")
