@@ -49,6 +49,17 @@ def may_see(held: Held) -> bool:
     return held.recipient in g.addresses and not held.is_virus
 
 
+def why(held: Held) -> str:
+    """The reason without the category its badge already shows: "spam (high score)" -> "(high score)",
+    "virus Eicar-Test-Signature" -> "Eicar-Test-Signature"."""
+    reason = held.reason.strip()
+    if reason == held.category:
+        reason = ""
+    elif reason.startswith(held.category + " "):
+        reason = reason[len(held.category) + 1:].lstrip()
+    return reason or ((held.virus or "") if held.is_virus else "")
+
+
 def item_or_404(item_id: int) -> Held:
     """The item if the current user may see and act on it; 404 otherwise (even if it exists)."""
     with store().session() as s:
@@ -109,7 +120,7 @@ def index():
     more = len(rows) > PAGE
     return render_template("junk.html", rows=rows[:PAGE], more=more, search=search, errors=errors,
                            everyone=admin, show_recipient=admin or len(g.addresses) > 1, visible=visible,
-                           digest_choices=digest.CHOICES)
+                           digest_choices=digest.CHOICES, why=why, viruses_held=settings().virus_action == "quarantine")
 
 
 @bp.route("/digest", methods=["POST"])
@@ -138,7 +149,7 @@ def show(item_id: int):
         except KeyError:
             abort(404)
         message_id = messagelog.latest_for_recipient(s, held.queue_id, held.recipient)
-    response = make_response(render_template("junk_item.html", h=held, p=render_preview(raw),
+    response = make_response(render_template("junk_item.html", h=held, p=render_preview(raw), why=why,
                                              message_id=message_id, visible=visible,
                                              retry=g.user.is_admin and retryable(held)))
     response.headers["Content-Security-Policy"] = PREVIEW_CSP
