@@ -23,6 +23,8 @@ from stronghold.lists import PatternError, normalize_address
 from stronghold.store import entries, messagelog, quarantine
 from stronghold.store.errors import EntryError, StoreError
 from stronghold.store.quarantine import Held
+from stronghold.store.tables import MessageRow
+from webui.allownote import allow_note
 from webui.auth import login_required
 from webui.context import settings, store
 from webui.preview import render as render_preview
@@ -45,6 +47,17 @@ def may_see(held: Held) -> bool:
     if g.user.is_admin:
         return True
     return held.recipient in g.addresses and not held.is_virus
+
+
+def why(held: Held) -> str:
+    """The reason without the category its badge already shows: "spam (high score)" -> "(high score)",
+    "virus Eicar-Test-Signature" -> "Eicar-Test-Signature"."""
+    reason = held.reason.strip()
+    if reason == held.category:
+        reason = ""
+    elif reason.startswith(held.category + " "):
+        reason = reason[len(held.category) + 1:].lstrip()
+    return reason or ((held.virus or "") if held.is_virus else "")
 
 
 def item_or_404(item_id: int) -> Held:
@@ -107,7 +120,7 @@ def index():
     more = len(rows) > PAGE
     return render_template("junk.html", rows=rows[:PAGE], more=more, search=search, errors=errors,
                            everyone=admin, show_recipient=admin or len(g.addresses) > 1, visible=visible,
-                           digest_choices=digest.CHOICES)
+                           digest_choices=digest.CHOICES, why=why, viruses_held=settings().virus_action == "quarantine")
 
 
 @bp.route("/digest", methods=["POST"])
@@ -136,7 +149,7 @@ def show(item_id: int):
         except KeyError:
             abort(404)
         message_id = messagelog.latest_for_recipient(s, held.queue_id, held.recipient)
-    response = make_response(render_template("junk_item.html", h=held, p=render_preview(raw),
+    response = make_response(render_template("junk_item.html", h=held, p=render_preview(raw), why=why,
                                              message_id=message_id, visible=visible,
                                              retry=g.user.is_admin and retryable(held)))
     response.headers["Content-Security-Policy"] = PREVIEW_CSP
@@ -218,7 +231,8 @@ def release_and_allow(item_id: int):
     except EntryError as exc:
         flash(f"{held.recipient}: {exc}.")
     else:
-        flash(f"{pattern} is now on the allow list of {held.recipient}.")
+        note, category = allow_note(held.trace, "envelope", pattern)  # the item's steps and its recipient's
+        flash(f"{pattern} is now on the allow list of {held.recipient}. {note}".rstrip(), category)
     return _after_action(held)
 
 
@@ -230,10 +244,14 @@ def not_spam(item_id: int):
     _release(held)
     with store().session() as s:
         message_id = messagelog.latest_for_recipient(s, held.queue_id, held.recipient)
-        if message_id is not None:
-            messagelog.set_feedback(s, message_id, g.user.id, False)
-    if message_id is None:
+        row = s.get(MessageRow, message_id) if message_id is not None else None
+        kept = row is not None and bool(row.tokens)  # no content kept: nothing to learn from
+        if row is not None and kept:
+            messagelog.set_feedback(s, row.id, g.user.id, False)
+    if row is None:
         flash("The filter cannot learn from this one: the message log no longer holds it.")
+    elif not kept:
+        flash("The filter cannot learn from this one: its content was not kept in the message log.")
     else:
         flash("Marked as not spam. The filter learns it at its next training run.")
     return _after_action(held)

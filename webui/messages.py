@@ -13,6 +13,8 @@ from stronghold.store import entries, messagelog, quarantine
 from stronghold.store.errors import EntryError
 from stronghold.store.tables import MessageRow
 from stronghold.verdict import Category
+from webui import tracetext
+from webui.allownote import allow_note
 from webui.auth import login_required
 from webui.context import store
 
@@ -20,6 +22,7 @@ bp = Blueprint("messages", __name__, url_prefix="/messages")
 CATEGORIES = tuple(c.value for c in Category)  # what the filter can say; the log filters on it
 PAGE = 50
 _DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
+NOTHING_KEPT = "Nothing of this message's content was kept, so there is nothing to learn from."
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,11 @@ class Sender:
 
     address: str
     source: str  # "From address" or "envelope sender"
+
+    @property
+    def check(self) -> str:
+        """How allow entries see it: "from" or "envelope" (``stronghold.allowrule``)."""
+        return "from" if self.source == "From address" else "envelope"
 
     @property
     def domain(self) -> str:
@@ -103,7 +111,7 @@ def index():
         feedback = messagelog.feedback_for(s, [r.id for r in rows], g.user.id)
         for r in rows:
             _ = r.recipients
-    return render_template("messages.html", rows=rows, feedback=feedback, category=category,
+    return render_template("messages.html", rows=rows, feedback=feedback, nothing_kept=NOTHING_KEPT, category=category,
                            categories=CATEGORIES, page=page, page_size=PAGE, q=q, day=day,
                            show_all=scope is None, mine=set(g.addresses), senders={r.id: sender_of(r) for r in rows},
                            status=_list_status(rows))
@@ -117,29 +125,26 @@ def show(message_id: int):
         fb = messagelog.feedback_for(s, [row.id], g.user.id).get(row.id)
         held = quarantine.ids_for_message(s, row.queue_id, [r.address for r in row.recipients],
                                           None if g.user.is_admin else g.addresses)
-    return render_template("message.html", m=row, fb=fb, mine=set(g.addresses), held=held,
-                           sender=sender_of(row), status=_list_status([row]).get(row.id, {}),
-                           auth=auth_step(row.trace))
+    sender = sender_of(row)
+    skipped = skipped_allow(row.trace)
+    return render_template("message.html", m=row, fb=fb, nothing_kept=NOTHING_KEPT, mine=set(g.addresses), held=held,
+                           sender=sender, status=_list_status([row]).get(row.id, {}),
+                           auth=auth_step(row.trace), skipped=skipped,
+                           skipped_entries={d.split(" ", 1)[0]: d for ds in skipped.values() for d in ds},
+                           unauthenticated=sender is not None and tracetext.sender_authenticated(
+                               row.trace, sender.check, sender.address) is False)
 
 
 def auth_step(trace: str) -> str | None:
     """What the trace says was authenticated: the detail of its ``auth=`` step."""
-    if trace.startswith("auth="):
-        start = 0
-    elif " auth=" in trace:
-        start = trace.index(" auth=") + 1
-    else:
-        return None
-    open_at = trace.find("(", start)
-    if open_at < 0:
-        return None
-    depth = 0
-    for i in range(open_at, len(trace)):
-        depth += {"(": 1, ")": -1}.get(trace[i], 0)
-        if depth == 0:
-            source = trace[start + len("auth="):open_at]
-            return f"{trace[open_at + 1:i]} ({source})"
-    return None
+    step = tracetext.parse(trace).find("auth")
+    return f"{step.detail} ({step.outcome})" if step is not None else None
+
+
+def skipped_allow(trace: str) -> dict[str, list[str]]:
+    """Per recipient, why allow entries that matched were not applied (the ``allow=skipped`` details)."""
+    return {address: [s.detail for s in steps if s.step == "allow" and s.outcome == "skipped"]
+            for address, steps in tracetext.parse(trace).recipients.items()}
 
 
 def _my_recipient_addresses(row) -> list[str]:
@@ -174,7 +179,9 @@ def add_sender(message_id: int):
             problems.append(f"{address}: {exc}")
     what = f"the {sender.source}" if target == "address" else f"the domain of the {sender.source}"
     if done:
-        flash(f"{display(pattern)} ({what}) is now on the {kind} list of {', '.join(done)}.")
+        note, category = ("", "message") if kind == "block" else allow_note(row.trace, sender.check, sender.address)
+        flash(f"{display(pattern)} ({what}) is now on the {kind} list of {', '.join(done)}. {note}".rstrip(),
+              category)
     for p in problems:
         flash(p, "error")
     return _back()
@@ -187,6 +194,9 @@ def feedback(message_id: int):
     verdict = request.form.get("is_spam")
     if verdict not in ("1", "0"):
         abort(400)
+    if not row.tokens:  # refused before its content was read, or its content was never kept
+        flash(NOTHING_KEPT, "error")
+        return _back()
     with store().session() as s:
         messagelog.set_feedback(s, row.id, g.user.id, verdict == "1")
     flash("Thanks: marked as " + ("spam" if verdict == "1" else "not spam")

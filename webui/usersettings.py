@@ -29,8 +29,9 @@ def _system_threshold() -> float | None:
         return None
 
 
-def _parse_threshold(text: str) -> float | None:
-    """'' (the system's) or a number; ValueError with a sentence otherwise."""
+def _parse_threshold(text: str, bounds: tuple[float, float]) -> float | None:
+    """'' (the system's) or a number; ValueError with a sentence otherwise (nan and inf get
+    the sentence of any number outside the bounds)."""
     text = text.strip()
     if not text:
         return None
@@ -39,7 +40,7 @@ def _parse_threshold(text: str) -> float | None:
     except ValueError:
         raise ValueError(f"'{text[:20]}' is not a number") from None
     if not math.isfinite(value):
-        raise ValueError("the threshold must be a number between the bounds shown")
+        raise ValueError(f"the threshold must be between {bounds[0]:g} and {bounds[1]:g}")  # as set_spam_threshold
     return value
 
 
@@ -53,7 +54,7 @@ def index():
         try:
             if choice not in digest.CHOICES:
                 raise ValueError("choose off, daily or weekly for the digest")
-            threshold = _parse_threshold(request.form.get("threshold", "")) if bounds else None
+            threshold = _parse_threshold(request.form.get("threshold", ""), bounds) if bounds else None
             with store().session() as s:
                 user = accounts.get_user_by_id(s, g.user.id)
                 if user is None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from flask import Flask
 from flask.testing import FlaskClient
 
@@ -41,10 +43,12 @@ def test_threshold_within_bounds_is_saved_and_reaches_the_milters_lists(client: 
 def test_out_of_bounds_or_garbage_is_refused_and_nothing_changes(client: FlaskClient, auth: Auth,
                                                                  app: Flask) -> None:
     auth.login()
-    for value, words in (("0.2", "between 0.5 and 0.99"), ("1.5", "between 0.5 and 0.99"),
-                         ("nan", "must be a number"), ("abc", "is not a number")):
+    bounds = "the threshold must be between 0.5 and 0.99"  # the same for nan and inf as for 1.5
+    for value, words in (("0.2", bounds), ("1.5", bounds), ("nan", bounds), ("-inf", bounds),
+                         ("abc", "'abc' is not a number")):
         r = client.post("/settings/", data={"csrf_token": _csrf(client), "threshold": value, "digest": "off"})
-        assert r.status_code == 400 and words in r.get_data(as_text=True), value
+        alert = re.search(r'role="alert">(.*?)</p>', r.get_data(as_text=True))
+        assert r.status_code == 400 and alert is not None and alert.group(1) == words.replace("'", "&#39;"), value
     assert _user(app, "alice") == (None, "daily")
     r = client.post("/settings/", data={"threshold": "0.7", "digest": "off"})  # no CSRF token
     assert r.status_code == 400 and _user(app, "alice") == (None, "daily")
