@@ -26,6 +26,7 @@ from stronghold.store.quarantine import Held
 from stronghold.store.tables import MessageRow
 from webui.allownote import allow_note
 from webui.auth import login_required
+from webui.confirm import confirmed
 from webui.context import settings, store
 from webui.preview import render as render_preview
 from webui.preview import visible
@@ -183,10 +184,22 @@ def _after_action(held: Held):
                     else url_for("junk.index"))
 
 
+def _ask(held: Held, action: str, title: str, detail: str, button: str):
+    """The confirmation page of a step that cannot be undone (its button posts again, confirmed)."""
+    return render_template("confirm.html", title=title, question=title, detail=detail, button=button,
+                           action=url_for(action, item_id=held.id), fields={"back": request.form.get("back", "")},
+                           cancel=url_for("junk.show", item_id=held.id))
+
+
 @bp.route("/<int:item_id>/release", methods=["POST"])
 @login_required
 def release(item_id: int):
     held = item_or_404(item_id)
+    if held.is_virus and held.released is None and not confirmed():
+        return _ask(held, "junk.release", f"Release a message carrying {held.virus or 'a virus'}?",
+                    f"“{visible(held.subject) or '(no subject)'}” goes to {held.recipient}'s inbox as it is, "
+                    "virus and all. Release it only to look at it on a machine it cannot harm.",
+                    "Release it anyway")
     _release(held)
     return _after_action(held)
 
@@ -261,6 +274,10 @@ def not_spam(item_id: int):
 @login_required
 def delete(item_id: int):
     held = item_or_404(item_id)
+    if not confirmed():
+        return _ask(held, "junk.delete", f"Delete “{visible(held.subject) or '(no subject)'}”?",
+                    f"The copy held for {held.recipient} is gone for good: it cannot be released afterwards.",
+                    "Delete")
     with store().session() as s:
         gone = quarantine.delete(s, held.id)
     if gone:

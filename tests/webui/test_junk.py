@@ -187,7 +187,10 @@ def test_not_spam_releases_and_records_feedback(client: FlaskClient, auth: Auth,
 def test_delete(client: FlaskClient, auth: Auth, app: Flask, sink: SmtpSink) -> None:
     mine = hold(app, "alice@example.com", "to be deleted")
     auth.login("alice")
-    auth.post(f"/junk/{mine}/delete", {}, "/junk/")
+    asked = auth.post(f"/junk/{mine}/delete", {}, "/junk/").get_data(as_text=True)
+    assert "Delete “to be deleted”?" in asked and 'name="confirm" value="1"' in asked
+    assert item(app, mine) is not None  # only asked so far
+    auth.post(f"/junk/{mine}/delete", {"confirm": "1"}, "/junk/")
     assert item(app, mine) is None
     page = flashes(client)
     assert "Deleted “to be deleted”" in page and f"/junk/{mine}" not in page
@@ -248,7 +251,10 @@ def test_admin_releases_a_virus_users_cannot(client: FlaskClient, auth: Auth, ap
     auth.login("root")
     page = client.get(f"/junk/{virus}").get_data(as_text=True)
     assert "carries a virus" in page and "Not spam" not in page
-    auth.post(f"/junk/{virus}/release", {}, "/junk/")
+    asked = auth.post(f"/junk/{virus}/release", {}, "/junk/").get_data(as_text=True)
+    assert "Release a message carrying Eicar-Test-Signature?" in asked and 'name="confirm" value="1"' in asked
+    assert sink.messages == [] and item(app, virus).released is None  # type: ignore[union-attr]
+    auth.post(f"/junk/{virus}/release", {"confirm": "1"}, "/junk/")
     assert [m.recipients for m in sink.wait_for(lambda m: True)] == [["alice@example.com"]]
     held = item(app, virus)
     assert held is not None and held.released_by == "root"
