@@ -174,7 +174,7 @@ def add_sender(message_id: int):
             problems.append(f"{address}: {exc}")
     what = f"the {sender.source}" if target == "address" else f"the domain of the {sender.source}"
     if done:
-        flash(f"{display(pattern)} ({what}) is now on the {kind} list of {', '.join(done)}.")
+        flash(f"{display(pattern)} ({what}) is now on the {kind} list of {', '.join(map(display, done))}.")
     for p in problems:
         flash(p, "error")
     return _back()
