@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from werkzeug.routing import UnicodeConverter
 
 from tests.webui.conftest import Auth, token
 from webui import MAX_ROW_ID, RowId
@@ -13,16 +16,12 @@ HUGE = "99999999999999999999999"
 
 
 def _int_routes(app: Flask) -> list[tuple[str, str]]:
-    """(method, URL with every int argument set to HUGE) for each route that takes an int id."""
+    """(method, URL with every int argument HUGE and every other one "global") for each id route."""
     found = []
     for rule in app.url_map.iter_rules():
-        converters = rule._converters  # Werkzeug keeps them private; name -> converter
-        if not any(isinstance(c, RowId) for c in converters.values()):
+        if "<int:" not in rule.rule:
             continue
-        url = rule.rule
-        for name, converter in converters.items():
-            is_id = isinstance(converter, RowId)
-            url = url.replace(f"<int:{name}>" if is_id else f"<{name}>", HUGE if is_id else "global")
+        url = re.sub(r"<[^>]+>", "global", re.sub(r"<int:\w+>", HUGE, rule.rule))
         found += [(method, url) for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"})]
     return found
 
@@ -31,6 +30,9 @@ def test_every_id_route_is_covered(app: Flask) -> None:
     routes = _int_routes(app)
     assert len(routes) >= 12 and ("GET", f"/messages/{HUGE}") in routes and ("GET", f"/junk/{HUGE}") in routes
     assert ("POST", f"/lists/global/remove/{HUGE}") in routes and ("POST", f"/admin/users/{HUGE}") in routes
+    id_converters = [c for rule in app.url_map.iter_rules() if "<int:" in rule.rule
+                     for c in rule._converters.values() if not isinstance(c, UnicodeConverter)]
+    assert id_converters and all(isinstance(c, RowId) for c in id_converters)
 
 
 def test_huge_ids_are_not_found_on_every_route(client: FlaskClient, auth: Auth, app: Flask) -> None:
