@@ -105,7 +105,19 @@ def normalize_pattern(pattern: str) -> str:
         return "@" + normalize_domain(text[1:])
     if "*" in text:
         raise PatternError("a wildcard is only allowed as '*.domain'")
+    if "@" not in text and _is_domain(text):
+        domain = shorten(text.rstrip("."))
+        raise PatternError(f"'{domain}' is not an address like name@example.com; "
+                           f"for a whole domain, write @{domain} or *.{domain}")
     return normalize_address(text)
+
+
+def _is_domain(text: str) -> bool:
+    try:
+        normalize_domain(text)
+    except PatternError:
+        return False
+    return True
 
 
 def sender_addresses(envelope_sender: str, header_from: str | None) -> list[tuple[str, str]]:

@@ -17,6 +17,7 @@ from flask_wtf.csrf import CSRFError, CSRFProtect
 from markupsafe import Markup, escape
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.middleware.proxy_fix import ProxyFix
+from werkzeug.routing import IntegerConverter, ValidationError
 
 from stronghold import config as config_mod
 from stronghold.config import Config
@@ -24,8 +25,11 @@ from stronghold.lists import display
 from stronghold.store.db import Store
 from stronghold.webkey import secret_key
 from webui import context
+from webui.safetext import visible
 
 csrf = CSRFProtect()
+# The largest id a row can have: id columns are INTEGER, 32-bit on PostgreSQL (SQLite's are wider).
+MAX_ROW_ID = 2 ** 31 - 1
 
 
 def create_app(test_config: Mapping[str, Any] | None = None, cfg: Config | None = None) -> Flask:
@@ -34,6 +38,7 @@ def create_app(test_config: Mapping[str, Any] | None = None, cfg: Config | None 
     flask_keys = {k: v for k, v in (test_config or {}).items() if k.isupper()}
     cfg = cfg or config_mod.load(overrides=settings)
     app = Flask(__name__)
+    app.url_map.converters["int"] = RowId  # before any route is added
     app.config.update(
         SECRET_KEY=secret_key(cfg),
         SESSION_COOKIE_HTTPONLY=True,
@@ -62,7 +67,8 @@ def create_app(test_config: Mapping[str, Any] | None = None, cfg: Config | None 
     def format_time(ts: float) -> str:
         return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts))
 
-    app.add_template_filter(display, "shown")
+    app.add_template_filter(shown, "shown")
+    app.add_template_filter(visible, "visible")
     app.add_template_filter(breakable, "breakable")
     _error_pages(app)
 
@@ -79,6 +85,26 @@ def create_app(test_config: Mapping[str, Any] | None = None, cfg: Config | None 
         return response
 
     return app
+
+
+class RowId(IntegerConverter):
+    """``<int:...>`` in every route: 0 up to ``MAX_ROW_ID``, else 404.
+
+    A larger number cannot be a row id, and the databases refuse it instead of
+    finding nothing (SQLite raises OverflowError past 64 bits, PostgreSQL
+    "integer out of range" past 32), so it never reaches a query.
+    """
+
+    def to_python(self, value: str) -> int:
+        number = super().to_python(value)
+        if number > MAX_ROW_ID:
+            raise ValidationError()
+        return number
+
+
+def shown(pattern: str) -> str:
+    """A stored pattern or address for people: its domain in Unicode, nothing hidden in it."""
+    return visible(display(pattern))
 
 
 def breakable(text: str) -> Markup:

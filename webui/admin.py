@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, abort, flash, g, redirect, render_template, request, url_for
 
+from stronghold.lists import display
 from stronghold.store import accounts
 from stronghold.store.errors import EntryError
 from webui.auth import admin_required
@@ -90,16 +91,17 @@ def change_user(user_id: int):
 def _confirm(user_id: int, action: str):
     with store().session() as s:
         user = _user_or_404(s, user_id)
-        login, addresses = user.login, accounts.owned_addresses(user)
+        login, addresses = user.login, [display(a) for a in accounts.owned_addresses(user)]
     address = request.form.get("address", "")
+    shown = display(address)
     if action == "delete":
         title = f"Delete user {login}?"
         detail = ("Their addresses are released: the allow and block lists of "
                   f"{', '.join(addresses)} are deleted too, and whoever gets an address next "
                   "starts with empty lists and no past mail." if addresses else "")
     else:
-        title = f"Remove {address} from {login}?"
-        detail = (f"The allow and block lists of {address} are deleted, and whoever gets it next "
+        title = f"Remove {shown} from {login}?"
+        detail = (f"The allow and block lists of {shown} are deleted, and whoever gets it next "
                   "starts with empty lists and no past mail.")
     return render_template("confirm.html", title=title, question=title, detail=detail,
                            action=request.path, fields={"action": action, "address": address},

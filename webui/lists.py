@@ -97,7 +97,7 @@ def remove(address: str, entry_id: int):
     if not confirmed():
         return render_template("confirm.html", title=f"Remove {shown}?",
                                question=f"Remove {shown} from the {entry.kind} list of "
-                                        f"{address.lower() if owner else 'everyone (global)'}?",
+                                        f"{display(address.lower()) if owner else 'everyone (global)'}?",
                                action=request.path, button="Remove", cancel=back)
     try:
         with store().session() as s:
@@ -119,8 +119,9 @@ def trust(address: str, entry_id: int):
             entry = entries.set_trust(s, entry_id, [owner], wanted)
     except EntryError:
         abort(404)
-    flash(f"{entry.pattern} is now trusted without authentication: anyone can forge it." if wanted
-          else f"{entry.pattern} now applies only to authenticated mail.")
+    shown = display(entry.pattern)
+    flash(f"{shown} is now trusted without authentication: anyone can forge it." if wanted
+          else f"{shown} now applies only to authenticated mail.")
     return redirect(url_for("lists.show", address=address.lower()))
 
 

@@ -180,8 +180,8 @@ def add_sender(message_id: int):
     what = f"the {sender.source}" if target == "address" else f"the domain of the {sender.source}"
     if done:
         note, category = ("", "message") if kind == "block" else allow_note(row.trace, sender.check, sender.address)
-        flash(f"{display(pattern)} ({what}) is now on the {kind} list of {', '.join(done)}. {note}".rstrip(),
-              category)
+        flash(f"{display(pattern)} ({what}) is now on the {kind} list of {', '.join(map(display, done))}. "
+              f"{note}".rstrip(), category)
     for p in problems:
         flash(p, "error")
     return _back()

@@ -5,7 +5,8 @@ turned into text by the filter's own scanner (``htmltext.html_to_text``), plus
 decoded headers, link targets and attachment names as text.  Nothing here is
 markup: templates escape every string, so ``<script>`` in a message shows as
 those characters.  Control characters and Unicode direction overrides (which
-can disguise a sender or a file name) are made visible as U+FFFD.
+can disguise a sender or a file name) are made visible as U+FFFD by
+``webui.safetext.visible``, the helper every page uses for such text.
 """
 
 from __future__ import annotations
@@ -24,13 +25,12 @@ from stronghold.message import (
     decode_bytes,
     parse,
 )
+from webui.safetext import visible
 
 MAX_PREVIEW_CHARS = 100_000
 MAX_LINKS = 40
 SHOWN_HEADERS = ("From", "Reply-To", "To", "Cc", "Date", "Subject")
 
-# C0/C1 controls (but tab and newline) and the bidi embedding/override/isolate marks.
-_UNSAFE_CHARS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 # Where a block element starts or ends, the text gets a line break.
 _BLOCK = re.compile(r"(?i)<(?=/?(?:br|p|div|tr|li|h[1-6]|table|blockquote|hr|ul|ol|pre)\b)")
 _SPACES = re.compile(r"[ \t\r\f\v]+")
@@ -46,11 +46,6 @@ class Preview:
     attachments: list[Attachment]
     truncated: bool
     defects: list[str]
-
-
-def visible(text: str) -> str:
-    """``text`` with hidden controls and direction overrides replaced by U+FFFD."""
-    return _UNSAFE_CHARS.sub("\ufffd", text)
 
 
 def _tidy(text: str) -> str:

@@ -156,16 +156,32 @@ def sizes(session: Session) -> dict[tuple[str, str], int]:
 
 CSV_FIELDS = ("kind", "pattern", "comment", "trust_unauthenticated")
 TRUST_WORDS = {"": False, "no": False, "yes": True}
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet reads such a cell as a formula
+
+
+def csv_cell(value: str) -> str:
+    """``value`` for a CSV cell a spreadsheet shows as text: a quote before a formula start.
+
+    A value whose leading quotes already precede one gets another, so ``csv_value`` gives it back whole."""
+    return "'" + value if value.lstrip("'").startswith(FORMULA_STARTS) else value
+
+
+def csv_value(cell: str) -> str:
+    """The value ``csv_cell`` wrote: the quote it added (only ever before a formula start) taken off."""
+    return cell[1:] if cell.startswith("'") and cell.lstrip("'").startswith(FORMULA_STARTS) else cell
 
 
 def export_csv(items: Iterable[ListEntry]) -> str:
     """kind,pattern,comment,trust_unauthenticated ("yes" on allow entries trusted without
-    authentication, empty otherwise): what ``import_csv`` reads back to the same entries."""
+    authentication, empty otherwise): what ``import_csv`` reads back to the same entries.
+
+    A cell starting like a formula (``@example.com``, ``=HYPERLINK(...)`` in a comment) gets a
+    leading quote, so a spreadsheet opening the file shows it and runs nothing."""
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(CSV_FIELDS)
     for e in items:
-        writer.writerow((e.kind, e.pattern, e.comment, "yes" if e.trust_unauthenticated else ""))
+        writer.writerow((e.kind, csv_cell(e.pattern), csv_cell(e.comment), "yes" if e.trust_unauthenticated else ""))
     return out.getvalue()
 
 
@@ -184,7 +200,8 @@ def import_csv(session: Session, owner: str | None, text: str,
                default_kind: str | None = None) -> ImportReport:
     """Add entries from CSV (kind,pattern[,comment[,trust_unauthenticated]]; header optional),
     all or nothing.  The fourth field, "yes" or "no" (or empty), marks an allow entry as trusted
-    without authentication, as ``export_csv`` writes it.
+    without authentication, as ``export_csv`` writes it; the quote ``export_csv`` puts before
+    a cell starting like a formula is taken off again.
 
     Every line is checked and every problem reported; if there is one, no line is
     added, so a fixed file can simply be imported again.  Lines already on the
@@ -242,7 +259,7 @@ def _parse_row(row: list[str], number: int, default_kind: str | None,
     """(kind, pattern, comment, trusted) of a CSV row; None for blank lines, the header and problems."""
     if not row or not any(cell.strip() for cell in row):
         return None
-    cells = [c.strip() for c in row]
+    cells = [csv_value(c.strip()) for c in row]
     if report.lines == 1 and cells[0].lower() == "kind":
         return None
     if len(cells) > 4:

@@ -82,7 +82,7 @@ def test_csv_round_trip_and_problems(store: Store) -> None:
             "allow,friend@y.example,pal\nblock,@x.example,dup\n")
         assert report.added == 2 and report.skipped == ["line 4: @x.example is already on the block list"]
         text = entries.export_csv(entries.entries(s, "a@example.com"))
-    assert "block,@x.example,one," in text and "allow,friend@y.example,pal," in text
+    assert "block,'@x.example,one," in text and "allow,friend@y.example,pal," in text
 
 
 def test_csv_carries_trust_without_authentication(store: Store) -> None:
