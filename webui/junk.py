@@ -19,7 +19,7 @@ from flask import Blueprint, abort, flash, g, make_response, redirect, render_te
 
 from stronghold import digest
 from stronghold import release as release_mod
-from stronghold.lists import PatternError, normalize_address
+from stronghold.lists import PatternError, display, normalize_address
 from stronghold.store import entries, messagelog, quarantine
 from stronghold.store.errors import EntryError, StoreError
 from stronghold.store.quarantine import Held
@@ -245,7 +245,7 @@ def release_and_allow(item_id: int):
         flash(f"{held.recipient}: {exc}.")
     else:
         note, category = allow_note(held.trace, "envelope", pattern)  # the item's steps and its recipient's
-        flash(f"{pattern} is now on the allow list of {held.recipient}. {note}".rstrip(), category)
+        flash(f"{display(pattern)} is now on the allow list of {display(held.recipient)}. {note}".rstrip(), category)
     return _after_action(held)
 
 
