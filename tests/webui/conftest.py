@@ -14,6 +14,7 @@ from playwright.sync_api import Browser, Page, sync_playwright
 from stronghold.store import accounts
 from stronghold.store.db import Store
 from tests.harness.browser import launch
+from tests.harness.smtpsink import SmtpSink
 from webui import create_app
 
 PASSWORD = "a long enough password"
@@ -35,7 +36,19 @@ def seed(store: Store) -> dict[str, int]:
 @pytest.fixture
 def app(store: Store, tmp_path: Path) -> Iterator[Flask]:
     """A fresh store per test, so login counters and sessions start empty too."""
-    application = create_app({"data_dir": tmp_path / "data", "database_url": store.url, "TESTING": True})
+    yield from _app(store, tmp_path)
+
+
+@pytest.fixture
+def releasing_app(store: Store, tmp_path: Path, sink: SmtpSink) -> Iterator[Flask]:
+    """The same, with quarantine releases going to the test's SMTP sink (modules that release
+    define ``app`` as this one)."""
+    yield from _app(store, tmp_path, release_smtp=f"127.0.0.1:{sink.port}")
+
+
+def _app(store: Store, tmp_path: Path, **settings: object) -> Iterator[Flask]:
+    application = create_app({"data_dir": tmp_path / "data", "database_url": store.url, "TESTING": True,
+                              **settings})
     application.config["user_ids"] = seed(store)
     yield application
     application.extensions["stronghold_store"].dispose()

@@ -3,9 +3,6 @@ message page says when an allow entry matched but was skipped (sender not authen
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
@@ -18,11 +15,9 @@ from stronghold.message import parse
 from stronghold.policy import Policy
 from stronghold.precedence import decide
 from stronghold.store import entries, messagelog, quarantine
-from stronghold.store.db import Store
 from stronghold.verdict import Action, Envelope
 from tests.harness.smtpsink import SmtpSink
-from tests.webui.conftest import Auth, seed
-from webui import create_app
+from tests.webui.conftest import Auth
 from webui.tracetext import parse as parse_trace
 from webui.tracetext import sender_authenticated
 
@@ -31,13 +26,9 @@ RCPT = "alice@example.com"
 
 
 @pytest.fixture
-def app(store: Store, tmp_path: Path, sink: SmtpSink) -> Iterator[Flask]:
-    """The conftest app, with releases going to the SMTP sink."""
-    application = create_app({"data_dir": tmp_path / "data", "database_url": store.url, "TESTING": True,
-                              "release_smtp": f"127.0.0.1:{sink.port}"})
-    application.config["user_ids"] = seed(store)
-    yield application
-    application.extensions["stronghold_store"].dispose()
+def app(releasing_app: Flask) -> Flask:
+    """Releases go to the SMTP sink."""
+    return releasing_app
 
 
 def flashes(client: FlaskClient) -> str:

@@ -3,9 +3,6 @@ time (no content kept) gets no buttons, a note, and a forged POST records nothin
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
@@ -17,22 +14,16 @@ from stronghold.message import parse
 from stronghold.policy import Policy
 from stronghold.precedence import decide
 from stronghold.store import messagelog, quarantine
-from stronghold.store.db import Store
 from stronghold.verdict import Envelope
 from tests.harness.smtpsink import SmtpSink
-from tests.webui.conftest import Auth, seed
+from tests.webui.conftest import Auth
 from tests.webui.test_webui import _log_message
-from webui import create_app
 
 
 @pytest.fixture
-def app(store: Store, tmp_path: Path, sink: SmtpSink) -> Iterator[Flask]:
-    """The conftest app, with Junk releases going to the SMTP sink."""
-    application = create_app({"data_dir": tmp_path / "data", "database_url": store.url, "TESTING": True,
-                              "release_smtp": f"127.0.0.1:{sink.port}"})
-    application.config["user_ids"] = seed(store)
-    yield application
-    application.extensions["stronghold_store"].dispose()
+def app(releasing_app: Flask) -> Flask:
+    """Releases go to the SMTP sink."""
+    return releasing_app
 
 
 def _refused(app: Flask) -> int:
