@@ -36,7 +36,7 @@ import re
 import smtplib
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.policy import SMTP
@@ -228,9 +228,9 @@ class DigestReport:
     outcome: str  # sent / nothing new / not due / dry run / failed: why
 
 
-def _address_of(login: str, addresses: Sequence[str]) -> str:
+def _address_of(login: str, addresses: Mapping[str, float]) -> str:
     """Where a user's digest goes: their login if it is one of their addresses, else the first."""
-    return login if login in addresses else addresses[0]
+    return login if login in addresses else next(iter(addresses))
 
 
 def _claim_user(store: Store, user_id: int, old: float | None, now: float) -> bool:
@@ -243,19 +243,27 @@ def _unclaim_user(store: Store, user_id: int, old: float | None, now: float) -> 
         accounts.unclaim_digest(s, user_id, old, now)
 
 
-def _pending(store: Store, addresses: Sequence[str], since: float, until: float) -> tuple[list[Held], int]:
+def _pending(store: Store, addresses: Mapping[str, float], since: float, until: float) -> tuple[list[Held], int]:
+    """Unreleased items held for ``addresses`` ({address: since when it is the user's}) in [since, until)."""
     with store.session() as s:
-        found = quarantine.find(s, recipients=addresses, since=since, until=until, limit=10_000)
+        found = quarantine.find(s, recipients=list(addresses), since=since, until=until, limit=10_000,
+                                owned_since=addresses)
     fresh = [h for h in found if h.released is None]
     return fresh[:MAX_ITEMS], max(0, len(fresh) - MAX_ITEMS)
 
 
-def _candidates(store: Store, only: str | None) -> list[tuple[int, str, str, float | None, list[str]]]:
+def _candidates(store: Store, only: str | None) -> list[tuple[int, str, str, float | None, dict[str, float]]]:
     with store.session() as s:
         users = accounts.digest_users(s, only)
         if only and not users:
             raise DigestError(f"no enabled user {only} with a digest")
-        return [(u.id, u.login, u.digest, u.digest_sent, accounts.owned_addresses(u)) for u in users]
+        return [(u.id, u.login, u.digest, u.digest_sent, _owned(u)) for u in users]
+
+
+def _owned(user: accounts.User) -> dict[str, float]:
+    """{address: since when it is this user's}, in ``owned_addresses`` order."""
+    since = accounts.owned_since(user)
+    return {a: since.get(a, 0.0) for a in accounts.owned_addresses(user)}
 
 
 def run(cfg: Config, store: Store, *, dry_run: bool = False, only: str | None = None,

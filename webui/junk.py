@@ -44,10 +44,11 @@ PREVIEW_CSP = ("default-src 'none'; style-src 'self'; img-src 'none'; script-src
 
 
 def may_see(held: Held) -> bool:
-    """Admins: everything; users: their own addresses' items that are not viruses."""
+    """Admins: everything; users: their own addresses' items that are not viruses, held since
+    they got the address (a previous owner's are not theirs)."""
     if g.user.is_admin:
         return True
-    return held.recipient in g.addresses and not held.is_virus
+    return held.recipient in g.addresses and not held.is_virus and held.ts >= g.since.get(held.recipient, 0.0)
 
 
 def why(held: Held) -> str:
@@ -117,7 +118,7 @@ def index():
     with store().session() as s:
         rows = quarantine.find(s, recipients=None if admin else list(g.addresses), text=search.text,
                                since=since, until=until, include_viruses=admin,
-                               limit=PAGE + 1, offset=search.page * PAGE)
+                               limit=PAGE + 1, offset=search.page * PAGE, owned_since=g.since)
     more = len(rows) > PAGE
     return render_template("junk.html", rows=rows[:PAGE], more=more, search=search, errors=errors,
                            everyone=admin, show_recipient=admin or len(g.addresses) > 1, visible=visible,

@@ -37,11 +37,11 @@ from __future__ import annotations
 import hashlib
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Table, exists, func, insert, or_, select, update
+from sqlalchemy import CursorResult, Table, and_, exists, func, insert, or_, select, update
 from sqlalchemy import delete as sql_delete
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
@@ -173,17 +173,21 @@ def content(session: Session, item_id: int) -> bytes:
 
 def find(session: Session, *, recipients: Sequence[str] | None, text: str = "", since: float | None = None,
          until: float | None = None, include_viruses: bool = True, limit: int = 100,
-         offset: int = 0) -> list[Held]:
+         offset: int = 0, owned_since: Mapping[str, float] | None = None) -> list[Held]:
     """Items newest first.  ``recipients=None``: everyone's (admins); ``[]``: nothing.
 
     ``text`` matches sender or subject, case-insensitively, as a plain substring.
+    ``owned_since``: per recipient, the time its current owner got it; what was held for a
+    previous owner is not theirs (``accounts.owned_since``).
     """
     query = select(QuarantineItem)
     if recipients is not None:
         wanted = sorted({_address(r) for r in recipients})
         if not wanted:
             return []
-        query = query.where(QuarantineItem.recipient.in_(wanted))
+        owned = {_address(a): t for a, t in (owned_since or {}).items() if t}
+        query = query.where(or_(*(and_(QuarantineItem.recipient == a, QuarantineItem.ts >= owned[a])
+                                  if a in owned else QuarantineItem.recipient == a for a in wanted)))
     if text:
         needle = text.lower()
         query = query.where(or_(func.lower(QuarantineItem.sender).contains(needle, autoescape=True),

@@ -10,12 +10,13 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
+from stronghold import digest
 from stronghold.findings import Findings
 from stronghold.lists import ListIndex
 from stronghold.message import parse
 from stronghold.policy import Policy
 from stronghold.precedence import decide
-from stronghold.store import accounts, entries, messagelog
+from stronghold.store import accounts, entries, messagelog, quarantine
 from stronghold.store.errors import EntryError
 from stronghold.store.tables import RateLimit
 from stronghold.verdict import Envelope
@@ -198,6 +199,10 @@ def test_deleted_users_lists_and_mail_do_not_pass_to_the_next_owner(app: Flask) 
         accounts.assign_address(s, w3, "w3@example.com")
         entries.add_entry(s, "w3@example.com", "allow", "friend@pal.example", "private note of w3")
     old = _log(app, "w3@example.com", "secret mail of w3")
+    with db.session() as s:
+        [held_old] = quarantine.hold(s, b"Subject: held for w3\r\n\r\nx\r\n", recipients=["w3@example.com"],
+                                     sender="p@promo.example", subject="held for w3", queue_id="Q3", score=0.99,
+                                     category="spam", reason="spam", trace="t", virus=None)
     root = app.test_client()
     Auth(root).login("root")
     r = Auth(root).post(f"/admin/users/{w3.id}", {"action": "delete", "confirm": "1"}, "/admin/users")
@@ -213,6 +218,17 @@ def test_deleted_users_lists_and_mail_do_not_pass_to_the_next_owner(app: Flask) 
     assert "first mail of w4" in listing and "secret mail of w3" not in listing
     assert w4.get(f"/messages/{old}").status_code == 404
     assert w4.get(f"/messages/{new}").status_code == 200
+    with db.session() as s:  # held mail too: neither the Junk page nor the digest shows w3's
+        [held_new] = quarantine.hold(s, b"Subject: held for w4\r\n\r\nx\r\n", recipients=["w3@example.com"],
+                                     sender="p@promo.example", subject="held for w4", queue_id="Q4", score=0.99,
+                                     category="spam", reason="spam", trace="t", virus=None)
+    junk = w4.get("/junk/").get_data(as_text=True)
+    assert "held for w4" in junk and "held for w3" not in junk
+    assert w4.get(f"/junk/{held_old}").status_code == 404 and w4.get(f"/junk/{held_new}").status_code == 200
+    with db.session() as s:
+        accounts.get_user(s, "w4").digest = "daily"
+    [report] = digest.run(app.extensions["stronghold_config"], db, dry_run=True, only="w4")
+    assert (report.items, report.outcome) == (1, "dry run")  # w4's own, not w3's
     with db.session() as s:
         assert entries.entries(s, "w3@example.com") == []  # the milter no longer applies them either
 
