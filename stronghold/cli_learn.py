@@ -208,6 +208,9 @@ def cmd_rollback(args: argparse.Namespace, cfg: Config) -> int:
     with _store(cfg) as store, learning.model_lock(live):
         version = learning.rollback(store, live, args.who or getpass.getuser())
     print(f"rolled back: {version[:12]} is live again")
+    print("note: the learning ledger still holds what the rolled-back model had learned, and the next "
+          "'learn' (or 'jobs') run builds it in again; to take one person's marks out for good: "
+          "stronghold learn --forget-by WHO", file=sys.stderr)
     return 0
 
 

@@ -38,13 +38,33 @@ from stronghold.modelfile import ModelError, Passport, check_file_is_trusted, pa
 from stronghold.store import ledger, modelversions
 from stronghold.store.db import Store
 from stronghold.store.messagelog import unpack_tokens
-from stronghold.store.tables import ModelEvent
+from stronghold.store.tables import LearnedMessage, ModelEvent
 
 log = logging.getLogger(__name__)
 HELDBACK_NAME = "heldback.json.gz"
 HELDBACK_SIZE = 1000  # corpus messages kept for judging candidates (at most)
 FEEDBACK_DAYS = 30  # feedback changed within this many days joins the held-back set
 FN_SLACK = 0.005  # a candidate may miss this much more of the held-back spam (never more ham)
+# What one user's marks (web, IMAP moves, Junk) may put into the shared model: their first this many.
+# The rest still shape their own personal layer.  One user marking 75 spam "not spam" had made the
+# shared model miss 1.4% more of everyone's spam, within what the judge lets through.
+SHARED_MARKS_PER_USER = 25
+USER_SOURCES = ("web", "imap", "junk")  # marks by users; "cli" is the operator's own learning
+
+
+def shared_labels(rows: Sequence[LearnedMessage]) -> dict[str, bool | None]:
+    """{content hash: the label the shared model learns (None: not learned)} of ledger rows: each
+    user's marks count up to ``SHARED_MARKS_PER_USER``, oldest first; the operator's all count."""
+    counted: dict[str, int] = {}
+    wanted: dict[str, bool | None] = {}
+    for row in sorted(rows, key=lambda r: (r.created, r.content_hash)):
+        label = row.label
+        if label is not None and row.source in USER_SOURCES:
+            counted[row.who] = counted.get(row.who, 0) + 1
+            if counted[row.who] > SHARED_MARKS_PER_USER:
+                label = None
+        wanted[row.content_hash] = label
+    return wanted
 
 
 def candidate_path(live: Path) -> Path:
@@ -102,19 +122,19 @@ def sync(store: Store, model: Model, scope: str = ledger.SHARED) -> tuple[SyncRe
         add_labels: list[bool] = []
         remove: list[set[str]] = []
         remove_labels: list[bool] = []
-        wanted: dict[str, bool | None] = {}
+        wanted = shared_labels(rows) if scope == ledger.SHARED else {r.content_hash: r.label for r in rows}
         for row in rows:
             current = None if fresh else row.applied
-            wanted[row.content_hash] = row.label
-            if current == row.label:
+            label = wanted[row.content_hash]
+            if current == label:
                 continue
             tokens = unpack_tokens(row.tokens)
             if current is not None:
                 remove.append(tokens)
                 remove_labels.append(current)
-            if row.label is not None:
+            if label is not None:
                 add.append(tokens)
-                add_labels.append(row.label)
+                add_labels.append(label)
     model.adjust(add, add_labels, remove, remove_labels)
     model.passport.ledger_sha256 = ledger.digest((h, s) for h, s in wanted.items() if s is not None)
     return SyncResult(len(add), len(remove)), wanted

@@ -10,7 +10,7 @@ import pytest
 
 from stronghold.classifier import Model
 from stronghold.cli import main
-from stronghold.learning import candidate_path
+from stronghold.learning import SHARED_MARKS_PER_USER, candidate_path, shared_labels
 from stronghold.message import parse
 from stronghold.modelfile import passport_path, read_passport, table_path
 from stronghold.store import accounts, ledger, messagelog
@@ -150,7 +150,8 @@ def test_one_user_feeding_500_spam_as_not_spam_does_not_reach_the_live_model(
     distinct = len({ledger.content_hash(tokenize(f.read_bytes())) for f in poison.iterdir()})
     assert f"{distinct} new" in got.out and "held back" in got.err and "misses more spam" in got.err
     assert _files(live) == before  # everyone keeps the model they had
-    assert read_passport(candidate_path(live)).learned_ham == distinct > 490
+    # and of mallory's 496 marks only the first SHARED_MARKS_PER_USER reach the shared counts at all
+    assert distinct > 490 and read_passport(candidate_path(live)).learned_ham == SHARED_MARKS_PER_USER
     assert main(["model", "promote"]) == 1  # asked again: still no
     assert main(["model", "candidates"]) == 0
     assert "held-back" in capsys.readouterr().out
@@ -161,8 +162,10 @@ def test_one_user_feeding_500_spam_as_not_spam_does_not_reach_the_live_model(
     assert "promoted" in got.out, got.err
     assert _files(live) != before
     assert (read_passport(live).learned_ham, read_passport(live).learned_spam) == (0, 1)
+    capsys.readouterr()
     assert main(["model", "rollback"]) == 0
     assert _files(live) == before
+    assert "learn --forget-by WHO" in capsys.readouterr().err  # the ledger would build it in again
 
 
 def test_jobs_learn_applies_web_marks_and_imap_moves_once(base: tuple[Path, Path], corpus: Path, env: Path,
@@ -199,3 +202,21 @@ def test_jobs_learn_applies_web_marks_and_imap_moves_once(base: tuple[Path, Path
     assert "learned 0 (took out 0), candidate promoted" in out or "learned 0 (took out 0), candidate held back" in out
     assert main(["jobs", "--only", "learn"]) == 0  # judged once
     assert "nothing new for the shared model" in capsys.readouterr().out
+
+
+def test_one_users_marks_reach_the_shared_model_only_up_to_a_bound() -> None:
+    """Each user's first SHARED_MARKS_PER_USER marks (web, IMAP, Junk) count, oldest first; the
+    operator's own learning ("cli") and other users' marks are not bounded by them."""
+    from stronghold.store.tables import LearnedMessage
+
+    def row(n: int, who: str, source: str = "web", label: bool | None = False) -> LearnedMessage:
+        return LearnedMessage(content_hash=f"{who}-{n:04d}", label=label, source=source, who=who,
+                              created=float(n), updated=float(n), scope="")
+    mallory = [row(n, "mallory") for n in range(3 * SHARED_MARKS_PER_USER)]
+    rows = [*mallory, row(1, "alice", "imap", True), *(row(n, "admin", "cli", True) for n in range(100)),
+            row(-1, "mallory", "web", None)]  # a withdrawn mark takes no place
+    wanted = shared_labels(list(reversed(rows)))
+    learned = [h for h, label in wanted.items() if label is not None]
+    assert sorted(h for h in learned if h.startswith("mallory")) == \
+        [f"mallory-{n:04d}" for n in range(SHARED_MARKS_PER_USER)]  # the oldest ones
+    assert wanted["alice-0001"] is True and sum(h.startswith("admin") for h in learned) == 100
