@@ -124,7 +124,12 @@ def check_file_is_trusted(path: Path) -> None:
     """
     uid = os.geteuid()
     for target in (path, path.parent):
-        st = target.stat()
+        try:
+            st = target.stat()
+        except FileNotFoundError as exc:
+            raise ModelError(f"model file {target} is missing; retrain with 'stronghold train'") from exc
+        except OSError as exc:
+            raise ModelError(f"model file {target} cannot be read: {exc.strerror}") from exc
         if st.st_uid not in (uid, 0):
             raise ModelError(f"refusing {target}: owned by uid {st.st_uid}, not by us or root")
         sticky_dir = target.is_dir() and st.st_mode & stat.S_ISVTX

@@ -75,6 +75,15 @@ def test_corrupt_files_are_refused_before_reading(tmp_path: Path, suffix: str) -
 
 
 @pytest.mark.parametrize("suffix", [".joblib", ".npy"])
+def test_a_missing_file_of_a_model_is_a_clear_error(tmp_path: Path, suffix: str) -> None:
+    sets, labels = _sets()
+    Model.train(sets, labels).save(tmp_path / "m.joblib")
+    (tmp_path / "m.joblib").with_suffix(suffix).unlink()
+    with pytest.raises(ModelError, match="is missing; retrain"):
+        Model.load(tmp_path / "m.joblib", for_learning=suffix == ".joblib")
+
+
+@pytest.mark.parametrize("suffix", [".joblib", ".npy"])
 def test_files_writable_by_others_are_refused(tmp_path: Path, suffix: str) -> None:
     sets, labels = _sets()
     Model.train(sets, labels).save(tmp_path / "m.joblib")
