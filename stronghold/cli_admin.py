@@ -141,6 +141,8 @@ def cmd_list_rm(args: argparse.Namespace, cfg: Config) -> int:
         if args.id is not None:
             entry = lists_store.remove_entry(s, args.id, [owner])
         else:
+            if args.kind is None or args.pattern is None:
+                raise EntryError("say which entry: --id N, or the list (allow/block) and the pattern")
             found = [e for e in lists_store.entries(s, owner, args.kind)
                      if e.pattern == args.pattern.strip().lower()]
             if not found:
@@ -162,7 +164,12 @@ def cmd_list_ls(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def cmd_list_import(args: argparse.Namespace, cfg: Config) -> int:
-    text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text(encoding="utf-8")
+    try:
+        text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise EntryError(f"{args.file} is not UTF-8 text (byte {exc.start}): save the CSV as UTF-8") from exc
+    except OSError as exc:
+        raise EntryError(f"{args.file}: {exc.strerror}") from exc
     with _session(cfg) as s:
         report = lists_store.import_csv(s, _owner(args), text, args.kind)
     for line in report.skipped + report.problems:

@@ -88,9 +88,16 @@ def test_index_with_relative_paths(tmp_path: Path, env: Path, capsys: pytest.Cap
     (["train", "--ham", "/nonexistent", "--spam", "/nonexistent"], "no such file"),
     (["scan", "/etc/hostname", "--model", "/nonexistent/model.joblib"], "no model at"),
     (["scan"], "give message files"),
+    (["list", "rm"], "say which entry"),
+    (["list", "rm", "block"], "say which entry"),
+    (["list", "import", "/nonexistent.csv"], "No such file"),
+    (["list", "import", "/"], "Is a directory"),
+    (["list", "import", "NOT_UTF8"], "is not UTF-8"),
 ])
-def test_errors_are_one_line_and_nonzero(argv: list[str], message: str, env: Path,
+def test_errors_are_one_line_and_nonzero(argv: list[str], message: str, env: Path, tmp_path: Path,
                                          capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "latin1.csv").write_bytes(b"block,@caf\xe9.example\n")
+    argv = [str(tmp_path / "latin1.csv") if a == "NOT_UTF8" else a for a in argv]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
