@@ -1,6 +1,7 @@
 """Typed settings: defaults, file, environment, validation."""
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -59,3 +60,15 @@ def test_a_test_that_names_no_folders_gets_temporary_ones() -> None:
     cfg = config.load()
     checkout = config.ROOT.resolve()
     assert checkout not in cfg.models_dir.resolve().parents and checkout not in cfg.data_dir.resolve().parents
+
+
+def test_the_example_file_loads_back_as_printed_and_uncommented(tmp_path: Path) -> None:
+    """Every line `stronghold config example` prints is valid as it stands and once uncommented,
+    including list settings (dns_nameservers was printed as Python text, "()")."""
+    defaults = config.load(None, {}, environ={})
+    setting_line = re.compile(r"# [a-z_]+ = ")
+    uncommented = "\n".join(line[2:] if setting_line.match(line) else line for line in config.example().splitlines())
+    (tmp_path / "all.toml").write_text(uncommented + "\n")
+    assert config.load(tmp_path / "all.toml", environ={}) == defaults
+    (tmp_path / "set.toml").write_text(config.example({"dns_nameservers": ("192.0.2.1", "192.0.2.2")}))
+    assert config.load(tmp_path / "set.toml", environ={}).dns_nameservers == ("192.0.2.1", "192.0.2.2")
