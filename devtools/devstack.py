@@ -145,7 +145,10 @@ def start(layout: Layout) -> int:
     assert clamd.proc is not None
     (home / "clamd.pid").write_text(str(clamd.proc.pid))
     users = _mail_users(home)
-    dovecot = Dovecot(home / "dovecot", users, imap_port=layout.imap_port)
+    # Moves into and out of Junk over IMAP are feedback, as in production (docs/install.md)
+    dovecot = Dovecot(home / "dovecot", users, imap_port=layout.imap_port,
+                      learn_command=(sys.executable, "-m", "stronghold.cli"),
+                      learn_env={"PYTHONPATH": str(ROOT), "STRONGHOLD_CONFIG": str(home / "stronghold.toml")})
     dovecot.start()
     assert dovecot.proc is not None
     (home / "dovecot.pid").write_text(str(dovecot.proc.pid))

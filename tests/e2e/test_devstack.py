@@ -17,7 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from devtools.localstack import free_port
+from devtools.localstack import free_port, wait_for
+from stronghold.store import ledger
+from stronghold.store.db import Store
 from tests.conftest import ROOT, shared_tmpdir
 from tests.e2e import mail
 from tests.harness.imapbox import Mailboxes
@@ -71,6 +73,11 @@ def _stack_processes(home: Path) -> set[int]:
     return found
 
 
+def _imap_marks(store: Store) -> list[tuple[bool | None, str]]:
+    with store.session() as s:
+        return [(r.label, r.who) for r in ledger.rows(s) if r.source == "imap"]
+
+
 def test_devstack_on_free_ports_delivers_serves_and_stops_everything(models_dir: Path) -> None:
     home = shared_tmpdir("stronghold-devstack-")
     ports = {name: free_port() for name in ("SMTP", "RELEASE", "IMAP", "WEB")}
@@ -89,8 +96,18 @@ def test_devstack_on_free_ports_delivers_serves_and_stops_everything(models_dir:
 
         tid, data = mail.simple()
         assert mail.send(ports["SMTP"], "carol@sender.example", [user], data) == {}
-        found = Mailboxes(ports["IMAP"], {user: password}).wait_for(user, tid, timeout=30)
+        boxes = Mailboxes(ports["IMAP"], {user: password})
+        found = boxes.wait_for(user, tid, timeout=30)
         assert list(found) == ["INBOX"] and mail.headers(found["INBOX"][0])["X-Spam-Flag"] == "NO"
+        client = boxes.connect(user)  # moving it into Junk is feedback, as in production
+        try:
+            client.select("INBOX")
+            uid = client.uid("SEARCH", "ALL")[1][0].split()[-1]
+            assert client.uid("MOVE", uid, '"Junk"')[0] == "OK"
+        finally:
+            client.logout()
+        with Store(f"sqlite:///{home / 'store.db'}") as store:
+            wait_for(lambda: _imap_marks(store) == [(True, user)], 60, "the move into Junk in the ledger")
 
         with urllib.request.urlopen(f"http://127.0.0.1:{ports['WEB']}/login", timeout=10) as page:
             assert page.status == 200 and b'name="password"' in page.read()
