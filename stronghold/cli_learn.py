@@ -92,6 +92,8 @@ def cmd_learn(args: argparse.Namespace, cfg: Config) -> int:
         print(f"ledger: {change.new} new, {change.same} already known, {change.flipped} flipped, "
               f"{change.forgotten} forgotten (applied by the next 'stronghold learn' or 'stronghold jobs')")
         return 0
+    if not (token_sets or args.forget_by or args.from_feedback):
+        raise LearnUsageError("nothing to learn: give --spam/--ham/--forget files, --forget-by or --from-feedback")
     read_passport(live)  # no model: say so before anything is recorded
     with _store(cfg) as store:
         with learning.model_lock(live):
@@ -103,6 +105,9 @@ def cmd_learn(args: argparse.Namespace, cfg: Config) -> int:
                     ledger.record(session, token_sets, labels, source=args.source, who=who, scope=personal)
                 if args.forget_by:
                     ledger.forget_by(session, args.forget_by, scope=args.forget_by)
+            if args.forget_by and not (forgotten_by or token_sets or args.from_feedback):
+                raise LearnUsageError(f"nothing to forget: the ledger holds no marks by {args.forget_by} "
+                                      "(web marks are recorded under the login, IMAP moves under the mailbox address)")
             mark_feedback = None
             items: list[tuple[set[str], bool, str]] = []
             if args.from_feedback:

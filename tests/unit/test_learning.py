@@ -128,6 +128,9 @@ def test_empty_inputs_and_contradictions_are_errors(base: tuple[Path, Path], cor
     assert "given as ham" in capsys.readouterr().err
     assert main(["learn"]) == 2
     assert "nothing to learn" in capsys.readouterr().err
+    assert main(["learn", "--forget-by", "nobody"]) == 2
+    assert "no marks by nobody" in capsys.readouterr().err
+    assert not candidate_path(env / "models" / "model.joblib").exists()  # neither wrote a candidate
 
 
 def test_one_user_feeding_500_spam_as_not_spam_does_not_reach_the_live_model(
