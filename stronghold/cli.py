@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 import traceback
@@ -53,6 +54,15 @@ def _write_heldback(model: Path, samples: Sequence[Sample], holdout: float) -> N
     learning.write_heldback(model, [tokenize(s.raw) for s in chosen], [s.is_spam for s in chosen])
 
 
+def _check_writable(model: Path) -> None:
+    """Refuse a model path training could not write (a folder, a missing or read-only folder)."""
+    if model.is_dir():
+        raise UsageError(f"{model} is a folder: give the model file's path (e.g. {model / 'model.joblib'})")
+    folder = model.parent
+    if folder.exists() and not (folder.is_dir() and os.access(folder, os.W_OK | os.X_OK)):
+        raise UsageError(f"cannot write the model into {folder}")
+
+
 def cmd_train(args: argparse.Namespace, cfg: Config) -> int:
     if not (args.ham or args.spam or args.index):
         raise UsageError("give --ham and --spam corpora, or --index FILE")
@@ -60,6 +70,8 @@ def cmd_train(args: argparse.Namespace, cfg: Config) -> int:
         raise UsageError("training needs both --ham and --spam")
     if not 0.0 <= args.holdout < 1.0:
         raise UsageError("--holdout is a fraction between 0 and 1")
+    out = _model_path(args, cfg)
+    _check_writable(out)  # before minutes of training, not after
     started = time.monotonic()
     samples = list(collect([Path(p) for p in args.ham or ()], [Path(p) for p in args.spam or ()],
                            Path(args.index) if args.index else None))
@@ -68,7 +80,6 @@ def cmd_train(args: argparse.Namespace, cfg: Config) -> int:
     check_labels(samples)
     model, evaluation = train_model(samples, holdout=args.holdout,
                                     progress=_progress(len(samples), "training"))
-    out = _model_path(args, cfg)
     model.save(out)
     _write_heldback(out, samples, args.holdout)
     p = model.passport

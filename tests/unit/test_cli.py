@@ -88,6 +88,8 @@ def test_index_with_relative_paths(tmp_path: Path, env: Path, capsys: pytest.Cap
     (["train", "--ham", "/nonexistent", "--spam", "/nonexistent"], "no such file"),
     (["scan", "/etc/hostname", "--model", "/nonexistent/model.joblib"], "no model at"),
     (["scan"], "give message files"),
+    (["train", "--index", "/nonexistent", "--model", "/"], "is a folder"),
+    (["train", "--index", "/nonexistent", "--model", "/etc/hostname/m.joblib"], "cannot write the model into"),
     (["list", "rm"], "say which entry"),
     (["list", "rm", "block"], "say which entry"),
     (["list", "import", "/nonexistent.csv"], "No such file"),
