@@ -80,8 +80,8 @@ class Store:
                 command.upgrade(cfg, "head")
             with self.engine.connect() as conn:
                 return str(conn.execute(text("SELECT version_num FROM alembic_version")).scalar())
-        except SQLAlchemyError as exc:
-            raise StoreError(f"migration failed: {str(exc).splitlines()[0][:200]}") from exc
+        except SQLAlchemyError as exc:  # most often the database is down or not a database at all
+            raise StoreError(f"database unusable (checking its schema): {str(exc).splitlines()[0][:200]}") from exc
 
     def ping(self) -> None:
         try:

@@ -160,3 +160,11 @@ def test_list_trust_without_authentication_is_shown_with_a_warning(env: Path,
     capsys.readouterr()
     main(["list", "ls", "--owner", "pia@example.com"])
     assert "TRUSTED WITHOUT" in next(ln for ln in capsys.readouterr().out.splitlines() if "boss@" in ln)
+
+
+def test_a_database_that_is_down_is_one_line_not_a_migration(env: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("STRONGHOLD_DATABASE_URL", "postgresql+psycopg://nobody@127.0.0.1:1/none")
+    assert main(["user", "ls"]) == 2
+    err = capsys.readouterr().err
+    assert "database unusable" in err and "migration" not in err and "Traceback" not in err
