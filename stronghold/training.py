@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import mailbox
 import math
+import os
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -127,7 +128,7 @@ def check_labels(samples: Sequence[Sample]) -> None:
 def read_index(index: Path) -> list[tuple[bool, Path]]:
     """(is_spam, path) pairs of a TREC-style index file."""
     try:
-        lines = Path(index).read_text().splitlines()
+        lines = os.fsdecode(Path(index).read_bytes()).splitlines()  # paths as the file system names them
     except OSError as exc:
         raise CorpusError(f"{index}: {exc.strerror}") from exc
     entries: list[tuple[bool, Path]] = []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import mailbox
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -168,3 +169,17 @@ def test_a_database_that_is_down_is_one_line_not_a_migration(env: Path, monkeypa
     assert main(["user", "ls"]) == 2
     err = capsys.readouterr().err
     assert "database unusable" in err and "migration" not in err and "Traceback" not in err
+
+
+def test_index_lines_may_name_files_whose_names_are_not_utf8(tmp_path: Path, env: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "m").mkdir()
+    lines = b""
+    for i in range(6):
+        ham = os.fsencode(tmp_path / "m") + b"/h\xe9t\xe9" + str(i).encode()  # Latin-1 bytes in the name
+        Path(os.fsdecode(ham)).write_text(f"Subject: meeting {i}\n\nagenda minutes project {i}\n")
+        (tmp_path / "m" / f"s{i}").write_text(f"Subject: WIN cash {i}\n\nfree money click now {i}\n")
+        lines += b"ham " + ham + b"\n" + f"spam m/s{i}\n".encode()
+    (tmp_path / "index").write_bytes(lines)
+    assert main(["train", "--index", str(tmp_path / "index"), "--model", str(tmp_path / "x.joblib")]) == 0
+    assert "6 ham + 6 spam" in capsys.readouterr().out
