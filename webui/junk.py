@@ -267,7 +267,7 @@ def not_spam(item_id: int):
     elif not kept:
         flash("The filter cannot learn from this one: its content was not kept in the message log.")
     else:
-        flash("Marked as not spam. The filter learns it at its next training run.")
+        flash("Marked as not spam. The filter takes it in at its next learning run.")
     return _after_action(held)
 
 

@@ -200,7 +200,7 @@ def feedback(message_id: int):
     with store().session() as s:
         messagelog.set_feedback(s, row.id, g.user.id, verdict == "1")
     flash("Thanks: marked as " + ("spam" if verdict == "1" else "not spam")
-          + ". The filter learns it at its next training run.")
+          + ". The filter takes it in at its next learning run.")
     return _back()
 
 

@@ -105,7 +105,7 @@ def test_mark_message_as_spam(site: tuple[WebProcess, Store], page: Page) -> Non
     page.goto(web.url + "/messages/")
     page.get_by_role("button", name="This is spam: Cheap watches today").click()
     expect(page.locator(".flashes")).to_contain_text("marked as spam")
-    expect(page.locator(".fb").first).to_contain_text("not learned yet")
+    expect(page.locator(".fb").first).to_contain_text("not taken in yet")
     screenshot(page, "messages")
     with store.session() as s:
         assert [(fb.message_id, fb.is_spam) for fb, _ in messagelog.pending(s)] == [(mid, True)]

@@ -52,7 +52,7 @@ def test_feedback_post_on_a_message_without_content_records_nothing(client: Flas
     auth.login("alice")
     auth.post(f"/messages/{refused}/feedback", {"is_spam": "1"}, "/messages/")
     page = client.get("/messages/").get_data(as_text=True)
-    assert "learns it at its next training run" not in page
+    assert "takes it in at its next learning run" not in page
     assert "nothing to learn from." in page
     with app.extensions["stronghold_store"].session() as s:
         assert messagelog.pending(s) == []

@@ -219,7 +219,7 @@ def test_feedback_is_learned_and_shown_as_applied(client: FlaskClient, auth: Aut
     mid = _log_message(app, ("alice@example.com",), "weekly newsletter")
     auth.login("alice")
     auth.post(f"/messages/{mid}/feedback", {"is_spam": "1"}, "/messages/")
-    assert "not learned yet" in client.get("/messages/").get_data(as_text=True)
+    assert "not taken in yet" in client.get("/messages/").get_data(as_text=True)
     monkeypatch.setenv("STRONGHOLD_DATABASE_URL", app.extensions["stronghold_store"].url)
     monkeypatch.setenv("STRONGHOLD_MODELS_DIR", str(models))
     monkeypatch.setenv("STRONGHOLD_DATA_DIR", str(tmp_path / "data"))
@@ -228,6 +228,6 @@ def test_feedback_is_learned_and_shown_as_applied(client: FlaskClient, auth: Aut
     assert read_passport(models / "model.joblib").learned_spam == 1  # judged not worse, promoted
     assert main(["model", "candidates"]) == 0  # the ledger says who taught it, from the web
     assert Model.load(models / "model.joblib").score({"tok"}).probability > before
-    assert "learned" in client.get("/messages/").get_data(as_text=True)
-    assert "not learned yet" not in client.get("/messages/").get_data(as_text=True)
+    assert "taken in" in client.get("/messages/").get_data(as_text=True)
+    assert "not taken in yet" not in client.get("/messages/").get_data(as_text=True)
     assert main(["learn", "--from-feedback"]) == 2  # nothing pending any more
