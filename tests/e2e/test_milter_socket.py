@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -22,10 +24,16 @@ def test_a_second_milter_on_a_live_socket_is_refused_and_the_first_keeps_it(tmp_
     first.start()
     try:
         config = write_config(tmp_path / "second.toml", _settings(tmp_path))
-        second = subprocess.run([sys.executable, "-m", "stronghold.cli", "--config", str(config), "milter"],
-                                capture_output=True, text=True, timeout=60)
+        second = subprocess.Popen([sys.executable, "-m", "stronghold.cli", "--config", str(config), "milter"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        try:
+            _out, err = second.communicate(timeout=60)
+        except subprocess.TimeoutExpired:  # it started serving: stop it and its workers, then fail
+            os.killpg(second.pid, signal.SIGKILL)
+            second.communicate()
+            raise
         assert second.returncode == 2
-        assert "another milter is listening on" in second.stderr
+        assert "another milter is listening on" in err
         assert _unix_connects(tmp_path / "milter.sock")  # still the first one's, still answering
     finally:
         first.stop()
