@@ -146,6 +146,15 @@ def _socket_identity(path: Path) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
+def remove_own_socket(path: Path, identity: tuple[int, int]) -> bool:
+    """Remove the socket at ``path`` only if it is still the one we created (``identity``): a
+    milter started after us may have put its own there.  True if removed."""
+    if _socket_identity(path) != identity:
+        return False
+    os.unlink(path)
+    return True
+
+
 def _share_socket(path: Path, group: str) -> None:
     """Mode 0660 and the MTA's group on the socket, so Postfix (not everyone) can connect."""
     try:
@@ -288,8 +297,8 @@ def serve(cfg: Config) -> int:
         if time.monotonic() - started < 1.0:
             time.sleep(1.0)  # a worker that dies at once: do not spin
         spawn(slot)
-    if own_socket is not None and _socket_identity(Path(spec[5:])) == own_socket:
-        os.unlink(spec[5:])  # only our own: a milter started after us may have put its socket there
+    if own_socket is not None:
+        remove_own_socket(Path(spec[5:]), own_socket)
     return 0
 
 

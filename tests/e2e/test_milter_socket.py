@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from devtools.localstack import _unix_connects
+from stronghold.milter_server import _socket_identity, remove_own_socket
 from tests.harness.milterproc import MilterProcess, write_config
 
 
@@ -40,7 +41,7 @@ def test_a_second_milter_on_a_live_socket_is_refused_and_the_first_keeps_it(tmp_
     assert not (tmp_path / "milter.sock").exists()  # its own socket: removed at stop
 
 
-def test_a_stale_socket_is_replaced_and_a_stop_leaves_another_ones_socket(tmp_path: Path) -> None:
+def test_a_stale_socket_is_replaced(tmp_path: Path) -> None:
     sock_path = tmp_path / "milter.sock"
     stale = socket.socket(socket.AF_UNIX)
     stale.bind(str(sock_path))  # bound, never listening: what a crashed milter leaves
@@ -49,13 +50,30 @@ def test_a_stale_socket_is_replaced_and_a_stop_leaves_another_ones_socket(tmp_pa
     milter.start()
     try:
         assert _unix_connects(sock_path)
-        sock_path.unlink()  # meanwhile someone else's milter takes the path
-        other = socket.socket(socket.AF_UNIX)
-        other.bind(str(sock_path))
-        other.listen()
     finally:
         milter.stop()
+    assert not sock_path.exists()
+
+
+def test_a_stop_removes_only_its_own_socket(tmp_path: Path) -> None:
+    """Another milter's socket at the same path (it started after us) is left alone."""
+    path = tmp_path / "milter.sock"
+    ours = socket.socket(socket.AF_UNIX)
+    ours.bind(str(path))
+    identity = _socket_identity(path)
+    assert identity is not None
+    path.unlink()
+    theirs = socket.socket(socket.AF_UNIX)
     try:
-        assert sock_path.exists() and _unix_connects(sock_path)  # not ours: left alone
+        theirs.bind(str(path))
+        assert not remove_own_socket(path, identity) and path.exists()
     finally:
-        other.close()
+        theirs.close()
+        ours.close()
+    path.unlink()
+    ours = socket.socket(socket.AF_UNIX)
+    try:
+        ours.bind(str(path))
+        assert remove_own_socket(path, _socket_identity(path)) and not path.exists()  # type: ignore[arg-type]
+    finally:
+        ours.close()
