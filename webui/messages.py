@@ -126,25 +126,26 @@ def show(message_id: int):
         held = quarantine.ids_for_message(s, row.queue_id, [r.address for r in row.recipients],
                                           None if g.user.is_admin else g.addresses)
     sender = sender_of(row)
-    skipped = skipped_allow(row.trace)
+    trace = tracetext.parse(row.trace)  # once, for the three readings below
+    skipped = skipped_allow(trace)
     return render_template("message.html", m=row, fb=fb, nothing_kept=NOTHING_KEPT, mine=set(g.addresses), held=held,
                            sender=sender, status=_list_status([row]).get(row.id, {}),
-                           auth=auth_step(row.trace), skipped=skipped,
+                           auth=auth_step(trace), skipped=skipped,
                            skipped_entries={d.split(" ", 1)[0]: d for ds in skipped.values() for d in ds},
                            unauthenticated=sender is not None and tracetext.sender_authenticated(
-                               row.trace, sender.check, sender.address) is False)
+                               trace, sender.check, sender.address) is False)
 
 
-def auth_step(trace: str) -> str | None:
+def auth_step(trace: tracetext.Trace) -> str | None:
     """What the trace says was authenticated: the detail of its ``auth=`` step."""
-    step = tracetext.parse(trace).find("auth")
+    step = trace.find("auth")
     return f"{step.detail} ({step.outcome})" if step is not None else None
 
 
-def skipped_allow(trace: str) -> dict[str, list[str]]:
+def skipped_allow(trace: tracetext.Trace) -> dict[str, list[str]]:
     """Per recipient, why allow entries that matched were not applied (the ``allow=skipped`` details)."""
     return {address: [s.detail for s in steps if s.step == "allow" and s.outcome == "skipped"]
-            for address, steps in tracetext.parse(trace).recipients.items()}
+            for address, steps in trace.recipients.items()}
 
 
 def _my_recipient_addresses(row) -> list[str]:

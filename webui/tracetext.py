@@ -107,10 +107,10 @@ def _auth_results(step: Step) -> AuthResults:
     return AuthResults(step.outcome, spf=spf, spf_domain=spf_domain, dkim=tuple(dkim))
 
 
-def sender_authenticated(trace: str, source: str, address: str) -> bool | None:
+def sender_authenticated(trace: str | Trace, source: str, address: str) -> bool | None:
     """Was ``address`` (``source`` "from" or "envelope") authenticated for this message, as its
-    trace tells it: True, False, or None when authentication was not checked."""
-    parsed = parse(trace)
+    trace (text, or already parsed) tells it: True, False, or None when authentication was not checked."""
+    parsed = parse(trace) if isinstance(trace, str) else trace
     address = address.lower()
     for s in parsed.all_steps():
         if s.step == "allow" and s.outcome == "skipped" and f" {address} not authenticated" in s.detail.lower():
