@@ -11,10 +11,11 @@ import traceback
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from stronghold import cli_admin, cli_learn, cli_quarantine, cli_scan, cli_services, jobs, learning
+from stronghold import __version__, cli_admin, cli_learn, cli_quarantine, cli_scan, cli_services, jobs, learning
 from stronghold import config as config_mod
 from stronghold.config import Config, ConfigError
-from stronghold.modelfile import ModelError
+from stronghold.modelfile import FORMAT_VERSION, ModelError
+from stronghold.tokens import TOKENIZER_VERSION
 from stronghold.training import CorpusError, Sample, check_labels, collect, in_holdout, tokenize, train_model
 
 log = logging.getLogger("stronghold")
@@ -98,20 +99,49 @@ def cmd_train(args: argparse.Namespace, cfg: Config) -> int:
 
 # -- parser and main ------------------------------------------------------------
 
+def version_line() -> str:
+    """What ``--version`` prints: the package, and the model files this code reads and writes."""
+    return f"stronghold {__version__} (model format {FORMAT_VERSION}, tokenizer {TOKENIZER_VERSION})"
+
+
+VERBOSITY_HELP = "more log output: one-shot commands show INFO with -v, DEBUG with -vv; services DEBUG with -v"
+QUIET_HELP = "less log output: errors only for one-shot commands, warnings and errors for services"
+
+
+def _add_verbosity(parser: argparse.ArgumentParser, dest_prefix: str = "") -> None:
+    parser.add_argument("-v", "--verbose", action="count", default=0, dest=f"{dest_prefix}verbose",
+                        help=VERBOSITY_HELP)
+    parser.add_argument("-q", "--quiet", action="count", default=0, dest=f"{dest_prefix}quiet", help=QUIET_HELP)
+
+
+def _leaves(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
+    """The parsers that run a command (those without subcommands of their own)."""
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        yield parser
+    for action in subs:
+        for child in dict.fromkeys(action.choices.values()):  # an alias names the same parser
+            yield from _leaves(child)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stronghold", description="Mail Stronghold spam and virus filter")
-    parser.add_argument("--config", help="TOML settings file (default: $STRONGHOLD_CONFIG)")
+    parser.add_argument("--version", action="version", version=version_line(),
+                        help="print the version and the model format and tokenizer it reads, then exit")
+    parser.add_argument("--config", metavar="FILE",
+                        help="TOML settings file (default: $STRONGHOLD_CONFIG, else built-in defaults)")
     parser.add_argument("--traceback", action="store_true", help="show the stack on errors")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    _add_verbosity(parser)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="train a model from ham and spam corpora")
-    p.add_argument("--ham", nargs="+", metavar="PATH", help="maildir, mbox, folder or file")
-    p.add_argument("--spam", nargs="+", metavar="PATH", help="maildir, mbox, folder or file")
-    p.add_argument("--index", metavar="FILE", help="lines 'spam PATH' / 'ham PATH'")
-    p.add_argument("--model", metavar="OUT", help="where to write the model")
+    p.add_argument("--ham", nargs="+", metavar="PATH", help="ham: maildirs, mboxes, folders or files")
+    p.add_argument("--spam", nargs="+", metavar="PATH", help="spam: maildirs, mboxes, folders or files")
+    p.add_argument("--index", metavar="FILE",
+                   help="an index file of lines 'spam PATH' / 'ham PATH' (paths relative to the file)")
+    p.add_argument("--model", metavar="OUT", help="where to write the model (default: the configured model)")
     p.add_argument("--holdout", type=float, default=0.0, metavar="F",
-                   help="fraction held out for evaluation (AUC, FP, FN)")
+                   help="fraction held out for evaluation (AUC, FP, FN); default 0: train on everything")
     p.set_defaults(func=cmd_train)
 
     cli_scan.register(sub)
@@ -121,19 +151,35 @@ def build_parser() -> argparse.ArgumentParser:
     jobs.register(sub)
     cli_admin.register(sub)
     cli_quarantine.register(sub)
+    for leaf in _leaves(parser):  # -v/-q also after the command: 'stronghold scan -v FILE'
+        _add_verbosity(leaf, dest_prefix="command_")
     return parser
 
 
-def setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+LEVELS = (logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR)
+
+
+def log_level(args: argparse.Namespace) -> int:
+    """Services (milter, web, jobs) log INFO, one-shot commands only warnings and errors;
+    each -v is one step more, each -q one step less."""
+    service = getattr(args, "service", False)
+    if callable(service):
+        service = service(args)
+    steps = args.verbose + getattr(args, "command_verbose", 0) - args.quiet - getattr(args, "command_quiet", 0)
+    base = LEVELS.index(logging.INFO if service else logging.WARNING)
+    return LEVELS[min(max(base - steps, 0), len(LEVELS) - 1)]
+
+
+def setup_logging(level: int) -> None:
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger().setLevel(level)  # also when handlers exist already (main called twice, tests)
+    logging.getLogger("alembic").setLevel(max(level, logging.WARNING))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    setup_logging(args.verbose)
+    setup_logging(log_level(args))
     try:
         cfg = config_mod.load(Path(args.config) if args.config else None)
         return int(args.func(args, cfg))

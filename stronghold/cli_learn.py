@@ -15,6 +15,7 @@ from typing import Any
 
 from stronghold import learning, modelsync, personal
 from stronghold.classifier import Model
+from stronghold.cli_options import add_by
 from stronghold.config import Config
 from stronghold.feedback import record_pending
 from stronghold.modelfile import read_passport
@@ -79,7 +80,7 @@ def _personal_scope(args: argparse.Namespace, who: str) -> str:
 
 def cmd_learn(args: argparse.Namespace, cfg: Config) -> int:
     live = _model_path(args, cfg)
-    who = args.who or getpass.getuser()
+    who = args.by or getpass.getuser()
     token_sets, labels = _inputs(args)
     if args.record_only:  # the IMAP hook: quick, needs only the database
         if args.from_feedback or args.forget_by or not token_sets:
@@ -171,7 +172,7 @@ def cmd_publish(args: argparse.Namespace, cfg: Config) -> int:
     live = _model_path(args, cfg)
     with _store(cfg) as store:
         version = modelsync.publish(store, live)
-        learning.record_event(store, "published", version, args.who or getpass.getuser(), f"from {live}")
+        learning.record_event(store, "published", version, args.by or getpass.getuser(), f"from {live}")
     print(f"published {version[:12]}: nodes with model_sync_seconds set pull it")
     return 0
 
@@ -200,7 +201,7 @@ def cmd_candidates(args: argparse.Namespace, cfg: Config) -> int:
 def cmd_promote(args: argparse.Namespace, cfg: Config) -> int:
     live = _model_path(args, cfg)
     with _store(cfg) as store, learning.model_lock(live):
-        judgement = learning.promote(store, live, args.who or getpass.getuser(), force=args.force)
+        judgement = learning.promote(store, live, args.by or getpass.getuser(), force=args.force)
     if not judgement.promote:
         print(f"held back: {judgement.reason}", file=sys.stderr)
         return 1
@@ -211,7 +212,7 @@ def cmd_promote(args: argparse.Namespace, cfg: Config) -> int:
 def cmd_rollback(args: argparse.Namespace, cfg: Config) -> int:
     live = _model_path(args, cfg)
     with _store(cfg) as store, learning.model_lock(live):
-        version = learning.rollback(store, live, args.who or getpass.getuser())
+        version = learning.rollback(store, live, args.by or getpass.getuser())
     print(f"rolled back: {version[:12]} is live again")
     print("note: the learning ledger still holds what the rolled-back model had learned, and the next "
           "'learn' (or 'jobs') run builds it in again; to take one person's marks out for good: "
@@ -220,46 +221,46 @@ def cmd_rollback(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    model_help = "the live model file (default: the configured model)"
     p = sub.add_parser("learn", help="teach the model: feedback into the ledger, the ledger into the model")
     p.add_argument("--spam", nargs="+", metavar="FILE", help="messages that are spam ('-': standard input)")
-    p.add_argument("--ham", nargs="+", metavar="FILE", help="messages that are not spam")
+    p.add_argument("--ham", nargs="+", metavar="FILE", help="messages that are not spam ('-': standard input)")
     p.add_argument("--forget", nargs="+", metavar="FILE", help="take these messages out of what was learned")
-    p.add_argument("--forget-by", metavar="WHO", help="take out everything WHO taught")
+    p.add_argument("--forget-by", metavar="WHO",
+                   help="take out everything WHO taught (as --by recorded it: a login, or a mailbox address)")
     p.add_argument("--from-feedback", action="store_true",
                    help="learn what users marked spam / not spam in the web UI")
-    p.add_argument("--source", choices=ledger.SOURCES, default="cli", help="where the feedback came from")
-    p.add_argument("--who", metavar="LOGIN", help="who gave it (default: the user running the command)")
+    p.add_argument("--source", choices=ledger.SOURCES, default="cli",
+                   help="where the feedback came from (default: cli)")
+    add_by(p, "gave the feedback", "the user running the command")
     p.add_argument("--personal", metavar="LOGIN",
                    help="also train LOGIN's personal layer (a user login, or a mail address)")
     p.add_argument("--record-only", action="store_true",
                    help="only write the ledger (a later 'stronghold learn' applies it)")
     p.add_argument("--no-promote", action="store_true", help="update the candidate, do not judge or promote it")
-    p.add_argument("--model", metavar="M")
+    p.add_argument("--model", metavar="M", help=model_help)
     p.set_defaults(func=cmd_learn)
 
     p = sub.add_parser("model", help="model information, candidates, promotion and rollback")
     msub = p.add_subparsers(dest="model_command", required=True, metavar="ACTION")
-    a = msub.add_parser("info", help="the live model's passport")
-    a.add_argument("--model", metavar="M")
-    a.add_argument("--json", action="store_true")
+    a = msub.add_parser("info", help="the live model's passport, the published version and every node's")
+    a.add_argument("--model", metavar="M", help=model_help)
+    a.add_argument("--json", action="store_true", help="print one JSON object")
     a.set_defaults(func=cmd_model_info)
     a = msub.add_parser("publish", help="make the live model file the one every node runs (after 'train')")
-    a.add_argument("--model", metavar="M")
-    a.add_argument("--who", metavar="LOGIN")
+    a.add_argument("--model", metavar="M", help=model_help)
+    add_by(a, "publishes", "the user running the command")
     a.set_defaults(func=cmd_publish)
     a = msub.add_parser("candidates", help="the candidate, how it compares, and the model's history")
-    a.add_argument("--model", metavar="M")
-    a.add_argument("--limit", type=int, default=20)
+    a.add_argument("--model", metavar="M", help=model_help)
+    a.add_argument("--limit", type=int, default=20, metavar="N", help="history events to show (default: 20)")
     a.set_defaults(func=cmd_candidates)
     a = msub.add_parser("promote", help="judge the candidate and make it live if it is not worse")
-    a.add_argument("--model", metavar="M")
+    a.add_argument("--model", metavar="M", help=model_help)
     a.add_argument("--force", action="store_true", help="promote even if it is worse (recorded)")
-    a.add_argument("--who", metavar="LOGIN")
+    add_by(a, "promotes", "the user running the command")
     a.set_defaults(func=cmd_promote)
     a = msub.add_parser("rollback", help="make the previous live model live again")
-    a.add_argument("--model", metavar="M")
-    a.add_argument("--who", metavar="LOGIN")
+    a.add_argument("--model", metavar="M", help=model_help)
+    add_by(a, "rolls back", "the user running the command")
     a.set_defaults(func=cmd_rollback)
-
-
-

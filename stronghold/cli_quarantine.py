@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 
+from stronghold.cli_options import add_by
 from stronghold.config import Config
 from stronghold.digest import DigestError
 from stronghold.release import ReleaseError, release
@@ -204,44 +205,45 @@ def cmd_digest(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    json_help = "print JSON instead of text"
     p = sub.add_parser("quarantine", help="held messages: list, show, release, delete, purge")
     qs = p.add_subparsers(dest="quarantine_command", required=True, metavar="ACTION")
     a = qs.add_parser("ls", help="list held messages, newest first")
-    a.add_argument("--recipient", nargs="+", metavar="ADDR", help="only these recipients' items")
+    a.add_argument("--recipient", nargs="+", metavar="ADDR", help="only these recipients' items (default: all)")
     a.add_argument("--search", metavar="TEXT", help="sender or subject contains TEXT")
-    a.add_argument("--since", metavar="WHEN", help="7d, 12h, 30m or YYYY-MM-DD[ HH:MM] (UTC)")
-    a.add_argument("--until", metavar="WHEN")
-    a.add_argument("--no-viruses", action="store_true")
-    a.add_argument("--limit", type=int, default=100)
-    a.add_argument("--offset", type=int, default=0)
-    a.add_argument("--json", action="store_true")
+    a.add_argument("--since", metavar="WHEN", help="held at or after WHEN: 7d, 12h, 30m or YYYY-MM-DD[ HH:MM] (UTC)")
+    a.add_argument("--until", metavar="WHEN", help="held before WHEN (same forms as --since)")
+    a.add_argument("--no-viruses", action="store_true", help="leave out messages held for a virus")
+    a.add_argument("--limit", type=int, default=100, metavar="N", help="show at most N items (default: 100)")
+    a.add_argument("--offset", type=int, default=0, metavar="N", help="skip the N newest matches first (default: 0)")
+    a.add_argument("--json", action="store_true", help=json_help)
     a.set_defaults(func=cmd_ls)
     a = qs.add_parser("show", help="one item: why it was held, headers and text (never rendered HTML)")
-    a.add_argument("id", type=int)
+    a.add_argument("id", type=int, help="the item's number (from 'quarantine ls')")
     a.add_argument("--raw", action="store_true", help="write the message as it arrived")
-    a.add_argument("--chars", type=int, default=4000, help="how much text to show")
-    a.add_argument("--json", action="store_true")
+    a.add_argument("--chars", type=int, default=4000, metavar="N", help="how much text to show (default: 4000)")
+    a.add_argument("--json", action="store_true", help=json_help)
     a.set_defaults(func=cmd_show)
     a = qs.add_parser("release", help="deliver items to their recipient (once; viruses too)")
-    a.add_argument("ids", type=int, nargs="+", metavar="ID")
-    a.add_argument("--by", help="who releases (recorded; default cli:<unix user>)")
+    a.add_argument("ids", type=int, nargs="+", metavar="ID", help="the items' numbers (from 'quarantine ls')")
+    add_by(a, "releases", "cli:<unix user>")
     a.add_argument("--retry", action="store_true",
                    help="redo a release whose delivery was never confirmed (may duplicate)")
-    a.add_argument("--json", action="store_true")
+    a.add_argument("--json", action="store_true", help=json_help)
     a.set_defaults(func=cmd_release)
     a = qs.add_parser("rm", help="delete items")
-    a.add_argument("ids", type=int, nargs="+", metavar="ID")
-    a.add_argument("--json", action="store_true")
+    a.add_argument("ids", type=int, nargs="+", metavar="ID", help="the items' numbers (from 'quarantine ls')")
+    a.add_argument("--json", action="store_true", help=json_help)
     a.set_defaults(func=cmd_rm)
     a = qs.add_parser("purge", help="delete items older than quarantine_retention_days")
-    a.add_argument("--days", type=int, help="instead of the setting")
-    a.add_argument("--json", action="store_true")
+    a.add_argument("--days", type=int, metavar="N", help="delete items older than N days instead (0: none)")
+    a.add_argument("--json", action="store_true", help=json_help)
     a.set_defaults(func=cmd_purge)
 
     p = sub.add_parser("digest", help="mail each user due a digest the list of their new held messages")
     p.add_argument("--dry-run", action="store_true", help="compose, send nothing, record nothing")
     p.add_argument("--show", action="store_true", help="with --dry-run: print the text parts")
-    p.add_argument("--user", metavar="LOGIN", help="only this user")
+    p.add_argument("--user", metavar="LOGIN", help="only this user (default: every user who is due)")
     p.add_argument("--set", choices=("off", "daily", "weekly"), help="with --user: change their digest")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help=json_help)
     p.set_defaults(func=cmd_digest)

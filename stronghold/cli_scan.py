@@ -151,15 +151,19 @@ def cmd_scan(args: argparse.Namespace, cfg: Config) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("scan", help="the milter's verdict for message files (or --classifier-only)")
     p.add_argument("files", nargs="*", metavar="FILE", help="message files, folders, mboxes, or -")
-    p.add_argument("--index", metavar="FILE", help="lines 'spam PATH' / 'ham PATH'")
+    p.add_argument("--index", metavar="FILE", help="scan the files an index names (lines 'spam PATH' / 'ham PATH')")
     p.add_argument("--model", metavar="M", help="model file (default: the configured one)")
     p.add_argument("--rcpt", action="append", metavar="ADDRESS",
                    help="envelope recipient (repeat; default: the To and Cc addresses)")
     p.add_argument("--sender", metavar="ADDRESS",
                    help="envelope sender (default: Return-Path, else the From address)")
-    p.add_argument("--client-ip", default="", metavar="IP", help="connecting client's address")
+    p.add_argument("--client-ip", default="", metavar="IP",
+                   help="the connecting client's address, for the checks that use it (default: none)")
     p.add_argument("--classifier-only", action="store_true",
                    help="the model's score alone: no clamd, lists or policy")
-    p.add_argument("--format", choices=("text", "json", "tsv"), default="text")
-    p.add_argument("--reasons", type=int, default=5, help="how many reasons to show")
+    p.add_argument("--format", choices=("text", "json", "tsv"), default="text",
+                   help="text: one line per message (default); json: every field; "
+                        "tsv: score, log-odds (or action) and path, full precision")
+    p.add_argument("--reasons", type=int, default=5, metavar="N",
+                   help="how many of the strongest tokens to show with --classifier-only (default: 5)")
     p.set_defaults(func=cmd_scan)

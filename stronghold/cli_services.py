@@ -130,26 +130,34 @@ def cmd_mailbox_expire(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
+def _serves(args: argparse.Namespace) -> bool:
+    """Whether this run keeps going (a service, logging INFO) rather than doing one thing."""
+    if args.command == "milter":
+        return not args.check_config
+    return getattr(args, "every", None) is not None
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("milter", help="run the milter for Postfix")
     p.add_argument("--check-config", action="store_true",
                    help="print settings, check model, database and clamd (EICAR), then exit")
-    p.set_defaults(func=cmd_milter)
-    p = sub.add_parser("web", help="run the web UI")
-    p.set_defaults(func=cmd_web)
+    p.set_defaults(func=cmd_milter, service=_serves)
+    p = sub.add_parser("web", help="run the web UI (on web_bind, loopback by default)")
+    p.set_defaults(func=cmd_web, service=True)
     p = sub.add_parser("config", help="settings files")
     csub = p.add_subparsers(dest="config_command", required=True, metavar="ACTION")
     pe = csub.add_parser("example", help="print a settings file listing every setting and its meaning")
-    pe.add_argument("--set", action="append", metavar="NAME=VALUE", help="a value to set (repeat)")
+    pe.add_argument("--set", action="append", metavar="NAME=VALUE",
+                    help="a value to write instead of the default (checked as the milter would; repeat)")
     pe.set_defaults(func=cmd_config_example)
     p = sub.add_parser("mailbox", help="jobs on users' mailboxes in Dovecot")
     msub = p.add_subparsers(dest="mailbox_command", required=True, metavar="ACTION")
     pe = msub.add_parser("expire", help="expunge Junk and Trash mail older than junk_retention_days")
-    pe.add_argument("--dry-run", action="store_true", help="count, expunge nothing")
-    pe.add_argument("--json", action="store_true")
+    pe.add_argument("--dry-run", action="store_true", help="count what would go, expunge nothing")
+    pe.add_argument("--json", action="store_true", help="print one JSON list (folder, rule, messages, expunged)")
     pe.add_argument("--every", type=float, metavar="SECONDS",
-                    help="keep running, expiring every SECONDS (the local stack's scheduler)")
-    pe.set_defaults(func=cmd_mailbox_expire)
+                    help="keep running, expiring every SECONDS (the local stack's scheduler; default: once)")
+    pe.set_defaults(func=cmd_mailbox_expire, service=_serves)
     p = sub.add_parser("db", help="database schema")
     dsub = p.add_subparsers(dest="db_command", required=True, metavar="ACTION")
     dsub.add_parser("upgrade", help="apply migrations").set_defaults(func=cmd_db_upgrade)

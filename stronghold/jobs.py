@@ -111,4 +111,4 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("jobs", help="run the scheduled jobs (retention, digests, Junk expiry, learning): "
                        "for a timer or cron")
     p.add_argument("--only", action="append", metavar="JOB", help=f"run only this job ({', '.join(JOBS)})")
-    p.set_defaults(func=cmd_jobs)
+    p.set_defaults(func=cmd_jobs, service=True)  # logs INFO, like the milter and the web UI

@@ -6,11 +6,11 @@ UI use the same pieces.  Nothing here speaks the milter protocol.
 
 from __future__ import annotations
 
-import importlib.metadata
 import logging
 import time
 from collections.abc import Mapping
 
+from stronghold import __version__ as VERSION
 from stronghold import metrics
 from stronghold.antivirus import Scanner, make_scanner
 from stronghold.authres import Authenticator
@@ -37,10 +37,6 @@ from stronghold.tokens import features
 from stronghold.verdict import Check, Envelope, RecipientDecision, Verdict
 
 log = logging.getLogger(__name__)
-try:
-    VERSION = importlib.metadata.version("mail-stronghold")
-except importlib.metadata.PackageNotFoundError:  # a source checkout that was never installed
-    VERSION = "0+unknown"
 
 
 class Service:
