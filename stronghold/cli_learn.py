@@ -18,7 +18,7 @@ from stronghold.classifier import Model
 from stronghold.cli_options import add_by
 from stronghold.config import Config
 from stronghold.feedback import record_pending
-from stronghold.modelfile import read_passport
+from stronghold.modelfile import model_id, read_passport
 from stronghold.store import ledger
 from stronghold.store.db import Store
 from stronghold.training import check_mail, read_messages, tokenize
@@ -147,9 +147,9 @@ def _rebuild_layers(store: Store, live: Path) -> None:
 def cmd_model_info(args: argparse.Namespace, cfg: Config) -> int:
     path = _model_path(args, cfg)
     passport = read_passport(path)
-    data: dict[str, object] = dict(passport.__dict__)
-    data["path"] = str(path)
-    data["version"] = learning.version_of(passport)
+    # the id first: X-Stronghold-Version, the history and the metrics name the model by it
+    data: dict[str, object] = {"id": model_id(passport), "version": learning.version_of(passport),
+                               "path": str(path), **passport.__dict__}
     with _store(cfg) as store:
         published = modelsync.active_version(store)
         data["published"] = published or ""

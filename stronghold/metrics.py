@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from stronghold.config import Config
-from stronghold.modelfile import ModelError, read_passport
+from stronghold.modelfile import ModelError, model_id, read_passport
 from stronghold.store.errors import StoreError
 
 if TYPE_CHECKING:
@@ -164,7 +164,7 @@ class StateCollector:
         except ModelError as exc:
             log.warning("metrics: %s", exc)
         else:
-            info.add_metric([model_id(passport.file_sha256, passport.created), _iso(passport.created)], 1)
+            info.add_metric([model_id(passport), _iso(passport.created)], 1)
             age.add_metric([], max(time.time() - passport.created, 0.0))
         yield info
         yield age
@@ -224,11 +224,6 @@ def feedback_families(marks: Iterable[tuple[str, bool, float]]) -> Iterator[Any]
                             "False negatives marked in the last 24 hours", value=totals["fn_day"])
     yield GaugeMetricFamily("stronghold_feedback_false_positives_last_day",
                             "False positives marked in the last 24 hours", value=totals["fp_day"])
-
-
-def model_id(file_sha256: str, created: float) -> str:
-    """A model's short name: its file hash's first 12 digits (or its creation time)."""
-    return file_sha256[:12] or _iso(created)
 
 
 def _iso(ts: float) -> str:

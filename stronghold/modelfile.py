@@ -19,7 +19,7 @@ import platform
 import stat
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +63,18 @@ class Passport:
     def from_json(cls, data: dict[str, object]) -> Passport:
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         return cls(**known)  # type: ignore[arg-type]
+
+
+def passport_version(passport: Passport) -> str:
+    """A model's version: the SHA-256 of its passport (which names the files' SHA-256 and holds
+    the threshold), the same on every node that runs it."""
+    return hashlib.sha256(json.dumps(asdict(passport), sort_keys=True).encode()).hexdigest()
+
+
+def model_id(passport: Passport) -> str:
+    """The short name people read: the first 12 digits of the version.  ``X-Stronghold-Version``,
+    ``model info``, the model history and the ``stronghold_model_info`` metric all use it."""
+    return passport_version(passport)[:12]
 
 
 def creation_time() -> float:

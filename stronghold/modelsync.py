@@ -21,11 +21,10 @@ import signal
 import socket
 import time
 import zlib
-from dataclasses import asdict
 from pathlib import Path
 
 from stronghold.classifier import Model
-from stronghold.modelfile import ModelError, Passport, passport_path, read_passport, table_path
+from stronghold.modelfile import ModelError, Passport, passport_path, passport_version, read_passport, table_path
 from stronghold.store import modelversions
 from stronghold.store.db import Store
 from stronghold.store.errors import StoreError
@@ -58,9 +57,7 @@ def active_version(store: Store) -> str | None:
         return modelversions.active(session)
 
 
-def version_of(passport: Passport) -> str:
-    """A model's version: the SHA-256 of its passport (names the table's SHA-256, holds the threshold)."""
-    return hashlib.sha256(json.dumps(asdict(passport), sort_keys=True).encode()).hexdigest()
+version_of = passport_version  # a model's version (stronghold.modelfile)
 
 
 def local_version(dest: Path) -> str:

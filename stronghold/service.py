@@ -11,7 +11,6 @@ import time
 from collections.abc import Mapping
 
 from stronghold import __version__ as VERSION
-from stronghold import metrics
 from stronghold.antivirus import Scanner, make_scanner
 from stronghold.authres import Authenticator
 from stronghold.config import Config
@@ -20,7 +19,7 @@ from stronghold.engine import evaluate
 from stronghold.incidents import Incidents
 from stronghold.lists import ListIndex
 from stronghold.message import ParsedMessage
-from stronghold.modelfile import ModelError
+from stronghold.modelfile import ModelError, model_id
 from stronghold.modelholder import ModelHolder
 from stronghold.outcome import Outcome
 from stronghold.personal import Layer, LayerCache
@@ -103,8 +102,7 @@ class Service:
         generation = self.model.generation
         if self._version[0] != generation:
             try:
-                passport = self.model().passport
-                model = f"model {metrics.model_id(passport.file_sha256, passport.created)}"
+                model = f"model {model_id(self.model().passport)}"
             except ModelError:
                 model = "model none"
             self._version = (generation, f"{VERSION} {model}")

@@ -25,7 +25,7 @@ from devtools.localstack import Clamd, free_port, wait_for
 from stronghold.antivirus import EICAR
 from stronghold.classifier import Model
 from stronghold.config import SETTINGS
-from stronghold.metrics import model_id
+from stronghold.modelfile import model_id
 from stronghold.service import VERSION
 from stronghold.store import accounts, entries, messagelog
 from stronghold.training import tokenize
@@ -120,7 +120,7 @@ def test_metrics_logs_and_feedback_after_twenty_known_messages(ops_stack: Stack,
     passport = model.passport
     for got in delivered:
         assert mail.headers(got.data)["X-Stronghold-Version"] == \
-            f"{VERSION} model {model_id(passport.file_sha256, passport.created)}"
+            f"{VERSION} model {model_id(passport)}"
 
     metrics = _scrape(stack)
 
@@ -139,7 +139,7 @@ def test_metrics_logs_and_feedback_after_twenty_known_messages(ops_stack: Stack,
     assert value("stronghold_list_entries", kind="block", scope="global") == 2
     assert value("stronghold_quarantine_items") == 0
     info = [(dict(k), v) for (n, k), v in metrics.items() if n == "stronghold_model_info"]
-    assert [(lbl["model"], v) for lbl, v in info] == [(model_id(passport.file_sha256, passport.created), 1)]
+    assert [(lbl["model"], v) for lbl, v in info] == [(model_id(passport), 1)]
     assert 0 < value("stronghold_model_age_seconds") < 86400
     assert value("stronghold_feedback_false_negatives_total") == 0
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import json
 import os
 from pathlib import Path
 
@@ -11,7 +12,9 @@ import Milter
 import pytest
 from Milter import testctx
 
+from stronghold import __version__
 from stronghold.antivirus import EICAR, NoScanner
+from stronghold.cli import main
 from stronghold.config import Config
 from stronghold.message import MAX_BYTES, parse
 from stronghold.milter import factory
@@ -247,6 +250,23 @@ def test_forged_verdict_headers_are_stripped_from_the_delivered_copy(milter, mon
     assert ctx._msg.get_all("X-Stronghold-Version") == [ctx.getpriv().service.version_header()]
     assert "forged" not in ctx._msg["X-Spam-Status"]
     assert ctx._msg["X-Spamming-Tool"] == "not ours"  # only X-Spam-* and X-Stronghold-* are ours
+
+
+def test_version_header_names_the_model_as_model_info_does(milter, models_dir: Path, tmp_path: Path,
+                                                          monkeypatch, capsys) -> None:
+    """An operator reads the header of a delivered message and finds that model with `model info`."""
+    ctx, _store = milter
+    raw = b"From: a@b.example\nSubject: lunch\n\nSee you at noon for the project meeting.\n"
+    assert ctx._feedFile(io.BytesIO(raw), "a@b.example", "u@example.com") == Milter.ACCEPT
+    package, word, shown = ctx._msg["X-Stronghold-Version"].split(" ")
+    assert (package, word) == (__version__, "model")
+    monkeypatch.setenv("STRONGHOLD_DATA_DIR", str(tmp_path / "info"))
+    monkeypatch.setenv("STRONGHOLD_MODELS_DIR", str(models_dir))
+    assert main(["model", "info", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert shown == info["id"] and info["version"].startswith(shown) and len(shown) == 12
+    assert main(["model", "info"]) == 0
+    assert capsys.readouterr().out.split("\n")[0] == f"id: {shown}"  # what it leads with
 
 
 @pytest.mark.parametrize("settings", [EVERYTHING_IS_SPAM])  # tag (the default spam_action) everything

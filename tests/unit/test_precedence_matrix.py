@@ -36,7 +36,7 @@ from stronghold.findings import Findings
 from stronghold.lists import ListEntry, ListIndex
 from stronghold.message import parse
 from stronghold.milter import factory
-from stronghold.modelfile import ModelError
+from stronghold.modelfile import ModelError, Passport
 from stronghold.policy import Policy
 from stronghold.precedence import PRECEDENCE, check_recipient, decide
 from stronghold.service import Outcome, Service
@@ -212,7 +212,7 @@ class FakeScanner:
 
 class FakeModel:
     spam_threshold = 0.5  # the policy's spam_threshold (0.9) overrides it
-    passport = type("Passport", (), {"file_sha256": "f" * 64, "created": 0.0})()
+    passport = Passport(file_sha256="f" * 64, created=0.0)
 
     def __init__(self, probability: float) -> None:
         self.probability = probability
