@@ -5,26 +5,34 @@ milter: normalized as Postfix hands it over (``received.as_received``),
 scanned by clamd, matched against the lists of its recipients, scored and
 decided by the policy, with the trace.  ``--classifier-only`` prints the
 model's score alone (same normalization), for benchmarks and corpus work.
+
+A message is read in pieces, as the milter receives it: the first
+``max_message_bytes`` are spooled (memory, then a file), the rest only counted,
+so a message over the limit gets ``oversize_action`` as in the milter without
+being held whole in memory.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
+import itertools
 import json
 import math
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from stronghold.classifier import Model, Score
 from stronghold.config import Config
 from stronghold.message import MAX_BYTES, parse
-from stronghold.received import as_received, envelope_sender, header_recipients
+from stronghold.received import envelope_sender, header_recipients, wire_chunks
 from stronghold.spool import Spool
 from stronghold.store.db import Store
-from stronghold.training import iter_messages, read_index, tokenize
+from stronghold.tokens import features
+from stronghold.training import iter_message_files, read_index
 from stronghold.verdict import Envelope, Verdict
 
 if TYPE_CHECKING:
@@ -35,20 +43,42 @@ class ScanUsageError(Exception):
     """The scan command line asks for something that cannot be done."""
 
 
-def _inputs(args: argparse.Namespace) -> Iterator[tuple[str, bytes]]:
+HEAD_BYTES = 64 * 1024  # where a file's stand-ins for the envelope (From, To, Cc) are looked for
+CHUNK_BYTES = 1 << 20
+
+
+def _inputs(args: argparse.Namespace) -> Iterator[tuple[str, BinaryIO]]:
+    """Each message named on the command line, as an open file (read it before the next)."""
     if args.index:
         for _is_spam, path in read_index(Path(args.index)):
-            yield from iter_messages(path)
+            yield from iter_message_files(path)
     for name in args.files:
         if name == "-":
-            yield "-", sys.stdin.buffer.read()
+            yield "-", sys.stdin.buffer
         else:
-            yield from iter_messages(Path(name))
+            yield from iter_message_files(Path(name))
 
 
-def _progress(items: Iterator[tuple[str, bytes]]) -> Iterator[tuple[str, bytes]]:
+def _progress(items: Iterator[tuple[str, BinaryIO]]) -> Iterator[tuple[str, BinaryIO]]:
     from tqdm import tqdm
     return iter(tqdm(items, desc="scanning", unit="msg", file=sys.stderr, disable=None, leave=False))
+
+
+def _pieces(head: bytes, fh: BinaryIO) -> Iterator[bytes]:
+    """``head``, then the rest of ``fh`` in pieces."""
+    return itertools.chain((head,), iter(functools.partial(fh.read, CHUNK_BYTES), b""))
+
+
+def wire_head(pieces: Iterable[bytes], keep: int) -> tuple[bytes, int]:
+    """The first ``keep`` bytes of a message as the milter receives it, and its whole size
+    there (the rest is read and counted, not kept)."""
+    kept = bytearray()
+    size = 0
+    for piece in wire_chunks(pieces):
+        if size < keep:
+            kept += piece[:keep - size]
+        size += len(piece)
+    return bytes(kept), size
 
 
 def log_odds(probability: float) -> float | None:
@@ -79,8 +109,11 @@ def _classifier_only(args: argparse.Namespace, cfg: Config, model_path: Path) ->
     model = Model.load(model_path)
     threshold = cfg.spam_threshold if cfg.spam_threshold is not None else model.spam_threshold
     results = []
-    for source, raw in _progress(_inputs(args)):
-        score = model.score(tokenize(raw))  # tokenize applies as_received
+    for source, fh in _progress(_inputs(args)):
+        wire, size = wire_head(_pieces(b"", fh), MAX_BYTES + 1)  # what the parser looks at, as in tokenize()
+        msg = parse(wire)
+        msg.size = size
+        score = model.score(features(msg))
         verdict = "spam" if score.probability >= threshold else "ham"
         if args.format == "tsv":  # full precision: repr round-trips the float exactly
             print(f"{score.probability!r}\t{score.log_odds!r}\t{source}")
@@ -106,11 +139,12 @@ def _through_engine(args: argparse.Namespace, cfg: Config, model_path: Path) -> 
         store.upgrade()
         Model.load(cfg.model_path)  # a missing or broken model is an error here, not a verdict per message
         service = Service(cfg, store)
-        for source, raw in _progress(_inputs(args)):
-            sender = args.sender if args.sender is not None else envelope_sender(raw)
-            rcpts = tuple(r.lower() for r in args.rcpt) if args.rcpt else header_recipients(raw)
+        for source, fh in _progress(_inputs(args)):
+            head = fh.read(HEAD_BYTES)
+            sender = args.sender if args.sender is not None else envelope_sender(head)
+            rcpts = tuple(r.lower() for r in args.rcpt) if args.rcpt else header_recipients(head)
             env = Envelope(sender, rcpts, args.client_ip, "")
-            verdict = check(service, env, as_received(raw))
+            verdict = check(service, env, wire_chunks(_pieces(head, fh)))
             if args.format == "tsv":
                 print(f"{verdict.score!r}\t{verdict.action.value}\t{source}")
             elif args.format == "text":
@@ -126,16 +160,21 @@ def _through_engine(args: argparse.Namespace, cfg: Config, model_path: Path) -> 
     return 0
 
 
-def check(service: Service, envelope: Envelope, wire: bytes) -> Verdict:
-    """Decide about ``wire`` (bytes as the milter gets them) the way the milter does at
-    end of message: spooled within ``max_message_bytes``, parsed once, one service call."""
+def check(service: Service, envelope: Envelope, wire: Iterable[bytes]) -> Verdict:
+    """Decide about ``wire`` (the pieces of a message as the milter gets them) the way the
+    milter does at end of message: the first ``max_message_bytes`` spooled, the rest counted
+    (then ``oversize``), parsed once, one service call."""
     limit = service.cfg.max_message_bytes
+    size = 0
     with Spool(service.cfg.spool_memory_bytes, service.cfg.data_dir) as spool:
-        spool.write(wire[:limit])
+        for piece in wire:
+            if size < limit:
+                spool.write(piece[:limit - size])
+            size += len(piece)
         msg = parse(spool.head(MAX_BYTES + 1))
-        msg.size = len(wire)
+        msg.size = size
         spool.seek(0)
-        outcome = service.decide(envelope, msg, spool, oversize=len(wire) > limit)
+        outcome = service.decide(envelope, msg, spool, oversize=size > limit)
     return outcome.verdict
 
 

@@ -16,6 +16,7 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO, cast
 
 import numpy as np
 
@@ -57,19 +58,24 @@ def _is_mbox(path: Path) -> bool:
 
 def iter_messages(path: Path) -> Iterator[tuple[str, bytes]]:
     """(source, raw bytes) of every message under ``path``."""
+    for source, fh in iter_message_files(path):
+        yield source, fh.read()
+
+
+def iter_message_files(path: Path) -> Iterator[tuple[str, BinaryIO]]:
+    """(source, binary file) of every message under ``path``, for reading a message without
+    holding it whole (``stronghold scan``); read each before asking for the next."""
     path = Path(path)
     if not path.exists():
         raise CorpusError(f"{path}: no such file or folder")
     if path.is_dir():
         if (path / "cur").is_dir() and (path / "new").is_dir():
-            for sub in ("new", "cur"):
-                for item in sorted((path / sub).iterdir()):
-                    if item.is_file():
-                        yield str(item), item.read_bytes()
-            return
-        for item in sorted(path.rglob("*")):
-            if item.is_file() and not item.name.startswith("."):
-                yield str(item), item.read_bytes()
+            items = [item for sub in ("new", "cur") for item in sorted((path / sub).iterdir()) if item.is_file()]
+        else:
+            items = [item for item in sorted(path.rglob("*")) if item.is_file() and not item.name.startswith(".")]
+        for item in items:
+            with open(item, "rb") as fh:
+                yield str(item), fh
         return
     try:
         is_mbox = _is_mbox(path)
@@ -79,11 +85,12 @@ def iter_messages(path: Path) -> Iterator[tuple[str, bytes]]:
         box = mailbox.mbox(str(path), create=False)
         try:
             for key in box.keys():
-                yield f"{path}#{key}", box.get_bytes(key)
+                yield f"{path}#{key}", cast(BinaryIO, box.get_file(key))  # the message less its From line
         finally:
             box.close()
         return
-    yield str(path), path.read_bytes()
+    with open(path, "rb") as fh:
+        yield str(path), fh
 
 
 _HEADER_FIELD = re.compile(rb"[!-9;-~]+[ \t]*:")
