@@ -286,7 +286,7 @@ plugin {{
             "#!/bin/sh\n# Written by devtools.localdovecot: IMAP moves into and out of Junk are feedback.\n"
             'case "$1" in spam|ham) ;; *) echo "usage: $0 spam|ham USER" >&2; exit 64 ;; esac\n'
             + exports + "exec " + " ".join(shlex.quote(a) for a in self.learn_command)
-            + ' learn --source imap --record-only --who "$2" --"$1" -\n')
+            + ' learn --source imap --record-only --by "$2" --"$1" -\n')
         program.chmod(0o755)
         scripts = [d / "report-spam.sieve", d / "report-ham.sieve"]
         scripts[0].write_text(REPORT_SPAM_SIEVE)
