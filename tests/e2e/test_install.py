@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import configparser
 import grp
 import os
 import pwd
@@ -81,6 +82,11 @@ def test_installed_package_defaults_to_system_paths_and_runs(installed: Path) ->
     help_text = subprocess.run([str(python), "-m", "stronghold.cli", "--help"], capture_output=True,
                                text=True, cwd="/", env=env, check=True).stdout
     assert "milter" in help_text and "jobs" in help_text
+    version = subprocess.run([str(python), "-m", "stronghold.cli", "--version"], capture_output=True,
+                             text=True, cwd="/", env=env, check=True).stdout
+    released = configparser.ConfigParser()
+    released.read(ROOT / "setup.cfg")
+    assert version.startswith(f"stronghold {released['metadata']['version']} (model format ")  # from its metadata
 
 
 def test_installed_package_holds_only_the_product(installed: Path) -> None:
