@@ -129,7 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=version_line(),
                         help="print the version and the model format and tokenizer it reads, then exit")
     parser.add_argument("--config", metavar="FILE",
-                        help="TOML settings file (default: $STRONGHOLD_CONFIG, else built-in defaults)")
+                        help="TOML settings file (default: $STRONGHOLD_CONFIG, else none: built-in defaults); "
+                             "STRONGHOLD_<SETTING> variables override it")
     parser.add_argument("--traceback", action="store_true", help="show the stack on errors")
     _add_verbosity(parser)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
