@@ -161,6 +161,7 @@ def awaits_judgement(store: Store, live: Path) -> bool:
 def update_candidate(store: Store, live: Path, save_unchanged: bool = True) -> tuple[Model, SyncResult]:
     """Bring the candidate up to the ledger and save it (call under ``model_lock``); with
     ``save_unchanged`` false, a candidate the ledger did not move is not written again."""
+    _note_live_marks(store, live)
     model = open_candidate(live)
     result, wanted = sync(store, model)
     if save_unchanged or result.added or result.removed:
@@ -169,6 +170,17 @@ def update_candidate(store: Store, live: Path, save_unchanged: bool = True) -> t
     with store.session() as session:
         ledger.mark_applied(session, ledger.SHARED, wanted, keep)
     return model, result
+
+
+def _note_live_marks(store: Store, live: Path) -> None:
+    """A live model from before marks were recorded: write them down while the ledger still holds
+    exactly its state (no candidate moved it since), so that it can be rolled back to later."""
+    if modelarchive.read_marks(live) is not None:
+        return
+    with store.session() as session:
+        marks = ledger.applied(session)
+    if ledger.digest(marks.items()) == read_passport(live).ledger_sha256:
+        modelarchive.write_marks(live, marks)
 
 
 # -- judging and promotion -------------------------------------------------------------

@@ -99,7 +99,10 @@ def archive(live: Path) -> Path:
     copy_model(live, dst)
     sample = heldback.path_for(live)
     if sample.exists():  # a rollback across a retraining needs the restored model's own sample
-        os.link(sample, heldback.path_for(dst))  # the live one is only ever replaced by a rename
+        try:
+            os.link(sample, heldback.path_for(dst))  # the live one is only ever replaced by a rename
+        except OSError:  # a file system without hard links
+            shutil.copyfile(sample, heldback.path_for(dst))
     return dst
 
 

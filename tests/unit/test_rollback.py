@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from stronghold import heldback
 from stronghold.cli import main
 from stronghold.learning import candidate_path, shared_labels
-from stronghold.modelarchive import archived
+from stronghold.modelarchive import archived, marks_path, read_marks
 from stronghold.modelfile import read_passport
 from stronghold.store import ledger
 from stronghold.store.db import Store
@@ -155,3 +156,28 @@ def test_restore_sets_aside_only_what_the_rolled_back_model_learned(store: Store
     with store.session() as s:
         assert ledger.set_aside_count(s) == 0
         assert shared_labels(ledger.rows(s))[key(7)] is None  # forgotten: taken out, not kept
+
+
+@pytest.mark.corpus
+def test_rolling_back_across_a_retraining_and_to_a_model_from_before_marks_were_recorded(
+        base: tuple[Path, Path], corpus: Path, env: Path) -> None:
+    a, b, c = (str(p) for p in corpus_files(corpus, "spam", "test")[:3])
+    live = _train(base, env / "models")
+    _step(["learn", "--no-promote", "--spam", a])
+    _step(["model", "promote", "--force"])
+    with_a = _files(live)
+    marks_path(live).unlink()  # as an older version left the live model
+    _step(["learn", "--no-promote", "--spam", b])  # the ledger still holds exactly its state: noted now
+    assert read_marks(live) == {ledger.content_hash(tokenize(Path(a).read_bytes())): True}
+    _step(["model", "promote", "--force"])
+    sample = heldback.read(live)
+    # retrained on another split: a new training run with a sample of its own
+    _step(["train", "--ham", str(base[0]), "--spam", str(base[1]), "--holdout", "0.5"])
+    retrained = _files(live)
+    assert len(heldback.read(live)[1]) < len(sample[1])
+    _step(["learn", "--no-promote", "--spam", c])
+    _step(["model", "promote", "--force"])
+    _step(["model", "rollback"])
+    assert _files(live) == retrained
+    _step(["model", "rollback"])  # to the first run's model: its own sample comes back with it
+    assert _files(live) == with_a and heldback.read(live) == sample
