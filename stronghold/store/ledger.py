@@ -176,7 +176,9 @@ def personal_changed_since(session: Session, since: float) -> bool:
 
 
 def recent(session: Session, since: float, scope: str = SHARED) -> list[LearnedMessage]:
-    """Labelled rows changed since ``since`` (the feedback part of the held-back set)."""
+    """Labelled rows changed since ``since`` (the feedback part of the held-back set); marks a
+    rollback set aside are suspect and judge nothing."""
     return list(session.scalars(select(LearnedMessage).where(LearnedMessage.scope == scope,
                                                              LearnedMessage.updated >= since,
-                                                             LearnedMessage.label.is_not(None))))
+                                                             LearnedMessage.label.is_not(None),
+                                                             LearnedMessage.set_aside.is_(False))))

@@ -145,6 +145,7 @@ def test_restore_sets_aside_only_what_the_rolled_back_model_learned(store: Store
         rows = {int(r.content_hash): r for r in ledger.rows(s)}
         assert {n for n, r in rows.items() if r.set_aside} == {2, 4, 7}
         assert ledger.applied(s) == restored and ledger.set_aside_count(s) == 3
+        assert {int(r.content_hash) for r in ledger.recent(s, 0.0)} == {1, 3, 6}  # set aside: judges nothing
         wanted = shared_labels(list(rows.values()))  # set aside: what the restored model holds
         assert {int(k): v for k, v in wanted.items()} == \
             {1: True, 2: None, 3: True, 4: None, 5: None, 6: True, 7: True}
