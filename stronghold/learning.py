@@ -331,8 +331,8 @@ def rollback(store: Store, live: Path, who: str) -> Rollback:
     modelarchive.remove_model(candidate_path(live))
     modelarchive.restore_sample(src, live)
     modelarchive.copy_model(src, live)
-    shutil.rmtree(src.parent)
     modelsync.publish(store, live)
+    shutil.rmtree(src.parent)
     log.info("model rolled-back to %s by %s: %d mark(s) set aside", version[:12], who or "-", aside)
     return Rollback(version, name, aside)
 
