@@ -11,8 +11,9 @@ import traceback
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from stronghold import __version__, cli_admin, cli_learn, cli_quarantine, cli_scan, cli_services, jobs, learning
+from stronghold import __version__, cli_admin, cli_learn, cli_quarantine, cli_scan, cli_services, heldback, jobs
 from stronghold import config as config_mod
+from stronghold.classifier import Model
 from stronghold.config import Config, ConfigError
 from stronghold.modelfile import FORMAT_VERSION, ModelError
 from stronghold.tokens import TOKENIZER_VERSION
@@ -47,12 +48,24 @@ def _model_path(args: argparse.Namespace, cfg: Config) -> Path:
 
 # -- train / scan / learn / model ----------------------------------------------
 
-def _write_heldback(model: Path, samples: Sequence[Sample], holdout: float) -> None:
+def _heldback_sample(samples: Sequence[Sample], holdout: float) -> tuple[list[set[str]], list[bool]]:
     """The fixed sample candidates are judged on: the holdout, else every k-th training message."""
     chosen = [s for s in samples if in_holdout(s.source, holdout)] if holdout > 0 else list(samples)
-    step = max(1, len(chosen) // learning.HELDBACK_SIZE)
-    chosen = chosen[::step][:learning.HELDBACK_SIZE]
-    learning.write_heldback(model, [tokenize(s.raw) for s in chosen], [s.is_spam for s in chosen])
+    step = max(1, len(chosen) // heldback.SIZE)
+    chosen = chosen[::step][:heldback.SIZE]
+    return [tokenize(s.raw) for s in chosen], [s.is_spam for s in chosen]
+
+
+def _save_with_sample(model: Model, out: Path, sample: tuple[list[set[str]], list[bool]]) -> None:
+    """Save the model and its held-back sample as a pair: the sample goes to a temporary name first
+    and into place after the model; interrupted in between, the new model stands beside the old
+    sample, which names the other training run and is refused when a candidate is judged."""
+    tmp = heldback.prepare(out, model.passport, *sample)
+    try:
+        model.save(out)
+        heldback.commit(out, tmp)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _check_writable(model: Path) -> None:
@@ -81,8 +94,7 @@ def cmd_train(args: argparse.Namespace, cfg: Config) -> int:
     check_labels(samples)
     model, evaluation = train_model(samples, holdout=args.holdout,
                                     progress=_progress(len(samples), "training"))
-    model.save(out)
-    _write_heldback(out, samples, args.holdout)
+    _save_with_sample(model, out, _heldback_sample(samples, args.holdout))
     p = model.passport
     seconds = time.monotonic() - started
     print(f"trained on {p.trained_ham} ham + {p.trained_spam} spam in {seconds:.1f}s -> {out}")

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from stronghold import learning, modelsync, personal
+from stronghold import heldback, learning, modelsync, personal
 from stronghold.classifier import Model
 from stronghold.cli_options import add_by
 from stronghold.config import Config
@@ -83,7 +83,7 @@ def cmd_learn(args: argparse.Namespace, cfg: Config) -> int:
     who = args.by or getpass.getuser()
     token_sets, labels = _inputs(args)
     if args.record_only:  # the IMAP hook: quick, needs only the database
-        if args.from_feedback or args.forget_by or not token_sets:
+        if args.from_feedback or args.forget_by or _readmit(args) or not token_sets:
             raise LearnUsageError("--record-only takes --spam/--ham/--forget files only")
         with _store(cfg) as store, store.session() as session:
             change = ledger.record(session, token_sets, labels, source=args.source, who=who)
@@ -93,8 +93,9 @@ def cmd_learn(args: argparse.Namespace, cfg: Config) -> int:
         print(f"ledger: {change.new} new, {change.same} already known, {change.flipped} flipped, "
               f"{change.forgotten} forgotten (applied by the next 'stronghold learn' or 'stronghold jobs')")
         return 0
-    if not (token_sets or args.forget_by or args.from_feedback):
-        raise LearnUsageError("nothing to learn: give --spam/--ham/--forget files, --forget-by or --from-feedback")
+    if not (token_sets or args.forget_by or args.from_feedback or _readmit(args)):
+        raise LearnUsageError("nothing to learn: give --spam/--ham/--forget files, --forget-by, --readmit "
+                              "or --from-feedback")
     read_passport(live)  # no model: say so before anything is recorded
     with _store(cfg) as store:
         with learning.model_lock(live):
@@ -109,6 +110,10 @@ def cmd_learn(args: argparse.Namespace, cfg: Config) -> int:
             if args.forget_by and not (forgotten_by or token_sets or args.from_feedback):
                 raise LearnUsageError(f"nothing to forget: the ledger holds no marks by {args.forget_by} "
                                       "(web marks are recorded under the login, IMAP moves under the mailbox address)")
+            readmitted = learning.readmit(store, args.readmit_by, who) if _readmit(args) else 0
+            if _readmit(args) and not (readmitted or token_sets or args.forget_by or args.from_feedback):
+                raise LearnUsageError("nothing to readmit: no marks" + (f" by {args.readmit_by}" if args.readmit_by
+                                                                         else "") + " are set aside")
             mark_feedback = None
             items: list[tuple[set[str], bool, str]] = []
             if args.from_feedback:
@@ -117,12 +122,13 @@ def cmd_learn(args: argparse.Namespace, cfg: Config) -> int:
                                        change.flipped + c.flipped, change.forgotten, change.unknown)
             print(f"ledger: {change.new} new, {change.same} already known, {change.flipped} flipped, "
                   f"{change.forgotten + forgotten_by} forgotten"
+                  + (f", {readmitted} readmitted" if readmitted else "")
                   + (f", {change.unknown} not in the ledger" if change.unknown else ""))
             model, result = learning.update_candidate(store, live)
             if mark_feedback is not None:
                 mark_feedback()
             p = model.passport
-            if result.added == result.removed == 0 and not (token_sets or forgotten_by or items):
+            if result.added == result.removed == 0 and not (token_sets or forgotten_by or items or readmitted):
                 raise LearnUsageError("nothing to learn: give --spam/--ham/--forget files, --forget-by or "
                                       "--from-feedback")
             print(f"learned {result.added} (took out {result.removed}); the model now holds "
@@ -136,6 +142,10 @@ def cmd_learn(args: argparse.Namespace, cfg: Config) -> int:
                       file=sys.stdout if judgement.promote else sys.stderr)
             _rebuild_layers(store, live)
     return 0
+
+
+def _readmit(args: argparse.Namespace) -> bool:
+    return bool(args.readmit or args.readmit_by)
 
 
 def _rebuild_layers(store: Store, live: Path) -> None:
@@ -153,6 +163,7 @@ def cmd_model_info(args: argparse.Namespace, cfg: Config) -> int:
     with _store(cfg) as store:
         published = modelsync.active_version(store)
         data["published"] = published or ""
+        data["set_aside"] = learning.set_aside_count(store)
         nodes: list[dict[str, Any]] = [{"node": n.node, "version": n.version, "seen": n.seen, "error": n.error,
                                         "current": n.version == published} for n in modelsync.nodes(store)]
     if args.json:
@@ -187,11 +198,11 @@ def cmd_candidates(args: argparse.Namespace, cfg: Config) -> int:
             print(f"candidate {learning.version_of(p)[:12]}: {p.learned_spam} learned spam + "
                   f"{p.learned_ham} learned ham (live {learning.version_of(current.passport)[:12]})")
             if learning.version_of(p) != learning.version_of(current.passport):
-                j = learning.judge(candidate, current, learning.read_heldback(live),
-                                   learning.recent_feedback(store))
+                j = learning.judge(candidate, current, heldback.read(live), learning.recent_feedback(store))
                 print(f"would be {'promoted' if j.promote else 'held back'}: {j.reason}")
         else:
             print("no candidate")
+        _print_set_aside(learning.set_aside_count(store))
         for event in learning.events(store, args.limit):
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(event.ts))
             print(f"{when} {event.action} {event.version[:12]} by {event.who or '-'}: {event.reason}")
@@ -209,14 +220,20 @@ def cmd_promote(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
+def _print_set_aside(count: int) -> None:
+    if count:
+        print(f"{count} mark(s) set aside by a rollback: not learned into the shared model until "
+              "'stronghold learn --readmit [--readmit-by WHO]' (or taken out: 'learn --forget-by WHO')")
+
+
 def cmd_rollback(args: argparse.Namespace, cfg: Config) -> int:
     live = _model_path(args, cfg)
     with _store(cfg) as store, learning.model_lock(live):
-        version = learning.rollback(store, live, args.by or getpass.getuser())
-    print(f"rolled back: {version[:12]} is live again")
-    print("note: the learning ledger still holds what the rolled-back model had learned, and the next "
-          "'learn' (or 'jobs') run builds it in again; to take one person's marks out for good: "
-          "stronghold learn --forget-by WHO", file=sys.stderr)
+        done = learning.rollback(store, live, args.by or getpass.getuser())
+        print(f"rolled back: {done.version[:12]} (from {done.restored}) is live again; the candidate was "
+              f"discarded; {done.set_aside} mark(s) the rolled-back model had learned are set aside")
+        _print_set_aside(learning.set_aside_count(store))
+        _rebuild_layers(store, live)
     return 0
 
 
@@ -228,6 +245,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--forget", nargs="+", metavar="FILE", help="take these messages out of what was learned")
     p.add_argument("--forget-by", metavar="WHO",
                    help="take out everything WHO taught (as --by recorded it: a login, or a mailbox address)")
+    p.add_argument("--readmit", action="store_true",
+                   help="let the marks a model rollback set aside into the shared model again")
+    p.add_argument("--readmit-by", metavar="WHO", help="readmit only the set-aside marks WHO gave")
     p.add_argument("--from-feedback", action="store_true",
                    help="learn what users marked spam / not spam in the web UI")
     p.add_argument("--source", choices=ledger.SOURCES, default="cli",

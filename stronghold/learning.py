@@ -4,10 +4,11 @@ judged against the live model on a held-back set before it replaces it.
 Files, all in the models folder (the only place models are loaded from):
 
 - ``model.joblib`` (+ ``.npy``, ``.json``): the live model the milters score with;
+- ``model.marks.json.gz``: which marks of the ledger the live model holds (``modelarchive``);
 - ``candidate.joblib`` (+ ...): the live model plus everything the ledger holds now;
-- ``heldback.json.gz``: a fixed sample of labelled corpus messages (their features), written by
-  ``stronghold train``, that every candidate is scored on;
-- ``versions/NNNN-<table sha>/``: models that were live before, newest last (``model rollback``).
+- ``model.heldback.json.gz``: a fixed sample of labelled corpus messages (their features), drawn
+  by ``stronghold train`` for that model, that every candidate is scored on (``heldback``);
+- ``versions/NNNN-<version>/``: models that were live before, newest last (``model rollback``).
 
 A promoted or rolled-back model is published in the store (``modelsync``), where every milter
 node pulls it from.
@@ -17,13 +18,15 @@ match it (adding, taking out, flipping) and records in the passport which ledger
 hold, so a model and the ledger can never silently drift apart.  Learning is exact arithmetic on
 whole counts: learn, learn again, flip and forget give the same files as learning the end result
 once.
+
+A rollback makes the ledger match the restored model again and sets aside the marks only the
+rolled-back model had learned: the shared model keeps, for those messages, what the restored
+model held until an operator readmits them (``learn --readmit``) or takes them out (``--forget-by``).
 """
 
 from __future__ import annotations
 
 import fcntl
-import gzip
-import json
 import logging
 import shutil
 import time
@@ -32,17 +35,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from stronghold import modelsync
+from stronghold import heldback, modelarchive, modelsync
 from stronghold.classifier import Model
-from stronghold.modelfile import ModelError, Passport, check_file_is_trusted, passport_path, read_passport, table_path
+from stronghold.modelfile import ModelError, Passport, read_passport
 from stronghold.store import ledger, modelversions
 from stronghold.store.db import Store
 from stronghold.store.messagelog import unpack_tokens
 from stronghold.store.tables import LearnedMessage, ModelEvent
 
 log = logging.getLogger(__name__)
-HELDBACK_NAME = "heldback.json.gz"
-HELDBACK_SIZE = 1000  # corpus messages kept for judging candidates (at most)
 FEEDBACK_DAYS = 30  # feedback changed within this many days joins the held-back set
 FN_SLACK = 0.005  # a candidate may miss this much more of the held-back spam (never more ham)
 # What one user's marks (web, IMAP moves, Junk) may put into the shared model: their first this many.
@@ -52,16 +53,19 @@ SHARED_MARKS_PER_USER = 25
 USER_SOURCES = ("web", "imap", "junk")  # marks by users; "cli" is the operator's own learning
 
 
-def shared_labels(rows: Sequence[LearnedMessage]) -> dict[str, bool | None]:
+def shared_labels(rows: Sequence[LearnedMessage], fresh: bool = False) -> dict[str, bool | None]:
     """{content hash: the label the shared model learns (None: not learned)} of ledger rows: each
-    user's marks count up to ``SHARED_MARKS_PER_USER``, oldest first; the operator's all count."""
+    user's marks count up to ``SHARED_MARKS_PER_USER``, oldest first; the operator's all count.
+    A set-aside mark keeps what the model holds for it (``applied``; nothing for a ``fresh``
+    model, one just trained): it takes a place among its author's marks but is never cut."""
     counted: dict[str, int] = {}
     wanted: dict[str, bool | None] = {}
     for row in sorted(rows, key=lambda r: (r.created, r.content_hash)):
-        label = row.label
+        frozen = row.set_aside and row.label is not None
+        label = (None if fresh else row.applied) if frozen else row.label
         if label is not None and row.source in USER_SOURCES:
             counted[row.who] = counted.get(row.who, 0) + 1
-            if counted[row.who] > SHARED_MARKS_PER_USER:
+            if counted[row.who] > SHARED_MARKS_PER_USER and not frozen:
                 label = None
         wanted[row.content_hash] = label
     return wanted
@@ -69,14 +73,6 @@ def shared_labels(rows: Sequence[LearnedMessage]) -> dict[str, bool | None]:
 
 def candidate_path(live: Path) -> Path:
     return live.with_name("candidate" + live.suffix)
-
-
-def heldback_path(live: Path) -> Path:
-    return live.with_name(HELDBACK_NAME)
-
-
-def versions_dir(live: Path) -> Path:
-    return live.parent / "versions"
 
 
 version_of = modelsync.version_of  # a model's version: the SHA-256 of its passport
@@ -122,7 +118,7 @@ def sync(store: Store, model: Model, scope: str = ledger.SHARED) -> tuple[SyncRe
         add_labels: list[bool] = []
         remove: list[set[str]] = []
         remove_labels: list[bool] = []
-        wanted = shared_labels(rows) if scope == ledger.SHARED else {r.content_hash: r.label for r in rows}
+        wanted = shared_labels(rows, fresh) if scope == ledger.SHARED else {r.content_hash: r.label for r in rows}
         for row in rows:
             current = None if fresh else row.applied
             label = wanted[row.content_hash]
@@ -165,13 +161,26 @@ def awaits_judgement(store: Store, live: Path) -> bool:
 def update_candidate(store: Store, live: Path, save_unchanged: bool = True) -> tuple[Model, SyncResult]:
     """Bring the candidate up to the ledger and save it (call under ``model_lock``); with
     ``save_unchanged`` false, a candidate the ledger did not move is not written again."""
+    _note_live_marks(store, live)
     model = open_candidate(live)
     result, wanted = sync(store, model)
     if save_unchanged or result.added or result.removed:
         model.save(candidate_path(live))
+    keep = modelarchive.held_anywhere(live)  # forgotten marks a rollback may need to take out again
     with store.session() as session:
-        ledger.mark_applied(session, ledger.SHARED, wanted)
+        ledger.mark_applied(session, ledger.SHARED, wanted, keep)
     return model, result
+
+
+def _note_live_marks(store: Store, live: Path) -> None:
+    """A live model from before marks were recorded: write them down while the ledger still holds
+    exactly its state (no candidate moved it since), so that it can be rolled back to later."""
+    if modelarchive.read_marks(live) is not None:
+        return
+    with store.session() as session:
+        marks = ledger.applied(session)
+    if ledger.digest(marks.items()) == read_passport(live).ledger_sha256:
+        modelarchive.write_marks(live, marks)
 
 
 # -- judging and promotion -------------------------------------------------------------
@@ -203,43 +212,13 @@ class Judgement:
     reason: str
 
 
-def write_heldback(live: Path, token_sets: Sequence[set[str]], labels: Sequence[bool]) -> Path:
-    """Save the fixed corpus sample candidates are judged on (features only, JSON: no pickle)."""
-    path = heldback_path(live)
-    data = {"labels": [bool(x) for x in labels], "tokens": [sorted(t) for t in token_sets]}
-    tmp = path.with_name(".tmp-" + path.name)
-    with gzip.open(tmp, "wt", encoding="utf-8") as fh:
-        json.dump(data, fh)
-    tmp.chmod(0o644)
-    tmp.replace(path)
-    return path
-
-
-def read_heldback(live: Path) -> tuple[list[set[str]], list[bool]]:
-    path = heldback_path(live)
-    if not path.exists():
-        raise ModelError(f"no held-back sample {path} to judge a candidate on; 'stronghold train' writes it")
-    check_file_is_trusted(path)
-    try:
-        with gzip.open(path, "rt", encoding="utf-8") as fh:
-            data = json.load(fh)
-        labels = [bool(x) for x in data["labels"]]
-        sets = [set(t) for t in data["tokens"]]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ModelError(f"held-back sample {path} is unreadable: {exc}") from exc
-    if len(labels) != len(sets) or all(labels) or not any(labels):
-        raise ModelError(f"held-back sample {path} needs both ham and spam")
-    return sets, labels
-
-
-def judge(candidate: Model, live: Model, heldback: tuple[list[set[str]], list[bool]],
-          feedback: tuple[list[set[str]], list[bool]]) -> Judgement:
+def judge(candidate: Model, live: Model, sample: heldback.Sample, feedback: heldback.Sample) -> Judgement:
     """Promote only if the candidate is not worse at the live threshold: no more false positives on
     the fixed corpus sample (ham first), at most ``FN_SLACK`` more missed spam there, and no more
     errors on recent feedback."""
     threshold = live.spam_threshold
-    c = tally(candidate, *heldback, threshold)
-    lv = tally(live, *heldback, threshold)
+    c = tally(candidate, *sample, threshold)
+    lv = tally(live, *sample, threshold)
     parts = [f"corpus sample at threshold {threshold:.4f}: live {lv.text()}, candidate {c.text()}"]
     verdict = True
     if c.fp > lv.fp:
@@ -276,29 +255,6 @@ def events(store: Store, limit: int = 20) -> list[ModelEvent]:
         return modelversions.events(session, limit)
 
 
-_FILES = (lambda p: p, table_path, passport_path)
-
-
-def _copy_model(src: Path, dst: Path) -> None:
-    """Copy a model's three files; the passport last, so readers see the old model or the new one."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    for name in _FILES:
-        tmp = name(dst).with_name(".tmp-" + name(dst).name)
-        shutil.copyfile(name(src), tmp)
-        tmp.chmod(0o644)
-        tmp.replace(name(dst))
-
-
-def _archive(live: Path) -> Path:
-    folder = versions_dir(live)
-    folder.mkdir(parents=True, exist_ok=True)
-    taken = sorted(p.name for p in folder.iterdir() if p.is_dir())
-    number = int(taken[-1].split("-", 1)[0]) + 1 if taken else 1
-    dst = folder / f"{number:04d}-{version_of(read_passport(live))[:16]}" / live.name
-    _copy_model(live, dst)
-    return dst
-
-
 def promote(store: Store, live: Path, who: str, force: bool = False) -> Judgement:
     """Judge the candidate; if it is not worse (or ``force``), archive the live model and replace it."""
     cand = candidate_path(live)
@@ -308,29 +264,89 @@ def promote(store: Store, live: Path, who: str, force: bool = False) -> Judgemen
     current = Model.load(live)
     if version_of(candidate.passport) == version_of(current.passport):
         return Judgement(False, "the candidate is the live model already")
-    judgement = judge(candidate, current, read_heldback(live), recent_feedback(store))
+    judgement = judge(candidate, current, heldback.read(live), recent_feedback(store))
     if not judgement.promote and not force:
         record_event(store, "held-back", version_of(candidate.passport), who, judgement.reason)
         return judgement
-    _archive(live)
-    _copy_model(cand, live)
+    _record_marks(store, cand)
+    modelarchive.archive(live)
+    modelarchive.copy_model(cand, live)
     modelsync.publish(store, live)
     reason = judgement.reason if judgement.promote else "forced by the administrator; " + judgement.reason
     record_event(store, "promoted", version_of(candidate.passport), who, reason)
     return Judgement(True, reason)
 
 
-def rollback(store: Store, live: Path, who: str) -> str:
-    """Make the newest archived model live again (it leaves the archive); returns its version."""
-    folder = versions_dir(live)
-    archived = sorted(p for p in folder.iterdir() if p.is_dir()) if folder.exists() else []
-    if not archived:
+def _record_marks(store: Store, cand: Path) -> None:
+    """Write beside the candidate which marks it holds (the ledger's applied state, checked against
+    its passport), so that it can be rolled back to once it has been live."""
+    if modelarchive.read_marks(cand) is not None:
+        return
+    with store.session() as session:
+        marks = ledger.applied(session)
+    if ledger.digest(marks.items()) != read_passport(cand).ledger_sha256:
+        raise ModelError("the candidate holds another state of the learning ledger than the store records; "
+                         "'stronghold learn' rebuilds it")
+    modelarchive.write_marks(cand, marks)
+
+
+@dataclass(frozen=True)
+class Rollback:
+    version: str  # the model live again
+    restored: str  # the archive it came from
+    set_aside: int  # marks newly set aside
+
+
+def rollback(store: Store, live: Path, who: str) -> Rollback:
+    """Make the newest archived model live again (it leaves the archive): the ledger's applied
+    state becomes what that model holds, the marks only the rolled-back model had learned are set
+    aside, and the candidate (built from the rolled-back state) is discarded.
+
+    The store is changed first, the files after, the archive removed last: run again after an
+    interruption, it finishes the same rollback."""
+    versions = modelarchive.archived(live)
+    if not versions:
         raise ModelError("no earlier model to roll back to")
-    src = archived[-1] / live.name
+    src = versions[-1]
+    name = src.parent.name
     Model.load(src)  # refuse a damaged archive before touching the live model
-    _copy_model(src, live)
-    version = version_of(read_passport(live))
-    shutil.rmtree(archived[-1])
+    restored = modelarchive.read_marks(src)
+    if restored is None:
+        raise ModelError(f"the archived model {name} does not record which marks of the learning ledger it "
+                         "holds (archived by an older version): rolling back to it would leave model and "
+                         "ledger apart; train a new model with 'stronghold train' instead")
+    rolled = modelarchive.read_marks(live)
+    with store.session() as session:
+        if rolled is None:  # a live model from before marks were recorded: its candidate's state instead
+            log.warning("the live model does not record its marks; setting aside what its candidate holds")
+            rolled = ledger.applied(session)
+        gone = ledger.missing(session, restored)
+        if gone:
+            raise ModelError(f"the archived model {name} holds {len(gone)} mark(s) the learning ledger no "
+                             "longer has (cannot be taken out later); train a new model instead")
+        aside = ledger.restore(session, restored, {h: s for h, s in rolled.items() if restored.get(h) != s})
+        version = version_of(read_passport(src))
+        modelversions.record_event(session, "rolled-back", version, who,
+                                   f"restored {name}; {aside} mark(s) set aside")
+    modelarchive.remove_model(candidate_path(live))
+    modelarchive.restore_sample(src, live)
+    modelarchive.copy_model(src, live)
     modelsync.publish(store, live)
-    record_event(store, "rolled-back", version, who, f"restored {archived[-1].name}")
-    return version
+    shutil.rmtree(src.parent)
+    log.info("model rolled-back to %s by %s: %d mark(s) set aside", version[:12], who or "-", aside)
+    return Rollback(version, name, aside)
+
+
+def readmit(store: Store, who: str | None, by: str) -> int:
+    """Let set-aside marks (all, or those ``who`` gave) into the shared model again."""
+    with store.session() as session:
+        count = ledger.readmit(session, who)
+        if count:
+            modelversions.record_event(session, "readmitted", "", by,
+                                       f"{count} set-aside mark(s)" + (f" by {who}" if who else ""))
+    return count
+
+
+def set_aside_count(store: Store) -> int:
+    with store.session() as session:
+        return ledger.set_aside_count(session)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import delete, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from stronghold.store.messagelog import pack_tokens, unpack_tokens
@@ -59,14 +59,16 @@ def record(session: Session, token_sets: Sequence[set[str]], labels: Sequence[bo
             continue
         if label is None:
             forgotten += 1
-            if row.applied is None:  # never in any model's counts: nothing to take out later
+            if scope != SHARED:  # personal marks are never in any model's counts
                 session.delete(row)
                 continue
+            # a shared row goes at the next mark_applied, unless a model that may be rolled back to holds it
         elif row.label is None:
             new += 1
+            row.created = now  # a mark given anew: its place among its author's marks is now
         else:
             flipped += 1
-        row.label, row.source, row.who, row.updated = label, source, who[:320], now
+        row.label, row.source, row.who, row.updated, row.set_aside = label, source, who[:320], now, False
     return Change(new, same, flipped, forgotten, unknown)
 
 
@@ -75,7 +77,7 @@ def forget_by(session: Session, who: str, scope: str = SHARED) -> int:
     rows = session.scalars(select(LearnedMessage).where(LearnedMessage.who == who, LearnedMessage.scope == scope,
                                                         LearnedMessage.label.is_not(None))).all()
     for row in rows:
-        row.label, row.updated = None, time.time()
+        row.label, row.updated, row.set_aside = None, time.time(), False
     return len(rows)
 
 
@@ -92,13 +94,58 @@ def digest(pairs: Iterable[tuple[str, bool]]) -> str:
     return hashlib.sha256("\n".join(items).encode()).hexdigest()
 
 
-def mark_applied(session: Session, scope: str, wanted: dict[str, bool | None]) -> None:
-    """After the model was saved: ``applied`` follows ``label``; forgotten rows go."""
+def mark_applied(session: Session, scope: str, wanted: dict[str, bool | None],
+                 keep: Collection[str] = ()) -> None:
+    """After the model was saved: ``applied`` follows ``wanted``; forgotten rows go, but for those
+    in ``keep`` (held by a model that may be rolled back to: its tokens are needed to take them out)."""
     for row in rows(session, scope):
         if row.content_hash in wanted:
             row.applied = wanted[row.content_hash]
-    session.execute(delete(LearnedMessage).where(LearnedMessage.scope == scope, LearnedMessage.label.is_(None),
-                                                 LearnedMessage.applied.is_(None)))
+        if row.label is None and row.applied is None and row.content_hash not in keep:
+            session.delete(row)
+
+
+def applied(session: Session, scope: str = SHARED) -> dict[str, bool]:
+    """{content hash: label} of what the model's counts hold, as the ledger records it."""
+    return {r.content_hash: bool(r.applied) for r in rows(session, scope) if r.applied is not None}
+
+
+def restore(session: Session, held: dict[str, bool], aside: dict[str, bool]) -> int:
+    """After a rollback of the shared model: ``applied`` becomes what the restored model holds
+    (``held``), and the marks the rolled-back model had learned (``aside``) that the ledger still
+    wants with that label are set aside.  Returns how many were newly set aside.  Every message
+    of ``held`` must have a row (``missing`` says which do not)."""
+    count = 0
+    for row in rows(session, SHARED):
+        row.applied = held.get(row.content_hash)
+        if row.label is not None and aside.get(row.content_hash) == row.label and not row.set_aside:
+            row.set_aside = True
+            count += 1
+    return count
+
+
+def missing(session: Session, hashes: Collection[str]) -> list[str]:
+    """Which of ``hashes`` the shared ledger holds no row (and so no features) for."""
+    known = {r.content_hash for r in rows(session, SHARED)}
+    return sorted(set(hashes) - known)
+
+
+def readmit(session: Session, who: str | None = None) -> int:
+    """Let set-aside marks (all, or those by ``who``) into the shared model again; returns how many."""
+    query = select(LearnedMessage).where(LearnedMessage.scope == SHARED, LearnedMessage.set_aside.is_(True))
+    if who is not None:
+        query = query.where(LearnedMessage.who == who)
+    found = list(session.scalars(query))
+    for row in found:
+        row.set_aside, row.updated = False, time.time()
+    return len(found)
+
+
+def set_aside_count(session: Session) -> int:
+    """Marks a rollback set aside, still wanted (labelled) and not readmitted."""
+    return len(session.scalars(select(LearnedMessage.id).where(
+        LearnedMessage.scope == SHARED, LearnedMessage.set_aside.is_(True),
+        LearnedMessage.label.is_not(None))).all())
 
 
 def personal(session: Session, scopes: Iterable[str] | None = None) -> dict[str, tuple[list[set[str]], list[bool]]]:
@@ -129,7 +176,9 @@ def personal_changed_since(session: Session, since: float) -> bool:
 
 
 def recent(session: Session, since: float, scope: str = SHARED) -> list[LearnedMessage]:
-    """Labelled rows changed since ``since`` (the feedback part of the held-back set)."""
+    """Labelled rows changed since ``since`` (the feedback part of the held-back set); marks a
+    rollback set aside are suspect and judge nothing."""
     return list(session.scalars(select(LearnedMessage).where(LearnedMessage.scope == scope,
                                                              LearnedMessage.updated >= since,
-                                                             LearnedMessage.label.is_not(None))))
+                                                             LearnedMessage.label.is_not(None),
+                                                             LearnedMessage.set_aside.is_(False))))

@@ -175,7 +175,9 @@ class LearnedMessage(Base):
     ``content_hash`` is the SHA-256 of the message's features as the milter sees them (see
     stronghold.learning.content_hash); ``scope`` is "" for the shared model, else the user whose
     personal layer it trains.  ``label`` is what the ledger wants (None: forgotten, still to be
-    taken out); ``applied`` what the model's counts hold now.
+    taken out); ``applied`` what the model's counts hold now.  ``set_aside``: a model rollback
+    took the mark out of the shared model, which keeps ``applied`` for it (what the restored model
+    held) until an operator readmits or forgets it; personal layers still use ``label``.
     """
 
     __tablename__ = "learned_messages"
@@ -185,6 +187,7 @@ class LearnedMessage(Base):
     scope: Mapped[str] = mapped_column(String(320), default="", index=True)
     label: Mapped[bool | None] = mapped_column(Boolean, nullable=True)  # True: spam
     applied: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    set_aside: Mapped[bool] = mapped_column(Boolean, default=False)
     source: Mapped[str] = mapped_column(String(10))  # cli / web / imap / junk
     who: Mapped[str] = mapped_column(String(320), default="")
     created: Mapped[float] = mapped_column(Float, default=time.time)

@@ -168,7 +168,9 @@ def test_one_user_feeding_500_spam_as_not_spam_does_not_reach_the_live_model(
     capsys.readouterr()
     assert main(["model", "rollback"]) == 0
     assert _files(live) == before
-    assert "learn --forget-by WHO" in capsys.readouterr().err  # the ledger would build it in again
+    assert "1 mark(s) the rolled-back model had learned are set aside" in capsys.readouterr().out
+    assert main(["learn", "--spam", honest, "--who", "alice"]) == 0  # the same mark again: set aside still
+    assert _files(live) == before and read_passport(candidate_path(live)).learned_spam == 0
 
 
 def test_jobs_learn_applies_web_marks_and_imap_moves_once(base: tuple[Path, Path], corpus: Path, env: Path,

@@ -208,14 +208,15 @@ def test_feedback_is_learned_and_shown_as_applied(client: FlaskClient, auth: Aut
 
     from stronghold.classifier import Model
     from stronghold.cli import main
-    from stronghold.learning import write_heldback
+    from stronghold.heldback import write as write_heldback
     from stronghold.modelfile import read_passport
     from stronghold.training import tokenize
     from tests.conftest import CORPUS, corpus_files
     models = tmp_path / "models"
     shutil.copytree(models_dir, models)
     sample = corpus_files(CORPUS, "ham")[:40] + corpus_files(CORPUS, "spam")[:20]
-    write_heldback(models / "model.joblib", [tokenize(p.read_bytes()) for p in sample], [False] * 40 + [True] * 20)
+    write_heldback(models / "model.joblib", read_passport(models / "model.joblib"),
+                   [tokenize(p.read_bytes()) for p in sample], [False] * 40 + [True] * 20)
     mid = _log_message(app, ("alice@example.com",), "weekly newsletter")
     auth.login("alice")
     auth.post(f"/messages/{mid}/feedback", {"is_spam": "1"}, "/messages/")

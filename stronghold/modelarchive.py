@@ -1,0 +1,142 @@
+"""Models that were live before (``versions/NNNN-<version>/``, newest last), and which marks of the
+learning ledger each model holds.
+
+A model's passport names the ledger state its counts hold only by a hash (``ledger_sha256``).  To
+roll back to a model, the ledger must learn again exactly which marks that model holds, so each
+live model keeps them beside it: ``model.marks.json.gz`` (``{content hash: "s" | "h"}``), copied
+into the archive with the model.  The file is trusted only if its marks hash to the passport's
+``ledger_sha256``; a model that learned nothing needs none.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from stronghold import heldback
+from stronghold.modelfile import ModelError, check_file_is_trusted, passport_path, read_passport, table_path, temp_name
+from stronghold.modelsync import version_of
+from stronghold.store import ledger
+
+log = logging.getLogger(__name__)
+MARKS_SUFFIX = ".marks.json.gz"
+
+
+def versions_dir(live: Path) -> Path:
+    return live.parent / "versions"
+
+
+def marks_path(model: Path) -> Path:
+    return model.with_name(model.stem + MARKS_SUFFIX)
+
+
+def write_marks(model: Path, marks: dict[str, bool]) -> None:
+    """Record which marks the model at ``model`` holds (atomically; before its passport changes)."""
+    tmp = temp_name(model, MARKS_SUFFIX)
+    try:
+        with gzip.open(tmp, "wt", encoding="utf-8") as fh:
+            json.dump({h: "s" if s else "h" for h, s in sorted(marks.items())}, fh)
+        tmp.chmod(0o644)
+        os.replace(tmp, marks_path(model))
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def read_marks(model: Path) -> dict[str, bool] | None:
+    """The marks the model at ``model`` holds; None if not recorded (or not matching its passport)."""
+    expected = read_passport(model).ledger_sha256
+    if expected == "":
+        return {}
+    path = marks_path(model)
+    if not path.exists():
+        return None
+    check_file_is_trusted(path)
+    try:
+        with gzip.open(path, "rt", encoding="utf-8") as fh:
+            marks = {str(h): v == "s" for h, v in json.load(fh).items()}
+    except (OSError, ValueError, AttributeError) as exc:
+        log.warning("marks of %s unreadable: %s", model, exc)
+        return None
+    if ledger.digest(marks.items()) != expected:
+        log.warning("%s does not match the passport of %s: not used", path, model)
+        return None
+    return marks
+
+
+def copy_model(src: Path, dst: Path) -> None:
+    """Copy a model's files (its marks first, the passport last: readers see the old model or the new)."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    names: list[Callable[[Path], Path]] = [Path, table_path, passport_path]
+    if marks_path(src).exists():
+        names.insert(0, marks_path)
+    else:
+        marks_path(dst).unlink(missing_ok=True)
+    for name in names:
+        tmp = name(dst).with_name(".tmp-" + name(dst).name)
+        shutil.copyfile(name(src), tmp)
+        tmp.chmod(0o644)
+        tmp.replace(name(dst))
+
+
+def remove_model(model: Path) -> None:
+    """Delete a model's files (the passport first: a reader sees no model, never half of one)."""
+    for path in (passport_path(model), model, table_path(model), marks_path(model)):
+        path.unlink(missing_ok=True)
+
+
+def archive(live: Path) -> Path:
+    """Copy the live model into a new, newest ``versions/`` folder; returns the archived model."""
+    folder = versions_dir(live)
+    folder.mkdir(parents=True, exist_ok=True)
+    taken = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    number = int(taken[-1].split("-", 1)[0]) + 1 if taken else 1
+    dst = folder / f"{number:04d}-{version_of(read_passport(live))[:16]}" / live.name
+    copy_model(live, dst)
+    sample = heldback.path_for(live)
+    if sample.exists():  # a rollback across a retraining needs the restored model's own sample
+        try:
+            os.link(sample, heldback.path_for(dst))  # the live one is only ever replaced by a rename
+        except OSError:  # a file system without hard links
+            shutil.copyfile(sample, heldback.path_for(dst))
+    return dst
+
+
+def restore_sample(src: Path, live: Path) -> None:
+    """Put the held-back sample archived with ``src`` (if any) back beside ``live``."""
+    sample = heldback.path_for(src)
+    if sample.exists():
+        tmp = temp_name(live, heldback.SUFFIX)
+        shutil.copyfile(sample, tmp)
+        tmp.chmod(0o644)
+        os.replace(tmp, heldback.path_for(live))
+
+
+def archived(live: Path) -> list[Path]:
+    """The archived models, oldest first."""
+    folder = versions_dir(live)
+    found = sorted(p for p in folder.iterdir() if p.is_dir()) if folder.exists() else []
+    return [p / live.name for p in found]
+
+
+def held_anywhere(live: Path) -> set[str]:
+    """Content hashes held by the live model or an archived one (rows the ledger must keep, so
+    that a rollback finds the features to take them out again).  A model whose marks are not
+    recorded contributes nothing: it is refused as a rollback target anyway."""
+    held: set[str] = set()
+    for model in _models(live):
+        try:
+            held.update(read_marks(model) or ())
+        except ModelError as exc:
+            log.warning("archived model %s: %s", model, exc)
+    return held
+
+
+def _models(live: Path) -> Iterator[Path]:
+    if passport_path(live).exists():
+        yield live
+    yield from archived(live)

@@ -1,0 +1,184 @@
+"""A model rollback sticks: the ledger follows the restored model, the candidate built from the
+rolled-back state goes, and what only the rolled-back model had learned is set aside until an
+operator readmits or forgets it (users' personal layers keep it)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from stronghold import heldback
+from stronghold.cli import main
+from stronghold.learning import candidate_path, shared_labels
+from stronghold.modelarchive import archived, marks_path, read_marks
+from stronghold.modelfile import read_passport
+from stronghold.store import ledger
+from stronghold.store.db import Store
+from stronghold.store.tables import LearnedMessage
+from stronghold.training import tokenize
+from tests.conftest import corpus_files
+from tests.unit import test_learning
+
+_files, _train = test_learning._files, test_learning._train
+env, base = test_learning.env, test_learning.base  # the same fixtures: a models folder, a small corpus
+
+
+def _ledger(env: Path) -> Store:
+    return Store(f"sqlite:///{env / 'data' / 'stronghold.db'}")
+
+
+def _applied(env: Path) -> dict[str, bool]:
+    with _ledger(env) as store, store.session() as s:
+        return ledger.applied(s)
+
+
+def _set_aside(env: Path, capsys: pytest.CaptureFixture[str]) -> int:
+    capsys.readouterr()
+    assert main(["model", "info", "--json"]) == 0
+    return int(json.loads(capsys.readouterr().out)["set_aside"])
+
+
+def _step(argv: list[str]) -> None:
+    assert main(argv) == 0, argv
+
+
+@pytest.mark.corpus
+def test_a_rollback_sticks_and_set_aside_marks_wait_for_the_operator(
+        base: tuple[Path, Path], corpus: Path, env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    a, b, c, d, e = (str(p) for p in corpus_files(corpus, "spam", "test")[:5])
+    h = {name: ledger.content_hash(tokenize(Path(p).read_bytes())) for name, p in zip("abcde", (a, b, c, d, e),
+                                                                                        strict=True)}
+    live = _train(base, env / "models")
+    v0 = _files(live)
+    _step(["learn", "--no-promote", "--spam", a, "--by", "alice"])
+    _step(["model", "promote", "--force"])
+    v1 = _files(live)
+    _step(["learn", "--no-promote", "--source", "web", "--by", "mallory", "--spam", b, c])  # also mallory's layer
+    _step(["model", "promote", "--force"])
+    _step(["learn", "--no-promote", "--spam", d, "--by", "bob"])  # in the candidate only, never live
+    capsys.readouterr()
+
+    _step(["model", "rollback"])
+    assert "2 mark(s) the rolled-back model had learned are set aside" in capsys.readouterr().out
+    assert _files(live) == v1 and not candidate_path(live).exists()
+    assert _applied(env) == {h["a"]: True}  # the ledger holds what the restored model holds
+    assert read_passport(live).ledger_sha256 == ledger.digest(_applied(env).items())
+    assert _set_aside(env, capsys) == 2
+    _step(["model", "candidates"])
+    assert "2 mark(s) set aside by a rollback" in capsys.readouterr().out
+    with _ledger(env) as store, store.session() as s:  # mallory's own layer keeps her marks
+        assert len(ledger.personal(s)["mallory"][0]) == 2
+
+    # the next learn run builds on the restored model: bob's mark and a new one, not mallory's
+    _step(["learn", "--no-promote", "--spam", e, "--by", "bob"])
+    assert "learned 2 (took out 0)" in capsys.readouterr().out
+    assert read_passport(candidate_path(live)).learned_spam == 3  # a, d, e
+    assert _applied(env) == {h["a"]: True, h["d"]: True, h["e"]: True}
+    _step(["model", "promote", "--force"])
+
+    # twice in a row: back to v1 (d, e set aside), then to the trained model (a set aside)
+    _step(["model", "rollback"])
+    assert _files(live) == v1 and _set_aside(env, capsys) == 4
+    _step(["model", "rollback"])
+    assert _files(live) == v0 and _applied(env) == {} and _set_aside(env, capsys) == 5
+    assert archived(live) == []
+    assert main(["model", "rollback"]) == 2
+    assert "no earlier model to roll back to" in capsys.readouterr().err
+    assert main(["jobs", "--only", "learn"]) == 0  # nothing set aside comes back on its own
+    assert "nothing new for the shared model" in capsys.readouterr().out
+
+    # the operator readmits alice's mark, takes mallory's out, then readmits the rest
+    assert main(["learn", "--no-promote", "--readmit-by", "nobody"]) == 2
+    assert "nothing to readmit: no marks by nobody are set aside" in capsys.readouterr().err
+    _step(["learn", "--no-promote", "--readmit-by", "alice"])
+    assert "1 readmitted" in capsys.readouterr().out
+    assert _applied(env) == {h["a"]: True}
+    _step(["learn", "--no-promote", "--forget-by", "mallory"])
+    assert _set_aside(env, capsys) == 2
+    _step(["learn", "--no-promote", "--readmit"])
+    assert "2 readmitted" in capsys.readouterr().out
+    assert _applied(env) == {h["a"]: True, h["d"]: True, h["e"]: True} and _set_aside(env, capsys) == 0
+    assert read_passport(candidate_path(live)).learned_spam == 3
+
+
+@pytest.mark.corpus
+def test_a_model_that_held_a_mark_since_forgotten_can_still_be_rolled_back_to(
+        base: tuple[Path, Path], corpus: Path, env: Path) -> None:
+    """The ledger keeps a forgotten mark's features while an archived model holds it."""
+    a = str(corpus_files(corpus, "spam", "test")[0])
+    live = _train(base, env / "models")
+    _step(["learn", "--no-promote", "--spam", a])
+    _step(["model", "promote", "--force"])
+    with_a = _files(live)
+    _step(["learn", "--no-promote", "--forget", a])
+    _step(["model", "promote", "--force"])
+    assert read_passport(live).learned_spam == 0
+    _step(["model", "rollback"])
+    assert _files(live) == with_a and len(_applied(env)) == 1
+    _step(["learn", "--no-promote", "--forget", a])  # and it can be taken out again
+    assert read_passport(candidate_path(live)).learned_spam == 0
+
+
+def _row(n: int, label: bool | None, applied: bool | None, set_aside: bool = False) -> LearnedMessage:
+    return LearnedMessage(content_hash=f"{n:064d}", scope=ledger.SHARED, label=label, applied=applied,
+                          set_aside=set_aside, source="web", who=f"user{n % 2}", created=float(n),
+                          updated=float(n), tokens=b"")
+
+
+def test_restore_sets_aside_only_what_the_rolled_back_model_learned(store: Store) -> None:
+    """On SQLite and PostgreSQL (migration 0007 adds the column to both)."""
+    def key(n: int) -> str:
+        return f"{n:064d}"
+    with store.session() as s:
+        s.add_all([_row(1, True, True), _row(2, False, True), _row(3, True, False), _row(4, True, True),
+                   _row(5, None, True), _row(6, True, True), _row(7, False, False)])
+    rolled = {key(1): True, key(2): False, key(3): False, key(4): True, key(7): False}
+    restored = {key(1): True, key(3): True, key(5): True, key(7): True}
+    with store.session() as s:
+        assert ledger.missing(s, [*restored, key(9)]) == [key(9)]
+        # 2, 4 and 7 (flipped to ham) were learned by the rolled-back model alone; 3 was flipped
+        # again since (a newer mark), 6 was in the candidate only, 5 is forgotten
+        assert ledger.restore(s, restored, {k: v for k, v in rolled.items() if restored.get(k) != v}) == 3
+    with store.session() as s:
+        rows = {int(r.content_hash): r for r in ledger.rows(s)}
+        assert {n for n, r in rows.items() if r.set_aside} == {2, 4, 7}
+        assert ledger.applied(s) == restored and ledger.set_aside_count(s) == 3
+        assert {int(r.content_hash) for r in ledger.recent(s, 0.0)} == {1, 3, 6}  # set aside: judges nothing
+        wanted = shared_labels(list(rows.values()))  # set aside: what the restored model holds
+        assert {int(k): v for k, v in wanted.items()} == \
+            {1: True, 2: None, 3: True, 4: None, 5: None, 6: True, 7: True}
+        assert shared_labels(list(rows.values()), fresh=True)[key(7)] is None  # a new model: nothing
+        assert ledger.readmit(s, "user0") == 2  # 2 and 4
+    with store.session() as s:
+        assert ledger.set_aside_count(s) == 1
+        assert ledger.forget_by(s, "user1") == 3  # 1, 3 and 7
+    with store.session() as s:
+        assert ledger.set_aside_count(s) == 0
+        assert shared_labels(ledger.rows(s))[key(7)] is None  # forgotten: taken out, not kept
+
+
+@pytest.mark.corpus
+def test_rolling_back_across_a_retraining_and_to_a_model_from_before_marks_were_recorded(
+        base: tuple[Path, Path], corpus: Path, env: Path) -> None:
+    a, b, c = (str(p) for p in corpus_files(corpus, "spam", "test")[:3])
+    live = _train(base, env / "models")
+    _step(["learn", "--no-promote", "--spam", a])
+    _step(["model", "promote", "--force"])
+    with_a = _files(live)
+    marks_path(live).unlink()  # as an older version left the live model
+    _step(["learn", "--no-promote", "--spam", b])  # the ledger still holds exactly its state: noted now
+    assert read_marks(live) == {ledger.content_hash(tokenize(Path(a).read_bytes())): True}
+    _step(["model", "promote", "--force"])
+    sample = heldback.read(live)
+    # retrained on another split: a new training run with a sample of its own
+    _step(["train", "--ham", str(base[0]), "--spam", str(base[1]), "--holdout", "0.5"])
+    retrained = _files(live)
+    assert len(heldback.read(live)[1]) < len(sample[1])
+    _step(["learn", "--no-promote", "--spam", c])
+    _step(["model", "promote", "--force"])
+    _step(["model", "rollback"])
+    assert _files(live) == retrained
+    _step(["model", "rollback"])  # to the first run's model: its own sample comes back with it
+    assert _files(live) == with_a and heldback.read(live) == sample
