@@ -40,7 +40,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.policy import SMTP
-from email.utils import formatdate, make_msgid
+from email.utils import formatdate, getaddresses, make_msgid
 
 from itsdangerous import BadData, SignatureExpired, TimestampSigner, URLSafeTimedSerializer
 
@@ -161,6 +161,16 @@ def _when(ts: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(ts))
 
 
+def _senders(held: Held) -> tuple[str, str]:
+    """(the From as received, else the envelope sender; the envelope sender when it is not the From's
+    address, else ""): the same two the Junk page shows."""
+    header, envelope = _clean(held.header_from or ""), _clean(held.sender)
+    if not header.strip():
+        return envelope or "<>", ""
+    first = [a for _, a in getaddresses([header]) if a][:1]
+    return header, "" if not envelope or (first and first[0].lower() == envelope.lower()) else envelope
+
+
 def compose(cfg: Config, login: str, to: str, items: Sequence[Held], now: float | None = None,
             more: int = 0) -> EmailMessage:
     """The digest mail: a plain-text part and an HTML part (no remote content, everything escaped)."""
@@ -176,10 +186,13 @@ def compose(cfg: Config, login: str, to: str, items: Sequence[Held], now: float 
             url = link_url(cfg, make_link_token(cfg, h.id, h.recipient))
             action_text = f"release: {url}"
             action_html = f'<a href="{html.escape(url)}">Release</a>'
-        rows_text.append(f"{_when(h.ts)}  to {h.recipient}\n  from: {_clean(h.sender) or '<>'}\n"
+        shown, envelope = _senders(h)
+        via = f"\n  envelope sender: {envelope}" if envelope else ""
+        rows_text.append(f"{_when(h.ts)}  to {h.recipient}\n  from: {shown}{via}\n"
                          f"  subject: {_clean(h.subject)}\n  score: {score}  why: {_clean(h.reason)}\n"
                          f"  {action_text}\n")
-        cells = (_when(h.ts), h.recipient, _clean(h.sender) or "<>", _clean(h.subject), score)
+        cells = (_when(h.ts), h.recipient, shown + (f" (envelope sender {envelope})" if envelope else ""),
+                 _clean(h.subject), score)
         rows_html.append("<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in cells)
                          + f"<td>{action_html}</td></tr>")
     intro = (f"{n} message{'s' if n != 1 else ''} addressed to you {'were' if n != 1 else 'was'} held in the "

@@ -13,13 +13,13 @@ from __future__ import annotations
 import calendar
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from flask import Blueprint, abort, flash, g, make_response, redirect, render_template, request, url_for
 
 from stronghold import digest
 from stronghold import release as release_mod
-from stronghold.lists import PatternError, display, normalize_address
+from stronghold.lists import display
 from stronghold.store import entries, messagelog, quarantine
 from stronghold.store.errors import EntryError, StoreError
 from stronghold.store.quarantine import Held
@@ -30,6 +30,7 @@ from webui.confirm import confirmed
 from webui.context import settings, store
 from webui.preview import render as render_preview
 from webui.preview import visible
+from webui.senders import allow_target
 
 log = logging.getLogger(__name__)
 bp = Blueprint("junk", __name__, url_prefix="/junk")
@@ -68,7 +69,23 @@ def item_or_404(item_id: int) -> Held:
         held = quarantine.get(s, item_id)
     if held is None or not may_see(held):
         abort(404)
-    return held
+    return with_from([held])[0]
+
+
+def with_from(rows: list[Held]) -> list[Held]:
+    """``rows`` with the header From of items held before it was recorded read from their copy."""
+    if all(h.header_from is not None for h in rows):
+        return rows
+    filled = []
+    with store().session() as s:
+        for h in rows:
+            if h.header_from is None:
+                try:
+                    h = replace(h, header_from=quarantine.from_header(quarantine.content(s, h.id)))
+                except KeyError:
+                    h = replace(h, header_from="")
+            filled.append(h)
+    return filled
 
 
 @dataclass(frozen=True)
@@ -120,7 +137,7 @@ def index():
                                since=since, until=until, include_viruses=admin,
                                limit=PAGE + 1, offset=search.page * PAGE, owned_since=g.since)
     more = len(rows) > PAGE
-    return render_template("junk.html", rows=rows[:PAGE], more=more, search=search, errors=errors,
+    return render_template("junk.html", rows=with_from(rows[:PAGE]), more=more, search=search, errors=errors,
                            everyone=admin, show_recipient=admin or len(g.addresses) > 1, visible=visible,
                            digest_choices=digest.CHOICES, why=why, viruses_held=settings().virus_action == "quarantine")
 
@@ -231,22 +248,24 @@ def retry(item_id: int):
 @bp.route("/<int:item_id>/allow", methods=["POST"])
 @login_required
 def release_and_allow(item_id: int):
-    """Release, and put the sender on the allow list of the recipient address."""
+    """Release, and put the sender on the allow list of the recipient address: the address an
+    allow entry will match for mail like this (``webui.senders.allow_target``), said in the flash."""
     held = item_or_404(item_id)
     _release(held)
-    try:
-        pattern = normalize_address(held.sender)
-    except PatternError:
+    target = allow_target(held.header_from, held.sender, held.trace)  # the item's steps and its recipient's
+    if target is None:
         flash("This message has no sender address to allow.", "error")
         return _after_action(held)
+    sender, why = target
     try:
         with store().session() as s:
-            entries.add_entry(s, held.recipient, "allow", pattern, f"released from quarantine #{held.id}")
+            entries.add_entry(s, held.recipient, "allow", sender.address, f"released from quarantine #{held.id}")
     except EntryError as exc:
         flash(f"{held.recipient}: {exc}.")
     else:
-        note, category = allow_note(held.trace, "envelope", pattern)  # the item's steps and its recipient's
-        flash(f"{display(pattern)} is now on the allow list of {display(held.recipient)}. {note}".rstrip(), category)
+        note, category = allow_note(held.trace, sender.check, sender.address)
+        said = f"{display(sender.address)} (the {sender.source}) is now on the allow list of {display(held.recipient)}."
+        flash(" ".join(part for part in (said, why, note) if part), category)
     return _after_action(held)
 
 

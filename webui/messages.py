@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from email.utils import getaddresses
 
 from flask import Blueprint, abort, flash, g, redirect, render_template, request, url_for
@@ -17,6 +16,7 @@ from webui import tracetext
 from webui.allownote import allow_note
 from webui.auth import login_required
 from webui.context import store
+from webui.senders import ENVELOPE, FROM, Sender, allow_target
 
 bp = Blueprint("messages", __name__, url_prefix="/messages")
 CATEGORIES = tuple(c.value for c in Category)  # what the filter can say; the log filters on it
@@ -25,31 +25,16 @@ _DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
 NOTHING_KEPT = "Nothing of this message's content was kept, so there is nothing to learn from."
 
 
-@dataclass(frozen=True)
-class Sender:
-    """Whom the list buttons act on: the From address people see, else the envelope sender."""
-
-    address: str
-    source: str  # "From address" or "envelope sender"
-
-    @property
-    def check(self) -> str:
-        """How allow entries see it: "from" or "envelope" (``stronghold.allowrule``)."""
-        return "from" if self.source == "From address" else "envelope"
-
-    @property
-    def domain(self) -> str:
-        return "@" + self.address.rsplit("@", 1)[1]
-
-
 def sender_of(row: MessageRow) -> Sender | None:
+    """Whom the list buttons act on: the From address people see, else the envelope sender
+    (an allow entry is added for ``senders.allow_target`` instead)."""
     for _, addr in getaddresses([row.header_from or ""])[:1]:
         try:
-            return Sender(normalize_address(addr), "From address")
+            return Sender(normalize_address(addr), FROM)
         except PatternError:
             break
     try:
-        return Sender(normalize_address(row.sender or ""), "envelope sender")
+        return Sender(normalize_address(row.sender or ""), ENVELOPE)
     except PatternError:
         return None
 
@@ -165,7 +150,9 @@ def add_sender(message_id: int):
     target = request.form.get("target", "address")
     if kind not in ("allow", "block") or target not in ("address", "domain"):
         abort(400)
-    sender = sender_of(row)
+    sender, why = sender_of(row), ""
+    if kind == "allow":  # the address an allow entry can match for mail like this one
+        sender, why = allow_target(row.header_from, row.sender, row.trace) or (None, "")
     if sender is None:
         flash("This message has no sender address to add.", "error")
         return redirect(url_for("messages.show", message_id=message_id))
@@ -181,8 +168,8 @@ def add_sender(message_id: int):
     what = f"the {sender.source}" if target == "address" else f"the domain of the {sender.source}"
     if done:
         note, category = ("", "message") if kind == "block" else allow_note(row.trace, sender.check, sender.address)
-        flash(f"{display(pattern)} ({what}) is now on the {kind} list of {', '.join(map(display, done))}. "
-              f"{note}".rstrip(), category)
+        said = f"{display(pattern)} ({what}) is now on the {kind} list of {', '.join(map(display, done))}."
+        flash(" ".join(part for part in (said, why, note) if part), category)
     for p in problems:
         flash(p, "error")
     return _back()

@@ -10,6 +10,7 @@ import calendar
 import email
 import re
 import time
+from dataclasses import replace
 from email.policy import default
 
 import pytest
@@ -90,6 +91,20 @@ def test_compose_lists_each_item_escaped_with_links_except_for_viruses(cfg) -> N
     links = re.findall(r'href="https://mail\.example\.net/stronghold/digest/release/([^"]+)"', markup)
     assert len(links) == 1 and _links(msg.as_bytes()) == links
     assert digest.verify(cfg, links[0]) == (7, "m3@example.com")
+
+
+def test_compose_names_the_from_with_a_differing_envelope_sender(cfg) -> None:
+    """The same two the Junk page shows: the From people recognise, the envelope sender where it differs."""
+    held = quarantine.Held(9, "m3@example.com", "bounce-17@mailer.example", "Sale", "Q", MONDAY_9, 0.99, "spam",
+                           "spam", "", None, 10, "2" * 64, None, None, header_from="Shop <news@shop.example>")
+    same = replace(held, id=10, sender="NEWS@shop.example")
+    msg = email.message_from_bytes(compose(cfg, "m3", "m3@example.com", [held, same], MONDAY_9).as_bytes(),
+                                   policy=default)
+    text = msg.get_body(("plain",)).get_content().replace("\r\n", "\n")
+    assert "from: Shop <news@shop.example>\n  subject: Sale" in text  # the second: its envelope sender is the From
+    assert "from: Shop <news@shop.example>\n  envelope sender: bounce-17@mailer.example\n" in text
+    assert "Shop &lt;news@shop.example&gt; (envelope sender bounce-17@mailer.example)" in \
+        msg.get_body(("html",)).get_content()
 
 
 def test_run_sends_once_per_period_only_new_items(store: Store, cfg, sink: SmtpSink) -> None:
