@@ -15,7 +15,9 @@ from stronghold.verdict import Category
 from webui import tracetext
 from webui.allownote import allow_note
 from webui.auth import login_required
+from webui.confirm import confirmed
 from webui.context import store
+from webui.lists import ask_block, risk_check
 from webui.senders import ENVELOPE, FROM, Sender, allow_target
 
 bp = Blueprint("messages", __name__, url_prefix="/messages")
@@ -157,8 +159,14 @@ def add_sender(message_id: int):
         flash("This message has no sender address to add.", "error")
         return redirect(url_for("messages.show", message_id=message_id))
     pattern = sender.address if target == "address" else sender.domain
+    mine = _my_recipient_addresses(row)
+    if kind == "block" and mine and not confirmed():  # a forged From of one's own address, say
+        risks = risk_check(mine[0])(pattern)
+        if risks:
+            return ask_block(display(pattern), mine[0], risks, {"kind": kind, "target": target},
+                             url_for("messages.show", message_id=message_id))
     done, problems = [], []
-    for address in _my_recipient_addresses(row):
+    for address in mine:
         try:
             with store().session() as s:
                 entries.add_entry(s, address, kind, pattern, f"from message #{row.id}")

@@ -183,6 +183,16 @@ def release_address(session: Session, user: User, address: str) -> None:
     session.flush()
 
 
+def local_domains(session: Session) -> set[str]:
+    """The domains this site hosts: those of the addresses its users own (enabled or not)."""
+    return {address.rsplit("@", 1)[1] for address in session.scalars(select(Address.address))}
+
+
+def local_addresses(session: Session) -> set[str]:
+    """Every address a user here owns."""
+    return set(session.scalars(select(Address.address)))
+
+
 def owned_addresses(user: User) -> list[str]:
     return [a.address for a in user.addresses]
 
