@@ -20,7 +20,7 @@ from flask import Blueprint, abort, flash, g, make_response, redirect, render_te
 from stronghold import digest
 from stronghold import release as release_mod
 from stronghold.lists import display
-from stronghold.store import entries, messagelog, quarantine
+from stronghold.store import accounts, entries, messagelog, quarantine
 from stronghold.store.errors import EntryError, StoreError
 from stronghold.store.quarantine import Held
 from stronghold.store.tables import MessageRow
@@ -94,10 +94,11 @@ class Search:
     since: str = ""  # YYYY-MM-DD (UTC), inclusive
     until: str = ""  # YYYY-MM-DD (UTC), inclusive
     page: int = 0
+    unattended: bool = False  # admins: only what no enabled user sees (quarantine.unattended_clause)
 
     def args(self, **change: object) -> dict[str, object]:
         values: dict[str, object] = {"q": self.text, "since": self.since, "until": self.until,
-                                     "page": self.page}
+                                     "page": self.page, "unattended": 1 if self.unattended else 0}
         values.update(change)
         return {k: v for k, v in values.items() if v}
 
@@ -118,7 +119,8 @@ def _search() -> tuple[Search, float | None, float | None, list[str]]:
     search = Search(text=" ".join(request.args.get("q", "").split())[:100],
                     since=request.args.get("since", "").strip()[:10],
                     until=request.args.get("until", "").strip()[:10],
-                    page=min(int(raw_page), MAX_PAGE) if raw_page.isdigit() else 0)
+                    page=min(int(raw_page), MAX_PAGE) if raw_page.isdigit() else 0,
+                    unattended=bool(g.user.is_admin) and request.args.get("unattended") == "1")
     errors: list[str] = []
     since = _day(search.since, "from", errors)
     until = _day(search.until, "to", errors)
@@ -135,11 +137,27 @@ def index():
     with store().session() as s:
         rows = quarantine.find(s, recipients=None if admin else list(g.addresses), text=search.text,
                                since=since, until=until, include_viruses=admin,
-                               limit=PAGE + 1, offset=search.page * PAGE, owned_since=g.since)
+                               limit=PAGE + 1, offset=search.page * PAGE, owned_since=g.since,
+                               unattended=search.unattended)
+        waiting = quarantine.count_unattended(s) if admin else 0
+        owner_of = accounts.owners(s, {h.recipient for h in rows[:PAGE]}) if admin else {}
     more = len(rows) > PAGE
     return render_template("junk.html", rows=with_from(rows[:PAGE]), more=more, search=search, errors=errors,
+                           waiting=waiting, unseen=lambda h: unseen_because(h, owner_of.get(h.recipient)),
+                           retention=settings().quarantine_retention_days,
                            everyone=admin, show_recipient=admin or len(g.addresses) > 1, visible=visible,
                            digest_choices=digest.CHOICES, why=why, viruses_held=settings().virus_action == "quarantine")
+
+
+def unseen_because(held: Held, owner: accounts.Owner | None) -> str:
+    """Why no user but an admin sees ``held`` ("" when its owner does)."""
+    if owner is None:
+        return "no user has this address"
+    if owner.disabled:
+        return f"user {owner.login} is disabled"
+    if held.ts < owner.since:
+        return f"held before {owner.login} got this address"
+    return ""
 
 
 @bp.route("/digest", methods=["POST"])
@@ -198,7 +216,10 @@ def _release(held: Held) -> bool:
 
 
 def _after_action(held: Held):
-    return redirect(url_for("junk.show", item_id=held.id) if request.form.get("back") == "item"
+    back = request.form.get("back")
+    if back == "item":
+        return redirect(url_for("junk.show", item_id=held.id))
+    return redirect(url_for("junk.index", unattended=1) if back == "unattended" and g.user.is_admin
                     else url_for("junk.index"))
 
 
@@ -305,4 +326,4 @@ def delete(item_id: int):
         flash(f"Deleted “{visible(held.subject) or '(no subject)'}”.")
     else:
         flash("It was already deleted.")
-    return redirect(url_for("junk.index"))
+    return _after_action(held) if request.form.get("back") == "unattended" else redirect(url_for("junk.index"))

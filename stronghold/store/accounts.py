@@ -7,6 +7,7 @@ import secrets
 import time
 import unicodedata
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any, cast
 
 from argon2 import PasswordHasher
@@ -191,6 +192,25 @@ def local_domains(session: Session) -> set[str]:
 def local_addresses(session: Session) -> set[str]:
     """Every address a user here owns."""
     return set(session.scalars(select(Address.address)))
+
+
+@dataclass(frozen=True)
+class Owner:
+    """Who owns an address: their login, whether they are disabled, since when it is theirs."""
+
+    login: str
+    disabled: bool
+    since: float
+
+
+def owners(session: Session, addresses: Iterable[str]) -> dict[str, Owner]:
+    """{address: its owner} of those ``addresses`` that a user owns."""
+    wanted = sorted(set(addresses))
+    if not wanted:
+        return {}
+    rows = session.execute(select(Address.address, User.login, User.disabled, Address.since)
+                           .join(User, User.id == Address.user_id).where(Address.address.in_(wanted)))
+    return {address: Owner(login, bool(disabled), since) for address, login, disabled, since in rows}
 
 
 def owned_addresses(user: User) -> list[str]:

@@ -234,10 +234,18 @@ def unattended_clause() -> ColumnElement[bool]:
     return ~owner_sees.exists()
 
 
-def count_unattended(session: Session) -> int:
-    """Unreleased items no enabled user sees (``unattended_clause``)."""
-    return int(session.scalar(select(func.count(QuarantineItem.id)).where(
-        QuarantineItem.released.is_(None), unattended_clause())) or 0)
+def count_unattended(session: Session, recipients: Sequence[str] | None = None, since: float | None = None,
+                     until: float | None = None) -> int:
+    """Unreleased items no enabled user sees (``unattended_clause``); with ``recipients``, theirs
+    only; with ``since``/``until``, those held in [since, until)."""
+    query = select(func.count(QuarantineItem.id)).where(QuarantineItem.released.is_(None), unattended_clause())
+    if recipients is not None:
+        query = query.where(QuarantineItem.recipient.in_([_address(r) for r in recipients]))
+    if since is not None:
+        query = query.where(QuarantineItem.ts >= since)
+    if until is not None:
+        query = query.where(QuarantineItem.ts < until)
+    return int(session.scalar(query) or 0)
 
 
 def delete(session: Session, item_id: int) -> bool:

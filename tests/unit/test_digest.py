@@ -207,3 +207,32 @@ def test_virus_links_are_refused(store: Store, cfg) -> None:
     with pytest.raises(DigestLinkError, match="only an administrator") as err:
         redeem(cfg, store, make_link_token(cfg, item, "m3@example.com"))
     assert err.value.kind == "virus"
+
+
+def test_an_admins_digest_counts_what_was_held_for_nobody(store: Store, cfg, sink: SmtpSink) -> None:
+    """Mail held for a disabled user (or an address nobody has) is in no one's own digest; an admin's
+    digest says how much of it came in, and where to review it."""
+    _user(store, "m3", "m3@example.com")
+    _user(store, "boss", "postmaster@example.com")
+    with store.session() as s:
+        boss = accounts.get_user(s, "boss")
+        assert boss is not None
+        boss.role = "admin"
+        m3 = accounts.get_user(s, "m3")
+        assert m3 is not None
+        accounts.set_disabled(m3, True)
+    _hold(store, b"Subject: for m3\r\n\r\nx", "m3@example.com", MONDAY_9 - 3600)
+    _hold(store, b"Subject: for nobody\r\n\r\nx", "gone@example.com", MONDAY_9 - 1800)
+    _hold(store, b"Subject: too old\r\n\r\nx", "gone@example.com", MONDAY_9 - 3 * 86400)
+    reports = digest.run(cfg, store, now=MONDAY_9)
+    assert [(r.login, r.items, r.outcome) for r in reports] == [("boss", 0, "sent")]
+    [mail] = _digests(sink)
+    msg = email.message_from_bytes(mail.data, policy=default)
+    assert mail.recipients == ["postmaster@example.com"]
+    assert msg["Subject"] == "Quarantine: 0 new messages held for you, 2 for nobody"
+    text = msg.get_body(("plain",)).get_content()
+    assert "Nothing addressed to you was held" in text
+    assert ("2 newly held messages were for disabled users or addresses no user has: only administrators "
+            "see them. Release or delete them at https://mail.example.net/stronghold/junk/?unattended=1") in text
+    assert "for m3" not in text and _links(mail.data) == []  # no release links for someone else's mail
+    assert [r.outcome for r in digest.run(cfg, store, now=MONDAY_9 + 86400)] == ["nothing new"]

@@ -19,7 +19,7 @@ from stronghold.lists import ListIndex
 from stronghold.message import parse
 from stronghold.policy import Policy
 from stronghold.precedence import decide
-from stronghold.store import messagelog, quarantine
+from stronghold.store import accounts, messagelog, quarantine
 from stronghold.store.db import Store
 from stronghold.verdict import Action, Envelope
 from tests.conftest import shared_tmpdir
@@ -216,3 +216,26 @@ def test_junk_and_recent_mail_name_the_same_sender(site: Site, page: Page) -> No
     page.goto(site.web.url + "/lists/alice@example.com")
     expect(page.locator("#list-allow")).to_contain_text("deals@shop.example")
     expect(page.locator("#list-allow")).not_to_contain_text("mailer.example")
+
+
+def test_admin_finds_and_releases_a_disabled_users_held_mail(site: Site, page: Page) -> None:
+    with site.store.session() as s:
+        carol = accounts.add_user(s, "carol", PASSWORD)
+        accounts.assign_address(s, carol, "carol@example.com")
+    item = site.hold("carol@example.com", "Carol's invoice", sender="billing@supplier.example")
+    login(page, site.web.url, "root")
+    page.goto(site.web.url + "/admin/users")
+    page.locator("#user-carol").get_by_role("button", name="Disable").click()
+    expect(page.locator(".flashes")).to_contain_text(
+        "User carol disabled. 1 held message of theirs now shows only on the Junk page of administrators")
+    page.locator("#user-carol").get_by_role("link", name="1 held message only administrators see").click()
+    expect(page.get_by_role("heading", name="Junk — held mail only administrators see")).to_be_visible()
+    row = page.locator(f"#item-{item}")
+    expect(row).to_contain_text("user carol is disabled")
+    assert page.locator("table.junk tbody tr").count() == 1  # the others' held mail has owners who see it
+    screenshot(page, "junk-unattended")
+    row.get_by_role("button", name="Release").click()
+    expect(page.locator(".flashes")).to_contain_text("on its way to carol@example.com")
+    expect(page.get_by_role("heading", name="Junk — held mail only administrators see")).to_be_visible()  # back there
+    assert [m.recipients for m in site.sink.wait_for(lambda m: m.recipients == ["carol@example.com"])] == [
+        ["carol@example.com"]]
