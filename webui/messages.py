@@ -180,6 +180,8 @@ def add_sender(message_id: int):
         flash(" ".join(part for part in (said, why, note) if part), category)
     for p in problems:
         flash(p, "error")
+    if confirmed():  # from the confirmation page, whose address only takes a POST
+        return redirect(url_for("messages.show", message_id=message_id))
     return _back()
 
 

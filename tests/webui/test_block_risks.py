@@ -17,7 +17,7 @@ from stronghold.policy import Policy
 from stronghold.precedence import decide
 from stronghold.store import entries, messagelog
 from stronghold.verdict import Envelope
-from tests.webui.conftest import Auth
+from tests.webui.conftest import Auth, token
 
 ASKS = "Block anyway"
 
@@ -84,7 +84,10 @@ def test_blocking_a_forged_own_address_from_recent_mail_asks_first(client: Flask
     page = auth.post(f"/messages/{mid}/list", {"kind": "block", "target": "address"}, "/messages/")
     assert page.status_code == 200 and "matches your own address alice@example.com" in page.get_data(as_text=True)
     assert _blocked(app, "alice@example.com") == []
-    auth.post(f"/messages/{mid}/list", {"kind": "block", "target": "address", "confirm": "1"}, "/messages/")
+    asked = f"http://localhost/messages/{mid}/list"  # the confirmation page came from here
+    done = client.post(f"/messages/{mid}/list", headers={"Referer": asked}, data={
+        "kind": "block", "target": "address", "confirm": "1", "csrf_token": token(client, "/messages/")})
+    assert done.status_code == 302 and done.headers["Location"] == f"/messages/{mid}"
     assert _blocked(app, "alice@example.com") == ["alice@example.com"]
 
 

@@ -227,7 +227,7 @@ def test_a_global_block_of_the_sites_own_domain_asks_first(site: tuple[WebProces
         expect(page.get_by_role("heading", name="Block @example.com?")).to_be_visible()
         expect(page.get_by_role("alert")).to_contain_text("matches a domain this site hosts (example.com)")
         with store.session() as s:
-            assert entries.entries(s, None, "block") == []
+            assert "@example.com" not in [e.pattern for e in entries.entries(s, None, "block")]
         if attempt == "cancel":
             page.get_by_role("link", name="Cancel").click()
             expect(page.get_by_role("heading", name="Global lists")).to_be_visible()
@@ -236,5 +236,5 @@ def test_a_global_block_of_the_sites_own_domain_asks_first(site: tuple[WebProces
     page.get_by_role("button", name="Block anyway").click()
     expect(page.locator("#list-block")).to_contain_text("@example.com")
     with store.session() as s:
-        assert [e.pattern for e in entries.entries(s, None, "block")] == ["@example.com"]
-        entries.remove_entry(s, entries.entries(s, None, "block")[0].id, [None])
+        [added] = [e for e in entries.entries(s, None, "block") if e.pattern == "@example.com"]
+        entries.remove_entry(s, added.id, [None])  # the other tests' mail is not refused
