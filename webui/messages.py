@@ -7,7 +7,7 @@ from email.utils import getaddresses
 
 from flask import Blueprint, abort, flash, g, redirect, render_template, request, url_for
 
-from stronghold.lists import ListIndex, Match, PatternError, display, normalize_address
+from stronghold.lists import ListIndex, Match, PatternError, display, normalize_address, sender_addresses
 from stronghold.store import entries, messagelog, quarantine
 from stronghold.store.errors import EntryError
 from stronghold.store.tables import MessageRow
@@ -47,12 +47,12 @@ def _list_status(rows: list[MessageRow]) -> dict[int, dict[str, Match]]:
         index = ListIndex([e for a in g.addresses for e in entries.entries(s, a)])
     status: dict[int, dict[str, Match]] = {}
     for row in rows:
-        sender = sender_of(row)
-        if sender is None:
+        senders = sender_addresses(row.sender or "", row.header_from)  # as the lists match them
+        if not senders:
             continue
         for address in (r.address for r in row.recipients if r.address in g.addresses):
             for kind in ("block", "allow"):
-                found = index.find(address, kind, [("from", sender.address)])
+                found = index.find(address, kind, senders)
                 if found is not None:
                     status.setdefault(row.id, {}).setdefault(kind, found)
     return status
@@ -101,6 +101,7 @@ def index():
     return render_template("messages.html", rows=rows, feedback=feedback, nothing_kept=NOTHING_KEPT, category=category,
                            categories=CATEGORIES, page=page, page_size=PAGE, q=q, day=day,
                            show_all=scope is None, mine=set(g.addresses), senders={r.id: sender_of(r) for r in rows},
+                           allow_to={r.id: _allow_address(r) for r in rows},
                            status=_list_status(rows))
 
 
@@ -113,14 +114,23 @@ def show(message_id: int):
         held = quarantine.ids_for_message(s, row.queue_id, [r.address for r in row.recipients],
                                           None if g.user.is_admin else g.addresses)
     sender = sender_of(row)
-    trace = tracetext.parse(row.trace)  # once, for the three readings below
+    trace = tracetext.parse(row.trace)  # once, for the readings below
+    allow_to, allow_why = allow_target(row.header_from, row.sender, trace) or (None, "")
     skipped = skipped_allow(trace)
+    status = _list_status([row]).get(row.id, {})
+    allowed = status.get("allow")  # the address the entry matched, as allow entries check it
     return render_template("message.html", m=row, fb=fb, nothing_kept=NOTHING_KEPT, mine=set(g.addresses), held=held,
-                           sender=sender, status=_list_status([row]).get(row.id, {}),
+                           allow_to=allow_to, allow_why=allow_why, sender=sender, status=status,
                            auth=auth_step(trace), skipped=skipped,
                            skipped_entries={d.split(" ", 1)[0]: d for ds in skipped.values() for d in ds},
-                           unauthenticated=sender is not None and tracetext.sender_authenticated(
-                               trace, sender.check, sender.address) is False)
+                           unauthenticated=allowed is not None and tracetext.sender_authenticated(
+                               trace, allowed.source, allowed.address) is False)
+
+
+def _allow_address(row: MessageRow) -> Sender | None:
+    """Whom "Always allow" adds for this message (``senders.allow_target``)."""
+    target = allow_target(row.header_from, row.sender, row.trace)
+    return target[0] if target is not None else None
 
 
 def auth_step(trace: tracetext.Trace) -> str | None:

@@ -86,8 +86,14 @@ def test_release_and_allow_adds_what_the_allow_rule_matches(
 def test_messages_always_allow_adds_the_same_address(client: FlaskClient, auth: Auth, app: Flask) -> None:
     mid, _ = _hold(app, SPF_ONLY)
     auth.login("alice")
+    page = client.get(f"/messages/{mid}").get_data(as_text=True)
+    assert f"Always allow {BOUNCE}</button>" in page and f"Block {FROM}</button>" in page  # what each adds
+    assert f"Not the From address {FROM}: it is not authenticated" in page
+    assert f'aria-label="Always allow sender {BOUNCE} (envelope sender)"' in client.get("/messages/").get_data(
+        as_text=True)
     auth.post(f"/messages/{mid}/list", {"kind": "allow", "target": "address"}, "/messages/")
     assert [e.pattern for e in _allow_entries(app)] == [BOUNCE]
+    assert f"Always allowed by {BOUNCE}" in client.get(f"/messages/{mid}").get_data(as_text=True)
     auth.post(f"/messages/{mid}/list", {"kind": "block", "target": "address"}, "/messages/")
     with app.extensions["stronghold_store"].session() as s:
         assert [e.pattern for e in entries.entries(s, RCPT, "block")] == [FROM]  # block: any address counts
