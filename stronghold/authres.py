@@ -49,6 +49,12 @@ def org_domain(domain: str) -> str:
     return str(found) if found else domain
 
 
+def public_suffix(domain: str) -> bool:
+    """Is ``domain`` a public suffix (``co.uk``, ``github.io``): a place where anyone may register?"""
+    org_domain(domain)  # loads the list once
+    return bool(_psl.is_public(domain.lower().rstrip(".")))  # type: ignore[union-attr]
+
+
 def aligned(a: str, b: str, strict: bool = False) -> bool:
     a, b = a.lower().rstrip("."), b.lower().rstrip(".")
     if not a or not b:

@@ -40,7 +40,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.policy import SMTP
-from email.utils import formatdate, make_msgid
+from email.utils import formatdate, getaddresses, make_msgid
 
 from itsdangerous import BadData, SignatureExpired, TimestampSigner, URLSafeTimedSerializer
 
@@ -161,9 +161,20 @@ def _when(ts: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(ts))
 
 
+def _senders(held: Held) -> tuple[str, str]:
+    """(the From as received, else the envelope sender; the envelope sender when it is not the From's
+    address, else ""): the same two the Junk page shows."""
+    header, envelope = _clean(held.header_from or ""), _clean(held.sender)
+    if not header.strip():
+        return envelope or "<>", ""
+    first = [a for _, a in getaddresses([header]) if a][:1]
+    return header, "" if not envelope or (first and first[0].lower() == envelope.lower()) else envelope
+
+
 def compose(cfg: Config, login: str, to: str, items: Sequence[Held], now: float | None = None,
-            more: int = 0) -> EmailMessage:
-    """The digest mail: a plain-text part and an HTML part (no remote content, everything escaped)."""
+            more: int = 0, unattended: int = 0) -> EmailMessage:
+    """The digest mail: a plain-text part and an HTML part (no remote content, everything escaped).
+    ``unattended`` (admins): how many newly held messages no enabled user sees."""
     now = time.time() if now is None else now
     n = len(items) + more
     rows_text, rows_html = [], []
@@ -176,29 +187,41 @@ def compose(cfg: Config, login: str, to: str, items: Sequence[Held], now: float 
             url = link_url(cfg, make_link_token(cfg, h.id, h.recipient))
             action_text = f"release: {url}"
             action_html = f'<a href="{html.escape(url)}">Release</a>'
-        rows_text.append(f"{_when(h.ts)}  to {h.recipient}\n  from: {_clean(h.sender) or '<>'}\n"
+        shown, envelope = _senders(h)
+        via = f"\n  envelope sender: {envelope}" if envelope else ""
+        rows_text.append(f"{_when(h.ts)}  to {h.recipient}\n  from: {shown}{via}\n"
                          f"  subject: {_clean(h.subject)}\n  score: {score}  why: {_clean(h.reason)}\n"
                          f"  {action_text}\n")
-        cells = (_when(h.ts), h.recipient, _clean(h.sender) or "<>", _clean(h.subject), score)
+        cells = (_when(h.ts), h.recipient, shown + (f" (envelope sender {envelope})" if envelope else ""),
+                 _clean(h.subject), score)
         rows_html.append("<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in cells)
                          + f"<td>{action_html}</td></tr>")
     intro = (f"{n} message{'s' if n != 1 else ''} addressed to you {'were' if n != 1 else 'was'} held in the "
              "quarantine since your last digest. If one is mail you want, release it: it is delivered to "
              f"your inbox once. Links work for {cfg.digest_link_days} days; held mail is deleted after "
-             f"{cfg.quarantine_retention_days} days.")
+             f"{cfg.quarantine_retention_days} days.") if n else \
+        "Nothing addressed to you was held in the quarantine since your last digest."
     tail = f"\n... and {more} more: see {cfg.web_base_url}/\n" if more else ""
+    admins = (f"{unattended} newly held message{'s were' if unattended != 1 else ' was'} for disabled users or "
+              "addresses no user has: only administrators see them. Release or delete them at "
+              f"{cfg.web_base_url}/junk/?unattended=1" if unattended else "")
+    if admins:
+        tail += f"\n{admins}\n"
     footer = f"To change how often you get this mail, see {cfg.web_base_url}/"
     text = f"{intro}\n\n" + "\n".join(rows_text) + tail + f"\n-- \n{footer}\n"
     markup = ("<!DOCTYPE html><html><body>"
-              f"<p>{html.escape(intro)}</p><table border=\"1\" cellpadding=\"4\" cellspacing=\"0\">"
-              "<tr><th>Date</th><th>To</th><th>From</th><th>Subject</th><th>Score</th><th></th></tr>"
-              + "".join(rows_html) + "</table>"
+              f"<p>{html.escape(intro)}</p>"
+              + ("<table border=\"1\" cellpadding=\"4\" cellspacing=\"0\">"
+                 "<tr><th>Date</th><th>To</th><th>From</th><th>Subject</th><th>Score</th><th></th></tr>"
+                 + "".join(rows_html) + "</table>" if rows_html else "")
               + (f"<p>... and {more} more: see {html.escape(cfg.web_base_url)}/</p>" if more else "")
+              + (f"<p>{html.escape(admins)}</p>" if admins else "")
               + f"<p>{html.escape(footer)}</p></body></html>")
     msg = EmailMessage(policy=SMTP)
     msg["From"] = f"Mail Stronghold <{cfg.digest_sender}>"
     msg["To"] = to
-    msg["Subject"] = f"Quarantine: {n} new message{'s' if n != 1 else ''} held for you"
+    msg["Subject"] = f"Quarantine: {n} new message{'s' if n != 1 else ''} held for you" + (
+        f", {unattended} for nobody" if unattended else "")
     msg["Date"] = formatdate(now)
     msg["Message-ID"] = make_msgid("digest", cfg.digest_sender.rpartition("@")[2] or None)
     msg["Auto-Submitted"] = "auto-generated"
@@ -252,12 +275,20 @@ def _pending(store: Store, addresses: Mapping[str, float], since: float, until: 
     return fresh[:MAX_ITEMS], max(0, len(fresh) - MAX_ITEMS)
 
 
-def _candidates(store: Store, only: str | None) -> list[tuple[int, str, str, float | None, dict[str, float]]]:
+def _candidates(store: Store, only: str | None) -> list[tuple[int, str, str, float | None, dict[str, float], bool]]:
     with store.session() as s:
         users = accounts.digest_users(s, only)
         if only and not users:
             raise DigestError(f"no enabled user {only} with a digest")
-        return [(u.id, u.login, u.digest, u.digest_sent, _owned(u)) for u in users]
+        return [(u.id, u.login, u.digest, u.digest_sent, _owned(u), u.role == "admin") for u in users]
+
+
+def _unattended(store: Store, admin: bool, since: float, until: float) -> int:
+    """For an admin's digest: items held in [since, until) that no enabled user sees."""
+    if not admin:
+        return 0
+    with store.session() as s:
+        return quarantine.count_unattended(s, since=since, until=until)
 
 
 def _owned(user: accounts.User) -> dict[str, float]:
@@ -271,24 +302,26 @@ def run(cfg: Config, store: Store, *, dry_run: bool = False, only: str | None = 
     """Send every due user their digest (or, dry, say what would be sent); one report per user."""
     now = time.time() if now is None else now
     reports = []
-    for user_id, login, every, sent, addresses in _candidates(store, only):
+    for user_id, login, every, sent, addresses, admin in _candidates(store, only):
         if not addresses or every not in PERIODS:
             continue
         to = _address_of(login, addresses)
         if sent is not None and sent >= last_slot(now, every, cfg.digest_hour):
             reports.append(DigestReport(login, to, 0, "not due"))
             continue
-        items, more = _pending(store, addresses, sent if sent is not None else now - PERIODS[every], now)
+        start = sent if sent is not None else now - PERIODS[every]
+        items, more = _pending(store, addresses, start, now)
+        unattended = _unattended(store, admin, start, now)
         if dry_run:
             reports.append(DigestReport(login, to, len(items) + more, "dry run"))
             continue
         if not _claim_user(store, user_id, sent, now):
             reports.append(DigestReport(login, to, 0, "not due"))  # another run just did it
             continue
-        if not items:
+        if not items and not unattended:
             reports.append(DigestReport(login, to, 0, "nothing new"))
             continue
-        data = compose(cfg, login, to, items, now, more).as_bytes()
+        data = compose(cfg, login, to, items, now, more, unattended).as_bytes()
         try:
             smtp_send(cfg.release_smtp, cfg.digest_sender, [to], data)
         except OutcomeUnknown as exc:  # perhaps sent: do not send twice
@@ -309,13 +342,16 @@ def preview(cfg: Config, store: Store, *, only: str | None = None, now: float | 
     """The text part each due user would get now (``--dry-run --show``)."""
     now = time.time() if now is None else now
     texts = []
-    for _uid, login, every, sent, addresses in _candidates(store, only):
+    for _uid, login, every, sent, addresses, admin in _candidates(store, only):
         if not addresses or every not in PERIODS or (sent is not None
                                                      and sent >= last_slot(now, every, cfg.digest_hour)):
             continue
-        items, more = _pending(store, addresses, sent if sent is not None else now - PERIODS[every], now)
-        if items:
-            body = compose(cfg, login, _address_of(login, addresses), items, now, more).get_body(("plain",))
+        start = sent if sent is not None else now - PERIODS[every]
+        items, more = _pending(store, addresses, start, now)
+        unattended = _unattended(store, admin, start, now)
+        if items or unattended:
+            body = compose(cfg, login, _address_of(login, addresses), items, now, more,
+                           unattended).get_body(("plain",))
             texts.append(f"== {login}\n{body.get_content() if body is not None else ''}")
     return texts
 

@@ -166,7 +166,7 @@ class StrongholdMilter(Milter.Base):
         if outcome.verdict.held:  # stored before anything is accepted; if not stored, tempfail
             subject = headers.decode_value(self.subject_raw) if self.subject_raw is not None else ""
             try:
-                self.service.hold(env, outcome.verdict, self._stored_copy(), subject)
+                self.service.hold(env, outcome.verdict, self._stored_copy(), subject, msg.header("from") or "")
             except StoreError as exc:
                 outcome = self.service.hold_failed(outcome, str(exc))
         verdict = outcome.verdict

@@ -108,14 +108,15 @@ class Service:
             self._version = (generation, f"{VERSION} {model}")
         return self._version[1]
 
-    def hold(self, envelope: Envelope, verdict: Verdict, raw: bytes, subject: str) -> list[int]:
+    def hold(self, envelope: Envelope, verdict: Verdict, raw: bytes, subject: str,
+             header_from: str | None = None) -> list[int]:
         """Store the copies ``verdict`` holds (``quarantine.hold_verdict``) and wait
         until they are committed; StoreError if they are not (the caller tempfails)."""
         held = verdict.held
 
         def write() -> list[int]:
             with self.store.session() as session:
-                return quarantine.hold_verdict(session, envelope, verdict, raw, subject)
+                return quarantine.hold_verdict(session, envelope, verdict, raw, subject, header_from)
 
         try:
             ids = self.db.call(write)

@@ -26,6 +26,7 @@ from stronghold.store.db import Store
 from stronghold.webkey import secret_key
 from webui import context
 from webui.safetext import visible
+from webui.senders import other_envelope
 
 csrf = CSRFProtect()
 # The largest id a row can have: id columns are INTEGER, 32-bit on PostgreSQL (SQLite's are wider).
@@ -70,6 +71,7 @@ def create_app(test_config: Mapping[str, Any] | None = None, cfg: Config | None 
     app.add_template_filter(shown, "shown")
     app.add_template_filter(visible, "visible")
     app.add_template_filter(breakable, "breakable")
+    app.add_template_global(other_envelope, "other_envelope")
     _error_pages(app)
 
     @app.after_request

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from flask import Blueprint, abort, flash, g, redirect, render_template, request, url_for
+from sqlalchemy.orm import Session
 
 from stronghold.lists import display
-from stronghold.store import accounts
+from stronghold.store import accounts, quarantine
 from stronghold.store.errors import EntryError
+from stronghold.store.tables import User
 from webui.auth import admin_required
 from webui.confirm import confirmed
 from webui.context import store
@@ -19,7 +23,13 @@ bp = Blueprint("admin", __name__, url_prefix="/admin")
 def users():
     with store().session() as s:
         rows = accounts.all_users(s)
-    return render_template("admin_users.html", users=rows, errors={}, form={})
+        held = unseen_held(s, rows)
+    return render_template("admin_users.html", users=rows, errors={}, form={}, held=held)
+
+
+def unseen_held(session: Session, users: Iterable[User]) -> dict[int, int]:
+    """{user id: unreleased held messages of a disabled user's addresses} (only admins see those)."""
+    return {u.id: quarantine.count_unattended(session, accounts.owned_addresses(u)) for u in users if u.disabled}
 
 
 @bp.route("/users", methods=["POST"])
@@ -84,8 +94,19 @@ def change_user(user_id: int):
                 "password": "has a new password", "add-address": "got the address",
                 "remove-address": "lost the address",
                 "logout-all": f"was logged out everywhere ({ended} session{'s' if ended != 1 else ''} ended)"}
-    flash(f"User {login} {messages[action]}.")
+    flash(f"User {login} {messages[action]}.{_held_note(user_id) if action == 'disable' else ''}")
     return redirect(url_for("admin.users"))
+
+
+def _held_note(user_id: int) -> str:
+    """After disabling: where their held mail goes from now on."""
+    with store().session() as s:
+        user = _user_or_404(s, user_id)
+        waiting = quarantine.count_unattended(s, accounts.owned_addresses(user))
+    if not waiting:
+        return ""
+    return (f" {waiting} held message{'s' if waiting != 1 else ''} of theirs now show{'' if waiting != 1 else 's'} "
+            "only on the Junk page of administrators (“Show only those”).")
 
 
 def _confirm(user_id: int, action: str):

@@ -13,14 +13,14 @@ from __future__ import annotations
 import calendar
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from flask import Blueprint, abort, flash, g, make_response, redirect, render_template, request, url_for
 
 from stronghold import digest
 from stronghold import release as release_mod
-from stronghold.lists import PatternError, display, normalize_address
-from stronghold.store import entries, messagelog, quarantine
+from stronghold.lists import display
+from stronghold.store import accounts, entries, messagelog, quarantine
 from stronghold.store.errors import EntryError, StoreError
 from stronghold.store.quarantine import Held
 from stronghold.store.tables import MessageRow
@@ -30,6 +30,7 @@ from webui.confirm import confirmed
 from webui.context import settings, store
 from webui.preview import render as render_preview
 from webui.preview import visible
+from webui.senders import allow_target
 
 log = logging.getLogger(__name__)
 bp = Blueprint("junk", __name__, url_prefix="/junk")
@@ -68,7 +69,23 @@ def item_or_404(item_id: int) -> Held:
         held = quarantine.get(s, item_id)
     if held is None or not may_see(held):
         abort(404)
-    return held
+    return with_from([held])[0]
+
+
+def with_from(rows: list[Held]) -> list[Held]:
+    """``rows`` with the header From of items held before it was recorded read from their copy."""
+    if all(h.header_from is not None for h in rows):
+        return rows
+    filled = []
+    with store().session() as s:
+        for h in rows:
+            if h.header_from is None:
+                try:
+                    h = replace(h, header_from=quarantine.from_header(quarantine.content(s, h.id)))
+                except KeyError:
+                    h = replace(h, header_from="")
+            filled.append(h)
+    return filled
 
 
 @dataclass(frozen=True)
@@ -77,10 +94,11 @@ class Search:
     since: str = ""  # YYYY-MM-DD (UTC), inclusive
     until: str = ""  # YYYY-MM-DD (UTC), inclusive
     page: int = 0
+    unattended: bool = False  # admins: only what no enabled user sees (quarantine.unattended_clause)
 
     def args(self, **change: object) -> dict[str, object]:
         values: dict[str, object] = {"q": self.text, "since": self.since, "until": self.until,
-                                     "page": self.page}
+                                     "page": self.page, "unattended": 1 if self.unattended else 0}
         values.update(change)
         return {k: v for k, v in values.items() if v}
 
@@ -101,7 +119,8 @@ def _search() -> tuple[Search, float | None, float | None, list[str]]:
     search = Search(text=" ".join(request.args.get("q", "").split())[:100],
                     since=request.args.get("since", "").strip()[:10],
                     until=request.args.get("until", "").strip()[:10],
-                    page=min(int(raw_page), MAX_PAGE) if raw_page.isdigit() else 0)
+                    page=min(int(raw_page), MAX_PAGE) if raw_page.isdigit() else 0,
+                    unattended=bool(g.user.is_admin) and request.args.get("unattended") == "1")
     errors: list[str] = []
     since = _day(search.since, "from", errors)
     until = _day(search.until, "to", errors)
@@ -118,11 +137,27 @@ def index():
     with store().session() as s:
         rows = quarantine.find(s, recipients=None if admin else list(g.addresses), text=search.text,
                                since=since, until=until, include_viruses=admin,
-                               limit=PAGE + 1, offset=search.page * PAGE, owned_since=g.since)
+                               limit=PAGE + 1, offset=search.page * PAGE, owned_since=g.since,
+                               unattended=search.unattended)
+        waiting = quarantine.count_unattended(s) if admin else 0
+        owner_of = accounts.owners(s, {h.recipient for h in rows[:PAGE]}) if admin else {}
     more = len(rows) > PAGE
-    return render_template("junk.html", rows=rows[:PAGE], more=more, search=search, errors=errors,
+    return render_template("junk.html", rows=with_from(rows[:PAGE]), more=more, search=search, errors=errors,
+                           waiting=waiting, unseen=lambda h: unseen_because(h, owner_of.get(h.recipient)),
+                           retention=settings().quarantine_retention_days,
                            everyone=admin, show_recipient=admin or len(g.addresses) > 1, visible=visible,
                            digest_choices=digest.CHOICES, why=why, viruses_held=settings().virus_action == "quarantine")
+
+
+def unseen_because(held: Held, owner: accounts.Owner | None) -> str:
+    """Why no user but an admin sees ``held`` ("" when its owner does)."""
+    if owner is None:
+        return "no user has this address"
+    if owner.disabled:
+        return f"user {owner.login} is disabled"
+    if held.ts < owner.since:
+        return f"held before {owner.login} got this address"
+    return ""
 
 
 @bp.route("/digest", methods=["POST"])
@@ -181,7 +216,10 @@ def _release(held: Held) -> bool:
 
 
 def _after_action(held: Held):
-    return redirect(url_for("junk.show", item_id=held.id) if request.form.get("back") == "item"
+    back = request.form.get("back")
+    if back == "item":
+        return redirect(url_for("junk.show", item_id=held.id))
+    return redirect(url_for("junk.index", unattended=1) if back == "unattended" and g.user.is_admin
                     else url_for("junk.index"))
 
 
@@ -231,22 +269,24 @@ def retry(item_id: int):
 @bp.route("/<int:item_id>/allow", methods=["POST"])
 @login_required
 def release_and_allow(item_id: int):
-    """Release, and put the sender on the allow list of the recipient address."""
+    """Release, and put the sender on the allow list of the recipient address: the address an
+    allow entry will match for mail like this (``webui.senders.allow_target``), said in the flash."""
     held = item_or_404(item_id)
     _release(held)
-    try:
-        pattern = normalize_address(held.sender)
-    except PatternError:
+    target = allow_target(held.header_from, held.sender, held.trace)  # the item's steps and its recipient's
+    if target is None:
         flash("This message has no sender address to allow.", "error")
         return _after_action(held)
+    sender, why = target
     try:
         with store().session() as s:
-            entries.add_entry(s, held.recipient, "allow", pattern, f"released from quarantine #{held.id}")
+            entries.add_entry(s, held.recipient, "allow", sender.address, f"released from quarantine #{held.id}")
     except EntryError as exc:
         flash(f"{held.recipient}: {exc}.")
     else:
-        note, category = allow_note(held.trace, "envelope", pattern)  # the item's steps and its recipient's
-        flash(f"{display(pattern)} is now on the allow list of {display(held.recipient)}. {note}".rstrip(), category)
+        note, category = allow_note(held.trace, sender.check, sender.address)
+        said = f"{display(sender.address)} (the {sender.source}) is now on the allow list of {display(held.recipient)}."
+        flash(" ".join(part for part in (said, why, note) if part), category)
     return _after_action(held)
 
 
@@ -286,4 +326,4 @@ def delete(item_id: int):
         flash(f"Deleted “{visible(held.subject) or '(no subject)'}”.")
     else:
         flash("It was already deleted.")
-    return redirect(url_for("junk.index"))
+    return _after_action(held) if request.form.get("back") == "unattended" else redirect(url_for("junk.index"))

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from flask import Blueprint, Response, abort, flash, g, redirect, render_template, request, url_for
 
-from stronghold.lists import KINDS, display
-from stronghold.store import entries
+from stronghold import blockrisk
+from stronghold.lists import BLOCK, KINDS, PatternError, display, normalize_pattern
+from stronghold.store import accounts, entries
 from stronghold.store.errors import EntryError
 from webui.auth import login_required
 from webui.confirm import confirmed
@@ -72,6 +75,11 @@ def add(address: str):
     trust = kind == "allow" and request.form.get("trust_unauthenticated") == "1"
     if kind not in KINDS:
         abort(400)
+    if kind == BLOCK and not confirmed():
+        shown, risks = block_risks(owner, pattern)
+        if risks:
+            return ask_block(shown, owner, risks, {"kind": kind, "pattern": pattern, "comment": comment},
+                             url_for("lists.show", address=address.lower()))
     try:
         with store().session() as s:
             entry = entries.add_entry(s, owner, kind, pattern, comment, trust_unauthenticated=trust)
@@ -81,6 +89,40 @@ def add(address: str):
                        conflict=exc if isinstance(exc, entries.ConflictError) else None)
     flash(f"{display(entry.pattern)} added to the {kind} list.")
     return redirect(url_for("lists.show", address=address.lower()))
+
+
+def block_risks(owner: str | None, pattern: str) -> tuple[str, list[str]]:
+    """(the pattern as people read it, what a block entry of it on ``owner``'s list (None: the
+    global list) would refuse beyond one sender: ``stronghold.blockrisk``); no risks for a pattern
+    that is not valid (adding it says what is wrong)."""
+    try:
+        norm = normalize_pattern(pattern)
+    except PatternError:
+        return pattern, []
+    return display(norm), risk_check(owner)(norm)
+
+
+def risk_check(owner: str | None) -> Callable[[str], list[str]]:
+    """``blockrisk.risks`` for normalized patterns on ``owner``'s block list, the site's domains
+    and addresses read once."""
+    with store().session() as s:
+        domains = accounts.local_domains(s)
+        addresses = accounts.local_addresses(s) if owner is None else set()
+    if owner is None:
+        own, label = [], ""
+    elif owner in g.addresses:
+        own, label = list(g.addresses), "your own address"
+    else:  # an admin at someone else's list
+        own, label = [owner], "the address whose list this is,"
+    return lambda norm: blockrisk.risks(norm, domains, own, addresses, label)
+
+
+def ask_block(shown: str, owner: str | None, risks: list[str], fields: dict[str, str], cancel: str):
+    """The page that asks before a block entry that refuses far more than one sender is added."""
+    scope = f"the block list of {display(owner)}" if owner else "the global block list (for everyone)"
+    return render_template("confirm.html", title=f"Block {shown}?", question=f"Add {shown} to {scope}?",
+                           details=risks, action=request.path, fields=fields, button="Block anyway",
+                           cancel=cancel)
 
 
 @bp.route("/<address>/remove/<int:entry_id>", methods=["POST"])
@@ -147,8 +189,16 @@ def import_csv(address: str):
             "import": f"The file is not UTF-8 text (line {line}); nothing was imported. "
                       "Save it as UTF-8 (CSV UTF-8) and try again."})
     kind = request.form.get("kind") or None
+    check = risk_check(owner)
+
+    def refuse_risky(kind: str, pattern: str) -> str | None:
+        """An import cannot ask line by line: a block line that refuses far more than one sender is
+        refused, to be added on its own with the form (which asks first)."""
+        risks = check(pattern) if kind == BLOCK else []
+        return f"{risks[0]} Add it on its own with the form above, which asks first." if risks else None
+
     with store().session() as s:
-        report = entries.import_csv(s, owner, text, kind if kind in KINDS else None)
+        report = entries.import_csv(s, owner, text, kind if kind in KINDS else None, refuse=refuse_risky)
     if report.problems:
         return _render(address.lower(), owner, problems=report.problems, status=400, errors={
             "import": f"Nothing was imported: {len(report.problems)} line"

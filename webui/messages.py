@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from email.utils import getaddresses
 
 from flask import Blueprint, abort, flash, g, redirect, render_template, request, url_for
 
-from stronghold.lists import ListIndex, Match, PatternError, display, normalize_address
+from stronghold.lists import ListIndex, Match, PatternError, display, normalize_address, sender_addresses
 from stronghold.store import entries, messagelog, quarantine
 from stronghold.store.errors import EntryError
 from stronghold.store.tables import MessageRow
@@ -16,7 +15,10 @@ from stronghold.verdict import Category
 from webui import tracetext
 from webui.allownote import allow_note
 from webui.auth import login_required
+from webui.confirm import confirmed
 from webui.context import store
+from webui.lists import ask_block, risk_check
+from webui.senders import ENVELOPE, FROM, Sender, allow_target
 
 bp = Blueprint("messages", __name__, url_prefix="/messages")
 CATEGORIES = tuple(c.value for c in Category)  # what the filter can say; the log filters on it
@@ -25,31 +27,16 @@ _DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
 NOTHING_KEPT = "Nothing of this message's content was kept, so there is nothing to learn from."
 
 
-@dataclass(frozen=True)
-class Sender:
-    """Whom the list buttons act on: the From address people see, else the envelope sender."""
-
-    address: str
-    source: str  # "From address" or "envelope sender"
-
-    @property
-    def check(self) -> str:
-        """How allow entries see it: "from" or "envelope" (``stronghold.allowrule``)."""
-        return "from" if self.source == "From address" else "envelope"
-
-    @property
-    def domain(self) -> str:
-        return "@" + self.address.rsplit("@", 1)[1]
-
-
 def sender_of(row: MessageRow) -> Sender | None:
+    """Whom the list buttons act on: the From address people see, else the envelope sender
+    (an allow entry is added for ``senders.allow_target`` instead)."""
     for _, addr in getaddresses([row.header_from or ""])[:1]:
         try:
-            return Sender(normalize_address(addr), "From address")
+            return Sender(normalize_address(addr), FROM)
         except PatternError:
             break
     try:
-        return Sender(normalize_address(row.sender or ""), "envelope sender")
+        return Sender(normalize_address(row.sender or ""), ENVELOPE)
     except PatternError:
         return None
 
@@ -60,12 +47,12 @@ def _list_status(rows: list[MessageRow]) -> dict[int, dict[str, Match]]:
         index = ListIndex([e for a in g.addresses for e in entries.entries(s, a)])
     status: dict[int, dict[str, Match]] = {}
     for row in rows:
-        sender = sender_of(row)
-        if sender is None:
+        senders = sender_addresses(row.sender or "", row.header_from)  # as the lists match them
+        if not senders:
             continue
         for address in (r.address for r in row.recipients if r.address in g.addresses):
             for kind in ("block", "allow"):
-                found = index.find(address, kind, [("from", sender.address)])
+                found = index.find(address, kind, senders)
                 if found is not None:
                     status.setdefault(row.id, {}).setdefault(kind, found)
     return status
@@ -114,6 +101,7 @@ def index():
     return render_template("messages.html", rows=rows, feedback=feedback, nothing_kept=NOTHING_KEPT, category=category,
                            categories=CATEGORIES, page=page, page_size=PAGE, q=q, day=day,
                            show_all=scope is None, mine=set(g.addresses), senders={r.id: sender_of(r) for r in rows},
+                           allow_to={r.id: _allow_address(r) for r in rows},
                            status=_list_status(rows))
 
 
@@ -126,14 +114,23 @@ def show(message_id: int):
         held = quarantine.ids_for_message(s, row.queue_id, [r.address for r in row.recipients],
                                           None if g.user.is_admin else g.addresses)
     sender = sender_of(row)
-    trace = tracetext.parse(row.trace)  # once, for the three readings below
+    trace = tracetext.parse(row.trace)  # once, for the readings below
+    allow_to, allow_why = allow_target(row.header_from, row.sender, trace) or (None, "")
     skipped = skipped_allow(trace)
+    status = _list_status([row]).get(row.id, {})
+    allowed = status.get("allow")  # the address the entry matched, as allow entries check it
     return render_template("message.html", m=row, fb=fb, nothing_kept=NOTHING_KEPT, mine=set(g.addresses), held=held,
-                           sender=sender, status=_list_status([row]).get(row.id, {}),
+                           allow_to=allow_to, allow_why=allow_why, sender=sender, status=status,
                            auth=auth_step(trace), skipped=skipped,
                            skipped_entries={d.split(" ", 1)[0]: d for ds in skipped.values() for d in ds},
-                           unauthenticated=sender is not None and tracetext.sender_authenticated(
-                               trace, sender.check, sender.address) is False)
+                           unauthenticated=allowed is not None and tracetext.sender_authenticated(
+                               trace, allowed.source, allowed.address) is False)
+
+
+def _allow_address(row: MessageRow) -> Sender | None:
+    """Whom "Always allow" adds for this message (``senders.allow_target``)."""
+    target = allow_target(row.header_from, row.sender, row.trace)
+    return target[0] if target is not None else None
 
 
 def auth_step(trace: tracetext.Trace) -> str | None:
@@ -165,13 +162,21 @@ def add_sender(message_id: int):
     target = request.form.get("target", "address")
     if kind not in ("allow", "block") or target not in ("address", "domain"):
         abort(400)
-    sender = sender_of(row)
+    sender, why = sender_of(row), ""
+    if kind == "allow":  # the address an allow entry can match for mail like this one
+        sender, why = allow_target(row.header_from, row.sender, row.trace) or (None, "")
     if sender is None:
         flash("This message has no sender address to add.", "error")
         return redirect(url_for("messages.show", message_id=message_id))
     pattern = sender.address if target == "address" else sender.domain
+    mine = _my_recipient_addresses(row)
+    if kind == "block" and mine and not confirmed():  # a forged From of one's own address, say
+        risks = risk_check(mine[0])(pattern)
+        if risks:
+            return ask_block(display(pattern), mine[0], risks, {"kind": kind, "target": target},
+                             url_for("messages.show", message_id=message_id))
     done, problems = [], []
-    for address in _my_recipient_addresses(row):
+    for address in mine:
         try:
             with store().session() as s:
                 entries.add_entry(s, address, kind, pattern, f"from message #{row.id}")
@@ -181,10 +186,12 @@ def add_sender(message_id: int):
     what = f"the {sender.source}" if target == "address" else f"the domain of the {sender.source}"
     if done:
         note, category = ("", "message") if kind == "block" else allow_note(row.trace, sender.check, sender.address)
-        flash(f"{display(pattern)} ({what}) is now on the {kind} list of {', '.join(map(display, done))}. "
-              f"{note}".rstrip(), category)
+        said = f"{display(pattern)} ({what}) is now on the {kind} list of {', '.join(map(display, done))}."
+        flash(" ".join(part for part in (said, why, note) if part), category)
     for p in problems:
         flash(p, "error")
+    if confirmed():  # from the confirmation page, whose address only takes a POST
+        return redirect(url_for("messages.show", message_id=message_id))
     return _back()
 
 

@@ -7,6 +7,7 @@ import secrets
 import time
 import unicodedata
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any, cast
 
 from argon2 import PasswordHasher
@@ -181,6 +182,35 @@ def release_address(session: Session, user: User, address: str) -> None:
     _forget(session, norm)
     session.delete(row)
     session.flush()
+
+
+def local_domains(session: Session) -> set[str]:
+    """The domains this site hosts: those of the addresses its users own (enabled or not)."""
+    return {address.rsplit("@", 1)[1] for address in session.scalars(select(Address.address))}
+
+
+def local_addresses(session: Session) -> set[str]:
+    """Every address a user here owns."""
+    return set(session.scalars(select(Address.address)))
+
+
+@dataclass(frozen=True)
+class Owner:
+    """Who owns an address: their login, whether they are disabled, since when it is theirs."""
+
+    login: str
+    disabled: bool
+    since: float
+
+
+def owners(session: Session, addresses: Iterable[str]) -> dict[str, Owner]:
+    """{address: its owner} of those ``addresses`` that a user owns."""
+    wanted = sorted(set(addresses))
+    if not wanted:
+        return {}
+    rows = session.execute(select(Address.address, User.login, User.disabled, Address.since)
+                           .join(User, User.id == Address.user_id).where(Address.address.in_(wanted)))
+    return {address: Owner(login, bool(disabled), since) for address, login, disabled, since in rows}
 
 
 def owned_addresses(user: User) -> list[str]:

@@ -7,7 +7,7 @@ import io
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from sqlalchemy import delete, func, insert, select, update
@@ -196,8 +196,8 @@ class ImportReport:
     lines: int = 0
 
 
-def import_csv(session: Session, owner: str | None, text: str,
-               default_kind: str | None = None) -> ImportReport:
+def import_csv(session: Session, owner: str | None, text: str, default_kind: str | None = None,
+               refuse: Callable[[str, str], str | None] | None = None) -> ImportReport:
     """Add entries from CSV (kind,pattern[,comment[,trust_unauthenticated]]; header optional),
     all or nothing.  The fourth field, "yes" or "no" (or empty), marks an allow entry as trusted
     without authentication, as ``export_csv`` writes it; the quote ``export_csv`` puts before
@@ -207,6 +207,7 @@ def import_csv(session: Session, owner: str | None, text: str,
     added, so a fixed file can simply be imported again.  Lines already on the
     same list (or earlier in the file) are skipped and reported.  The new entries
     go in with one statement: a 30,000-line file takes seconds, not minutes.
+    ``refuse(kind, normalized pattern)``: a reason to refuse a line that is valid (None: none).
     """
     report = ImportReport()
     scope = owner or GLOBAL
@@ -234,6 +235,9 @@ def import_csv(session: Session, owner: str | None, text: str,
                 _refuse_clash(norm, kind, listed[norm])
             if norm in new:
                 _refuse_clash(norm, kind, new[norm][0])
+            reason = refuse(kind, norm) if refuse is not None else None
+            if reason:
+                raise EntryError(reason)
         except DuplicateError as exc:
             report.skipped.append(f"line {reader.line_num}: {exc}")
             continue

@@ -35,21 +35,24 @@ records the relay's acceptance (see stronghold.release for the crash window).
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Table, and_, exists, func, insert, or_, select, update
+from sqlalchemy import ColumnElement, CursorResult, Table, and_, exists, func, insert, or_, select, update
 from sqlalchemy import delete as sql_delete
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from stronghold.store.tables import QuarantineBlob, QuarantineItem
+from stronghold.message import parse
+from stronghold.store.tables import Address, QuarantineBlob, QuarantineItem, User
 from stronghold.verdict import Envelope, Verdict
 
 VIRUS = "virus"
+MAX_HEADER_BYTES = 256 * 1024  # where from_header() stops looking for the end of the header block
 _BLOBS = cast(Table, QuarantineBlob.__table__)
 _ITEMS = cast(Table, QuarantineItem.__table__)
 
@@ -74,6 +77,7 @@ class Held:
     released: float | None
     released_by: str | None
     delivered: float | None = None  # when the release relay accepted it (None: not confirmed)
+    header_from: str | None = None  # the header From as received; None: not recorded (held before 0007)
 
     @property
     def is_virus(self) -> bool:
@@ -84,7 +88,8 @@ def _held(row: QuarantineItem) -> Held:
     return Held(id=row.id, recipient=row.recipient, sender=row.sender, subject=row.subject,
                 queue_id=row.queue_id, ts=row.ts, score=row.score, category=row.category,
                 reason=row.reason, trace=row.trace, virus=row.virus, size=row.size, sha256=row.sha256,
-                released=row.released, released_by=row.released_by, delivered=row.delivered)
+                released=row.released, released_by=row.released_by, delivered=row.delivered,
+                header_from=row.header_from)
 
 
 def _address(address: str) -> str:
@@ -110,16 +115,27 @@ def _upsert_blob(session: Session, digest: str, raw: bytes, now: float) -> None:
                                                set_={"touched": stmt.excluded.touched}))
 
 
+def from_header(raw: bytes) -> str:
+    """The first From header of ``raw`` as the message log records it ("" when there is none)."""
+    end = re.search(rb"\r?\n\r?\n", raw[:MAX_HEADER_BYTES])
+    return parse(raw[:end.end() if end else MAX_HEADER_BYTES]).header("from") or ""
+
+
 def hold(session: Session, raw: bytes, *, recipients: Sequence[str], sender: str, subject: str,
          queue_id: str, score: float | None, category: str, reason: str, trace: str,
-         virus: str | None) -> list[int]:
-    """Store ``raw`` once and one item per recipient; returns the item ids in recipient order."""
+         virus: str | None, header_from: str | None = None) -> list[int]:
+    """Store ``raw`` once and one item per recipient; returns the item ids in recipient order.
+
+    ``header_from``: the message's From header (read from ``raw`` when not given)."""
     if not recipients:
         return []
+    if header_from is None:
+        header_from = from_header(raw)
     now = time.time()
     digest = hashlib.sha256(raw).hexdigest()
     _upsert_blob(session, digest, raw, now)
-    rows = [{"ts": now, "recipient": _address(r)[:320], "sender": sender[:320], "subject": subject[:200],
+    rows = [{"ts": now, "recipient": _address(r)[:320], "sender": sender[:320],
+             "header_from": header_from[:320], "subject": subject[:200],
              "queue_id": queue_id[:40], "score": score, "category": category[:10], "reason": reason[:200],
              "trace": trace[:4000], "virus": virus[:200] if virus else None, "size": len(raw),
              "sha256": digest} for r in recipients]
@@ -128,7 +144,8 @@ def hold(session: Session, raw: bytes, *, recipients: Sequence[str], sender: str
 
 
 
-def hold_verdict(session: Session, envelope: Envelope, verdict: Verdict, raw: bytes, subject: str) -> list[int]:
+def hold_verdict(session: Session, envelope: Envelope, verdict: Verdict, raw: bytes, subject: str,
+                 header_from: str | None = None) -> list[int]:
     """One item per recipient whose copy ``verdict`` holds; returns their ids.
 
     Each item's trace is the message's steps and that recipient's own, never
@@ -140,7 +157,8 @@ def hold_verdict(session: Session, envelope: Envelope, verdict: Verdict, raw: by
         own = " ".join(str(s) for s in d.trace)
         ids += hold(session, raw, recipients=[d.recipient], sender=envelope.sender, subject=subject,
                     queue_id=envelope.queue_id, score=verdict.score, category=d.category.value,
-                    reason=d.reason, trace=f"{message_steps} {own}".strip(), virus=verdict.virus)
+                    reason=d.reason, trace=f"{message_steps} {own}".strip(), virus=verdict.virus,
+                    header_from=header_from)
     return ids
 
 def ids_for_message(session: Session, queue_id: str, recipients: Sequence[str],
@@ -173,14 +191,17 @@ def content(session: Session, item_id: int) -> bytes:
 
 def find(session: Session, *, recipients: Sequence[str] | None, text: str = "", since: float | None = None,
          until: float | None = None, include_viruses: bool = True, limit: int = 100,
-         offset: int = 0, owned_since: Mapping[str, float] | None = None) -> list[Held]:
+         offset: int = 0, owned_since: Mapping[str, float] | None = None, unattended: bool = False) -> list[Held]:
     """Items newest first.  ``recipients=None``: everyone's (admins); ``[]``: nothing.
 
     ``text`` matches sender or subject, case-insensitively, as a plain substring.
     ``owned_since``: per recipient, the time its current owner got it; what was held for a
     previous owner is not theirs (``accounts.owned_since``).
+    ``unattended``: only items no enabled user sees (``unattended_clause``).
     """
     query = select(QuarantineItem)
+    if unattended:
+        query = query.where(unattended_clause())
     if recipients is not None:
         wanted = sorted({_address(r) for r in recipients})
         if not wanted:
@@ -190,8 +211,9 @@ def find(session: Session, *, recipients: Sequence[str] | None, text: str = "", 
                                   if a in owned else QuarantineItem.recipient == a for a in wanted)))
     if text:
         needle = text.lower()
-        query = query.where(or_(func.lower(QuarantineItem.sender).contains(needle, autoescape=True),
-                                func.lower(QuarantineItem.subject).contains(needle, autoescape=True)))
+        query = query.where(or_(*(func.lower(column).contains(needle, autoescape=True)
+                                  for column in (QuarantineItem.sender, QuarantineItem.header_from,
+                                                 QuarantineItem.subject))))
     if since is not None:
         query = query.where(QuarantineItem.ts >= since)
     if until is not None:
@@ -200,6 +222,30 @@ def find(session: Session, *, recipients: Sequence[str] | None, text: str = "", 
         query = query.where(QuarantineItem.category != VIRUS, QuarantineItem.virus.is_(None))
     query = query.order_by(QuarantineItem.ts.desc(), QuarantineItem.id.desc()).limit(limit).offset(offset)
     return [_held(r) for r in session.scalars(query)]
+
+
+def unattended_clause() -> ColumnElement[bool]:
+    """Items that no enabled user sees on their Junk page or in their digest: held for a disabled
+    user's address, for an address nobody owns, or before its current owner got it.  Only admins
+    see these (the quarantine purge deletes them like any other)."""
+    owner_sees = (select(Address.id).join(User, User.id == Address.user_id)
+                  .where(Address.address == QuarantineItem.recipient, User.disabled.is_(False),
+                         Address.since <= QuarantineItem.ts))
+    return ~owner_sees.exists()
+
+
+def count_unattended(session: Session, recipients: Sequence[str] | None = None, since: float | None = None,
+                     until: float | None = None) -> int:
+    """Unreleased items no enabled user sees (``unattended_clause``); with ``recipients``, theirs
+    only; with ``since``/``until``, those held in [since, until)."""
+    query = select(func.count(QuarantineItem.id)).where(QuarantineItem.released.is_(None), unattended_clause())
+    if recipients is not None:
+        query = query.where(QuarantineItem.recipient.in_([_address(r) for r in recipients]))
+    if since is not None:
+        query = query.where(QuarantineItem.ts >= since)
+    if until is not None:
+        query = query.where(QuarantineItem.ts < until)
+    return int(session.scalar(query) or 0)
 
 
 def delete(session: Session, item_id: int) -> bool:

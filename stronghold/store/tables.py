@@ -155,6 +155,8 @@ class QuarantineItem(Base):
     ts: Mapped[float] = mapped_column(Float, default=time.time, index=True)
     recipient: Mapped[str] = mapped_column(String(320))
     sender: Mapped[str] = mapped_column(String(320), default="")
+    # The header From as received; None: held before it was recorded (read it from the copy).
+    header_from: Mapped[str | None] = mapped_column(String(320), nullable=True)
     subject: Mapped[str] = mapped_column(String(200), default="")
     queue_id: Mapped[str] = mapped_column(String(40), default="")
     score: Mapped[float | None] = mapped_column(Float, nullable=True)

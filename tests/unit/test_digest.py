@@ -10,6 +10,7 @@ import calendar
 import email
 import re
 import time
+from dataclasses import replace
 from email.policy import default
 
 import pytest
@@ -90,6 +91,20 @@ def test_compose_lists_each_item_escaped_with_links_except_for_viruses(cfg) -> N
     links = re.findall(r'href="https://mail\.example\.net/stronghold/digest/release/([^"]+)"', markup)
     assert len(links) == 1 and _links(msg.as_bytes()) == links
     assert digest.verify(cfg, links[0]) == (7, "m3@example.com")
+
+
+def test_compose_names_the_from_with_a_differing_envelope_sender(cfg) -> None:
+    """The same two the Junk page shows: the From people recognise, the envelope sender where it differs."""
+    held = quarantine.Held(9, "m3@example.com", "bounce-17@mailer.example", "Sale", "Q", MONDAY_9, 0.99, "spam",
+                           "spam", "", None, 10, "2" * 64, None, None, header_from="Shop <news@shop.example>")
+    same = replace(held, id=10, sender="NEWS@shop.example")
+    msg = email.message_from_bytes(compose(cfg, "m3", "m3@example.com", [held, same], MONDAY_9).as_bytes(),
+                                   policy=default)
+    text = msg.get_body(("plain",)).get_content().replace("\r\n", "\n")
+    assert "from: Shop <news@shop.example>\n  subject: Sale" in text  # the second: its envelope sender is the From
+    assert "from: Shop <news@shop.example>\n  envelope sender: bounce-17@mailer.example\n" in text
+    assert "Shop &lt;news@shop.example&gt; (envelope sender bounce-17@mailer.example)" in \
+        msg.get_body(("html",)).get_content()
 
 
 def test_run_sends_once_per_period_only_new_items(store: Store, cfg, sink: SmtpSink) -> None:
@@ -192,3 +207,32 @@ def test_virus_links_are_refused(store: Store, cfg) -> None:
     with pytest.raises(DigestLinkError, match="only an administrator") as err:
         redeem(cfg, store, make_link_token(cfg, item, "m3@example.com"))
     assert err.value.kind == "virus"
+
+
+def test_an_admins_digest_counts_what_was_held_for_nobody(store: Store, cfg, sink: SmtpSink) -> None:
+    """Mail held for a disabled user (or an address nobody has) is in no one's own digest; an admin's
+    digest says how much of it came in, and where to review it."""
+    _user(store, "m3", "m3@example.com")
+    _user(store, "boss", "postmaster@example.com")
+    with store.session() as s:
+        boss = accounts.get_user(s, "boss")
+        assert boss is not None
+        boss.role = "admin"
+        m3 = accounts.get_user(s, "m3")
+        assert m3 is not None
+        accounts.set_disabled(m3, True)
+    _hold(store, b"Subject: for m3\r\n\r\nx", "m3@example.com", MONDAY_9 - 3600)
+    _hold(store, b"Subject: for nobody\r\n\r\nx", "gone@example.com", MONDAY_9 - 1800)
+    _hold(store, b"Subject: too old\r\n\r\nx", "gone@example.com", MONDAY_9 - 3 * 86400)
+    reports = digest.run(cfg, store, now=MONDAY_9)
+    assert [(r.login, r.items, r.outcome) for r in reports] == [("boss", 0, "sent")]
+    [mail] = _digests(sink)
+    msg = email.message_from_bytes(mail.data, policy=default)
+    assert mail.recipients == ["postmaster@example.com"]
+    assert msg["Subject"] == "Quarantine: 0 new messages held for you, 2 for nobody"
+    text = msg.get_body(("plain",)).get_content()
+    assert "Nothing addressed to you was held" in text
+    assert ("2 newly held messages were for disabled users or addresses no user has: only administrators "
+            "see them. Release or delete them at https://mail.example.net/stronghold/junk/?unattended=1") in text
+    assert "for m3" not in text and _links(mail.data) == []  # no release links for someone else's mail
+    assert [r.outcome for r in digest.run(cfg, store, now=MONDAY_9 + 86400)] == ["nothing new"]

@@ -165,7 +165,8 @@ def test_each_recipient_gets_their_own_copy(milter) -> None:
     assert ctx._msg["X-Spam-Flag"] == "NO" and ctx._msg["Subject"] == "Sale"
     assert ctx._msg["X-Spam-Level"] is None and ctx._msg["X-Stronghold-Note"] is None
     held = _items(store, "m3@example.com")
-    assert [(h.recipient, h.category, h.subject) for h in held] == [("m3@example.com", "spam", "Sale")]
+    assert [(h.recipient, h.category, h.subject, h.header_from) for h in held] == [
+        ("m3@example.com", "spam", "Sale", "news@shop.example")]
     assert not _items(store, "m1@example.com")
     assert "m1@example.com" not in held[0].trace and "allow" not in held[0].trace  # m1's list is private
     with store.session() as s:

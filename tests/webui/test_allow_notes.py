@@ -55,7 +55,7 @@ def test_release_and_allow_warns_when_the_sender_was_not_authenticated(
     auth.login("alice")
     auth.post(f"/junk/{item}/allow", {}, "/junk/")
     page = flashes(client)
-    assert f"{SENDER} is now on the allow list of {RCPT}" in page
+    assert f"{SENDER} (the From address) is now on the allow list of {RCPT}" in page
     assert "which this message was not: mail like it will still be filtered" in page
     assert "flash-warning" in page
 
@@ -66,7 +66,7 @@ def test_release_and_allow_of_an_authenticated_sender_promises_nothing_more(
     auth.login("alice")
     auth.post(f"/junk/{item}/allow", {}, "/junk/")
     page = flashes(client)
-    assert f"{SENDER} is now on the allow list of {RCPT}." in page
+    assert f"{SENDER} (the From address) is now on the allow list of {RCPT}." in page
     assert "SPF/DKIM" not in page and "flash-warning" not in page
 
 

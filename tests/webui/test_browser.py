@@ -213,3 +213,28 @@ def test_long_values_stay_in_their_card_on_a_desktop(site: tuple[WebProcess, Sto
                           " return new Set([...r.getClientRects()].map(x => Math.round(x.top))).size }")
     assert lines == 1
     screenshot(page, "desktop-lists")
+
+
+def test_a_global_block_of_the_sites_own_domain_asks_first(site: tuple[WebProcess, Store], page: Page) -> None:
+    """An admin blocking @example.com (the domain this site's users are at) gets a page saying what it
+    would refuse; Cancel adds nothing, "Block anyway" adds it."""
+    web, store = site
+    login(page, web.url, "root")
+    page.goto(web.url + "/lists/global")
+    for attempt in ("cancel", "confirm"):
+        page.locator("#pattern-block").fill("@Example.com")
+        page.get_by_role("button", name="Add to block list").click()
+        expect(page.get_by_role("heading", name="Block @example.com?")).to_be_visible()
+        expect(page.get_by_role("alert")).to_contain_text("matches a domain this site hosts (example.com)")
+        with store.session() as s:
+            assert "@example.com" not in [e.pattern for e in entries.entries(s, None, "block")]
+        if attempt == "cancel":
+            page.get_by_role("link", name="Cancel").click()
+            expect(page.get_by_role("heading", name="Global lists")).to_be_visible()
+            expect(page.locator("#list-block")).not_to_contain_text("@example.com")
+    screenshot(page, "block-own-domain")
+    page.get_by_role("button", name="Block anyway").click()
+    expect(page.locator("#list-block")).to_contain_text("@example.com")
+    with store.session() as s:
+        [added] = [e for e in entries.entries(s, None, "block") if e.pattern == "@example.com"]
+        entries.remove_entry(s, added.id, [None])  # the other tests' mail is not refused

@@ -153,7 +153,7 @@ def test_release_and_always_allow(client: FlaskClient, auth: Auth, app: Flask, s
     mine = hold(app, "alice2@example.com", sender="Friend@Pal.example")
     auth.login("alice")
     auth.post(f"/junk/{mine}/allow", {}, "/junk/")
-    assert "friend@pal.example is now on the allow list of alice2@example.com" in flashes(client)
+    assert "friend@pal.example (the From address) is now on the allow list of alice2@example.com" in flashes(client)
     with app.extensions["stronghold_store"].session() as s:
         assert [(e.kind, e.pattern) for e in entries.entries(s, "alice2@example.com")] == [
             ("allow", "friend@pal.example")]

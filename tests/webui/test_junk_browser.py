@@ -13,8 +13,15 @@ from playwright.sync_api import Browser, Page, expect
 
 from stronghold import config as config_mod
 from stronghold import digest
-from stronghold.store import quarantine
+from stronghold.classifier import Score
+from stronghold.findings import Findings
+from stronghold.lists import ListIndex
+from stronghold.message import parse
+from stronghold.policy import Policy
+from stronghold.precedence import decide
+from stronghold.store import accounts, messagelog, quarantine
 from stronghold.store.db import Store
+from stronghold.verdict import Action, Envelope
 from tests.conftest import shared_tmpdir
 from tests.harness.browser import WebProcess, screenshot
 from tests.harness.milterproc import write_config
@@ -178,3 +185,57 @@ def test_junk_fits_a_phone(site: Site, browser: Browser) -> None:
         assert page.evaluate("document.documentElement.scrollWidth") == 390  # no sideways scrolling
         screenshot(page, "junk-phone" if path == "/junk/" else "junk-preview-phone")
     context.close()
+
+
+def test_junk_and_recent_mail_name_the_same_sender(site: Site, page: Page) -> None:
+    """The From people recognise first on both pages, the mailing service's envelope sender beneath
+    it; "always allow" adds the From address and says so."""
+    raw = b"From: Shop News <deals@shop.example>\r\nSubject: Weekend sale\r\n\r\nbuy now\r\n"
+    env = Envelope("bounce-4711@mailer.example", ("alice@example.com",), queue_id="QS1")
+    verdict = decide(env, parse(raw), Findings(lists=ListIndex([]), score=Score(0.999, ()), model_threshold=0.9),
+                     Policy(spam_action=Action.QUARANTINE, spam_action_high=Action.QUARANTINE))
+    with site.store.session() as s:
+        messagelog.record(s, env, parse(raw), verdict, {"tok"})
+        [item] = quarantine.hold_verdict(s, env, verdict, raw, "Weekend sale")
+    login(page, site.web.url, "alice")
+    page.goto(site.web.url + "/junk/")
+    cell = page.locator(f"#item-{item} td[data-label=From]")
+    expect(cell.locator(".from-header")).to_have_text("Shop News <deals@shop.example>")
+    expect(cell.locator(".via")).to_have_text("envelope sender bounce-4711@mailer.example")
+    below = cell.locator(".via").bounding_box()
+    above = cell.locator(".from-header").bounding_box()
+    assert below is not None and above is not None and below["y"] >= above["y"] + above["height"] - 1  # its own line
+    page.get_by_role("navigation").get_by_role("link", name="Recent mail").click()
+    row = page.locator("table.log tbody tr", has_text="Weekend sale")
+    expect(row.locator(".from-header")).to_have_text("Shop News <deals@shop.example>")
+    expect(row.locator(".via")).to_have_text("envelope sender bounce-4711@mailer.example")
+    page.goto(f"{site.web.url}/junk/{item}")
+    page.get_by_role("button", name="Release and always allow this sender").click()
+    expect(page.locator(".flashes")).to_contain_text(
+        "deals@shop.example (the From address) is now on the allow list of alice@example.com.")
+    page.goto(site.web.url + "/lists/alice@example.com")
+    expect(page.locator("#list-allow")).to_contain_text("deals@shop.example")
+    expect(page.locator("#list-allow")).not_to_contain_text("mailer.example")
+
+
+def test_admin_finds_and_releases_a_disabled_users_held_mail(site: Site, page: Page) -> None:
+    with site.store.session() as s:
+        carol = accounts.add_user(s, "carol", PASSWORD)
+        accounts.assign_address(s, carol, "carol@example.com")
+    item = site.hold("carol@example.com", "Carol's invoice", sender="billing@supplier.example")
+    login(page, site.web.url, "root")
+    page.goto(site.web.url + "/admin/users")
+    page.locator("#user-carol").get_by_role("button", name="Disable").click()
+    expect(page.locator(".flashes")).to_contain_text(
+        "User carol disabled. 1 held message of theirs now shows only on the Junk page of administrators")
+    page.locator("#user-carol").get_by_role("link", name="1 held message only administrators see").click()
+    expect(page.get_by_role("heading", name="Junk — held mail only administrators see")).to_be_visible()
+    row = page.locator(f"#item-{item}")
+    expect(row).to_contain_text("user carol is disabled")
+    assert page.locator("table.junk tbody tr").count() == 1  # the others' held mail has owners who see it
+    screenshot(page, "junk-unattended")
+    row.get_by_role("button", name="Release").click()
+    expect(page.locator(".flashes")).to_contain_text("on its way to carol@example.com")
+    expect(page.get_by_role("heading", name="Junk — held mail only administrators see")).to_be_visible()  # back there
+    assert [m.recipients for m in site.sink.wait_for(lambda m: m.recipients == ["carol@example.com"])] == [
+        ["carol@example.com"]]
