@@ -77,7 +77,7 @@ class Held:
     released: float | None
     released_by: str | None
     delivered: float | None = None  # when the release relay accepted it (None: not confirmed)
-    header_from: str | None = None  # the header From as received; None: not recorded (held before 0007)
+    header_from: str | None = None  # the header From as received; None: not recorded (held before 0008)
 
     @property
     def is_virus(self) -> bool:

@@ -116,7 +116,7 @@ def test_items_held_before_the_from_was_recorded_read_it_from_the_copy(
                                  score=0.99, category="spam", reason="spam", trace="", virus=None)
         row = s.get(QuarantineItem, item)
         assert row is not None
-        row.header_from = None  # as held before migration 0007
+        row.header_from = None  # as held before migration 0008
     auth.login("alice")
     assert f"Shop News &lt;{FROM}&gt;" in client.get("/junk/").get_data(as_text=True)
     assert f"Shop News &lt;{FROM}&gt;" in client.get(f"/junk/{item}").get_data(as_text=True)

@@ -4,14 +4,14 @@ The Junk page, the digest and "release and always allow" name the From address
 people recognise, with the envelope sender beside it where it differs.  NULL:
 held before this column existed (the web UI reads the From from the held copy).
 
-Revision ID: 0007
+Revision ID: 0008
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0007"
-down_revision = "0006"
+revision = "0008"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 
