@@ -14,7 +14,7 @@ from Milter import testctx
 from stronghold.antivirus import EICAR, NoScanner
 from stronghold.config import Config
 from stronghold.message import MAX_BYTES, parse
-from stronghold.milter import factory
+from stronghold.milter import StrongholdMilter, factory
 from stronghold.service import Service
 from stronghold.store import entries, messagelog, quarantine
 from stronghold.store.db import Store
@@ -83,6 +83,24 @@ def test_state_does_not_leak_between_messages(milter) -> None:
     assert ctx._msg["X-Spam-Flag"] in ("YES", "NO") and ctx._headerschanged
     ctx._abort()
     assert m.recipients == [] and m.spool is None
+
+
+def test_headers_get_no_answer_where_postfix_agrees(milter) -> None:
+    """Postfix is asked not to wait for an answer to each header (P_NR_HDR); where it agrees, the
+    header callback answers NOREPLY (libmilter then sends nothing), elsewhere CONTINUE."""
+    ctx, _store = milter
+    assert StrongholdMilter.protocol_mask() & Milter.P_NR_HDR == 0  # the bit is asked for, not refused
+    agreed = Milter.factory()
+    agreed._setctx(None)
+    assert agreed.negotiate([Milter.CURR_ACTS, 0x1FFFFF, 0, 0]) == Milter.CONTINUE  # an MTA offering every bit
+    assert agreed._protocol & Milter.P_NR_HDR
+    assert agreed.envfrom("<a@b.example>") == Milter.NOREPLY
+    assert agreed.header("Subject", b"lunch") == Milter.NOREPLY
+    assert agreed.header("X-Spam-Flag", b"YES") == Milter.NOREPLY
+    assert agreed.strip == [("X-Spam-Flag", 1)] and agreed.subject_raw == b"lunch"
+    plain = ctx.getpriv()  # the fixture's MTA offers no "no reply" bits
+    assert plain.envfrom("<a@b.example>") == Milter.CONTINUE
+    assert plain.header("Subject", b"lunch") == Milter.CONTINUE
 
 
 def test_rcpt_block_refuses_one_recipient(milter) -> None:
