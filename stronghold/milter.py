@@ -69,6 +69,7 @@ class StrongholdMilter(Milter.Base):
         self.subject_raw: bytes | None = None
         self.size = 0
         self.oversize = False
+        self.in_body = False  # the blank line after the headers is spooled
 
     # -- connection and envelope ---------------------------------------------
     @Milter.noreply
@@ -134,15 +135,20 @@ class StrongholdMilter(Milter.Base):
     header.error_strategy = "bytes"  # type: ignore[attr-defined]  # pymilter: pass raw bytes
     header.milter_protocol = Milter.P_NR_HDR  # type: ignore[attr-defined]  # what @Milter.noreply declares
 
-    @Milter.noreply
-    def eoh(self) -> int:
-        self._write(b"\r\n")
-        return Milter.CONTINUE
+    # No end-of-headers callback (pymilter's Base.eoh: Postfix is told not to send it, one milter
+    # command less per message): the blank line after the headers is spooled before the first
+    # body chunk, or at end of message when there is no body.
 
     @Milter.noreply
     def body(self, chunk: bytes) -> int:
+        if not self.in_body:
+            self._end_headers()
         self._write(chunk)
         return Milter.CONTINUE
+
+    def _end_headers(self) -> None:
+        self.in_body = True
+        self._write(b"\r\n")
 
     def _write(self, data: bytes) -> None:
         limit = self.service.cfg.max_message_bytes
@@ -162,6 +168,8 @@ class StrongholdMilter(Milter.Base):
                        self.getsymval("i") or "")
         if self.spool is None:  # no MAIL FROM seen: nothing to decide about
             return Milter.TEMPFAIL
+        if not self.in_body:  # a message without a body
+            self._end_headers()
         started = perf_counter()
         raw = self.spool.head(MAX_BYTES + 1)  # one byte more, so parse() records the truncation
         msg = parse(raw)

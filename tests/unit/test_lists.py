@@ -6,7 +6,6 @@ from email.utils import getaddresses
 import pytest
 
 from stronghold import lists
-
 from stronghold.lists import (
     ListEntry,
     ListIndex,
@@ -61,8 +60,8 @@ PLAIN_FROM = ["a@b.example", "  A.B+c@Sub.B.example\t", "<x@y.example>", "Joe <j
               '"Doe, John" <j.doe@y.example>', "Dr. J. Q. Public <jqp@y.example> ", 'J\u00fcrgen "x<y>" <j@y.example>',
               "O'Neil<o@y.example>", '"" <e@y.example>', ". <dot@y.example>"]
 PARSED_FROM = ["a@b.example (Joe)", "a@b.example, c@d.example", '"q\\"q" <q@y.example>', "<@route:a@b.example>",
-               "Joe <joe@[192.0.2.1]>", "J\u00fcrgen <j\u00fc@y.example>", "Joe\r\n <joe@y.example>", "Joe <joe@y.example> x",
-               "group: a@b.example;", "a@b@c.example", "", "<>", "Joe <joe@y.example"]
+               "Joe <joe@[192.0.2.1]>", "J\u00fcrgen <j\u00fc@y.example>", "Joe\r\n <joe@y.example>",
+               "Joe <joe@y.example> x", "group: a@b.example;", "a@b@c.example", "", "<>", "Joe <joe@y.example"]
 
 
 @pytest.mark.parametrize("header", PLAIN_FROM + PARSED_FROM)
