@@ -74,6 +74,23 @@ def _sums() -> dict[str, float]:
         return _local.sums
 
 
+def _long_lived() -> dict[str, float]:
+    """CPU seconds of this process's own long-lived threads (main: libmilter's listener; the
+    store threads), by name; libmilter's connection threads (Dummy-N to ``threading``) are not."""
+    out: dict[str, float] = {}
+    for thread in threading.enumerate():
+        if thread.name.startswith("Dummy") or thread.native_id is None:
+            continue
+        tid = os.getpid() if thread is threading.main_thread() else thread.native_id  # stale after fork
+        try:
+            fields = Path(f"/proc/self/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        name = thread.name.rsplit("_", 1)[0]  # store-write_0 -> store-write
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / TICKS
+    return out
+
+
 def _dump(folder: Path) -> None:
     total: dict[str, float] = {}
     for sums in list(_threads):
@@ -81,7 +98,7 @@ def _dump(folder: Path) -> None:
             total[key] = total.get(key, 0.0) + value
     path = folder / f"stagecpu-{os.getpid()}.json"
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"eom": _eoms[0], "cpu": total}))
+    tmp.write_text(json.dumps({"eom": _eoms[0], "cpu": total, "threads": _long_lived()}))
     tmp.replace(path)
 
 
@@ -120,14 +137,16 @@ class StageCpuMilter(MilterProcess):
                 "milter"]
 
 
-def _read(folder: Path) -> tuple[int, dict[str, float]]:
-    eoms, cpu = 0, {}
+def _read(folder: Path) -> tuple[int, dict[str, float], dict[str, float]]:
+    eoms, cpu, threads = 0, {}, {}
     for path in folder.glob("stagecpu-*.json"):
         data = json.loads(path.read_text())
         eoms += data["eom"]
         for key, value in data["cpu"].items():
             cpu[key] = cpu.get(key, 0.0) + value
-    return eoms, cpu
+        for key, value in data.get("threads", {}).items():
+            threads[key] = threads.get(key, 0.0) + value
+    return eoms, cpu, threads
 
 
 def _proc_cpu(pids: list[int]) -> tuple[float, float]:
@@ -159,11 +178,11 @@ def main() -> int:
         asyncio.run(drive(postfix.port, messages[:300], args.concurrency))  # warm-up
         folder = Path(milter.home)
         workers = [pid for pid in group_pids(milter.proc.pid) if pid != milter.proc.pid]
-        eoms0, cpu0 = _read(folder)
+        eoms0, cpu0, threads0 = _read(folder)
         user0, sys0 = _proc_cpu(workers)
         results, seconds = asyncio.run(drive(postfix.port, messages, args.concurrency))
         time.sleep(0.5)
-        eoms1, cpu1 = _read(folder)
+        eoms1, cpu1, threads1 = _read(folder)
         user1, sys1 = _proc_cpu(workers)
         n = eoms1 - eoms0
         sent = len(results)
@@ -181,6 +200,13 @@ def main() -> int:
         print(f"| workers' whole CPU (/proc): user {user:.3f} + system {system:.3f} | **{user + system:.3f}** |")
         print(f"| of which outside our callbacks (libmilter, pymilter, kernel, store thread) | "
               f"{user + system - callbacks:.3f} |")
+        own = 0.0
+        for name in sorted(threads1):
+            value = (threads1[name] - threads0.get(name, 0.0)) * 1000 / max(n, 1)
+            own += value
+            print(f"| &nbsp;&nbsp;&nbsp;&nbsp;thread {name} | {value:.3f} |")
+        print(f"| &nbsp;&nbsp;&nbsp;&nbsp;libmilter's connection threads outside our callbacks | "
+              f"{user + system - callbacks - own:.3f} |")
         return 0
     finally:
         for part in reversed(parts):

@@ -61,7 +61,7 @@ def _register(spec: str, timeout: int, service: Service) -> None:
     milter.set_helo_callback(lambda ctx, host: ctx.getpriv().hello(host))
     milter.set_envfrom_callback(lambda ctx, *b: ctx.getpriv().envfrom_bytes(*b))
     milter.set_envrcpt_callback(lambda ctx, *b: ctx.getpriv().envrcpt_bytes(*b))
-    milter.set_header_callback(lambda ctx, f, v: ctx.getpriv().header_bytes(f, v))
+    milter.set_header_callback(lambda ctx, f, v: ctx.getpriv().header(f, v))  # bytes: header_bytes only forwards
     milter.set_eoh_callback(lambda ctx: ctx.getpriv().eoh())
     milter.set_body_callback(lambda ctx, chunk: ctx.getpriv().body(chunk))
     milter.set_eom_callback(lambda ctx: ctx.getpriv().eom())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import calendar
+import functools
 import json
 import time
 import zlib
@@ -10,7 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Table, and_, delete, false, func, insert, or_, select
+from sqlalchemy import Connection, CursorResult, Table, and_, delete, false, func, insert, or_, select
 from sqlalchemy.orm import Session, selectinload
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -97,11 +98,42 @@ def write(session: Session, entries: Sequence[LogEntry]) -> list[int]:
     if not entries:
         return []
     conn = session.connection()
+    if conn.dialect.name == "sqlite":
+        return _write_sqlite(conn, entries)
     ids = [int(i) for i in conn.execute(_INSERT_MESSAGES, [e.message for e in entries]).scalars()]
     rows = [{**r, "message_id": mid} for e, mid in zip(entries, ids, strict=True) for r in e.recipients]
     if rows:
         conn.execute(_INSERT_RECIPIENTS, rows)
     return ids
+
+
+def _write_sqlite(conn: Connection, entries: Sequence[LogEntry]) -> list[int]:
+    """SQLite: each message row by a plain driver statement, its id the row's own rowid; the
+    recipients in one executemany.  On SQLite, RETURNING keeps no order, so SQLAlchemy sends
+    the rows of ``_INSERT_MESSAGES`` one by one anyway, at twice the CPU of this (the store
+    thread's cost per message; docs/operations.md).  Errors come out as SQLAlchemy's, as before."""
+    ids: list[int] = []
+    recipients: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
+    for e in entries:
+        mid = conn.exec_driver_sql(_sqlite_insert(_MESSAGES.name, tuple(e.message)),
+                                   tuple(e.message.values())).lastrowid
+        ids.append(int(mid))
+        for r in e.recipients:
+            recipients.setdefault(("message_id", *r), []).append((mid, *r.values()))
+    for keys, rows in recipients.items():
+        conn.exec_driver_sql(_sqlite_insert(_RECIPIENTS.name, keys), rows)
+    return ids
+
+
+@functools.lru_cache(maxsize=16)
+def _sqlite_insert(table: str, keys: tuple[str, ...]) -> str:
+    """INSERT INTO ``table`` (``keys``) with one ? per key; only the table's own columns."""
+    columns = {"messages": _MESSAGES, "message_recipients": _RECIPIENTS}[table].c
+    unknown = [k for k in keys if k not in columns]
+    if unknown:
+        raise ValueError(f"not columns of {table}: {unknown}")
+    names, marks = ", ".join(keys), ", ".join("?" * len(keys))
+    return f"INSERT INTO {table} ({names}) VALUES ({marks})"  # noqa: S608 - our own names, checked; values bound
 
 
 def record(session: Session, envelope: Envelope, msg: ParsedMessage, verdict: Verdict,

@@ -1,7 +1,11 @@
 """List patterns: the three forms, IDN, validation, matching."""
 
+import time
+from email.utils import getaddresses
+
 import pytest
 
+from stronghold import lists
 from stronghold.lists import (
     ListEntry,
     ListIndex,
@@ -50,6 +54,37 @@ def test_sender_addresses_envelope_then_header_from() -> None:
     got = sender_addresses("Bounce@Lists.Example", '"Boss" <Boss@Corp.Example>')
     assert got == [("envelope", "bounce@lists.example"), ("from", "boss@corp.example")]
     assert sender_addresses("", None) == []
+
+
+PLAIN_FROM = ["a@b.example", "  A.B+c@Sub.B.example\t", "<x@y.example>", "Joe <joe@y.example>",
+              '"Doe, John" <j.doe@y.example>', "Dr. J. Q. Public <jqp@y.example> ", 'J\u00fcrgen "x<y>" <j@y.example>',
+              "O'Neil<o@y.example>", '"" <e@y.example>', ". <dot@y.example>"]
+PARSED_FROM = ["a@b.example (Joe)", "a@b.example, c@d.example", '"q\\"q" <q@y.example>', "<@route:a@b.example>",
+               "Joe <joe@[192.0.2.1]>", "J\u00fcrgen <j\u00fc@y.example>", "Joe\r\n <joe@y.example>",
+               "Joe <joe@y.example> x", "group: a@b.example;", "a@b@c.example", "", "<>", "Joe <joe@y.example"]
+
+
+@pytest.mark.parametrize("header", PLAIN_FROM + PARSED_FROM)
+def test_sender_addresses_read_the_from_as_getaddresses_does(header: str) -> None:
+    """One plain address is read without the parser (PLAIN_FROM), anything else by it; both give
+    what getaddresses() gives."""
+    assert (lists._ONE_ADDRESS.fullmatch(header) is not None) is (header in PLAIN_FROM)
+    expected = [("envelope", "s@x.example")]
+    for _, addr in getaddresses([header])[:5]:
+        try:
+            pair = ("from", normalize_address(addr))
+        except PatternError:
+            continue
+        if pair not in expected:
+            expected.append(pair)
+    assert sender_addresses("s@x.example", header) == expected
+
+
+def test_a_hostile_from_is_read_in_linear_time() -> None:
+    started = time.process_time()
+    for header in ["a" * 50_000, '"' + "a " * 25_000, "a " * 25_000 + "<", "a." * 25_000 + "@"]:
+        sender_addresses("s@x.example", header)
+    assert time.process_time() - started < 2  # a backtracking pattern takes minutes here
 
 
 def test_index_finds_by_owner_and_kind() -> None:

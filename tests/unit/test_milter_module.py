@@ -13,11 +13,12 @@ import pytest
 from Milter import testctx
 
 from stronghold import __version__
+from stronghold import milter as milter_module
 from stronghold.antivirus import EICAR, NoScanner
 from stronghold.cli import main
 from stronghold.config import Config
 from stronghold.message import MAX_BYTES, parse
-from stronghold.milter import factory
+from stronghold.milter import StrongholdMilter, factory
 from stronghold.service import Service
 from stronghold.store import entries, messagelog, quarantine
 from stronghold.store.db import Store
@@ -86,6 +87,42 @@ def test_state_does_not_leak_between_messages(milter) -> None:
     assert ctx._msg["X-Spam-Flag"] in ("YES", "NO") and ctx._headerschanged
     ctx._abort()
     assert m.recipients == [] and m.spool is None
+
+
+def test_headers_get_no_answer_where_postfix_agrees(milter) -> None:
+    """Postfix is asked not to wait for an answer to each header (P_NR_HDR); where it agrees, the
+    header callback answers NOREPLY (libmilter then sends nothing), elsewhere CONTINUE."""
+    ctx, _store = milter
+    assert StrongholdMilter.protocol_mask() & Milter.P_NR_HDR == 0  # the bit is asked for, not refused
+    agreed = Milter.factory()
+    agreed._setctx(None)
+    assert agreed.negotiate([Milter.CURR_ACTS, 0x1FFFFF, 0, 0]) == Milter.CONTINUE  # an MTA offering every bit
+    assert agreed._protocol & Milter.P_NR_HDR
+    assert agreed.envfrom("<a@b.example>") == Milter.NOREPLY
+    assert agreed.header("Subject", b"lunch") == Milter.NOREPLY
+    assert agreed.header("X-Spam-Flag", b"YES") == Milter.NOREPLY
+    assert agreed.strip == [("X-Spam-Flag", 1)] and agreed.subject_raw == b"lunch"
+    plain = ctx.getpriv()  # the fixture's MTA offers no "no reply" bits
+    assert plain.envfrom("<a@b.example>") == Milter.CONTINUE
+    assert plain.header("Subject", b"lunch") == Milter.CONTINUE
+
+
+def test_end_of_headers_is_not_asked_for_and_the_blank_line_still_spooled(milter, monkeypatch) -> None:
+    """Postfix is told not to send end of headers (one milter command less per message); the
+    blank line between headers and body is spooled before the first body chunk, or at end of
+    message when there is no body: the parser sees the message as before."""
+    ctx, _store = milter
+    assert not StrongholdMilter.protocol_mask() & Milter.P_NOEOH  # the skip is left for Postfix to grant
+    parsed: list[bytes] = []
+    real_parse = milter_module.parse
+    monkeypatch.setattr(milter_module, "parse", lambda raw: parsed.append(raw) or real_parse(raw))
+    body = b"See you at noon for the project meeting.\n" * 400  # several of TestCtx's 8 kB chunks
+    for raw in (b"From: a@b.example\nSubject: lunch\n\n" + body, b"From: a@b.example\nSubject: nothing\n\n"):
+        assert ctx._feedFile(io.BytesIO(raw), "a@b.example", "u@example.com") == Milter.ACCEPT
+    head, sep, rest = parsed[0].partition(b"\r\n\r\n")
+    assert head == b"From: a@b.example\r\nSubject: lunch" and sep and rest == body
+    assert parsed[1] == b"From: a@b.example\r\nSubject: nothing\r\n\r\n"
+    assert parse(parsed[0]).header("subject") == "lunch" and "noon" in parse(parsed[0]).text
 
 
 def test_rcpt_block_refuses_one_recipient(milter) -> None:

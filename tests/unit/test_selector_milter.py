@@ -50,7 +50,8 @@ def _session(message: bytes, rcpt: str = "u@example.com") -> list[bytes]:
     for line in head.split(b"\r\n"):
         name, _, value = line.partition(b": ")
         packets.append(_packet(b"L", name + b"\0" + value + b"\0"))
-    packets += [_packet(b"N"), _packet(b"B", body), _packet(b"D", b"E" + b"i\0QUEUE1\0"), _packet(b"E"),
+    # no end of headers ("N"): the milter asks Postfix not to send it
+    packets += [_packet(b"B", body), _packet(b"D", b"E" + b"i\0QUEUE1\0"), _packet(b"E"),
                 _packet(b"Q")]
     return packets
 
@@ -93,8 +94,8 @@ def test_clean_message_negotiates_no_replies_and_gets_headers_then_accept(connec
     assert cmd == b"O"
     _version, actions, protocol = struct.unpack(">III", data)
     assert actions == Milter.ADDHDRS | Milter.CHGHDRS | Milter.DELRCPT
-    for bit in (Milter.P_NR_CONN, Milter.P_NR_HELO, Milter.P_NR_MAIL, Milter.P_NR_HDR, Milter.P_NR_EOH,
-                Milter.P_NR_BODY):
+    for bit in (Milter.P_NR_CONN, Milter.P_NR_HELO, Milter.P_NR_MAIL, Milter.P_NR_HDR, Milter.P_NR_BODY,
+                Milter.P_NOEOH):  # end of headers is not sent at all
         assert protocol & bit, hex(bit)
     assert not protocol & (Milter.P_NR_RCPT | Milter.P_NR_DATA)  # RCPT and DATA are answered
     assert [cmd for cmd, _ in replies[1:3]] == [b"c", b"c"]  # RCPT, DATA
