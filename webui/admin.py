@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from flask import Blueprint, abort, flash, g, redirect, render_template, request, url_for
-from sqlalchemy.orm import Session
 
 from stronghold.lists import display
 from stronghold.store import accounts, quarantine
@@ -14,6 +14,9 @@ from stronghold.store.tables import User
 from webui.auth import admin_required
 from webui.confirm import confirmed
 from webui.context import store
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 
