@@ -183,6 +183,28 @@ def _note_live_marks(store: Store, live: Path) -> None:
         modelarchive.write_marks(live, marks)
 
 
+def archive_replaced(store: Store, live: Path) -> Path | None:
+    """Archive the live model a new training run is about to replace (call under ``model_lock``),
+    with its marks and held-back sample, so that ``rollback`` returns to it; None (with a warning)
+    when it cannot be rolled back to: its marks are not recorded and the ledger has moved on, or its
+    files are unreadable.
+
+    The ledger is left alone: a freshly trained model holds no marks (its passport says so), the
+    next ``sync`` puts everything the ledger wants into its candidate, and a rollback to the archived
+    model makes ``applied`` what that model holds again.  Marks set aside stay set aside across a
+    retraining (a fresh model learns them only once readmitted)."""
+    try:
+        _note_live_marks(store, live)
+        if modelarchive.read_marks(live) is None:
+            log.warning("the model %s replaced by training is not archived: it does not record which marks "
+                        "of the learning ledger it holds, and the ledger has moved on since", live)
+            return None
+        return modelarchive.archive(live)
+    except ModelError as exc:
+        log.warning("the model %s replaced by training is not archived: %s", live, exc)
+        return None
+
+
 # -- judging and promotion -------------------------------------------------------------
 
 @dataclass(frozen=True)
