@@ -96,7 +96,7 @@ def _archive_live(cfg: Config, out: Path) -> Path | None:
         return None
     with Store(cfg.db_url) as store:
         store.upgrade()
-        return learning.archive_replaced(store, out)
+        return learning.archive_replaced(store, out, cfg.model_versions_kept)
 
 
 def cmd_train(args: argparse.Namespace, cfg: Config) -> int:

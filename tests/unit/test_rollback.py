@@ -223,3 +223,42 @@ def test_train_archives_the_model_it_replaces_and_the_ledger_follows_a_rollback_
     _step(["learn", "--no-promote", "--spam", c])  # builds on the restored model
     assert _applied(env) == {ha: True, hb: True, hc: True} and _set_aside(env, capsys) == 0
     assert read_passport(candidate_path(live)).learned_spam == 3
+
+
+@pytest.mark.corpus
+def test_versions_keeps_the_newest_archived_models_and_the_ledger_forgets_what_none_holds(
+        base: tuple[Path, Path], corpus: Path, env: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """``model_versions_kept``: archiving one more deletes the oldest; a forgotten mark's ledger row
+    goes once no kept model holds it (nothing can roll back to one that did)."""
+    monkeypatch.setenv("STRONGHOLD_MODEL_VERSIONS_KEPT", "2")
+    a, b, c = (str(p) for p in corpus_files(corpus, "spam", "test")[:3])
+    ha = ledger.content_hash(tokenize(Path(a).read_bytes()))
+
+    def rows() -> set[str]:
+        with _ledger(env) as store, store.session() as s:
+            return {r.content_hash for r in ledger.rows(s)}
+    live = _train(base, env / "models")
+    _step(["learn", "--no-promote", "--spam", a])
+    _step(["model", "promote", "--force"])  # versions: trained
+    v1 = _files(live)
+    _step(["learn", "--no-promote", "--forget", a])
+    _step(["model", "promote", "--force"])  # versions: trained, v1 (holds a)
+    v2 = _files(live)
+    _step(["learn", "--no-promote", "--spam", b])
+    _step(["model", "promote", "--force"])  # versions: v1, v2: the trained model deleted
+    v3 = _files(live)
+    assert [_files(m) for m in archived(live)] == [v1, v2] and ha in rows()
+    _step(["train", "--ham", str(base[0]), "--spam", str(base[1]), "--holdout", "0.5"])  # archives v3
+    retrained = _files(live)
+    assert [_files(m) for m in archived(live)] == [v2, v3]
+    assert ha not in rows()  # v1 was the last model holding the forgotten mark
+    _step(["learn", "--no-promote", "--spam", c])
+    _step(["model", "promote", "--force"])  # versions: v3, retrained
+    _step(["model", "rollback"])
+    assert _files(live) == retrained
+    _step(["model", "rollback"])
+    assert _files(live) == v3
+    capsys.readouterr()
+    assert main(["model", "rollback"]) == 2
+    assert "no earlier model to roll back to" in capsys.readouterr().err
