@@ -11,11 +11,23 @@ import traceback
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from stronghold import __version__, cli_admin, cli_learn, cli_quarantine, cli_scan, cli_services, heldback, jobs
+from stronghold import (
+    __version__,
+    cli_admin,
+    cli_learn,
+    cli_quarantine,
+    cli_scan,
+    cli_services,
+    heldback,
+    jobs,
+    learning,
+    modelarchive,
+)
 from stronghold import config as config_mod
 from stronghold.classifier import Model
 from stronghold.config import Config, ConfigError
-from stronghold.modelfile import FORMAT_VERSION, ModelError
+from stronghold.modelfile import FORMAT_VERSION, ModelError, passport_path
+from stronghold.store.db import Store
 from stronghold.tokens import TOKENIZER_VERSION
 from stronghold.training import CorpusError, Sample, check_labels, collect, in_holdout, tokenize, train_model
 
@@ -77,6 +89,16 @@ def _check_writable(model: Path) -> None:
         raise UsageError(f"cannot write the model into {folder}")
 
 
+def _archive_live(cfg: Config, out: Path) -> Path | None:
+    """Archive the configured live model before training writes over it (``learning.archive_replaced``);
+    a side model (``--model`` elsewhere) or a first training archives nothing."""
+    if out.resolve() != cfg.model_path.resolve() or not passport_path(out).exists():
+        return None
+    with Store(cfg.db_url) as store:
+        store.upgrade()
+        return learning.archive_replaced(store, out, cfg.model_versions_kept)
+
+
 def cmd_train(args: argparse.Namespace, cfg: Config) -> int:
     if not (args.ham or args.spam or args.index):
         raise UsageError("give --ham and --spam corpora, or --index FILE")
@@ -94,8 +116,15 @@ def cmd_train(args: argparse.Namespace, cfg: Config) -> int:
     check_labels(samples)
     model, evaluation = train_model(samples, holdout=args.holdout,
                                     progress=_progress(len(samples), "training"))
-    _save_with_sample(model, out, _heldback_sample(samples, args.holdout))
+    sample = _heldback_sample(samples, args.holdout)
+    with learning.model_lock(out):
+        archived = _archive_live(cfg, out)
+        _save_with_sample(model, out, sample)
+        modelarchive.marks_path(out).unlink(missing_ok=True)  # the replaced model's: this one learned nothing
     p = model.passport
+    if archived is not None:
+        print(f"the model it replaces is archived as {archived.parent.name} ('stronghold model rollback' "
+              "returns to it)")
     seconds = time.monotonic() - started
     print(f"trained on {p.trained_ham} ham + {p.trained_spam} spam in {seconds:.1f}s -> {out}")
     print(f"spam threshold {p.spam_threshold!r}: {p.threshold_method}")

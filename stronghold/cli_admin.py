@@ -6,12 +6,14 @@ import argparse
 import getpass
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from stronghold import blockrisk
 from stronghold.config import Config
+from stronghold.lists import PatternError, normalize_pattern
 from stronghold.store import accounts
 from stronghold.store import entries as lists_store
 from stronghold.store.db import Store
@@ -111,8 +113,28 @@ def _owner(args: argparse.Namespace) -> str | None:
     return args.owner.strip().lower()
 
 
+def _risk_check(session: Session, owner: str | None) -> Callable[[str], list[str]]:
+    """``blockrisk.risks`` for normalized patterns on ``owner``'s block list (None: the global
+    list), the site's domains and addresses read once; as the web UI asks an admin at a list."""
+    domains = accounts.local_domains(session)
+    addresses = accounts.local_addresses(session) if owner is None else set()
+    own = [owner] if owner else []
+    return lambda norm: blockrisk.risks(norm, domains, own, addresses, "the address whose list this is,")
+
+
+FORCE_HINT = "--force adds it anyway"
+
+
 def cmd_list_add(args: argparse.Namespace, cfg: Config) -> int:
     with _session(cfg) as s:
+        if args.kind == "block" and not args.force:
+            try:
+                norm = normalize_pattern(args.pattern)
+            except PatternError:
+                norm = ""  # add_entry says what is wrong with it
+            risks = _risk_check(s, _owner(args))(norm) if norm else []
+            if risks:
+                raise EntryError(f"{' '.join(risks)} ({FORCE_HINT})")
         entry = lists_store.add_entry(s, _owner(args), args.kind, args.pattern, args.comment or "",
                                       trust_unauthenticated=args.trust_unauthenticated)
     print(f"#{entry.id} {entry.owner or 'global'} {entry.kind} {entry.pattern}{_trust_note(entry)}")
@@ -171,7 +193,14 @@ def cmd_list_import(args: argparse.Namespace, cfg: Config) -> int:
     except OSError as exc:
         raise EntryError(f"{args.file}: {exc.strerror}") from exc
     with _session(cfg) as s:
-        report = lists_store.import_csv(s, _owner(args), text, args.kind)
+        check = _risk_check(s, _owner(args))
+
+        def refuse_risky(kind: str, pattern: str) -> str | None:
+            risks = check(pattern) if kind == "block" and not args.force else []
+            return f"{risks[0]} Add it on its own with 'list add' ({FORCE_HINT}), or import with --force." \
+                if risks else None
+
+        report = lists_store.import_csv(s, _owner(args), text, args.kind, refuse=refuse_risky)
     for line in report.skipped + report.problems:
         print(line, file=sys.stderr)
     if report.problems:
@@ -224,6 +253,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     ls = p.add_subparsers(dest="list_command", required=True, metavar="ACTION")
     owner_help = "the address whose list this is, or 'global' (default)"
     kind_help = "which list: allow or block"
+    force_help = ("add block entries even when they match a domain this site hosts, the list owner's "
+                  "address, a user's address (global list) or a whole public suffix (refused otherwise)")
     a = ls.add_parser("add", help="add an entry")
     a.add_argument("kind", choices=("allow", "block"), help=kind_help)
     a.add_argument("pattern", help="name@example.com, @example.com or *.example.com")
@@ -231,6 +262,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--comment", help="a note kept with the entry (shown by 'list ls')")
     a.add_argument("--trust-unauthenticated", action="store_true",
                    help="allow entries: match even when the sender is not authenticated (forgeable)")
+    a.add_argument("--force", action="store_true", help=force_help)
     a.set_defaults(func=cmd_list_add)
     a = ls.add_parser("trust", help="let an allow entry match unauthenticated senders (--off: stop)")
     a.add_argument("id", type=int, help="the entry's number (from 'list ls')")
@@ -251,6 +283,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                      "yes/no]]), all or nothing")
     a.add_argument("file", help="CSV file or -")
     a.add_argument("--kind", choices=("allow", "block"), help="for rows that have no kind column")
+    a.add_argument("--force", action="store_true", help=force_help)
     a.add_argument("--owner", help=owner_help)
     a.set_defaults(func=cmd_list_import)
     a = ls.add_parser("export", help="write entries as CSV")

@@ -136,7 +136,7 @@ def cmd_learn(args: argparse.Namespace, cfg: Config) -> int:
             if args.no_promote:
                 print(f"candidate {learning.version_of(p)[:12]} kept; 'stronghold model promote' judges it")
             else:
-                judgement = learning.promote(store, live, who)
+                judgement = learning.promote(store, live, who, keep=cfg.model_versions_kept)
                 word = "promoted" if judgement.promote else "held back"
                 print(f"candidate {learning.version_of(p)[:12]} {word}: {judgement.reason}",
                       file=sys.stdout if judgement.promote else sys.stderr)
@@ -212,7 +212,8 @@ def cmd_candidates(args: argparse.Namespace, cfg: Config) -> int:
 def cmd_promote(args: argparse.Namespace, cfg: Config) -> int:
     live = _model_path(args, cfg)
     with _store(cfg) as store, learning.model_lock(live):
-        judgement = learning.promote(store, live, args.by or getpass.getuser(), force=args.force)
+        judgement = learning.promote(store, live, args.by or getpass.getuser(), force=args.force,
+                                     keep=cfg.model_versions_kept)
     if not judgement.promote:
         print(f"held back: {judgement.reason}", file=sys.stderr)
         return 1

@@ -20,6 +20,7 @@ from dataclasses import asdict
 from stronghold.cli_options import add_by
 from stronghold.config import Config
 from stronghold.digest import DigestError
+from stronghold.lists import other_envelope
 from stronghold.release import ReleaseError, release
 from stronghold.store import quarantine
 from stronghold.store.db import Store
@@ -65,9 +66,23 @@ def parse_time(text: str, now: float | None = None) -> float:
 
 
 def _json(held: Held) -> dict[str, object]:
+    """The item; ``header_from`` read from the held copy where it was not recorded, and
+    ``other_envelope``: the envelope sender where it is not the From's address (as the web UI shows
+    it beside the From), else ""."""
     data: dict[str, object] = asdict(held)
     data["date"] = _when(held.ts)
+    data["other_envelope"] = other_envelope(held.header_from, held.sender)
     return data
+
+
+def _sender(held: Held) -> str:
+    """Who sent it, as the Junk page shows it: the From, with the envelope sender beside it where it
+    differs; the envelope sender alone when there is no From (one column: no tabs)."""
+    header = (held.header_from or "").replace("\t", " ").strip()
+    if not header:
+        return held.sender or "<>"
+    other = other_envelope(header, held.sender)
+    return f"{header} (envelope {other})" if other else header
 
 
 def _status(held: Held) -> str:
@@ -79,9 +94,9 @@ def _status(held: Held) -> str:
 def _get(store: Store, item_id: int) -> Held:
     with store.session() as s:
         held = quarantine.get(s, item_id)
-    if held is None:
-        raise QuarantineUsageError(f"no quarantined message {item_id}")
-    return held
+        if held is None:
+            raise QuarantineUsageError(f"no quarantined message {item_id}")
+        return quarantine.with_from(s, [held])[0]
 
 
 def cmd_ls(args: argparse.Namespace, cfg: Config) -> int:
@@ -90,6 +105,7 @@ def cmd_ls(args: argparse.Namespace, cfg: Config) -> int:
                                 since=parse_time(args.since) if args.since else None,
                                 until=parse_time(args.until) if args.until else None,
                                 include_viruses=not args.no_viruses, limit=args.limit, offset=args.offset)
+        items = quarantine.with_from(s, items)
     if args.json:
         json.dump([_json(h) for h in items], sys.stdout, indent=1)
         print()
@@ -97,7 +113,7 @@ def cmd_ls(args: argparse.Namespace, cfg: Config) -> int:
     for h in items:
         score = f"{h.score:.3f}" if h.score is not None else "-"
         what = f"virus {h.virus}" if h.virus else h.category
-        print(_safe(f"{h.id}\t{_when(h.ts)}\t{_status(h)}\t{h.recipient}\t{h.sender or '<>'}\t{score}\t"
+        print(_safe(f"{h.id}\t{_when(h.ts)}\t{_status(h)}\t{h.recipient}\t{_sender(h)}\t{score}\t"
                     f"{what}\t{h.subject}"))
     return 0
 
@@ -121,7 +137,7 @@ def cmd_show(args: argparse.Namespace, cfg: Config) -> int:
         print()
         return 0
     lines = [f"item: {held.id} ({_status(held)})", f"held: {_when(held.ts)} (queue id {held.queue_id or '-'})",
-             f"recipient: {held.recipient}", f"sender: {held.sender or '<>'}",
+             f"recipient: {held.recipient}", f"envelope sender: {held.sender or '<>'}",
              f"score: {held.score if held.score is not None else '-'}  category: {held.category}"
              + (f"  virus: {held.virus}" if held.virus else ""),
              f"reason: {held.reason}", f"trace: {held.trace}", f"size: {held.size} bytes  sha256: {held.sha256}"]
@@ -210,7 +226,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     qs = p.add_subparsers(dest="quarantine_command", required=True, metavar="ACTION")
     a = qs.add_parser("ls", help="list held messages, newest first")
     a.add_argument("--recipient", nargs="+", metavar="ADDR", help="only these recipients' items (default: all)")
-    a.add_argument("--search", metavar="TEXT", help="sender or subject contains TEXT")
+    a.add_argument("--search", metavar="TEXT", help="envelope sender, From or subject contains TEXT")
     a.add_argument("--since", metavar="WHEN", help="held at or after WHEN: 7d, 12h, 30m or YYYY-MM-DD[ HH:MM] (UTC)")
     a.add_argument("--until", metavar="WHEN", help="held before WHEN (same forms as --since)")
     a.add_argument("--no-viruses", action="store_true", help="leave out messages held for a virus")

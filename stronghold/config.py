@@ -179,6 +179,9 @@ class Config:
     web_session_hours: float = _setting(8.0, positive, "a web login lasts this long at most")
     web_import_max_bytes: int = _setting(2 * 1024 * 1024, positive_int,
         "largest CSV file the web UI imports; larger ones are refused whole")
+    model_versions_kept: int = _setting(10, positive_int,
+        "earlier live models kept in the models folder's versions/ for 'stronghold model rollback' "
+        "(at least 1); archiving one more deletes the oldest")
     model_sync_seconds: float = _setting(0.0, non_negative,
         "how often the milter pulls the model published in the store "
         "(several nodes); 0: off, the local model file only")

@@ -68,7 +68,7 @@ def learn(cfg: Config, store: Store) -> str:
         mark_done()
         outcome, promoted = "nothing new for the shared model", False
         if learning.awaits_judgement(store, live):
-            judgement = learning.promote(store, live, "jobs")
+            judgement = learning.promote(store, live, "jobs", keep=cfg.model_versions_kept)
             promoted = judgement.promote
             word = "promoted" if promoted else "held back"
             outcome = f"learned {result.added} (took out {result.removed}), candidate {word}: {judgement.reason}"

@@ -183,6 +183,38 @@ def _note_live_marks(store: Store, live: Path) -> None:
         modelarchive.write_marks(live, marks)
 
 
+def archive_replaced(store: Store, live: Path, keep: int) -> Path | None:
+    """Archive the live model a new training run is about to replace (call under ``model_lock``),
+    with its marks and held-back sample, so that ``rollback`` returns to it; None (with a warning)
+    when it cannot be rolled back to: its marks are not recorded and the ledger has moved on, or its
+    files are unreadable.
+
+    The ledger is left alone: a freshly trained model holds no marks (its passport says so), the
+    next ``sync`` puts everything the ledger wants into its candidate, and a rollback to the archived
+    model makes ``applied`` what that model holds again.  Marks set aside stay set aside across a
+    retraining (a fresh model learns them only once readmitted)."""
+    try:
+        _note_live_marks(store, live)
+        if modelarchive.read_marks(live) is None:
+            log.warning("the model %s replaced by training is not archived: it does not record which marks "
+                        "of the learning ledger it holds, and the ledger has moved on since", live)
+            return None
+        archived = modelarchive.archive(live, keep)
+    except ModelError as exc:
+        log.warning("the model %s replaced by training is not archived: %s", live, exc)
+        return None
+    drop_unheld(store, live)
+    return archived
+
+
+def drop_unheld(store: Store, live: Path) -> None:
+    """Delete the forgotten marks' ledger rows that no kept model holds any more (an archive pruned:
+    nothing can roll back to a model that held them)."""
+    keep = modelarchive.held_anywhere(live)
+    with store.session() as session:
+        ledger.mark_applied(session, ledger.SHARED, {}, keep)
+
+
 # -- judging and promotion -------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -255,8 +287,9 @@ def events(store: Store, limit: int = 20) -> list[ModelEvent]:
         return modelversions.events(session, limit)
 
 
-def promote(store: Store, live: Path, who: str, force: bool = False) -> Judgement:
-    """Judge the candidate; if it is not worse (or ``force``), archive the live model and replace it."""
+def promote(store: Store, live: Path, who: str, force: bool = False, *, keep: int) -> Judgement:
+    """Judge the candidate; if it is not worse (or ``force``), archive the live model (keeping the
+    newest ``keep`` archived) and replace it."""
     cand = candidate_path(live)
     if not cand.exists():
         raise ModelError("no candidate model: 'stronghold learn' builds one")
@@ -269,8 +302,9 @@ def promote(store: Store, live: Path, who: str, force: bool = False) -> Judgemen
         record_event(store, "held-back", version_of(candidate.passport), who, judgement.reason)
         return judgement
     _record_marks(store, cand)
-    modelarchive.archive(live)
+    modelarchive.archive(live, keep)
     modelarchive.copy_model(cand, live)
+    drop_unheld(store, live)
     modelsync.publish(store, live)
     reason = judgement.reason if judgement.promote else "forced by the administrator; " + judgement.reason
     record_event(store, "promoted", version_of(candidate.passport), who, reason)

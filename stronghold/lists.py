@@ -130,6 +130,22 @@ def _is_domain(text: str) -> bool:
     return True
 
 
+def other_envelope(header_from: str | None, envelope: str | None) -> str:
+    """The envelope sender to show beside the From, or "" when it is the same address (or there is
+    no From to show it beside: the envelope sender is then shown alone)."""
+    if not (header_from or "").strip() or not envelope:
+        return ""
+    try:
+        env = normalize_address(envelope)
+    except PatternError:
+        return envelope
+    first = [a for _, a in getaddresses([header_from or ""]) if a][:1]
+    try:
+        return "" if first and normalize_address(first[0]) == env else envelope
+    except PatternError:
+        return envelope
+
+
 def sender_addresses(envelope_sender: str, header_from: str | None) -> list[tuple[str, str]]:
     """(source, normalized address) pairs to match: envelope sender, then header From."""
     found: list[tuple[str, str]] = []

@@ -89,8 +89,9 @@ def remove_model(model: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def archive(live: Path) -> Path:
-    """Copy the live model into a new, newest ``versions/`` folder; returns the archived model."""
+def archive(live: Path, keep: int) -> Path:
+    """Copy the live model into a new, newest ``versions/`` folder, then delete the oldest beyond
+    the newest ``keep`` (``model_versions_kept``); returns the archived model."""
     folder = versions_dir(live)
     folder.mkdir(parents=True, exist_ok=True)
     taken = sorted(p.name for p in folder.iterdir() if p.is_dir())
@@ -103,7 +104,18 @@ def archive(live: Path) -> Path:
             os.link(sample, heldback.path_for(dst))  # the live one is only ever replaced by a rename
         except OSError:  # a file system without hard links
             shutil.copyfile(sample, heldback.path_for(dst))
+    prune(live, keep)
     return dst
+
+
+def prune(live: Path, keep: int) -> list[str]:
+    """Delete the archived models older than the newest ``keep`` (at least one is kept); returns the
+    names of the folders deleted.  Their marks then no longer hold ledger rows (``held_anywhere``)."""
+    old = [model.parent for model in archived(live)][:-max(keep, 1)]
+    for folder in old:
+        shutil.rmtree(folder)
+        log.info("archived model %s deleted (model_versions_kept = %d)", folder.name, keep)
+    return [folder.name for folder in old]
 
 
 def restore_sample(src: Path, live: Path) -> None:

@@ -21,12 +21,11 @@ from werkzeug.routing import IntegerConverter, ValidationError
 
 from stronghold import config as config_mod
 from stronghold.config import Config
-from stronghold.lists import display
+from stronghold.lists import display, other_envelope
 from stronghold.store.db import Store
 from stronghold.webkey import secret_key
 from webui import context
 from webui.safetext import visible
-from webui.senders import other_envelope
 
 csrf = CSRFProtect()
 # The largest id a row can have: id columns are INTEGER, 32-bit on PostgreSQL (SQLite's are wider).

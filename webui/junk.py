@@ -13,7 +13,7 @@ from __future__ import annotations
 import calendar
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from flask import Blueprint, abort, flash, g, make_response, redirect, render_template, request, url_for
 
@@ -76,16 +76,8 @@ def with_from(rows: list[Held]) -> list[Held]:
     """``rows`` with the header From of items held before it was recorded read from their copy."""
     if all(h.header_from is not None for h in rows):
         return rows
-    filled = []
     with store().session() as s:
-        for h in rows:
-            if h.header_from is None:
-                try:
-                    h = replace(h, header_from=quarantine.from_header(quarantine.content(s, h.id)))
-                except KeyError:
-                    h = replace(h, header_from="")
-            filled.append(h)
-    return filled
+        return quarantine.with_from(s, rows)
 
 
 @dataclass(frozen=True)

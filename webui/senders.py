@@ -56,18 +56,6 @@ def from_address(header_from: str | None) -> str | None:
     return _normalized(found[0]) if len(found) == 1 else None
 
 
-def other_envelope(header_from: str | None, envelope: str | None) -> str:
-    """The envelope sender to show beside the From, or "" when it is the same address (or there is
-    no From to show it beside: the envelope sender is then shown alone)."""
-    if not (header_from or "").strip() or not envelope:
-        return ""
-    env = _normalized(envelope)
-    if env is None:
-        return envelope
-    first = [a for _, a in getaddresses([header_from or ""]) if a][:1]
-    return "" if first and _normalized(first[0]) == env else envelope
-
-
 def allow_target(header_from: str | None, envelope: str | None, trace: str | tracetext.Trace | None
                  ) -> tuple[Sender, str] | None:
     """The address an allow entry should hold for mail like this message, and a sentence saying

@@ -39,7 +39,7 @@ import re
 import time
 import zlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, cast
 
 from sqlalchemy import ColumnElement, CursorResult, Table, and_, exists, func, insert, or_, select, update
@@ -178,6 +178,20 @@ def ids_for_message(session: Session, queue_id: str, recipients: Sequence[str],
 def get(session: Session, item_id: int) -> Held | None:
     row = session.get(QuarantineItem, item_id)
     return _held(row) if row is not None else None
+
+
+def with_from(session: Session, rows: Sequence[Held]) -> list[Held]:
+    """``rows`` with the header From of items held before it was recorded (migration 0008) read
+    from their copy ("" when the copy is gone)."""
+    filled = []
+    for h in rows:
+        if h.header_from is None:
+            try:
+                h = replace(h, header_from=from_header(content(session, h.id)))
+            except KeyError:
+                h = replace(h, header_from="")
+        filled.append(h)
+    return filled
 
 
 def content(session: Session, item_id: int) -> bytes:

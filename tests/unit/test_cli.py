@@ -183,3 +183,34 @@ def test_index_lines_may_name_files_whose_names_are_not_utf8(tmp_path: Path, env
     (tmp_path / "index").write_bytes(lines)
     assert main(["train", "--index", str(tmp_path / "index"), "--model", str(tmp_path / "x.joblib")]) == 0
     assert "6 ham + 6 spam" in capsys.readouterr().out
+
+
+def test_wide_block_entries_are_refused_unless_forced(env: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """As the web UI asks first: a block entry on a hosted domain, the owner's own address, a
+    user's address (global list) or a public suffix is refused with one line, added with --force."""
+    monkeypatch.setenv("PW", "a long enough password")
+    assert main(["user", "add", "rita", "--password-env", "PW", "--address", "rita@example.com"]) == 0
+    capsys.readouterr()
+    refused = [(["block", "@example.com"], "domain this site hosts"),
+               (["block", "rita@example.com", "--owner", "rita@example.com"], "address whose list this is"),
+               (["block", "rita@example.com"], "address of a user of this site"),
+               (["block", "*.co.uk", "--owner", "rita@example.com"], "public suffix")]
+    for argv, why in refused:
+        assert main(["list", "add", *argv]) == 2, argv
+        err = capsys.readouterr().err
+        assert why in err and "--force" in err and err.count("\n") == 1, err
+    assert main(["list", "ls"]) == 0 and main(["list", "ls", "--owner", "rita@example.com"]) == 0
+    assert "\tblock\t" not in capsys.readouterr().out  # nothing was added
+    assert main(["list", "add", "block", "@spammer.example"]) == 0  # an ordinary entry needs no --force
+    assert main(["list", "add", "allow", "@example.com", "--owner", "rita@example.com"]) == 0  # not a block
+    csv_file = env / "wide.csv"
+    csv_file.write_text("block,*.co.uk,\nblock,@junk.example,\n")
+    assert main(["list", "import", str(csv_file), "--owner", "rita@example.com"]) == 1  # all or nothing
+    assert "public suffix" in capsys.readouterr().err
+    assert main(["list", "import", str(csv_file), "--owner", "rita@example.com", "--force"]) == 0
+    assert main(["list", "add", "block", "@example.com", "--force"]) == 0
+    capsys.readouterr()
+    assert main(["list", "ls", "block"]) == 0 and main(["list", "ls", "block", "--owner", "rita@example.com"]) == 0
+    out = capsys.readouterr().out
+    assert "\t@example.com\t" in out and "\t*.co.uk\t" in out

@@ -118,3 +118,32 @@ def test_the_milter_service_purges_the_quarantine_with_the_message_log(env: Stor
     service.db.drain(timeout=30)
     with env.session() as s:
         assert [h.id for h in quarantine.find(s, recipients=None)] == keep
+
+
+def test_ls_names_the_from_with_the_envelope_sender_where_it_differs(env: Store,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """As the Junk page: the From first, the envelope sender beside it only where it differs; an item
+    held before the From was recorded (header_from NULL) has it read from its held copy."""
+    def hold(sender: str, header_from: str, subject: str) -> int:
+        raw = f"From: {header_from}\r\nSubject: {subject}\r\n\r\nHi\r\n".encode()
+        with env.session() as s:
+            return quarantine.hold(s, raw, recipients=["q@example.com"], sender=sender, subject=subject,
+                                   queue_id="QF", score=0.9, category="spam", reason="spam", trace="",
+                                   virus=None)[0]
+    differs = hold("bounce-9@mailer.example", "Shop <news@shop.example>", "differs")
+    same = hold("NEWS@shop.example", "Shop <news@shop.example>", "same")
+    old = hold("bounce-1@mailer.example", "Old Shop <old@shop.example>", "old")
+    with env.session() as s:  # as a row held before migration 0008
+        s.execute(update(QuarantineItem).where(QuarantineItem.id == old).values(header_from=None))
+
+    assert main(["quarantine", "ls"]) == 0
+    lines = {line.split("\t")[0]: line.split("\t") for line in capsys.readouterr().out.splitlines()}
+    assert lines[str(differs)][4] == "Shop <news@shop.example> (envelope bounce-9@mailer.example)"
+    assert lines[str(same)][4] == "Shop <news@shop.example>"
+    assert lines[str(old)][4] == "Old Shop <old@shop.example> (envelope bounce-1@mailer.example)"
+    rows = {r["id"]: r for r in _json(capsys, ["quarantine", "ls", "--json"])}
+    assert (rows[differs]["header_from"], rows[differs]["other_envelope"]) == \
+        ("Shop <news@shop.example>", "bounce-9@mailer.example")
+    assert (rows[same]["sender"], rows[same]["other_envelope"]) == ("NEWS@shop.example", "")
+    assert rows[old]["header_from"] == "Old Shop <old@shop.example>"
+    assert _json(capsys, ["quarantine", "show", str(old), "--json"])["header_from"] == "Old Shop <old@shop.example>"

@@ -32,6 +32,8 @@ def test_file_then_env_then_overrides(tmp_path: Path) -> None:
     ({"milter_socket": "tcp:1"}, "unix:/PATH or inet:PORT@HOST"),
     ({"on_scanner_error": "ignore"}, "must be one of"),
     ({"model": "../evil.joblib"}, "file name inside models_dir"),
+    ({"model_versions_kept": 0}, "positive whole number"),
+    ({"model_versions_kept": "ten"}, "model_versions_kept"),
 ])
 def test_invalid_settings_are_errors(overrides: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):

@@ -171,7 +171,7 @@ def test_rolling_back_across_a_retraining_and_to_a_model_from_before_marks_were_
     _step(["learn", "--no-promote", "--spam", b])  # the ledger still holds exactly its state: noted now
     assert read_marks(live) == {ledger.content_hash(tokenize(Path(a).read_bytes())): True}
     _step(["model", "promote", "--force"])
-    sample = heldback.read(live)
+    with_ab, sample = _files(live), heldback.read(live)
     # retrained on another split: a new training run with a sample of its own
     _step(["train", "--ham", str(base[0]), "--spam", str(base[1]), "--holdout", "0.5"])
     retrained = _files(live)
@@ -180,5 +180,85 @@ def test_rolling_back_across_a_retraining_and_to_a_model_from_before_marks_were_
     _step(["model", "promote", "--force"])
     _step(["model", "rollback"])
     assert _files(live) == retrained
-    _step(["model", "rollback"])  # to the first run's model: its own sample comes back with it
+    _step(["model", "rollback"])  # to the model the training replaced: its own sample comes back with it
+    assert _files(live) == with_ab and heldback.read(live) == sample
+    _step(["model", "rollback"])
     assert _files(live) == with_a and heldback.read(live) == sample
+
+
+@pytest.mark.corpus
+def test_train_archives_the_model_it_replaces_and_the_ledger_follows_a_rollback_across_it(
+        base: tuple[Path, Path], corpus: Path, env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    a, b, c = (str(p) for p in corpus_files(corpus, "spam", "test")[:3])
+    ha, hb, hc = (ledger.content_hash(tokenize(Path(p).read_bytes())) for p in (a, b, c))
+    side = env / "models" / "side.joblib"
+    _step(["train", "--ham", str(base[0]), "--spam", str(base[1]), "--model", str(side)])
+    live = _train(base, env / "models")
+    _train(base, env / "models")  # the same run again: archived too (a model no different from the live one)
+    assert len(archived(live)) == 1  # the first training replaced nothing, the side model is no live one
+    _step(["learn", "--no-promote", "--spam", a, "--by", "alice"])
+    _step(["model", "promote", "--force"])
+    learned, sample = _files(live), heldback.read(live)
+    _step(["train", "--ham", str(base[0]), "--spam", str(base[1]), "--holdout", "0.5", "--model", str(side)])
+    assert len(archived(live)) == 2  # a side model replaces nothing live
+    capsys.readouterr()
+
+    _step(["train", "--ham", str(base[0]), "--spam", str(base[1]), "--holdout", "0.5"])
+    assert "is archived as 0003-" in capsys.readouterr().out
+    retrained = _files(live)
+    kept = archived(live)[-1]
+    assert _files(kept) == learned and read_marks(kept) == {ha: True} and heldback.read(kept) == sample
+    assert not marks_path(live).exists() and read_marks(live) == {}  # the new model learned nothing
+    _step(["learn", "--no-promote", "--spam", b, "--by", "bob"])  # the fresh model's candidate learns a and b
+    assert _applied(env) == {ha: True, hb: True}
+    _step(["model", "promote", "--force"])
+
+    _step(["model", "rollback"])  # to the retrained model: it holds nothing, a and b set aside
+    assert _files(live) == retrained and _applied(env) == {} and _set_aside(env, capsys) == 2
+    _step(["model", "rollback"])  # across the training: the ledger holds what that model holds again
+    assert _files(live) == learned and heldback.read(live) == sample
+    assert _applied(env) == {ha: True}
+    assert read_passport(live).ledger_sha256 == ledger.digest(_applied(env).items())
+    _step(["learn", "--no-promote", "--readmit"])
+    _step(["learn", "--no-promote", "--spam", c])  # builds on the restored model
+    assert _applied(env) == {ha: True, hb: True, hc: True} and _set_aside(env, capsys) == 0
+    assert read_passport(candidate_path(live)).learned_spam == 3
+
+
+@pytest.mark.corpus
+def test_versions_keeps_the_newest_archived_models_and_the_ledger_forgets_what_none_holds(
+        base: tuple[Path, Path], corpus: Path, env: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """``model_versions_kept``: archiving one more deletes the oldest; a forgotten mark's ledger row
+    goes once no kept model holds it (nothing can roll back to one that did)."""
+    monkeypatch.setenv("STRONGHOLD_MODEL_VERSIONS_KEPT", "2")
+    a, b, c = (str(p) for p in corpus_files(corpus, "spam", "test")[:3])
+    ha = ledger.content_hash(tokenize(Path(a).read_bytes()))
+
+    def rows() -> set[str]:
+        with _ledger(env) as store, store.session() as s:
+            return {r.content_hash for r in ledger.rows(s)}
+    live = _train(base, env / "models")
+    _step(["learn", "--no-promote", "--spam", a])
+    _step(["model", "promote", "--force"])  # versions: trained
+    v1 = _files(live)
+    _step(["learn", "--no-promote", "--forget", a])
+    _step(["model", "promote", "--force"])  # versions: trained, v1 (holds a)
+    v2 = _files(live)
+    _step(["learn", "--no-promote", "--spam", b])
+    _step(["model", "promote", "--force"])  # versions: v1, v2: the trained model deleted
+    v3 = _files(live)
+    assert [_files(m) for m in archived(live)] == [v1, v2] and ha in rows()
+    _step(["train", "--ham", str(base[0]), "--spam", str(base[1]), "--holdout", "0.5"])  # archives v3
+    retrained = _files(live)
+    assert [_files(m) for m in archived(live)] == [v2, v3]
+    assert ha not in rows()  # v1 was the last model holding the forgotten mark
+    _step(["learn", "--no-promote", "--spam", c])
+    _step(["model", "promote", "--force"])  # versions: v3, retrained
+    _step(["model", "rollback"])
+    assert _files(live) == retrained
+    _step(["model", "rollback"])
+    assert _files(live) == v3
+    capsys.readouterr()
+    assert main(["model", "rollback"]) == 2
+    assert "no earlier model to roll back to" in capsys.readouterr().err

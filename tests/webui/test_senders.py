@@ -10,7 +10,7 @@ from flask.testing import FlaskClient
 from stronghold.authres import AuthResults
 from stronghold.classifier import Score
 from stronghold.findings import Findings
-from stronghold.lists import ListEntry, ListIndex
+from stronghold.lists import ListEntry, ListIndex, other_envelope
 from stronghold.message import parse
 from stronghold.policy import Policy
 from stronghold.precedence import decide
@@ -19,7 +19,7 @@ from stronghold.store.tables import QuarantineItem
 from stronghold.verdict import Action, Category, Envelope, Verdict
 from tests.harness.smtpsink import SmtpSink
 from tests.webui.conftest import Auth
-from webui.senders import allow_target, other_envelope
+from webui.senders import allow_target
 
 FROM = "news@shop.example"
 BOUNCE = "bounce-4711@mailer.example"  # the mailing service's envelope sender
