@@ -121,6 +121,7 @@ def cmd_train(args: argparse.Namespace, cfg: Config) -> int:
         archived = _archive_live(cfg, out)
         _save_with_sample(model, out, sample)
         modelarchive.marks_path(out).unlink(missing_ok=True)  # the replaced model's: this one learned nothing
+        modelarchive.remove_model(learning.candidate_path(out))  # grew from the replaced model
     p = model.passport
     if archived is not None:
         print(f"the model it replaces is archived as {archived.parent.name} ('stronghold model rollback' "

@@ -151,9 +151,10 @@ def awaits_judgement(store: Store, live: Path) -> bool:
     cand = candidate_path(live)
     if not cand.exists():
         return False
-    version = version_of(read_passport(cand))
-    if version == version_of(read_passport(live)):
-        return False
+    cand_passport, live_passport = read_passport(cand), read_passport(live)
+    version = version_of(cand_passport)
+    if version == version_of(live_passport) or not same_base(cand_passport, live_passport):
+        return False  # the live model, or one left from another training run (the next learn replaces it)
     with store.session() as session:
         return not modelversions.judged(session, version)
 
@@ -297,6 +298,9 @@ def promote(store: Store, live: Path, who: str, force: bool = False, *, keep: in
     current = Model.load(live)
     if version_of(candidate.passport) == version_of(current.passport):
         return Judgement(False, "the candidate is the live model already")
+    if not same_base(candidate.passport, current.passport):
+        raise ModelError("the candidate grew from another training run than the live model (left from "
+                         "before a 'train' or a rollback); 'stronghold learn' builds one from the live model")
     judgement = judge(candidate, current, heldback.read(live), recent_feedback(store))
     if not judgement.promote and not force:
         record_event(store, "held-back", version_of(candidate.passport), who, judgement.reason)

@@ -94,8 +94,8 @@ def archive(live: Path, keep: int) -> Path:
     the newest ``keep`` (``model_versions_kept``); returns the archived model."""
     folder = versions_dir(live)
     folder.mkdir(parents=True, exist_ok=True)
-    taken = sorted(p.name for p in folder.iterdir() if p.is_dir())
-    number = int(taken[-1].split("-", 1)[0]) + 1 if taken else 1
+    numbers = [_number(p.name) for p in folder.iterdir() if p.is_dir()]
+    number = max((n for n in numbers if n is not None), default=0) + 1
     dst = folder / f"{number:04d}-{version_of(read_passport(live))[:16]}" / live.name
     copy_model(live, dst)
     sample = heldback.path_for(live)
@@ -131,8 +131,14 @@ def restore_sample(src: Path, live: Path) -> None:
 def archived(live: Path) -> list[Path]:
     """The archived models, oldest first."""
     folder = versions_dir(live)
-    found = sorted(p for p in folder.iterdir() if p.is_dir()) if folder.exists() else []
-    return [p / live.name for p in found]
+    found = [p for p in folder.iterdir() if p.is_dir() and _number(p.name) is not None] if folder.exists() else []
+    return [p / live.name for p in sorted(found, key=lambda p: (_number(p.name), p.name))]
+
+
+def _number(name: str) -> int | None:
+    """The archive number of a ``versions/`` folder (``0007-<version>``); None: not an archive."""
+    head, dash, _ = name.partition("-")
+    return int(head) if dash and head.isdigit() else None
 
 
 def held_anywhere(live: Path) -> set[str]:

@@ -11,8 +11,8 @@ import pytest
 
 from stronghold import heldback
 from stronghold.cli import main
-from stronghold.learning import candidate_path, shared_labels
-from stronghold.modelarchive import archived, marks_path, read_marks
+from stronghold.learning import awaits_judgement, candidate_path, shared_labels
+from stronghold.modelarchive import archived, copy_model, marks_path, read_marks
 from stronghold.modelfile import read_passport
 from stronghold.store import ledger
 from stronghold.store.db import Store
@@ -86,6 +86,7 @@ def test_a_rollback_sticks_and_set_aside_marks_wait_for_the_operator(
     assert archived(live) == []
     assert main(["model", "rollback"]) == 2
     assert "no earlier model to roll back to" in capsys.readouterr().err
+    assert (env / "models" / "versions" / "backup-of-june").is_dir()  # never pruned, never restored
     assert main(["jobs", "--only", "learn"]) == 0  # nothing set aside comes back on its own
     assert "nothing new for the shared model" in capsys.readouterr().out
 
@@ -157,6 +158,27 @@ def test_restore_sets_aside_only_what_the_rolled_back_model_learned(store: Store
     with store.session() as s:
         assert ledger.set_aside_count(s) == 0
         assert shared_labels(ledger.rows(s))[key(7)] is None  # forgotten: taken out, not kept
+
+
+def test_the_author_of_a_set_aside_mark_cannot_readmit_it_by_marking_again(store: Store) -> None:
+    """Flipping one's own set-aside mark twice must not bring it back into the shared model."""
+    tokens = {"w:cheap", "w:pills"}
+    key = ledger.content_hash(tokens)
+    with store.session() as s:
+        ledger.record(s, [tokens], [False], source="web", who="mallory", now=1.0)
+        ledger.mark_applied(s, ledger.SHARED, {key: False})
+    with store.session() as s:  # rolled back to a model that held nothing of it
+        assert ledger.restore(s, {}, {key: False}) == 1
+    for label in (True, False):  # mallory: "spam", then "not spam" again
+        with store.session() as s:
+            ledger.record(s, [tokens], [label], source="web", who="mallory", now=2.0)
+        with store.session() as s:
+            assert ledger.set_aside_count(s) == 1
+            assert shared_labels(ledger.rows(s))[key] is None  # the restored model's state, not hers
+    with store.session() as s:  # someone else's mark (here the operator's) ends it
+        ledger.record(s, [tokens], [True], source="cli", who="postmaster", now=3.0)
+    with store.session() as s:
+        assert ledger.set_aside_count(s) == 0 and shared_labels(ledger.rows(s))[key] is True
 
 
 @pytest.mark.corpus
@@ -239,6 +261,7 @@ def test_versions_keeps_the_newest_archived_models_and_the_ledger_forgets_what_n
         with _ledger(env) as store, store.session() as s:
             return {r.content_hash for r in ledger.rows(s)}
     live = _train(base, env / "models")
+    (env / "models" / "versions" / "backup-of-june").mkdir(parents=True)  # an admin's folder: not an archive
     _step(["learn", "--no-promote", "--spam", a])
     _step(["model", "promote", "--force"])  # versions: trained
     v1 = _files(live)
@@ -262,3 +285,26 @@ def test_versions_keeps_the_newest_archived_models_and_the_ledger_forgets_what_n
     capsys.readouterr()
     assert main(["model", "rollback"]) == 2
     assert "no earlier model to roll back to" in capsys.readouterr().err
+    assert (env / "models" / "versions" / "backup-of-june").is_dir()  # never pruned, never restored
+
+
+@pytest.mark.corpus
+def test_a_candidate_from_before_a_retraining_is_never_promoted(
+        base: tuple[Path, Path], corpus: Path, env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``train`` removes the candidate grown from the model it replaces; one put back (restored from a
+    backup, say) is refused by promote and not counted as awaiting judgement."""
+    a = str(corpus_files(corpus, "spam", "test")[0])
+    live = _train(base, env / "models")
+    _step(["learn", "--no-promote", "--spam", a])
+    stale = env / "stale" / live.name
+    copy_model(candidate_path(live), stale)
+    _step(["train", "--ham", str(base[0]), "--spam", str(base[1]), "--holdout", "0.5"])
+    assert not candidate_path(live).exists()
+    copy_model(stale, candidate_path(live))
+    with _ledger(env) as store:
+        assert not awaits_judgement(store, live)
+    retrained = _files(live)
+    capsys.readouterr()
+    assert main(["model", "promote", "--force"]) == 2
+    assert "another training run" in capsys.readouterr().err
+    assert _files(live) == retrained
