@@ -68,7 +68,11 @@ def record(session: Session, token_sets: Sequence[set[str]], labels: Sequence[bo
             row.created = now  # a mark given anew: its place among its author's marks is now
         else:
             flipped += 1
-        row.label, row.source, row.who, row.updated, row.set_aside = label, source, who[:320], now, False
+        row.label, row.source, row.who, row.updated = label, source, who[:320], now
+        if label is None:
+            row.set_aside = False
+        # a set-aside mark given again (flipped, and flipped back) stays set aside: only an operator
+        # lets it in ('learn --readmit'), or its author could undo a rollback with two clicks
     return Change(new, same, flipped, forgotten, unknown)
 
 

@@ -182,3 +182,23 @@ def test_rolling_back_across_a_retraining_and_to_a_model_from_before_marks_were_
     assert _files(live) == retrained
     _step(["model", "rollback"])  # to the first run's model: its own sample comes back with it
     assert _files(live) == with_a and heldback.read(live) == sample
+
+
+def test_a_set_aside_mark_given_again_stays_set_aside(store: Store) -> None:
+    """Flipping a set-aside mark (and flipping it back) does not let it into the shared model: it
+    did, so a rolled-back user's 'Not spam', 'This is spam' clicks undid the rollback unasked."""
+    tokens = {"cheap", "pills", "now"}
+    digest = ledger.content_hash(tokens)
+    with store.session() as s:
+        s.add(LearnedMessage(content_hash=digest, scope=ledger.SHARED, label=True, applied=None, set_aside=True,
+                             source="web", who="mallory", created=1.0, updated=1.0, tokens=b""))
+    for label in (False, True):
+        with store.session() as s:
+            assert ledger.record(s, [tokens], [label], source="web", who="mallory").flipped == 1
+        with store.session() as s:
+            assert ledger.set_aside_count(s) == 1
+            assert shared_labels(ledger.rows(s))[digest] is None  # what the restored model holds: not it
+    with store.session() as s:
+        assert ledger.readmit(s, "mallory") == 1
+    with store.session() as s:
+        assert shared_labels(ledger.rows(s))[digest] is True
