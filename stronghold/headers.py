@@ -17,6 +17,7 @@ import email.charset
 import email.header
 import quopri
 import re
+from email.utils import getaddresses
 
 # Headers only Stronghold writes; any of these names that arrive from outside are removed.
 OWN_PREFIXES = ("x-spam-", "x-stronghold-")
@@ -110,3 +111,30 @@ def prefixed(raw_subject: bytes | str | None, prefix: str) -> str | None:
     if prefix and text.startswith(prefix):
         return None
     return encode_value("Subject", f"{prefix} {text}".strip())
+
+
+def shorten_from(text: str, limit: int = 320) -> str:
+    """A From header value cut to ``limit`` characters without cutting an address: the display
+    names are shortened instead, so the stored value names the same addresses as the message (a
+    plain cut could end inside one: ``"<299 x A>" <boss@bank.example.evil.example>`` would read as
+    ``boss@bank.example``).  "" when even the addresses alone do not fit."""
+    if len(text) <= limit:
+        return text
+    pairs = [(name, addr) for name, addr in getaddresses([text]) if addr]
+    if not pairs:
+        cut = text[:limit]
+        return "" if any(addr for _, addr in getaddresses([cut])) else cut
+    bare = ", ".join(f"<{addr}>" for _, addr in pairs)
+    if len(bare) > limit:
+        return ""
+    named = [i for i, (name, _) in enumerate(pairs) if name]
+    room = (limit - len(bare)) // max(len(named), 1) - 4  # '"' name '" ' around each name
+    parts = []
+    for name, addr in pairs:
+        if name and room > 1:
+            name = name.replace("\\", "").replace('"', "")
+            short = name if len(name) <= room else name[:room - 1] + "\u2026"
+            parts.append(f'"{short}" <{addr}>')
+        else:
+            parts.append(f"<{addr}>")
+    return ", ".join(parts)

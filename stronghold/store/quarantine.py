@@ -47,6 +47,7 @@ from sqlalchemy import delete as sql_delete
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from stronghold.headers import shorten_from
 from stronghold.message import parse
 from stronghold.store.tables import Address, QuarantineBlob, QuarantineItem, User
 from stronghold.verdict import Envelope, Verdict
@@ -135,7 +136,7 @@ def hold(session: Session, raw: bytes, *, recipients: Sequence[str], sender: str
     digest = hashlib.sha256(raw).hexdigest()
     _upsert_blob(session, digest, raw, now)
     rows = [{"ts": now, "recipient": _address(r)[:320], "sender": sender[:320],
-             "header_from": header_from[:320], "subject": subject[:200],
+             "header_from": shorten_from(header_from), "subject": subject[:200],
              "queue_id": queue_id[:40], "score": score, "category": category[:10], "reason": reason[:200],
              "trace": trace[:4000], "virus": virus[:200] if virus else None, "size": len(raw),
              "sha256": digest} for r in recipients]

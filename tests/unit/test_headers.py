@@ -7,7 +7,8 @@ import email.header
 
 import pytest
 
-from stronghold.headers import decode_value, encode_value, ours, prefixed
+from stronghold.headers import decode_value, encode_value, ours, prefixed, shorten_from
+from webui.senders import from_address
 
 ISSUE = "Hosting from £6.50 per month über 日本"
 
@@ -58,3 +59,20 @@ def test_own_header_names() -> None:
         assert ours(name)
     for name in ("Subject", "X-Spammer", "X-Mailer", "Spam-Flag"):
         assert not ours(name)
+
+
+LONG_NAME = '"' + "A" * 299 + '" <boss@bank.example.evil.example>'  # a cut at 320 ends after bank.example
+
+
+@pytest.mark.parametrize("value, address", [
+    (LONG_NAME, "boss@bank.example.evil.example"),
+    ("Bob <bob@x.example>", "bob@x.example"),
+    ('"' + "é" * 200 + '" <a@b.example>, "' + "B" * 200 + '" <c@d.example>', None),  # still two
+    ("a" * 300 + "@" + "b" * 30 + ".example", None),  # the address alone does not fit: nothing
+])
+def test_shorten_from_never_cuts_an_address(value: str, address: str | None) -> None:
+    short = shorten_from(value)
+    assert len(short) <= 320
+    assert from_address(short) == address
+    if len(value) <= 320:
+        assert short == value

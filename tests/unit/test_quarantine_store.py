@@ -136,3 +136,14 @@ def test_purge_keeps_an_orphaned_blob_a_hold_just_used(store: Store) -> None:
     with store.session() as s:
         quarantine.purge_older_than(s, 30)
         assert quarantine.blob_count(s) == 1
+
+
+def test_a_long_from_is_stored_with_its_address_whole(store: Store) -> None:
+    """The From column holds 320 characters: a longer header loses display name, never a piece of
+    the address (cut inside it, the Junk page showed and 'always allow' added boss@bank.example)."""
+    raw = b'From: "' + b"A" * 299 + b'" <boss@bank.example.evil.example>\r\nSubject: x\r\n\r\nbody\r\n'
+    with store.session() as s:
+        ids = _hold(s, raw, recipients=("m1@example.com",))
+    with store.session() as s:
+        stored = quarantine.get(s, ids[0]).header_from
+    assert len(stored) <= 320 and stored.endswith(" <boss@bank.example.evil.example>")

@@ -160,8 +160,9 @@ def test_restore_sets_aside_only_what_the_rolled_back_model_learned(store: Store
         assert shared_labels(ledger.rows(s))[key(7)] is None  # forgotten: taken out, not kept
 
 
-def test_the_author_of_a_set_aside_mark_cannot_readmit_it_by_marking_again(store: Store) -> None:
-    """Flipping one's own set-aside mark twice must not bring it back into the shared model."""
+def test_no_user_can_readmit_a_set_aside_mark_by_marking_again(store: Store) -> None:
+    """Flipping a set-aside mark twice, from one account or two, must not bring it back into the
+    shared model; the operator's own mark does."""
     tokens = {"w:cheap", "w:pills"}
     key = ledger.content_hash(tokens)
     with store.session() as s:
@@ -175,8 +176,12 @@ def test_the_author_of_a_set_aside_mark_cannot_readmit_it_by_marking_again(store
         with store.session() as s:
             assert ledger.set_aside_count(s) == 1
             assert shared_labels(ledger.rows(s))[key] is None  # the restored model's state, not hers
-    with store.session() as s:  # someone else's mark (here the operator's) ends it
-        ledger.record(s, [tokens], [True], source="cli", who="postmaster", now=3.0)
+    with store.session() as s:  # nor does a second account's mark (a sock puppet)
+        ledger.record(s, [tokens], [True], source="web", who="mallory2", now=3.0)
+    with store.session() as s:
+        assert ledger.set_aside_count(s) == 1 and shared_labels(ledger.rows(s))[key] is None
+    with store.session() as s:  # the operator's own mark ends it
+        ledger.record(s, [tokens], [True], source="cli", who="postmaster", now=4.0)
     with store.session() as s:
         assert ledger.set_aside_count(s) == 0 and shared_labels(ledger.rows(s))[key] is True
 
@@ -308,3 +313,23 @@ def test_a_candidate_from_before_a_retraining_is_never_promoted(
     assert main(["model", "promote", "--force"]) == 2
     assert "another training run" in capsys.readouterr().err
     assert _files(live) == retrained
+
+
+def test_a_set_aside_mark_given_again_stays_set_aside(store: Store) -> None:
+    """Flipping a set-aside mark (and flipping it back) does not let it into the shared model: it
+    did, so a rolled-back user's 'Not spam', 'This is spam' clicks undid the rollback unasked."""
+    tokens = {"cheap", "pills", "now"}
+    digest = ledger.content_hash(tokens)
+    with store.session() as s:
+        s.add(LearnedMessage(content_hash=digest, scope=ledger.SHARED, label=True, applied=None, set_aside=True,
+                             source="web", who="mallory", created=1.0, updated=1.0, tokens=b""))
+    for label in (False, True):
+        with store.session() as s:
+            assert ledger.record(s, [tokens], [label], source="web", who="mallory").flipped == 1
+        with store.session() as s:
+            assert ledger.set_aside_count(s) == 1
+            assert shared_labels(ledger.rows(s))[digest] is None  # what the restored model holds: not it
+    with store.session() as s:
+        assert ledger.readmit(s, "mallory") == 1
+    with store.session() as s:
+        assert shared_labels(ledger.rows(s))[digest] is True
