@@ -68,10 +68,10 @@ def record(session: Session, token_sets: Sequence[set[str]], labels: Sequence[bo
             row.created = now  # a mark given anew: its place among its author's marks is now
         else:
             flipped += 1
-        # A mark set aside by a rollback stays aside when a user gives it again (flipping it twice, or
-        # a second account, would otherwise undo the rollback with two clicks); the operator's own
-        # mark ('stronghold learn', source cli) or 'learn --readmit' lets it in, forgetting ends it.
-        keep_aside = row.set_aside and label is not None and source != "cli"
+        # A mark set aside by a rollback stays aside when it is given again, by anyone (flipping it
+        # twice, or from a second account, would otherwise undo the rollback with two clicks): only
+        # 'learn --readmit' lets it in; forgetting ends it.
+        keep_aside = row.set_aside and label is not None
         row.label, row.source, row.who, row.updated, row.set_aside = label, source, who[:320], now, keep_aside
     return Change(new, same, flipped, forgotten, unknown)
 
