@@ -40,11 +40,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.policy import SMTP
-from email.utils import formatdate, getaddresses, make_msgid
+from email.utils import formatdate, make_msgid
 
 from itsdangerous import BadData, SignatureExpired, TimestampSigner, URLSafeTimedSerializer
 
 from stronghold.config import Config
+from stronghold.lists import other_envelope
 from stronghold.release import OutcomeUnknown, ReleaseError, release, smtp_send
 from stronghold.store import accounts, quarantine
 from stronghold.store.db import Store
@@ -163,12 +164,11 @@ def _when(ts: float) -> str:
 
 def _senders(held: Held) -> tuple[str, str]:
     """(the From as received, else the envelope sender; the envelope sender when it is not the From's
-    address, else ""): the same two the Junk page shows."""
-    header, envelope = _clean(held.header_from or ""), _clean(held.sender)
+    address, else ""): the same two the Junk page shows (``lists.other_envelope``)."""
+    header = _clean(held.header_from or "")
     if not header.strip():
-        return envelope or "<>", ""
-    first = [a for _, a in getaddresses([header]) if a][:1]
-    return header, "" if not envelope or (first and first[0].lower() == envelope.lower()) else envelope
+        return _clean(held.sender) or "<>", ""
+    return header, _clean(other_envelope(held.header_from, held.sender))
 
 
 def compose(cfg: Config, login: str, to: str, items: Sequence[Held], now: float | None = None,

@@ -132,18 +132,20 @@ def _is_domain(text: str) -> bool:
 
 def other_envelope(header_from: str | None, envelope: str | None) -> str:
     """The envelope sender to show beside the From, or "" when it is the same address (or there is
-    no From to show it beside: the envelope sender is then shown alone)."""
+    no From to show it beside: the envelope sender is then shown alone).  Addresses compare
+    normalized (case, Unicode or A-label domain); one that does not normalize (a UTF-8 local part,
+    no domain) compares as text, case aside."""
     if not (header_from or "").strip() or not envelope:
         return ""
-    try:
-        env = normalize_address(envelope)
-    except PatternError:
-        return envelope
     first = [a for _, a in getaddresses([header_from or ""]) if a][:1]
+    return "" if first and _same_address(first[0], envelope) else envelope
+
+
+def _same_address(a: str, b: str) -> bool:
     try:
-        return "" if first and normalize_address(first[0]) == env else envelope
+        return normalize_address(a) == normalize_address(b)
     except PatternError:
-        return envelope
+        return a.strip().strip("<>").lower() == b.strip().strip("<>").lower()
 
 
 def sender_addresses(envelope_sender: str, header_from: str | None) -> list[tuple[str, str]]:

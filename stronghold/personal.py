@@ -91,13 +91,21 @@ class Layer:
 
 
 def rebuild(store: Store, model: Model, scopes: Iterable[str] | None = None) -> int:
-    """Build and store the layers of ``scopes`` (None: every scope with personal feedback)."""
+    """Build and store the layers of ``scopes`` (None: every scope with personal feedback).
+
+    Each layer is stamped with the time the ledger was read, not written, so feedback recorded
+    while it was being built counts as newer (``rebuild_if_any``); the forgotten marks it left out
+    are deleted from the ledger with it."""
+    scopes = None if scopes is None else list(scopes)
+    read_at = time.time()
     with store.session() as session:
         by_scope = ledger.personal(session, scopes)
+        left_out = ledger.forgotten_personal(session, scopes)
     built = {scope: (len(sets), Layer.build(model, sets, labels).pack()) if sets else None
              for scope, (sets, labels) in by_scope.items()}
     with store.session() as session:
-        layers.replace(session, built, drop_others=scopes is None)
+        layers.replace(session, built, drop_others=scopes is None, now=read_at)
+        ledger.drop_forgotten(session, left_out)
     return len(by_scope)
 
 

@@ -7,7 +7,7 @@ import time
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from stronghold.store.messagelog import pack_tokens, unpack_tokens
@@ -59,10 +59,9 @@ def record(session: Session, token_sets: Sequence[set[str]], labels: Sequence[bo
             continue
         if label is None:
             forgotten += 1
-            if scope != SHARED:  # personal marks are never in any model's counts
-                session.delete(row)
-                continue
-            # a shared row goes at the next mark_applied, unless a model that may be rolled back to holds it
+            # a shared row goes at the next mark_applied, unless a model that may be rolled back to holds
+            # it; a personal one when its layer is next rebuilt (drop_forgotten): until then its change
+            # is what tells `stronghold jobs` the layer is out of date
         elif row.label is None:
             new += 1
             row.created = now  # a mark given anew: its place among its author's marks is now
@@ -171,6 +170,22 @@ def personal(session: Session, scopes: Iterable[str] | None = None) -> dict[str,
 def has_personal(session: Session) -> bool:
     """Whether any personal feedback was ever recorded (wanted or forgotten)."""
     return session.scalars(select(LearnedMessage.id).where(LearnedMessage.scope != SHARED)).first() is not None
+
+
+def forgotten_personal(session: Session, scopes: Iterable[str] | None = None) -> list[int]:
+    """Ids of the forgotten personal rows of ``scopes`` (None: every personal scope)."""
+    query = select(LearnedMessage.id).where(LearnedMessage.scope != SHARED, LearnedMessage.label.is_(None))
+    if scopes is not None:
+        query = query.where(LearnedMessage.scope.in_(sorted(set(scopes) - {SHARED})))
+    return list(session.scalars(query))
+
+
+def drop_forgotten(session: Session, ids: Collection[int]) -> None:
+    """Delete these forgotten personal rows (``forgotten_personal``) once a layer left them out;
+    one marked again meanwhile stays."""
+    if ids:
+        session.execute(delete(LearnedMessage).where(LearnedMessage.id.in_(sorted(ids)),
+                                                     LearnedMessage.label.is_(None)))
 
 
 def personal_changed_since(session: Session, since: float) -> bool:

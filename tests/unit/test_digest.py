@@ -98,10 +98,12 @@ def test_compose_names_the_from_with_a_differing_envelope_sender(cfg) -> None:
     held = quarantine.Held(9, "m3@example.com", "bounce-17@mailer.example", "Sale", "Q", MONDAY_9, 0.99, "spam",
                            "spam", "", None, 10, "2" * 64, None, None, header_from="Shop <news@shop.example>")
     same = replace(held, id=10, sender="NEWS@shop.example")
-    msg = email.message_from_bytes(compose(cfg, "m3", "m3@example.com", [held, same], MONDAY_9).as_bytes(),
+    idn = replace(held, id=11, sender="info@xn--bcher-kva.example", header_from="Bücher <info@bücher.example>")
+    msg = email.message_from_bytes(compose(cfg, "m3", "m3@example.com", [held, same, idn], MONDAY_9).as_bytes(),
                                    policy=default)
     text = msg.get_body(("plain",)).get_content().replace("\r\n", "\n")
     assert "from: Shop <news@shop.example>\n  subject: Sale" in text  # the second: its envelope sender is the From
+    assert "from: Bücher <info@bücher.example>\n  subject: Sale" in text  # the same address, its domain as A-labels
     assert "from: Shop <news@shop.example>\n  envelope sender: bounce-17@mailer.example\n" in text
     assert "Shop &lt;news@shop.example&gt; (envelope sender bounce-17@mailer.example)" in \
         msg.get_body(("html",)).get_content()

@@ -7,14 +7,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sqlalchemy import select
 
-from stronghold.classifier import Model
+from stronghold.classifier import Model, token_indices
 from stronghold.cli import main
 from stronghold.learning import SHARED_MARKS_PER_USER, candidate_path, shared_labels
 from stronghold.message import parse
 from stronghold.modelfile import passport_path, read_passport, table_path
 from stronghold.store import accounts, ledger, messagelog
 from stronghold.store.db import Store
+from stronghold.store.tables import PersonalLayerRow
 from stronghold.training import tokenize
 from stronghold.verdict import Action, Category, Envelope, Verdict
 from tests.conftest import corpus_files
@@ -207,6 +209,45 @@ def test_jobs_learn_applies_web_marks_and_imap_moves_once(base: tuple[Path, Path
     assert "learned 0 (took out 0), candidate promoted" in out or "learned 0 (took out 0), candidate held back" in out
     assert main(["jobs", "--only", "learn"]) == 0  # judged once
     assert "nothing new for the shared model" in capsys.readouterr().out
+
+
+def test_jobs_rebuild_a_layer_after_its_user_withdrew_a_mark(base: tuple[Path, Path], corpus: Path, env: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """An IMAP user moving a message back (`learn --record-only --forget`) changes nothing in the
+    shared model here (the operator took it out already), yet the next `jobs` rebuilds their layer
+    without it, and the run after that finds nothing to do."""
+    from stronghold.personal import Layer
+    from stronghold.store import layers
+
+    _train(base, env / "models")
+    kept, withdrawn = (str(p) for p in corpus_files(corpus, "spam", "test")[:2])
+    imap = ["learn", "--record-only", "--source", "imap", "--who", "b@example.com"]
+    assert main([*imap, "--spam", kept, withdrawn]) == 0
+    assert main(["learn", "--record-only", "--forget", withdrawn]) == 0  # the operator: shared model only
+    assert main(["jobs", "--only", "learn"]) == 0
+    assert "personal layers: 1 rebuilt" in capsys.readouterr().out
+
+    def layer() -> tuple[int, set[int]]:
+        with Store(f"sqlite:///{env / 'data' / 'stronghold.db'}") as store, store.session() as s:
+            [(scope, data, _)] = layers.stored(s)
+            messages = {scope: n for scope, n in s.execute(select(PersonalLayerRow.scope, PersonalLayerRow.messages))}
+        assert scope == "b@example.com"
+        return messages[scope], set(Layer.unpack(data).buckets.tolist())
+    only_withdrawn = set(token_indices(sorted(tokenize(Path(withdrawn).read_bytes())))) - \
+        set(token_indices(sorted(tokenize(Path(kept).read_bytes()))))
+    count, buckets = layer()
+    assert count == 2 and only_withdrawn <= buckets
+    assert main([*imap, "--forget", withdrawn]) == 0
+    capsys.readouterr()
+    assert main(["jobs", "--only", "learn"]) == 0
+    out = capsys.readouterr().out
+    assert "personal layers: 1 rebuilt; nothing new for the shared model" in out, out
+    count, buckets = layer()
+    assert count == 1 and not only_withdrawn & buckets
+    with Store(f"sqlite:///{env / 'data' / 'stronghold.db'}") as store, store.session() as s:
+        assert ledger.forgotten_personal(s) == []  # the withdrawn mark's row went with the rebuild
+    assert main(["jobs", "--only", "learn"]) == 0
+    assert "personal layers: unchanged" in capsys.readouterr().out
 
 
 def test_one_users_marks_reach_the_shared_model_only_up_to_a_bound() -> None:

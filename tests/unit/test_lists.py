@@ -119,3 +119,13 @@ def test_idn_blocks_the_right_domain() -> None:
 def test_invalid_idn_is_refused(bad: str) -> None:
     with pytest.raises(PatternError, match="not a valid domain"):
         normalize_pattern(bad)
+
+
+def test_other_envelope_compares_addresses_as_addresses() -> None:
+    """The envelope sender beside the From (Junk page, `quarantine ls`, digest) only where it is
+    another address: an A-label domain is the Unicode one, and an address that does not normalize
+    (a UTF-8 local part) still equals itself."""
+    assert lists.other_envelope("Bücher <info@BÜCHER.example>", "info@xn--bcher-kva.example") == ""
+    assert lists.other_envelope("José <josé@shop.example>", "JOSÉ@shop.example") == ""
+    assert lists.other_envelope("José <josé@shop.example>", "bounce@mailer.example") == "bounce@mailer.example"
+    assert lists.other_envelope("news@shop.example", "josé@shop.example") == "josé@shop.example"
