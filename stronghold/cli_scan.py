@@ -33,7 +33,7 @@ from stronghold.spool import Spool
 from stronghold.store.db import Store
 from stronghold.tokens import features
 from stronghold.training import iter_message_files, read_index
-from stronghold.verdict import Envelope, Verdict
+from stronghold.verdict import Category, Envelope, Verdict
 
 if TYPE_CHECKING:
     from stronghold.service import Service
@@ -105,6 +105,16 @@ def _verdict_fields(v: Verdict) -> dict[str, Any]:
     }
 
 
+def what_happened(v: Verdict) -> str:
+    """The verdict's category, but for a refusal that is no finding about the mail (category
+    "error") what refused it, as the milter's log line names it per recipient: "oversize",
+    "antivirus error"."""
+    if v.category is not Category.ERROR:
+        return v.category.value
+    why = dict.fromkeys(d.reason for d in v.decisions if d.category is Category.ERROR and d.reason)
+    return ", ".join(why) or v.category.value
+
+
 def _classifier_only(args: argparse.Namespace, cfg: Config, model_path: Path) -> int:
     model = Model.load(model_path)
     threshold = cfg.spam_threshold if cfg.spam_threshold is not None else model.spam_threshold
@@ -149,7 +159,7 @@ def _through_engine(args: argparse.Namespace, cfg: Config, model_path: Path) -> 
                 print(f"{verdict.score!r}\t{verdict.action.value}\t{source}")
             elif args.format == "text":
                 score = f"{verdict.score:.6f}" if verdict.score is not None else "-"
-                print(f"{source}: {verdict.action.value} ({verdict.category.value}) score {score} "
+                print(f"{source}: {verdict.action.value} ({what_happened(verdict)}) score {score} "
                       f"from=<{sender}> {verdict.summary}")
             else:
                 results.append({"path": source, "sender": sender, **_verdict_fields(verdict)})

@@ -99,6 +99,19 @@ def test_scan_refuses_an_oversize_message_as_the_milter_does(environment: dict[s
     assert scanned["score"] is None  # refused before anything was scanned or scored
 
 
+@pytest.mark.parametrize("action", ["reject", "tempfail"])
+def test_scan_text_names_oversize_as_what_happened(environment: dict[str, str], action: str, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """Not "(error)": the one line says oversize, as the milter's log line does (``action(oversize)``)."""
+    monkeypatch.setenv("STRONGHOLD_OVERSIZE_ACTION", action)
+    (tmp_path / "big.eml").write_bytes(Generated(600 * 1024).read())
+    assert main(["scan", str(tmp_path / "big.eml")]) == 0
+    assert capsys.readouterr().out == (f"{tmp_path / 'big.eml'}: {action} (oversize) score - from=<big@sender.example> "
+                                       f"size=oversize({action}) rcpt=<rcpt@example.com>:{action}(oversize)"
+                                       f"[size=oversize({action})]\n")
+
+
 def test_scan_head_scores_the_head_as_the_milter_does(environment: dict[str, str], tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
