@@ -155,7 +155,7 @@ class QuarantineItem(Base):
     ts: Mapped[float] = mapped_column(Float, default=time.time, index=True)
     recipient: Mapped[str] = mapped_column(String(320))
     sender: Mapped[str] = mapped_column(String(320), default="")
-    # The header From as received; None: held before it was recorded (read it from the copy).
+    # The header From as received; NULL only until migration 0009 fills it for items held before 0008.
     header_from: Mapped[str | None] = mapped_column(String(320), nullable=True)
     subject: Mapped[str] = mapped_column(String(200), default="")
     queue_id: Mapped[str] = mapped_column(String(40), default="")
