@@ -195,6 +195,8 @@ def _received_by(addresses: Sequence[str], since: Mapping[str, float] | None) ->
 
 @dataclass(frozen=True)
 class LogFilter:
+    """What ``recent`` lists: whose mail, which category, a search, a day and a page."""
+
     addresses: tuple[str, ...] | None = None  # None: everyone (admins)
     category: str = ""
     limit: int = 100
@@ -209,6 +211,7 @@ def _like(text: str) -> str:
 
 
 def recent(session: Session, flt: LogFilter) -> list[MessageRow]:
+    """Log rows matching ``flt`` with their recipients, newest first."""
     query = select(MessageRow).options(selectinload(MessageRow.recipients))
     if flt.addresses is not None:
         query = query.where(_received_by(flt.addresses, flt.since))
@@ -254,10 +257,13 @@ def daily_counts(session: Session, addresses: tuple[str, ...] | None, days: int 
 
 
 def count(session: Session) -> int:
+    """How many messages the log holds."""
     return int(session.scalar(select(func.count(MessageRow.id))) or 0)
 
 
 def set_feedback(session: Session, message_id: int, user_id: int, is_spam: bool) -> Feedback:
+    """Record that user ``user_id`` marked message ``message_id`` spam or not; a changed mark
+    is to be applied again."""
     row = session.scalar(select(Feedback).where(Feedback.message_id == message_id,
                                                 Feedback.user_id == user_id))
     if row is None:
@@ -272,6 +278,7 @@ def set_feedback(session: Session, message_id: int, user_id: int, is_spam: bool)
 
 
 def feedback_for(session: Session, message_ids: list[int], user_id: int) -> dict[int, Feedback]:
+    """{message id: that user's mark} for the messages among ``message_ids`` they marked."""
     if not message_ids:
         return {}
     rows = session.scalars(select(Feedback).where(Feedback.message_id.in_(message_ids),
@@ -280,6 +287,7 @@ def feedback_for(session: Session, message_ids: list[int], user_id: int) -> dict
 
 
 def pending(session: Session) -> list[tuple[Feedback, MessageRow]]:
+    """(mark, its message) of every mark not yet taken into training."""
     rows = session.execute(select(Feedback, MessageRow).join(MessageRow, Feedback.message_id == MessageRow.id)
                            .where(Feedback.applied.is_(None)))
     return [(fb, msg) for fb, msg in rows]
@@ -311,6 +319,7 @@ def latest_for_recipient(session: Session, queue_id: str, recipient: str) -> int
 
 
 def purge_older_than(session: Session, days: int) -> int:
+    """Delete log rows (and their recipients and marks) older than ``days``; returns how many."""
     cutoff = time.time() - days * 86400
     result = cast(CursorResult[Any], session.execute(delete(MessageRow).where(MessageRow.ts < cutoff)))
     return int(result.rowcount or 0)
