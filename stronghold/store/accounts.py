@@ -27,6 +27,7 @@ ROLES = ("user", "admin")
 
 
 def check_password_strength(password: str) -> None:
+    """EntryError unless ``password`` is between MIN_PASSWORD and 1024 characters."""
     if len(password) < MIN_PASSWORD:
         raise EntryError(f"the password needs at least {MIN_PASSWORD} characters")
     if len(password) > 1024:
@@ -50,6 +51,7 @@ def _clean_login(login: str) -> str:
 
 
 def add_user(session: Session, login: str, password: str, admin: bool = False) -> User:
+    """Create a user (login cleaned, password hashed); EntryError if the login is taken or unfit."""
     login = _clean_login(login)
     check_password_strength(password)
     if session.scalar(select(User).where(User.login == login)) is not None:
@@ -62,11 +64,13 @@ def add_user(session: Session, login: str, password: str, admin: bool = False) -
 
 
 def get_user(session: Session, login: str) -> User | None:
+    """The user with this login (any case, surrounding spaces ignored), addresses loaded; None if none."""
     return session.scalar(select(User).options(selectinload(User.addresses))
                           .where(User.login == login.strip().lower()))
 
 
 def get_user_by_id(session: Session, user_id: int) -> User | None:
+    """The user with this id, or None."""
     return session.get(User, user_id)
 
 
@@ -100,6 +104,7 @@ def unclaim_digest(session: Session, user_id: int, old: float | None, now: float
 
 
 def all_users(session: Session) -> list[User]:
+    """Every user with their addresses, by login."""
     return list(session.scalars(select(User).options(selectinload(User.addresses)).order_by(User.login)))
 
 
@@ -129,6 +134,7 @@ def set_password(session: Session, user: User, password: str) -> None:
 
 
 def set_disabled(user: User, disabled: bool) -> None:
+    """Disable or enable ``user``; disabling also ends their web sessions."""
     user.disabled = disabled
     session = object_session(user)
     if disabled and session is not None:
@@ -172,6 +178,8 @@ def _forget(session: Session, address: str) -> None:
 
 
 def release_address(session: Session, user: User, address: str) -> None:
+    """Take ``address`` from ``user`` (its lists dropped, past mail hidden from a next owner);
+    EntryError if it is not theirs."""
     try:
         norm = normalize_address(address)
     except PatternError as exc:
@@ -214,6 +222,7 @@ def owners(session: Session, addresses: Iterable[str]) -> dict[str, Owner]:
 
 
 def owned_addresses(user: User) -> list[str]:
+    """The addresses ``user`` owns, sorted."""
     return [a.address for a in user.addresses]
 
 
@@ -248,6 +257,7 @@ def session_user(session: Session, token: str) -> User | None:
 
 
 def end_session(session: Session, token: str) -> None:
+    """End the web session whose cookie carries ``token`` (nothing if there is none)."""
     session.execute(delete(WebSession).where(WebSession.id == _session_key(token)))
 
 

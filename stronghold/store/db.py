@@ -68,8 +68,8 @@ class Store:
         finally:
             session.close()
 
-    def upgrade(self) -> str:
-        """Bring the schema to the newest migration; returns the revision."""
+    def upgrade(self, revision: str = "head") -> str:
+        """Bring the schema to the newest migration (or to ``revision``); returns the revision."""
         from alembic import command
         from alembic.config import Config as AlembicConfig
         cfg = AlembicConfig()
@@ -77,13 +77,14 @@ class Store:
         try:
             with self.engine.begin() as conn:
                 cfg.attributes["connection"] = conn
-                command.upgrade(cfg, "head")
+                command.upgrade(cfg, revision)
             with self.engine.connect() as conn:
                 return str(conn.execute(text("SELECT version_num FROM alembic_version")).scalar())
         except SQLAlchemyError as exc:  # most often the database is down or not a database at all
             raise StoreError(f"database unusable (checking its schema): {str(exc).splitlines()[0][:200]}") from exc
 
     def ping(self) -> None:
+        """Run a trivial query; StoreError if the database does not answer."""
         try:
             with self.engine.connect() as conn:
                 conn.execute(text("SELECT 1"))
@@ -91,6 +92,7 @@ class Store:
             raise StoreError(f"database unreachable: {str(exc).splitlines()[0][:200]}") from exc
 
     def dispose(self) -> None:
+        """Close the pooled connections (a new one opens on next use)."""
         self.engine.dispose()
 
     def __enter__(self) -> Store:

@@ -36,6 +36,7 @@ class ConflictError(EntryError):
 
 
 def bump_version(session: Session) -> None:
+    """Count a list change, so every node's ListCache reloads the lists."""
     row = session.get(Meta, VERSION_KEY)
     if row is None:
         session.add(Meta(key=VERSION_KEY, value=1))
@@ -44,6 +45,7 @@ def bump_version(session: Session) -> None:
 
 
 def lists_version(session: Session) -> int:
+    """The lists' change counter (0 before the first change)."""
     row = session.get(Meta, VERSION_KEY)
     return row.value if row is not None else 0
 
@@ -141,6 +143,7 @@ def drop_owner(session: Session, owner: str) -> int:
 
 
 def all_entries(session: Session) -> list[ListEntry]:
+    """Every list entry, global and users', in no particular order."""
     return [_to_entry(r) for r in session.scalars(select(ListEntryRow))]
 
 
@@ -341,6 +344,7 @@ class ListCache:
             return self._index
 
     def invalidate(self) -> None:
+        """Check the lists' version on the next call instead of waiting out ``refresh``."""
         with self._lock:
             self._checked = 0.0
 

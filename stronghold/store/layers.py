@@ -52,4 +52,5 @@ def stamp(session: Session) -> tuple[int, float]:
 
 
 def exist(session: Session) -> bool:
+    """Whether any personal layer is stored."""
     return session.scalars(select(PersonalLayerRow.scope)).first() is not None

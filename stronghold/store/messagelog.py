@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from sqlalchemy import Connection, CursorResult, Table, and_, delete, false, func, insert, or_, select
+from sqlalchemy import ColumnDefault, Connection, CursorResult, Table, and_, delete, false, func, insert, or_, select
 from sqlalchemy.orm import Session, selectinload
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -88,48 +88,85 @@ _INSERT_MESSAGES = insert(_MESSAGES).returning(_MESSAGES.c.id, sort_by_parameter
 # ("insertmanyvalues"); without it psycopg runs one INSERT per recipient row, the
 # statement PostgreSQL spent most of its time on (bench.cluster, docs/scaling.md).
 _INSERT_RECIPIENTS = insert(_RECIPIENTS).returning(_RECIPIENTS.c.id)
+_TABLES = {t.name: t for t in (_MESSAGES, _RECIPIENTS)}
 
 
 def write(session: Session, entries: Sequence[LogEntry]) -> list[int]:
     """Insert ``entries`` with two statements in all; returns the message ids in order.
 
     Plain Core statements built once: this runs for every message, and building
-    an ORM insert per message cost more CPU than deciding about the message.
+    an ORM insert per message cost more CPU than deciding about the message.  A
+    column an entry leaves out gets what the ORM would give it (``_complete``).
     """
     if not entries:
         return []
     conn = session.connection()
+    messages = [_complete(_MESSAGES, e.message) for e in entries]
     if conn.dialect.name == "sqlite":
-        return _write_sqlite(conn, entries)
-    ids = [int(i) for i in conn.execute(_INSERT_MESSAGES, [e.message for e in entries]).scalars()]
-    rows = [{**r, "message_id": mid} for e, mid in zip(entries, ids, strict=True) for r in e.recipients]
+        return _write_sqlite(conn, messages, [e.recipients for e in entries])
+    ids = [int(i) for i in conn.execute(_INSERT_MESSAGES, messages).scalars()]
+    rows = [_complete(_RECIPIENTS, {**r, "message_id": mid})
+            for e, mid in zip(entries, ids, strict=True) for r in e.recipients]
     if rows:
         conn.execute(_INSERT_RECIPIENTS, rows)
     return ids
 
 
-def _write_sqlite(conn: Connection, entries: Sequence[LogEntry]) -> list[int]:
+def _write_sqlite(conn: Connection, messages: Sequence[dict[str, Any]],
+                  recipients: Sequence[Sequence[Mapping[str, Any]]]) -> list[int]:
     """SQLite: each message row by a plain driver statement, its id the row's own rowid; the
     recipients in one executemany.  On SQLite, RETURNING keeps no order, so SQLAlchemy sends
     the rows of ``_INSERT_MESSAGES`` one by one anyway, at twice the CPU of this (the store
     thread's cost per message; docs/operations.md).  Errors come out as SQLAlchemy's, as before."""
     ids: list[int] = []
-    recipients: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
-    for e in entries:
-        mid = conn.exec_driver_sql(_sqlite_insert(_MESSAGES.name, tuple(e.message)),
-                                   tuple(e.message.values())).lastrowid
+    grouped: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
+    for message, rows in zip(messages, recipients, strict=True):
+        mid = conn.exec_driver_sql(_sqlite_insert(_MESSAGES.name, tuple(message)),
+                                   tuple(message.values())).lastrowid
         ids.append(int(mid))
-        for r in e.recipients:
-            recipients.setdefault(("message_id", *r), []).append((mid, *r.values()))
-    for keys, rows in recipients.items():
-        conn.exec_driver_sql(_sqlite_insert(_RECIPIENTS.name, keys), rows)
+        for r in rows:
+            row = _complete(_RECIPIENTS, {"message_id": mid, **r})
+            grouped.setdefault(tuple(row), []).append(tuple(row.values()))
+    for keys, values in grouped.items():
+        conn.exec_driver_sql(_sqlite_insert(_RECIPIENTS.name, keys), values)
     return ids
+
+
+def _complete(table: Table, values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with each column they leave out given what an ORM insert would store: the
+    column's Python-side default (called per row when it is a function, as ``time.time``), NULL
+    where it has none.  A column with neither (NOT NULL, no default) stays out, for the
+    database to refuse as it refuses the ORM's row."""
+    missing = _missing(table.name, tuple(values))
+    if not missing:
+        return values
+    return {**values, **{name: arg(None) if call else arg for name, call, arg in missing}}
+
+
+@functools.lru_cache(maxsize=64)
+def _missing(table: str, keys: tuple[str, ...]) -> tuple[tuple[str, bool, Any], ...]:
+    """(name, call, value) of each column of ``table`` that ``keys`` leave out and that
+    ``_complete`` fills: ``call``: ``value`` is the default's function (SQLAlchemy's wrapper,
+    taking an execution context we do not have, so None)."""
+    filled: list[tuple[str, bool, Any]] = []
+    for column in _TABLES[table].c:
+        if column.name in keys or column.primary_key or column.server_default is not None:
+            continue
+        default = column.default
+        if default is None:
+            if column.nullable:
+                filled.append((column.name, False, None))
+        elif isinstance(default, ColumnDefault) and (default.is_scalar or default.is_callable):
+            filled.append((column.name, default.is_callable, default.arg))
+        else:  # a sequence or SQL expression: not ours to evaluate
+            raise TypeError(f"{table}.{column.name}: the message log's insert cannot apply {default!r}")
+    return tuple(filled)
 
 
 @functools.lru_cache(maxsize=16)
 def _sqlite_insert(table: str, keys: tuple[str, ...]) -> str:
     """INSERT INTO ``table`` (``keys``) with one ? per key; only the table's own columns."""
-    columns = {"messages": _MESSAGES, "message_recipients": _RECIPIENTS}[table].c
+    columns = _TABLES[table].c
     unknown = [k for k in keys if k not in columns]
     if unknown:
         raise ValueError(f"not columns of {table}: {unknown}")
@@ -158,6 +195,8 @@ def _received_by(addresses: Sequence[str], since: Mapping[str, float] | None) ->
 
 @dataclass(frozen=True)
 class LogFilter:
+    """What ``recent`` lists: whose mail, which category, a search, a day and a page."""
+
     addresses: tuple[str, ...] | None = None  # None: everyone (admins)
     category: str = ""
     limit: int = 100
@@ -172,6 +211,7 @@ def _like(text: str) -> str:
 
 
 def recent(session: Session, flt: LogFilter) -> list[MessageRow]:
+    """Log rows matching ``flt`` with their recipients, newest first."""
     query = select(MessageRow).options(selectinload(MessageRow.recipients))
     if flt.addresses is not None:
         query = query.where(_received_by(flt.addresses, flt.since))
@@ -217,10 +257,13 @@ def daily_counts(session: Session, addresses: tuple[str, ...] | None, days: int 
 
 
 def count(session: Session) -> int:
+    """How many messages the log holds."""
     return int(session.scalar(select(func.count(MessageRow.id))) or 0)
 
 
 def set_feedback(session: Session, message_id: int, user_id: int, is_spam: bool) -> Feedback:
+    """Record that user ``user_id`` marked message ``message_id`` spam or not; a changed mark
+    is to be applied again."""
     row = session.scalar(select(Feedback).where(Feedback.message_id == message_id,
                                                 Feedback.user_id == user_id))
     if row is None:
@@ -235,6 +278,7 @@ def set_feedback(session: Session, message_id: int, user_id: int, is_spam: bool)
 
 
 def feedback_for(session: Session, message_ids: list[int], user_id: int) -> dict[int, Feedback]:
+    """{message id: that user's mark} for the messages among ``message_ids`` they marked."""
     if not message_ids:
         return {}
     rows = session.scalars(select(Feedback).where(Feedback.message_id.in_(message_ids),
@@ -243,6 +287,7 @@ def feedback_for(session: Session, message_ids: list[int], user_id: int) -> dict
 
 
 def pending(session: Session) -> list[tuple[Feedback, MessageRow]]:
+    """(mark, its message) of every mark not yet taken into training."""
     rows = session.execute(select(Feedback, MessageRow).join(MessageRow, Feedback.message_id == MessageRow.id)
                            .where(Feedback.applied.is_(None)))
     return [(fb, msg) for fb, msg in rows]
@@ -274,6 +319,7 @@ def latest_for_recipient(session: Session, queue_id: str, recipient: str) -> int
 
 
 def purge_older_than(session: Session, days: int) -> int:
+    """Delete log rows (and their recipients and marks) older than ``days``; returns how many."""
     cutoff = time.time() - days * 86400
     result = cast(CursorResult[Any], session.execute(delete(MessageRow).where(MessageRow.ts < cutoff)))
     return int(result.rowcount or 0)

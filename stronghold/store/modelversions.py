@@ -45,10 +45,12 @@ def report_node(session: Session, node: str, version: str, error: str = "") -> N
 
 
 def nodes(session: Session) -> list[ModelNode]:
+    """Every milter node's last report (version run, when, error), by node name."""
     return list(session.scalars(select(ModelNode).order_by(ModelNode.node)))
 
 
 def record_event(session: Session, action: str, version: str, who: str, reason: str) -> None:
+    """Add an entry to the shared model's history, stamped now."""
     session.add(ModelEvent(ts=time.time(), action=action, version=version, who=who, reason=reason))
 
 

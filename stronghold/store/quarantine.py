@@ -82,6 +82,7 @@ class Held:
 
     @property
     def is_virus(self) -> bool:
+        """Whether the copy was held for a virus (such copies only admins release)."""
         return self.category == VIRUS or bool(self.virus)
 
 
@@ -177,6 +178,7 @@ def ids_for_message(session: Session, queue_id: str, recipients: Sequence[str],
 
 
 def get(session: Session, item_id: int) -> Held | None:
+    """The item ``item_id``, or None if there is none."""
     row = session.get(QuarantineItem, item_id)
     return _held(row) if row is not None else None
 
@@ -324,6 +326,7 @@ def mark_delivered(session: Session, item_id: int, stamp: float) -> None:
 
 
 def count(session: Session) -> int:
+    """How many items (held copies, one per recipient) there are."""
     return int(session.scalar(select(func.count(QuarantineItem.id))) or 0)
 
 
@@ -333,4 +336,5 @@ def count_unreleased(session: Session) -> int:
 
 
 def blob_count(session: Session) -> int:
+    """How many distinct messages the quarantine stores."""
     return int(session.scalar(select(func.count(QuarantineBlob.sha256))) or 0)

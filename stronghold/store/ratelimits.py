@@ -46,6 +46,7 @@ def current(store: Store, key: str) -> tuple[int, float] | None:
 
 
 def reachable(store: Store) -> bool:
+    """Whether the database answers a trivial query (the rate limits can be counted)."""
     try:
         with store.engine.connect() as conn:
             conn.execute(text("SELECT 1"))
@@ -61,5 +62,6 @@ def reset(store: Store) -> int:
 
 
 def clear(store: Store, key: str) -> None:
+    """Remove the counter ``key`` (nothing if there is none)."""
     with store.engine.begin() as conn:
         conn.execute(delete(RateLimit).where(RateLimit.key == key))

@@ -11,10 +11,12 @@ GLOBAL = ""  # owner of the global (admin) lists
 
 
 class Base(DeclarativeBase):
-    pass
+    """The declarative base of every table of the store."""
 
 
 class User(Base):
+    """A web UI account; ``role`` is 'user' or 'admin'."""
+
     __tablename__ = "users"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     login: Mapped[str] = mapped_column(String(254), unique=True)
@@ -30,10 +32,13 @@ class User(Base):
 
     @property
     def is_admin(self) -> bool:
+        """Whether the user may see and manage everyone's mail and lists."""
         return self.role == "admin"
 
 
 class Address(Base):
+    """An address a user owns (one owner at a time; ``since``: from when its mail is theirs)."""
+
     __tablename__ = "addresses"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     address: Mapped[str] = mapped_column(String(320), unique=True)
@@ -71,6 +76,8 @@ class RateLimit(Base):
 
 
 class ListEntryRow(Base):
+    """An allow or block entry: ``owner`` an address, or GLOBAL for the admins' lists."""
+
     __tablename__ = "list_entries"
     __table_args__ = (UniqueConstraint("owner", "kind", "pattern", name="uq_list_entry"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -84,6 +91,8 @@ class ListEntryRow(Base):
 
 
 class MessageRow(Base):
+    """The message log: one row per message the filter decided (``messagelog``)."""
+
     __tablename__ = "messages"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     ts: Mapped[float] = mapped_column(Float, default=time.time, index=True)
@@ -106,6 +115,8 @@ class MessageRow(Base):
 
 
 class MessageRecipient(Base):
+    """One recipient of a logged message and what the filter did for it."""
+
     __tablename__ = "message_recipients"
     __table_args__ = (Index("ix_message_recipients_address_msg", "address", "message_id"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -118,6 +129,8 @@ class MessageRecipient(Base):
 
 
 class Feedback(Base):
+    """A user's spam/not-spam mark on a logged message; ``applied``: when training took it in."""
+
     __tablename__ = "feedback"
     __table_args__ = (UniqueConstraint("message_id", "user_id", name="uq_feedback"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -155,7 +168,7 @@ class QuarantineItem(Base):
     ts: Mapped[float] = mapped_column(Float, default=time.time, index=True)
     recipient: Mapped[str] = mapped_column(String(320))
     sender: Mapped[str] = mapped_column(String(320), default="")
-    # The header From as received; None: held before it was recorded (read it from the copy).
+    # The header From as received; NULL only until migration 0009 fills it for items held before 0008.
     header_from: Mapped[str | None] = mapped_column(String(320), nullable=True)
     subject: Mapped[str] = mapped_column(String(200), default="")
     queue_id: Mapped[str] = mapped_column(String(40), default="")

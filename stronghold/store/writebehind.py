@@ -71,6 +71,7 @@ class StoreThread:
 
     @property
     def queued(self) -> int:
+        """How many writes wait for the database."""
         with self._lock:
             return len(self._pending)
 
