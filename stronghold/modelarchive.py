@@ -19,7 +19,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from stronghold import heldback
-from stronghold.modelfile import ModelError, check_file_is_trusted, passport_path, read_passport, table_path, temp_name
+from stronghold.modelfile import (
+    ModelError,
+    atomic_file,
+    check_file_is_trusted,
+    passport_path,
+    read_passport,
+    table_path,
+)
 from stronghold.modelsync import version_of
 from stronghold.store import ledger
 
@@ -36,15 +43,11 @@ def marks_path(model: Path) -> Path:
 
 
 def write_marks(model: Path, marks: dict[str, bool]) -> None:
-    """Record which marks the model at ``model`` holds (atomically; before its passport changes)."""
-    tmp = temp_name(model, MARKS_SUFFIX)
-    try:
-        with gzip.open(tmp, "wt", encoding="utf-8") as fh:
-            json.dump({h: "s" if s else "h" for h, s in sorted(marks.items())}, fh)
-        tmp.chmod(0o644)
-        os.replace(tmp, marks_path(model))
-    finally:
-        tmp.unlink(missing_ok=True)
+    """Record which marks the model at ``model`` holds (atomically and durably, as the model files
+    are written; before its passport changes)."""
+    data = json.dumps({h: "s" if s else "h" for h, s in sorted(marks.items())}).encode("utf-8")
+    with atomic_file(marks_path(model), MARKS_SUFFIX) as fh, gzip.GzipFile(fileobj=fh, mode="wb", mtime=0) as gz:
+        gz.write(data)
 
 
 def read_marks(model: Path) -> dict[str, bool] | None:
@@ -69,7 +72,8 @@ def read_marks(model: Path) -> dict[str, bool] | None:
 
 
 def copy_model(src: Path, dst: Path) -> None:
-    """Copy a model's files (its marks first, the passport last: readers see the old model or the new)."""
+    """Copy a model's files, each atomically and durably (its marks first, the passport last:
+    readers see the old model or the new)."""
     dst.parent.mkdir(parents=True, exist_ok=True)
     names: list[Callable[[Path], Path]] = [Path, table_path, passport_path]
     if marks_path(src).exists():
@@ -77,10 +81,8 @@ def copy_model(src: Path, dst: Path) -> None:
     else:
         marks_path(dst).unlink(missing_ok=True)
     for name in names:
-        tmp = name(dst).with_name(".tmp-" + name(dst).name)
-        shutil.copyfile(name(src), tmp)
-        tmp.chmod(0o644)
-        tmp.replace(name(dst))
+        with open(name(src), "rb") as fh, atomic_file(name(dst), ".copy") as out:
+            shutil.copyfileobj(fh, out, 1 << 20)
 
 
 def remove_model(model: Path) -> None:
@@ -122,10 +124,8 @@ def restore_sample(src: Path, live: Path) -> None:
     """Put the held-back sample archived with ``src`` (if any) back beside ``live``."""
     sample = heldback.path_for(src)
     if sample.exists():
-        tmp = temp_name(live, heldback.SUFFIX)
-        shutil.copyfile(sample, tmp)
-        tmp.chmod(0o644)
-        os.replace(tmp, heldback.path_for(live))
+        with open(sample, "rb") as fh, atomic_file(heldback.path_for(live), heldback.SUFFIX) as out:
+            shutil.copyfileobj(fh, out, 1 << 20)
 
 
 def archived(live: Path) -> list[Path]:

@@ -4,16 +4,18 @@ operator readmits or forgets it (users' personal layers keep it)."""
 
 from __future__ import annotations
 
+import gzip
 import json
+import os
 from pathlib import Path
 
 import pytest
 
-from stronghold import heldback
+from stronghold import heldback, modelarchive
 from stronghold.cli import main
 from stronghold.learning import awaits_judgement, candidate_path, shared_labels
 from stronghold.modelarchive import archived, copy_model, marks_path, read_marks
-from stronghold.modelfile import read_passport
+from stronghold.modelfile import passport_path, read_passport, table_path
 from stronghold.store import ledger
 from stronghold.store.db import Store
 from stronghold.store.tables import LearnedMessage
@@ -332,3 +334,59 @@ def test_a_set_aside_mark_given_again_stays_set_aside(store: Store) -> None:
         assert ledger.readmit(s, "mallory") == 1
     with store.session() as s:
         assert shared_labels(ledger.rows(s))[digest] is True
+
+
+def _disk_writes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """What reaches the disk, in order: ('fsync', file or folder), ('rename', target) (the real calls run)."""
+    seen: list[tuple[str, str]] = []
+    fsync, replace = os.fsync, os.replace
+
+    def spy_fsync(fd: int) -> None:
+        seen.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        fsync(fd)
+
+    def spy_replace(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+        seen.append(("rename", str(dst)))
+        replace(src, dst)
+    monkeypatch.setattr(os, "fsync", spy_fsync)
+    monkeypatch.setattr(os, "replace", spy_replace)
+    return seen
+
+
+def _synced_then_renamed(seen: list[tuple[str, str]], path: Path) -> bool:
+    """``path`` was renamed into place after its temporary file was synced, and its folder synced after."""
+    renamed = seen.index(("rename", str(path)))
+    synced_before = any(op == "fsync" and Path(p).parent == path.parent and Path(p).name.startswith(".tmp-")
+                        for op, p in seen[:renamed])
+    return synced_before and ("fsync", str(path.parent)) in seen[renamed:]
+
+
+def test_marks_and_copied_model_files_are_written_durably_and_atomically(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``model.marks.json.gz`` and the files a promotion or rollback copies are synced before their
+    rename and the folder after it, as ``Model.save`` does (they were only renamed: a crash could leave
+    an empty marks file beside a passport that names them, and the model could not be rolled back to)."""
+    model = tmp_path / "model.joblib"
+    seen = _disk_writes(monkeypatch)
+    modelarchive.write_marks(model, {"a" * 64: True, "b" * 64: False})
+    assert _synced_then_renamed(seen, marks_path(model))
+    with gzip.open(marks_path(model), "rt") as fh:
+        assert json.load(fh) == {"a" * 64: "s", "b" * 64: "h"}
+    for path in (model, table_path(model), passport_path(model)):
+        path.write_bytes(path.name.encode())
+    seen.clear()
+    copy = tmp_path / "versions" / "0001-x" / "model.joblib"
+    copy_model(model, copy)
+    for path in (copy, table_path(copy), passport_path(copy), marks_path(copy)):
+        assert _synced_then_renamed(seen, path), path
+    assert [p.read_bytes() for p in (copy, table_path(copy))] == [b"model.joblib", b"model.npy"]
+
+    def failing(fd: int) -> None:  # the disk fails while the new marks are written
+        raise OSError(5, "Input/output error")
+    monkeypatch.setattr(os, "fsync", failing)
+    with pytest.raises(OSError):
+        modelarchive.write_marks(model, {"c" * 64: True})
+    with gzip.open(marks_path(model), "rt") as fh:  # the old marks stay, whole; no temporary file is left
+        assert json.load(fh) == {"a" * 64: "s", "b" * 64: "h"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.joblib", "model.json", "model.marks.json.gz",
+                                                          "model.npy", "versions"]
