@@ -25,6 +25,7 @@ from stronghold.modelfile import (
     check_file_is_trusted,
     passport_path,
     read_passport,
+    sync_folder,
     table_path,
 )
 from stronghold.modelsync import version_of
@@ -32,10 +33,16 @@ from stronghold.store import ledger
 
 log = logging.getLogger(__name__)
 MARKS_SUFFIX = ".marks.json.gz"
+DELETING = ".deleting-"  # an archive folder being deleted (no longer an archive: see _number)
 
 
 def versions_dir(live: Path) -> Path:
     return live.parent / "versions"
+
+
+def candidate_path(live: Path) -> Path:
+    """The candidate beside the live model (``model.joblib`` -> ``candidate.joblib``)."""
+    return live.with_name("candidate" + live.suffix)
 
 
 def marks_path(model: Path) -> Path:
@@ -98,7 +105,9 @@ def archive(live: Path, keep: int) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     numbers = [_number(p.name) for p in folder.iterdir() if p.is_dir()]
     number = max((n for n in numbers if n is not None), default=0) + 1
-    dst = folder / f"{number:04d}-{version_of(read_passport(live))[:16]}" / live.name
+    name = f"{number:04d}-{version_of(read_passport(live))[:16]}"
+    delete_folder(folder / (".new-" + name))  # left by an interrupted archiving
+    dst = folder / (".new-" + name) / live.name  # not an archive until complete (see _number)
     copy_model(live, dst)
     sample = heldback.path_for(live)
     if sample.exists():  # a rollback across a retraining needs the restored model's own sample
@@ -106,8 +115,10 @@ def archive(live: Path, keep: int) -> Path:
             os.link(sample, heldback.path_for(dst))  # the live one is only ever replaced by a rename
         except OSError:  # a file system without hard links
             shutil.copyfile(sample, heldback.path_for(dst))
+    os.replace(dst.parent, folder / name)
+    sync_folder(folder)
     prune(live, keep)
-    return dst
+    return folder / name / live.name
 
 
 def prune(live: Path, keep: int) -> list[str]:
@@ -115,9 +126,18 @@ def prune(live: Path, keep: int) -> list[str]:
     names of the folders deleted.  Their marks then no longer hold ledger rows (``held_anywhere``)."""
     old = [model.parent for model in archived(live)][:-max(keep, 1)]
     for folder in old:
-        shutil.rmtree(folder)
+        delete_folder(folder)
         log.info("archived model %s deleted (model_versions_kept = %d)", folder.name, keep)
     return [folder.name for folder in old]
+
+
+def delete_folder(folder: Path) -> None:
+    """Delete an archive folder as a whole: renamed out of the archive first (one atomic step), then
+    emptied; what an interrupted deletion left behind goes with the next one."""
+    if folder.is_dir():
+        os.replace(folder, folder.with_name(DELETING + folder.name))
+    for left in folder.parent.glob(DELETING + "*"):
+        shutil.rmtree(left)
 
 
 def restore_sample(src: Path, live: Path) -> None:
