@@ -136,6 +136,8 @@ def cmd_learn(args: argparse.Namespace, cfg: Config) -> int:
                   f"{p.learned_spam} learned spam + {p.learned_ham} learned ham")
             if args.no_promote:
                 print(f"candidate {learning.version_of(p)[:12]} kept; 'stronghold model promote' judges it")
+            elif learning.version_of(p) == learning.version_of(read_passport(live)):
+                print(f"the candidate is the live model {learning.version_of(p)[:12]}: nothing to judge")
             else:
                 judgement = learning.promote(store, live, who, keep=cfg.model_versions_kept)
                 word = "promoted" if judgement.promote else "held back"

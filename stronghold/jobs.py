@@ -58,8 +58,9 @@ def expire_junk(cfg: Config, store: Store) -> str:
 def learn(cfg: Config, store: Store) -> str:
     """Web marks and IMAP moves recorded since the last run go into the candidate, which is
     judged and promoted (or held back); personal layers are rebuilt when their feedback or
-    the live model changed.  A candidate a failed run left unjudged is judged now.  A rollback
-    that was interrupted is finished first."""
+    the live model changed.  A candidate a failed run left unjudged is judged now; one the
+    ledger moved back to a model judged before (the live one, or one held back) is not judged
+    again, and the summary says so.  A rollback that was interrupted is finished first."""
     live = cfg.model_path
     if not passport_path(live).is_file():
         return f"skipped: no model at {live}"
@@ -74,6 +75,8 @@ def learn(cfg: Config, store: Store) -> str:
             promoted = judgement.promote
             word = "promoted" if promoted else "held back"
             outcome = f"{moved}, candidate {word}: {judgement.reason}"
+        elif result.added or result.removed:
+            outcome = f"{moved}, {learning.judged_before(store, live)}"
         rebuilt = personal.rebuild_if_any(store, live, only_if_changed=not promoted)
     layers = f"{rebuilt} rebuilt" if rebuilt is not None else "unchanged"
     done = "" if finished is None else f"finished the interrupted rollback to {finished.restored}; "

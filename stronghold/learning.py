@@ -165,6 +165,22 @@ def awaits_judgement(store: Store, live: Path) -> bool:
         return not modelversions.judged(session, version)
 
 
+def judged_before(store: Store, live: Path) -> str:
+    """Why the candidate (not awaiting judgement) is not judged: it is the live model, or a model
+    judged before, with that judgement."""
+    version = version_of(read_passport(candidate_path(live)))
+    if version == version_of(read_passport(live)):
+        return f"the candidate is the live model {version[:12]} again: nothing to judge"
+    with store.session() as session:
+        event = modelversions.latest_event(session, version, ("promoted", "held-back"))
+        if event is None:  # grew from another training run: the next learn rebuilds it
+            return f"candidate {version[:12]} left from another training run, not judged"
+        when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(event.ts))
+        word = "held back" if event.action == "held-back" else "promoted"
+    return (f"candidate {version[:12]} is a model {word} before ({when} UTC), not judged again "
+            "('stronghold model promote' judges it anew)")
+
+
 def update_candidate(store: Store, live: Path, save_unchanged: bool = True) -> tuple[Model, SyncResult]:
     """Bring the candidate up to the ledger and save it (call under ``model_lock``); with
     ``save_unchanged`` false, a candidate the ledger did not move is not written again."""
