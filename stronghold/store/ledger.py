@@ -110,6 +110,7 @@ def forget_by(session: Session, who: str, scope: str = SHARED) -> int:
 
 
 def rows(session: Session, scope: str = SHARED) -> list[LearnedMessage]:
+    """Every row of ``scope`` (wanted, applied, forgotten or set aside), by content hash."""
     return list(session.scalars(select(LearnedMessage).where(LearnedMessage.scope == scope)
                                 .order_by(LearnedMessage.content_hash)))
 
