@@ -2,7 +2,9 @@
 
 With a ``learn_command``, moves are feedback (IMAPSieve, ``vnd.dovecot.pipe``): a message moved or
 copied into Junk is recorded as spam, one moved out of Junk (anywhere but Trash) as ham, through
-``stronghold learn --source imap --record-only`` run as the mail account.
+``stronghold learn --source imap --record-only`` run as the mail account.  That command takes no
+model lock on purpose (a pipe waiting behind a learn run would hit Pigeonhole's time limit and lose
+the mark): it writes only the ledger's labels, never what a model holds (docs/classifier.md).
 
 Like the Postfix and clamd in ``localstack``, it lives in one folder of its own
 (config, run dir, state, log, mail under ``vmail/``) and never reads or touches

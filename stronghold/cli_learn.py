@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from stronghold import heldback, learning, modelsync, personal
+from stronghold import heldback, learning, modelrollback, modelsync, personal
 from stronghold.classifier import Model
 from stronghold.cli_options import add_by
 from stronghold.config import Config
@@ -98,7 +98,8 @@ def cmd_learn(args: argparse.Namespace, cfg: Config) -> int:
                               "or --from-feedback")
     read_passport(live)  # no model: say so before anything is recorded
     with _store(cfg) as store:
-        with learning.model_lock(live):
+        with learning.locked(store, live) as finished:
+            _print_finished(finished)
             with store.session() as session:
                 change = ledger.record(session, token_sets, labels, source=args.source, who=who)
                 forgotten_by = ledger.forget_by(session, args.forget_by) if args.forget_by else 0
@@ -135,6 +136,8 @@ def cmd_learn(args: argparse.Namespace, cfg: Config) -> int:
                   f"{p.learned_spam} learned spam + {p.learned_ham} learned ham")
             if args.no_promote:
                 print(f"candidate {learning.version_of(p)[:12]} kept; 'stronghold model promote' judges it")
+            elif learning.version_of(p) == learning.version_of(read_passport(live)):
+                print(f"the candidate is the live model {learning.version_of(p)[:12]}: nothing to judge")
             else:
                 judgement = learning.promote(store, live, who, keep=cfg.model_versions_kept)
                 word = "promoted" if judgement.promote else "held back"
@@ -202,6 +205,10 @@ def cmd_candidates(args: argparse.Namespace, cfg: Config) -> int:
                 print(f"would be {'promoted' if j.promote else 'held back'}: {j.reason}")
         else:
             print("no candidate")
+        interrupted = modelrollback.pending(live)
+        if interrupted:
+            print(f"a 'model rollback' to {interrupted} was interrupted: the next 'stronghold model rollback', "
+                  "'learn' or 'jobs' finishes it")
         _print_set_aside(learning.set_aside_count(store))
         for event in learning.events(store, args.limit):
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(event.ts))
@@ -211,7 +218,8 @@ def cmd_candidates(args: argparse.Namespace, cfg: Config) -> int:
 
 def cmd_promote(args: argparse.Namespace, cfg: Config) -> int:
     live = _model_path(args, cfg)
-    with _store(cfg) as store, learning.model_lock(live):
+    with _store(cfg) as store, learning.locked(store, live) as finished:
+        _print_finished(finished)
         judgement = learning.promote(store, live, args.by or getpass.getuser(), force=args.force,
                                      keep=cfg.model_versions_kept)
     if not judgement.promote:
@@ -227,12 +235,27 @@ def _print_set_aside(count: int) -> None:
               "'stronghold learn --readmit [--readmit-by WHO]' (or taken out: 'learn --forget-by WHO')")
 
 
+def _print_finished(done: modelrollback.Rollback | None) -> None:
+    """Say that an interrupted rollback was finished first (``learning.locked``)."""
+    if done is None:
+        return
+    aside = ("" if done.set_aside is None
+             else f"; {done.set_aside} mark(s) the rolled-back model had learned are set aside")
+    print(f"finished the interrupted 'model rollback': {done.version[:12]} (from {done.restored}) is live "
+          f"again and the learning ledger follows it; the candidate was discarded{aside}")
+
+
 def cmd_rollback(args: argparse.Namespace, cfg: Config) -> int:
     live = _model_path(args, cfg)
     with _store(cfg) as store, learning.model_lock(live):
-        done = learning.rollback(store, live, args.by or getpass.getuser())
-        print(f"rolled back: {done.version[:12]} (from {done.restored}) is live again; the candidate was "
-              f"discarded; {done.set_aside} mark(s) the rolled-back model had learned are set aside")
+        done = modelrollback.rollback(store, live, args.by or getpass.getuser())
+        if done.resumed:
+            _print_finished(done)
+            print("no further rollback was done: run 'stronghold model rollback' again to go one more "
+                  "version back")
+        else:
+            print(f"rolled back: {done.version[:12]} (from {done.restored}) is live again; the candidate "
+                  f"was discarded; {done.set_aside} mark(s) the rolled-back model had learned are set aside")
         _print_set_aside(learning.set_aside_count(store))
         _rebuild_layers(store, live)
     return 0

@@ -58,23 +58,29 @@ def expire_junk(cfg: Config, store: Store) -> str:
 def learn(cfg: Config, store: Store) -> str:
     """Web marks and IMAP moves recorded since the last run go into the candidate, which is
     judged and promoted (or held back); personal layers are rebuilt when their feedback or
-    the live model changed.  A candidate a failed run left unjudged is judged now."""
+    the live model changed.  A candidate a failed run left unjudged is judged now; one the
+    ledger moved back to a model judged before (the live one, or one held back) is not judged
+    again, and the summary says so.  A rollback that was interrupted is finished first."""
     live = cfg.model_path
     if not passport_path(live).is_file():
         return f"skipped: no model at {live}"
-    with learning.model_lock(live):  # judging and promoting too: no learner may change the candidate meanwhile
+    with learning.locked(store, live) as finished:  # judging and promoting too: no learner may change the candidate
         items, mark_done, _ = record_pending(store)
         _, result = learning.update_candidate(store, live, save_unchanged=False)  # hourly: no 17 MB rewrite
         mark_done()
+        moved = f"learned {result.added} (took out {result.removed})"
         outcome, promoted = "nothing new for the shared model", False
         if learning.awaits_judgement(store, live):
             judgement = learning.promote(store, live, "jobs", keep=cfg.model_versions_kept)
             promoted = judgement.promote
             word = "promoted" if promoted else "held back"
-            outcome = f"learned {result.added} (took out {result.removed}), candidate {word}: {judgement.reason}"
+            outcome = f"{moved}, candidate {word}: {judgement.reason}"
+        elif result.added or result.removed:
+            outcome = f"{moved}, {learning.judged_before(store, live)}"
         rebuilt = personal.rebuild_if_any(store, live, only_if_changed=not promoted)
     layers = f"{rebuilt} rebuilt" if rebuilt is not None else "unchanged"
-    return f"{len(items)} web mark(s); personal layers: {layers}; {outcome}"
+    done = "" if finished is None else f"finished the interrupted rollback to {finished.restored}; "
+    return f"{done}{len(items)} web mark(s); personal layers: {layers}; {outcome}"
 
 
 JOBS: dict[str, Job] = {

@@ -8,7 +8,8 @@ Files, all in the models folder (the only place models are loaded from):
 - ``candidate.joblib`` (+ ...): the live model plus everything the ledger holds now;
 - ``model.heldback.json.gz``: a fixed sample of labelled corpus messages (their features), drawn
   by ``stronghold train`` for that model, that every candidate is scored on (``heldback``);
-- ``versions/NNNN-<version>/``: models that were live before, newest last (``model rollback``).
+- ``versions/NNNN-<version>/``: models that were live before, newest last (``model rollback``);
+- ``model.rollback.json``: only while a rollback runs, or after one was interrupted (``modelrollback``).
 
 A promoted or rolled-back model is published in the store (``modelsync``), where every milter
 node pulls it from.
@@ -28,16 +29,16 @@ from __future__ import annotations
 
 import fcntl
 import logging
-import shutil
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from stronghold import heldback, modelarchive, modelsync
+from stronghold import heldback, modelarchive, modelrollback, modelsync
 from stronghold.classifier import Model
 from stronghold.modelfile import ModelError, Passport, read_passport
+from stronghold.modelrollback import Rollback
 from stronghold.store import ledger, modelversions
 from stronghold.store.db import Store
 from stronghold.store.messagelog import unpack_tokens
@@ -71,10 +72,7 @@ def shared_labels(rows: Sequence[LearnedMessage], fresh: bool = False) -> dict[s
     return wanted
 
 
-def candidate_path(live: Path) -> Path:
-    return live.with_name("candidate" + live.suffix)
-
-
+candidate_path = modelarchive.candidate_path
 version_of = modelsync.version_of  # a model's version: the SHA-256 of its passport
 
 
@@ -94,6 +92,14 @@ def model_lock(live: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+@contextmanager
+def locked(store: Store, live: Path) -> Iterator[Rollback | None]:
+    """``model_lock``, and first of all a rollback that was interrupted finished (yielded; None: there
+    was none), so that model and ledger are in step for whatever comes next."""
+    with model_lock(live):
+        yield modelrollback.finish(store, live)
 
 
 # -- ledger -> model ------------------------------------------------------------------
@@ -159,9 +165,26 @@ def awaits_judgement(store: Store, live: Path) -> bool:
         return not modelversions.judged(session, version)
 
 
+def judged_before(store: Store, live: Path) -> str:
+    """Why the candidate (not awaiting judgement) is not judged: it is the live model, or a model
+    judged before, with that judgement."""
+    version = version_of(read_passport(candidate_path(live)))
+    if version == version_of(read_passport(live)):
+        return f"the candidate is the live model {version[:12]} again: nothing to judge"
+    with store.session() as session:
+        event = modelversions.latest_event(session, version, ("promoted", "held-back"))
+        if event is None:  # grew from another training run: the next learn rebuilds it
+            return f"candidate {version[:12]} left from another training run, not judged"
+        when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(event.ts))
+        word = "held back" if event.action == "held-back" else "promoted"
+    return (f"candidate {version[:12]} is a model {word} before ({when} UTC), not judged again "
+            "('stronghold model promote' judges it anew)")
+
+
 def update_candidate(store: Store, live: Path, save_unchanged: bool = True) -> tuple[Model, SyncResult]:
     """Bring the candidate up to the ledger and save it (call under ``model_lock``); with
     ``save_unchanged`` false, a candidate the ledger did not move is not written again."""
+    modelrollback.finish(store, live)  # model and ledger in step first (``locked`` did it already)
     _note_live_marks(store, live)
     model = open_candidate(live)
     result, wanted = sync(store, model)
@@ -194,6 +217,7 @@ def archive_replaced(store: Store, live: Path, keep: int) -> Path | None:
     next ``sync`` puts everything the ledger wants into its candidate, and a rollback to the archived
     model makes ``applied`` what that model holds again.  Marks set aside stay set aside across a
     retraining (a fresh model learns them only once readmitted)."""
+    modelrollback.finish(store, live)
     try:
         _note_live_marks(store, live)
         if modelarchive.read_marks(live) is None:
@@ -291,6 +315,7 @@ def events(store: Store, limit: int = 20) -> list[ModelEvent]:
 def promote(store: Store, live: Path, who: str, force: bool = False, *, keep: int) -> Judgement:
     """Judge the candidate; if it is not worse (or ``force``), archive the live model (keeping the
     newest ``keep`` archived) and replace it."""
+    modelrollback.finish(store, live)
     cand = candidate_path(live)
     if not cand.exists():
         raise ModelError("no candidate model: 'stronghold learn' builds one")
@@ -326,53 +351,6 @@ def _record_marks(store: Store, cand: Path) -> None:
         raise ModelError("the candidate holds another state of the learning ledger than the store records; "
                          "'stronghold learn' rebuilds it")
     modelarchive.write_marks(cand, marks)
-
-
-@dataclass(frozen=True)
-class Rollback:
-    version: str  # the model live again
-    restored: str  # the archive it came from
-    set_aside: int  # marks newly set aside
-
-
-def rollback(store: Store, live: Path, who: str) -> Rollback:
-    """Make the newest archived model live again (it leaves the archive): the ledger's applied
-    state becomes what that model holds, the marks only the rolled-back model had learned are set
-    aside, and the candidate (built from the rolled-back state) is discarded.
-
-    The store is changed first, the files after, the archive removed last: run again after an
-    interruption, it finishes the same rollback."""
-    versions = modelarchive.archived(live)
-    if not versions:
-        raise ModelError("no earlier model to roll back to")
-    src = versions[-1]
-    name = src.parent.name
-    Model.load(src)  # refuse a damaged archive before touching the live model
-    restored = modelarchive.read_marks(src)
-    if restored is None:
-        raise ModelError(f"the archived model {name} does not record which marks of the learning ledger it "
-                         "holds (archived by an older version): rolling back to it would leave model and "
-                         "ledger apart; train a new model with 'stronghold train' instead")
-    rolled = modelarchive.read_marks(live)
-    with store.session() as session:
-        if rolled is None:  # a live model from before marks were recorded: its candidate's state instead
-            log.warning("the live model does not record its marks; setting aside what its candidate holds")
-            rolled = ledger.applied(session)
-        gone = ledger.missing(session, restored)
-        if gone:
-            raise ModelError(f"the archived model {name} holds {len(gone)} mark(s) the learning ledger no "
-                             "longer has (cannot be taken out later); train a new model instead")
-        aside = ledger.restore(session, restored, {h: s for h, s in rolled.items() if restored.get(h) != s})
-        version = version_of(read_passport(src))
-        modelversions.record_event(session, "rolled-back", version, who,
-                                   f"restored {name}; {aside} mark(s) set aside")
-    modelarchive.remove_model(candidate_path(live))
-    modelarchive.restore_sample(src, live)
-    modelarchive.copy_model(src, live)
-    modelsync.publish(store, live)
-    shutil.rmtree(src.parent)
-    log.info("model rolled-back to %s by %s: %d mark(s) set aside", version[:12], who or "-", aside)
-    return Rollback(version, name, aside)
 
 
 def readmit(store: Store, who: str | None, by: str) -> int:

@@ -19,16 +19,30 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from stronghold import heldback
-from stronghold.modelfile import ModelError, check_file_is_trusted, passport_path, read_passport, table_path, temp_name
+from stronghold.modelfile import (
+    ModelError,
+    atomic_file,
+    check_file_is_trusted,
+    passport_path,
+    read_passport,
+    sync_folder,
+    table_path,
+)
 from stronghold.modelsync import version_of
 from stronghold.store import ledger
 
 log = logging.getLogger(__name__)
 MARKS_SUFFIX = ".marks.json.gz"
+DELETING = ".deleting-"  # an archive folder being deleted (no longer an archive: see _number)
 
 
 def versions_dir(live: Path) -> Path:
     return live.parent / "versions"
+
+
+def candidate_path(live: Path) -> Path:
+    """The candidate beside the live model (``model.joblib`` -> ``candidate.joblib``)."""
+    return live.with_name("candidate" + live.suffix)
 
 
 def marks_path(model: Path) -> Path:
@@ -36,15 +50,11 @@ def marks_path(model: Path) -> Path:
 
 
 def write_marks(model: Path, marks: dict[str, bool]) -> None:
-    """Record which marks the model at ``model`` holds (atomically; before its passport changes)."""
-    tmp = temp_name(model, MARKS_SUFFIX)
-    try:
-        with gzip.open(tmp, "wt", encoding="utf-8") as fh:
-            json.dump({h: "s" if s else "h" for h, s in sorted(marks.items())}, fh)
-        tmp.chmod(0o644)
-        os.replace(tmp, marks_path(model))
-    finally:
-        tmp.unlink(missing_ok=True)
+    """Record which marks the model at ``model`` holds (atomically and durably, as the model files
+    are written; before its passport changes)."""
+    data = json.dumps({h: "s" if s else "h" for h, s in sorted(marks.items())}).encode("utf-8")
+    with atomic_file(marks_path(model), MARKS_SUFFIX) as fh, gzip.GzipFile(fileobj=fh, mode="wb", mtime=0) as gz:
+        gz.write(data)
 
 
 def read_marks(model: Path) -> dict[str, bool] | None:
@@ -69,7 +79,8 @@ def read_marks(model: Path) -> dict[str, bool] | None:
 
 
 def copy_model(src: Path, dst: Path) -> None:
-    """Copy a model's files (its marks first, the passport last: readers see the old model or the new)."""
+    """Copy a model's files, each atomically and durably (its marks first, the passport last:
+    readers see the old model or the new)."""
     dst.parent.mkdir(parents=True, exist_ok=True)
     names: list[Callable[[Path], Path]] = [Path, table_path, passport_path]
     if marks_path(src).exists():
@@ -77,10 +88,8 @@ def copy_model(src: Path, dst: Path) -> None:
     else:
         marks_path(dst).unlink(missing_ok=True)
     for name in names:
-        tmp = name(dst).with_name(".tmp-" + name(dst).name)
-        shutil.copyfile(name(src), tmp)
-        tmp.chmod(0o644)
-        tmp.replace(name(dst))
+        with open(name(src), "rb") as fh, atomic_file(name(dst), ".copy") as out:
+            shutil.copyfileobj(fh, out, 1 << 20)
 
 
 def remove_model(model: Path) -> None:
@@ -96,7 +105,9 @@ def archive(live: Path, keep: int) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     numbers = [_number(p.name) for p in folder.iterdir() if p.is_dir()]
     number = max((n for n in numbers if n is not None), default=0) + 1
-    dst = folder / f"{number:04d}-{version_of(read_passport(live))[:16]}" / live.name
+    name = f"{number:04d}-{version_of(read_passport(live))[:16]}"
+    delete_folder(folder / (".new-" + name))  # left by an interrupted archiving
+    dst = folder / (".new-" + name) / live.name  # not an archive until complete (see _number)
     copy_model(live, dst)
     sample = heldback.path_for(live)
     if sample.exists():  # a rollback across a retraining needs the restored model's own sample
@@ -104,8 +115,10 @@ def archive(live: Path, keep: int) -> Path:
             os.link(sample, heldback.path_for(dst))  # the live one is only ever replaced by a rename
         except OSError:  # a file system without hard links
             shutil.copyfile(sample, heldback.path_for(dst))
+    os.replace(dst.parent, folder / name)
+    sync_folder(folder)
     prune(live, keep)
-    return dst
+    return folder / name / live.name
 
 
 def prune(live: Path, keep: int) -> list[str]:
@@ -113,19 +126,26 @@ def prune(live: Path, keep: int) -> list[str]:
     names of the folders deleted.  Their marks then no longer hold ledger rows (``held_anywhere``)."""
     old = [model.parent for model in archived(live)][:-max(keep, 1)]
     for folder in old:
-        shutil.rmtree(folder)
+        delete_folder(folder)
         log.info("archived model %s deleted (model_versions_kept = %d)", folder.name, keep)
     return [folder.name for folder in old]
+
+
+def delete_folder(folder: Path) -> None:
+    """Delete an archive folder as a whole: renamed out of the archive first (one atomic step), then
+    emptied; what an interrupted deletion left behind goes with the next one."""
+    if folder.is_dir():
+        os.replace(folder, folder.with_name(DELETING + folder.name))
+    for left in folder.parent.glob(DELETING + "*"):
+        shutil.rmtree(left)
 
 
 def restore_sample(src: Path, live: Path) -> None:
     """Put the held-back sample archived with ``src`` (if any) back beside ``live``."""
     sample = heldback.path_for(src)
     if sample.exists():
-        tmp = temp_name(live, heldback.SUFFIX)
-        shutil.copyfile(sample, tmp)
-        tmp.chmod(0o644)
-        os.replace(tmp, heldback.path_for(live))
+        with open(sample, "rb") as fh, atomic_file(heldback.path_for(live), heldback.SUFFIX) as out:
+            shutil.copyfileobj(fh, out, 1 << 20)
 
 
 def archived(live: Path) -> list[Path]:

@@ -19,8 +19,11 @@ import platform
 import stat
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -176,16 +179,34 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a synced temp file and a rename (mode 0644)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
+@contextmanager
+def atomic_file(path: Path, suffix: str = ".tmp") -> Iterator[BinaryIO]:
+    """Write ``path`` as a whole or not at all: the caller writes a temporary file beside it, which
+    is then synced, made mode 0644, renamed onto ``path``, and the folder synced (so the rename
+    survives a crash too).  On an error the temporary file goes and ``path`` is left as it was."""
+    tmp = temp_name(path, suffix)
     try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
+        with open(tmp, "wb") as fh:
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
+        tmp.chmod(0o644)
         os.replace(tmp, path)
+        sync_folder(path.parent)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
+
+
+def sync_folder(folder: Path) -> None:
+    """Make the renames done in ``folder`` durable (fsync of the directory)."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically and durably (``atomic_file``)."""
+    with atomic_file(path, ".json") as fh:
+        fh.write(text.encode("utf-8"))

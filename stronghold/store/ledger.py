@@ -6,14 +6,17 @@ import hashlib
 import time
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any, cast
 
-from sqlalchemy import delete, select
+from sqlalchemy import Table, delete, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from stronghold.store.messagelog import pack_tokens, unpack_tokens
 from stronghold.store.tables import LearnedMessage
 
 SOURCES = ("cli", "web", "imap", "junk")
+_TABLE = cast(Table, LearnedMessage.__table__)
 SHARED = ""  # the scope of the shared model (other scopes: a user's personal layer)
 
 
@@ -42,18 +45,19 @@ def record(session: Session, token_sets: Sequence[set[str]], labels: Sequence[bo
     new = same = flipped = forgotten = unknown = 0
     for tokens, label in zip(token_sets, labels, strict=True):
         digest = content_hash(tokens)
-        row = session.scalars(select(LearnedMessage).where(LearnedMessage.content_hash == digest,
-                                                           LearnedMessage.scope == scope)).first()
+        row = find(session, digest, scope)
         if row is None:
             if label is None:
                 unknown += 1
                 continue
-            session.add(LearnedMessage(content_hash=digest, scope=scope, label=label, applied=None,
-                                       source=source, who=who[:320], created=now, updated=now,
-                                       tokens=pack_tokens(tokens)))
-            session.flush()
-            new += 1
-            continue
+            if _insert(session, dict(content_hash=digest, scope=scope, label=label, applied=None, set_aside=False,
+                                     source=source, who=who[:320], created=now, updated=now,
+                                     tokens=pack_tokens(tokens))):
+                new += 1
+                continue
+            row = find(session, digest, scope)  # another process recorded the message meanwhile
+            if row is None:  # pragma: no cover - the conflicting row cannot vanish: rows go only under the lock
+                raise RuntimeError(f"ledger row {digest[:12]} ({scope or 'shared'}) conflicts yet is missing")
         if row.label == label:
             same += 1
             continue
@@ -75,6 +79,27 @@ def record(session: Session, token_sets: Sequence[set[str]], labels: Sequence[bo
     return Change(new, same, flipped, forgotten, unknown)
 
 
+def find(session: Session, digest: str, scope: str = SHARED) -> LearnedMessage | None:
+    """The row of the message ``digest`` in ``scope`` (None: the ledger has never heard of it)."""
+    return session.scalars(select(LearnedMessage).where(LearnedMessage.content_hash == digest,
+                                                        LearnedMessage.scope == scope)).first()
+
+
+def _insert(session: Session, values: dict[str, object]) -> bool:
+    """Add a row unless one for the message and scope exists (committed meanwhile by another process:
+    the IMAP hook records without the model lock); whether it was added."""
+    dialect = session.get_bind().dialect.name
+    stmt: Any
+    if dialect == "postgresql":
+        stmt = postgresql.insert(_TABLE)
+    elif dialect == "sqlite":
+        stmt = sqlite.insert(_TABLE)
+    else:  # pragma: no cover - only the two databases above are supported
+        raise NotImplementedError(f"learning ledger on {dialect}")
+    stmt = stmt.values(values).on_conflict_do_nothing(index_elements=["content_hash", "scope"])
+    return session.connection().execute(stmt.returning(_TABLE.c.id)).first() is not None  # None: it existed
+
+
 def forget_by(session: Session, who: str, scope: str = SHARED) -> int:
     """Mark everything ``who`` taught (in ``scope``) for forgetting; returns how many."""
     rows = session.scalars(select(LearnedMessage).where(LearnedMessage.who == who, LearnedMessage.scope == scope,
@@ -85,6 +110,7 @@ def forget_by(session: Session, who: str, scope: str = SHARED) -> int:
 
 
 def rows(session: Session, scope: str = SHARED) -> list[LearnedMessage]:
+    """Every row of ``scope`` (wanted, applied, forgotten or set aside), by content hash."""
     return list(session.scalars(select(LearnedMessage).where(LearnedMessage.scope == scope)
                                 .order_by(LearnedMessage.content_hash)))
 
@@ -100,12 +126,23 @@ def digest(pairs: Iterable[tuple[str, bool]]) -> str:
 def mark_applied(session: Session, scope: str, wanted: dict[str, bool | None],
                  keep: Collection[str] = ()) -> None:
     """After the model was saved: ``applied`` follows ``wanted``; forgotten rows go, but for those
-    in ``keep`` (held by a model that may be rolled back to: its tokens are needed to take them out)."""
+    in ``keep`` (held by a model that may be rolled back to: its tokens are needed to take them out).
+
+    Only ``applied`` is written (what the model holds, and so its passport's ``ledger_sha256``):
+    labels are the recorders' (the IMAP hook writes them without the model lock).  A forgotten row is
+    deleted only if it is still forgotten when deleted: one marked again since it was read stays."""
+    gone: list[int] = []
     for row in rows(session, scope):
         if row.content_hash in wanted:
             row.applied = wanted[row.content_hash]
         if row.label is None and row.applied is None and row.content_hash not in keep:
-            session.delete(row)
+            gone.append(row.id)
+    session.flush()
+    for start in range(0, len(gone), 500):
+        session.execute(delete(LearnedMessage).where(LearnedMessage.id.in_(gone[start:start + 500]),
+                                                     LearnedMessage.label.is_(None),
+                                                     LearnedMessage.applied.is_(None)),
+                        execution_options={"synchronize_session": False})
 
 
 def applied(session: Session, scope: str = SHARED) -> dict[str, bool]:

@@ -60,6 +60,12 @@ def judged(session: Session, version: str) -> bool:
         ModelEvent.version == version, ModelEvent.action.in_(("promoted", "held-back")))).first() is not None
 
 
+def latest_event(session: Session, version: str, actions: tuple[str, ...]) -> ModelEvent | None:
+    """The newest of the model ``version``'s events with one of ``actions`` (None: there is none)."""
+    return session.scalars(select(ModelEvent).where(ModelEvent.version == version, ModelEvent.action.in_(actions))
+                           .order_by(ModelEvent.id.desc()).limit(1)).first()
+
+
 def events(session: Session, limit: int = 20) -> list[ModelEvent]:
     """The latest events first."""
     return list(session.scalars(select(ModelEvent).order_by(ModelEvent.id.desc()).limit(limit)))

@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 from stronghold.classifier import Model, token_indices
 from stronghold.cli import main
-from stronghold.learning import SHARED_MARKS_PER_USER, candidate_path, shared_labels
+from stronghold.learning import SHARED_MARKS_PER_USER, candidate_path, events, record_event, shared_labels, version_of
 from stronghold.message import parse
 from stronghold.modelfile import passport_path, read_passport, table_path
 from stronghold.store import accounts, ledger, messagelog
@@ -266,3 +266,36 @@ def test_one_users_marks_reach_the_shared_model_only_up_to_a_bound() -> None:
     assert sorted(h for h in learned if h.startswith("mallory")) == \
         [f"mallory-{n:04d}" for n in range(SHARED_MARKS_PER_USER)]  # the oldest ones
     assert wanted["alice-0001"] is True and sum(h.startswith("admin") for h in learned) == 100
+
+
+def test_jobs_says_what_became_of_a_candidate_back_at_a_judged_model(
+        base: tuple[Path, Path], corpus: Path, env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Marks withdrawn and given again bring the candidate back to the live model, or to a model held
+    back before: neither is judged again, and the summary says so instead of 'nothing new' (it had
+    learned or taken something out)."""
+    live = _train(base, env / "models")
+    trained = read_passport(live)
+    a = str(corpus_files(corpus, "spam", "test")[0])
+    assert main(["learn", "--no-promote", "--spam", a]) == 0
+    held = version_of(read_passport(candidate_path(live)))
+    with Store(f"sqlite:///{env / 'data' / 'stronghold.db'}") as store:  # a judgement held it back earlier
+        record_event(store, "held-back", held, "jobs", "more false positives on the corpus sample")
+    capsys.readouterr()
+
+    assert main(["learn", "--record-only", "--forget", a]) == 0
+    assert main(["jobs", "--only", "learn"]) == 0
+    assert (f"learned 0 (took out 1), the candidate is the live model {version_of(trained)[:12]} again: "
+            "nothing to judge") in capsys.readouterr().out
+    assert main(["learn", "--record-only", "--spam", a]) == 0
+    assert main(["jobs", "--only", "learn"]) == 0
+    assert (f"learned 1 (took out 0), candidate {held[:12]} is a model held back before (") in \
+        capsys.readouterr().out
+    assert version_of(read_passport(candidate_path(live))) == held and read_passport(live) == trained
+    with Store(f"sqlite:///{env / 'data' / 'stronghold.db'}") as store:
+        assert [e.action for e in events(store) if e.version == held] == ["held-back"]  # not judged again
+    assert main(["jobs", "--only", "learn"]) == 0
+    assert "nothing new for the shared model" in capsys.readouterr().out  # and then truly nothing new
+    assert main(["learn", "--forget", a]) == 0  # learn says it as well, not "held back"
+    got = capsys.readouterr()
+    assert f"the candidate is the live model {version_of(trained)[:12]}: nothing to judge" in got.out
+    assert "held back" not in got.err

@@ -4,16 +4,19 @@ operator readmits or forgets it (users' personal layers keep it)."""
 
 from __future__ import annotations
 
+import gzip
 import json
+import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from stronghold import heldback
+from stronghold import heldback, modelarchive, modelsync
 from stronghold.cli import main
-from stronghold.learning import awaits_judgement, candidate_path, shared_labels
+from stronghold.learning import awaits_judgement, candidate_path, events, shared_labels
 from stronghold.modelarchive import archived, copy_model, marks_path, read_marks
-from stronghold.modelfile import read_passport
+from stronghold.modelfile import passport_path, read_passport, table_path
 from stronghold.store import ledger
 from stronghold.store.db import Store
 from stronghold.store.tables import LearnedMessage
@@ -332,3 +335,142 @@ def test_a_set_aside_mark_given_again_stays_set_aside(store: Store) -> None:
         assert ledger.readmit(s, "mallory") == 1
     with store.session() as s:
         assert shared_labels(ledger.rows(s))[digest] is True
+
+
+def _rolled_back_events(env: Path) -> list[str]:
+    with _ledger(env) as store:
+        return [e.reason for e in events(store, 100) if e.action == "rolled-back"]
+
+
+def _break_before_files(real: Callable[..., None]) -> Callable[..., None]:
+    def copy(src: Path, dst: Path) -> None:
+        raise KeyboardInterrupt  # killed before the model files are replaced
+    return copy
+
+
+def _break_after_files(real: Callable[..., None]) -> Callable[..., None]:
+    def copy(src: Path, dst: Path) -> None:
+        real(src, dst)
+        raise KeyboardInterrupt  # killed once the files are replaced
+    return copy
+
+
+BREAKS = {"before the files": ("copy_model", _break_before_files),
+          "after the files": ("copy_model", _break_after_files),
+          "before the archive is removed": ("publish", _break_before_files)}
+
+
+@pytest.mark.corpus
+@pytest.mark.parametrize("broken, then", [("before the files", "learn"), ("before the files", "model rollback"),
+                                          ("after the files", "jobs"), ("after the files", "model rollback"),
+                                          ("before the archive is removed", "learn")])
+def test_an_interrupted_rollback_is_finished_by_the_next_command_once(
+        broken: str, then: str, base: tuple[Path, Path], corpus: Path, env: Path,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """A rollback killed between its steps (files, store, archive) leaves no half-done state: the
+    next rollback, learn or jobs run finishes that rollback (and says so) before anything else, and
+    never rolls back a second version or sets anything aside twice.  It used to make the next learn
+    fail with 'retrain', and a second rollback recorded it twice and set aside nothing."""
+    monkeypatch.setenv("STRONGHOLD_DOVECOT_CONFIG", str(env / "no-dovecot.conf"))
+    a, b, d, e = (str(p) for p in corpus_files(corpus, "spam", "test")[:4])
+    ha, hd, he = (ledger.content_hash(tokenize(Path(p).read_bytes())) for p in (a, d, e))
+    live = _train(base, env / "models")
+    v0 = _files(live)
+    _step(["learn", "--no-promote", "--spam", a, "--by", "alice"])
+    _step(["model", "promote", "--force"])
+    v1 = _files(live)
+    _step(["learn", "--no-promote", "--source", "web", "--by", "mallory", "--spam", b])
+    _step(["model", "promote", "--force"])
+    _step(["learn", "--no-promote", "--spam", d, "--by", "bob"])  # in the candidate only
+    name, breaking = BREAKS[broken]
+    target = modelsync if name == "publish" else modelarchive
+    with monkeypatch.context() as patched:
+        patched.setattr(target, name, breaking(getattr(target, name)))
+        assert main(["model", "rollback"]) == 130  # interrupted
+    capsys.readouterr()
+    _step(["model", "candidates"])  # looks, changes nothing
+    assert "a 'model rollback' to 0002-" in capsys.readouterr().out
+
+    promoted = False
+    if then == "model rollback":
+        _step(["model", "rollback"])
+        out = capsys.readouterr().out
+        assert "finished the interrupted 'model rollback'" in out and "no further rollback was done" in out
+        assert _files(live) == v1 and not candidate_path(live).exists()
+        assert _applied(env) == {ha: True}
+    elif then == "learn":
+        _step(["learn", "--no-promote", "--spam", e, "--by", "bob"])
+        out = capsys.readouterr().out
+        assert "finished the interrupted 'model rollback'" in out and "learned 2 (took out 0)" in out
+        assert _files(live) == v1 and _applied(env) == {ha: True, hd: True, he: True}
+    else:
+        assert main(["jobs", "--only", "learn"]) == 0
+        out = capsys.readouterr().out
+        assert "learn: finished the interrupted rollback to 0002-" in out and "learned 1 (took out 0)" in out
+        assert _applied(env) == {ha: True, hd: True}  # bob's mark, not mallory's
+        promoted = "candidate promoted" in out  # then the restored model is archived anew
+    # the restored archive left the archive
+    assert [m.parent.name[:4] for m in archived(live)] == ["0001", "0002"][:1 + promoted]
+    assert not list((env / "models").glob("*.rollback.json"))
+    assert _set_aside(env, capsys) == 1  # mallory's mark, once
+    [event] = _rolled_back_events(env)  # recorded once
+    assert event.startswith("restored 0002-") and event.endswith("; 1 mark(s) set aside")
+    if not promoted:  # and the next rollback goes one version further, as ever
+        _step(["model", "rollback"])
+        assert _files(live) == v0 and archived(live) == []
+
+
+def _disk_writes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """What reaches the disk, in order: ('fsync', file or folder), ('rename', target) (the real calls run)."""
+    seen: list[tuple[str, str]] = []
+    fsync, replace = os.fsync, os.replace
+
+    def spy_fsync(fd: int) -> None:
+        seen.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        fsync(fd)
+
+    def spy_replace(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+        seen.append(("rename", str(dst)))
+        replace(src, dst)
+    monkeypatch.setattr(os, "fsync", spy_fsync)
+    monkeypatch.setattr(os, "replace", spy_replace)
+    return seen
+
+
+def _synced_then_renamed(seen: list[tuple[str, str]], path: Path) -> bool:
+    """``path`` was renamed into place after its temporary file was synced, and its folder synced after."""
+    renamed = seen.index(("rename", str(path)))
+    synced_before = any(op == "fsync" and Path(p).parent == path.parent and Path(p).name.startswith(".tmp-")
+                        for op, p in seen[:renamed])
+    return synced_before and ("fsync", str(path.parent)) in seen[renamed:]
+
+
+def test_marks_and_copied_model_files_are_written_durably_and_atomically(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``model.marks.json.gz`` and the files a promotion or rollback copies are synced before their
+    rename and the folder after it, as ``Model.save`` does (they were only renamed: a crash could leave
+    an empty marks file beside a passport that names them, and the model could not be rolled back to)."""
+    model = tmp_path / "model.joblib"
+    seen = _disk_writes(monkeypatch)
+    modelarchive.write_marks(model, {"a" * 64: True, "b" * 64: False})
+    assert _synced_then_renamed(seen, marks_path(model))
+    with gzip.open(marks_path(model), "rt") as fh:
+        assert json.load(fh) == {"a" * 64: "s", "b" * 64: "h"}
+    for path in (model, table_path(model), passport_path(model)):
+        path.write_bytes(path.name.encode())
+    seen.clear()
+    copy = tmp_path / "versions" / "0001-x" / "model.joblib"
+    copy_model(model, copy)
+    for path in (copy, table_path(copy), passport_path(copy), marks_path(copy)):
+        assert _synced_then_renamed(seen, path), path
+    assert [p.read_bytes() for p in (copy, table_path(copy))] == [b"model.joblib", b"model.npy"]
+
+    def failing(fd: int) -> None:  # the disk fails while the new marks are written
+        raise OSError(5, "Input/output error")
+    monkeypatch.setattr(os, "fsync", failing)
+    with pytest.raises(OSError):
+        modelarchive.write_marks(model, {"c" * 64: True})
+    with gzip.open(marks_path(model), "rt") as fh:  # the old marks stay, whole; no temporary file is left
+        assert json.load(fh) == {"a" * 64: "s", "b" * 64: "h"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.joblib", "model.json", "model.marks.json.gz",
+                                                          "model.npy", "versions"]
