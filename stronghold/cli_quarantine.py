@@ -20,7 +20,7 @@ from dataclasses import asdict
 from stronghold.cli_options import add_by
 from stronghold.config import Config
 from stronghold.digest import DigestError
-from stronghold.lists import other_envelope
+from stronghold.lists import envelope_shown, other_envelope, shown_from
 from stronghold.release import ReleaseError, release
 from stronghold.store import quarantine
 from stronghold.store.db import Store
@@ -68,21 +68,25 @@ def parse_time(text: str, now: float | None = None) -> float:
 def _json(held: Held) -> dict[str, object]:
     """The item; ``header_from`` read from the held copy where it was not recorded, and
     ``other_envelope``: the envelope sender where it is not the From's address (as the web UI shows
-    it beside the From), else ""."""
+    it beside the From), else ""; ``from_shown`` and ``from_warnings``: the From as the web UI shows
+    it (``lists.shown_from``: never an address-like display name as the sender)."""
     data: dict[str, object] = asdict(held)
     data["date"] = _when(held.ts)
     data["other_envelope"] = other_envelope(held.header_from, held.sender)
+    shown = shown_from(held.header_from)
+    data["from_shown"], data["from_warnings"] = shown.text, list(shown.warnings)
     return data
 
 
 def _sender(held: Held) -> str:
     """Who sent it, as the Junk page shows it: the From, with the envelope sender beside it where it
     differs; the envelope sender alone when there is no From (one column: no tabs)."""
-    header = (held.header_from or "").replace("\t", " ").strip()
-    if not header:
-        return held.sender or "<>"
-    other = other_envelope(header, held.sender)
-    return f"{header} (envelope {other})" if other else header
+    shown = shown_from(held.header_from)
+    if not shown.text:
+        return envelope_shown(held.sender)
+    text = shown.text + "".join(f" [{w}]" for w in shown.warnings)
+    other = other_envelope(held.header_from, held.sender)
+    return f"{text} (envelope {envelope_shown(other)})" if other else text
 
 
 def _status(held: Held) -> str:
@@ -137,14 +141,16 @@ def cmd_show(args: argparse.Namespace, cfg: Config) -> int:
         print()
         return 0
     lines = [f"item: {held.id} ({_status(held)})", f"held: {_when(held.ts)} (queue id {held.queue_id or '-'})",
-             f"recipient: {held.recipient}", f"envelope sender: {held.sender or '<>'}",
+             f"recipient: {held.recipient}", f"envelope sender: {envelope_shown(held.sender)}",
              f"score: {held.score if held.score is not None else '-'}  category: {held.category}"
              + (f"  virus: {held.virus}" if held.virus else ""),
              f"reason: {held.reason}", f"trace: {held.trace}", f"size: {held.size} bytes  sha256: {held.sha256}"]
     if held.released is not None:
         lines.append(f"released: {_when(held.released)} by {held.released_by}; "
                      + (f"delivered {_when(held.delivered)}" if held.delivered else "delivery NOT confirmed"))
-    lines += [f"{name}: {msg.header(name) or ''}" for name in ("From", "To", "Date", "Subject")]
+    shown = shown_from("\n".join(msg.header_all("from")))
+    lines += [f"From: {shown.text}"] + [f"  ! {w}" for w in shown.warnings]
+    lines += [f"{name}: {msg.header(name) or ''}" for name in ("To", "Date", "Subject")]
     lines += ["", text]
     print(_safe("\n".join(lines)))
     return 0

@@ -45,7 +45,7 @@ from email.utils import formatdate, make_msgid
 from itsdangerous import BadData, SignatureExpired, TimestampSigner, URLSafeTimedSerializer
 
 from stronghold.config import Config
-from stronghold.lists import other_envelope
+from stronghold.lists import envelope_shown, other_envelope, shown_from
 from stronghold.release import OutcomeUnknown, ReleaseError, release, smtp_send
 from stronghold.store import accounts, quarantine
 from stronghold.store.db import Store
@@ -163,12 +163,15 @@ def _when(ts: float) -> str:
 
 
 def _senders(held: Held) -> tuple[str, str]:
-    """(the From as received, else the envelope sender; the envelope sender when it is not the From's
-    address, else ""): the same two the Junk page shows (``lists.other_envelope``)."""
-    header = _clean(held.header_from or "")
-    if not header.strip():
-        return _clean(held.sender) or "<>", ""
-    return header, _clean(other_envelope(held.header_from, held.sender))
+    """(the From as the Junk page shows it, its warnings in brackets, else the envelope sender; the
+    envelope sender when it is not the From's address, else ""): the same two the Junk page shows
+    (``lists.shown_from``, ``lists.other_envelope``; ``<> (bounce)`` for a null sender)."""
+    shown = shown_from(held.header_from)
+    if not shown.text:
+        return _clean(envelope_shown(held.sender)), ""
+    other = other_envelope(held.header_from, held.sender)
+    return (_clean(shown.text + "".join(f" [{w}]" for w in shown.warnings), 400),
+            _clean(envelope_shown(other)) if other else "")
 
 
 def compose(cfg: Config, login: str, to: str, items: Sequence[Held], now: float | None = None,

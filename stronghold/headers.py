@@ -113,6 +113,24 @@ def prefixed(raw_subject: bytes | str | None, prefix: str) -> str | None:
     return encode_value("Subject", f"{prefix} {text}".strip())
 
 
+_ONE_MAILBOX = re.compile(r"(?P<name>[^<>]*+)<(?P<addr>[^<>]*+)>")
+
+
+def mailboxes(value: str) -> list[tuple[str, str]]:
+    """(display name, address) of each mailbox of a From value as the store keeps it: decoded, so a
+    name may hold the '@' or ',' an encoded word hid from a parser.  ``name <address>`` is one
+    mailbox whatever its name holds (``boss@bank.example <evil@attacker.example>`` is
+    evil@attacker.example's, as the encoded original was); anything else is read by ``getaddresses``."""
+    text = " ".join(value.split())
+    one = _ONE_MAILBOX.fullmatch(text)
+    if one is not None and one.group("addr").strip():
+        name = one.group("name").strip()
+        if len(name) > 1 and name[0] == name[-1] == '"':
+            name = name[1:-1].replace('\\"', '"').replace("\\\\", "\\")
+        return [(name.strip(), one.group("addr").strip())]
+    return [(name, addr) for name, addr in getaddresses([text]) if addr]
+
+
 def shorten_from(text: str, limit: int = 320) -> str:
     """A From header value cut to ``limit`` characters without cutting an address: the display
     names are shortened instead, so the stored value names the same addresses as the message (a
@@ -120,7 +138,7 @@ def shorten_from(text: str, limit: int = 320) -> str:
     ``boss@bank.example``).  "" when even the addresses alone do not fit."""
     if len(text) <= limit:
         return text
-    pairs = [(name, addr) for name, addr in getaddresses([text]) if addr]
+    pairs = mailboxes(text)
     if not pairs:
         cut = text[:limit]
         return "" if any(addr for _, addr in getaddresses([cut])) else cut

@@ -15,11 +15,14 @@ IDNA 2003 would have it).  ``display`` gives the Unicode form back for people.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from email.utils import getaddresses
 
 import idna
+
+from stronghold.headers import mailboxes
 
 ALLOW = "allow"
 BLOCK = "block"
@@ -130,15 +133,86 @@ def _is_domain(text: str) -> bool:
     return True
 
 
+NULL_SENDER = "<>"
+
+
+def from_address(header_from: str | None) -> str | None:
+    """The one address of a From header, normalized: whom the list buttons and "always allow" act on
+    and what the envelope sender is compared with.  None when it names none, several, or one that
+    does not normalize (a name that looks like an address is a name: ``headers.mailboxes``).  Several
+    From headers (one per line, ``store.quarantine.with_from``) count as several addresses."""
+    found = [box for value in (header_from or "").split("\n") for box in mailboxes(value)]
+    if len(found) != 1:
+        return None
+    try:
+        return normalize_address(found[0][1])
+    except PatternError:
+        return None
+
+
+@dataclass(frozen=True)
+class ShownFrom:
+    """The From as pages and the CLI show it: ``text`` names the real address(es) only; ``warnings``
+    say what about it is a sign of forgery (an address-like display name, several addresses or
+    From headers)."""
+
+    text: str
+    warnings: tuple[str, ...] = ()
+
+
+_ADDRESS_LIKE = re.compile(r"[^\s<>()\[\]\"',;:@]+@[^\s<>()\[\]\"',;:@]+")
+
+
+def _names_another(name: str, address: str) -> bool:
+    """True when display ``name`` holds an '@' (full-width ones too) but not as ``address`` itself."""
+    text = unicodedata.normalize("NFKC", name)
+    if "@" not in text:
+        return False
+    found = _ADDRESS_LIKE.findall(text)
+    return not found or any(not _same_address(a, address) for a in found)
+
+
+def shown_from(header_from: str | None, headers: int = 1) -> ShownFrom:
+    """How to show a From (several From headers, as ``store.quarantine.with_from`` gives them: one
+    per line; ``headers``: how many there were when only the first was kept).  A display name that
+    looks like an address other than the real one is never the text: the real address is, and a
+    warning quotes the name; several addresses are all shown, without names."""
+    values = [v for v in (header_from or "").split("\n") if v.strip()]
+    count = max(len(values), headers)
+    boxes = [box for value in values for box in mailboxes(value)]
+    warnings: list[str] = []
+    if count > 1:
+        warnings.append(f"{count} From headers: a sign of forgery")
+    if not boxes:
+        return ShownFrom(" ".join(" ".join(values).split()), tuple(warnings))
+    if len(boxes) > 1:
+        if count == 1:
+            warnings.append(f"{len(boxes)} addresses in one From: no single sender")
+        return ShownFrom(", ".join(addr for _, addr in boxes), tuple(warnings))
+    name, addr = boxes[0]
+    if name and _names_another(name, addr):
+        warnings.append(f'its display name "{name}" looks like another address: it is not the sender')
+        return ShownFrom(addr, tuple(warnings))
+    return ShownFrom(f"{name} <{addr}>" if name and not _same_address(name, addr) else addr, tuple(warnings))
+
+
+def envelope_shown(envelope: str | None) -> str:
+    """An envelope sender as people read it: the null sender of bounces as ``<> (bounce)``."""
+    sender = (envelope or "").strip()
+    return sender if sender and sender != NULL_SENDER else f"{NULL_SENDER} (bounce)"
+
+
 def other_envelope(header_from: str | None, envelope: str | None) -> str:
-    """The envelope sender to show beside the From, or "" when it is the same address (or there is
-    no From to show it beside: the envelope sender is then shown alone).  Addresses compare
-    normalized (case, Unicode or A-label domain); one that does not normalize (a UTF-8 local part,
-    no domain) compares as text, case aside."""
-    if not (header_from or "").strip() or not envelope:
+    """The envelope sender to show beside the From, or "" when it is the From's one address (or there
+    is no From to show it beside: the envelope sender is then shown alone); ``<>`` for the null
+    sender of bounces.  Addresses compare normalized (case, Unicode or A-label domain); one that
+    does not normalize (a UTF-8 local part, no domain) compares as text, case aside."""
+    if not (header_from or "").strip():
         return ""
-    first = [a for _, a in getaddresses([header_from or ""]) if a][:1]
-    return "" if first and _same_address(first[0], envelope) else envelope
+    if not (envelope or "").strip() or envelope == NULL_SENDER:
+        return NULL_SENDER
+    found = [addr for value in (header_from or "").split("\n") for _, addr in mailboxes(value)]
+    return "" if len(found) == 1 and _same_address(found[0], envelope or "") else envelope or ""
 
 
 def _same_address(a: str, b: str) -> bool:

@@ -21,7 +21,7 @@ from werkzeug.routing import IntegerConverter, ValidationError
 
 from stronghold import config as config_mod
 from stronghold.config import Config
-from stronghold.lists import display, other_envelope
+from stronghold.lists import display, envelope_shown, other_envelope, shown_from
 from stronghold.store.db import Store
 from stronghold.webkey import secret_key
 from webui import context
@@ -71,6 +71,8 @@ def create_app(test_config: Mapping[str, Any] | None = None, cfg: Config | None 
     app.add_template_filter(visible, "visible")
     app.add_template_filter(breakable, "breakable")
     app.add_template_global(other_envelope, "other_envelope")
+    app.add_template_global(shown_from, "shown_from")
+    app.add_template_global(envelope_shown, "envelope_shown")
     _error_pages(app)
 
     @app.after_request

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import re
-from email.utils import getaddresses
+from collections.abc import Collection
+from dataclasses import dataclass
 
 from flask import Blueprint, abort, flash, g, redirect, render_template, request, url_for
 
-from stronghold.lists import ListIndex, Match, PatternError, display, normalize_address, sender_addresses
-from stronghold.store import entries, messagelog, quarantine
+from stronghold.lists import ListIndex, Match, PatternError, display, from_address, normalize_address, sender_addresses
+from stronghold.store import entries, ledger, messagelog, quarantine
 from stronghold.store.errors import EntryError
 from stronghold.store.tables import MessageRow
 from stronghold.verdict import Category
@@ -18,27 +19,44 @@ from webui.auth import login_required
 from webui.confirm import confirmed
 from webui.context import store
 from webui.lists import ask_block, risk_check
-from webui.senders import ENVELOPE, FROM, Sender, allow_target
+from webui.senders import ENVELOPE, FROM, Sender, allow_target, from_headers
 
 bp = Blueprint("messages", __name__, url_prefix="/messages")
 CATEGORIES = tuple(c.value for c in Category)  # what the filter can say; the log filters on it
 PAGE = 50
 _DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
+READMIT = "stronghold learn --readmit"  # what lets a set-aside mark in (stronghold.cli_learn)
 NOTHING_KEPT = "Nothing of this message's content was kept, so there is nothing to learn from."
 
 
 def sender_of(row: MessageRow) -> Sender | None:
     """Whom the list buttons act on: the From address people see, else the envelope sender
-    (an allow entry is added for ``senders.allow_target`` instead)."""
-    for _, addr in getaddresses([row.header_from or ""])[:1]:
-        try:
-            return Sender(normalize_address(addr), FROM)
-        except PatternError:
-            break
+    (an allow entry is added for ``senders.allow_target`` instead).  The From address is
+    ``lists.from_address``'s: none when the From names several (or a name looks like one)."""
+    header = from_address(row.header_from)
+    if header is not None:
+        return Sender(header, FROM)
     try:
         return Sender(normalize_address(row.sender or ""), ENVELOPE)
     except PatternError:
         return None
+
+
+@dataclass(frozen=True)
+class Kept:
+    """What the pages read from the features kept of each message (by message id)."""
+
+    from_headers: dict[int, int]  # how many From headers it had (``senders.from_headers``)
+    set_aside: set[int]  # those whose mark a model rollback set aside, waiting for 'learn --readmit'
+
+
+def kept(rows: list[MessageRow], marked: Collection[int]) -> Kept:
+    """``Kept`` of ``rows``; ``marked``: the ids of those the user marked (feedback)."""
+    tokens = {r.id: messagelog.unpack_tokens(r.tokens) for r in rows if r.tokens}
+    hashes = {i: ledger.content_hash(t) for i, t in tokens.items() if i in marked}
+    with store().session() as s:
+        aside = ledger.set_aside_among(s, set(hashes.values()))
+    return Kept({r.id: from_headers(tokens.get(r.id)) for r in rows}, {i for i, h in hashes.items() if h in aside})
 
 
 def _list_status(rows: list[MessageRow]) -> dict[int, dict[str, Match]]:
@@ -101,7 +119,8 @@ def index():
     return render_template("messages.html", rows=rows, feedback=feedback, nothing_kept=NOTHING_KEPT, category=category,
                            categories=CATEGORIES, page=page, page_size=PAGE, q=q, day=day,
                            show_all=scope is None, mine=set(g.addresses), senders={r.id: sender_of(r) for r in rows},
-                           allow_to={r.id: _allow_address(r) for r in rows},
+                           allow_to={r.id: _allow_address(r) for r in rows}, kept=kept(rows, feedback),
+                           readmit=READMIT,
                            status=_list_status(rows))
 
 
@@ -114,6 +133,7 @@ def show(message_id: int):
         held = quarantine.ids_for_message(s, row.queue_id, [r.address for r in row.recipients],
                                           None if g.user.is_admin else g.addresses)
     sender = sender_of(row)
+    facts = kept([row], [row.id] if fb else [])
     trace = tracetext.parse(row.trace)  # once, for the readings below
     allow_to, allow_why = allow_target(row.header_from, row.sender, trace) or (None, "")
     skipped = skipped_allow(trace)
@@ -121,7 +141,8 @@ def show(message_id: int):
     allowed = status.get("allow")  # the address the entry matched, as allow entries check it
     return render_template("message.html", m=row, fb=fb, nothing_kept=NOTHING_KEPT, mine=set(g.addresses), held=held,
                            allow_to=allow_to, allow_why=allow_why, sender=sender, status=status,
-                           auth=auth_step(trace), skipped=skipped,
+                           auth=auth_step(trace), skipped=skipped, from_headers=facts.from_headers[row.id],
+                           set_aside=row.id in facts.set_aside, readmit=READMIT,
                            skipped_entries={d.split(" ", 1)[0]: d for ds in skipped.values() for d in ds},
                            unauthenticated=allowed is not None and tracetext.sender_authenticated(
                                trace, allowed.source, allowed.address) is False)
@@ -207,8 +228,10 @@ def feedback(message_id: int):
         return _back()
     with store().session() as s:
         messagelog.set_feedback(s, row.id, g.user.id, verdict == "1")
-    flash("Thanks: marked as " + ("spam" if verdict == "1" else "not spam")
-          + ". The filter takes it in at its next learning run.")
+    later = (f"A model rollback set this message's mark aside: the filter does not learn from it until the "
+             f"operator lets it in again ('{READMIT}')." if kept([row], [row.id]).set_aside
+             else "The filter takes it in at its next learning run.")
+    flash("Thanks: marked as " + ("spam" if verdict == "1" else "not spam") + ". " + later)
     return _back()
 
 

@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass
 
 from stronghold.htmltext import html_to_text
+from stronghold.lists import shown_from
 from stronghold.message import (
     MAX_BYTES,
     MAX_PART_TEXT,
@@ -70,10 +71,18 @@ def _html_parts(raw: bytes) -> list[str]:
     return out
 
 
+def _shown(name: str, value: str) -> str:
+    """A From as every page shows it (``lists.shown_from``: the real address, warnings in brackets)."""
+    if name != "From":
+        return value
+    shown = shown_from(value)
+    return shown.text + "".join(f" [{w}]" for w in shown.warnings) if shown.text else value
+
+
 def render(raw: bytes) -> Preview:
     """The text preview of ``raw``; never raises on message content."""
     msg = parse(raw)
-    headers = [(name, visible(value)) for name in SHOWN_HEADERS for value in msg.header_all(name)]
+    headers = [(name, visible(_shown(name, value))) for name in SHOWN_HEADERS for value in msg.header_all(name)]
     links: list[str] = []
     if msg.text.strip():
         body, source = msg.text, "text"

@@ -16,9 +16,8 @@ envelope sender only when that is the one authenticated, and says so.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from email.utils import getaddresses
 
-from stronghold.lists import PatternError, display, normalize_address
+from stronghold.lists import PatternError, display, from_address, normalize_address
 from webui import tracetext
 
 FROM = "From address"
@@ -49,11 +48,11 @@ def _normalized(address: str) -> str | None:
         return None
 
 
-def from_address(header_from: str | None) -> str | None:
-    """The one address of a From header, normalized; None when it holds none, several or a bad one
-    (allow entries then ignore the From: ``allowrule.allow_senders``)."""
-    found = [a for _, a in getaddresses([header_from or ""]) if a]
-    return _normalized(found[0]) if len(found) == 1 else None
+def from_headers(tokens: set[str] | None) -> int:
+    """How many From headers a message had, as its features recorded it (``header:from:N``, 5 for
+    five or more); 1 when nothing of it was kept."""
+    counts = [int(t.rsplit(":", 1)[1]) for t in tokens or () if t.startswith("header:from:") and t[12:].isdigit()]
+    return max(counts, default=1)
 
 
 def allow_target(header_from: str | None, envelope: str | None, trace: str | tracetext.Trace | None

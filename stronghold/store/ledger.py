@@ -188,6 +188,15 @@ def set_aside_count(session: Session) -> int:
         LearnedMessage.label.is_not(None))).all())
 
 
+def set_aside_among(session: Session, hashes: Collection[str]) -> set[str]:
+    """Which of ``hashes`` are shared marks a rollback set aside (still wanted, not readmitted)."""
+    if not hashes:
+        return set()
+    return set(session.scalars(select(LearnedMessage.content_hash).where(
+        LearnedMessage.scope == SHARED, LearnedMessage.set_aside.is_(True), LearnedMessage.label.is_not(None),
+        LearnedMessage.content_hash.in_(list(hashes)))))
+
+
 def personal(session: Session, scopes: Iterable[str] | None = None) -> dict[str, tuple[list[set[str]], list[bool]]]:
     """Labelled personal feedback by scope: (token sets, is spam); ``scopes`` None: every
     personal scope, else those (each present, empty if it has none)."""

@@ -117,10 +117,15 @@ def _upsert_blob(session: Session, digest: str, raw: bytes, now: float) -> None:
                                                set_={"touched": stmt.excluded.touched}))
 
 
+def from_headers(raw: bytes) -> list[str]:
+    """The From headers of ``raw`` as the message log records the first ([] when there is none)."""
+    end = re.search(rb"\r?\n\r?\n", raw[:MAX_HEADER_BYTES])
+    return parse(raw[:end.end() if end else MAX_HEADER_BYTES]).header_all("from")
+
+
 def from_header(raw: bytes) -> str:
     """The first From header of ``raw`` as the message log records it ("" when there is none)."""
-    end = re.search(rb"\r?\n\r?\n", raw[:MAX_HEADER_BYTES])
-    return parse(raw[:end.end() if end else MAX_HEADER_BYTES]).header("from") or ""
+    return next(iter(from_headers(raw)), "")
 
 
 def hold(session: Session, raw: bytes, *, recipients: Sequence[str], sender: str, subject: str,
@@ -184,17 +189,28 @@ def get(session: Session, item_id: int) -> Held | None:
 
 
 def with_from(session: Session, rows: Sequence[Held]) -> list[Held]:
-    """``rows`` with the header From of items held before it was recorded (migration 0008) read
-    from their copy ("" when the copy is gone)."""
+    """``rows`` as pages show them: ``header_from`` read from the held copy where it was not recorded
+    (migration 0008; "" when the copy is gone), and every From header of a copy that has several,
+    one per line (only the first is recorded; several are a sign of forgery: ``lists.shown_from``)."""
+    heads = _heads(session, [h.id for h in rows])
     filled = []
     for h in rows:
-        if h.header_from is None:
-            try:
-                h = replace(h, header_from=from_header(content(session, h.id)))
-            except KeyError:
-                h = replace(h, header_from="")
+        found = from_headers(heads[h.id]) if h.id in heads else []
+        if len(found) > 1:
+            h = replace(h, header_from="\n".join(shorten_from(v) for v in found))
+        elif h.header_from is None:
+            h = replace(h, header_from=found[0] if found else "")
         filled.append(h)
     return filled
+
+
+def _heads(session: Session, item_ids: Sequence[int]) -> dict[int, bytes]:
+    """The start of each item's held copy (at most ``MAX_HEADER_BYTES``, where its header is)."""
+    if not item_ids:
+        return {}
+    found = session.execute(select(QuarantineItem.id, QuarantineBlob.data).join(
+        QuarantineBlob, QuarantineItem.sha256 == QuarantineBlob.sha256).where(QuarantineItem.id.in_(list(item_ids))))
+    return {item_id: zlib.decompressobj().decompress(data, MAX_HEADER_BYTES) for item_id, data in found}
 
 
 def content(session: Session, item_id: int) -> bytes:

@@ -109,6 +109,17 @@ def test_compose_names_the_from_with_a_differing_envelope_sender(cfg) -> None:
         msg.get_body(("html",)).get_content()
 
 
+def test_compose_never_names_an_address_like_display_name_as_the_sender(cfg) -> None:
+    """As the Junk page: the real address, the name that looks like another one only in a warning; a
+    bounce's null envelope sender shown."""
+    held = quarantine.Held(9, "m3@example.com", "", "Sale", "Q", MONDAY_9, 0.99, "spam", "spam", "", None, 10,
+                           "2" * 64, None, None, header_from="boss@bank.example <evil@attacker.example>")
+    msg = email.message_from_bytes(compose(cfg, "m3", "m3@example.com", [held], MONDAY_9).as_bytes(), policy=default)
+    text = msg.get_body(("plain",)).get_content().replace("\r\n", "\n")
+    assert ('from: evil@attacker.example [its display name "boss@bank.example" looks like another address: it '
+            'is not the sender]\n  envelope sender: <> (bounce)\n') in text
+
+
 def test_run_sends_once_per_period_only_new_items(store: Store, cfg, sink: SmtpSink) -> None:
     _user(store, "m3", "m3@example.com")
     _user(store, "m1", "m1@example.com", every="off")

@@ -8,7 +8,7 @@ import email.header
 import pytest
 
 from stronghold.headers import decode_value, encode_value, ours, prefixed, shorten_from
-from webui.senders import from_address
+from stronghold.lists import from_address
 
 ISSUE = "Hosting from £6.50 per month über 日本"
 

@@ -126,7 +126,7 @@ def test_sender_helpers() -> None:
     assert other_envelope(f"Shop <{FROM}>", BOUNCE) == BOUNCE
     assert other_envelope(f"Shop <{FROM.upper()}>", FROM) == ""
     assert other_envelope("", BOUNCE) == ""  # shown alone, not twice
-    assert other_envelope(f"<{FROM}>", "") == ""
+    assert other_envelope(f"<{FROM}>", "") == "<>"  # a bounce's null sender is shown, not left out
     two = f"{FROM}, other@shop.example"  # allow entries ignore a From with two addresses
     target = allow_target(two, BOUNCE, None)
     assert target is not None and target[0].address == BOUNCE and target[0].check == "envelope"
