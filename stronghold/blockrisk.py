@@ -1,4 +1,4 @@
-"""Block entries that would refuse far more mail than whoever adds one means to (pure).
+"""Block entries that would refuse far more mail than whoever adds one means to.
 
 A block entry matches the envelope sender and the header From, authenticated or
 not (docs/precedence.md), so:
@@ -14,14 +14,26 @@ of spam), so callers ask before adding one rather than refuse it: the web UI
 shows what it would catch and adds it on confirmation; its CSV import, which
 cannot ask line by line, refuses those lines.  The domains the site hosts are the
 domains of the addresses its users own (``accounts.local_domains``).
+
+``risks`` is pure; ``for_list`` reads the site's domains and addresses for it, and the web
+UI and ``stronghold list add``/``import`` both ask through it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING
 
 from stronghold.authres import public_suffix
-from stronghold.lists import display, matches
+from stronghold.lists import PatternError, display, matches, normalize_pattern
+from stronghold.store import accounts
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+Check = Callable[[str], list[str]]
+YOURS = "your own address"
+THEIRS = "the address whose list this is,"
 
 
 def risks(pattern: str, local_domains: Iterable[str], own_addresses: Iterable[str] = (),
@@ -52,3 +64,36 @@ def risks(pattern: str, local_domains: Iterable[str], own_addresses: Iterable[st
         found.append(f"{shown} covers every domain registered under {display(base)}, a public suffix: "
                      "it refuses mail from a large part of the internet.")
     return found
+
+
+def for_list(session: Session, owner: str | None, viewer: Sequence[str] = ()) -> Check:
+    """``risks`` for normalized patterns on ``owner``'s block list (None: the global list), the
+    site's domains and addresses read once: the one check of the web UI and ``stronghold list``.
+    ``viewer``: the addresses of whoever adds the entry; their own list counts them all as theirs
+    (an admin at someone else's list, or the command line, names the list's address)."""
+    domains = accounts.local_domains(session)
+    addresses = accounts.local_addresses(session) if owner is None else set()
+    if owner is None:
+        own, label = [], ""
+    elif owner in viewer:
+        own, label = list(viewer), YOURS
+    else:
+        own, label = [owner], THEIRS
+    return lambda norm: risks(norm, domains, own, addresses, label)
+
+
+def of_pattern(check: Check, pattern: str) -> tuple[str, list[str]]:
+    """(``pattern`` as people read it, ``check``'s risks of it); none for a pattern that is not valid
+    (adding it says what is wrong)."""
+    try:
+        norm = normalize_pattern(pattern)
+    except PatternError:
+        return pattern, []
+    return display(norm), check(norm)
+
+
+def import_refusal(check: Check, kind: str, pattern: str, how: str) -> str | None:
+    """Why an import (which cannot ask line by line) refuses a block line, or None; ``how``: how to add
+    it anyway."""
+    found = check(pattern) if kind == "block" else []
+    return f"{found[0]} {how}" if found else None

@@ -6,14 +6,13 @@ import argparse
 import getpass
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from stronghold import blockrisk
 from stronghold.config import Config
-from stronghold.lists import PatternError, normalize_pattern
 from stronghold.store import accounts
 from stronghold.store import entries as lists_store
 from stronghold.store.db import Store
@@ -113,26 +112,13 @@ def _owner(args: argparse.Namespace) -> str | None:
     return args.owner.strip().lower()
 
 
-def _risk_check(session: Session, owner: str | None) -> Callable[[str], list[str]]:
-    """``blockrisk.risks`` for normalized patterns on ``owner``'s block list (None: the global
-    list), the site's domains and addresses read once; as the web UI asks an admin at a list."""
-    domains = accounts.local_domains(session)
-    addresses = accounts.local_addresses(session) if owner is None else set()
-    own = [owner] if owner else []
-    return lambda norm: blockrisk.risks(norm, domains, own, addresses, "the address whose list this is,")
-
-
 FORCE_HINT = "--force adds it anyway"
 
 
 def cmd_list_add(args: argparse.Namespace, cfg: Config) -> int:
     with _session(cfg) as s:
         if args.kind == "block" and not args.force:
-            try:
-                norm = normalize_pattern(args.pattern)
-            except PatternError:
-                norm = ""  # add_entry says what is wrong with it
-            risks = _risk_check(s, _owner(args))(norm) if norm else []
+            _, risks = blockrisk.of_pattern(blockrisk.for_list(s, _owner(args)), args.pattern)
             if risks:
                 raise EntryError(f"{' '.join(risks)} ({FORCE_HINT})")
         entry = lists_store.add_entry(s, _owner(args), args.kind, args.pattern, args.comment or "",
@@ -193,12 +179,11 @@ def cmd_list_import(args: argparse.Namespace, cfg: Config) -> int:
     except OSError as exc:
         raise EntryError(f"{args.file}: {exc.strerror}") from exc
     with _session(cfg) as s:
-        check = _risk_check(s, _owner(args))
+        check = blockrisk.for_list(s, _owner(args))
+        how = f"Add it on its own with 'list add' ({FORCE_HINT}), or import with --force."
 
         def refuse_risky(kind: str, pattern: str) -> str | None:
-            risks = check(pattern) if kind == "block" and not args.force else []
-            return f"{risks[0]} Add it on its own with 'list add' ({FORCE_HINT}), or import with --force." \
-                if risks else None
+            return None if args.force else blockrisk.import_refusal(check, kind, pattern, how)
 
         report = lists_store.import_csv(s, _owner(args), text, args.kind, refuse=refuse_risky)
     for line in report.skipped + report.problems:

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from flask import Blueprint, Response, abort, flash, g, redirect, render_template, request, url_for
 
 from stronghold import blockrisk
-from stronghold.lists import BLOCK, KINDS, PatternError, display, normalize_pattern
-from stronghold.store import accounts, entries
+from stronghold.lists import BLOCK, KINDS, display
+from stronghold.store import entries
 from stronghold.store.errors import EntryError
 from webui.auth import login_required
 from webui.confirm import confirmed
@@ -65,10 +63,15 @@ def show(address: str):
     return _render(address.lower(), owner)
 
 
-@bp.route("/<address>/add", methods=["POST"])
+@bp.route("/<address>/add", methods=["GET", "POST"])
 @login_required
 def add(address: str):
+    """Add an entry (a wide block entry once confirmed: ``ask_block``).  A GET (a reload or the back
+    button at the confirmation page, a login that lands here) adds nothing: it goes to the list's
+    page, at the block list's form (only a block entry is asked about)."""
     owner = scope_or_404(address)
+    if request.method == "GET":
+        return redirect(url_for("lists.show", address=address.lower(), _anchor="h-block"))
     kind = request.form.get("kind", "")
     pattern = request.form.get("pattern", "")
     comment = request.form.get("comment", "")
@@ -93,28 +96,14 @@ def add(address: str):
 
 def block_risks(owner: str | None, pattern: str) -> tuple[str, list[str]]:
     """(the pattern as people read it, what a block entry of it on ``owner``'s list (None: the
-    global list) would refuse beyond one sender: ``stronghold.blockrisk``); no risks for a pattern
-    that is not valid (adding it says what is wrong)."""
-    try:
-        norm = normalize_pattern(pattern)
-    except PatternError:
-        return pattern, []
-    return display(norm), risk_check(owner)(norm)
+    global list) would refuse beyond one sender: ``stronghold.blockrisk``)."""
+    return blockrisk.of_pattern(risk_check(owner), pattern)
 
 
-def risk_check(owner: str | None) -> Callable[[str], list[str]]:
-    """``blockrisk.risks`` for normalized patterns on ``owner``'s block list, the site's domains
-    and addresses read once."""
+def risk_check(owner: str | None) -> blockrisk.Check:
+    """``blockrisk.for_list`` of ``owner``'s block list, as the current user sees it."""
     with store().session() as s:
-        domains = accounts.local_domains(s)
-        addresses = accounts.local_addresses(s) if owner is None else set()
-    if owner is None:
-        own, label = [], ""
-    elif owner in g.addresses:
-        own, label = list(g.addresses), "your own address"
-    else:  # an admin at someone else's list
-        own, label = [owner], "the address whose list this is,"
-    return lambda norm: blockrisk.risks(norm, domains, own, addresses, label)
+        return blockrisk.for_list(s, owner, g.addresses)
 
 
 def ask_block(shown: str, owner: str | None, risks: list[str], fields: dict[str, str], cancel: str):
@@ -190,12 +179,10 @@ def import_csv(address: str):
                       "Save it as UTF-8 (CSV UTF-8) and try again."})
     kind = request.form.get("kind") or None
     check = risk_check(owner)
+    how = "Add it on its own with the form above, which asks first."
 
     def refuse_risky(kind: str, pattern: str) -> str | None:
-        """An import cannot ask line by line: a block line that refuses far more than one sender is
-        refused, to be added on its own with the form (which asks first)."""
-        risks = check(pattern) if kind == BLOCK else []
-        return f"{risks[0]} Add it on its own with the form above, which asks first." if risks else None
+        return blockrisk.import_refusal(check, kind, pattern, how)
 
     with store().session() as s:
         report = entries.import_csv(s, owner, text, kind if kind in KINDS else None, refuse=refuse_risky)

@@ -173,12 +173,15 @@ def _my_recipient_addresses(row) -> list[str]:
     return mine
 
 
-@bp.route("/<int:message_id>/list", methods=["POST"])
+@bp.route("/<int:message_id>/list", methods=["GET", "POST"])
 @login_required
 def add_sender(message_id: int):
     """Block or always allow this message's sender (its From address, or that address's domain),
-    for my addresses that got it.  The pattern comes from the message, never from the form."""
+    for my addresses that got it.  The pattern comes from the message, never from the form.  A GET
+    (a reload of the confirmation page, a login that lands here) adds nothing: the message's page."""
     row = message_or_404(message_id)
+    if request.method == "GET":
+        return redirect(url_for("messages.show", message_id=row.id))
     kind = request.form.get("kind")
     target = request.form.get("target", "address")
     if kind not in ("allow", "block") or target not in ("address", "domain"):

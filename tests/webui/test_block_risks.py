@@ -96,3 +96,43 @@ def test_risks_read_idn_and_subdomains() -> None:
     assert risks("*.example.org", hosted) and not risks("@example.org", hosted)  # the apex is not hosted
     assert "bücher.example" in risks("@xn--bcher-kva.example", hosted)[0]
     assert risks("*.github.io", hosted) and not risks("*.me.github.io", hosted)
+
+
+def test_a_get_of_an_add_address_goes_back_to_the_form(client: FlaskClient, auth: Auth, app: Flask) -> None:
+    """A reload of the confirmation page, the back button or a login that lands on the address the
+    "Block anyway" button posts to asks for it with a GET: the list's (or message's) page, not a 405."""
+    raw = b"From: alice@example.com\r\nSubject: your account\r\n\r\npay now"
+    env = Envelope("x@bad.example", ("alice@example.com",), queue_id="Q9")
+    verdict = decide(env, parse(raw), Findings(lists=ListIndex([])), Policy())
+    with app.extensions["stronghold_store"].session() as s:
+        mid = messagelog.record(s, env, parse(raw), verdict, {"tok"})
+    logged_out = client.get("/lists/alice@example.com/add")
+    assert logged_out.status_code == 302
+    assert "/login?next=/lists/alice@example.com/add" in logged_out.headers["Location"]
+    auth.login("alice")
+    got = client.get("/lists/alice@example.com/add")
+    assert got.status_code == 302 and got.headers["Location"] == "/lists/alice@example.com#h-block"
+    got = client.get(f"/messages/{mid}/list")
+    assert got.status_code == 302 and got.headers["Location"] == f"/messages/{mid}"
+    assert client.get("/lists/bob@example.com/add").status_code == 404  # not hers: as its page
+    assert _blocked(app, "alice@example.com") == []  # a GET adds nothing
+
+
+def test_one_risk_check_for_the_web_and_the_command_line(app: Flask) -> None:
+    """blockrisk.for_list reads the site for both: a user's own list counts all their addresses, an
+    admin (or the command line) at a list names its address, the global list the users' addresses."""
+    import inspect
+
+    from stronghold import blockrisk, cli_admin
+    from webui import lists
+    with app.extensions["stronghold_store"].session() as s:
+        mine = blockrisk.for_list(s, "alice@example.com", ["alice@example.com", "alice2@example.com"])
+        theirs = blockrisk.for_list(s, "alice@example.com")
+        everyone = blockrisk.for_list(s, None)
+    assert "matches your own address alice2@example.com" in mine("alice2@example.com")[0]
+    assert theirs("alice2@example.com") == []  # another user's address is an ordinary entry on her list
+    assert "the address whose list this is, alice@example.com" in theirs("alice@example.com")[0]
+    assert "is the address of a user of this site" in everyone("bob@example.com")[0]
+    assert blockrisk.of_pattern(everyone, " *.EXAMPLE.com") == ("*.example.com", everyone("*.example.com"))
+    for module in (lists, cli_admin):  # neither reads the site's domains on its own any more
+        assert "local_domains" not in inspect.getsource(module)

@@ -1,6 +1,7 @@
 """What a user sees of a message's sender, in real Chromium: a display name that looks like another
 address is never shown as the sender (Recent mail, the message page, Junk, a held message), two From
-headers are marked, a bounce's null envelope sender is shown, a mark a rollback set aside says so."""
+headers are marked, a bounce's null envelope sender is shown, a mark a rollback set aside says so,
+and a GET of a list's add address (a reload, a login landing there) leads back to the list's form."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from stronghold.lists import ListIndex
 from stronghold.message import parse
 from stronghold.policy import Policy
 from stronghold.precedence import decide
-from stronghold.store import ledger, messagelog, quarantine
+from stronghold.store import entries, ledger, messagelog, quarantine
 from stronghold.store.db import Store
 from stronghold.tokens import features
 from stronghold.verdict import Envelope
@@ -151,3 +152,26 @@ def test_a_mark_a_rollback_set_aside_says_it_waits_for_the_operator(site: Site, 
     page.reload()  # readmitted: the mark is an ordinary one again
     expect(page.locator("span.fb")).to_contain_text("You marked this not spam; the filter takes it in at its next")
 
+
+def test_block_anyway_then_a_get_of_the_add_address_leads_back_to_the_form(site: Site, page: Page) -> None:
+    base = f"{site.web.url}/lists/alice@example.com"
+    login(page, site.web.url)
+    page.goto(base)
+    page.locator("#pattern-block").fill("@example.com")
+    page.locator("#pattern-block").press("Enter")
+    expect(page.get_by_role("heading", name="Block @example.com?")).to_be_visible()
+    page.get_by_role("button", name="Block anyway").click()
+    expect(page.locator(".flashes")).to_contain_text("@example.com added to the block list")
+    page.goto(base + "/add")  # the confirmation page's address, as a reload or a bookmark asks for it
+    assert page.url == base + "#h-block"
+    expect(page.locator("#pattern-block")).to_be_visible()
+    expect(page.get_by_role("heading", name="Not here")).to_have_count(0)
+    page.context.clear_cookies()  # logged out: the login sends them on to the add address
+    page.goto(base + "/add")
+    page.get_by_label("Login").fill("alice")
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+    expect(page.locator("#pattern-block")).to_be_visible()
+    assert page.url == base + "#h-block"
+    with site.store.session() as s:
+        assert [e.pattern for e in entries.entries(s, "alice@example.com", "block")] == ["@example.com"]
