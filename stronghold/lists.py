@@ -177,8 +177,9 @@ def shown_from(header_from: str | None, headers: int = 1) -> ShownFrom:
     per line; ``headers``: how many there were when only the first was kept).  A display name that
     looks like an address other than the real one is never the text: the real address is, and a
     warning quotes the name; several addresses are all shown, without names."""
-    values = [v for v in (header_from or "").split("\n") if v.strip()]
-    count = max(len(values), headers)
+    lines = (header_from or "").split("\n")  # a From shortened to nothing still counts
+    values = [v for v in lines if v.strip()]
+    count = max(len(lines) if values else 0, headers)
     boxes = [box for value in values for box in mailboxes(value)]
     warnings: list[str] = []
     if count > 1:

@@ -73,7 +73,9 @@ def item_or_404(item_id: int) -> Held:
 
 
 def with_from(rows: list[Held]) -> list[Held]:
-    """``rows`` with the From headers pages show (``store.quarantine.with_from``)."""
+    """``rows`` with the header From of items held before it was recorded read from their copy."""
+    if all(h.header_from is not None for h in rows):
+        return rows
     with store().session() as s:
         return quarantine.with_from(s, rows)
 

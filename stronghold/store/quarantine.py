@@ -117,15 +117,34 @@ def _upsert_blob(session: Session, digest: str, raw: bytes, now: float) -> None:
                                                set_={"touched": stmt.excluded.touched}))
 
 
-def from_headers(raw: bytes) -> list[str]:
-    """The From headers of ``raw`` as the message log records the first ([] when there is none)."""
+def _head(raw: bytes) -> bytes:
+    """The header block of ``raw`` (at most ``MAX_HEADER_BYTES``)."""
     end = re.search(rb"\r?\n\r?\n", raw[:MAX_HEADER_BYTES])
-    return parse(raw[:end.end() if end else MAX_HEADER_BYTES]).header_all("from")
+    return raw[:end.end() if end else MAX_HEADER_BYTES]
 
 
 def from_header(raw: bytes) -> str:
     """The first From header of ``raw`` as the message log records it ("" when there is none)."""
-    return next(iter(from_headers(raw)), "")
+    return parse(_head(raw)).header("from") or ""
+
+
+_FROM_LINE = re.compile(rb"(?im)^from[ \t]*:")
+MAX_FROMS = 10  # From headers an item records (one per line), the rest left out
+
+
+def recorded_from(raw: bytes, first: str | None = None) -> str:
+    """What an item records of the From (``header_from``): the first From header (``first``, when the
+    caller parsed it) shortened to the column; for a copy with several From headers, a sign of
+    forgery, each (up to ``MAX_FROMS``), one per line, shortened to fit the column together
+    (``lists.shown_from`` shows them all and marks them)."""
+    head = _head(raw)
+    if first is not None and len(_FROM_LINE.findall(head)) < 2:
+        return shorten_from(first)
+    found = parse(head).header_all("from")[:MAX_FROMS]
+    if len(found) < 2:
+        return shorten_from(first if first is not None else next(iter(found), ""))
+    room = 320 // len(found) - 1
+    return "\n".join(shorten_from(value, room) for value in found)
 
 
 def hold(session: Session, raw: bytes, *, recipients: Sequence[str], sender: str, subject: str,
@@ -133,16 +152,16 @@ def hold(session: Session, raw: bytes, *, recipients: Sequence[str], sender: str
          virus: str | None, header_from: str | None = None) -> list[int]:
     """Store ``raw`` once and one item per recipient; returns the item ids in recipient order.
 
-    ``header_from``: the message's From header (read from ``raw`` when not given)."""
+    ``header_from``: the message's first From header (read from ``raw`` when not given); every
+    From header is recorded when there are several (``recorded_from``)."""
     if not recipients:
         return []
-    if header_from is None:
-        header_from = from_header(raw)
+    header_from = recorded_from(raw, header_from)
     now = time.time()
     digest = hashlib.sha256(raw).hexdigest()
     _upsert_blob(session, digest, raw, now)
     rows = [{"ts": now, "recipient": _address(r)[:320], "sender": sender[:320],
-             "header_from": shorten_from(header_from), "subject": subject[:200],
+             "header_from": header_from, "subject": subject[:200],
              "queue_id": queue_id[:40], "score": score, "category": category[:10], "reason": reason[:200],
              "trace": trace[:4000], "virus": virus[:200] if virus else None, "size": len(raw),
              "sha256": digest} for r in recipients]
@@ -189,28 +208,18 @@ def get(session: Session, item_id: int) -> Held | None:
 
 
 def with_from(session: Session, rows: Sequence[Held]) -> list[Held]:
-    """``rows`` as pages show them: ``header_from`` read from the held copy where it was not recorded
-    (migration 0008; "" when the copy is gone), and every From header of a copy that has several,
-    one per line (only the first is recorded; several are a sign of forgery: ``lists.shown_from``)."""
-    heads = _heads(session, [h.id for h in rows])
+    """``rows`` with the header From of items held before it was recorded (migration 0008) read
+    from their copy ("" when the copy is gone; the first From only: items held since record every
+    From header of a copy that has several, one per line, ``recorded_from``)."""
     filled = []
     for h in rows:
-        found = from_headers(heads[h.id]) if h.id in heads else []
-        if len(found) > 1:
-            h = replace(h, header_from="\n".join(shorten_from(v) for v in found))
-        elif h.header_from is None:
-            h = replace(h, header_from=found[0] if found else "")
+        if h.header_from is None:
+            try:
+                h = replace(h, header_from=from_header(content(session, h.id)))
+            except KeyError:
+                h = replace(h, header_from="")
         filled.append(h)
     return filled
-
-
-def _heads(session: Session, item_ids: Sequence[int]) -> dict[int, bytes]:
-    """The start of each item's held copy (at most ``MAX_HEADER_BYTES``, where its header is)."""
-    if not item_ids:
-        return {}
-    found = session.execute(select(QuarantineItem.id, QuarantineBlob.data).join(
-        QuarantineBlob, QuarantineItem.sha256 == QuarantineBlob.sha256).where(QuarantineItem.id.in_(list(item_ids))))
-    return {item_id: zlib.decompressobj().decompress(data, MAX_HEADER_BYTES) for item_id, data in found}
 
 
 def content(session: Session, item_id: int) -> bytes:

@@ -113,3 +113,16 @@ def test_quarantine_ls_and_show_never_name_the_spoofed_address_as_sender(cli_sto
     data = {d["id"]: d for d in json.loads(capsys.readouterr().out)}
     assert data[spoof]["from_shown"] == REAL and data[spoof]["other_envelope"] == "<>"
     assert data[twice]["from_warnings"][0].startswith("2 From headers")
+
+
+def test_an_item_records_every_from_header_within_its_column() -> None:
+    """quarantine.recorded_from: one line per From header (up to MAX_FROMS), 320 characters in all."""
+    one = b"From: Shop <a@one.example>\r\nSubject: x\r\n\r\nFrom: not a header\r\n"
+    assert quarantine.recorded_from(one, "Shop <a@one.example>") == "Shop <a@one.example>"
+    assert quarantine.recorded_from(one) == "Shop <a@one.example>"
+    many = b"".join(b'From: "%s" <u%d@example.net>\r\n' % (b"N" * 60, n) for n in range(12)) + b"\r\nbody\r\n"
+    kept = quarantine.recorded_from(many, f'"{"N" * 60}" <u0@example.net>')
+    assert len(kept) <= 320 and kept.count("\n") == quarantine.MAX_FROMS - 1
+    shown = shown_from(kept)
+    assert shown.text.split(", ") == [f"u{n}@example.net" for n in range(quarantine.MAX_FROMS)]
+    assert shown.warnings[0] == f"{quarantine.MAX_FROMS} From headers: a sign of forgery"
