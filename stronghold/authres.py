@@ -70,10 +70,10 @@ def single_from(from_headers: Sequence[str]) -> str | None:
     """The one address of the header From, or None when there are several or none."""
     if len(from_headers) != 1:
         return None
-    addrs = [a for _, a in getaddresses(list(from_headers)) if a]
-    if len(addrs) != 1 or "@" not in addrs[0]:
-        return None
-    return addrs[0].strip().lower()
+    addrs = [a.strip() for _, a in getaddresses(list(from_headers)) if a.strip()]
+    if len(addrs) != 1 or "@" not in addrs[0] or any(c in addrs[0] for c in ' <>"'):
+        return None  # none, several, or a name the parser could not tell from an address
+    return addrs[0].lower()
 
 
 @dataclass(frozen=True)

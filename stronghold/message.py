@@ -80,8 +80,24 @@ def url_host(url: str) -> str:
     return match.group(2).lower().rstrip(".")
 
 
-def decode_header_value(raw: str) -> tuple[str, list[str]]:
-    """Decode RFC 2047 encoded words; returns (text, defects)."""
+# Headers of mailboxes: an encoded word in them is a display name (a phrase), never address syntax.
+ADDRESS_HEADERS = frozenset({"from", "sender", "reply-to", "to", "cc", "bcc", "resent-from", "resent-sender",
+                             "return-path", "errors-to"})
+_SPECIALS = frozenset('()<>[]:;@\\,."')
+
+
+def _as_phrase(text: str) -> str:
+    """Decoded encoded-word text as it may stand in a display name: quoted when it holds address
+    syntax (``boss@bank.example``, ``Müller, Hans``), so a parser reads it as a name, as the encoded
+    original was."""
+    if not _SPECIALS.intersection(text):
+        return text
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def decode_header_value(raw: str, phrase: bool = False) -> tuple[str, list[str]]:
+    """Decode RFC 2047 encoded words; returns (text, defects).  ``phrase`` (mailbox headers): a
+    decoded word holding address syntax is quoted (``_as_phrase``)."""
     defects: list[str] = []
     raw = raw[:MAX_HEADER_VALUE]
     if "=?" not in raw:
@@ -98,7 +114,7 @@ def decode_header_value(raw: str) -> tuple[str, list[str]]:
         text, bad = decode_bytes(chunk, charset)
         if bad:
             defects.append("header-charset")
-        out.append(text)
+        out.append(_as_phrase(text) if phrase and charset is not None else text)
     return " ".join("".join(out).split()), defects
 
 
@@ -310,7 +326,7 @@ def parse(raw: bytes, max_bytes: int = MAX_BYTES) -> ParsedMessage:
             value, latin1 = decode_bytes(data, None)
             if latin1:
                 msg.defects.append("header-charset")
-        text, bad = decode_header_value(value)
+        text, bad = decode_header_value(value, phrase=name.lower() in ADDRESS_HEADERS)
         msg.defects.extend(bad)
         msg.headers.append((name, text))
     text_parts: list[str] = []

@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from stronghold.authres import Authenticator, AuthResults, parse_header
+from stronghold.authres import Authenticator, AuthResults, parse_header, single_from
 from stronghold.classifier import Score
 from stronghold.dnscache import Dns
 from stronghold.engine import gather
@@ -304,3 +304,31 @@ def test_authentication_results_parsing() -> None:
     own = AuthResults("checked", spf="pass", spf_domain="b.example", dkim=(("b.example", "pass"),), dmarc="pass",
                       from_domain="b.example")
     assert parse_header(own.header_value("mx.example"))[1][1] == ("dkim", "pass", {"header.d": "b.example"})
+
+
+def test_an_encoded_display_name_with_a_comma_is_still_one_authenticated_address(
+        auth: Authenticator, test_dns: LoopbackDns) -> None:
+    """``=?utf-8?q?M=C3=BCller=2C_Hans?=`` decodes to "Müller, Hans": a name, not two mailboxes.
+    Read unquoted it split the From in two, so the signed sender's allow entry never applied."""
+    raw = sign(message("=?utf-8?q?M=C3=BCller=2C_Boss?= <boss@trusted.example>"), "trusted.example",
+               test_dns.keys)
+    v = run(auth, "bounce@fail.example", raw, entries("boss@trusted.example"))
+    assert v.category is Category.ALLOWED and v.action is Action.ACCEPT
+    assert v.auth is not None and v.auth.from_domain == "trusted.example"
+
+
+def test_an_address_hidden_in_an_encoded_name_is_a_name(auth: Authenticator) -> None:
+    """An encoded word is a display name: ``boss@trusted.example`` inside one neither matches the
+    allow entry (even one trusted without authentication) nor stops the real address counting."""
+    raw = message("=?utf-8?q?boss=40trusted=2Eexample?= <evil@bad.example>")
+    for idx in (entries("boss@trusted.example"), entries(("boss@trusted.example", True))):
+        v = run(auth, "evil@bad.example", raw, idx)
+        assert v.category is Category.SPAM
+    whole = message("=?utf-8?b?Qm9zcyA8Ym9zc0B0cnVzdGVkLmV4YW1wbGU+?=")  # "Boss <boss@trusted.example>"
+    v = run(auth, "evil@bad.example", whole, entries(("boss@trusted.example", True)))
+    assert v.category is Category.SPAM
+
+
+def test_single_from_never_returns_a_name_the_parser_took_for_an_address() -> None:
+    assert single_from(['"Boss <boss@trusted.example>"']) is None  # a quoted name alone: no address
+    assert single_from(['"Müller, Hans" <Hans@Firma.example>']) == "hans@firma.example"

@@ -183,3 +183,18 @@ def test_8bit_headers_are_read_as_utf8_else_latin1(encoding: str, defects: list[
     msg = parse(raw)
     assert msg.headers == [("From", "José <j@x.example>"), ("Subject", "Café crème"), ("To", "t@x.example")]
     assert msg.defects == defects
+
+
+@pytest.mark.parametrize("raw_from,shown", [
+    ("=?utf-8?q?M=C3=BCller=2C_Hans?= <hans@firma.example>", '"Müller, Hans" <hans@firma.example>'),
+    ("=?utf-8?q?boss=40bank=2Eexample?= <evil@attacker.example>", '"boss@bank.example" <evil@attacker.example>'),
+    ('=?utf-8?q?a_=22q=22_b=5C?= <x@y.example>', '"a \\"q\\" b\\\\" <x@y.example>'),
+    ("=?utf-8?q?Hans_M=C3=BCller?= <hans@firma.example>", "Hans Müller <hans@firma.example>"),
+    ("Plain, Name <p@q.example>", "Plain, Name <p@q.example>"),  # no encoded word: as it came
+])
+def test_an_encoded_display_name_stays_a_name_in_address_headers(raw_from: str, shown: str) -> None:
+    """Decoded words holding address syntax are quoted in mailbox headers, so parsers read the
+    mailboxes the encoded original had; other headers decode as before."""
+    msg = parse(f"From: {raw_from}\r\nSubject: =?utf-8?q?a=2C_b=40c?=\r\n\r\nbody\r\n".encode())
+    assert msg.header("from") == shown
+    assert msg.header("subject") == "a, b@c"
