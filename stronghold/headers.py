@@ -17,6 +17,7 @@ import email.charset
 import email.header
 import quopri
 import re
+from collections.abc import Sequence
 from email.utils import getaddresses
 
 # Headers only Stronghold writes; any of these names that arrive from outside are removed.
@@ -129,6 +130,20 @@ def mailboxes(value: str) -> list[tuple[str, str]]:
             name = name[1:-1].replace('\\"', '"').replace("\\\\", "\\")
         return [(name.strip(), one.group("addr").strip())]
     return [(name, addr) for name, addr in getaddresses([text]) if addr]
+
+
+MAX_FROMS = 10  # From headers a record keeps (one per line), the rest left out
+
+
+def recorded_froms(values: Sequence[str], limit: int = 320) -> str:
+    """The From headers of a message as the store records them (quarantine items, the message log):
+    one shortened to ``limit``; several (a sign of forgery) each, up to ``MAX_FROMS``, one per line,
+    shortened to fit ``limit`` together (``lists.shown_from`` shows them all and marks them)."""
+    found = list(values[:MAX_FROMS])
+    if len(found) < 2:
+        return shorten_from(next(iter(found), ""), limit)
+    room = limit // len(found) - 1
+    return "\n".join(shorten_from(value, room) for value in found)
 
 
 def shorten_from(text: str, limit: int = 320) -> str:

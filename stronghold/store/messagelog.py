@@ -15,7 +15,7 @@ from sqlalchemy import ColumnDefault, Connection, CursorResult, Table, and_, del
 from sqlalchemy.orm import Session, selectinload
 from sqlalchemy.sql.elements import ColumnElement
 
-from stronghold.headers import shorten_from
+from stronghold.headers import recorded_froms
 from stronghold.message import ParsedMessage
 from stronghold.store.tables import Feedback, MessageRecipient, MessageRow
 from stronghold.verdict import Envelope, Verdict
@@ -60,7 +60,7 @@ def entry(envelope: Envelope, msg: ParsedMessage, verdict: Verdict, tokens: Iter
     values = {
         "ts": ts if ts is not None else time.time(), "queue_id": envelope.queue_id[:40],
         "client_ip": envelope.client_ip[:64], "sender": envelope.sender[:320],
-        "header_from": shorten_from(msg.header("from") or ""), "subject": (msg.header("subject") or "")[:200],
+        "header_from": recorded_froms(msg.header_all("from")), "subject": (msg.header("subject") or "")[:200],
         "size": msg.size, "score": verdict.score, "threshold": verdict.threshold,
         "category": verdict.category.value, "action": verdict.action.value, "virus": verdict.virus or "",
         "reasons": " ".join(verdict.reasons)[:4000], "trace": verdict.summary[:4000],

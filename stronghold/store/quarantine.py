@@ -47,7 +47,7 @@ from sqlalchemy import delete as sql_delete
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from stronghold.headers import shorten_from
+from stronghold.headers import recorded_froms, shorten_from
 from stronghold.message import parse
 from stronghold.store.tables import Address, QuarantineBlob, QuarantineItem, User
 from stronghold.verdict import Envelope, Verdict
@@ -129,22 +129,16 @@ def from_header(raw: bytes) -> str:
 
 
 _FROM_LINE = re.compile(rb"(?im)^from[ \t]*:")
-MAX_FROMS = 10  # From headers an item records (one per line), the rest left out
 
 
 def recorded_from(raw: bytes, first: str | None = None) -> str:
-    """What an item records of the From (``header_from``): the first From header (``first``, when the
-    caller parsed it) shortened to the column; for a copy with several From headers, a sign of
-    forgery, each (up to ``MAX_FROMS``), one per line, shortened to fit the column together
-    (``lists.shown_from`` shows them all and marks them)."""
+    """What an item records of the From (``header_from``, see ``headers.recorded_froms``): the first
+    From header (``first``, when the caller parsed it), or every one when the copy has several."""
     head = _head(raw)
     if first is not None and len(_FROM_LINE.findall(head)) < 2:
         return shorten_from(first)
-    found = parse(head).header_all("from")[:MAX_FROMS]
-    if len(found) < 2:
-        return shorten_from(first if first is not None else next(iter(found), ""))
-    room = 320 // len(found) - 1
-    return "\n".join(shorten_from(value, room) for value in found)
+    found = parse(head).header_all("from")
+    return recorded_froms(found if len(found) > 1 or first is None else [first])
 
 
 def hold(session: Session, raw: bytes, *, recipients: Sequence[str], sender: str, subject: str,

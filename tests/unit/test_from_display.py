@@ -10,10 +10,13 @@ from pathlib import Path
 import pytest
 
 from stronghold.cli import main
+from stronghold.headers import MAX_FROMS
 from stronghold.lists import envelope_shown, from_address, other_envelope, shown_from
 from stronghold.message import parse
 from stronghold.store import quarantine
 from stronghold.store.db import Store
+from stronghold.store.messagelog import entry
+from stronghold.verdict import Action, Category, Envelope, RecipientDecision, Verdict
 
 SPOOF = b"From: =?utf-8?q?boss=40bank=2Eexample?= <evil@attacker.example>\r\n"
 REAL = "evil@attacker.example"
@@ -122,7 +125,21 @@ def test_an_item_records_every_from_header_within_its_column() -> None:
     assert quarantine.recorded_from(one) == "Shop <a@one.example>"
     many = b"".join(b'From: "%s" <u%d@example.net>\r\n' % (b"N" * 60, n) for n in range(12)) + b"\r\nbody\r\n"
     kept = quarantine.recorded_from(many, f'"{"N" * 60}" <u0@example.net>')
-    assert len(kept) <= 320 and kept.count("\n") == quarantine.MAX_FROMS - 1
+    assert len(kept) <= 320 and kept.count("\n") == MAX_FROMS - 1
     shown = shown_from(kept)
-    assert shown.text.split(", ") == [f"u{n}@example.net" for n in range(quarantine.MAX_FROMS)]
-    assert shown.warnings[0] == f"{quarantine.MAX_FROMS} From headers: a sign of forgery"
+    assert shown.text.split(", ") == [f"u{n}@example.net" for n in range(MAX_FROMS)]
+    assert shown.warnings[0] == f"{MAX_FROMS} From headers: a sign of forgery"
+
+
+def test_the_message_log_records_every_from_header_as_held_items_do() -> None:
+    """Recent mail shows several From headers for mail that was delivered or refused too, also
+    when its content (the features) was not kept."""
+    raw = b"From: Boss <boss@bank.example>\r\nFrom: evil@bad.example\r\nSubject: pay\r\n\r\nnow\r\n"
+    env = Envelope("evil@bad.example", ("m1@example.com",), "192.0.2.1", "h", "Q1")
+    verdict = Verdict(Action.ACCEPT, Category.CLEAN, 0.1, 0.9, None,
+                      (RecipientDecision("m1@example.com", Action.ACCEPT, Category.CLEAN, "clean"),), ())
+    logged = entry(env, parse(raw), verdict).message["header_from"]
+    assert logged == "Boss <boss@bank.example>\nevil@bad.example"
+    shown = shown_from(logged)
+    assert shown.warnings[0] == "2 From headers: a sign of forgery"
+    assert from_address(logged) is None  # no single sender for the list buttons
