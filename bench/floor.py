@@ -26,7 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.throughput import TICKS, drive, group_pids, load_messages, start_filter
+from bench.stagecpu import proc_cpu
+from bench.throughput import drive, group_pids, load_messages, start_filter
 from devtools.localstack import Postfix, _unix_connects, free_port, stop_process, wait_for
 
 EVENTS = ("syscalls:sys_enter_futex", "syscalls:sys_enter_poll", "syscalls:sys_enter_read",
@@ -56,17 +57,6 @@ class Noop:
 
     def stop(self) -> None:
         stop_process(self.proc)
-
-
-def _cpu(pids: list[int]) -> tuple[float, float]:
-    user = system = 0.0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except FileNotFoundError:
-            continue
-        user, system = user + int(fields[11]) / TICKS, system + int(fields[12]) / TICKS
-    return user, system
 
 
 def _perf(pids: list[int]) -> subprocess.Popen[str] | None:
@@ -124,12 +114,12 @@ def main() -> int:
         for i in range(args.rounds):
             for label, postfix, m in (sides if i % 2 == 0 else sides[::-1]):
                 pids = group_pids(m.proc.pid)  # type: ignore[attr-defined]
-                user0, sys0 = _cpu(pids)
+                user0, sys0 = proc_cpu(pids)
                 perf = _perf(pids)
                 results, seconds = asyncio.run(drive(postfix.port, messages, args.concurrency))
                 counts = _counts(perf)
                 time.sleep(0.3)
-                user1, sys1 = _cpu(group_pids(m.proc.pid))  # type: ignore[attr-defined]
+                user1, sys1 = proc_cpu(group_pids(m.proc.pid))  # type: ignore[attr-defined]
                 n = len(results)
                 row = {"user": (user1 - user0) * 1000 / n, "system": (sys1 - sys0) * 1000 / n, "msg/s": n / seconds,
                        **{k: v / n for k, v in counts.items()}}

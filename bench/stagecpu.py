@@ -149,7 +149,7 @@ def _read(folder: Path) -> tuple[int, dict[str, float], dict[str, float]]:
     return eoms, cpu, threads
 
 
-def _proc_cpu(pids: list[int]) -> tuple[float, float]:
+def proc_cpu(pids: list[int]) -> tuple[float, float]:
     user = system = 0.0
     for pid in pids:
         try:
@@ -179,11 +179,11 @@ def main() -> int:
         folder = Path(milter.home)
         workers = [pid for pid in group_pids(milter.proc.pid) if pid != milter.proc.pid]
         eoms0, cpu0, threads0 = _read(folder)
-        user0, sys0 = _proc_cpu(workers)
+        user0, sys0 = proc_cpu(workers)
         results, seconds = asyncio.run(drive(postfix.port, messages, args.concurrency))
         time.sleep(0.5)
         eoms1, cpu1, threads1 = _read(folder)
-        user1, sys1 = _proc_cpu(workers)
+        user1, sys1 = proc_cpu(workers)
         n = eoms1 - eoms0
         sent = len(results)
         print(f"# Milter CPU by stage, in the workers' own threads (c={args.concurrency}, {sent} messages, "
