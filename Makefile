@@ -9,13 +9,19 @@ PYTEST_ARGS ?=
 deps:
 	@scripts/install-deps.sh
 
-$(VENV)/.installed: setup.cfg pyproject.toml
+$(VENV)/.installed: setup.cfg setup.py pyproject.toml
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -e '.[dev]'
 	touch $@
 
-venv: deps $(VENV)/.installed
+# The native core (stronghold/native/*.c -> stronghold/_*.so), rebuilt when a source changes.
+NATIVE_SRC := $(wildcard stronghold/native/*.c stronghold/native/*.h)
+$(VENV)/.native: $(VENV)/.installed setup.py $(NATIVE_SRC)
+	$(PY) setup.py -q build_ext --inplace
+	touch $@
+
+venv: deps $(VENV)/.installed $(VENV)/.native
 
 corpus:
 	@python3 corpus/fetch.py
@@ -74,4 +80,4 @@ soak: venv corpus model
 	$(PY) -m bench.soak --minutes 20
 
 clean:
-	rm -rf $(VENV) var build *.egg-info
+	rm -rf $(VENV) var build *.egg-info stronghold/_*.so

@@ -4,10 +4,11 @@ set -euo pipefail
 # Dovecot: the local stack and the tests run private instances (their own config, loopback ports
 # 1143 or free ones, unix sockets in their own folders); a system Dovecot that the packages may
 # start uses /etc/dovecot, 143 and 993, so the two never collide and ours never touch it.
-# python3-venv, python3-dev and systemd: `make install` builds its venv with Debian's Python, and
+# python3-venv, python3-dev, gcc and systemd: `make install` builds its venv (and the native core,
+# stronghold/native/*.c) with Debian's Python, and
 # its test verifies the units with systemd-analyze. bogofilter: the accuracy peer (make bench-accuracy).
 PKGS=(postfix clamav-daemon clamav postgresql chromium libmilter-dev swaks
-      dovecot-imapd dovecot-lmtpd dovecot-sieve openssl python3-venv python3-dev systemd bogofilter)
+      dovecot-imapd dovecot-lmtpd dovecot-sieve openssl python3-venv python3-dev gcc libc6-dev systemd bogofilter)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -18,6 +18,7 @@ from stronghold import (
     cli_services,
     cli_train,
     jobs,
+    nativecore,
 )
 from stronghold import config as config_mod
 from stronghold.config import Config, ConfigError
@@ -39,7 +40,8 @@ Handler = Callable[[argparse.Namespace, Config], int]
 
 def version_line() -> str:
     """What ``--version`` prints: the package, and the model files this code reads and writes."""
-    return f"stronghold {__version__} (model format {FORMAT_VERSION}, tokenizer {TOKENIZER_VERSION})"
+    return (f"stronghold {__version__} (model format {FORMAT_VERSION}, tokenizer {TOKENIZER_VERSION})\n"
+            f"{nativecore.status()}")
 
 
 VERBOSITY_HELP = "more log output: one-shot commands show INFO with -v, DEBUG with -vv; services DEBUG with -v"
@@ -62,10 +64,24 @@ def _leaves(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser
             yield from _leaves(child)
 
 
+class _Version(argparse.Action):
+    """``--version``: ``version_line()`` as it is (argparse's own action would rewrap its lines)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS,
+                 default: str = argparse.SUPPRESS, help: str | None = None) -> None:
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        print(version_line())
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stronghold", description="Mail Stronghold spam and virus filter")
-    parser.add_argument("--version", action="version", version=version_line(),
-                        help="print the version and the model format and tokenizer it reads, then exit")
+    parser.add_argument("--version", action=_Version,
+                        help="print the version, the model format and tokenizer it reads"
+                        " and which parts run natively, then exit")
     parser.add_argument("--config", metavar="FILE",
                         help="TOML settings file (default: $STRONGHOLD_CONFIG, else none: built-in defaults); "
                              "STRONGHOLD_<SETTING> variables override it")

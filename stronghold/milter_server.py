@@ -36,7 +36,7 @@ from pathlib import Path
 import Milter
 import milter
 
-from stronghold import logfmt, metrics, modelsync
+from stronghold import logfmt, metrics, modelsync, nativecore
 from stronghold.config import Config, ConfigError
 from stronghold.milter import FLAGS, factory
 from stronghold.service import Service
@@ -241,7 +241,7 @@ def serve(cfg: Config) -> int:
     if not _tune_listener(spec):
         log.warning("could not tune the listening socket %s: expect ~40 ms stalls over TCP "
                     "and slow stops", spec)
-    log.info("milter listening on %s with %d workers", spec, cfg.milter_workers)
+    log.info("milter listening on %s with %d workers; %s", spec, cfg.milter_workers, nativecore.status())
     print(f"stronghold milter: listening on {spec} ({cfg.milter_workers} workers)", flush=True)
 
     children: dict[int, tuple[float, int]] = {}  # pid -> (started, slot); 0: metrics, -1: model sync

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from stronghold import __version__
+from stronghold import __version__, nativecore
 from stronghold.cli import build_parser, log_level, main
 from stronghold.modelfile import FORMAT_VERSION
 from stronghold.tokens import TOKENIZER_VERSION
@@ -61,7 +61,9 @@ def test_version_names_the_package_and_the_model_files_it_reads(capsys: pytest.C
         main(["--version"])
     assert exited.value.code == 0
     out = capsys.readouterr().out
-    assert out == f"stronghold {__version__} (model format {FORMAT_VERSION}, tokenizer {TOKENIZER_VERSION})\n"
+    assert out == (f"stronghold {__version__} (model format {FORMAT_VERSION}, tokenizer {TOKENIZER_VERSION})\n"
+                   f"{nativecore.status()}\n")
+    assert "native core: " in out
     assert __version__ != "0+unknown"  # the installed package's metadata was found
 
 
