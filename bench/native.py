@@ -1,0 +1,147 @@
+"""The native core against the Python code it stands in for, whole messages, process against process.
+
+    python -m bench.native [--every 6] [--rounds 5] [--check-only]
+
+Runs this tree twice over the corpus (``corpus/data``), in child processes: once as built
+(the native core where ``stronghold._*`` modules exist) and once with ``STRONGHOLD_NATIVE=0``
+(the Python code everywhere).  Each child
+
+1. **identity** (all messages): hashes, message by message, what the classifier path
+   makes of it: the parsed message (every field), its features (sorted) and the score
+   (probability and log-odds as exact floats, the clues); the two children must agree
+   on every message, whatever their hash seeds (they are given different ones);
+2. **timing** (every ``--every``-th message, ``--rounds`` rounds, the two modes in turn):
+   CPU microseconds per message of ``message.parse``, ``tokens.features`` and
+   ``Model.score``, one message after the other as the milter runs them.
+
+Prints the medians, python/native ratios with the rounds' range, and which parts ran
+natively.  Exits 1 if any message differs or the native child has no native part.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+STAGES = ("parse", "features", "score")
+
+
+def _corpus(every: int) -> list[Path]:
+    data = ROOT / "corpus" / "data"
+    paths = sorted(p for folder in sorted(data.iterdir()) if folder.is_dir()
+                   for p in folder.iterdir() if p.is_file())
+    return paths[::every]
+
+
+def _digest(parsed: Any, features: set[str], score: Any) -> str:
+    fields = dataclasses.asdict(parsed)
+    seen = [fields, sorted(features), score.probability.hex(), float(score.log_odds).hex(),
+            [(clue.token, clue.spam_prob.hex()) for clue in score.clues]]
+    return hashlib.sha256(repr(seen).encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+def child(mode: str, every: int, check: bool) -> None:
+    """One process's work; prints one JSON line."""
+    from stronghold import nativecore, tokens
+    from stronghold.classifier import Model
+    from stronghold.message import parse
+    model = Model.load(ROOT / "models" / "model.joblib")
+    result: dict[str, Any] = {"mode": mode, "status": nativecore.status(),
+                              "native": [n for n in nativecore.PARTS if nativecore.load(n) is not None]}
+    if check:
+        digests = []
+        for path in _corpus(1):
+            parsed = parse(path.read_bytes())
+            features = tokens.features(parsed)
+            digests.append(f"{path.parent.name}/{path.name} {_digest(parsed, features, model.score(features))}")
+        result["digests"] = digests
+    else:
+        raws = [p.read_bytes() for p in _corpus(every)]
+        for raw in raws[:50]:  # warm
+            model.score(tokens.features(parse(raw)))
+        spent = [0, 0, 0]
+        clock = time.process_time_ns
+        for raw in raws:
+            t0 = clock()
+            parsed = parse(raw)
+            t1 = clock()
+            features = tokens.features(parsed)
+            t2 = clock()
+            model.score(features)
+            t3 = clock()
+            spent[0] += t1 - t0
+            spent[1] += t2 - t1
+            spent[2] += t3 - t2
+        result["us"] = [ns / len(raws) / 1000 for ns in spent]
+        result["messages"] = len(raws)
+    print(json.dumps(result))
+
+
+def _run(mode: str, every: int, check: bool, seed: int) -> dict[str, Any]:
+    env = {**os.environ, "PYTHONHASHSEED": str(seed), "PYTHONPATH": str(ROOT)}
+    env["STRONGHOLD_NATIVE"] = "1" if mode == "native" else "0"
+    argv = [sys.executable, "-m", "bench.native", "--child", mode, "--every", str(every)]
+    out = subprocess.run(argv + (["--check-only"] if check else []), env=env, cwd=ROOT,
+                         capture_output=True, text=True, check=True).stdout
+    return dict(json.loads(out.strip().splitlines()[-1]))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--every", type=int, default=6, help="time every N-th corpus message")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--check-only", action="store_true", help="only compare the two modes' results")
+    parser.add_argument("--no-check", action="store_true", help="only time")
+    parser.add_argument("--child", choices=("native", "python"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args.child, args.every, args.check_only)
+        return 0
+    native_info = _run("native", 10_000_000, False, 1)
+    print(native_info["status"])
+    if not native_info["native"]:
+        print("no native part is built: run 'make venv'")
+        return 1
+    differ = 0
+    if not args.no_check:
+        one, other = _run("native", 1, True, 7)["digests"], _run("python", 1, True, 99)["digests"]
+        differ = sum(a != b for a, b in zip(one, other, strict=True))
+        for a, b in zip(one, other, strict=True):
+            if a != b and differ <= 10:
+                print(f"  differs: {a.split()[0]}")
+        print(f"identity: {len(one)} messages, {differ} differ (parsed message, features, score; "
+              "hash seeds 7 and 99)")
+    if args.check_only:
+        return 1 if differ else 0
+    spent: dict[str, list[list[float]]] = {"native": [], "python": []}
+    messages = 0
+    for r in range(args.rounds):
+        for mode in (("python", "native") if r % 2 == 0 else ("native", "python")):
+            got = _run(mode, args.every, False, r + 1)
+            spent[mode].append(got["us"])
+            messages = got["messages"]
+    print(f"timing: {messages} messages (every {args.every}th), {args.rounds} rounds alternating, "
+          "CPU µs per message, median of rounds")
+    for i, stage in enumerate((*STAGES, "together")):
+        def at(row: list[float]) -> float:
+            return sum(row) if stage == "together" else row[i]
+        py = statistics.median(at(row) for row in spent["python"])
+        nat = statistics.median(at(row) for row in spent["native"])
+        ratios = [at(p) / at(n) for p, n in zip(spent["python"], spent["native"], strict=True)]
+        print(f"  {stage:9} python {py:7.1f}  native {nat:7.1f}  python/native {statistics.median(ratios):.2f}"
+              f" (rounds {min(ratios):.2f}-{max(ratios):.2f})")
+    return 1 if differ else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
