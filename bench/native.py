@@ -133,11 +133,10 @@ def main() -> int:
     print(f"timing: {messages} messages (every {args.every}th), {args.rounds} rounds alternating, "
           "CPU µs per message, median of rounds")
     for i, stage in enumerate((*STAGES, "together")):
-        def at(row: list[float]) -> float:
-            return sum(row) if stage == "together" else row[i]
-        py = statistics.median(at(row) for row in spent["python"])
-        nat = statistics.median(at(row) for row in spent["native"])
-        ratios = [at(p) / at(n) for p, n in zip(spent["python"], spent["native"], strict=True)]
+        pick = (lambda row: sum(row)) if stage == "together" else (lambda row, i=i: row[i])
+        py = statistics.median(pick(row) for row in spent["python"])
+        nat = statistics.median(pick(row) for row in spent["native"])
+        ratios = [pick(p) / pick(n) for p, n in zip(spent["python"], spent["native"], strict=True)]
         print(f"  {stage:9} python {py:7.1f}  native {nat:7.1f}  python/native {statistics.median(ratios):.2f}"
               f" (rounds {min(ratios):.2f}-{max(ratios):.2f})")
     return 1 if differ else 0

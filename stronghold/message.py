@@ -17,8 +17,10 @@ import email.message
 import email.policy
 import quopri
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from stronghold import nativecore
 from stronghold.htmltext import html_to_text
 
 MAX_BYTES = 2 * 1024 * 1024
@@ -28,7 +30,6 @@ MAX_PART_TEXT = 512 * 1024
 MAX_HEADER_VALUE = 8192
 MAX_HEADER_LINES = 2000  # real mail has tens; a flood of short fields costs seconds each 100k
 
-_URL_RE = re.compile(rb"(?i)\b(?:https?://|www\.)[^\s<>\"'()\[\]{}]{1,400}")
 _URL_TEXT_RE = re.compile(r"(?i)\b(?:https?://|www\.)[^\s<>\"'()\[\]{}]{1,400}")
 _HOST_RE = re.compile(r"(?i)^(?:https?://)?([^/:?#@\s]+@)?([^/:?#\s]+)")
 
@@ -219,15 +220,13 @@ _LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)")
 _SOURCE = email.policy.compat32.header_source_parse
 
 
-def _single_part(raw: bytes) -> email.message.Message | None:
-    """The stdlib's tree of a message that is one part, built without its feed parser.
+def _header_fields_py(raw: bytes) -> tuple[list[tuple[str, str]], int] | None:
+    """The fields of a plain header block and where the block ends, or None.
 
-    Only for plain header blocks: each line a ``name:`` field or a continuation,
-    the first not a continuation, no ``From `` line, an empty line at the end;
-    each field then goes through the stdlib's own ``header_source_parse`` and the
-    rest becomes the payload unchanged, exactly what ``email.message_from_bytes``
-    makes of it.  None for anything else (multipart, message/*, odd headers):
-    the caller runs the stdlib parser.
+    Plain: each line a ``name:`` field or a continuation, the first not a
+    continuation, no ``From `` line, an empty line at the end.  Each field is what
+    the stdlib's own ``header_source_parse`` makes of its lines (name, value as
+    ASCII with surrogate escapes).  ``header_fields`` is this, in C when built.
     """
     head = _HEAD.match(raw)
     if head is None:
@@ -242,12 +241,39 @@ def _single_part(raw: bytes) -> email.message.Message | None:
             return None
         else:
             fields.append([line])
+    return [_SOURCE(lines) for lines in fields], head.end()
+
+
+_mimecore = nativecore.load("mimecore")
+header_fields: Callable[[bytes], tuple[list[tuple[str, str]], int] | None] = (
+    _mimecore.header_fields if _mimecore is not None else _header_fields_py)
+
+
+def _find_urls_py(text: str) -> list[str]:
+    """URLs written in plain text (``find_urls`` is this, in C when built)."""
+    return _URL_TEXT_RE.findall(text)
+
+
+find_urls: Callable[[str], list[str]] = _mimecore.find_urls if _mimecore is not None else _find_urls_py
+
+
+def _single_part(raw: bytes) -> email.message.Message | None:
+    """The stdlib's tree of a message that is one part, built without its feed parser.
+
+    Only for plain header blocks (``header_fields``); the rest becomes the payload
+    unchanged: exactly what ``email.message_from_bytes`` makes of it.  None for
+    anything else (multipart, message/*, odd headers): the caller runs the stdlib parser.
+    """
+    read = header_fields(raw)
+    if read is None:
+        return None
+    fields, end = read
     root = email.message.Message()
-    for lines in fields:
-        root.set_raw(*_SOURCE(lines))
+    for name, value in fields:
+        root.set_raw(name, value)
     if root.get_content_maintype() in ("multipart", "message"):
         return None
-    root.set_payload(raw[head.end():].decode("ascii", "surrogateescape"))
+    root.set_payload(raw[end:].decode("ascii", "surrogateescape"))
     return root
 
 
@@ -278,14 +304,22 @@ def _mime_tree(raw: bytes, defects: list[str]) -> email.message.Message:
     return flat
 
 
-_BLANK_LINE = re.compile(rb"\r?\n\r?\n")
+def blank_line(raw: bytes) -> tuple[int, int] | None:
+    """Start and end of the first empty line, as ``re.search(rb"\\r?\\n\\r?\\n", raw)`` finds it
+    (the end of the header block), by two memory searches instead of a regex tried at every byte."""
+    found = [i for i in (raw.find(b"\n\n"), raw.find(b"\n\r\n")) if i >= 0]
+    if not found:
+        return None
+    first = min(found)  # the first line end followed by an empty line
+    start = first - 1 if first > 0 and raw[first - 1] == 0x0D else first
+    return start, first + (2 if raw[first + 1] == 0x0A else 3)
 
 
 def _capped_header(raw: bytes, defects: list[str]) -> bytes:
     """The message with at most MAX_HEADER_LINES lines of top-level header (the rest of the
     header dropped, "header-flood" recorded), so a flood of fields cannot hold a worker."""
-    blank = _BLANK_LINE.search(raw)
-    end = blank.start() if blank else len(raw)
+    blank = blank_line(raw)
+    end = blank[0] if blank else len(raw)
     if raw.count(b"\n", 0, end) < MAX_HEADER_LINES:
         return raw
     cut = -1
@@ -293,7 +327,7 @@ def _capped_header(raw: bytes, defects: list[str]) -> bytes:
         cut = raw.index(b"\n", cut + 1)
     defects.append("header-flood")
     newline = b"\r\n" if raw[cut - 1:cut] == b"\r" else b"\n"
-    return raw[:cut + 1] + (newline + raw[blank.end():] if blank else b"")
+    return raw[:cut + 1] + (newline + raw[blank[1]:] if blank else b"")
 
 
 def parse(raw: bytes, max_bytes: int = MAX_BYTES) -> ParsedMessage:
@@ -369,5 +403,5 @@ def parse(raw: bytes, max_bytes: int = MAX_BYTES) -> ParsedMessage:
             msg.html_tags[tag] = msg.html_tags.get(tag, 0) + count
         msg.urls.extend(urls)
         msg.html_features.extend(features)
-    msg.urls.extend(_URL_TEXT_RE.findall(msg.text))
+    msg.urls.extend(find_urls(msg.text))
     return msg

@@ -19,6 +19,7 @@ PARTS: dict[str, str] = {
     "scorecore": "classifier scoring",
     "htmlcore": "HTML to text",
     "wordcore": "tokenizing",
+    "mimecore": "message reading",
 }
 
 _loaded: dict[str, ModuleType | None] = {}

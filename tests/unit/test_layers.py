@@ -22,7 +22,8 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "stronghold"
 WEBUI = ROOT / "webui"
 VALUES = ("stronghold.verdict", "stronghold.config", "stronghold.settingtypes", "stronghold.lists",
-          "stronghold.message", "stronghold.htmltext", "stronghold.policy", "stronghold.headers")
+          "stronghold.message", "stronghold.htmltext", "stronghold.policy", "stronghold.headers",
+          "stronghold.nativecore")
 STORE = ("stronghold.store", "stronghold.migrations")
 # layers above the default one (everything not named here: the checks, metrics, release, digests...)
 TOP = (("stronghold.routing",), ("stronghold.precedence",), ("stronghold.engine",), ("stronghold.service",),
