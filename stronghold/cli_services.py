@@ -7,7 +7,7 @@ import io
 import json
 
 from stronghold import config as config_mod
-from stronghold import sizelimits
+from stronghold import nativecore, sizelimits
 from stronghold.antivirus import EICAR, ClamdScanner, ScannerError
 from stronghold.classifier import Model
 from stronghold.config import Config, ConfigError
@@ -64,6 +64,8 @@ def check_config(cfg: Config) -> int:
         problems += 1
     for warning in sizelimits.check(cfg):
         print(f"WARNING: {warning}")
+    native = nativecore.status()
+    print(f"{'WARNING' if 'in Python' in native else 'ok'}: {native}")
     if cfg.clamd_socket == "none":
         print("WARNING: clamd_socket = none: no virus scanning")
     else:

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from devtools.localstack import Clamd
+from stronghold import nativecore
 from stronghold.cli_services import check_config
 from stronghold.store.db import Store
 
@@ -25,7 +26,8 @@ def test_all_good(make_config, models_dir: Path, clamd: Clamd, capsys: pytest.Ca
     assert check_config(cfg) == 0
     out = capsys.readouterr().out
     assert "ok: model" in out and "ok: database" in out and "found the EICAR test string" in out
-    assert "FAIL" not in out
+    assert "ok: native core: classifier scoring, HTML to text, tokenizing, message reading\n" in out
+    assert "FAIL" not in out and "WARNING" not in out
 
 
 def test_each_broken_dependency_is_named(make_config, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -40,3 +42,14 @@ def test_each_broken_dependency_is_named(make_config, tmp_path: Path, capsys: py
 def test_no_scanner_is_a_warning(make_config, models_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert check_config(_migrated(make_config(models_dir=models_dir, clamd_socket="none"))) == 0
     assert "WARNING: clamd_socket = none" in capsys.readouterr().out
+
+
+def test_a_python_only_install_is_a_warning(make_config, models_dir: Path, monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """Built without a C compiler (here: switched off), the filter works but slower: said, not failed."""
+    monkeypatch.setattr(nativecore, "_loaded", {})
+    monkeypatch.setenv("STRONGHOLD_NATIVE", "0")
+    assert check_config(_migrated(make_config(models_dir=models_dir, clamd_socket="none"))) == 0
+    warned = [line for line in capsys.readouterr().out.splitlines() if "native core" in line]
+    assert warned == ["WARNING: native core: none; in Python (slower): " + "; ".join(
+        f"{what}: switched off (STRONGHOLD_NATIVE=0)" for what in nativecore.PARTS.values())]
