@@ -25,6 +25,7 @@ die() { printf 'install: error: %s\n' "$*" >&2; exit 1; }
 "$PYTHON" -c 'import sys, venv; assert sys.version_info >= (3, 11)' 2>/dev/null \
   || die "$PYTHON with the venv module (3.11+) is needed: apt-get install python3-venv python3-dev"
 [ -e /usr/include/libmilter/mfapi.h ] || die "libmilter headers are needed: apt-get install libmilter-dev"
+command -v gcc >/dev/null 2>&1 || die "a C compiler is needed (pymilter and the native core are built from source): apt-get install gcc"
 
 if [ -z "${NO_USER:-}" ] && ! getent passwd "$ACCOUNT" >/dev/null; then
   useradd --system --user-group --home-dir "$STATE" --no-create-home --shell /usr/sbin/nologin \
