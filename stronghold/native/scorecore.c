@@ -102,20 +102,36 @@ static int64_t bucket_of(uint32_t h, int64_t mask)
 
 /* ---- the personal layer ---- */
 
-/* The layer's value for a bucket, or the given one: numpy's searchsorted (left) on sorted buckets. */
-static float layer_value(const int64_t *buckets, const float *values, Py_ssize_t n, int64_t bucket, float value)
+#define LAYER_LANES 16 /* tokens searched in the layer side by side */
+
+/* Replace the value (a float in Vote.value) of each of the n votes whose bucket the layer has by the
+ * layer's: numpy's searchsorted (left) on the sorted buckets, then an equality test, as
+ * personal.Layer.adjust. Branchless binary searches, LAYER_LANES of them in step (every search of
+ * one layer takes the same steps), so that their memory reads overlap. */
+static void apply_layer(const int64_t *buckets, const float *values, Py_ssize_t n_layer, Vote *votes, Py_ssize_t n)
 {
-    Py_ssize_t lo = 0, hi = n;
-    while (lo < hi) {
-        Py_ssize_t mid = lo + (hi - lo) / 2;
-        if (buckets[mid] < bucket)
-            lo = mid + 1;
-        else
-            hi = mid;
+    for (Py_ssize_t start = 0; start < n; start += LAYER_LANES) {
+        int lanes = n - start < LAYER_LANES ? (int)(n - start) : LAYER_LANES;
+        const int64_t *base[LAYER_LANES];
+        int64_t key[LAYER_LANES];
+        for (int j = 0; j < lanes; j++) {
+            base[j] = buckets;
+            key[j] = votes[start + j].bucket;
+        }
+        for (Py_ssize_t len = n_layer; len > 1;) { /* each first bucket >= key is in [base, base + len] */
+            Py_ssize_t half = len / 2;
+            for (int j = 0; j < lanes; j++) /* base += half if base[half - 1] < key, without a branch */
+                base[j] += half & -(Py_ssize_t)(base[j][half - 1] < key[j]);
+            len -= half;
+        }
+        for (int j = 0; j < lanes; j++) {
+            Py_ssize_t pos = (base[j] - buckets) + (*base[j] < key[j]);
+            if (pos >= n_layer)
+                pos = 0;
+            if (buckets[pos] == key[j])
+                votes[start + j].value = values[pos];
+        }
     }
-    if (lo >= n)
-        lo = 0;
-    return buckets[lo] == bucket ? values[lo] : value;
 }
 
 /* ---- ordering ---- */
@@ -133,6 +149,66 @@ static int vote_cmp(const void *pa, const void *pb)
     if (a->len != b->len)
         return a->len < b->len ? -1 : 1;
     return a->pos < b->pos ? -1 : (a->pos > b->pos);
+}
+
+/* Sort n keys ascending (merge sort into tmp and back; insertion sort for short runs). */
+static void sort_keys(uint64_t *a, uint64_t *tmp, Py_ssize_t n)
+{
+    if (n <= 16) {
+        for (Py_ssize_t i = 1; i < n; i++) {
+            uint64_t x = a[i];
+            Py_ssize_t j = i;
+            for (; j > 0 && a[j - 1] > x; j--)
+                a[j] = a[j - 1];
+            a[j] = x;
+        }
+        return;
+    }
+    Py_ssize_t half = n / 2, i = 0, j = half, o = 0;
+    sort_keys(a, tmp, half);
+    sort_keys(a + half, tmp, n - half);
+    while (i < half && j < n) { /* keys are distinct; no branch on which half gives the next */
+        int second = a[j] < a[i];
+        tmp[o++] = second ? a[j] : a[i];
+        j += second;
+        i += !second;
+    }
+    while (i < half)
+        tmp[o++] = a[i++];
+    memcpy(a, tmp, (size_t)o * sizeof *a); /* what is left of the second half is in place */
+}
+
+/* Put the votes in vote_cmp's order: keys (bucket << 32 | index) sorted as numbers, then each run
+ * of one bucket (two tokens of the message sharing it: rare) sorted by vote_cmp. -1: MemoryError. */
+static int order_votes(Vote *votes, Py_ssize_t n)
+{
+    if ((uint64_t)n >= ((uint64_t)1 << 32)) { /* the index would not fit in the key */
+        qsort(votes, (size_t)n, sizeof *votes, vote_cmp);
+        return 0;
+    }
+    uint64_t *keys = PyMem_New(uint64_t, 2 * n + 1);
+    Vote *sorted = PyMem_New(Vote, n + 1);
+    if (!keys || !sorted) {
+        PyMem_Free(keys);
+        PyMem_Free(sorted);
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < n; i++)
+        keys[i] = (uint64_t)votes[i].bucket << 32 | (uint64_t)i; /* a bucket is below 2**32 */
+    sort_keys(keys, keys + n, n);
+    for (Py_ssize_t i = 0; i < n; i++)
+        sorted[i] = votes[keys[i] & 0xffffffffu];
+    memcpy(votes, sorted, (size_t)n * sizeof *votes);
+    for (Py_ssize_t i = 0, j; i < n; i = j) {
+        for (j = i + 1; j < n && votes[j].bucket == votes[i].bucket; j++)
+            ;
+        if (j - i > 1)
+            qsort(votes + i, (size_t)(j - i), sizeof *votes, vote_cmp);
+    }
+    PyMem_Free(keys);
+    PyMem_Free(sorted);
+    return 0;
 }
 
 /* ---- numpy's float64 logaddexp and pairwise sum ---- */
@@ -577,14 +653,13 @@ static int read_tokens(PyObject *tokens, const float *table, int64_t mask, const
         __builtin_prefetch(table + bucket);
         votes[i] = (Vote){i, bucket, utf8, len, 0.0};
     }
+    for (Py_ssize_t i = 0; i < n; i++)
+        votes[i].value = table[votes[i].bucket];
+    if (n_layer)
+        apply_layer(lb->buf, lv->buf, n_layer, votes, n);
     for (Py_ssize_t i = 0; i < n; i++) {
-        float value = table[votes[i].bucket];
-        if (n_layer)
-            value = layer_value(lb->buf, lv->buf, n_layer, votes[i].bucket, value);
-        if (value != 0.0f) { /* np.flatnonzero: NaN votes too */
-            votes[nv] = votes[i];
-            votes[nv++].value = (double)value;
-        }
+        if (votes[i].value != 0.0) /* np.flatnonzero: NaN votes too */
+            votes[nv++] = votes[i];
     }
     *n_votes = nv;
     return 0;
@@ -594,12 +669,11 @@ static int read_tokens(PyObject *tokens, const float *table, int64_t mask, const
 static PyObject *decide(const State *st, PyTypeObject *clue_type, PyObject *tokens, Vote *votes, Py_ssize_t nv, Py_ssize_t n_reasons,
                         PyObject *cache, PyObject *prefix_family, const Tails *tails)
 {
-    qsort(votes, (size_t)nv, sizeof *votes, vote_cmp);
     Ballot b;
     Py_ssize_t k = slice_len(n_reasons, nv);
     Rank *top = PyMem_New(Rank, k + 1);
     PyObject *result = NULL;
-    if (ballot_init(&b, nv) < 0)
+    if (ballot_init(&b, nv) < 0 || order_votes(votes, nv) < 0)
         goto done;
     if (!top) {
         PyErr_NoMemory();
