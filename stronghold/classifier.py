@@ -49,7 +49,7 @@ import mmh3
 import numpy as np
 
 from stronghold import nativecore
-from stronghold.chisquare import _log_chi2_tails_large, chi_square_logodds, compress, sigmoid
+from stronghold.chisquare import chi_square_logodds, compress, log_chi2_tails_large, sigmoid
 from stronghold.modelfile import (
     FORMAT_VERSION,
     N_FEATURES,
@@ -200,7 +200,8 @@ class Model:
         """Spam probability in (0, 1), its log-odds and the tokens that decided it.
 
         ``layer``: a recipient's personal layer (``stronghold.personal``) over the shared counts.
-        In C when the native core is built (``_score_py`` is the reference it matches).
+        In C when the native core is built (``_score_py`` is the reference it matches, to the bit,
+        for layers whose buckets are sorted as ``Layer`` keeps them).
         """
         if _native is None or len(self._logodds) != N_FEATURES:
             return self._score_py(tokens, n_reasons, layer)
@@ -210,7 +211,7 @@ class Model:
             buckets = np.ascontiguousarray(layer.buckets, dtype=np.int64)
             values = np.ascontiguousarray(layer.values, dtype=np.float32)
         raw, clues = _native.score(self._logodds, tokens, n_reasons, buckets, values, _family_cache,
-                                   prefix_family, math.lgamma, _log_chi2_tails_large, Clue)
+                                   prefix_family, math.lgamma, log_chi2_tails_large, Clue)
         logodds = compress(raw, self.params.compress)
         return Score(sigmoid(logodds), clues, logodds)
 

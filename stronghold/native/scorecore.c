@@ -30,7 +30,8 @@
 #define FAMILY_CACHE_MAX 10000 /* as tokens._family_cache: entries kept in the caller's dict */
 #define TOPK_INSERTION_MAX 64  /* at most this many clues: insertion; more: a full sort */
 
-/* One voting token: where it came from, its bucket, its UTF-8 text and its value. */
+/* One token (after read_tokens: one voting token): where it came from, its bucket, its UTF-8 text
+ * (owned by the token, which the tuple or list score holds keeps alive) and its value. */
 typedef struct {
     Py_ssize_t pos;
     int64_t bucket;
@@ -47,7 +48,7 @@ typedef struct {
     PyObject *prob_name;  /* "spam_prob" */
 } State;
 
-/* Things the chi-square needs from Python: math.lgamma and chisquare._log_chi2_tails_large. */
+/* Things the chi-square needs from Python: math.lgamma and chisquare.log_chi2_tails_large. */
 typedef struct {
     PyObject *lgamma;
     PyObject *large_tails;
@@ -700,7 +701,7 @@ PyDoc_STRVAR(score_doc,
 "Model.score's per-token work: table is the float32 log-odds table (its length a power of two);\n"
 "layer_buckets/layer_values a personal layer's sorted int64 buckets and float32 values, or None;\n"
 "family_cache a dict prefix -> family that prefix_family (tokens.prefix_family) fills; lgamma is\n"
-"math.lgamma and large_tails chisquare._log_chi2_tails_large. raw_logodds is chi_square_logodds\n"
+"math.lgamma and large_tails chisquare.log_chi2_tails_large. raw_logodds is chi_square_logodds\n"
 "of the votes (before compress); clues a tuple of clue_type(token, round(sigmoid(value), 4)),\n"
 "strongest first, made as a frozen dataclass's __init__ makes them.");
 
@@ -748,7 +749,8 @@ static PyObject *score(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             goto done_lv;
         }
     }
-    tokens = PySequence_Fast(args[1], "tokens must be iterable");
+    /* a list is copied: Python code called back (prefix_family) must not free tokens in use */
+    tokens = PyList_Check(args[1]) ? PySequence_Tuple(args[1]) : PySequence_Fast(args[1], "tokens must be iterable");
     if (!tokens)
         goto done_lv;
     votes = PyMem_New(Vote, PySequence_Fast_GET_SIZE(tokens) + 1);
@@ -785,7 +787,8 @@ static PyObject *chi_square_logodds(PyObject *self, PyObject *const *args, Py_ss
         return NULL;
     }
     Tails tails = {args[1], args[2]};
-    PyObject *seq = PySequence_Fast(args[0], "votes must be a sequence of floats");
+    PyObject *seq = PyList_Check(args[0]) ? PySequence_Tuple(args[0])  /* __float__ may change a list */
+                                          : PySequence_Fast(args[0], "votes must be a sequence of floats");
     if (!seq)
         return NULL;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from bench.stages import corpus_messages
 from stronghold import _scorecore as scorecore  # fails here when the C part is not built
-from stronghold import chisquare, classifier, tokens
+from stronghold import chisquare, classifier, nativecore, tokens
 from stronghold.classifier import Clue, Model, token_indices
 from stronghold.message import parse
 from stronghold.modelfile import N_FEATURES, Passport
@@ -40,11 +40,17 @@ def _both(model: Model, toks: Any, n_reasons: int = 8, layer: Layer | None = Non
 
 def _native_score(table: np.ndarray, toks: Any, buckets: Any = None, values: Any = None) -> Any:
     return scorecore.score(table, toks, 8, buckets, values, {}, tokens.prefix_family, math.lgamma,
-                           chisquare._log_chi2_tails_large, Clue)
+                           chisquare.log_chi2_tails_large, Clue)
 
 
-def test_model_score_runs_in_c() -> None:
-    assert classifier._native is scorecore  # the tests below compare C with Python, not Python with itself
+@pytest.fixture(autouse=True)
+def _score_in_c(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Model.score in C here even under STRONGHOLD_NATIVE=0: these tests compare C with Python."""
+    monkeypatch.setattr(classifier, "_native", scorecore)
+
+
+def test_model_score_runs_in_c_unless_switched_off() -> None:
+    assert nativecore.load("scorecore") is (scorecore if nativecore.enabled() else None)
 
 
 # -- the corpus -----------------------------------------------------------------------------------------
@@ -183,7 +189,7 @@ def test_nan_and_extreme_table_values() -> None:
 @example([13.8] * 37 + [-0.1] * 3)  # m around 500
 @example([1e-30, -1e-30, 5.0])
 def test_chi_square_to_the_bit(votes: list[float]) -> None:
-    native = scorecore.chi_square_logodds(votes, math.lgamma, chisquare._log_chi2_tails_large)
+    native = scorecore.chi_square_logodds(votes, math.lgamma, chisquare.log_chi2_tails_large)
     assert _bits(native) == _bits(chisquare.chi_square_logodds(votes))
 
 
@@ -191,7 +197,7 @@ def test_chi_square_pairwise_sums_of_every_size() -> None:
     rng = np.random.default_rng(5)
     for n in [*range(1, 300), 1000, 4095, 8193, 20_000]:
         votes = (rng.standard_normal(n) * 4).tolist()
-        native = scorecore.chi_square_logodds(votes, math.lgamma, chisquare._log_chi2_tails_large)
+        native = scorecore.chi_square_logodds(votes, math.lgamma, chisquare.log_chi2_tails_large)
         assert _bits(native) == _bits(chisquare.chi_square_logodds(votes)), n
 
 
@@ -233,14 +239,14 @@ def test_bad_layers_and_arguments_are_refused() -> None:
         scorecore.score(table, ["a"])
     with pytest.raises(TypeError, match="clue_type"):
         scorecore.score(table, ["a"], 8, None, None, {}, tokens.prefix_family, math.lgamma,
-                        chisquare._log_chi2_tails_large, int)
+                        chisquare.log_chi2_tails_large, int)
 
     def broken_family(prefix: str) -> str:
         raise RuntimeError("no family")
     toks = [f"from:{i}" for i in range(50)]
     with pytest.raises(RuntimeError, match="no family"):
         scorecore.score(table, toks, 8, None, None, {}, broken_family, math.lgamma,
-                        chisquare._log_chi2_tails_large, Clue)
+                        chisquare.log_chi2_tails_large, Clue)
 
 
 def test_a_model_with_another_table_size_scores_in_python() -> None:
