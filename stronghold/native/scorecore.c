@@ -29,6 +29,7 @@
 
 #define FAMILY_CACHE_MAX 10000 /* as tokens._family_cache: entries kept in the caller's dict */
 #define TOPK_INSERTION_MAX 64  /* at most this many clues: insertion; more: a full sort */
+#define PREFIX_PROBES 32       /* places of the prefix table tried before asking Python's dicts */
 
 /* One token (after read_tokens: one voting token): where it came from, its bucket, its UTF-8 text
  * (owned by the token, which the tuple or list score holds keeps alive) and its value. */
@@ -452,12 +453,15 @@ static Py_ssize_t family_id(Ballot *b, PyObject *fam)
 }
 
 /* The family index of a token's prefix (-1: content; -2: an exception), asking Python once per
- * distinct prefix of the message. */
+ * distinct prefix of the message. MurmurHash3 with a known seed can be made to collide: after
+ * PREFIX_PROBES places the prefix is looked up in Python (dicts hash str with a secret key), so
+ * the work stays linear in the message whatever its header names. */
 static Py_ssize_t prefix_slot(Ballot *b, const char *utf8, Py_ssize_t len, PyObject *cache, PyObject *prefix_family)
 {
     uint32_t hash = murmur3_32(utf8, len);
     size_t at = hash & b->mask;
-    while (b->prefixes[at].key) {
+    int probes = 0;
+    for (; b->prefixes[at].key && probes < PREFIX_PROBES; probes++) {
         Prefix *p = &b->prefixes[at];
         if (p->hash == hash && p->len == len && memcmp(p->key, utf8, (size_t)len) == 0)
             return p->family;
@@ -468,7 +472,7 @@ static Py_ssize_t prefix_slot(Ballot *b, const char *utf8, Py_ssize_t len, PyObj
         return -2;
     Py_ssize_t family = fam == Py_None ? -1 : family_id(b, fam);
     Py_DECREF(fam);
-    if (family != -2)
+    if (family != -2 && !b->prefixes[at].key)
         b->prefixes[at] = (Prefix){utf8, len, hash, family};
     return family;
 }

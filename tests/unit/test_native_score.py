@@ -254,3 +254,17 @@ def test_a_model_with_another_table_size_scores_in_python() -> None:
     for score in (small.score, small._score_py):  # the same IndexError: Python's code ran
         with pytest.raises(IndexError):
             score(["a", "b", "c", "d"])
+
+
+def test_header_names_whose_hashes_collide() -> None:
+    """Prefixes chosen so that MurmurHash3 puts them in one place of the C's prefix table."""
+    import mmh3
+    toks: list[str] = []
+    for i in range(400_000):
+        prefix = f"x-h{i}"
+        if mmh3.hash(prefix) & 1023 == 5:
+            toks += [f"{prefix}:a", f"{prefix}:b", f"{prefix}:c"]
+    assert len(toks) > 600
+    native, python = _both(SYNTHETIC, toks, 20)
+    assert native == python
+    assert _exact(SYNTHETIC.score(list(reversed(toks)), 20)) == native
