@@ -110,7 +110,8 @@ static int64_t bucket_of(uint32_t h, int64_t mask)
  * layer's: numpy's searchsorted (left) on the sorted buckets, then an equality test, as
  * personal.Layer.adjust. Branchless binary searches, LAYER_LANES of them in step (every search of
  * one layer takes the same steps), so that their memory reads overlap. */
-static void apply_layer(const int64_t *buckets, const float *values, Py_ssize_t n_layer, Vote *votes, Py_ssize_t n)
+static void apply_layer(const int64_t *buckets, const float *values, Py_ssize_t n_layer, Vote *votes,
+                        Py_ssize_t n)
 {
     for (Py_ssize_t start = 0; start < n; start += LAYER_LANES) {
         int lanes = n - start < LAYER_LANES ? (int)(n - start) : LAYER_LANES;
@@ -361,7 +362,8 @@ static int chi_square(const Tails *t, const double *votes, Py_ssize_t n, double 
     double m_ham = np_sum(terms, n);
     PyMem_Free(terms);
     double log_qs, log_ps, log_qh, log_ph;
-    if (log_chi2_tails(t, m_spam, n, &log_qs, &log_ps) < 0 || log_chi2_tails(t, m_ham, n, &log_qh, &log_ph) < 0)
+    if (log_chi2_tails(t, m_spam, n, &log_qs, &log_ps) < 0 ||
+        log_chi2_tails(t, m_ham, n, &log_qh, &log_ph) < 0)
         return -1;
     *out = tail_logaddexp(log_ps, log_qh) - tail_logaddexp(log_qs, log_ph);
     return 0;
@@ -456,7 +458,8 @@ static Py_ssize_t family_id(Ballot *b, PyObject *fam)
  * distinct prefix of the message. MurmurHash3 with a known seed can be made to collide: after
  * PREFIX_PROBES places the prefix is looked up in Python (dicts hash str with a secret key), so
  * the work stays linear in the message whatever its header names. */
-static Py_ssize_t prefix_slot(Ballot *b, const char *utf8, Py_ssize_t len, PyObject *cache, PyObject *prefix_family)
+static Py_ssize_t prefix_slot(Ballot *b, const char *utf8, Py_ssize_t len, PyObject *cache,
+                              PyObject *prefix_family)
 {
     uint32_t hash = murmur3_32(utf8, len);
     size_t at = hash & b->mask;
@@ -591,15 +594,16 @@ static PyObject *make_clue(const State *st, PyTypeObject *clue_type, PyObject *t
 }
 
 /* The clues, a tuple of clue_type (classifier.Clue) instances, strongest first. */
-static PyObject *clue_tuple(const State *st, PyTypeObject *clue_type, PyObject *tokens, const Vote *votes, const Rank *top,
-                            Py_ssize_t k)
+static PyObject *clue_tuple(const State *st, PyTypeObject *clue_type, PyObject *tokens, const Vote *votes,
+                            const Rank *top, Py_ssize_t k)
 {
     PyObject *out = PyTuple_New(k);
     if (!out)
         return NULL;
     for (Py_ssize_t i = 0; i < k; i++) {
         const Vote *v = &votes[top[i].pos];
-        PyObject *clue = make_clue(st, clue_type, PySequence_Fast_GET_ITEM(tokens, v->pos), sigmoid(v->value));
+        PyObject *token = PySequence_Fast_GET_ITEM(tokens, v->pos);
+        PyObject *clue = make_clue(st, clue_type, token, sigmoid(v->value));
         if (!clue) {
             Py_DECREF(out);
             return NULL;
@@ -671,8 +675,9 @@ static int read_tokens(PyObject *tokens, const float *table, int64_t mask, const
 }
 
 /* Order, count and combine the votes; the clues. Returns (raw log-odds, clues) or NULL. */
-static PyObject *decide(const State *st, PyTypeObject *clue_type, PyObject *tokens, Vote *votes, Py_ssize_t nv, Py_ssize_t n_reasons,
-                        PyObject *cache, PyObject *prefix_family, const Tails *tails)
+static PyObject *decide(const State *st, PyTypeObject *clue_type, PyObject *tokens, Vote *votes,
+                        Py_ssize_t nv, Py_ssize_t n_reasons, PyObject *cache, PyObject *prefix_family,
+                        const Tails *tails)
 {
     Ballot b;
     Py_ssize_t k = slice_len(n_reasons, nv);
@@ -754,7 +759,8 @@ static PyObject *score(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         }
     }
     /* a list is copied: Python code called back (prefix_family) must not free tokens in use */
-    tokens = PyList_Check(args[1]) ? PySequence_Tuple(args[1]) : PySequence_Fast(args[1], "tokens must be iterable");
+    tokens = PyList_Check(args[1]) ? PySequence_Tuple(args[1])
+                                   : PySequence_Fast(args[1], "tokens must be iterable");
     if (!tokens)
         goto done_lv;
     votes = PyMem_New(Vote, PySequence_Fast_GET_SIZE(tokens) + 1);
@@ -765,7 +771,8 @@ static PyObject *score(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     Py_ssize_t nv;
     if (read_tokens(tokens, table.buf, (int64_t)size - 1, with_layer ? &lb : NULL, with_layer ? &lv : NULL,
                     votes, &nv) == 0)
-        result = decide(PyModule_GetState(self), (PyTypeObject *)args[9], tokens, votes, nv, n_reasons, cache, prefix_family, &tails);
+        result = decide(PyModule_GetState(self), (PyTypeObject *)args[9], tokens, votes, nv, n_reasons, cache,
+                        prefix_family, &tails);
 done_lv:
     if (with_layer && lv.obj)
         PyBuffer_Release(&lv);
