@@ -61,7 +61,7 @@ def log_chi2_tails(m: float, n: int) -> tuple[float, float]:
     if m <= 0:
         return 0.0, -math.inf
     if m > 500:  # the terms would overflow a float: sum them in log space
-        return _log_chi2_tails_large(m, n)
+        return log_chi2_tails_large(m, n)
     term = total = 1.0
     for i in range(1, n):
         term *= m / i
@@ -79,7 +79,8 @@ def log_chi2_tails(m: float, n: int) -> tuple[float, float]:
     return log_q, math.log(total) if total > 0 else -math.inf
 
 
-def _log_chi2_tails_large(m: float, n: int) -> tuple[float, float]:
+def log_chi2_tails_large(m: float, n: int) -> tuple[float, float]:
+    """``log_chi2_tails`` for ``m > 500``, in log space (numpy: the C scorer calls this one back)."""
     logm = math.log(m)
     upper = max(n, int(m)) + int(12 * math.sqrt(m) + 40)
     lf = _log_factorials(upper)

@@ -30,6 +30,9 @@ Scoring reads only the float32 table (``allow_pickle=False``): the milter never
 unpickles anything, and scikit-learn is imported only to train and learn.
 Token hashing uses MurmurHash3 via ``mmh3``, the function ``FeatureHasher``
 uses (a test checks they agree).
+
+``Model.score`` runs in C (``stronghold/native/scorecore.c``) when the native core is built, with
+the same result to the bit; ``Model._score_py`` is the reference and the fallback.
 """
 
 from __future__ import annotations
@@ -45,7 +48,8 @@ from typing import TYPE_CHECKING, Any, cast
 import mmh3
 import numpy as np
 
-from stronghold.chisquare import chi_square_logodds, compress, sigmoid
+from stronghold import nativecore
+from stronghold.chisquare import chi_square_logodds, compress, log_chi2_tails_large, sigmoid
 from stronghold.modelfile import (
     FORMAT_VERSION,
     N_FEATURES,
@@ -67,6 +71,9 @@ if TYPE_CHECKING:
     from sklearn.naive_bayes import MultinomialNB
 
     from stronghold.personal import Layer
+
+_native = nativecore.load("scorecore")
+_family_cache: dict[str, str | None] = {}  # prefix -> prefix_family(prefix), for the C scorer
 
 
 @dataclass(frozen=True)
@@ -193,7 +200,23 @@ class Model:
         """Spam probability in (0, 1), its log-odds and the tokens that decided it.
 
         ``layer``: a recipient's personal layer (``stronghold.personal``) over the shared counts.
+        In C when the native core is built (``_score_py`` is the reference it matches, to the bit,
+        for layers whose buckets are sorted as ``Layer`` keeps them).
         """
+        if _native is None or len(self._logodds) != N_FEATURES:
+            return self._score_py(tokens, n_reasons, layer)
+        if layer is None:
+            buckets = values = None
+        else:
+            buckets = np.ascontiguousarray(layer.buckets, dtype=np.int64)
+            values = np.ascontiguousarray(layer.values, dtype=np.float32)
+        raw, clues = _native.score(self._logodds, tokens, n_reasons, buckets, values, _family_cache,
+                                   prefix_family, math.lgamma, log_chi2_tails_large, Clue)
+        logodds = compress(raw, self.params.compress)
+        return Score(sigmoid(logodds), clues, logodds)
+
+    def _score_py(self, tokens: Iterable[str], n_reasons: int = 8, layer: Layer | None = None) -> Score:
+        """``score`` in Python: the reference the C scorer is tested against, and its fallback."""
         toks = tokens if isinstance(tokens, (list, tuple)) else list(tokens)
         idx = token_indices(toks)
         values = self._logodds[idx]
