@@ -2,7 +2,8 @@
 
 Every ``stronghold/native/*.c`` is built again with ``-fsanitize=address,undefined`` into a
 folder of its own, and the native core's tests that need no corpus (generated input, hostile
-sizes, wrong types) run once more in a Python that loads those builds: a read past a buffer,
+sizes, wrong types; up to CAP inputs per property) run once more in a Python that loads those
+builds: a read past a buffer,
 a use after free or undefined behaviour on any input they make stops the run with the
 sanitizer's report.  A plain build can read a byte too far and still return the right
 answer; this is the test that notices.
@@ -19,6 +20,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SANITIZE = "-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer"
+CAP = 150  # generated inputs per property test here (the plain run makes its full count)
+# fd 2 stays the terminal's (the sanitizer's report survives the crash); hypothesis is imported first
+INNER = ["-q", "-p", "no:cacheprovider", "--capture=sys", "-W", "ignore::pytest.PytestAssertRewriteWarning",
+         "-m", "not corpus"]
 
 
 def _runtime() -> str:
@@ -48,8 +53,15 @@ def test_native_core_tests_pass_with_sanitizers(tmp_path: Path) -> None:
         f"for name in {names!r}:\n"
         "    module = importlib.import_module('stronghold.' + name)\n"
         f"    assert module.__file__.startswith({str(built)!r}), module.__file__\n"
+        # a sanitized Python runs several times slower: at most CAP generated inputs per test
+        "import hypothesis\n"
+        "init = hypothesis.settings.__init__\n"
+        "def capped(self, parent=None, **given):\n"
+        f"    given['max_examples'] = min(given.get('max_examples', {CAP}), {CAP})\n"
+        "    init(self, parent, **given)\n"
+        "hypothesis.settings.__init__ = capped\n"
         "import pytest\n"
-        f"sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', '--capture=sys', '-m', 'not corpus', *{tests!r}]))\n"
+        f"sys.exit(pytest.main([*{INNER!r}, *{tests!r}]))\n"
     )
     env = {**os.environ, "LD_PRELOAD": _runtime(), "PYTHONMALLOC": "malloc",  # every object where ASan sees it
            "ASAN_OPTIONS": "detect_leaks=0:halt_on_error=1:abort_on_error=0",
