@@ -277,11 +277,190 @@ def _single_part(raw: bytes) -> email.message.Message | None:
     return root
 
 
+# A header line as the feed parser's headerRE takes it, after "From " and continuations
+_FIELD_START = re.compile(rb"[\041-\071\073-\176]*:")
+
+
+def _read_head_py(raw: bytes, start: int, end: int) -> tuple[str | None, list[tuple[str, str]], int] | None:
+    """The header block of the part ``raw[start:end]`` as the feed parser reads it, or None.
+
+    Header lines up to and with an empty line (or to the end of the part); a ``From `` first
+    line is the unixfrom, each field what ``header_source_parse`` makes of its lines.  None
+    where the parser records a defect or pushes a line back.  Returns (unixfrom, fields, start
+    of the body); ``read_head`` is this, in C when built.
+    """
+    unixfrom: str | None = None
+    fields: list[list[str]] = []
+    field_open = False
+    pos = start
+    for line in raw[start:end].splitlines(keepends=True):
+        if line[:1] in (b"\r", b"\n"):  # the empty line: not part of the body
+            return unixfrom, [_SOURCE(lines) for lines in fields], pos + len(line)
+        text = line.decode("ascii", "surrogateescape")
+        if line[:1] in (b" ", b"\t"):
+            if not field_open:  # FirstHeaderLineIsContinuationDefect, or after the unixfrom
+                return None
+            fields[-1].append(text)
+        elif line.startswith(b"From "):
+            if pos != start:  # MisplacedEnvelopeHeaderDefect, or pushed back as the body
+                return None
+            unixfrom, field_open = text.rstrip("\r\n"), False
+        else:
+            name = _FIELD_START.match(line)
+            if name is None or name.end() == 1:  # MissingHeaderBodySeparatorDefect, InvalidHeaderDefect
+                return None
+            fields.append([text])
+            field_open = True
+        pos += len(line)
+    return unixfrom, [_SOURCE(lines) for lines in fields], end
+
+
+def _split_multipart_py(raw: bytes, start: int, end: int, sep: bytes) -> tuple[int, list[tuple[int, int]], int] | None:
+    """How the feed parser cuts the multipart body ``raw[start:end]`` at its boundary ``sep``.
+
+    For a span holding no line of an enclosing boundary.  Parts run from after a separator
+    line (and the boundary lines right after it, which the parser skips) to the next boundary
+    line.  Returns (end of the preamble or -1 without preamble lines, [(start, end) of each
+    part], start of the epilogue or -1 without a close line), or None when no separator comes
+    before a close line or the end (StartBoundaryNotFoundDefect).  ``split_multipart`` is
+    this, in C when built.
+    """
+    boundary = re.compile(b"(?P<sep>" + re.escape(sep) + rb")(?P<end>--)?(?P<ws>[ \t]*)(?P<linesep>\r\n|\r|\n)?$")
+    lines = raw[start:end].splitlines(keepends=True)
+    offsets = [start]
+    for line in lines:
+        offsets.append(offsets[-1] + len(line))
+    kinds = [0 if mo is None else 2 if mo.group("end") else 1 for mo in map(boundary.match, lines)] + [0]
+    i = kinds.index(1) if 1 in kinds else len(lines)
+    if i == len(lines) or 2 in kinds[:i]:
+        return None
+    preamble_end = offsets[i] - (len(lines[i - 1]) - len(lines[i - 1].rstrip(b"\r\n"))) if i else -1
+    spans: list[tuple[int, int]] = []
+    while True:
+        i += 1
+        while i < len(lines) and kinds[i]:
+            i += 1
+        first = i
+        while i < len(lines) and not kinds[i]:
+            i += 1
+        spans.append((offsets[first], offsets[i]))
+        if kinds[i] != 1:
+            return preamble_end, spans, offsets[i + 1] if kinds[i] == 2 else -1
+
+
+read_head: Callable[[bytes, int, int], tuple[str | None, list[tuple[str, str]], int] | None] = (
+    _mimecore.read_head if _mimecore is not None else _read_head_py)
+split_multipart: Callable[[bytes, int, int, bytes], tuple[int, list[tuple[int, int]], int] | None] = (
+    _mimecore.split_multipart if _mimecore is not None else _split_multipart_py)
+
+
+def _without_line_end(text: str) -> str:
+    """``text`` less one line end at its end: the feed parser gives it to the boundary after it."""
+    if text.endswith("\r\n"):
+        return text[:-2]
+    return text[:-1] if text.endswith(("\r", "\n")) else text
+
+
+class TreeReader:
+    """The feed parser's ``Message`` tree of a message, built part by part without it.
+
+    ``read_head`` reads each part's header block and ``split_multipart`` cuts each multipart
+    body; the stdlib's own ``Message`` methods say what each part is (content type, boundary),
+    as they tell the feed parser.  ``tree()`` gives None wherever the result could differ from
+    ``email.message_from_bytes`` (a defect other than a missing close boundary or a multipart's
+    transfer encoding, message/delivery-status, nesting deeper than MAX_DEPTH): the caller then
+    runs the stdlib parser.
+    """
+
+    def __init__(self, raw: bytes,
+                 head: Callable[[bytes, int, int], tuple[str | None, list[tuple[str, str]], int] | None] | None = None,
+                 split: Callable[[bytes, int, int, bytes], tuple[int, list[tuple[int, int]], int] | None] | None = None
+                 ) -> None:
+        self.raw = raw
+        self.head = head or read_head
+        self.split = split or split_multipart
+
+    def tree(self) -> email.message.Message | None:
+        return self.part(0, len(self.raw), digest=False, before_boundary=False, depth=0)
+
+    def text(self, start: int, end: int) -> str:
+        return self.raw[start:end].decode("ascii", "surrogateescape")  # as the parser keeps 8-bit bytes
+
+    def part(self, start: int, end: int, digest: bool, before_boundary: bool,
+             depth: int) -> email.message.Message | None:
+        """The message ``raw[start:end]`` (a part of a multipart/digest: ``digest``; a boundary
+        line after it: ``before_boundary``, the line end before it goes to that line)."""
+        if depth > MAX_DEPTH:
+            return None
+        head = self.head(self.raw, start, end)
+        if head is None:
+            return None
+        unixfrom, fields, body = head
+        part = email.message.Message()
+        if digest:
+            part.set_default_type("message/rfc822")
+        if unixfrom is not None:
+            part.set_unixfrom(unixfrom)
+        for name, value in fields:
+            part.set_raw(name, value)
+        ctype = part.get_content_type()
+        if ctype == "message/delivery-status":  # blocks of fields: left to the stdlib
+            return None
+        if ctype.startswith("message/"):  # another message, to the end of this one
+            inner = self.part(body, end, digest=False, before_boundary=before_boundary, depth=depth + 1)
+            if inner is None:
+                return None
+            part.attach(inner)
+        elif ctype.startswith("multipart/"):
+            if not self.multipart(part, ctype, body, end, before_boundary, depth):
+                return None
+        else:
+            text = self.text(body, end)
+            part.set_payload(_without_line_end(text) if before_boundary else text)
+        return part
+
+    def multipart(self, part: email.message.Message, ctype: str, body: int, end: int, before_boundary: bool,
+                  depth: int) -> bool:
+        """Read the multipart body ``raw[body:end]`` into ``part`` (of type ``ctype``); False where the
+        stdlib must."""
+        boundary = part.get_boundary()
+        if boundary is None:  # NoBoundaryInMultipartDefect
+            return False
+        if str(part.get("content-transfer-encoding", "8bit")).lower() not in ("7bit", "8bit", "binary"):
+            part.defects.append(email.errors.InvalidMultipartContentTransferEncodingDefect())
+        try:
+            sep = ("--" + boundary).encode("ascii", "surrogateescape")
+        except UnicodeEncodeError:  # a decoded RFC 2231 boundary: no line of the bytes holds it
+            return False
+        cut = self.split(self.raw, body, end, sep)
+        if cut is None:
+            return False
+        preamble_end, spans, epilogue_start = cut
+        if preamble_end >= 0:
+            part.preamble = self.text(body, preamble_end)
+        digest = ctype == "multipart/digest"
+        for start, stop in spans:
+            child = self.part(start, stop, digest=digest, before_boundary=True, depth=depth + 1)
+            if child is None:
+                return False
+            part.attach(child)
+        if epilogue_start < 0:
+            part.defects.append(email.errors.CloseBoundaryNotFoundDefect())
+            return True
+        epilogue = self.text(epilogue_start, end)
+        if before_boundary:  # the parser gives the line end to the boundary, and an empty one is None
+            part.epilogue = _without_line_end(epilogue) if epilogue else None
+        else:
+            part.epilogue = epilogue
+        return True
+
+
 def _mime_tree(raw: bytes, defects: list[str]) -> email.message.Message:
     """The stdlib MIME tree, or headers + flat text when nesting is pathological.
 
-    A message of one part is read by ``_single_part`` (the same tree, at a
-    fraction of the cost).  The stdlib parser recurses once per multipart level,
+    A message of one part is read by ``_single_part``, others (multipart,
+    message/*) by ``TreeReader`` when the native core is built: the same tree,
+    at a fraction of the cost.  The stdlib parser recurses once per multipart level,
     so a message with hundreds of nested multiparts is read flat instead (and
     says so).
     """
@@ -289,6 +468,10 @@ def _mime_tree(raw: bytes, defects: list[str]) -> email.message.Message:
         single = _single_part(raw)
         if single is not None:
             return single
+        if _mimecore is not None:  # without the native core, the stdlib parser
+            tree = TreeReader(raw).tree()
+            if tree is not None:
+                return tree
         try:
             return email.message_from_bytes(raw)
         except RecursionError:

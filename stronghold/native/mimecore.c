@@ -14,7 +14,14 @@
  * surrogateescape.  None when _single_part gives up (no such block, a "From " line, an
  * empty name, a continuation first); else (fields, end of the block).
  *
- * Both are linear in their input and allocate only their results.
+ * read_head(raw, start, end) and split_multipart(raw, start, end, sep) read a MIME tree as
+ * email.feedparser.FeedParser does, a part at a time (message._read_part builds the Message
+ * objects from them and asks the stdlib's own methods for content types and boundaries):
+ * the header block of a part, and how a multipart's body is cut at its boundary lines.
+ * Each gives None where the feed parser would record a defect these do not reproduce, and
+ * the caller then runs the stdlib parser.
+ *
+ * All are linear in their input and allocate only their results.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -246,16 +253,240 @@ fail:
     return NULL;
 }
 
+/* ---- read_head and split_multipart: a MIME tree as email.feedparser reads it ------------- */
+
+/* The lines of raw[pos:end] as the stdlib splits them (ended by \r\n, \r or \n, the last one
+ * maybe by end).  The next \r and the next \n are found by memchr and remembered until the
+ * scan passes them, so a scan is one pass over the bytes whatever the line ends are. */
+typedef struct {
+    const unsigned char *s;
+    Py_ssize_t end;
+    Py_ssize_t cr, lf;  /* the next \r and \n at or after the last line asked for (end if none) */
+} Lines;
+
+static Py_ssize_t find_byte(const unsigned char *s, Py_ssize_t pos, Py_ssize_t end, int c) {
+    const void *p = memchr(s + pos, c, (size_t)(end - pos));
+    return p ? (Py_ssize_t)((const unsigned char *)p - s) : end;
+}
+
+/* End of the text of the line at pos (where its line end starts, or end) */
+static Py_ssize_t text_end(Lines *ln, Py_ssize_t pos) {
+    if (ln->cr < pos)
+        ln->cr = find_byte(ln->s, pos, ln->end, '\r');
+    if (ln->lf < pos)
+        ln->lf = find_byte(ln->s, pos, ln->end, '\n');
+    return ln->cr < ln->lf ? ln->cr : ln->lf;
+}
+
+/* Start of the line after the one whose text ends at tend */
+static inline Py_ssize_t after_line(Lines *ln, Py_ssize_t tend) {
+    return tend + line_end(ln->s, tend, ln->end);
+}
+
+/* raw[start:end] as a str, decoded ASCII with surrogateescape as the stdlib parser reads bytes */
+static PyObject *decode_span(const unsigned char *s, Py_ssize_t start, Py_ssize_t end) {
+    return PyUnicode_DecodeASCII((const char *)s + start, end - start, "surrogateescape");
+}
+
+/* The buffer and the span [*start, *end) of the arguments, checked */
+static int span_args(PyObject *args, const char *format, Py_buffer *view, Py_ssize_t *start,
+                     Py_ssize_t *end, Py_buffer *sep) {
+    int ok = sep ? PyArg_ParseTuple(args, format, view, start, end, sep)
+                 : PyArg_ParseTuple(args, format, view, start, end);
+    if (!ok)
+        return -1;
+    if (*start < 0 || *start > *end || *end > view->len) {
+        PyErr_SetString(PyExc_ValueError, "span out of the buffer");
+        PyBuffer_Release(view);
+        if (sep)
+            PyBuffer_Release(sep);
+        return -1;
+    }
+    return 0;
+}
+
+/* Append the field whose lines are s[start:end] (its name ends at colon) to fields */
+static int add_field(PyObject *fields, const unsigned char *s, Py_ssize_t start, Py_ssize_t colon,
+                     Py_ssize_t end) {
+    PyObject *pair = field_pair(s, start, colon, end);
+    if (pair == NULL)
+        return -1;
+    int rc = PyList_Append(fields, pair);
+    Py_DECREF(pair);
+    return rc;
+}
+
+/*
+ * read_head(raw, start, end): the header block of the part raw[start:end] as the feed parser
+ * reads it (FeedParser._parsegen's header loop and _parse_headers): lines while they are
+ * header lines, up to and with an empty line, or to the end of the part.  A "From " first
+ * line is the unixfrom (its text), each field is header_source_parse of its lines.  None
+ * where the feed parser records a defect or pushes a line back (a line that is neither a
+ * header line nor empty, a continuation first or after the "From " line, a "From " line
+ * further down, an empty name); else (unixfrom or None, fields, start of the body).
+ */
+static PyObject *read_head(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer view;
+    Py_ssize_t start, end;
+    if (span_args(args, "y*nn:read_head", &view, &start, &end, NULL) < 0)
+        return NULL;
+    const unsigned char *s = view.buf;
+    Lines ln = {s, end, -1, -1};
+    PyObject *fields = PyList_New(0), *unixfrom = NULL, *result = NULL;
+    if (fields == NULL)
+        goto done;
+    Py_ssize_t pos = start, field_start = -1, colon = -1, body = end;
+    while (pos < end) {
+        Py_ssize_t blank = line_end(s, pos, end);
+        if (blank) {  /* the empty line ends the block and is not part of the body */
+            body = pos + blank;
+            break;
+        }
+        Py_ssize_t tend = text_end(&ln, pos);
+        if (s[pos] == ' ' || s[pos] == '\t') {  /* a continuation of the open field */
+            if (field_start < 0)
+                goto give_up;
+            pos = after_line(&ln, tend);
+            continue;
+        }
+        if (field_start >= 0) {  /* the field before is complete */
+            if (add_field(fields, s, field_start, colon, pos) < 0)
+                goto done;
+            field_start = -1;
+        }
+        if (tend - pos >= 5 && memcmp(s + pos, "From ", 5) == 0) {
+            if (pos != start)
+                goto give_up;
+            unixfrom = decode_span(s, pos, tend);
+            if (unixfrom == NULL)
+                goto done;
+        } else {
+            Py_ssize_t i = pos;  /* headerRE's field name: [\041-\071\073-\176]*: */
+            while (i < tend && s[i] >= 0x21 && s[i] <= 0x7E && s[i] != ':')
+                i++;
+            if (i == tend || s[i] != ':' || i == pos)
+                goto give_up;
+            field_start = pos;
+            colon = i;
+        }
+        pos = after_line(&ln, tend);
+    }
+    if (field_start >= 0 && add_field(fields, s, field_start, colon, pos) < 0)
+        goto done;
+    result = Py_BuildValue("(OOn)", unixfrom ? unixfrom : Py_None, fields, body);
+    goto done;
+give_up:
+    result = Py_NewRef(Py_None);
+done:
+    Py_XDECREF(fields);
+    Py_XDECREF(unixfrom);
+    PyBuffer_Release(&view);
+    return result;
+}
+
+/* How the line s[pos:tend] matches the feed parser's boundaryre for sep ("--" + boundary):
+ * sep, an optional "--", spaces and tabs.  0: no match, 1: a separator, 2: the close. */
+static int boundary_kind(const unsigned char *s, Py_ssize_t pos, Py_ssize_t tend, const Py_buffer *sep) {
+    if (tend - pos < sep->len || memcmp(s + pos, sep->buf, (size_t)sep->len) != 0)
+        return 0;
+    Py_ssize_t i = pos + sep->len;
+    int kind = 1;
+    if (tend - i >= 2 && s[i] == '-' && s[i + 1] == '-') {
+        kind = 2;
+        i += 2;
+    }
+    while (i < tend && (s[i] == ' ' || s[i] == '\t'))
+        i++;
+    return i == tend ? kind : 0;
+}
+
+/* Kind of the line at pos (see boundary_kind); *next gets the start of the line after it */
+static int line_kind(Lines *ln, Py_ssize_t pos, const Py_buffer *sep, Py_ssize_t *next) {
+    Py_ssize_t tend = text_end(ln, pos);
+    *next = after_line(ln, tend);
+    return boundary_kind(ln->s, pos, tend, sep);
+}
+
+/* Append the span (start, end) to spans */
+static int add_span(PyObject *spans, Py_ssize_t start, Py_ssize_t end) {
+    PyObject *span = Py_BuildValue("(nn)", start, end);
+    if (span == NULL)
+        return -1;
+    int rc = PyList_Append(spans, span);
+    Py_DECREF(span);
+    return rc;
+}
+
+/*
+ * split_multipart(raw, start, end, sep): the body raw[start:end] of a multipart as the feed
+ * parser's multipart loop cuts it, for a span that holds no line of an enclosing boundary.
+ * Parts run from after a separator line (and the boundary lines right after it, which the
+ * parser skips) to the next boundary line; the line end before that line is left in the
+ * span (the caller takes it off the last message the part made).  None where the parser
+ * finds no start boundary (a close line or the end first); else (end of the preamble, or -1
+ * when there is no preamble line, [(start, end) of each part], start of the epilogue, or -1
+ * when no close line came: CloseBoundaryNotFoundDefect).
+ */
+static PyObject *split_multipart(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer view, sep;
+    Py_ssize_t start, end;
+    if (span_args(args, "y*nny*:split_multipart", &view, &start, &end, &sep) < 0)
+        return NULL;
+    const unsigned char *s = view.buf;
+    Lines ln = {s, end, -1, -1};
+    PyObject *spans = NULL, *result = NULL;
+    Py_ssize_t pos = start, next = start;
+    int kind = 0;
+    while (pos < end && (kind = line_kind(&ln, pos, &sep, &next)) == 0)  /* the preamble */
+        pos = next;
+    if (kind != 1) {  /* a close line first, or no boundary: StartBoundaryNotFoundDefect */
+        result = Py_NewRef(Py_None);
+        goto done;
+    }
+    Py_ssize_t preamble_end = -1;
+    if (pos > start)  /* the line end before the boundary belongs to it */
+        preamble_end = pos - ((pos - start >= 2 && s[pos - 2] == '\r' && s[pos - 1] == '\n') ? 2 : 1);
+    spans = PyList_New(0);
+    if (spans == NULL)
+        goto done;
+    Py_ssize_t epilogue = -1;
+    while (kind == 1) {
+        pos = next;  /* past the separator and any boundary lines right after it */
+        while (pos < end && line_kind(&ln, pos, &sep, &next) != 0)
+            pos = next;
+        Py_ssize_t part = pos;
+        kind = 0;
+        while (pos < end && (kind = line_kind(&ln, pos, &sep, &next)) == 0)
+            pos = next;
+        if (add_span(spans, part, pos) < 0)
+            goto done;
+        if (kind == 2)
+            epilogue = next;
+    }
+    result = Py_BuildValue("(nOn)", preamble_end, spans, epilogue);
+done:
+    Py_XDECREF(spans);
+    PyBuffer_Release(&view);
+    PyBuffer_Release(&sep);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"find_urls", find_urls, METH_O, "URLs in text, as message._URL_TEXT_RE.findall(text)."},
     {"header_fields", header_fields, METH_O,
      "(fields, end of block) of a plain header block as message._single_part reads it, or None."},
+    {"read_head", read_head, METH_VARARGS,
+     "(unixfrom, fields, body start) of the part raw[start:end] as the feed parser reads it, or None."},
+    {"split_multipart", split_multipart, METH_VARARGS,
+     "(preamble end, part spans, epilogue start) of a multipart body raw[start:end], or None."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "stronghold._mimecore",
-    "Native scans of stronghold.message: URLs in text, the header block.", -1, methods,
+    "Native scans of stronghold.message: URLs in text, header blocks, multipart bodies.", -1, methods,
     NULL, NULL, NULL, NULL,
 };
 
