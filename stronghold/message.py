@@ -281,13 +281,15 @@ def _single_part(raw: bytes) -> email.message.Message | None:
 _FIELD_START = re.compile(rb"[\041-\071\073-\176]*:")
 
 
-def _read_head_py(raw: bytes, start: int, end: int) -> tuple[str | None, list[tuple[str, str]], int] | None:
+def _read_head_py(raw: bytes, start: int, end: int) -> tuple[str | None, list[tuple[str, str]], int, bool] | None:
     """The header block of the part ``raw[start:end]`` as the feed parser reads it, or None.
 
-    Header lines up to and with an empty line (or to the end of the part); a ``From `` first
+    Header lines up to and with an empty line, or to the end of the part, or to a line that is
+    neither (where the body then starts: MissingHeaderBodySeparatorDefect); a ``From `` first
     line is the unixfrom, each field what ``header_source_parse`` makes of its lines.  None
-    where the parser records a defect or pushes a line back.  Returns (unixfrom, fields, start
-    of the body); ``read_head`` is this, in C when built.
+    where the parser records another defect or pushes a line back.  Returns (unixfrom, fields,
+    start of the body, whether the block ended without that defect); ``read_head`` is this, in
+    C when built.
     """
     unixfrom: str | None = None
     fields: list[list[str]] = []
@@ -295,7 +297,7 @@ def _read_head_py(raw: bytes, start: int, end: int) -> tuple[str | None, list[tu
     pos = start
     for line in raw[start:end].splitlines(keepends=True):
         if line[:1] in (b"\r", b"\n"):  # the empty line: not part of the body
-            return unixfrom, [_SOURCE(lines) for lines in fields], pos + len(line)
+            return unixfrom, [_SOURCE(lines) for lines in fields], pos + len(line), True
         text = line.decode("ascii", "surrogateescape")
         if line[:1] in (b" ", b"\t"):
             if not field_open:  # FirstHeaderLineIsContinuationDefect, or after the unixfrom
@@ -307,12 +309,14 @@ def _read_head_py(raw: bytes, start: int, end: int) -> tuple[str | None, list[tu
             unixfrom, field_open = text.rstrip("\r\n"), False
         else:
             name = _FIELD_START.match(line)
-            if name is None or name.end() == 1:  # MissingHeaderBodySeparatorDefect, InvalidHeaderDefect
+            if name is None:  # MissingHeaderBodySeparatorDefect: the body starts here
+                return unixfrom, [_SOURCE(lines) for lines in fields], pos, False
+            if name.end() == 1:  # InvalidHeaderDefect
                 return None
             fields.append([text])
             field_open = True
         pos += len(line)
-    return unixfrom, [_SOURCE(lines) for lines in fields], end
+    return unixfrom, [_SOURCE(lines) for lines in fields], end, True
 
 
 def _split_multipart_py(raw: bytes, start: int, end: int, sep: bytes) -> tuple[int, list[tuple[int, int]], int] | None:
@@ -348,7 +352,7 @@ def _split_multipart_py(raw: bytes, start: int, end: int, sep: bytes) -> tuple[i
             return preamble_end, spans, offsets[i + 1] if kinds[i] == 2 else -1
 
 
-read_head: Callable[[bytes, int, int], tuple[str | None, list[tuple[str, str]], int] | None] = (
+read_head: Callable[[bytes, int, int], tuple[str | None, list[tuple[str, str]], int, bool] | None] = (
     _mimecore.read_head if _mimecore is not None else _read_head_py)
 split_multipart: Callable[[bytes, int, int, bytes], tuple[int, list[tuple[int, int]], int] | None] = (
     _mimecore.split_multipart if _mimecore is not None else _split_multipart_py)
@@ -367,13 +371,14 @@ class TreeReader:
     ``read_head`` reads each part's header block and ``split_multipart`` cuts each multipart
     body; the stdlib's own ``Message`` methods say what each part is (content type, boundary),
     as they tell the feed parser.  ``tree()`` gives None wherever the result could differ from
-    ``email.message_from_bytes`` (a defect other than a missing close boundary or a multipart's
-    transfer encoding, message/delivery-status, nesting deeper than MAX_DEPTH): the caller then
-    runs the stdlib parser.
+    ``email.message_from_bytes`` (a defect other than a missing close boundary, a multipart's
+    transfer encoding or a missing empty line after a header block; nesting deeper than
+    MAX_DEPTH): the caller then runs the stdlib parser.
     """
 
     def __init__(self, raw: bytes,
-                 head: Callable[[bytes, int, int], tuple[str | None, list[tuple[str, str]], int] | None] | None = None,
+                 head: Callable[[bytes, int, int], tuple[str | None, list[tuple[str, str]], int, bool] | None]
+                 | None = None,
                  split: Callable[[bytes, int, int, bytes], tuple[int, list[tuple[int, int]], int] | None] | None = None
                  ) -> None:
         self.raw = raw
@@ -395,8 +400,10 @@ class TreeReader:
         head = self.head(self.raw, start, end)
         if head is None:
             return None
-        unixfrom, fields, body = head
+        unixfrom, fields, body, separated = head
         part = email.message.Message()
+        if not separated:
+            part.defects.append(email.errors.MissingHeaderBodySeparatorDefect())
         if digest:
             part.set_default_type("message/rfc822")
         if unixfrom is not None:
@@ -404,9 +411,10 @@ class TreeReader:
         for name, value in fields:
             part.set_raw(name, value)
         ctype = part.get_content_type()
-        if ctype == "message/delivery-status":  # blocks of fields: left to the stdlib
-            return None
-        if ctype.startswith("message/"):  # another message, to the end of this one
+        if ctype == "message/delivery-status":
+            if not self.status_blocks(part, body, end):
+                return None
+        elif ctype.startswith("message/"):  # another message, to the end of this one
             inner = self.part(body, end, digest=False, before_boundary=before_boundary, depth=depth + 1)
             if inner is None:
                 return None
@@ -418,6 +426,31 @@ class TreeReader:
             text = self.text(body, end)
             part.set_payload(_without_line_end(text) if before_boundary else text)
         return part
+
+    def status_blocks(self, part: email.message.Message, body: int, end: int) -> bool:
+        """Read the body ``raw[body:end]`` of a message/delivery-status into ``part``: each block of
+        fields (up to an empty line, which goes with it) a message without payload, as the feed
+        parser reads them; False where the stdlib must (a block that is not fields, or says it
+        is a message or multipart)."""
+        pos = body
+        while True:
+            head = self.head(self.raw, pos, end)
+            if head is None:
+                return False
+            unixfrom, fields, pos, separated = head
+            if not separated:  # text after the fields: it would be the block's payload
+                return False
+            block = email.message.Message()
+            if unixfrom is not None:
+                block.set_unixfrom(unixfrom)
+            for name, value in fields:
+                block.set_raw(name, value)
+            if block.get_content_maintype() in ("message", "multipart"):
+                return False
+            block.set_payload("")
+            part.attach(block)
+            if pos >= end:  # the parser stops where nothing follows the empty line
+                return True
 
     def multipart(self, part: email.message.Message, ctype: str, body: int, end: int, before_boundary: bool,
                   depth: int) -> bool:

@@ -319,11 +319,12 @@ static int add_field(PyObject *fields, const unsigned char *s, Py_ssize_t start,
 /*
  * read_head(raw, start, end): the header block of the part raw[start:end] as the feed parser
  * reads it (FeedParser._parsegen's header loop and _parse_headers): lines while they are
- * header lines, up to and with an empty line, or to the end of the part.  A "From " first
+ * header lines, up to and with an empty line, or to the end of the part, or to a line that
+ * is neither (the body starts there: MissingHeaderBodySeparatorDefect).  A "From " first
  * line is the unixfrom (its text), each field is header_source_parse of its lines.  None
- * where the feed parser records a defect or pushes a line back (a line that is neither a
- * header line nor empty, a continuation first or after the "From " line, a "From " line
- * further down, an empty name); else (unixfrom or None, fields, start of the body).
+ * where the feed parser records another defect or pushes a line back (a continuation first
+ * or after the "From " line, a "From " line further down, an empty name); else (unixfrom or
+ * None, fields, start of the body, whether the block ended without that defect).
  */
 static PyObject *read_head(PyObject *self, PyObject *args) {
     (void)self;
@@ -337,6 +338,7 @@ static PyObject *read_head(PyObject *self, PyObject *args) {
     if (fields == NULL)
         goto done;
     Py_ssize_t pos = start, field_start = -1, colon = -1, body = end;
+    int separated = 1;
     while (pos < end) {
         Py_ssize_t blank = line_end(s, pos, end);
         if (blank) {  /* the empty line ends the block and is not part of the body */
@@ -365,7 +367,12 @@ static PyObject *read_head(PyObject *self, PyObject *args) {
             Py_ssize_t i = pos;  /* headerRE's field name: [\041-\071\073-\176]*: */
             while (i < tend && s[i] >= 0x21 && s[i] <= 0x7E && s[i] != ':')
                 i++;
-            if (i == tend || s[i] != ':' || i == pos)
+            if (i == tend || s[i] != ':') {  /* not a header line: the body starts here */
+                body = pos;
+                separated = 0;
+                break;
+            }
+            if (i == pos)
                 goto give_up;
             field_start = pos;
             colon = i;
@@ -374,7 +381,8 @@ static PyObject *read_head(PyObject *self, PyObject *args) {
     }
     if (field_start >= 0 && add_field(fields, s, field_start, colon, pos) < 0)
         goto done;
-    result = Py_BuildValue("(OOn)", unixfrom ? unixfrom : Py_None, fields, body);
+    result = Py_BuildValue("(OOnO)", unixfrom ? unixfrom : Py_None, fields, body,
+                           separated ? Py_True : Py_False);
     goto done;
 give_up:
     result = Py_NewRef(Py_None);
@@ -478,7 +486,7 @@ static PyMethodDef methods[] = {
     {"header_fields", header_fields, METH_O,
      "(fields, end of block) of a plain header block as message._single_part reads it, or None."},
     {"read_head", read_head, METH_VARARGS,
-     "(unixfrom, fields, body start) of the part raw[start:end] as the feed parser reads it, or None."},
+     "(unixfrom, fields, body start, separated) of the part raw[start:end] as the feed parser reads it, or None."},
     {"split_multipart", split_multipart, METH_VARARGS,
      "(preamble end, part spans, epilogue start) of a multipart body raw[start:end], or None."},
     {NULL, NULL, 0, NULL},
