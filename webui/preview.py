@@ -21,11 +21,11 @@ from stronghold.message import (
     MAX_PART_TEXT,
     Attachment,
     _leaves,
-    _mime_tree,
     _payload_bytes,
     decode_bytes,
     parse,
 )
+from stronghold.mimetree import mime_tree
 from webui.safetext import visible
 
 MAX_PREVIEW_CHARS = 100_000
@@ -58,7 +58,7 @@ def _html_parts(raw: bytes) -> list[str]:
     """Decoded text/html leaves (not attachments), bounded like ``message.parse``."""
     defects: list[str] = []
     out: list[str] = []
-    for part, _depth in _leaves(_mime_tree(raw[:MAX_BYTES].replace(b"\x00", b""), defects), defects):
+    for part, _depth in _leaves(mime_tree(raw[:MAX_BYTES].replace(b"\x00", b""), defects), defects):
         if part.get_content_type() != "text/html":
             continue
         try:

@@ -14,7 +14,8 @@ from stronghold.antivirus import ScanResult
 from stronghold.classifier import Model
 from stronghold.engine import evaluate
 from stronghold.lists import ListEntry, ListIndex
-from stronghold.message import MAX_HEADER_LINES, parse
+from stronghold.message import parse
+from stronghold.mimetree import MAX_HEADER_LINES
 from stronghold.policy import Policy
 from stronghold.tokens import features
 from stronghold.verdict import Action, Category, Envelope

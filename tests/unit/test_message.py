@@ -105,7 +105,7 @@ def test_base64_keeps_its_last_bytes_with_or_without_padding() -> None:
             assert msg.text.strip() == text.decode() and "bad-base64" not in msg.defects
 
 
-# Single-part messages skip the stdlib's feed parser (message._single_part); the tree must be the one
+# Single-part messages skip the stdlib's feed parser (mimetree._single_part); the tree must be the one
 # the stdlib makes: the same header fields (raw, folded), defects and payload.
 _ONE_PART = [
     b"From: A <a@x.example>\r\nSubject: plain\r\n\r\nbody\r\nmore\r\n",
@@ -132,7 +132,7 @@ _TO_STDLIB = [  # what the shortcut leaves to the stdlib parser
 def test_single_part_shortcut_gives_the_stdlib_tree(raw: bytes) -> None:
     import email
 
-    from stronghold.message import _single_part
+    from stronghold.mimetree import _single_part
     ours, theirs = _single_part(raw), email.message_from_bytes(raw)
     assert ours is not None  # taken: the shortcut is what this test is about
     assert ours._headers == theirs._headers
@@ -143,7 +143,7 @@ def test_single_part_shortcut_gives_the_stdlib_tree(raw: bytes) -> None:
 
 @pytest.mark.parametrize("raw", _TO_STDLIB)
 def test_single_part_shortcut_leaves_the_rest_to_the_stdlib(raw: bytes) -> None:
-    from stronghold.message import _single_part
+    from stronghold.mimetree import _single_part
     assert _single_part(raw) is None
 
 

@@ -1,4 +1,4 @@
-"""message.py's scans in C (stronghold._mimecore) read exactly what the Python reference reads.
+"""message.py's and mimetree.py's scans in C (stronghold._mimecore) read exactly what the Python reference reads.
 
 The header block of a one-part message (``header_fields``), the URLs of plain text
 (``find_urls``) and the end of the header block (``blank_line``, against the regex it replaced):
@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stronghold import message
+from stronghold import message, mimetree
 from stronghold._mimecore import find_urls, header_fields  # fails when the native core is not built
 
 BLANK_LINE = re.compile(rb"\r?\n\r?\n")  # what blank_line() stands in for
@@ -39,7 +39,7 @@ def corpus_raws(corpus: Path) -> list[bytes]:
 
 
 def test_the_parser_uses_the_native_scans() -> None:
-    assert message.header_fields is header_fields
+    assert mimetree.header_fields is header_fields
     assert message.find_urls is find_urls
 
 
@@ -49,9 +49,9 @@ def test_every_corpus_message_reads_the_same(corpus_raws: list[bytes]) -> None:
     for raw in corpus_raws:
         for variant in (raw, _mbox_stripped(raw)):
             native = header_fields(variant)
-            assert native == message._header_fields_py(variant), variant[:200]
+            assert native == mimetree._header_fields_py(variant), variant[:200]
             plain += native is not None
-            assert message.blank_line(variant) == _regex_blank(variant)
+            assert mimetree.blank_line(variant) == _regex_blank(variant)
         text = raw.decode("latin-1")  # every byte a character: URLs amid any text
         assert find_urls(text) == message._find_urls_py(text)
     assert plain > 5000  # most corpus mail is one plain part once the mbox line is gone
@@ -102,14 +102,14 @@ HEADER_BYTES = st.lists(st.sampled_from(
 @given(HEADER_BYTES, st.binary(max_size=20))
 def test_generated_header_blocks_read_the_same(head: bytes, body: bytes) -> None:
     for raw in (head, head + b"\r\n\r\n" + body, head + b"\n\n" + body):
-        assert header_fields(raw) == message._header_fields_py(raw)
-        assert message.blank_line(raw) == _regex_blank(raw)
+        assert header_fields(raw) == mimetree._header_fields_py(raw)
+        assert mimetree.blank_line(raw) == _regex_blank(raw)
 
 
 @settings(max_examples=500, deadline=None)
 @given(st.lists(st.sampled_from([b"\r", b"\n", b"a", b"\r\n"]), max_size=30).map(b"".join))
 def test_the_end_of_the_header_block_is_where_the_regex_found_it(raw: bytes) -> None:
-    assert message.blank_line(raw) == _regex_blank(raw)
+    assert mimetree.blank_line(raw) == _regex_blank(raw)
 
 
 @pytest.mark.parametrize("text", ["http" * 250_000, "www." * 250_000, "http://" + "a" * 1_000_000,
@@ -121,7 +121,7 @@ def test_huge_text_reads_the_same(text: str) -> None:
 @pytest.mark.parametrize("raw", [b"A: b\r\n" * 100_000 + b"\r\n", b"A: " + b"x" * 2_000_000,
                                  b" continued\n" * 1000 + b"\n", b"A:\n" + b" \t\n" * 50_000 + b"\nbody"])
 def test_huge_header_blocks_read_the_same(raw: bytes) -> None:
-    assert header_fields(raw) == message._header_fields_py(raw)
+    assert header_fields(raw) == mimetree._header_fields_py(raw)
 
 
 def test_wrong_types_are_refused_cleanly() -> None:

@@ -1,4 +1,4 @@
-"""Multipart messages read without the feed parser (message.TreeReader) give the stdlib's own tree.
+"""Multipart messages read without the feed parser (mimetree.TreeReader) give the stdlib's own tree.
 
 Where ``TreeReader`` builds a tree at all, it must equal ``email.message_from_bytes``'s,
 structurally: every header in order, payload strings, preamble, epilogue, defect types,
@@ -23,11 +23,11 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from stronghold import message
+from stronghold import message, mimetree
 from stronghold._mimecore import read_head, split_multipart  # fails when the native core is not built
 
 ROOT = Path(__file__).resolve().parents[2]
-PY_SCANS = (message._read_head_py, message._split_multipart_py)
+PY_SCANS = (mimetree._read_head_py, mimetree._split_multipart_py)
 
 
 def assert_same_tree(ours: email.message.Message, ref: email.message.Message, path: str = "root") -> None:
@@ -54,7 +54,7 @@ def assert_same_tree(ours: email.message.Message, ref: email.message.Message, pa
 def native_tree(raw: bytes, python: bool = False) -> email.message.Message | None:
     """TreeReader's tree of raw (with the Python reference scans: ``python``), checked against
     the stdlib's wherever it gives one."""
-    tree = message.TreeReader(raw, *(PY_SCANS if python else (None, None))).tree()
+    tree = mimetree.TreeReader(raw, *(PY_SCANS if python else (None, None))).tree()
     if tree is not None:
         assert_same_tree(tree, email.message_from_bytes(raw))
     return tree
@@ -73,8 +73,8 @@ def corpus_raws(corpus: Path) -> list[bytes]:
 
 
 def test_the_reader_uses_the_native_scans() -> None:
-    assert message.read_head is read_head
-    assert message.split_multipart is split_multipart
+    assert mimetree.read_head is read_head
+    assert mimetree.split_multipart is split_multipart
 
 
 @pytest.mark.corpus
@@ -95,12 +95,12 @@ def test_every_corpus_message_gives_the_stdlib_tree(corpus_raws: list[bytes]) ->
 def test_the_scans_match_their_references_on_the_corpus(corpus_raws: list[bytes]) -> None:
     for raw in corpus_raws:
         ref = email.message_from_bytes(raw)
-        assert read_head(raw, 0, len(raw)) == message._read_head_py(raw, 0, len(raw))
+        assert read_head(raw, 0, len(raw)) == mimetree._read_head_py(raw, 0, len(raw))
         boundary = ref.get_boundary()
         if boundary is not None:
             sep = ("--" + boundary).encode("ascii", "surrogateescape")
-            for start in (0, message.blank_line(raw)[1] if message.blank_line(raw) else 0):
-                assert split_multipart(raw, start, len(raw), sep) == message._split_multipart_py(
+            for start in (0, mimetree.blank_line(raw)[1] if mimetree.blank_line(raw) else 0):
+                assert split_multipart(raw, start, len(raw), sep) == mimetree._split_multipart_py(
                     raw, start, len(raw), sep)
 
 
@@ -112,8 +112,8 @@ def _digests(raws: list[bytes]) -> list[str]:
 CHILD = """
 import dataclasses, hashlib, sys
 from pathlib import Path
-from stronghold import message
-assert message._mimecore is None
+from stronghold import message, mimetree
+assert mimetree._mimecore is None
 paths = sorted(p for d in sorted(Path(sys.argv[1]).iterdir()) if d.is_dir() for p in d.iterdir() if p.is_file())
 for path in paths:
     parsed = message.parse(path.read_bytes())
@@ -219,9 +219,9 @@ def test_parse_reads_multipart_mail_without_the_feed_parser(monkeypatch: pytest.
 
 
 def test_deep_nesting_is_left_to_the_stdlib() -> None:
-    raw = b"Content-Type: message/rfc822\n\n" * (message.MAX_DEPTH + 1) + b"Subject: x\n\ny\n"
+    raw = b"Content-Type: message/rfc822\n\n" * (mimetree.MAX_DEPTH + 1) + b"Subject: x\n\ny\n"
     assert native_tree(raw) is None
-    shallow = b"Content-Type: message/rfc822\n\n" * message.MAX_DEPTH + b"Subject: x\n\ny\n"
+    shallow = b"Content-Type: message/rfc822\n\n" * mimetree.MAX_DEPTH + b"Subject: x\n\ny\n"
     assert native_tree(shallow) is not None
 
 
@@ -301,16 +301,16 @@ def test_generated_bytes_are_scanned_as_the_references_scan_them(boundary: str, 
     raw = b"".join(data.draw(st.lists(st.sampled_from(scan_pool(boundary)), max_size=30)))
     start = data.draw(st.integers(0, len(raw)))
     end = data.draw(st.integers(start, len(raw)))
-    assert read_head(raw, start, end) == message._read_head_py(raw, start, end)
+    assert read_head(raw, start, end) == mimetree._read_head_py(raw, start, end)
     sep = b"--" + boundary.encode()
-    assert split_multipart(raw, start, end, sep) == message._split_multipart_py(raw, start, end, sep)
+    assert split_multipart(raw, start, end, sep) == mimetree._split_multipart_py(raw, start, end, sep)
 
 
 @pytest.mark.parametrize("raw", [b"--b\n" * 200_000, b"--b\r\n\r\n" * 100_000, b"A: b\r\n" * 100_000,
                                  b"\r" * 1_000_000, b"x" * 2_000_000])
 def test_huge_bodies_are_scanned_as_the_references_scan_them(raw: bytes) -> None:
-    assert read_head(raw, 0, len(raw)) == message._read_head_py(raw, 0, len(raw))
-    assert split_multipart(raw, 0, len(raw), b"--b") == message._split_multipart_py(raw, 0, len(raw), b"--b")
+    assert read_head(raw, 0, len(raw)) == mimetree._read_head_py(raw, 0, len(raw))
+    assert split_multipart(raw, 0, len(raw), b"--b") == mimetree._split_multipart_py(raw, 0, len(raw), b"--b")
 
 
 def test_bad_arguments_are_refused_cleanly() -> None:
