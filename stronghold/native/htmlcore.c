@@ -15,11 +15,14 @@
  * keys and values are lowered here; anything else goes through Python's str.lower().
  * Where the Python code compares lowered text with ASCII patterns none of which holds
  * 'k' or an 'i' that is followed by U+0307 or ends the pattern, non-ASCII characters
- * can match nothing and are compared as such.  html.unescape is Python's own, called
- * where the Python code calls it and would change something ('&' present).
+ * can match nothing and are compared as such.
+ *
+ *   - html.unescape, called where the Python code calls it and would change something
+ *     ('&' present), is done here with the html module's own tables (unescape()); only a
+ *     number too long for 64 bits goes to Python's html.unescape.
  *
  * Work is linear in the input whatever it holds; the only state is module state holding
- * html.unescape and interned constants.
+ * html.unescape, its tables and interned constants.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -29,6 +32,11 @@
 
 typedef struct {
     PyObject *unescape;                       /* html.unescape */
+    PyObject *html5;                          /* html._html5: entity name -> text */
+    PyObject *invalid_charrefs;               /* html._invalid_charrefs: number -> text */
+    PyObject *invalid_codepoints;             /* html._invalid_codepoints: numbers read as '' */
+    struct Entity *entities;                  /* html5 as an open-addressing table (see below) */
+    size_t entities_mask;
     PyObject *lower;                          /* "lower" (method name) */
     PyObject *comment_end;                    /* "-->" */
     PyObject *end_script, *end_style;         /* "</script", "</style" */
@@ -91,6 +99,11 @@ view_init(View *v, PyObject *obj, Py_ssize_t start, Py_ssize_t end)
 }
 
 #define VCH(v, i) PyUnicode_READ((v)->kind, (v)->data, (i))
+
+/* A loop over characters, compiled once per kind (the kind is a constant in each copy). */
+#define BY_KIND(v, call)                                         \
+    ((v)->kind == PyUnicode_1BYTE_KIND ? call(PyUnicode_1BYTE_KIND) \
+     : (v)->kind == PyUnicode_2BYTE_KIND ? call(PyUnicode_2BYTE_KIND) : call(PyUnicode_4BYTE_KIND))
 
 /* Index of the first ch in [from, end) of v's string, or -1. */
 static Py_ssize_t
@@ -175,10 +188,14 @@ lowered(State *st, const View *v, Py_ssize_t s, Py_ssize_t e)
     return out;
 }
 
-/* The code of (characters [s, e)).lower(); -1 on error. */
+/* The code of (characters [s, e)).lower(); -1 on error.  str.lower() never shortens and
+ * gives all-ASCII text only from ASCII and U+212A (one for one), so names of another
+ * length than 3 to LONGEST_NAME are none; non-ASCII ones are lowered by Python. */
 static int
 lowered_code(State *st, const View *v, Py_ssize_t s, Py_ssize_t e, const Name *names)
 {
+    if (e - s > LONGEST_NAME || e - s < 3)
+        return 0;
     if (all_ascii(v, s, e))
         return ascii_code(v, s, e, names);
     PyObject *low = lowered(st, v, s, e);  /* e.g. U+212A KELVIN SIGN lowers to 'k' */
@@ -240,6 +257,294 @@ bytes_contain(const unsigned char *hay, size_t len, const char *needle)
         if (hay[i] == (unsigned char)needle[0] && memcmp(hay + i, needle, m) == 0)
             return 1;
     return 0;
+}
+
+/* ---- html.unescape ---------------------------------------------------------------------
+ *
+ * _charref.sub(_replace_charref, s) of the html module, with its own tables (html5,
+ * _invalid_charrefs, _invalid_codepoints):
+ *     &(#[0-9]+;?|#[xX][0-9a-fA-F]+;?|[^\t\n\f <&#;]{1,32};?)
+ * a number becomes its character (or the table's text, U+FFFD, or nothing); a name its
+ * text, else its longest known prefix's text and the rest, else stays.  A number too long
+ * for 64 bits is left to Python's own unescape, which reads it (or raises, as int() does
+ * past 4300 digits) as the Python code would.
+ */
+
+#define ENTITY_LONGEST 32  /* the {1,32} of _charref */
+
+/* Where the unescaped text goes: first counted (out NULL: its length and the widest
+ * character), then written into a str made to that measure.  Every non-ASCII character
+ * of the input stays (references are ASCII, names too), so the input's kind is a floor. */
+typedef struct {
+    PyObject *out;
+    Py_ssize_t len;
+    Py_UCS4 maxchar;
+} Sink;
+
+/* The characters [s, e) of v. */
+static int
+sink_chars(Sink *k, const View *v, Py_ssize_t s, Py_ssize_t e)
+{
+    if (e <= s)
+        return 0;
+    if (k->out && PyUnicode_CopyCharacters(k->out, k->len, v->obj, s, e - s) < 0)
+        return -1;
+    k->len += e - s;
+    return 0;
+}
+
+static int
+sink_str(Sink *k, PyObject *str)
+{
+    if (!k->out) {
+        Py_UCS4 widest = PyUnicode_MAX_CHAR_VALUE(str);  /* a str holds a character of its kind */
+        if (widest > k->maxchar)
+            k->maxchar = widest;
+    }
+    View v;
+    view_init(&v, str, 0, PyUnicode_GET_LENGTH(str));
+    return sink_chars(k, &v, 0, v.end);
+}
+
+static int
+sink_char(Sink *k, Py_UCS4 c)
+{
+    if (k->out)
+        PyUnicode_WRITE(PyUnicode_KIND(k->out), PyUnicode_DATA(k->out), k->len, c);
+    else if (c > k->maxchar)
+        k->maxchar = c;
+    k->len++;
+    return 0;
+}
+
+/* A character reference _charref matched. */
+enum { REF_DECIMAL, REF_HEX, REF_NAME };
+typedef struct {
+    int what;
+    Py_ssize_t start, end;      /* the match: '&' ... (';') */
+    Py_ssize_t body, body_e;    /* the digits, or the name with its ';' if any */
+} Ref;
+
+static inline int
+is_digit(Py_UCS4 c)
+{
+    return c >= '0' && c <= '9';
+}
+
+static inline int
+hex_value(Py_UCS4 c)  /* -1: not [0-9a-fA-F] */
+{
+    if (is_digit(c))
+        return (int)(c - '0');
+    if (c >= 'a' && c <= 'f')
+        return (int)(c - 'a' + 10);
+    if (c >= 'A' && c <= 'F')
+        return (int)(c - 'A' + 10);
+    return -1;
+}
+
+static inline int
+name_char(Py_UCS4 c)  /* [^\t\n\f <&#;] */
+{
+    return !(c == '\t' || c == '\n' || c == '\f' || c == ' ' || c == '<' || c == '&' || c == '#' || c == ';');
+}
+
+/* Does _charref match at the '&' at i?  1 and *r, or 0. */
+static int
+parse_ref(const View *v, Py_ssize_t i, Ref *r)
+{
+    Py_ssize_t j = i + 1, n = v->end, k;
+    if (j >= n)
+        return 0;
+    r->start = i;
+    if (VCH(v, j) == '#') {
+        if (j + 1 < n && is_digit(VCH(v, j + 1))) {
+            r->what = REF_DECIMAL;
+            r->body = j + 1;
+        }
+        else if (j + 2 < n && (VCH(v, j + 1) == 'x' || VCH(v, j + 1) == 'X') && hex_value(VCH(v, j + 2)) >= 0) {
+            r->what = REF_HEX;
+            r->body = j + 2;
+        }
+        else
+            return 0;  /* '#' ends a name: nothing else matches */
+        for (k = r->body; k < n && (r->what == REF_DECIMAL ? is_digit(VCH(v, k)) : hex_value(VCH(v, k)) >= 0);)
+            k++;
+        r->body_e = k;
+        r->end = (k < n && VCH(v, k) == ';') ? k + 1 : k;
+        return 1;
+    }
+    for (k = j; k < n && k - j < 32 && name_char(VCH(v, k));)
+        k++;
+    if (k == j)
+        return 0;
+    r->what = REF_NAME;
+    r->body = j;
+    r->end = r->body_e = (k < n && VCH(v, k) == ';') ? k + 1 : k;
+    return 1;
+}
+
+/* html5 as a table: its names are ASCII and at most 32 long (checked when the module
+ * loads), so a name is looked up from its characters without making a str.  The table
+ * is fixed: what the input holds changes no probe sequence. */
+struct Entity {
+    PyObject *key;      /* a name of html5 (a reference held) */
+    const char *name;   /* its characters */
+    Py_ssize_t len;
+    PyObject *text;     /* html5[key] (a reference held) */
+};
+
+static size_t
+entity_hash(const unsigned char *name, Py_ssize_t len)
+{
+    size_t h = 2166136261u;
+    for (Py_ssize_t i = 0; i < len; i++)
+        h = (h ^ name[i]) * 16777619u;
+    return h;
+}
+
+/* html5[characters [s, e)] (borrowed), or NULL when it is not there. */
+static PyObject *
+entity(State *st, const View *v, Py_ssize_t s, Py_ssize_t e)
+{
+    unsigned char name[ENTITY_LONGEST];
+    Py_ssize_t len = e - s;
+    if (len > ENTITY_LONGEST)
+        return NULL;
+    for (Py_ssize_t i = 0; i < len; i++) {
+        Py_UCS4 c = VCH(v, s + i);
+        if (c >= 128)
+            return NULL;  /* no name is */
+        name[i] = (unsigned char)c;
+    }
+    for (size_t slot = entity_hash(name, len) & st->entities_mask;; slot = (slot + 1) & st->entities_mask) {
+        const struct Entity *known = &st->entities[slot];
+        if (!known->name)
+            return NULL;
+        if (known->len == len && memcmp(known->name, name, (size_t)len) == 0)
+            return known->text;
+    }
+}
+
+/* Build the table of html5 (at least twice as many slots as names); -1 with ImportError
+ * when a name is not what the table assumes. */
+static int
+entities_load(State *st)
+{
+    size_t slots = 64;
+    while (slots < 2 * (size_t)PyDict_GET_SIZE(st->html5))
+        slots *= 2;
+    st->entities = PyMem_Calloc(slots, sizeof(struct Entity));
+    if (!st->entities) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    st->entities_mask = slots - 1;
+    Py_ssize_t at = 0;
+    PyObject *key, *text;
+    while (PyDict_Next(st->html5, &at, &key, &text)) {
+        if (!PyUnicode_Check(key) || !PyUnicode_IS_ASCII(key) || PyUnicode_GET_LENGTH(key) > ENTITY_LONGEST
+            || PyUnicode_GET_LENGTH(key) == 0 || !PyUnicode_Check(text)) {
+            PyErr_SetString(PyExc_ImportError, "html5 holds a name htmlcore cannot table");
+            return -1;
+        }
+        const char *name = (const char *)PyUnicode_1BYTE_DATA(key);
+        Py_ssize_t len = PyUnicode_GET_LENGTH(key);
+        size_t slot = entity_hash((const unsigned char *)name, len) & st->entities_mask;
+        while (st->entities[slot].name)
+            slot = (slot + 1) & st->entities_mask;
+        st->entities[slot] = (struct Entity){Py_NewRef(key), name, len, Py_NewRef(text)};
+    }
+    return 0;
+}
+
+/* Write what _replace_charref returns for a name. */
+static int
+put_name(State *st, Sink *out, const View *v, const Ref *r)
+{
+    PyObject *text = entity(st, v, r->body, r->body_e);
+    if (text)
+        return sink_str(out, text);
+    for (Py_ssize_t x = r->body_e - r->body - 1; x > 1; x--)  /* the longest known prefix */
+        if ((text = entity(st, v, r->body, r->body + x)))
+            return sink_str(out, text) < 0 ? -1 : sink_chars(out, v, r->body + x, r->body_e);
+    return sink_chars(out, v, r->start, r->end);
+}
+
+/* Write what _replace_charref returns for a number; -2: too long, Python must read it. */
+static int
+put_number(State *st, Sink *out, const View *v, const Ref *r)
+{
+    int hex = r->what == REF_HEX;
+    if (r->body_e - r->body > (hex ? 15 : 18))
+        return -2;
+    long long num = 0;
+    for (Py_ssize_t k = r->body; k < r->body_e; k++)
+        num = num * (hex ? 16 : 10) + hex_value(VCH(v, k));
+    PyObject *key = PyLong_FromLongLong(num);
+    if (!key)
+        return -1;
+    int rc;
+    PyObject *text = PyDict_GetItemWithError(st->invalid_charrefs, key);
+    if (text)
+        rc = sink_str(out, text);
+    else if (PyErr_Occurred())
+        rc = -1;
+    else if ((num >= 0xD800 && num <= 0xDFFF) || num > 0x10FFFF)
+        rc = sink_char(out, 0xFFFD);
+    else if ((rc = PySet_Contains(st->invalid_codepoints, key)) == 0)
+        rc = sink_char(out, (Py_UCS4)num);
+    else if (rc == 1)
+        rc = 0;  /* read as nothing */
+    Py_DECREF(key);
+    return rc;
+}
+
+/* One pass of unescape over v into the sink; -2: a number Python must read. */
+static int
+unescape_into(State *st, const View *v, Sink *out)
+{
+    Py_ssize_t copied = 0;
+    for (Py_ssize_t at = find_char(v, '&', 0, v->end); at >= 0; at = find_char(v, '&', at, v->end)) {
+        Ref r;
+        if (!parse_ref(v, at, &r)) {
+            at++;
+            continue;
+        }
+        int rc = sink_chars(out, v, copied, at);
+        if (rc == 0)
+            rc = r.what == REF_NAME ? put_name(st, out, v, &r) : put_number(st, out, v, &r);
+        if (rc < 0)
+            return rc;
+        copied = at = r.end;
+    }
+    return sink_chars(out, v, copied, v->end);
+}
+
+/* html.unescape(str): a new reference, or NULL on error. */
+static PyObject *
+unescape(State *st, PyObject *str)
+{
+    View v;
+    view_init(&v, str, 0, PyUnicode_GET_LENGTH(str));
+    if (find_char(&v, '&', 0, v.end) < 0)
+        return Py_NewRef(str);
+    Sink out = {NULL, 0, PyUnicode_MAX_CHAR_VALUE(str)};
+    int rc = unescape_into(st, &v, &out);
+    if (rc == -2)
+        return PyObject_CallOneArg(st->unescape, str);
+    if (rc < 0)
+        return NULL;
+    Py_ssize_t len = out.len;
+    if (!(out.out = PyUnicode_New(len, out.maxchar)))
+        return NULL;
+    out.len = 0;
+    if (unescape_into(st, &v, &out) < 0) {
+        Py_DECREF(out.out);
+        return NULL;
+    }
+    assert(out.len == len);
+    return out.out;
 }
 
 /* ---- tag counts --------------------------------------------------------------------- */
@@ -423,11 +728,6 @@ name_stop(Py_UCS4 c)  /* not in [^\t\n\r\f />\x00<] */
            || c == '\0' || c == '<';
 }
 
-/* A loop over characters, compiled once per kind (the kind is a constant in each copy). */
-#define BY_KIND(v, call)                                         \
-    ((v)->kind == PyUnicode_1BYTE_KIND ? call(PyUnicode_1BYTE_KIND) \
-     : (v)->kind == PyUnicode_2BYTE_KIND ? call(PyUnicode_2BYTE_KIND) : call(PyUnicode_4BYTE_KIND))
-
 /* Skip [^<>]*+ from i; the index of the '<' or '>' (or end) it stops at. */
 static inline Py_ssize_t
 skip_to_angle_of(int kind, const void *data, Py_ssize_t i, Py_ssize_t n)
@@ -444,6 +744,15 @@ skip_to_angle_of(int kind, const void *data, Py_ssize_t i, Py_ssize_t n)
 static Py_ssize_t
 skip_to_angle(const View *v, Py_ssize_t i)
 {
+    if (v->kind == PyUnicode_1BYTE_KIND && i < v->end) {
+        /* the first '>' before the next '<': both searches end at that '<', where the
+         * next try of _MARKUP starts, so they read each character once */
+        const Py_UCS1 *d = (const Py_UCS1 *)v->data;
+        const Py_UCS1 *lt = memchr(d + i, '<', (size_t)(v->end - i));
+        Py_ssize_t limit = lt ? lt - d : v->end;
+        const Py_UCS1 *gt = memchr(d + i, '>', (size_t)(limit - i));
+        return gt ? gt - d : limit;
+    }
 #define SKIP_TO_ANGLE(kind) skip_to_angle_of(kind, v->data, i, v->end)
     return BY_KIND(v, SKIP_TO_ANGLE);
 #undef SKIP_TO_ANGLE
@@ -641,15 +950,10 @@ value_features(Scan *s, int tag, int key, Py_ssize_t vs, Py_ssize_t ve)
         PyObject *raw = PyUnicode_Substring(s->m.obj, vs, ve);
         if (!raw)
             return -1;
-        unescaped = PyObject_CallOneArg(s->st->unescape, raw);
+        unescaped = unescape(s->st, raw);
         Py_DECREF(raw);
         if (!unescaped)
             return -1;
-        if (!PyUnicode_Check(unescaped)) {
-            Py_DECREF(unescaped);
-            PyErr_SetString(PyExc_TypeError, "html.unescape returned a non-str");
-            return -1;
-        }
         view_init(&v, unescaped, 0, PyUnicode_GET_LENGTH(unescaped));
     }
     int rc;
@@ -828,7 +1132,7 @@ join_text(Scan *s)
     }
     if (!amp)
         return out;
-    PyObject *text = PyObject_CallOneArg(s->st->unescape, out);
+    PyObject *text = unescape(s->st, out);
     Py_DECREF(out);
     return text;
 }
@@ -860,11 +1164,13 @@ scan(Scan *s)
             pos = m.end;
         else if (m.what == M_END) {
             pos = m.end;
-            int code = lowered_code(s->st, v, m.name_s, m.name_e, TAG_NAMES);
-            if (code < 0)
-                return -1;
-            if (IS_HIDDEN(code) && hidden)
-                hidden--;
+            if (hidden) {  /* else the name changes nothing (and lowering it has no effect) */
+                int code = lowered_code(s->st, v, m.name_s, m.name_e, TAG_NAMES);
+                if (code < 0)
+                    return -1;
+                if (IS_HIDDEN(code))
+                    hidden--;
+            }
         }
         else if ((pos = start_tag(s, &m, &hidden)) < 0)
             return -1;
@@ -907,8 +1213,23 @@ html_to_text(PyObject *module, PyObject *markup)
 
 /* ---- the module ------------------------------------------------------------------------ */
 
+PyDoc_STRVAR(unescape_doc,
+"unescape(s, /)\n--\n\n"
+"html.unescape(s), in C with the html module's tables (what html_to_text uses).");
+
+static PyObject *
+unescape_function(PyObject *module, PyObject *str)
+{
+    if (!PyUnicode_Check(str)) {
+        PyErr_Format(PyExc_TypeError, "unescape() argument must be str, not %.100s", Py_TYPE(str)->tp_name);
+        return NULL;
+    }
+    return unescape(get_state(module), str);
+}
+
 static PyMethodDef methods[] = {
     {"html_to_text", html_to_text, METH_O, html_to_text_doc},
+    {"unescape", unescape_function, METH_O, unescape_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -917,6 +1238,9 @@ state_traverse(PyObject *module, visitproc visit, void *arg)
 {
     State *st = get_state(module);
     Py_VISIT(st->unescape);
+    Py_VISIT(st->html5);
+    Py_VISIT(st->invalid_charrefs);
+    Py_VISIT(st->invalid_codepoints);
     return 0;
 }
 
@@ -925,6 +1249,15 @@ state_clear(PyObject *module)
 {
     State *st = get_state(module);
     Py_CLEAR(st->unescape);
+    Py_CLEAR(st->html5);
+    Py_CLEAR(st->invalid_charrefs);
+    Py_CLEAR(st->invalid_codepoints);
+    for (size_t slot = 0; st->entities && slot <= st->entities_mask; slot++) {
+        Py_XDECREF(st->entities[slot].key);
+        Py_XDECREF(st->entities[slot].text);
+    }
+    PyMem_Free(st->entities);
+    st->entities = NULL;
     Py_CLEAR(st->lower);
     Py_CLEAR(st->comment_end);
     Py_CLEAR(st->end_script);
@@ -953,9 +1286,18 @@ exec_module(PyObject *module)
     PyObject *html = PyImport_ImportModule("html");
     if (!html)
         return -1;
-    st->unescape = PyObject_GetAttrString(html, "unescape");
+    int ok = (st->unescape = PyObject_GetAttrString(html, "unescape"))
+             && (st->html5 = PyObject_GetAttrString(html, "_html5"))
+             && (st->invalid_charrefs = PyObject_GetAttrString(html, "_invalid_charrefs"))
+             && (st->invalid_codepoints = PyObject_GetAttrString(html, "_invalid_codepoints"));
     Py_DECREF(html);
-    if (!st->unescape)
+    if (!ok)
+        return -1;
+    if (!PyDict_Check(st->html5) || !PyDict_Check(st->invalid_charrefs) || !PyAnySet_Check(st->invalid_codepoints)) {
+        PyErr_SetString(PyExc_ImportError, "the html module's entity tables are not the ones htmlcore reads");
+        return -1;
+    }
+    if (entities_load(st) < 0)
         return -1;
     struct { PyObject **slot; const char *text; } constants[] = {
         {&st->lower, "lower"}, {&st->comment_end, "-->"}, {&st->end_script, "</script"},

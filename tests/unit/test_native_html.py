@@ -2,13 +2,16 @@
 
 Same 4-tuple (text, tag counts in the same order, urls, features) or the same exception,
 for every HTML part of the corpus, for generated markup rich in the characters the scanner
-and the regexes it mirrors care about, and for hostile input, which it reads in linear time.
+and the regexes it mirrors care about, and for hostile input, which it reads in linear time;
+its html.unescape gives what the standard library's does.
 """
 
 from __future__ import annotations
 
+import html
 import time
 from collections.abc import Callable
+from html.entities import html5
 from pathlib import Path
 from typing import Any
 
@@ -140,6 +143,8 @@ HOSTILE = {
     "names without values": "<img " + "src " * (MB // 4) + ">",
     "declarations": "<!" * (MB // 2),
     "end tags": "</a " * (MB // 4),
+    "unknown entities": "<p>" + ("&" + "q" * 40 + " ") * (MB // 42),
+    "entities without semicolons": "<p>" + "&ampamp" * (MB // 7),
 }
 
 
@@ -156,6 +161,23 @@ def test_hostile_input_reads_the_same_in_linear_time(name: str) -> None:
     whole, half = min(cost(markup) for _ in range(3)), min(cost(markup[: len(markup) // 2]) for _ in range(3))
     assert whole < 0.25, f"{name}: {whole:.3f} s for 1 MB"
     assert whole < 3 * half + 0.01, f"{name}: twice the input costs {whole / max(half, 1e-9):.1f} times more"
+
+
+ENTITY_PIECES = ["&", "&", "#", "x", "X", ";", ";", "0", "9", "65", "128", "159", "55296", "1114111",
+                 "1114112", "0" * 20 + "65", "FFFD", "d800", "amp", "AMP", "lt", "nbsp", "notin", "not",
+                 "ampxyz", "NotNestedLessLess", "q" * 33, " ", "\t", "\n", "\r", "\f", "\x0b", "<", "İ", "é",
+                 "\U0001f600", "Σ"]
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.lists(st.one_of(st.sampled_from(ENTITY_PIECES), st.sampled_from(sorted(html5))), max_size=30)
+       .map("".join))
+@example("&#" + "9" * 19 + ";&#x" + "f" * 16)  # numbers past 64 bits: Python's own unescape reads them
+@example("&notit; &ampx &#x110000; &#0; &#13; &#150; &#1; &#xD800")
+def test_the_c_unescape_is_html_unescape(text: str) -> None:
+    result = htmlcore.unescape(text)
+    assert result == html.unescape(text)
+    assert type(result) is str
 
 
 def test_an_overlong_character_reference_raises_as_in_python() -> None:
