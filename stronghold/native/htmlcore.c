@@ -309,8 +309,13 @@ sink_str(Sink *k, PyObject *str)
 static int
 sink_char(Sink *k, Py_UCS4 c)
 {
-    if (k->out)
+    if (k->out) {
+        if (k->len >= PyUnicode_GET_LENGTH(k->out) || c > PyUnicode_MAX_CHAR_VALUE(k->out)) {
+            PyErr_SetString(PyExc_SystemError, "unescape: the second pass outgrew the first");
+            return -1;
+        }
         PyUnicode_WRITE(PyUnicode_KIND(k->out), PyUnicode_DATA(k->out), k->len, c);
+    }
     else if (c > k->maxchar)
         k->maxchar = c;
     k->len++;
@@ -543,7 +548,7 @@ unescape(State *st, PyObject *str)
         Py_DECREF(out.out);
         return NULL;
     }
-    assert(out.len == len);
+    assert(out.len == len);  /* the same reading twice (tables and input do not change) */
     return out.out;
 }
 
