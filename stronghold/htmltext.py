@@ -25,6 +25,22 @@ _ATTR = re.compile(r"""([^\s/>=]{1,64}+)\s*+=\s*+("[^"]*+"|'[^']*+'|[^\s"'>]++)"
 _HIDDEN = {"script", "style", "head", "title"}  # their text is not shown
 _RAW_TEXT = {"script", "style"}  # their content is not markup
 _URL_ATTRS = {"href", "src", "action", "background"}
+_LONG_NUMBER = re.compile(r"&#([0-9]{19,})")  # a decimal reference longer than any character's
+
+
+def _shortened(number: re.Match[str]) -> str:
+    digits = number.group(1).lstrip("0")
+    return "&#" + (digits[:8] or "0")  # the same character: itself up to 7 digits, else out of range
+
+
+def unescape(text: str) -> str:
+    """``html.unescape``, except that a decimal reference too long for ``int()`` (over 4300
+    digits) is read as the out-of-range number it is (U+FFFD), as a shorter one is, instead
+    of raising: hostile markup must not stop a message being read."""
+    try:
+        return html.unescape(text)
+    except ValueError:
+        return html.unescape(_LONG_NUMBER.sub(_shortened, text))
 
 
 def _attribute_features(tag: str, attrs: str, urls: list[str], features: list[str]) -> None:
@@ -32,7 +48,7 @@ def _attribute_features(tag: str, attrs: str, urls: list[str], features: list[st
         key = key.lower()
         value = raw[1:-1] if raw[:1] in "\"'" else raw
         if "&" in value:
-            value = html.unescape(value)
+            value = unescape(value)
         if key in _URL_ATTRS:
             value = value.strip()
             low = value.lower()
@@ -108,7 +124,7 @@ def _html_to_text_py(markup: str) -> HtmlParts:
         if tag in _HIDDEN:
             hidden += 1
     joined = " ".join(text)
-    return (html.unescape(joined) if "&" in joined else joined), tags, urls, features
+    return (unescape(joined) if "&" in joined else joined), tags, urls, features
 
 
 _native = nativecore.load("htmlcore")

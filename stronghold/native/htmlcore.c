@@ -17,12 +17,12 @@
  * 'k' or an 'i' that is followed by U+0307 or ends the pattern, non-ASCII characters
  * can match nothing and are compared as such.
  *
- *   - html.unescape, called where the Python code calls it and would change something
- *     ('&' present), is done here with the html module's own tables (unescape()); only a
- *     number too long for 64 bits goes to Python's html.unescape.
+ *   - htmltext.unescape (html.unescape, except that a number too long for int() is read
+ *     as the out-of-range number it is), called where the Python code calls it and would
+ *     change something ('&' present), is done here with the html module's own tables.
  *
  * Work is linear in the input whatever it holds; the only state is module state holding
- * html.unescape, its tables and interned constants.
+ * the html module's tables and interned constants.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -31,7 +31,6 @@
 /* ---- module state ---------------------------------------------------------------- */
 
 typedef struct {
-    PyObject *unescape;                       /* html.unescape */
     PyObject *html5;                          /* html._html5: entity name -> text */
     PyObject *invalid_charrefs;               /* html._invalid_charrefs: number -> text */
     PyObject *invalid_codepoints;             /* html._invalid_codepoints: numbers read as '' */
@@ -266,8 +265,7 @@ bytes_contain(const unsigned char *hay, size_t len, const char *needle)
  *     &(#[0-9]+;?|#[xX][0-9a-fA-F]+;?|[^\t\n\f <&#;]{1,32};?)
  * a number becomes its character (or the table's text, U+FFFD, or nothing); a name its
  * text, else its longest known prefix's text and the rest, else stays.  A number too long
- * for 64 bits is left to Python's own unescape, which reads it (or raises, as int() does
- * past 4300 digits) as the Python code would.
+ * for 64 bits is U+FFFD (htmltext.unescape: html.unescape would raise past 4300 digits).
  */
 
 #define ENTITY_LONGEST 32  /* the {1,32} of _charref */
@@ -476,15 +474,20 @@ put_name(State *st, Sink *out, const View *v, const Ref *r)
     return sink_chars(out, v, r->start, r->end);
 }
 
-/* Write what _replace_charref returns for a number; -2: too long, Python must read it. */
+/* Write what _replace_charref returns for a number.  One too long for 64 bits (after its
+ * leading zeros) is past U+10FFFF, so U+FFFD, as htmltext.unescape reads it (html.unescape
+ * itself raises past 4300 decimal digits, where int() stops). */
 static int
 put_number(State *st, Sink *out, const View *v, const Ref *r)
 {
     int hex = r->what == REF_HEX;
-    if (r->body_e - r->body > (hex ? 15 : 18))
-        return -2;
+    Py_ssize_t first = r->body;
+    while (first < r->body_e - 1 && VCH(v, first) == '0')
+        first++;
+    if (r->body_e - first > (hex ? 15 : 18))
+        return sink_char(out, 0xFFFD);
     long long num = 0;
-    for (Py_ssize_t k = r->body; k < r->body_e; k++)
+    for (Py_ssize_t k = first; k < r->body_e; k++)
         num = num * (hex ? 16 : 10) + hex_value(VCH(v, k));
     PyObject *key = PyLong_FromLongLong(num);
     if (!key)
@@ -505,7 +508,7 @@ put_number(State *st, Sink *out, const View *v, const Ref *r)
     return rc;
 }
 
-/* One pass of unescape over v into the sink; -2: a number Python must read. */
+/* One pass of unescape over v into the sink. */
 static int
 unescape_into(State *st, const View *v, Sink *out)
 {
@@ -535,10 +538,7 @@ unescape(State *st, PyObject *str)
     if (find_char(&v, '&', 0, v.end) < 0)
         return Py_NewRef(str);
     Sink out = {NULL, 0, PyUnicode_MAX_CHAR_VALUE(str)};
-    int rc = unescape_into(st, &v, &out);
-    if (rc == -2)
-        return PyObject_CallOneArg(st->unescape, str);
-    if (rc < 0)
+    if (unescape_into(st, &v, &out) < 0)
         return NULL;
     Py_ssize_t len = out.len;
     if (!(out.out = PyUnicode_New(len, out.maxchar)))
@@ -1242,7 +1242,6 @@ static int
 state_traverse(PyObject *module, visitproc visit, void *arg)
 {
     State *st = get_state(module);
-    Py_VISIT(st->unescape);
     Py_VISIT(st->html5);
     Py_VISIT(st->invalid_charrefs);
     Py_VISIT(st->invalid_codepoints);
@@ -1253,7 +1252,6 @@ static int
 state_clear(PyObject *module)
 {
     State *st = get_state(module);
-    Py_CLEAR(st->unescape);
     Py_CLEAR(st->html5);
     Py_CLEAR(st->invalid_charrefs);
     Py_CLEAR(st->invalid_codepoints);
@@ -1291,8 +1289,7 @@ exec_module(PyObject *module)
     PyObject *html = PyImport_ImportModule("html");
     if (!html)
         return -1;
-    int ok = (st->unescape = PyObject_GetAttrString(html, "unescape"))
-             && (st->html5 = PyObject_GetAttrString(html, "_html5"))
+    int ok = (st->html5 = PyObject_GetAttrString(html, "_html5"))
              && (st->invalid_charrefs = PyObject_GetAttrString(html, "_invalid_charrefs"))
              && (st->invalid_codepoints = PyObject_GetAttrString(html, "_invalid_codepoints"));
     Py_DECREF(html);
