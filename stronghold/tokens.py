@@ -12,7 +12,9 @@ standard split (see docs/classifier.md).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
+from stronghold import nativecore
 from stronghold.message import ParsedMessage, url_host
 
 # Bumped whenever the features of a given message change (tokenizer or parser):
@@ -42,6 +44,9 @@ _SKIP_HEADERS = {"date", "delivery-date", "x-original-date", "resent-date", "x-o
                  "delivered-to", "x-spam-status", "x-spam-flag", "x-spam-score",
                  "x-spam-level", "x-spam-checker-version", "x-spam-report", "x-spam-prev-subject",
                  "x-stronghold-queue-id"}
+# Headers whose whole value is a token too (spaces squeezed), besides its words.
+_LISTED_HEADERS = ("x-mailer", "user-agent", "x-mimeole", "x-msmail-priority", "importance", "x-priority",
+                   "content-type", "mime-version", "precedence", "list-id")
 
 
 # Families (see family()): tokens that describe one fact about a message.
@@ -89,7 +94,8 @@ def prefix_family(prefix: str) -> str | None:
     return found
 
 
-def _word_tokens(text: str, prefix: str, out: set[str]) -> None:
+def _word_tokens_py(text: str, prefix: str, out: set[str]) -> None:
+    """The words of ``text[:MAX_TEXT]``: case-folded, ``UPPER``, emails, ``skip:`` (a long word)."""
     for raw in set(text[:MAX_TEXT].split()):  # each distinct word once
         word = raw.strip(_STRIP)
         n = len(word)
@@ -102,14 +108,14 @@ def _word_tokens(text: str, prefix: str, out: set[str]) -> None:
         elif "@" in word and _ADDR_RE.search(word):
             for user, domain in _ADDR_RE.findall(word):
                 out.add(prefix + "email-user:" + user.lower()[:20])
-                _domain_tokens(domain.lower(), prefix + "email-domain:", out)
+                _domain_tokens_py(domain.lower(), prefix + "email-domain:", out)
         elif word.lower().startswith(("http", "www.")):
             continue  # URLs are tokenized from msg.urls
         else:
             out.add(f"{prefix}skip:{word[0].lower()} {n // 10 * 10}")
 
 
-def _domain_tokens(host: str, prefix: str, out: set[str]) -> None:
+def _domain_tokens_py(host: str, prefix: str, out: set[str]) -> None:
     """``a.b.example.com`` -> the host and each parent domain."""
     if _IP_RE.fullmatch(host):
         out.add(prefix + "ip")
@@ -139,14 +145,21 @@ def _url_tokens(urls: list[str], out: set[str]) -> None:
                 out.add("urlpath:" + piece)
 
 
-def _address_header(name: str, value: str, out: set[str]) -> None:
+def _header_words_py(value: str, prefix: str, limit: int, out: set[str]) -> None:
+    """``prefix`` + each of the first ``limit`` words of the lower-cased header value."""
+    for word in _HEADER_WORD.findall(value.lower())[:limit]:
+        out.add(prefix + word)
+
+
+def _address_header_py(name: str, value: str, out: set[str]) -> None:
+    """Addresses (each with its domains), display-name words and the address count."""
     low = value.lower()
     addrs = _ADDR_RE.findall(low)
     if not addrs:
         out.add(f"{name}:no-address")
     for user, domain in addrs[:10]:
         out.add(f"{name}:addr:{user[:30]}@{domain}")
-        _domain_tokens(domain, f"{name}:domain:", out)
+        _domain_tokens_py(domain, f"{name}:domain:", out)
     display = value.split("<", 1)[0] if "<" in value else ""
     for word in _HEADER_WORD.findall(display):
         out.add(f"{name}:name:{word.lower()}")
@@ -154,10 +167,11 @@ def _address_header(name: str, value: str, out: set[str]) -> None:
         out.add(f"{name}:count:{min(len(addrs), 10) // 3}")
 
 
-def _received(value: str, out: set[str]) -> None:
+def _received_py(value: str, out: set[str]) -> None:
+    """Host names (each with its domains), IP networks and telling words of a Received header."""
     low = value.lower()
     for host in _HOSTNAME_RE.findall(low)[:10]:
-        _domain_tokens(host, "received:", out)
+        _domain_tokens_py(host, "received:", out)
     for ip in _IP_RE.findall(low)[:5]:
         out.add("received:ip:" + ".".join(ip[:3]))
     for word in ("esmtp", "smtp", "imap", "localhost", "unknown", "qmail", "postfix", "sendmail",
@@ -169,43 +183,50 @@ def _received(value: str, out: set[str]) -> None:
 MAX_RECEIVED = 4  # the oldest hops: the sender's side (the newest are the receiving site's own, alike for all mail)
 
 
-def _headers(msg: ParsedMessage, out: set[str]) -> None:
+def _headers_py(msg: ParsedMessage, out: set[str]) -> None:
+    """The oldest Received headers, every other header but _SKIP_HEADERS by its name, the counts."""
     counts: dict[str, int] = {}
     received = [value for name, value in msg.headers if name.lower().strip() == "received"]
     for value in received[-MAX_RECEIVED:]:
-        _received(value, out)
+        _received_py(value, out)
     for name, value in msg.headers:
         key = name.lower().strip()[:40]
         counts[key] = counts.get(key, 0) + 1
         if key in _SKIP_HEADERS:
             continue
         if key == "subject":
-            _word_tokens(value, "subject:", out)
+            _word_tokens_py(value, "subject:", out)
             for run in re.findall(r"[!$%*?]{1,}", value):
                 out.add("subject:punct:" + run[:3])
             if value.isupper() and len(value) > 5:
                 out.add("subject:ALLCAPS")
         elif key in _ADDRESS_HEADERS:
-            _address_header(key, value, out)
+            _address_header_py(key, value, out)
         elif key == "received":
             continue  # above
         elif key == "message-id":
             m = re.search(r"@([^>\s]+)", value)
             out.add("message-id:@" + (m.group(1).lower()[:40] if m else "none"))
-        elif key in ("x-mailer", "user-agent", "x-mimeole", "x-msmail-priority", "importance",
-                     "x-priority", "content-type", "mime-version", "precedence", "list-id"):
+        elif key in _LISTED_HEADERS:
             out.add(f"{key}:{' '.join(value.lower().split())[:60]}")
-            for word in _HEADER_WORD.findall(value.lower())[:20]:
-                out.add(f"{key}:w:{word}")
+            _header_words_py(value, f"{key}:w:", 20, out)
         else:
-            for word in _HEADER_WORD.findall(value.lower())[:20]:
-                out.add(f"{key}:w:{word}")
+            _header_words_py(value, f"{key}:w:", 20, out)
     for key, count in counts.items():
         out.add(f"header:{key}:{min(count, 5)}")
     if not msg.header("message-id"):
         out.add("header:no-message-id")
     if not msg.header("date"):
         out.add("header:no-date")
+
+
+# The C versions of the functions above (stronghold/native/wordcore.c, which also has the
+# parts _headers_py calls) when built: the same tokens, several times faster.  The Python
+# functions stay the reference the tests compare them with, and the fallback.
+_native = nativecore.load("wordcore")
+_word_tokens: Callable[[str, str, set[str]], None] = _native.word_tokens if _native else _word_tokens_py
+_domain_tokens: Callable[[str, str, set[str]], None] = _native.domain_tokens if _native else _domain_tokens_py
+_headers: Callable[[ParsedMessage, set[str]], None] = _native.headers if _native else _headers_py
 
 
 def _structure(msg: ParsedMessage, out: set[str]) -> None:
