@@ -60,7 +60,7 @@ def same(name: str, *args: object) -> None:
 
 
 @cache
-def corpus() -> list[ParsedMessage]:
+def corpus_parsed() -> list[ParsedMessage]:
     paths = sorted(p for folder in sorted(CORPUS.iterdir()) if folder.is_dir()
                    for p in folder.iterdir() if p.is_file())
     assert len(paths) > 1000
@@ -77,13 +77,15 @@ def test_the_tokenizer_runs_the_c_functions_and_agrees_on_its_tables() -> None:
     assert wordcore.LISTED_HEADERS == set(tokens._LISTED_HEADERS)
 
 
-def test_every_corpus_message_has_the_same_features() -> None:
-    differ = [i for i, msg in enumerate(corpus()) if tokens.features(msg) != python_features(msg)]
+@pytest.mark.corpus
+def test_every_corpus_message_has_the_same_features(corpus: Path) -> None:
+    differ = [i for i, msg in enumerate(corpus_parsed()) if tokens.features(msg) != python_features(msg)]
     assert differ == []
 
 
-def test_each_function_alone_on_the_corpus() -> None:
-    for msg in corpus():
+@pytest.mark.corpus
+def test_each_function_alone_on_the_corpus(corpus: Path) -> None:
+    for msg in corpus_parsed():
         same("_headers", msg)
         same("_word_tokens", msg.text, "")
         same("_word_tokens", msg.html_text, "x:")
