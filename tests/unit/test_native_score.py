@@ -20,9 +20,6 @@ from stronghold.message import parse
 from stronghold.modelfile import N_FEATURES, Passport
 from stronghold.personal import Layer
 
-ROOT = Path(__file__).resolve().parents[2]
-MODEL = ROOT / "models" / "model.joblib"
-
 
 def _bits(x: float) -> bytes:
     return struct.pack("<d", x)  # NaN equals NaN, 0.0 differs from -0.0
@@ -64,8 +61,8 @@ def corpus_features() -> list[set[str]]:
 
 
 @pytest.mark.corpus
-def test_every_corpus_message_scores_the_same(corpus_features: list[set[str]]) -> None:
-    model = Model.load(MODEL)
+def test_every_corpus_message_scores_the_same(corpus_features: list[set[str]], models_dir: Path) -> None:
+    model = Model.load(models_dir / "model.joblib")  # trained on the standard split, for this session
     differ = [i for i, feats in enumerate(corpus_features)
               for toks in (feats, sorted(feats, reverse=True))
               if _exact(model.score(toks)) != _exact(model._score_py(toks))]
@@ -73,8 +70,9 @@ def test_every_corpus_message_scores_the_same(corpus_features: list[set[str]]) -
 
 
 @pytest.mark.corpus
-def test_every_corpus_message_scores_the_same_with_a_personal_layer(corpus_features: list[set[str]]) -> None:
-    shared = Model.load(MODEL, for_learning=True)
+def test_every_corpus_message_scores_the_same_with_a_personal_layer(corpus_features: list[set[str]],
+                                                                    models_dir: Path) -> None:
+    shared = Model.load(models_dir / "model.joblib", for_learning=True)
     layer = Layer.build(shared, corpus_features[::40], [i % 3 == 0 for i in range(len(corpus_features[::40]))])
     assert len(layer.buckets) > 1000
     moved = differ = 0
