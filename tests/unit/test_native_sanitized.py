@@ -20,7 +20,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SANITIZE = "-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer"
-CAP = 150  # generated inputs per property test here (the plain run makes its full count)
+CAP = 60  # generated inputs per property test here (the plain run makes its full count)
 # fd 2 stays the terminal's (the sanitizer's report survives the crash); hypothesis is imported first
 INNER = ["-q", "-p", "no:cacheprovider", "--capture=sys", "-W", "ignore::pytest.PytestAssertRewriteWarning",
          "-m", "not corpus"]
