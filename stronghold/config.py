@@ -4,7 +4,8 @@
 Sources, later wins: declared defaults, a TOML file (``--config`` or
 ``$STRONGHOLD_CONFIG``), environment variables ``STRONGHOLD_<KEY>``, and a
 mapping passed by the caller (tests).  Unknown keys are errors, so a typo is
-never silently ignored.
+never silently ignored.  ``STRONGHOLD_CONFIG`` and ``STRONGHOLD_NATIVE`` (read by
+``nativecore`` when the code loads, before any setting) are not settings.
 """
 
 from __future__ import annotations
@@ -211,6 +212,8 @@ SETTINGS: dict[str, Setting] = {f.name: f.metadata["setting"] for f in fields(Co
 """Every setting by name, in declaration order (read from ``Config``'s fields)."""
 
 
+NOT_SETTINGS = frozenset({"STRONGHOLD_CONFIG", "STRONGHOLD_NATIVE"})  # environment read elsewhere
+
 def load(path: Path | None = None, overrides: Mapping[str, Any] | None = None,
          environ: Mapping[str, str] | None = None) -> Config:
     """Build a Config from defaults, file, environment and overrides."""
@@ -227,7 +230,7 @@ def load(path: Path | None = None, overrides: Mapping[str, Any] | None = None,
             raise ConfigError(f"config {file_path}: {exc}") from exc
         values.update(_section(data, f"config {file_path}"))
     for key, value in environ.items():
-        if key.startswith("STRONGHOLD_") and key != "STRONGHOLD_CONFIG":
+        if key.startswith("STRONGHOLD_") and key not in NOT_SETTINGS:
             name = key[len("STRONGHOLD_"):].lower()
             if name not in SETTINGS:
                 raise ConfigError(f"environment {key}: unknown setting '{name}'")
