@@ -17,6 +17,7 @@ import hashlib
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -286,6 +287,34 @@ def test_generated_messages_give_the_stdlib_tree(raw: bytes) -> None:
     tree = native_tree(raw)
     event("native" if tree is not None else "stdlib")
     assert (native_tree(raw, python=True) is None) == (tree is None)
+
+
+@settings(max_examples=700, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(part(0), st.integers(1, 8))
+def test_a_tree_cut_after_the_parts_parse_reads_gives_what_the_whole_tree_gives(raw: bytes, limit: int) -> None:
+    """parse() reads MAX_PARTS parts in document order: the native tree stops one part after
+    that (here with a limit of 1 to 8), and parse() makes of it what it makes of the stdlib's."""
+    class Cut(mimetree.TreeReader):
+        def __init__(self, raw: bytes, max_parts: int | None = None) -> None:
+            super().__init__(raw, max_parts=limit + 1)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(message, "MAX_PARTS", limit)
+        patch.setattr(mimetree, "TreeReader", Cut)
+        cut = dataclasses.asdict(message.parse(raw))
+        patch.setattr(mimetree, "_mimecore", None)  # the stdlib's whole tree
+        whole = dataclasses.asdict(message.parse(raw))
+    assert cut == whole
+
+
+def test_a_flood_of_empty_parts_is_read_only_as_far_as_parse_reads() -> None:
+    """400,000 empty parts in 2 MB: building them all took 2 s natively (4.6 s in the stdlib)."""
+    raw = b"Content-Type: multipart/mixed; boundary=b\n\n" + b"--b\n\n" * 400_000 + b"--b--\n"
+    started = time.perf_counter()
+    parsed = message.parse(raw)
+    elapsed = time.perf_counter() - started
+    assert "too-many-parts" in parsed.defects and len(parsed.content_types) == message.MAX_PARTS - 1
+    assert elapsed < 0.5, f"took {elapsed:.2f} s"
 
 
 def scan_pool(boundary: str) -> list[bytes]:
