@@ -73,6 +73,20 @@ def corpus() -> Path:
     return CORPUS
 
 
+@pytest.fixture(scope="session")
+def corpus_raws(corpus: Path) -> list[bytes]:
+    """The bytes of every corpus message, in a fixed order."""
+    paths = sorted(p for folder in sorted(corpus.iterdir()) if folder.is_dir() for p in folder.iterdir()
+                   if p.is_file())
+    assert len(paths) > 6000
+    return [p.read_bytes() for p in paths]
+
+
+def mbox_stripped(raw: bytes) -> bytes:
+    """The message without its mbox ``From `` line, as ``message.parse`` reads it."""
+    return raw.split(b"\n", 1)[1] if raw.startswith(b"From ") and b"\n" in raw else raw
+
+
 def corpus_files(corpus: Path, label: str, part: str = "test") -> list[Path]:
     lines = (corpus / f"index.{part}").read_text().split("\n")
     return [corpus / line.split(" ", 1)[1] for line in lines if line.startswith(label + " ")]

@@ -9,7 +9,6 @@ hostile sizes.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -17,6 +16,7 @@ from hypothesis import strategies as st
 
 from stronghold import message, mimetree
 from stronghold._mimecore import find_urls, header_fields  # fails when the native core is not built
+from tests.conftest import mbox_stripped
 
 BLANK_LINE = re.compile(rb"\r?\n\r?\n")  # what blank_line() stands in for
 
@@ -24,18 +24,6 @@ BLANK_LINE = re.compile(rb"\r?\n\r?\n")  # what blank_line() stands in for
 def _regex_blank(raw: bytes) -> tuple[int, int] | None:
     found = BLANK_LINE.search(raw)
     return (found.start(), found.end()) if found else None
-
-
-def _mbox_stripped(raw: bytes) -> bytes:
-    return raw.split(b"\n", 1)[1] if raw.startswith(b"From ") and b"\n" in raw else raw
-
-
-@pytest.fixture(scope="module")
-def corpus_raws(corpus: Path) -> list[bytes]:
-    paths = sorted(p for folder in sorted(corpus.iterdir()) if folder.is_dir() for p in folder.iterdir()
-                   if p.is_file())
-    assert len(paths) > 6000
-    return [p.read_bytes() for p in paths]
 
 
 def test_the_parser_uses_the_native_scans() -> None:
@@ -47,7 +35,7 @@ def test_the_parser_uses_the_native_scans() -> None:
 def test_every_corpus_message_reads_the_same(corpus_raws: list[bytes]) -> None:
     plain = 0
     for raw in corpus_raws:
-        for variant in (raw, _mbox_stripped(raw)):
+        for variant in (raw, mbox_stripped(raw)):
             native = header_fields(variant)
             assert native == mimetree._header_fields_py(variant), variant[:200]
             plain += native is not None

@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 
 from stronghold import message, mimetree
 from stronghold._mimecore import read_head, split_multipart  # fails when the native core is not built
+from tests.conftest import mbox_stripped
 
 ROOT = Path(__file__).resolve().parents[2]
 PY_SCANS = (mimetree._read_head_py, mimetree._split_multipart_py)
@@ -61,18 +62,6 @@ def native_tree(raw: bytes, python: bool = False) -> email.message.Message | Non
     return tree
 
 
-def _mbox_stripped(raw: bytes) -> bytes:
-    return raw.split(b"\n", 1)[1] if raw.startswith(b"From ") and b"\n" in raw else raw
-
-
-@pytest.fixture(scope="module")
-def corpus_raws(corpus: Path) -> list[bytes]:
-    paths = sorted(p for folder in sorted(corpus.iterdir()) if folder.is_dir() for p in folder.iterdir()
-                   if p.is_file())
-    assert len(paths) > 6000
-    return [p.read_bytes() for p in paths]
-
-
 def test_the_reader_uses_the_native_scans() -> None:
     assert mimetree.read_head is read_head
     assert mimetree.split_multipart is split_multipart
@@ -82,7 +71,7 @@ def test_the_reader_uses_the_native_scans() -> None:
 def test_every_corpus_message_gives_the_stdlib_tree(corpus_raws: list[bytes]) -> None:
     multipart = native = 0
     for raw in corpus_raws:
-        for variant in (raw, _mbox_stripped(raw)):
+        for variant in (raw, mbox_stripped(raw)):
             tree = native_tree(variant)
             assert (tree is None) == (native_tree(variant, python=True) is None)
             if email.message_from_bytes(variant).is_multipart():
