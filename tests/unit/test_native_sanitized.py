@@ -1,8 +1,8 @@
 """The native core under AddressSanitizer and UndefinedBehaviorSanitizer.
 
 Every ``stronghold/native/*.c`` is built again with ``-fsanitize=address,undefined`` into a
-folder of its own, and the native core's tests that need no corpus (generated input, hostile
-sizes, wrong types; up to CAP inputs per property) run once more in a Python that loads those
+folder of its own, and the native core's tests that need no corpus and measure no time
+(generated input, hostile sizes, wrong types; up to CAP inputs per property) run once more in a Python that loads those
 builds: a read past a buffer,
 a use after free or undefined behaviour on any input they make stops the run with the
 sanitizer's report.  A plain build can read a byte too far and still return the right
@@ -23,7 +23,7 @@ SANITIZE = "-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-fra
 CAP = 60  # generated inputs per property test here (the plain run makes its full count)
 # fd 2 stays the terminal's (the sanitizer's report survives the crash); hypothesis is imported first
 INNER = ["-q", "-p", "no:cacheprovider", "--capture=sys", "-W", "ignore::pytest.PytestAssertRewriteWarning",
-         "-m", "not corpus"]
+         "-m", "not corpus and not timing"]  # a sanitized build is slower: its clocks prove nothing
 
 
 def _runtime() -> str:
