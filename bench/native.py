@@ -41,13 +41,6 @@ STAGES = ("parse", "features", "score")
 MILTER = "milter callbacks"
 
 
-def _corpus(every: int) -> list[Path]:
-    data = ROOT / "corpus" / "data"
-    paths = sorted(p for folder in sorted(data.iterdir()) if folder.is_dir()
-                   for p in folder.iterdir() if p.is_file())
-    return paths[::every]
-
-
 def _digest(parsed: Any, features: set[str], score: Any) -> str:
     fields = dataclasses.asdict(parsed)
     seen = [fields, sorted(features), score.probability.hex(), float(score.log_odds).hex(),
@@ -57,6 +50,7 @@ def _digest(parsed: Any, features: set[str], score: Any) -> str:
 
 def child(mode: str, every: int, check: bool) -> None:
     """One process's work; prints one JSON line."""
+    from bench.stages import corpus_messages
     from stronghold import nativecore, tokens
     from stronghold.classifier import Model
     from stronghold.message import parse
@@ -65,13 +59,13 @@ def child(mode: str, every: int, check: bool) -> None:
                               "native": [n for n in nativecore.PARTS if nativecore.load(n) is not None]}
     if check:
         digests = []
-        for path in _corpus(1):
+        for path in corpus_messages():
             parsed = parse(path.read_bytes())
             features = tokens.features(parsed)
             digests.append(f"{path.parent.name}/{path.name} {_digest(parsed, features, model.score(features))}")
         result["digests"] = digests
     else:
-        raws = [p.read_bytes() for p in _corpus(every)]
+        raws = [p.read_bytes() for p in corpus_messages()[::every]]
         for raw in raws[:50]:  # warm
             model.score(tokens.features(parse(raw)))
         spent = [0, 0, 0]
