@@ -13,7 +13,7 @@ import pytest
 from Milter import testctx
 
 from stronghold import __version__
-from stronghold import milter as milter_module
+from stronghold import transaction as transaction_module
 from stronghold.antivirus import EICAR, NoScanner
 from stronghold.cli import main
 from stronghold.config import Config
@@ -83,10 +83,10 @@ def test_state_does_not_leak_between_messages(milter) -> None:
              b"See you at noon for the project meeting.\n")
     assert ctx._feedFile(io.BytesIO(clean), "a@b.example", "v@example.com") == Milter.ACCEPT
     m = ctx.getpriv()
-    assert m.recipients == ["v@example.com"]  # not u@ from the first message
+    assert m.txn.recipients == ["v@example.com"]  # not u@ from the first message
     assert ctx._msg["X-Spam-Flag"] in ("YES", "NO") and ctx._headerschanged
     ctx._abort()
-    assert m.recipients == [] and m.spool is None
+    assert m.txn is None
 
 
 def test_headers_get_no_answer_where_postfix_agrees(milter) -> None:
@@ -101,7 +101,7 @@ def test_headers_get_no_answer_where_postfix_agrees(milter) -> None:
     assert agreed.envfrom("<a@b.example>") == Milter.NOREPLY
     assert agreed.header("Subject", b"lunch") == Milter.NOREPLY
     assert agreed.header("X-Spam-Flag", b"YES") == Milter.NOREPLY
-    assert agreed.strip == [("X-Spam-Flag", 1)] and agreed.subject_raw == b"lunch"
+    assert agreed.txn.strip == [("X-Spam-Flag", 1)] and agreed.txn.subject_raw == b"lunch"
     plain = ctx.getpriv()  # the fixture's MTA offers no "no reply" bits
     assert plain.envfrom("<a@b.example>") == Milter.CONTINUE
     assert plain.header("Subject", b"lunch") == Milter.CONTINUE
@@ -114,8 +114,8 @@ def test_end_of_headers_is_not_asked_for_and_the_blank_line_still_spooled(milter
     ctx, _store = milter
     assert not StrongholdMilter.protocol_mask() & Milter.P_NOEOH  # the skip is left for Postfix to grant
     parsed: list[bytes] = []
-    real_parse = milter_module.parse
-    monkeypatch.setattr(milter_module, "parse", lambda raw: parsed.append(raw) or real_parse(raw))
+    real_parse = transaction_module.parse
+    monkeypatch.setattr(transaction_module, "parse", lambda raw: parsed.append(raw) or real_parse(raw))
     body = b"See you at noon for the project meeting.\n" * 400  # several of TestCtx's 8 kB chunks
     for raw in (b"From: a@b.example\nSubject: lunch\n\n" + body, b"From: a@b.example\nSubject: nothing\n\n"):
         assert ctx._feedFile(io.BytesIO(raw), "a@b.example", "u@example.com") == Milter.ACCEPT
@@ -133,7 +133,7 @@ def test_rcpt_block_refuses_one_recipient(milter) -> None:
     assert ctx._envrcpt("<w@example.com>") == Milter.REJECT
     assert ctx._reply[:2] == ("550", "5.7.1")
     assert ctx._envrcpt("<y@example.com>") == Milter.CONTINUE
-    assert ctx.getpriv().recipients == ["y@example.com"]
+    assert ctx.getpriv().txn.recipients == ["y@example.com"]
 
 
 def test_no_scanner_configured_is_visible(make_config, models_dir: Path) -> None:

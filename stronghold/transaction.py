@@ -1,0 +1,155 @@
+"""One message as a milter receives it, and what to answer at its end: no protocol here.
+
+Both milter engines (``milter``: libmilter through pymilter; ``nativemilter``: the protocol
+in C) feed a ``Transaction`` the envelope and headers as they arrive, and at end of message
+ask ``conclude`` for an ``Answer``: the reply and the edits of the delivered copy, which
+each engine sends its own way.
+
+At end of message the verdict routes each recipient (docs/precedence.md): copies to hold
+are stored first (tempfail if they cannot be), then the recipients not receiving the
+delivered copy are removed, and the delivered copy gets headers describing only its own
+recipients; when nobody receives it, the message is discarded after the hold.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from time import perf_counter
+
+from stronghold import headers
+from stronghold.logfmt import MessageLine, RcptLine
+from stronghold.message import MAX_BYTES, parse
+from stronghold.policy import REPLY_BLOCKED
+from stronghold.service import Service
+from stronghold.spool import Spool
+from stronghold.store.errors import StoreError
+from stronghold.verdict import Action, Envelope
+
+log = logging.getLogger(__name__)
+
+# what an Answer asks of the MTA at the end
+ACCEPT, REJECT, TEMPFAIL, DISCARD = "accept", "reject", "tempfail", "discard"
+
+
+def bare(address: str) -> str:
+    """An envelope address without its angle brackets."""
+    return address.strip().strip("<>").strip()
+
+
+@dataclass
+class Answer:
+    """The reply to a command, and at end of message the edits that go before it.
+
+    ``edits`` in order: ("change", name, index, value) (an empty value deletes the header),
+    ("add", name, value, index) (index -1 appends, else inserts there), ("delrcpt", address).
+    """
+
+    action: str
+    reply: tuple[str, str, str] | None = None  # SMTP code, enhanced code, text
+    edits: list[tuple] = field(default_factory=list)
+
+
+def check_recipient(service: Service, sender: str, given: str, client_ip: str, helo: str,
+                    queue_id: str) -> Answer | None:
+    """RCPT time: the block lists; an Answer refusing the recipient, or None to take it."""
+    rcpt = given.lower()
+    decision = service.check_recipient(sender, rcpt)
+    if decision is None:
+        return None
+    env = Envelope(sender, (rcpt,), client_ip, helo, queue_id)
+    log.info("%s", RcptLine(env, decision))
+    service.record_rcpt_reject(env, decision)
+    return Answer(REJECT, REPLY_BLOCKED)
+
+
+class Transaction:
+    """One message between MAIL FROM and its end: envelope, spool and what the headers told."""
+
+    def __init__(self, service: Service, sender: str) -> None:
+        self.service = service
+        self.sender = bare(sender)
+        self.spool = Spool(service.cfg.spool_memory_bytes, service.cfg.data_dir)
+        self.recipients: list[str] = []  # lower-cased, for lists and logs
+        self.rcpt_as_given: dict[str, str] = {}  # for delrcpt, which wants the MTA's own form
+        self.seen_headers: dict[str, int] = {}
+        self.strip: list[tuple[str, int]] = []  # (name, index) of X-Spam-*/X-Stronghold-* from outside
+        self.strip_spans: list[tuple[int, int]] = []  # where they are in the spool
+        self.subject_index = 0
+        self.subject_raw: bytes | None = None
+        self.size = 0
+        self.oversize = False
+
+    def close(self) -> None:
+        self.spool.close()
+
+    def add_recipient(self, given: str) -> None:
+        rcpt = given.lower()
+        self.recipients.append(rcpt)
+        self.rcpt_as_given[rcpt] = given
+
+    def note_header(self, name: str, raw: bytes, start: int, end: int) -> None:
+        """One header, spooled at ``start:end``: its index among its namesakes, the Subject,
+        and whether it is one of ours from outside (stripped from every copy)."""
+        key = name.lower()
+        seen = self.seen_headers[key] = self.seen_headers.get(key, 0) + 1
+        if key == "subject" and not self.subject_index:
+            self.subject_index = seen
+            self.subject_raw = raw
+        if key.strip().startswith(headers.OWN_PREFIXES):  # headers.ours(name)
+            self.strip.append((name, seen))
+            self.strip_spans.append((start, end))
+
+    def stored_copy(self) -> bytes:
+        """The message as received, less the X-Spam-*/X-Stronghold-* headers from outside
+        (a released copy must not carry a forged verdict)."""
+        self.spool.seek(0)
+        data = self.spool.read()
+        for start, end in reversed(self.strip_spans):
+            data = data[:start] + data[end:]
+        return data
+
+    def conclude(self, env: Envelope) -> Answer:
+        """End of message: parse, decide, hold what is held, log; the Answer for the MTA."""
+        started = perf_counter()
+        raw = self.spool.head(MAX_BYTES + 1)  # one byte more, so parse() records the truncation
+        msg = parse(raw)
+        msg.size = self.size
+        self.spool.seek(0)
+        parsed = perf_counter()
+        service = self.service
+        outcome = service.decide(env, msg, self.spool, oversize=self.oversize)
+        if outcome.verdict.held:  # stored before anything is accepted; if not stored, tempfail
+            subject = headers.decode_value(self.subject_raw) if self.subject_raw is not None else ""
+            try:
+                service.hold(env, outcome.verdict, self.stored_copy(), subject, msg.header("from") or "")
+            except StoreError as exc:
+                outcome = service.hold_failed(outcome, str(exc))
+        verdict = outcome.verdict
+        outcome.stages["parse"] = parsed - started
+        outcome.stages["total"] = perf_counter() - started
+        log.info("%s", MessageLine(env, outcome))
+        service.record(env, msg, outcome)
+        if verdict.action in (Action.REJECT, Action.TEMPFAIL):
+            reply = verdict.smtp_reply or ("451", "4.7.1", "Try again later")
+            return Answer(REJECT if verdict.action is Action.REJECT else TEMPFAIL, reply)
+        if not verdict.delivered:  # every copy is held or rejected: accept and discard
+            return Answer(DISCARD)
+        edits: list[tuple] = [("change", name, index, "") for name, index in reversed(self.strip)]
+        auth = service.authenticator
+        edits += [("change", "Authentication-Results", index, "")
+                  for index in reversed(auth.forged_positions(msg.headers))]
+        edits += [("add", name, value, -1) for name, value in verdict.headers]
+        edits.append(("add", "X-Stronghold-Version", service.version_header(), -1))
+        if verdict.auth is not None and auth.mode == "check":
+            edits.append(("add", "Authentication-Results", verdict.auth.header_value(auth.authserv_id), 0))
+        if verdict.subject_prefix:
+            new = headers.prefixed(self.subject_raw, verdict.subject_prefix)
+            if new is not None:
+                if self.subject_index:
+                    edits.append(("change", "Subject", self.subject_index, new))
+                else:
+                    edits.append(("add", "Subject", new, -1))
+        edits += [("delrcpt", f"<{self.rcpt_as_given.get(d.recipient, d.recipient)}>")
+                  for d in verdict.decisions if not d.route.delivered]
+        return Answer(ACCEPT, edits=edits)
