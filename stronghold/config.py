@@ -86,7 +86,9 @@ class Config:
     milter_socket_group: str = _setting("postfix", any_text,
         "group given the unix socket (mode 0660) so Postfix can connect")
     milter_workers: int = _setting(2, positive_int, "pre-forked milter processes (one per core)")
-    milter_timeout: int = _setting(600, positive_int, "seconds libmilter waits on Postfix")
+    milter_timeout: int = _setting(600, positive_int, "seconds the milter waits on Postfix")
+    milter_engine: str = _setting("auto", choice("auto", "native", "libmilter"),
+        "protocol engine: native (C, stronghold._miltercore), libmilter (pymilter); auto: native if built")
     clamd_socket: str = _setting("unix:/run/clamav/clamd.ctl", clamd_address,
                                  "clamd: unix:/PATH, tcp:HOST:PORT or none")
     clamd_timeout: float = _setting(30.0, non_negative, "seconds to wait for clamd")

@@ -1,9 +1,11 @@
 """Run the milter on every core: one listening socket, pre-forked workers.
 
-pymilter runs each connection in a thread, so scoring in one process is
-serialised by the GIL.  The parent opens the socket (``milter.opensocket``)
-and forks ``milter_workers`` children that each run ``milter.main()`` on it;
-the kernel spreads connections among them.  The parent restarts a worker that
+Each worker runs a thread per connection, so scoring in one process is
+serialised by the GIL.  The parent opens the socket and forks ``milter_workers``
+children that each serve it; the kernel spreads connections among them.  Two
+protocol engines (``milter_engine``): the native one (stronghold/nativemilter.py,
+the protocol in C; the parent opens the socket itself), and libmilter through
+pymilter (``milter.opensocket``, then ``milter.main()`` in each worker).  The parent restarts a worker that
 dies, forwards SIGTERM/SIGINT, and on SIGHUP tells the workers (through shared
 memory) to reload the model.
 
@@ -36,7 +38,7 @@ from pathlib import Path
 import Milter
 import milter
 
-from stronghold import logfmt, metrics, modelsync, nativecore
+from stronghold import logfmt, metrics, modelsync, nativecore, nativemilter
 from stronghold.config import Config, ConfigError
 from stronghold.milter import FLAGS, factory
 from stronghold.service import Service
@@ -49,6 +51,17 @@ METRICS_SLOT, SYNC_SLOT = 0, -1  # children beside the workers (slots 1..milter_
 
 def socket_spec(cfg: Config) -> str:
     return cfg.milter_socket or f"unix:{cfg.data_dir / 'milter.sock'}"
+
+
+def engine(cfg: Config) -> str:
+    """The protocol engine this configuration runs: "native" or "libmilter"."""
+    built = nativemilter.core() is not None
+    if cfg.milter_engine == "native" and not built:
+        raise ConfigError("milter_engine = native, but the native core's milter protocol is not "
+                          f"available ({nativecore.status()}); rebuild it or choose libmilter")
+    if cfg.milter_engine == "libmilter" or not built:
+        return "libmilter"
+    return "native"
 
 
 def _register(spec: str, timeout: int, service: Service) -> None:
@@ -167,19 +180,22 @@ def _share_socket(path: Path, group: str) -> None:
     os.chmod(path, 0o660)
 
 
-def _worker(cfg: Config, service: Service, slot: int) -> None:
+def _worker(cfg: Config, service: Service, slot: int, listener: socket.socket | None) -> None:
     """Child process: fresh DB connections, then serve until told to stop."""
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, signal.SIG_DFL)
     logfmt.set_worker(f"w{slot}")
     faulthandler.enable(all_threads=True)  # a native crash leaves every thread's stack in the log
     service.store.engine.dispose(close=False)
-    try:
-        milter.main()
-    except milter.error as exc:
-        log.error("worker %d: %s", os.getpid(), exc)
-        os._exit(1)
-    try:  # libmilter returns from main() on SIGTERM once its connections are done
+    if listener is not None:
+        nativemilter.serve_worker(listener, service)
+    else:
+        try:
+            milter.main()
+        except milter.error as exc:
+            log.error("worker %d: %s", os.getpid(), exc)
+            os._exit(1)
+    try:  # both engines return on SIGTERM once their connections are done
         service.db.drain()
     except StoreError as exc:
         log.error("worker %d: message-log writes lost at exit: %s", os.getpid(), exc)
@@ -230,18 +246,24 @@ def serve(cfg: Config) -> int:
     except Exception as exc:  # noqa: BLE001 - any load failure is reported, workers retry
         log.error("starting without a usable model (%s); messages get on_model_error=%s",
                   exc, cfg.on_model_error)
-    _register(spec, cfg.milter_timeout, service)
+    kind = engine(cfg)
     own_socket = None
     if spec.startswith("unix:"):
         _claim_unix_socket(Path(spec[5:]))
-    milter.opensocket(True)
+    listener: socket.socket | None = None
+    if kind == "native":
+        listener = nativemilter.open_listener(spec, LISTEN_BACKLOG)
+    else:
+        _register(spec, cfg.milter_timeout, service)
+        milter.opensocket(True)
     if spec.startswith("unix:"):
         _share_socket(Path(spec[5:]), cfg.milter_socket_group)
         own_socket = _socket_identity(Path(spec[5:]))
-    if not _tune_listener(spec):
+    if kind == "libmilter" and not _tune_listener(spec):
         log.warning("could not tune the listening socket %s: expect ~40 ms stalls over TCP "
                     "and slow stops", spec)
-    log.info("milter listening on %s with %d workers; %s", spec, cfg.milter_workers, nativecore.status())
+    log.info("milter listening on %s with %d workers, %s protocol engine; %s", spec, cfg.milter_workers,
+             kind, nativecore.status())
     print(f"stronghold milter: listening on {spec} ({cfg.milter_workers} workers)", flush=True)
 
     children: dict[int, tuple[float, int]] = {}  # pid -> (started, slot); 0: metrics, -1: model sync
@@ -254,7 +276,7 @@ def serve(cfg: Config) -> int:
                 _metrics_process(cfg)
             if slot == SYNC_SLOT:
                 _model_syncer(cfg, service)
-            _worker(cfg, service, slot)
+            _worker(cfg, service, slot, listener)
         children[pid] = (time.monotonic(), slot)
 
     def on_stop(signum: int, _frame: object) -> None:

@@ -20,6 +20,7 @@ PARTS: dict[str, str] = {
     "htmlcore": "HTML to text",
     "wordcore": "tokenizing",
     "mimecore": "message reading",
+    "miltercore": "milter protocol",
 }
 
 _loaded: dict[str, ModuleType | None] = {}

@@ -1,0 +1,251 @@
+"""The milter protocol engine in C: a thread per MTA connection, Python only where a decision is due.
+
+``stronghold._miltercore.Session`` reads the MTA's packets, answers negotiation, macros,
+connect, HELO, MAIL, DATA, headers and body chunks itself and collects the message (see
+its source, stronghold/native/miltercore.c).  This module turns its few events into the
+same ``Transaction`` calls as the libmilter engine (stronghold/milter.py): a recipient to
+check, batches of headers and bytes to spool, the end of the message to conclude; then
+packs the ``Answer`` into protocol packets.  Per message that is one call into Python per
+recipient and one at the end, where libmilter makes ~30 (one per header) and reads every
+packet with a poll and two reads.
+
+A worker accepts on the socket the supervisor opened (stronghold/milter_server.py) and runs
+each connection in a thread of its own, as libmilter does; the GIL is released while a
+Session waits on the MTA.  A failing callback answers tempfail (the MTA retries), as
+libmilter's exception policy does for the other engine.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import signal
+import socket
+import struct
+import threading
+from types import ModuleType
+
+from stronghold import nativecore
+from stronghold.service import Service
+from stronghold.transaction import ACCEPT, DISCARD, REJECT, Answer, Transaction, bare, check_recipient
+from stronghold.verdict import Envelope
+
+log = logging.getLogger(__name__)
+
+ADDHDRS, CHGHDRS, DELRCPT = 0x01, 0x10, 0x08  # the actions of the protocol this milter takes
+FLAGS = ADDHDRS | CHGHDRS | DELRCPT
+_LEN = struct.Struct(">I")
+_CODE = {ACCEPT: b"a", REJECT: b"r", DISCARD: b"d"}
+
+
+def core() -> ModuleType | None:
+    """The C module, or None (not built, or STRONGHOLD_NATIVE=0)."""
+    return nativecore.load("miltercore")
+
+
+def _packet(cmd: bytes, data: bytes = b"") -> bytes:
+    return _LEN.pack(len(data) + 1) + cmd + data
+
+
+def _field(text: str) -> bytes:
+    """A NUL-terminated protocol string (a NUL inside would cut it: none of ours has one)."""
+    return text.encode("utf-8", "surrogateescape").replace(b"\0", b" ") + b"\0"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def pack(answer: Answer) -> bytes:
+    """The packets of an Answer: its edits, then the reply (a reply code where it has text)."""
+    out = []
+    for edit in answer.edits:
+        if edit[0] == "change":
+            out.append(_packet(b"m", _LEN.pack(edit[2]) + _field(edit[1]) + _field(edit[3])))
+        elif edit[0] == "add" and edit[3] >= 0:
+            out.append(_packet(b"i", _LEN.pack(edit[3]) + _field(edit[1]) + _field(edit[2])))
+        elif edit[0] == "add":
+            out.append(_packet(b"h", _field(edit[1]) + _field(edit[2])))
+        elif edit[0] == "delrcpt":
+            out.append(_packet(b"-", _field(edit[1])))
+        else:
+            raise ValueError(f"unknown edit {edit[0]!r}")
+    if answer.reply is not None and answer.action in (REJECT, "tempfail"):
+        code, xcode, text = answer.reply
+        out.append(_packet(b"y", _field(_one_line(f"{code} {xcode} {text}"))))
+    else:
+        out.append(_packet(_CODE.get(answer.action, b"t")))
+    return b"".join(out)
+
+
+CONTINUE = _packet(b"c")
+TEMPFAIL = _packet(b"t")
+
+
+class Connection:
+    """One MTA connection on the native engine: its Session and the message in progress."""
+
+    def __init__(self, service: Service, sock: socket.socket) -> None:
+        self.service = service
+        self.sock = sock
+        self.txn: Transaction | None = None
+        self.queue_id = ""
+
+    def run(self) -> None:
+        mod = core()
+        assert mod is not None
+        cfg = self.service.cfg
+        session = mod.Session(self.sock.fileno(), FLAGS, cfg.spool_memory_bytes, cfg.max_message_bytes)
+        reply = b""
+        try:
+            while True:
+                event = session.next(reply)
+                kind = event[0]
+                if kind == mod.EV_CLOSE:
+                    log.debug("milter connection ends: %s", event[1])
+                    return
+                try:
+                    reply = self.on_event(mod, session, event)
+                except Exception:  # a bug in a callback must not let mail through unchecked
+                    log.exception("milter callback failed; answering tempfail")
+                    reply = TEMPFAIL if kind in (mod.EV_RCPT, mod.EV_EOM) else b""
+                    if kind != mod.EV_RCPT:
+                        self._drop()
+        except MemoryError:
+            log.error("milter connection dropped: out of memory (the MTA tempfails and retries)")
+        finally:
+            self._drop()
+            self.sock.close()
+
+    def _drop(self) -> None:
+        if self.txn is not None:
+            self.txn.close()
+        self.txn = None
+
+    def on_event(self, mod: ModuleType, session: object, event: tuple) -> bytes:
+        kind = event[0]
+        if kind == mod.EV_RCPT:
+            return self.on_rcpt(session, event[1], event[2], event[3])
+        if kind == mod.EV_DATA:
+            self.on_data(event[1], event[2])
+            return b""
+        if kind == mod.EV_EOM:
+            return self.on_eom(session, *event[1:])
+        if kind == mod.EV_ABORT:
+            self._drop()
+            return b""
+        raise ValueError(f"unknown event {kind!r}")
+
+    def on_rcpt(self, session: object, new_message: bool, mail: tuple[str, ...], rcpt: tuple[str, ...]) -> bytes:
+        if new_message or self.txn is None:
+            self._drop()
+            self.txn = Transaction(self.service, mail[0] if mail else "")
+        client = session.client  # type: ignore[attr-defined]
+        given = bare(rcpt[0] if rcpt else "")
+        refused = check_recipient(self.service, self.txn.sender, given, client[2], session.helo,  # type: ignore[attr-defined]
+                                  session.macro("i") or "")  # type: ignore[attr-defined]
+        if refused is not None:
+            return pack(refused)
+        self.txn.add_recipient(given)
+        return CONTINUE
+
+    def on_data(self, headers: list[tuple[str, bytes, int, int]], data: bytes) -> None:
+        txn = self.txn
+        if txn is None:  # headers without a recipient taken: nothing to keep
+            return
+        cap = self.service.cfg.max_message_bytes
+        for name, value, start, end in headers:
+            txn.note_header(name, value, min(start, cap), min(end, cap))
+        if data:
+            txn.spool.write(data)
+
+    def on_eom(self, session: object, headers: list[tuple[str, bytes, int, int]], data: bytes, size: int,
+               oversize: bool, mailed: bool) -> bytes:
+        txn = self.txn
+        if txn is None or not mailed:  # no MAIL FROM (or no recipient) seen: nothing to decide about
+            return TEMPFAIL
+        self.on_data(headers, data)
+        txn.size = size
+        txn.oversize = oversize
+        client = session.client  # type: ignore[attr-defined]
+        env = Envelope(txn.sender, tuple(txn.recipients), client[2], session.helo,  # type: ignore[attr-defined]
+                       session.macro("i") or "")  # type: ignore[attr-defined]
+        answer = txn.conclude(env)
+        self._drop()
+        return pack(answer)
+
+
+def _set_timeouts(sock: socket.socket, seconds: int) -> None:
+    """A Session blocks in read and write: bound both (the MTA's side has its own timeouts)."""
+    timeval = struct.pack("ll", seconds, 0)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
+
+
+def serve_worker(listener: socket.socket, service: Service) -> None:
+    """Accept on ``listener`` (non-blocking, shared with the other workers) until SIGTERM, then
+    wait for the connections in progress to end."""
+    stop = threading.Event()
+
+    def on_term(_signum: int, _frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    poller = select.poll()
+    poller.register(listener.fileno(), select.POLLIN)
+    threads: set[threading.Thread] = set()
+    tcp = listener.family in (socket.AF_INET, socket.AF_INET6)
+    while not stop.is_set():
+        if not poller.poll(1000):
+            continue
+        try:
+            sock, _addr = listener.accept()
+        except (BlockingIOError, InterruptedError):  # another worker took it
+            continue
+        except OSError as exc:  # out of descriptors, say: wait, the MTA retries or queues
+            log.error("milter accept: %s", exc)
+            stop.wait(0.1)
+            continue
+        sock.setblocking(True)
+        if tcp:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        _set_timeouts(sock, service.cfg.milter_timeout)
+        thread = threading.Thread(target=_run, args=(Connection(service, sock), threads), daemon=True)
+        threads.add(thread)
+        thread.start()
+    for thread in list(threads):
+        thread.join()
+
+
+def _run(connection: Connection, threads: set[threading.Thread]) -> None:
+    try:
+        connection.run()
+    finally:
+        threads.discard(threading.current_thread())
+
+
+def open_listener(spec: str, backlog: int) -> socket.socket:
+    """The listening socket of ``spec`` (``unix:/path``, ``inet:port[@host]``, ``inet6:...``),
+    non-blocking (workers share it); a stale unix socket file is replaced."""
+    if spec.startswith("unix:"):
+        path = spec[5:]
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        sock.bind(path)
+    else:
+        kind, _, rest = spec.partition(":")
+        port, _, host = rest.partition("@")
+        family = socket.AF_INET6 if kind == "inet6" else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        anywhere = "::" if family == socket.AF_INET6 else "0.0.0.0"  # libmilter's inet:PORT without a host
+        sock.bind((host.strip("[]") or anywhere, int(port)))
+    sock.listen(backlog)
+    sock.setblocking(False)
+    return sock
