@@ -36,8 +36,14 @@ from bench.throughput import TICKS, drive, group_pids, load_messages, start_filt
 from devtools.localstack import Postfix, free_port
 from tests.harness.milterproc import MilterProcess
 
-# (label, module, attribute path, depth): depth only indents the report
+# (label, module, attribute path, depth): depth indents the report; -1: a whole shown apart,
+# not added to "our callbacks".  Rows of the engine not running read 0.
 STAGES: tuple[tuple[str, str, str, int], ...] = (
+    ("native engine: connection threads, whole (C protocol + our Python)", "stronghold.nativemilter",
+     "Connection.run", -1),
+    ("native: recipient", "stronghold.nativemilter", "Connection.on_rcpt", 0),
+    ("native: end of message", "stronghold.nativemilter", "Connection.on_eom", 0),
+    ("native: header batches (at end of message)", "stronghold.nativemilter", "Connection.on_data", 1),
     ("connect", "stronghold.milter", "StrongholdMilter.connect", 0),
     ("helo", "stronghold.milter", "StrongholdMilter.hello", 0),
     ("envfrom (spool)", "stronghold.milter", "StrongholdMilter.envfrom", 0),
@@ -46,7 +52,7 @@ STAGES: tuple[tuple[str, str, str, int], ...] = (
     ("eoh", "stronghold.milter", "StrongholdMilter.eoh", 0),
     ("body", "stronghold.milter", "StrongholdMilter.body", 0),
     ("eom", "stronghold.milter", "StrongholdMilter.eom", 0),
-    ("parse", "stronghold.milter", "parse", 1),
+    ("parse", "stronghold.transaction", "parse", 1),
     ("features", "stronghold.service", "features", 1),
     ("evaluate", "stronghold.service", "evaluate", 1),
     ("clamd (our side)", "stronghold.antivirus", "ClamdScanner.scan", 2),
@@ -59,6 +65,7 @@ STAGES: tuple[tuple[str, str, str, int], ...] = (
     ("close", "stronghold.milter", "StrongholdMilter.close", 0),
 )
 DUMP_EVERY = 100
+EOM_LABELS = ("eom", "native: end of message")  # one call per message, whichever engine runs
 
 _threads: list[dict[str, float]] = []
 _local = threading.local()
@@ -76,10 +83,10 @@ def _sums() -> dict[str, float]:
 
 def _long_lived() -> dict[str, float]:
     """CPU seconds of this process's own long-lived threads (main: libmilter's listener; the
-    store threads), by name; libmilter's connection threads (Dummy-N to ``threading``) are not."""
+    store threads), by name; connection threads (libmilter's Dummy-N, the native engine's milter-conn) are not."""
     out: dict[str, float] = {}
     for thread in threading.enumerate():
-        if thread.name.startswith("Dummy") or thread.native_id is None:
+        if thread.name.startswith(("Dummy", "milter-conn")) or thread.native_id is None:
             continue
         tid = os.getpid() if thread is threading.main_thread() else thread.native_id  # stale after fork
         try:
@@ -126,7 +133,7 @@ def install(folder: Path) -> None:
         *parents, name = path.split(".")
         for parent in parents:
             owner = getattr(owner, parent)
-        setattr(owner, name, _timed(label, getattr(owner, name), folder if label == "eom" else None))
+        setattr(owner, name, _timed(label, getattr(owner, name), folder if label in EOM_LABELS else None))
 
 
 class StageCpuMilter(MilterProcess):
@@ -194,7 +201,7 @@ def main() -> int:
             value = (cpu1.get(label, 0.0) - cpu0.get(label, 0.0)) * 1000 / max(n, 1)
             if depth == 0:
                 callbacks += value
-            print(f"| {'&nbsp;' * 4 * depth}{label} | {value:.3f} |")
+            print(f"| {'&nbsp;' * 4 * max(depth, 0)}{label} | {value:.3f} |")
         user, system = (user1 - user0) * 1000 / sent, (sys1 - sys0) * 1000 / sent
         print(f"| **our callbacks together** | **{callbacks:.3f}** |")
         print(f"| workers' whole CPU (/proc): user {user:.3f} + system {system:.3f} | **{user + system:.3f}** |")

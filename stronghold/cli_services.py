@@ -38,7 +38,7 @@ def outcomes(cfg: Config) -> list[str]:
 
 def check_config(cfg: Config) -> int:
     """Print the settings and prove each dependency works; non-zero if one does not."""
-    from stronghold.milter_server import socket_spec
+    from stronghold.milter_server import engine, socket_spec
     for name, value, help_text in cfg.describe():
         shown = "(set)" if name == "web_secret_key" and value else value
         print(f"{name} = {shown!s:40}  # {help_text}")
@@ -46,6 +46,11 @@ def check_config(cfg: Config) -> int:
     for line in outcomes(cfg):
         print(line)
     problems = 0
+    try:
+        print(f"ok: {engine(cfg)} protocol engine (milter_engine = {cfg.milter_engine})")
+    except ConfigError as exc:
+        problems += 1
+        print(f"FAIL: {exc}")
     try:
         model = Model.load(cfg.model_path)
         print(f"ok: model {cfg.model_path} (threshold {model.spam_threshold:.4f})")

@@ -19,16 +19,17 @@ from __future__ import annotations
 
 import logging
 import os
-import select
+import queue
 import signal
 import socket
 import struct
 import threading
+import time
 from types import ModuleType
 
 from stronghold import nativecore
 from stronghold.service import Service
-from stronghold.transaction import ACCEPT, DISCARD, REJECT, Answer, Transaction, bare, check_recipient
+from stronghold.transaction import ACCEPT, DISCARD, REJECT, TEMPFAIL, Answer, Transaction, bare, check_recipient
 from stronghold.verdict import Envelope
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,7 @@ def pack(answer: Answer) -> bytes:
             out.append(_packet(b"-", _field(edit[1])))
         else:
             raise ValueError(f"unknown edit {edit[0]!r}")
-    if answer.reply is not None and answer.action in (REJECT, "tempfail"):
+    if answer.reply is not None and answer.action in (REJECT, TEMPFAIL):
         code, xcode, text = answer.reply
         out.append(_packet(b"y", _field(_one_line(f"{code} {xcode} {text}"))))
     else:
@@ -79,8 +80,8 @@ def pack(answer: Answer) -> bytes:
     return b"".join(out)
 
 
-CONTINUE = _packet(b"c")
-TEMPFAIL = _packet(b"t")
+CONTINUE_PACKET = _packet(b"c")
+TEMPFAIL_PACKET = _packet(b"t")
 
 
 class Connection:
@@ -109,7 +110,7 @@ class Connection:
                     reply = self.on_event(mod, session, event)
                 except Exception:  # a bug in a callback must not let mail through unchecked
                     log.exception("milter callback failed; answering tempfail")
-                    reply = TEMPFAIL if kind in (mod.EV_RCPT, mod.EV_EOM) else b""
+                    reply = TEMPFAIL_PACKET if kind in (mod.EV_RCPT, mod.EV_EOM) else b""
                     if kind != mod.EV_RCPT:
                         self._drop()
         except MemoryError:
@@ -148,7 +149,7 @@ class Connection:
         if refused is not None:
             return pack(refused)
         self.txn.add_recipient(given)
-        return CONTINUE
+        return CONTINUE_PACKET
 
     def on_data(self, headers: list[tuple[str, bytes, int, int]], data: bytes) -> None:
         txn = self.txn
@@ -164,7 +165,7 @@ class Connection:
                oversize: bool, mailed: bool) -> bytes:
         txn = self.txn
         if txn is None or not mailed:  # no MAIL FROM (or no recipient) seen: nothing to decide about
-            return TEMPFAIL
+            return TEMPFAIL_PACKET
         self.on_data(headers, data)
         txn.size = size
         txn.oversize = oversize
@@ -183,52 +184,79 @@ def _set_timeouts(sock: socket.socket, seconds: int) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
 
 
+class _Stop(Exception):
+    """SIGTERM in a worker: stop accepting."""
+
+
+class ConnectionThreads:
+    """Threads that each serve one connection at a time, reused: a new connection goes to a
+    thread left idle by an earlier one, or to a new thread (never waits behind another)."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self.queue: queue.SimpleQueue[socket.socket | None] = queue.SimpleQueue()
+        self.lock = threading.Lock()
+        self.idle = 0  # threads done with a connection and not yet given another
+        self.threads: list[threading.Thread] = []
+
+    def serve(self, sock: socket.socket) -> None:
+        with self.lock:
+            reserved = self.idle > 0
+            if reserved:
+                self.idle -= 1
+        if not reserved:
+            thread = threading.Thread(target=self._loop, name="milter-conn", daemon=True)
+            self.threads.append(thread)
+            thread.start()
+        self.queue.put(sock)
+
+    def _loop(self) -> None:
+        while (sock := self.queue.get()) is not None:
+            Connection(self.service, sock).run()
+            with self.lock:
+                self.idle += 1
+
+    def close(self) -> None:
+        """Let every thread end once its connection is over, and wait for them."""
+        for _ in self.threads:
+            self.queue.put(None)
+        for thread in self.threads:
+            thread.join()
+
+
 def serve_worker(listener: socket.socket, service: Service) -> None:
-    """Accept on ``listener`` (non-blocking, shared with the other workers) until SIGTERM, then
-    wait for the connections in progress to end."""
-    stop = threading.Event()
+    """Accept on ``listener`` (blocking, shared with the other workers: the kernel wakes one
+    worker per connection) until SIGTERM, then wait for the connections in progress to end."""
 
     def on_term(_signum: int, _frame: object) -> None:
-        stop.set()
+        raise _Stop
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
-    poller = select.poll()
-    poller.register(listener.fileno(), select.POLLIN)
-    threads: set[threading.Thread] = set()
+    threads = ConnectionThreads(service)
     tcp = listener.family in (socket.AF_INET, socket.AF_INET6)
-    while not stop.is_set():
-        if not poller.poll(1000):
-            continue
-        try:
-            sock, _addr = listener.accept()
-        except (BlockingIOError, InterruptedError):  # another worker took it
-            continue
-        except OSError as exc:  # out of descriptors, say: wait, the MTA retries or queues
-            log.error("milter accept: %s", exc)
-            stop.wait(0.1)
-            continue
-        sock.setblocking(True)
-        if tcp:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        _set_timeouts(sock, service.cfg.milter_timeout)
-        thread = threading.Thread(target=_run, args=(Connection(service, sock), threads), daemon=True)
-        threads.add(thread)
-        thread.start()
-    for thread in list(threads):
-        thread.join()
-
-
-def _run(connection: Connection, threads: set[threading.Thread]) -> None:
     try:
-        connection.run()
-    finally:
-        threads.discard(threading.current_thread())
+        while True:
+            try:
+                sock, _addr = listener.accept()
+            except OSError as exc:  # out of descriptors, say: wait, the MTA retries or queues
+                log.error("milter accept: %s", exc)
+                time.sleep(0.1)
+                continue
+            if tcp:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            _set_timeouts(sock, service.cfg.milter_timeout)
+            threads.serve(sock)
+    except _Stop:
+        pass
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threads.close()
 
 
 def open_listener(spec: str, backlog: int) -> socket.socket:
-    """The listening socket of ``spec`` (``unix:/path``, ``inet:port[@host]``, ``inet6:...``),
-    non-blocking (workers share it); a stale unix socket file is replaced."""
+    """The listening socket of ``spec`` (``unix:/path``, ``inet:port[@host]``, ``inet6:...``);
+    a stale unix socket file is replaced."""
     if spec.startswith("unix:"):
         path = spec[5:]
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -247,5 +275,4 @@ def open_listener(spec: str, backlog: int) -> socket.socket:
         anywhere = "::" if family == socket.AF_INET6 else "0.0.0.0"  # libmilter's inet:PORT without a host
         sock.bind((host.strip("[]") or anywhere, int(port)))
     sock.listen(backlog)
-    sock.setblocking(False)
     return sock

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from devtools.localstack import TEST_SIGNATURES, Clamd, Postfix, free_port, wait_for
+from stronghold.store import messagelog
 from tests.conftest import Stack, shared_tmpdir
 from tests.e2e import mail
 from tests.harness.postgres import PostgresCluster
@@ -225,13 +226,27 @@ def _listener_flags(pid: int, path: str) -> int:
     raise AssertionError(f"process {pid} has no descriptor for {path}")
 
 
-def test_sigterm_stops_every_worker_promptly_with_its_log_rows_written(edge_stack: EdgeStack) -> None:
-    """Workers share one listening socket; one that lost the race for the last
-    connection must go back to polling (and see SIGTERM), not block in accept()."""
-    from stronghold.store import messagelog
-    stack = edge_stack.filter
+@pytest.mark.parametrize("engine", ["native", "libmilter"])
+def test_sigterm_stops_every_worker_promptly_with_its_log_rows_written(models_dir: Path, engine: str) -> None:
+    """Workers share one listening socket.  libmilter polls it: one that lost the race for the
+    last connection must go back to polling (and see SIGTERM), not block in accept(), so the
+    socket is non-blocking.  The native engine blocks in accept() (the kernel wakes one worker
+    per connection) and SIGTERM interrupts it."""
+    home = shared_tmpdir("stronghold-faults-")
+    (home / "filter").mkdir()
+    edge_stack = EdgeStack(home, models_dir, milter_engine=engine)
+    try:
+        _stop_with_rows_written(edge_stack.filter, engine)
+    finally:
+        edge_stack.stop()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def _stop_with_rows_written(stack: Stack, engine: str) -> None:
     assert stack.milter.proc is not None
-    assert _listener_flags(stack.milter.proc.pid, stack.milter.spec[5:]) & os.O_NONBLOCK
+    assert f"{engine} protocol engine" in stack.milter.log()
+    flags = _listener_flags(stack.milter.proc.pid, stack.milter.spec[5:])
+    assert bool(flags & os.O_NONBLOCK) == (engine == "libmilter")
     ids = []
     for i in range(3):
         tid, data = mail.simple(subject=f"before stop {i}")

@@ -1,21 +1,37 @@
-"""The milter in a real Postfix with real clamd: what senders and recipients see."""
+"""The milter in a real Postfix with real clamd: what senders and recipients see, with each
+protocol engine (native: the protocol in C; libmilter: pymilter)."""
 
 from __future__ import annotations
 
 import email.header
 import re
+import shutil
 import smtplib
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from devtools.localstack import wait_for
+from devtools.localstack import Clamd, wait_for
 from stronghold.classifier import Model
 from stronghold.store import entries, messagelog
 from stronghold.training import tokenize
-from tests.conftest import Stack, corpus_files
+from tests.conftest import Stack, corpus_files, dns_settings, shared_tmpdir
 from tests.e2e import mail
 
 pytestmark = [pytest.mark.postfix, pytest.mark.clamd, pytest.mark.corpus]  # the stack's model is trained on the corpus
+
+
+@pytest.fixture(scope="module", params=["native", "libmilter"])
+def stack(request: pytest.FixtureRequest, models_dir: Path, clamd: Clamd, test_dns) -> Iterator[Stack]:
+    """The shared stack's setup, once per protocol engine."""
+    home = shared_tmpdir("stronghold-stack-")
+    s = Stack(home, models_dir, clamd.address, f"sqlite:///{home / 'store.db'}",
+              milter_engine=request.param, **dns_settings(test_dns)).start()
+    s.milter.wait_log(f"{request.param} protocol engine")
+    yield s
+    s.stop()
+    shutil.rmtree(home, ignore_errors=True)
 
 
 def _by_id(tid: str):

@@ -26,7 +26,8 @@ def test_all_good(make_config, models_dir: Path, clamd: Clamd, capsys: pytest.Ca
     assert check_config(cfg) == 0
     out = capsys.readouterr().out
     assert "ok: model" in out and "ok: database" in out and "found the EICAR test string" in out
-    assert "ok: native core: classifier scoring, HTML to text, tokenizing, message reading\n" in out
+    assert "ok: native core: classifier scoring, HTML to text, tokenizing, message reading, milter protocol\n" in out
+    assert "ok: native protocol engine (milter_engine = auto)\n" in out
     assert "FAIL" not in out and "WARNING: native core" not in out
 
 
@@ -53,3 +54,22 @@ def test_a_python_only_install_is_a_warning(make_config, models_dir: Path, monke
     warned = [line for line in capsys.readouterr().out.splitlines() if "native core" in line]
     assert warned == ["WARNING: native core: none; in Python (slower): " + "; ".join(
         f"{what}: switched off (STRONGHOLD_NATIVE=0)" for what in nativecore.PARTS.values())]
+
+
+@pytest.mark.parametrize(("chosen", "native", "line"), [
+    ("auto", "0", "ok: libmilter protocol engine (milter_engine = auto)"),
+    ("libmilter", "1", "ok: libmilter protocol engine (milter_engine = libmilter)"),
+    ("native", "1", "ok: native protocol engine (milter_engine = native)"),
+    ("native", "0", "FAIL: milter_engine = native, but the native core's milter protocol is not available"),
+])
+def test_the_protocol_engine_is_named(make_config, models_dir: Path, monkeypatch: pytest.MonkeyPatch,
+                                      capsys: pytest.CaptureFixture[str], chosen: str, native: str,
+                                      line: str) -> None:
+    """auto runs the native engine where it is built and libmilter where not; asking for the native
+    one where it is not built fails the check (the milter would refuse to start)."""
+    monkeypatch.setattr(nativecore, "_loaded", {})
+    monkeypatch.setenv("STRONGHOLD_NATIVE", native)
+    status = check_config(_migrated(make_config(models_dir=models_dir, clamd_socket="none", milter_engine=chosen)))
+    out = capsys.readouterr().out
+    assert any(ln.startswith(line) for ln in out.splitlines()), out
+    assert status == (1 if line.startswith("FAIL") else 0)

@@ -1,8 +1,8 @@
 """Imports run downwards only (docs/architecture.md, "Layers").
 
 stronghold/, bottom to top: values (policy among them), store, the checks and
-the rest (findings among them), routing, precedence, engine, service, milter,
-milter_server, the command line.  A module may import its own
+the rest (findings among them), routing, precedence, engine, service, transaction,
+the two protocol engines (milter, nativemilter), milter_server, the command line.  A module may import its own
 layer and those below; ``if TYPE_CHECKING:`` imports are exempt (they never
 run: verdict.py names authres's result type).  The product never imports the
 dev tooling or the tests, nor the web UI, except for the command line at the
@@ -27,7 +27,8 @@ VALUES = ("stronghold.verdict", "stronghold.config", "stronghold.settingtypes", 
 STORE = ("stronghold.store", "stronghold.migrations")
 # layers above the default one (everything not named here: the checks, metrics, release, digests...)
 TOP = (("stronghold.routing",), ("stronghold.precedence",), ("stronghold.engine",), ("stronghold.service",),
-       ("stronghold.milter",), ("stronghold.milter_server",), ("stronghold.cli",))
+       ("stronghold.transaction",), ("stronghold.milter", "stronghold.nativemilter"), ("stronghold.milter_server",),
+       ("stronghold.cli",))
 DEFAULT = 2
 NEVER_FROM_PRODUCT = ("webui", "devtools", "tests", "bench")
 CLI = DEFAULT + len(TOP)  # the top: the one front door that may start the web UI
@@ -43,8 +44,8 @@ def _within(name: str, prefixes: tuple[str, ...]) -> bool:
 
 
 def layer(name: str) -> int:
-    """0 values, 1 store, 2 the rest, then routing, precedence, engine, service, milter,
-    milter_server, cli (cli_*)."""
+    """0 values, 1 store, 2 the rest, then routing, precedence, engine, service, transaction,
+    milter and nativemilter, milter_server, cli (cli_*)."""
     if _within(name, VALUES):
         return 0
     if _within(name, STORE):
