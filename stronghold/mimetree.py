@@ -60,6 +60,39 @@ def _header_fields_py(raw: bytes) -> tuple[list[tuple[str, str]], int] | None:
     return [_SOURCE(lines) for lines in fields], head.end()
 
 
+class IndexedMessage(email.message.Message):
+    """The stdlib's ``Message``, its header look-ups through an index of names built once.
+
+    ``Message.get`` (behind ``get_content_type``, ``get_filename``, ``get_param``, ``in``...)
+    lower-cases every header name of the part at each call; parse() asks each part several
+    times.  The index maps each lower-cased name to its first position, and is rebuilt
+    whenever the header list is another list or another length (the stdlib's mutators
+    append, replace a list, or rewrite an entry under the same name): the same answers as
+    the stdlib's."""
+
+    _name_index: tuple[list, int, dict[str, int]] | None = None
+
+    def _positions(self) -> dict[str, int]:
+        held = self._headers  # type: ignore[attr-defined]
+        index = self._name_index
+        if index is None or index[0] is not held or index[1] != len(held):
+            positions: dict[str, int] = {}
+            for i, (name, _value) in enumerate(held):
+                positions.setdefault(name.lower(), i)
+            index = self._name_index = (held, len(held), positions)
+        return index[2]
+
+    def get(self, name: str, failobj: object = None) -> object:  # type: ignore[override]
+        at = self._positions().get(name.lower())
+        if at is None:
+            return failobj
+        key, value = self._headers[at]  # type: ignore[attr-defined]
+        return self.policy.header_fetch_parse(key, value)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name.lower() in self._positions()
+
+
 header_fields: Callable[[bytes], tuple[list[tuple[str, str]], int] | None] = (
     _mimecore.header_fields if _mimecore is not None else _header_fields_py)
 
@@ -75,7 +108,7 @@ def _single_part(raw: bytes) -> email.message.Message | None:
     if read is None:
         return None
     fields, end = read
-    root = email.message.Message()
+    root = IndexedMessage()
     for name, value in fields:
         root.set_raw(name, value)
     if root.get_content_maintype() in ("multipart", "message"):
@@ -217,7 +250,7 @@ class TreeReader:
         if head is None:
             return None
         unixfrom, fields, body, separated = head
-        part = email.message.Message()
+        part = IndexedMessage()
         if not separated:
             part.defects.append(email.errors.MissingHeaderBodySeparatorDefect())
         if digest:
@@ -256,7 +289,7 @@ class TreeReader:
             unixfrom, fields, pos, separated = head
             if not separated:  # text after the fields: it would be the block's payload
                 return False
-            block = email.message.Message()
+            block = IndexedMessage()
             if unixfrom is not None:
                 block.set_unixfrom(unixfrom)
             for name, value in fields:
@@ -324,14 +357,14 @@ def mime_tree(raw: bytes, defects: list[str]) -> email.message.Message:
             if tree is not None:
                 return tree
         try:
-            return email.message_from_bytes(raw)
+            return email.message_from_bytes(raw, _class=IndexedMessage)
         except RecursionError:
             pass
     defects.append("too-deep")
     head, sep, body = raw.partition(b"\r\n\r\n")
     if not sep:
         head, _, body = raw.partition(b"\n\n")
-    flat = email.message_from_bytes(head + b"\r\n\r\n")
+    flat = email.message_from_bytes(head + b"\r\n\r\n", _class=IndexedMessage)
     del flat["content-type"]
     del flat["content-transfer-encoding"]
     flat.set_payload(body.decode("ascii", "surrogateescape"))  # as the parser keeps 8-bit bytes

@@ -155,9 +155,7 @@ class Connection:
         txn = self.txn
         if txn is None:  # headers without a recipient taken: nothing to keep
             return
-        cap = self.service.cfg.max_message_bytes
-        for name, value, start, end in headers:
-            txn.note_header(name, value, min(start, cap), min(end, cap))
+        txn.note_headers(headers, self.service.cfg.max_message_bytes)
         if data:
             txn.spool.write(data)
 

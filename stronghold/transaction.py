@@ -72,7 +72,7 @@ class Transaction:
         self.spool = Spool(service.cfg.spool_memory_bytes, service.cfg.data_dir)
         self.recipients: list[str] = []  # lower-cased, for lists and logs
         self.rcpt_as_given: dict[str, str] = {}  # for delrcpt, which wants the MTA's own form
-        self.seen_headers: dict[str, int] = {}
+        self.seen_headers: dict[str, int] = {}  # of the names noted (Subject, ours)
         self.strip: list[tuple[str, int]] = []  # (name, index) of X-Spam-*/X-Stronghold-* from outside
         self.strip_spans: list[tuple[int, int]] = []  # where they are in the spool
         self.subject_index = 0
@@ -89,14 +89,28 @@ class Transaction:
         self.rcpt_as_given[rcpt] = given
 
     def note_header(self, name: str, raw: bytes, start: int, end: int) -> None:
-        """One header, spooled at ``start:end``: its index among its namesakes, the Subject,
-        and whether it is one of ours from outside (stripped from every copy)."""
+        """One header, spooled at ``start:end``: the first Subject, and each of ours from outside
+        (X-Spam-*/X-Stronghold-*, stripped from every copy) with its index among its namesakes,
+        as the MTA counts them when asked to change one."""
         key = name.lower()
+        if key == "subject" or key.strip().startswith(headers.OWN_PREFIXES):  # headers.ours(name)
+            self._noted(key, name, raw, start, end)
+
+    def note_headers(self, batch: list[tuple[str, bytes, int, int]], cap: int) -> None:
+        """``note_header`` for each (name, value, start, end) of ``batch``, positions cut at ``cap``."""
+        prefixes = headers.OWN_PREFIXES
+        for name, raw, start, end in batch:
+            key = name.lower()
+            if key == "subject" or key.strip().startswith(prefixes):
+                self._noted(key, name, raw, min(start, cap), min(end, cap))
+
+    def _noted(self, key: str, name: str, raw: bytes, start: int, end: int) -> None:
         seen = self.seen_headers[key] = self.seen_headers.get(key, 0) + 1
-        if key == "subject" and not self.subject_index:
-            self.subject_index = seen
-            self.subject_raw = raw
-        if key.strip().startswith(headers.OWN_PREFIXES):  # headers.ours(name)
+        if key == "subject":
+            if not self.subject_index:
+                self.subject_index = seen
+                self.subject_raw = raw
+        else:
             self.strip.append((name, seen))
             self.strip_spans.append((start, end))
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import calendar
 import functools
 import json
+import threading
 import time
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+import zstandard
 from sqlalchemy import ColumnDefault, Connection, CursorResult, Table, and_, delete, false, func, insert, or_, select
 from sqlalchemy.orm import Session, selectinload
 from sqlalchemy.sql.elements import ColumnElement
@@ -22,23 +24,37 @@ from stronghold.verdict import Envelope, Verdict
 
 _NUL = "\x00"  # leads a blob of NUL-separated tokens (blobs before it: newline-separated)
 _JSON = "\x01"  # leads a JSON list: a token held a NUL itself
+_ZSTD = b"\x28\xb5\x2f\xfd"  # a Zstandard frame's magic; older blobs are zlib streams (0x78 ...)
+_codecs = threading.local()  # a Zstandard context is not for two threads at once
+
+
+def _zstd() -> tuple[zstandard.ZstdCompressor, zstandard.ZstdDecompressor]:
+    try:
+        return _codecs.pair
+    except AttributeError:
+        _codecs.pair = (zstandard.ZstdCompressor(level=3), zstandard.ZstdDecompressor())
+        return _codecs.pair
 
 
 def pack_tokens(tokens: Iterable[str]) -> bytes:
     """A message's tokens as stored: a set, so in no order (sorting them cost a third of
     packing for blobs a tenth smaller).  Separated by NUL, which mail text hardly ever
     yields (a token can hold a line break: a URL folded across lines); when one does
-    hold a NUL, the blob is a JSON list instead."""
+    hold a NUL, the blob is a JSON list instead.  Compressed with Zstandard level 3:
+    blobs as small as zlib level 1's (1.46 kB against 1.51 on corpus mail) for about
+    40 % of its CPU (``python -m bench.stages``)."""
     listed = list(tokens)
     text = _NUL + _NUL.join(listed)
     if text.count(_NUL) != len(listed):
         text = _JSON + json.dumps(listed)
-    return zlib.compress(text.encode(), 1)
+    return _zstd()[0].compress(text.encode())
 
 
 def unpack_tokens(blob: bytes) -> set[str]:
-    """The tokens ``pack_tokens`` stored (also of blobs written before NUL separation)."""
-    text = zlib.decompress(blob).decode()
+    """The tokens ``pack_tokens`` stored (also of zlib blobs, and of blobs written before NUL
+    separation)."""
+    raw = _zstd()[1].decompress(blob) if blob[:4] == _ZSTD else zlib.decompress(blob)
+    text = raw.decode()
     if text.startswith(_NUL):
         return set(text[1:].split(_NUL)) if len(text) > 1 else set()
     if text.startswith(_JSON):

@@ -184,3 +184,26 @@ def test_every_message_has_one_log_line(stack: Stack) -> None:
     line = next(ln for ln in stack.milter.log().splitlines() if "to=<liam@example.com>" in ln)
     for part in ("from=<carol@sender.example>", "score=", "verdict=clean", "action=accept", "ms="):
         assert part in line
+
+
+def test_over_tcp_the_native_engine_listens_on_loopback_and_filters(models_dir: Path, clamd: Clamd) -> None:
+    """milter_socket = inet:PORT@127.0.0.1: the native engine listens there (loopback only),
+    and a message crosses Postfix with the verdict's headers added."""
+    from devtools.localstack import free_port
+    home = shared_tmpdir("stronghold-tcp-")
+    port = free_port()
+    s = Stack(home, models_dir, clamd.address, f"sqlite:///{home / 'store.db'}", milter_engine="native",
+              milter_socket=f"inet:{port}@127.0.0.1").start()
+    try:
+        s.milter.wait_log("native protocol engine")
+        with open("/proc/net/tcp") as table:  # listening (state 0A) on 127.0.0.1 only
+            listening = [f[1] for f in (line.split() for line in table) if len(f) > 3 and f[3] == "0A"]
+        assert f"0100007F:{port:04X}" in listening and f"00000000:{port:04X}" not in listening
+        for n in range(3):
+            tid, data = mail.simple(subject=f"over tcp {n}")
+            assert mail.send(s.postfix.port, "carol@sender.example", ["tess@example.com"], data) == {}
+            h = mail.headers(s.sink.wait_for(_by_id(tid))[0].data)
+            assert h["X-Spam-Flag"] in ("YES", "NO") and h["X-Stronghold-Version"]
+    finally:
+        s.stop()
+        shutil.rmtree(home, ignore_errors=True)

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import base64
+import email.message
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from stronghold.message import parse, url_host
+from stronghold.mimetree import IndexedMessage
 
 
 def test_plain_message_headers_and_text() -> None:
@@ -198,3 +202,50 @@ def test_an_encoded_display_name_stays_a_name_in_address_headers(raw_from: str, 
     msg = parse(f"From: {raw_from}\r\nSubject: =?utf-8?q?a=2C_b=40c?=\r\n\r\nbody\r\n".encode())
     assert msg.header("from") == shown
     assert msg.header("subject") == "a, b@c"
+
+
+_NAMES = st.sampled_from(["Content-Type", "content-type", "CONTENT-TYPE", "Content-Disposition",
+                          "content-disposition", "Subject", "X-Other", "x-other"])
+_VALUES = st.sampled_from(["text/plain", "text/html; charset=utf-8", 'attachment; filename="a.txt"',
+                           "multipart/mixed; boundary=x", "inline", "", "image/png; name=b.png", "hello"])
+_STEPS = st.lists(st.tuples(st.sampled_from(["set_raw", "setitem", "delitem", "replace", "add_header",
+                                             "set_param", "del_param", "set_type"]), _NAMES, _VALUES),
+                  max_size=14)
+
+
+def _answers(msg: email.message.Message) -> list[object]:
+    out: list[object] = [msg.get_content_type(), msg.get_filename(), msg.get_content_charset(),
+                         msg.get_param("charset"), msg.get_params(), msg.get_boundary()]
+    for name in ("content-type", "Content-Disposition", "SUBJECT", "x-other", "missing"):
+        out += [msg.get(name), msg.get(name, "fail"), name in msg, msg[name], msg.get_all(name)]
+    return out
+
+
+@settings(max_examples=150, deadline=None)
+@given(_STEPS)
+def test_the_indexed_message_answers_as_the_stdlib_does_through_every_change(steps) -> None:
+    """IndexedMessage looks headers up through a name index: after any sequence of the stdlib's
+    own changes (which append, rebuild the list, or rewrite an entry) it answers as Message."""
+    ours, ref = IndexedMessage(), email.message.Message()
+    for op, name, value in steps:
+        for msg in (ours, ref):
+            if op == "set_raw":
+                msg.set_raw(name, value)
+            elif op == "setitem":
+                msg[name] = value
+            elif op == "delitem":
+                del msg[name]
+            elif op == "replace":
+                try:
+                    msg.replace_header(name, value)
+                except KeyError:
+                    pass
+            elif op == "add_header":
+                msg.add_header(name, value, note="n")
+            elif op == "set_param":
+                msg.set_param("charset", value or "x", header=name)
+            elif op == "del_param":
+                msg.del_param("charset", header=name)
+            else:
+                msg.set_type(value if "/" in value else "text/x-" + (value or "y"))
+        assert _answers(ours) == _answers(ref), steps

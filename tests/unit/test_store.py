@@ -255,3 +255,24 @@ def test_token_blobs_round_trip_whatever_a_token_holds(tokens: set[str]) -> None
 def test_token_blobs_written_before_nul_separation_still_read() -> None:
     old = zlib.compress(b"tok1\ntok2", 1)
     assert messagelog.unpack_tokens(old) == {"tok1", "tok2"}
+
+
+def test_token_blobs_are_zstandard_frames_and_zlib_ones_still_read() -> None:
+    """New blobs are Zstandard (a third of zlib's CPU at the same size); the zlib blobs of the
+    rows written before still read."""
+    tokens = {"subject:free", "url:example.com", "from:a@b.example"}
+    blob = messagelog.pack_tokens(tokens)
+    assert blob[:4] == b"\x28\xb5\x2f\xfd"
+    text = "\x00" + "\x00".join(sorted(tokens))
+    assert messagelog.unpack_tokens(zlib.compress(text.encode(), 1)) == tokens
+    assert messagelog.unpack_tokens(blob) == tokens
+
+
+def test_token_blobs_packed_on_many_threads_at_once_stay_apart() -> None:
+    """Each thread has its own Zstandard context (one must not serve two threads at once)."""
+    from concurrent.futures import ThreadPoolExecutor
+    sets = [{f"t{i}:{j}" for j in range(300 + i)} for i in range(40)]
+    with ThreadPoolExecutor(8) as pool:
+        blobs = list(pool.map(messagelog.pack_tokens, sets * 5))
+        back = list(pool.map(messagelog.unpack_tokens, blobs))
+    assert back == sets * 5
