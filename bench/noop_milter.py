@@ -1,6 +1,6 @@
-"""A milter that does nothing, on pymilter: the floor any pymilter filter stands on.
+"""A milter that does nothing, on pymilter or on our native engine: the floor a filter stands on.
 
-    python -m bench.noop_milter unix:/path/to/socket [--spin-ms MS] [--workers N]
+    python -m bench.noop_milter unix:/path/to/socket [--spin-ms MS] [--workers N] [--native]
 
 Every callback answers CONTINUE (no reply at all where Postfix allows), the
 message is not kept, end of message accepts.  The throughput benchmark runs it
@@ -8,7 +8,10 @@ as a reference (--noop) so the cost of the protocol library can be told apart
 from the cost of filtering.  ``--spin-ms`` makes end of message burn that much
 CPU (its own thread's clock) while holding the GIL, as a filter's work would;
 ``--workers`` pre-forks that many processes on the one socket, as the Stronghold
-milter does (``bench.floor`` compares them).
+milter does (``bench.floor`` compares them).  ``--native`` speaks the protocol with the
+product's C engine (``stronghold._miltercore.Session``, a thread per connection, 2 workers
+blocking in accept unless ``--workers`` says otherwise): Python answers each recipient and
+each end of message, nothing else.
 """
 
 from __future__ import annotations
@@ -110,13 +113,68 @@ def _prefork(spec: str, workers: int) -> None:
             break
 
 
+def _native(spec: str, workers: int) -> None:
+    """The native engine's way, minus the filter: a Session per connection, accept at the end."""
+    import socket
+    import threading
+
+    from stronghold import _miltercore as core  # type: ignore[attr-defined]
+    from stronghold.nativemilter import FLAGS, open_listener
+
+    accept, cont = b"\0\0\0\x01a", b"\0\0\0\x01c"
+
+    def serve(sock: socket.socket) -> None:
+        session = core.Session(sock.fileno(), FLAGS, 1 << 20, 1 << 25)
+        reply = b""
+        while True:
+            event = session.next(reply)
+            if event[0] == core.EV_CLOSE:
+                break
+            if event[0] == core.EV_EOM and SPIN[0]:
+                until = time.thread_time() + SPIN[0]
+                while time.thread_time() < until:
+                    sum(range(2000))
+            reply = cont if event[0] == core.EV_RCPT else accept if event[0] == core.EV_EOM else b""
+        sock.close()
+
+    listener = open_listener(spec, 1024)
+    children = []
+    for _ in range(workers or 2):
+        pid = os.fork()
+        if pid == 0:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            while True:
+                sock, _ = listener.accept()
+                threading.Thread(target=serve, args=(sock,), daemon=True).start()
+        children.append(pid)
+
+    def stop(_signum: int, _frame: object) -> None:
+        for pid in children:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    signal.signal(signal.SIGTERM, stop)
+    for _ in children:
+        try:
+            os.wait()
+        except ChildProcessError:
+            break
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("spec")
     parser.add_argument("--spin-ms", type=float, default=0.0)
     parser.add_argument("--workers", type=int, default=0, help="pre-fork this many (0: one process, pymilter's way)")
+    parser.add_argument("--native", action="store_true", help="the product's C protocol engine instead of pymilter")
     args = parser.parse_args(argv)
     SPIN[0] = args.spin_ms / 1000
+    if args.native:
+        os.umask(0o000)
+        _native(args.spec, args.workers)
+        return 0
     milter.setbacklog(1024)  # as the Stronghold milter: a busy Postfix is not refused
     os.umask(0o000)  # the socket in the benchmark's private folder must be writable by Postfix
     if args.workers:

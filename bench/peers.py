@@ -202,10 +202,12 @@ def _http_ok(url: str) -> bool:
 
 
 class NoopMilter:
-    """bench/noop_milter.py in a process of its own (one process, as pymilter runs by default)."""
+    """bench/noop_milter.py in a process of its own (one process, as pymilter runs by default;
+    ``native``: the product's C protocol engine, 2 workers as the product's)."""
 
-    def __init__(self, home: Path) -> None:
+    def __init__(self, home: Path, native: bool = False) -> None:
         self.home = home
+        self.native = native
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -215,7 +217,8 @@ class NoopMilter:
     def start(self, timeout: float = 60) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
         log = open(self.home / "noop.log", "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "bench.noop_milter", self.address],
+        self.proc = subprocess.Popen([sys.executable, "-m", "bench.noop_milter", self.address,
+                                      *(["--native"] if self.native else [])],
                                      stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                                      cwd=Path(__file__).resolve().parent.parent)
         log.close()

@@ -266,7 +266,8 @@ def main() -> int:
     parser.add_argument("--peers", action="store_true",
                         help="also measure rspamd 3 as a milter, local rules only and with antivirus (same clamd) "
                              "+ Bayes (Redis, trained on index.train)")
-    parser.add_argument("--noop", action="store_true", help="also measure a no-op pymilter milter (the floor)")
+    parser.add_argument("--noop", action="store_true",
+                        help="also measure no-op milters (the floors): pymilter, our native engine")
     parser.add_argument("--delivery", choices=("maildir", "discard"), default="maildir",
                         help="what Postfix does with accepted mail: deliver into a maildir (as a mail server does), "
                              "or discard it (the SMTP-only ceiling)")
@@ -306,6 +307,11 @@ def main() -> int:
             noop.start()
             parts.append(noop)
             systems.append(("Postfix + no-op pymilter (unix)", behind_postfix("filtered-noop", noop.address), noop))
+            noop_native = NoopMilter(home / "noop-native", native=True)
+            noop_native.start()
+            parts.append(noop_native)
+            systems.append(("Postfix + no-op, native engine (unix)", behind_postfix("filtered-noop-native",
+                                                                                   noop_native.address), noop_native))
         if args.tcp:
             tcp_home = home / "tcp"
             (tcp_home / "milter").mkdir(parents=True)
