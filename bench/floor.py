@@ -1,12 +1,13 @@
-"""The pymilter floor beside the Stronghold milter: what libmilter costs, what our callbacks add.
+"""The protocol floors beside the Stronghold milter: what libmilter and our native engine cost.
 
     python -m bench.floor [--rounds 3] [--concurrency 32] [--spin-ms 1.9]
 
-Four milters, each behind its own Postfix, driven in turn with the same corpus mix
+Six milters, each behind its own Postfix, driven in turn with the same corpus mix
 (rounds alternate the order): the no-op milter in one process (pymilter's way), the
 no-op pre-forked into 2 workers (ours), the same burning ``--spin-ms`` of CPU in end of
-message while holding the GIL (a filter's work, done by nothing but a loop), and
-Stronghold.  Per round: the milter's processes' user and system CPU per message (from
+message while holding the GIL (a filter's work, done by nothing but a loop), the no-op on
+the product's native engine without and with the spin, and Stronghold (its default engine).
+Per round: the milter's processes' user and system CPU per message (from
 /proc) and, where ``perf`` may count syscalls, futex / poll / read / write+writev calls
 and context switches per message.  What the spinning no-op costs beyond its spin is the
 floor any pymilter filter doing that much work pays; what Stronghold costs beyond its
@@ -94,7 +95,10 @@ def main() -> int:
         milters: list[tuple[str, object]] = []
         for label, options in (("no-op, 1 process", ()), ("no-op, 2 workers", ("--workers", "2")),
                                (f"no-op, 2 workers, {args.spin_ms} ms spin", ("--workers", "2", "--spin-ms",
-                                                                              str(args.spin_ms)))):
+                                                                              str(args.spin_ms))),
+                               ("no-op, native engine, 2 workers", ("--native",)),
+                               (f"no-op, native engine, {args.spin_ms} ms spin", ("--native", "--spin-ms",
+                                                                                   str(args.spin_ms)))):
             noop = Noop(home / f"noop{len(milters)}", *options)
             noop.start()
             parts.append(noop)

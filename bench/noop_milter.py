@@ -116,10 +116,9 @@ def _prefork(spec: str, workers: int) -> None:
 def _native(spec: str, workers: int) -> None:
     """The native engine's way, minus the filter: a Session per connection, accept at the end."""
     import socket
-    import threading
 
     from stronghold import _miltercore as core  # type: ignore[attr-defined]
-    from stronghold.nativemilter import FLAGS, open_listener
+    from stronghold.nativemilter import FLAGS, ConnectionThreads, open_listener
 
     accept, cont = b"\0\0\0\x01a", b"\0\0\0\x01c"
 
@@ -143,9 +142,9 @@ def _native(spec: str, workers: int) -> None:
         pid = os.fork()
         if pid == 0:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            threads = ConnectionThreads(serve)  # reused, as the product's
             while True:
-                sock, _ = listener.accept()
-                threading.Thread(target=serve, args=(sock,), daemon=True).start()
+                threads.serve(listener.accept()[0])
         children.append(pid)
 
     def stop(_signum: int, _frame: object) -> None:

@@ -25,6 +25,7 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Callable
 from types import ModuleType
 
 from stronghold import nativecore
@@ -175,9 +176,8 @@ class Connection:
         return pack(answer)
 
 
-def _set_timeouts(sock: socket.socket, seconds: int) -> None:
+def _set_timeouts(sock: socket.socket, timeval: bytes) -> None:
     """A Session blocks in read and write: bound both (the MTA's side has its own timeouts)."""
-    timeval = struct.pack("ll", seconds, 0)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
 
@@ -187,11 +187,11 @@ class _Stop(Exception):
 
 
 class ConnectionThreads:
-    """Threads that each serve one connection at a time, reused: a new connection goes to a
-    thread left idle by an earlier one, or to a new thread (never waits behind another)."""
+    """Threads that each serve one connection at a time with ``handle``, reused: a new connection
+    goes to a thread left idle by an earlier one, or to a new thread (never waits behind another)."""
 
-    def __init__(self, service: Service) -> None:
-        self.service = service
+    def __init__(self, handle: Callable[[socket.socket], None]) -> None:
+        self.handle = handle
         self.queue: queue.SimpleQueue[socket.socket | None] = queue.SimpleQueue()
         self.lock = threading.Lock()
         self.idle = 0  # threads done with a connection and not yet given another
@@ -210,7 +210,7 @@ class ConnectionThreads:
 
     def _loop(self) -> None:
         while (sock := self.queue.get()) is not None:
-            Connection(self.service, sock).run()
+            self.handle(sock)
             with self.lock:
                 self.idle += 1
 
@@ -231,8 +231,9 @@ def serve_worker(listener: socket.socket, service: Service) -> None:
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
-    threads = ConnectionThreads(service)
+    threads = ConnectionThreads(lambda sock: Connection(service, sock).run())
     tcp = listener.family in (socket.AF_INET, socket.AF_INET6)
+    timeval = struct.pack("ll", service.cfg.milter_timeout, 0)
     try:
         while True:
             try:
@@ -243,7 +244,7 @@ def serve_worker(listener: socket.socket, service: Service) -> None:
                 continue
             if tcp:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            _set_timeouts(sock, service.cfg.milter_timeout)
+            _set_timeouts(sock, timeval)
             threads.serve(sock)
     except _Stop:
         pass

@@ -45,6 +45,7 @@
 #define MAX_PACKET (8u * 1024u * 1024u) /* a header of Postfix's header_size_limit fits */
 #define MAX_BATCH 1024                  /* headers handed over in one event at most */
 #define READ_SIZE 65536
+#define KEEP_AT_MOST (256u * 1024u) /* a buffer grown past this is given back once emptied */
 
 enum { EV_NONE = 0, EV_RCPT, EV_DATA, EV_EOM, EV_ABORT, EV_CLOSE };
 
@@ -152,6 +153,13 @@ static void buf_free(Buf *b) {
     PyMem_RawFree(b->p);
     b->p = NULL;
     b->len = b->cap = 0;
+}
+
+/* emptied: keep the memory for the next message, unless a big one grew it */
+static void buf_clear(Buf *b) {
+    if (b->cap > KEEP_AT_MOST)
+        buf_free(b);
+    b->len = 0;
 }
 
 static uint32_t get32(const char *p) {
@@ -403,6 +411,8 @@ static int fill(Session *s) {
         s->in.len -= s->in_pos;
         s->in_pos = 0;
     }
+    if (s->in.len == 0)
+        buf_clear(&s->in); /* after a big packet */
     if (buf_reserve(&s->in, READ_SIZE) < 0)
         return -2;
     for (;;) {
@@ -507,14 +517,14 @@ static PyObject *take_headers(Session *s) {
         PyList_SET_ITEM(list, (Py_ssize_t)i, pair);
     }
     s->nrefs = 0;
-    s->arena.len = 0;
+    buf_clear(&s->arena);
     return list;
 }
 
 static PyObject *take_data(Session *s) {
     PyObject *data = PyBytes_FromStringAndSize(s->data.p ? s->data.p : "", (Py_ssize_t)s->data.len);
     if (data != NULL)
-        s->data.len = 0;
+        buf_clear(&s->data);
     return data;
 }
 
