@@ -22,8 +22,8 @@
  * surrogateescape (pymilter's decoding, so encoding it back gives Postfix's bytes), value
  * the raw bytes, start:end where the header's line lies in the message bytes (before the
  * max_bytes cut).
- * data is the message as the product spools it: each header as "name: value\r\n" (bytes
- * of the name outside ASCII as '?', as StrongholdMilter writes them), "\r\n", then the body
+ * data is the message as the product spools it: each header as "name: value\r\n" (a '?' for
+ * each character of the name outside ASCII, as StrongholdMilter writes them), "\r\n", then the body
  * chunks; at most max_bytes of it are kept (size counts all, oversize says bytes were cut),
  * the rules of StrongholdMilter._write.
  *
@@ -231,6 +231,59 @@ static int stage_index(char stage) {
     return at ? (int)(at - STAGES) : -1;
 }
 
+/* Length of the well-formed UTF-8 character at p (at most n bytes), 0 if there is none:
+ * the sequences Python's UTF-8 decoder accepts (no overlongs, no surrogates, <= U+10FFFF). */
+static size_t utf8_char(const unsigned char *p, size_t n) {
+    unsigned char c = p[0];
+    size_t len;
+    unsigned char lo = 0x80, hi = 0xBF; /* the range of the second byte */
+    if (c >= 0xC2 && c <= 0xDF)
+        len = 2;
+    else if (c >= 0xE0 && c <= 0xEF) {
+        len = 3;
+        if (c == 0xE0)
+            lo = 0xA0;
+        else if (c == 0xED)
+            hi = 0x9F;
+    } else if (c >= 0xF0 && c <= 0xF4) {
+        len = 4;
+        if (c == 0xF0)
+            lo = 0x90;
+        else if (c == 0xF4)
+            hi = 0x8F;
+    } else
+        return 0;
+    if (n < len || p[1] < lo || p[1] > hi)
+        return 0;
+    for (size_t i = 2; i < len; i++)
+        if (p[i] < 0x80 || p[i] > 0xBF)
+            return 0;
+    return len;
+}
+
+/* Spool a header name as StrongholdMilter writes it, name.encode("ascii", "replace") of the
+ * name pymilter decoded from UTF-8 (with surrogateescape): a '?' for each character outside
+ * ASCII, and one for each byte that is no part of a well-formed character. */
+static int keep_name(Session *s, const char *name, size_t n) {
+    const unsigned char *u = (const unsigned char *)name;
+    size_t i = 0;
+    while (i < n) {
+        size_t run = i;
+        while (run < n && u[run] < 0x80)
+            run++;
+        if (keep(s, name + i, run - i) < 0)
+            return -1;
+        i = run;
+        if (i < n) {
+            size_t len = utf8_char(u + i, n - i);
+            if (keep(s, "?", 1) < 0)
+                return -1;
+            i += len ? len : 1;
+        }
+    }
+    return 0;
+}
+
 /* One header: remembered for the caller and spooled as "name: value\r\n". */
 static int on_header(Session *s, const char *body, size_t n) {
     const char *nul = memchr(body, 0, n);
@@ -259,17 +312,9 @@ static int on_header(Session *s, const char *body, size_t n) {
         return -2;
     ref->start = s->size;
     s->nrefs++;
-    /* the spooled line: name (non-ASCII bytes as '?'), ": ", value, CRLF */
-    size_t ascii = 0;
-    while (ascii < name_len && (unsigned char)body[ascii] < 0x80)
-        ascii++;
-    if (keep(s, body, ascii) < 0)
+    /* the spooled line: name (a '?' for each character outside ASCII), ": ", value, CRLF */
+    if (keep_name(s, body, name_len) < 0)
         return -2;
-    for (size_t i = ascii; i < name_len; i++) {
-        char c = (unsigned char)body[i] < 0x80 ? body[i] : '?';
-        if (keep(s, &c, 1) < 0)
-            return -2;
-    }
     if (keep(s, ": ", 2) < 0 || keep(s, value, value_len) < 0 || keep(s, "\r\n", 2) < 0)
         return -2;
     ref->end = s->size;
@@ -282,9 +327,21 @@ static int on_connect(Session *s, const char *body, size_t n) {
     return buf_set(&s->client, body, n) < 0 ? -2 : 0;
 }
 
+/* A command of a stage: the macros of the stages after it belong to an earlier message
+ * (libmilter clears them the same way), so they go. */
+static void forget_later_macros(Session *s, char cmd) {
+    int at = stage_index(cmd);
+    if (at < 0)
+        return;
+    for (int i = at + 1; i < N_STAGES; i++)
+        s->macros[i].len = 0;
+}
+
 /* What to do with one packet: an event for the caller, 0 to read on, -1 to close the
  * session (s->why says why), -2 out of memory. */
 static int handle(Session *s, char cmd, const char *body, size_t n) {
+    if (cmd != 'D')
+        forget_later_macros(s, cmd);
     switch (cmd) {
     case 'O': { /* negotiation: version, actions, protocol steps */
         if (n < 12) {
