@@ -88,7 +88,22 @@ static struct {
     PyObject *proto_https, *proto_http, *url, *url_userinfo, *url_escaped, *urlpath, *part,
         *charset, *cte, *att_type, *att_ext, *defect, *tag, *html, *html_only;
     PyObject *tag_many;  /* the int TAG_MANY */
+    PyObject *size_n[MAX_SIZE_BITS + 1];  /* "size:0" ... "size:24" */
+    PyObject *urls_n[6];                  /* "urls:0" ... "urls:5" */
+    PyObject *eight_bit_n[11];            /* "8bit%:0" ... "8bit%:10" */
 } S;
+
+/* The numbered tokens of S: name, array, how many. */
+#define N_NUMBERED 3
+static const struct {
+    const char *format;
+    PyObject **tokens;
+    int count;
+} S_NUMBERED[N_NUMBERED] = {
+    {"size:%d", S.size_n, MAX_SIZE_BITS + 1},
+    {"urls:%d", S.urls_n, 6},
+    {"8bit%%:%d", S.eight_bit_n, 11},
+};
 
 static const struct {
     PyObject **slot;
@@ -113,6 +128,9 @@ clear_strings(void)
     for (size_t i = 0; i < N_S_TABLE; i++)
         Py_CLEAR(*S_TABLE[i].slot);
     Py_CLEAR(S.tag_many);
+    for (int i = 0; i < N_NUMBERED; i++)
+        for (int n = 0; n < S_NUMBERED[i].count; n++)
+            Py_CLEAR(S_NUMBERED[i].tokens[n]);
 }
 
 static int
@@ -127,6 +145,17 @@ make_strings(void)
     if ((S.tag_many = PyLong_FromLong(TAG_MANY)) == NULL) {
         clear_strings();
         return -1;
+    }
+    for (int i = 0; i < N_NUMBERED; i++) {
+        for (int n = 0; n < S_NUMBERED[i].count; n++) {
+            PyObject *token = PyUnicode_FromFormat(S_NUMBERED[i].format, n);
+            if (token == NULL) {
+                clear_strings();
+                return -1;
+            }
+            PyUnicode_InternInPlace(&token);
+            S_NUMBERED[i].tokens[n] = token;
+        }
     }
     return 0;
 }
@@ -1531,14 +1560,14 @@ size_tokens(PyObject *msg, PyObject *out)
         PyErr_Clear();
     if (bits > MAX_SIZE_BITS)
         bits = MAX_SIZE_BITS;
-    if (add(out, PyUnicode_FromFormat("size:%zu", bits)) < 0)
+    if (PySet_Add(out, S.size_n[bits]) < 0)
         return -1;
     PyObject *urls = PyObject_GetAttr(msg, S.urls);
     Py_ssize_t n = urls == NULL ? -1 : PyObject_Size(urls);
     Py_XDECREF(urls);
     if (n < 0)
         return -1;
-    return add(out, PyUnicode_FromFormat("urls:%zd", (n < 20 ? n : 20) / 4));
+    return PySet_Add(out, S.urls_n[(n < 20 ? n : 20) / 4]);
 }
 
 /* tokens._structure: MIME parts, charsets, transfer encodings, attachments, defects, HTML
@@ -1568,6 +1597,12 @@ count_non_ascii(const Text *t, Py_ssize_t limit)
     Py_ssize_t n = t->len < limit ? t->len : limit, count = 0;
     if (t->ascii)
         return 0;
+    if (t->kind == PyUnicode_1BYTE_KIND) {  /* the common case, in a loop the compiler can widen */
+        const Py_UCS1 *d = t->data;
+        for (Py_ssize_t i = 0; i < n; i++)
+            count += d[i] >> 7;
+        return count;
+    }
     for (Py_ssize_t i = 0; i < n; i++)
         count += AT(t, i) >= 128;
     return count;
@@ -1588,7 +1623,7 @@ eight_bit_of(PyObject *msg, PyObject *out)
             Py_ssize_t n = count_non_ascii(&t, head);
             if (t.len < head)
                 n += count_non_ascii(&h, head - t.len);
-            failed = add(out, PyUnicode_FromFormat("8bit%%:%zd", n * 100 / head / 10)) < 0;
+            failed = PySet_Add(out, S.eight_bit_n[n * 100 / head / 10]) < 0;  /* n <= head */
         }
     }
     Py_XDECREF(text);
