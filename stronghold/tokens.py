@@ -127,24 +127,6 @@ def _domain_tokens_py(host: str, prefix: str, out: set[str]) -> None:
         out.add(prefix + ".".join(parts[i:]))
 
 
-def _url_tokens(urls: list[str], out: set[str]) -> None:
-    for url in urls[:100]:
-        low = url.lower()
-        out.add("proto:" + ("https" if low.startswith("https") else "http"))
-        host = url_host(low)
-        if host:
-            _domain_tokens(host, "url:", out)
-        authority = low.split("/", 3)[2] if low.count("/") >= 2 else ""
-        if "@" in authority:
-            out.add("url:userinfo")
-        if "%" in low:
-            out.add("url:escaped")
-        path = low.split(host, 1)[-1] if host else low
-        for piece in _URL_PIECES.split(path)[:20]:
-            if 2 < len(piece) <= MAX_WORD:
-                out.add("urlpath:" + piece)
-
-
 def _header_words_py(value: str, prefix: str, limit: int, out: set[str]) -> None:
     """``prefix`` + each of the first ``limit`` words of the lower-cased header value."""
     for word in _HEADER_WORD.findall(value.lower())[:limit]:
@@ -178,6 +160,64 @@ def _received_py(value: str, out: set[str]) -> None:
                  "exim", "microsoft", "authenticated", "[127.0.0.1]", "helo"):
         if word in low:
             out.add("received:" + word)
+
+
+MAX_URLS = 100  # URLs tokenized per message
+EIGHT_BIT_HEAD = 20_000  # the body's characters whose share of non-ASCII is 8bit%:
+
+
+def _url_tokens_py(urls: list[str], out: set[str]) -> None:
+    """Per URL (the first MAX_URLS): scheme, host and its domains, userinfo, escapes, path pieces."""
+    for url in urls[:MAX_URLS]:
+        low = url.lower()
+        out.add("proto:" + ("https" if low.startswith("https") else "http"))
+        host = url_host(low)
+        if host:
+            _domain_tokens_py(host, "url:", out)
+        authority = low.split("/", 3)[2] if low.count("/") >= 2 else ""
+        if "@" in authority:
+            out.add("url:userinfo")
+        if "%" in low:
+            out.add("url:escaped")
+        path = low.split(host, 1)[-1] if host else low
+        for piece in _URL_PIECES.split(path)[:20]:
+            if 2 < len(piece) <= MAX_WORD:
+                out.add("urlpath:" + piece)
+
+
+def _structure_py(msg: ParsedMessage, out: set[str]) -> None:
+    """MIME parts, charsets, transfer encodings, attachments, defects, HTML, size, URL count."""
+    for ctype in msg.content_types[:50]:
+        out.add("part:" + ctype)
+    for charset in msg.charsets:
+        out.add("charset:" + charset.lower())
+    for cte in msg.encodings:
+        out.add("cte:" + cte)
+    for att in msg.attachments[:50]:
+        out.add("att:type:" + att.content_type)
+        if "." in att.filename:
+            out.add("att:ext:" + att.filename.rsplit(".", 1)[1].lower()[:10])
+    for defect in msg.defects:
+        out.add("defect:" + defect)
+    for tag, count in msg.html_tags.items():
+        out.add("tag:" + tag[:20])
+        if count > 10:
+            out.add(f"tag:{tag[:20]}:many")
+    for feature in msg.html_features:
+        out.add("html:" + feature)
+    if msg.html_tags and not msg.text.strip():
+        out.add("html:only")
+    out.add(f"size:{min(msg.size.bit_length(), 24)}")
+    out.add(f"urls:{min(len(msg.urls), 20) // 4}")
+
+
+def _eight_bit_py(msg: ParsedMessage, out: set[str]) -> None:
+    """``8bit%:N``: tenths of the share of non-ASCII characters in the body's first EIGHT_BIT_HEAD."""
+    body = msg.text + msg.html_text
+    if body:
+        head = body[:EIGHT_BIT_HEAD]
+        nonascii = 0 if head.isascii() else len(head) - len(head.encode("ascii", "ignore"))
+        out.add(f"8bit%:{min(100, nonascii * 100 // max(1, len(head))) // 10}")
 
 
 MAX_RECEIVED = 4  # the oldest hops: the sender's side (the newest are the receiving site's own, alike for all mail)
@@ -221,37 +261,15 @@ def _headers_py(msg: ParsedMessage, out: set[str]) -> None:
 
 
 # The C versions of the functions above (stronghold/native/wordcore.c, which also has the
-# parts _headers_py calls) when built: the same tokens, several times faster.  The Python
+# parts _headers_py and _url_tokens_py call) when built: the same tokens, several times faster.  The Python
 # functions stay the reference the tests compare them with, and the fallback.
 _native = nativecore.load("wordcore")
 _word_tokens: Callable[[str, str, set[str]], None] = _native.word_tokens if _native else _word_tokens_py
 _domain_tokens: Callable[[str, str, set[str]], None] = _native.domain_tokens if _native else _domain_tokens_py
 _headers: Callable[[ParsedMessage, set[str]], None] = _native.headers if _native else _headers_py
-
-
-def _structure(msg: ParsedMessage, out: set[str]) -> None:
-    for ctype in msg.content_types[:50]:
-        out.add("part:" + ctype)
-    for charset in msg.charsets:
-        out.add("charset:" + charset.lower())
-    for cte in msg.encodings:
-        out.add("cte:" + cte)
-    for att in msg.attachments[:50]:
-        out.add("att:type:" + att.content_type)
-        if "." in att.filename:
-            out.add("att:ext:" + att.filename.rsplit(".", 1)[1].lower()[:10])
-    for defect in msg.defects:
-        out.add("defect:" + defect)
-    for tag, count in msg.html_tags.items():
-        out.add("tag:" + tag[:20])
-        if count > 10:
-            out.add(f"tag:{tag[:20]}:many")
-    for feature in msg.html_features:
-        out.add("html:" + feature)
-    if msg.html_tags and not msg.text.strip():
-        out.add("html:only")
-    out.add(f"size:{min(msg.size.bit_length(), 24)}")
-    out.add(f"urls:{min(len(msg.urls), 20) // 4}")
+_url_tokens: Callable[[list[str], set[str]], None] = _native.url_tokens if _native else _url_tokens_py
+_structure: Callable[[ParsedMessage, set[str]], None] = _native.structure if _native else _structure_py
+_eight_bit: Callable[[ParsedMessage, set[str]], None] = _native.eight_bit if _native else _eight_bit_py
 
 
 def features(msg: ParsedMessage) -> set[str]:
@@ -262,9 +280,5 @@ def features(msg: ParsedMessage) -> set[str]:
     _word_tokens(msg.html_text, "", out)
     _url_tokens(msg.urls, out)
     _structure(msg, out)
-    body = msg.text + msg.html_text
-    if body:
-        head = body[:20000]
-        nonascii = 0 if head.isascii() else len(head) - len(head.encode("ascii", "ignore"))
-        out.add(f"8bit%:{min(100, nonascii * 100 // max(1, len(head))) // 10}")
+    _eight_bit(msg, out)
     return out

@@ -9,6 +9,9 @@
  *   received(value, out)                     _received_py
  *   domain_tokens(host, prefix, out)         _domain_tokens_py
  *   headers(msg, out)                        _headers_py (all of the above for msg.headers)
+ *   url_tokens(urls, out)                    _url_tokens_py (message.url_host included)
+ *   structure(msg, out)                      _structure_py
+ *   eight_bit(msg, out)                      _eight_bit_py
  *
  * Each adds str tokens to the set `out` and returns None.  The regular expressions of
  * tokens.py are matched by hand, with the results re.findall gives them (greedy, with
@@ -32,6 +35,14 @@
 #define MAX_HOSTS 10    /* host names per Received header */
 #define MAX_IPS 5       /* IP addresses per Received header */
 #define MAX_RECEIVED 4  /* tokens.MAX_RECEIVED: the oldest Received headers read */
+#define MAX_URLS 100    /* tokens.MAX_URLS: URLs tokenized per message */
+#define URL_PIECES 20   /* pieces of a URL's path looked at */
+#define MAX_PARTS 50    /* content types and attachments tokenized per message */
+#define EXT_LEN 10      /* an attachment's file name extension, in code points */
+#define TAG_LEN 20      /* an HTML tag name, in code points */
+#define TAG_MANY 10     /* a tag seen more often than this is "many" */
+#define MAX_SIZE_BITS 24
+#define EIGHT_BIT_HEAD 20000  /* tokens.EIGHT_BIT_HEAD: the body's characters counted for 8bit% */
 
 /* ------------------------------------------------------------------ constants */
 
@@ -69,6 +80,86 @@ static struct {
     PyObject *skip_headers, *address_headers, *listed_headers;  /* frozensets of the above */
 } K;
 
+/* Interned names of ParsedMessage and Attachment attributes, prefixes and whole tokens of
+ * url_tokens, structure and eight_bit; made with the other constants. */
+static struct {
+    PyObject *urls, *content_types, *charsets, *encodings, *attachments, *defects, *html_tags,
+        *html_features, *text, *html_text, *size, *content_type, *filename;
+    PyObject *proto_https, *proto_http, *url, *url_userinfo, *url_escaped, *urlpath, *part,
+        *charset, *cte, *att_type, *att_ext, *defect, *tag, *html, *html_only;
+    PyObject *tag_many;  /* the int TAG_MANY */
+    PyObject *size_n[MAX_SIZE_BITS + 1];  /* "size:0" ... "size:24" */
+    PyObject *urls_n[6];                  /* "urls:0" ... "urls:5" */
+    PyObject *eight_bit_n[11];            /* "8bit%:0" ... "8bit%:10" */
+} S;
+
+/* The numbered tokens of S: name, array, how many. */
+#define N_NUMBERED 3
+static const struct {
+    const char *format;
+    PyObject **tokens;
+    int count;
+} S_NUMBERED[N_NUMBERED] = {
+    {"size:%d", S.size_n, MAX_SIZE_BITS + 1},
+    {"urls:%d", S.urls_n, 6},
+    {"8bit%%:%d", S.eight_bit_n, 11},
+};
+
+static const struct {
+    PyObject **slot;
+    const char *text;
+} S_TABLE[] = {
+    {&S.urls, "urls"}, {&S.content_types, "content_types"}, {&S.charsets, "charsets"},
+    {&S.encodings, "encodings"}, {&S.attachments, "attachments"}, {&S.defects, "defects"},
+    {&S.html_tags, "html_tags"}, {&S.html_features, "html_features"}, {&S.text, "text"},
+    {&S.html_text, "html_text"}, {&S.size, "size"}, {&S.content_type, "content_type"},
+    {&S.filename, "filename"},
+    {&S.proto_https, "proto:https"}, {&S.proto_http, "proto:http"}, {&S.url, "url:"},
+    {&S.url_userinfo, "url:userinfo"}, {&S.url_escaped, "url:escaped"}, {&S.urlpath, "urlpath:"},
+    {&S.part, "part:"}, {&S.charset, "charset:"}, {&S.cte, "cte:"}, {&S.att_type, "att:type:"},
+    {&S.att_ext, "att:ext:"}, {&S.defect, "defect:"}, {&S.tag, "tag:"}, {&S.html, "html:"},
+    {&S.html_only, "html:only"},
+};
+#define N_S_TABLE (sizeof(S_TABLE) / sizeof(S_TABLE[0]))
+
+static void
+clear_strings(void)
+{
+    for (size_t i = 0; i < N_S_TABLE; i++)
+        Py_CLEAR(*S_TABLE[i].slot);
+    Py_CLEAR(S.tag_many);
+    for (int i = 0; i < N_NUMBERED; i++)
+        for (int n = 0; n < S_NUMBERED[i].count; n++)
+            Py_CLEAR(S_NUMBERED[i].tokens[n]);
+}
+
+static int
+make_strings(void)
+{
+    for (size_t i = 0; i < N_S_TABLE; i++) {
+        if ((*S_TABLE[i].slot = PyUnicode_InternFromString(S_TABLE[i].text)) == NULL) {
+            clear_strings();
+            return -1;
+        }
+    }
+    if ((S.tag_many = PyLong_FromLong(TAG_MANY)) == NULL) {
+        clear_strings();
+        return -1;
+    }
+    for (int i = 0; i < N_NUMBERED; i++) {
+        for (int n = 0; n < S_NUMBERED[i].count; n++) {
+            PyObject *token = PyUnicode_FromFormat(S_NUMBERED[i].format, n);
+            if (token == NULL) {
+                clear_strings();
+                return -1;
+            }
+            PyUnicode_InternInPlace(&token);
+            S_NUMBERED[i].tokens[n] = token;
+        }
+    }
+    return 0;
+}
+
 /* A frozenset of the strings of a NULL-terminated array. */
 static PyObject *
 frozenset_of(const char *const *names)
@@ -88,6 +179,8 @@ make_constants(void)
 {
     if (K.lower != NULL)
         return 0;  /* made by an earlier load of the module */
+    if (make_strings() < 0)
+        return -1;
     PyObject *lower = PyUnicode_InternFromString("lower");
     PyObject *received = PyUnicode_InternFromString("received:");
     PyObject *empty = PyUnicode_InternFromString("");
@@ -124,6 +217,7 @@ make_constants(void)
     K.lower = lower;  /* last: marks the constants made */
     return 0;
 fail:
+    clear_strings();
     Py_XDECREF(lower);
     Py_XDECREF(received);
     Py_XDECREF(empty);
@@ -1105,6 +1199,438 @@ done:
     return failed ? -1 : 0;
 }
 
+/* ------------------------------------------------------------------ URLs */
+
+/* The length of the run from t[i] of _HOST_RE's class ``[^/:?#\s]`` (``[^/:?#@\s]`` when
+ * `no_at`).  sre's \s is Py_UNICODE_ISSPACE; no character beyond ASCII is one of the others
+ * to (?i) (the tests check it). */
+static Py_ssize_t
+host_run(const Text *t, Py_ssize_t i, int no_at)
+{
+    Py_ssize_t j = i;
+    for (; j < t->len; j++) {
+        Py_UCS4 ch = AT(t, j);
+        if (ch == '/' || ch == ':' || ch == '?' || ch == '#' || (no_at && ch == '@')
+            || Py_UNICODE_ISSPACE(ch))
+            break;
+    }
+    return j - i;
+}
+
+/* The length of _HOST_RE's ``(?i)(?:https?://)?`` at t[i] when it takes the scheme: the
+ * optional 's' is taken when there (to (?i) U+017F, long s, is an 's' too). */
+static Py_ssize_t
+scheme_len(const Text *t, Py_ssize_t i)
+{
+    static const char http[] = "http";
+    Py_ssize_t j = i;
+    for (int k = 0; k < 4; k++, j++) {
+        Py_UCS4 ch = j < t->len ? AT(t, j) : 0;
+        if (ch >= 128 || Py_TOLOWER(ch) != http[k])
+            return 0;
+    }
+    if (j < t->len && (AT(t, j) == 's' || AT(t, j) == 'S' || AT(t, j) == 0x17f))
+        j++;
+    for (int k = 0; k < 3; k++, j++)
+        if (j >= t->len || AT(t, j) != (Py_UCS4)":/"[k > 0])
+            return 0;
+    return j - i;
+}
+
+/* Where _HOST_RE's ``([^/:?#@\s]+@)?([^/:?#\s]+)`` puts group 2 when matched from t[i]:
+ * sets *start and returns its length, 0 when the groups do not match there.  The user part
+ * is a whole run (its class has no '@'), taken when an '@' and a host follow it; else the
+ * host is the run from i. */
+static Py_ssize_t
+host_at(const Text *t, Py_ssize_t i, Py_ssize_t *start)
+{
+    Py_ssize_t user = host_run(t, i, 1);
+    if (user > 0 && i + user < t->len && AT(t, i + user) == '@') {
+        Py_ssize_t n = host_run(t, i + user + 1, 0);
+        if (n > 0) {
+            *start = i + user + 1;
+            return n;
+        }
+    }
+    *start = i;
+    return host_run(t, i, 0);
+}
+
+/* message.url_host(low) for a lower-cased URL: its host, t[*start:*end] (empty when none).
+ * The match starts after the leading whitespace (url.strip()); the scheme is given back
+ * when no host follows it.  group(2).lower() is group(2) itself: lower() keeps the output
+ * of lower() (the tests check it on every character); then rstrip("."). */
+static void
+url_host_of(const Text *t, Py_ssize_t *start, Py_ssize_t *end)
+{
+    Py_ssize_t i = 0, n = 0;
+    while (i < t->len && Py_UNICODE_ISSPACE(AT(t, i)))
+        i++;
+    Py_ssize_t scheme = scheme_len(t, i);
+    if (scheme > 0)
+        n = host_at(t, i + scheme, start);
+    if (n == 0)
+        n = host_at(t, i, start);
+    while (n > 0 && AT(t, *start + n - 1) == '.')
+        n--;
+    *end = *start + n;
+}
+
+/* _URL_PIECES' class [/?=&._~%:#+-] */
+static inline int
+is_url_sep(Py_UCS4 ch)
+{
+    switch (ch) {
+    case '/': case '?': case '=': case '&': case '.': case '_': case '~': case '%': case ':':
+    case '#': case '+': case '-':
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+/* url:userinfo when low.split("/", 3)[2] (the text between the second and the third '/',
+ * when there are two) holds an '@'. */
+static int
+has_userinfo(const Text *t)
+{
+    Py_ssize_t first = find_char(t, '/', 0, t->len);
+    Py_ssize_t second = first < 0 ? -1 : find_char(t, '/', first + 1, t->len);
+    if (second < 0)
+        return 0;
+    for (Py_ssize_t i = second + 1; i < t->len && AT(t, i) != '/'; i++)
+        if (AT(t, i) == '@')
+            return 1;
+    return 0;
+}
+
+/* urlpath: tokens of the first URL_PIECES pieces of _URL_PIECES.split(t[start:]) that are
+ * longer than 2 and at most MAX_WORD (split's pieces: between runs of the class, the empty
+ * ones at either end included). */
+static int
+path_tokens(const Text *t, Py_ssize_t start, PyObject *out)
+{
+    Py_ssize_t i = start;
+    for (int pieces = 0; pieces < URL_PIECES; pieces++) {
+        Py_ssize_t piece = i;
+        while (i < t->len && !is_url_sep(AT(t, i)))
+            i++;
+        if (i - piece > 2 && i - piece <= MAX_WORD && add(out, prefixed(S.urlpath, t, piece, i, 0)) < 0)
+            return -1;
+        if (i >= t->len)
+            break;
+        while (i < t->len && is_url_sep(AT(t, i)))
+            i++;
+    }
+    return 0;
+}
+
+/* The tokens of the lower-cased URL t: proto:, its host's (url:), url:userinfo,
+ * url:escaped, and the pieces of what follows the first occurrence of the host
+ * (low.split(host, 1)[-1]; all of it when there is no host). */
+static int
+lowered_url_tokens(const Text *t, PyObject *out)
+{
+    Py_ssize_t i = 0;  /* low.startswith("https") */
+    static const char scheme[] = "https";
+    while (i < 5 && i < t->len && AT(t, i) == (Py_UCS4)scheme[i])
+        i++;
+    if (PySet_Add(out, i == 5 ? S.proto_https : S.proto_http) < 0)
+        return -1;
+    Py_ssize_t start, end, path = 0;
+    url_host_of(t, &start, &end);
+    if (end > start) {
+        PyObject *host = PyUnicode_Substring(t->obj, start, end);
+        if (host == NULL)
+            return -1;
+        Py_ssize_t at = PyUnicode_Find(t->obj, host, 0, t->len, 1);
+        int failed = at == -2 || domain_tokens(host, S.url, out) < 0;
+        Py_DECREF(host);
+        if (failed)
+            return -1;
+        path = at >= 0 ? at + end - start : 0;
+    }
+    if (has_userinfo(t) && PySet_Add(out, S.url_userinfo) < 0)
+        return -1;
+    if (find_char(t, '%', 0, t->len) >= 0 && PySet_Add(out, S.url_escaped) < 0)
+        return -1;
+    return path_tokens(t, path, out);
+}
+
+/* tokens._url_tokens: the tokens of each of the first MAX_URLS URLs, lower-cased. */
+static int
+urls_of(PyObject *urls, PyObject *out)
+{
+    if (!PyList_Check(urls) && !PyTuple_Check(urls)) {
+        PyErr_Format(PyExc_TypeError, "urls must be a list, not %.100s", Py_TYPE(urls)->tp_name);
+        return -1;
+    }
+    PyObject *seq = PySequence_Fast(urls, "urls must be a list");
+    if (seq == NULL)
+        return -1;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    int failed = 0;
+    for (Py_ssize_t i = 0; i < n && i < MAX_URLS && !failed; i++) {
+        Text t, low;
+        PyObject *lowered;
+        if (text_of(PySequence_Fast_GET_ITEM(seq, i), &t) < 0 || (lowered = lower_str(&t)) == NULL) {
+            failed = 1;
+            break;
+        }
+        failed = text_of(lowered, &low) < 0 || lowered_url_tokens(&low, out) < 0;
+        Py_DECREF(lowered);
+    }
+    Py_DECREF(seq);
+    return failed ? -1 : 0;
+}
+
+/* ------------------------------------------------------------------ structure */
+
+/* The list attribute `name` of msg as a fast sequence (a new reference), else NULL. */
+static PyObject *
+list_attr(PyObject *msg, PyObject *name)
+{
+    PyObject *value = PyObject_GetAttr(msg, name);
+    if (value == NULL)
+        return NULL;
+    if (!PyList_Check(value) && !PyTuple_Check(value)) {
+        PyErr_Format(PyExc_TypeError, "%U must be a list, not %.100s", name, Py_TYPE(value)->tp_name);
+        Py_DECREF(value);
+        return NULL;
+    }
+    PyObject *seq = PySequence_Fast(value, "a list");
+    Py_DECREF(value);
+    return seq;
+}
+
+/* prefix + each of the first `limit` str items of the list attribute `name` of msg,
+ * lower-cased when `lower`. */
+static int
+prefixed_items(PyObject *msg, PyObject *name, PyObject *prefix, Py_ssize_t limit, int lower,
+               PyObject *out)
+{
+    PyObject *seq = list_attr(msg, name);
+    if (seq == NULL)
+        return -1;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    int failed = 0;
+    for (Py_ssize_t i = 0; i < n && i < limit && !failed; i++) {
+        Text t;
+        failed = text_of(PySequence_Fast_GET_ITEM(seq, i), &t) < 0
+                 || add(out, prefixed(prefix, &t, 0, t.len, lower)) < 0;
+    }
+    Py_DECREF(seq);
+    return failed ? -1 : 0;
+}
+
+/* prefix + t[start:end].lower()[:limit] */
+static PyObject *
+prefixed_lower_cut(PyObject *prefix, const Text *t, Py_ssize_t start, Py_ssize_t end, Py_ssize_t limit)
+{
+    if (range_is_ascii(t, start, end))  /* lower-casing ASCII keeps the length: cut first */
+        return prefixed(prefix, t, start, end - start > limit ? start + limit : end, 1);
+    PyObject *low = python_lower(t, start, end);
+    if (low != NULL && PyUnicode_GET_LENGTH(low) > limit)
+        Py_SETREF(low, PyUnicode_Substring(low, 0, limit));
+    if (low == NULL)
+        return NULL;
+    PyObject *r = PyUnicode_Concat(prefix, low);
+    Py_DECREF(low);
+    return r;
+}
+
+/* att:type: and att:ext: (the file name's text after its last '.', lower-cased, EXT_LEN
+ * at most) of one attachment. */
+static int
+attachment_tokens(PyObject *att, PyObject *out)
+{
+    PyObject *ctype = PyObject_GetAttr(att, S.content_type);
+    if (ctype == NULL)
+        return -1;
+    Text c;
+    int failed = text_of(ctype, &c) < 0 || add(out, prefixed(S.att_type, &c, 0, c.len, 0)) < 0;
+    Py_DECREF(ctype);
+    PyObject *filename = failed ? NULL : PyObject_GetAttr(att, S.filename);
+    if (filename == NULL)
+        return -1;
+    Text f;
+    if (text_of(filename, &f) < 0)
+        failed = 1;
+    else {
+        Py_ssize_t dot = f.len - 1;
+        while (dot >= 0 && AT(&f, dot) != '.')
+            dot--;
+        if (dot >= 0)
+            failed = add(out, prefixed_lower_cut(S.att_ext, &f, dot + 1, f.len, EXT_LEN)) < 0;
+    }
+    Py_DECREF(filename);
+    return failed ? -1 : 0;
+}
+
+/* att: tokens of the first MAX_PARTS attachments. */
+static int
+attachments_of(PyObject *msg, PyObject *out)
+{
+    PyObject *seq = list_attr(msg, S.attachments);
+    if (seq == NULL)
+        return -1;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    int failed = 0;
+    for (Py_ssize_t i = 0; i < n && i < MAX_PARTS && !failed; i++)
+        failed = attachment_tokens(PySequence_Fast_GET_ITEM(seq, i), out) < 0;
+    Py_DECREF(seq);
+    return failed ? -1 : 0;
+}
+
+/* tag:NAME (the name's first TAG_LEN characters) for each HTML tag, tag:NAME:many when
+ * seen more than TAG_MANY times; sets *any when there is a tag. */
+static int
+tags_of(PyObject *msg, PyObject *out, int *any)
+{
+    PyObject *tags = PyObject_GetAttr(msg, S.html_tags);
+    if (tags == NULL)
+        return -1;
+    int failed = 0;
+    if (!PyDict_Check(tags)) {
+        PyErr_Format(PyExc_TypeError, "html_tags must be a dict, not %.100s", Py_TYPE(tags)->tp_name);
+        failed = 1;
+    }
+    *any = !failed && PyDict_GET_SIZE(tags) > 0;
+    Py_ssize_t pos = 0;
+    PyObject *tag, *count;
+    while (!failed && PyDict_Next(tags, &pos, &tag, &count)) {
+        Text t;
+        if (text_of(tag, &t) < 0) {
+            failed = 1;
+            break;
+        }
+        PyObject *name = PyUnicode_Substring(tag, 0, t.len < TAG_LEN ? t.len : TAG_LEN);
+        Py_INCREF(count);  /* its comparison may run Python code that changes the dict */
+        int many = name == NULL ? -1 : PyObject_RichCompareBool(count, S.tag_many, Py_GT);
+        Py_DECREF(count);
+        failed = many < 0 || add(out, PyUnicode_Concat(S.tag, name)) < 0
+                 || (many && add(out, PyUnicode_FromFormat("tag:%U:many", name)) < 0);
+        Py_XDECREF(name);
+    }
+    Py_DECREF(tags);
+    return failed ? -1 : 0;
+}
+
+/* A str attribute of msg as a new reference, else NULL (TypeError). */
+static PyObject *
+str_attr(PyObject *msg, PyObject *name, Text *t)
+{
+    PyObject *value = PyObject_GetAttr(msg, name);
+    if (value != NULL && text_of(value, t) < 0)
+        Py_CLEAR(value);
+    return value;
+}
+
+/* html:only: the message has HTML tags and its text is empty or whitespace. */
+static int
+html_only(PyObject *msg, PyObject *out)
+{
+    Text t;
+    PyObject *text = str_attr(msg, S.text, &t);
+    if (text == NULL)
+        return -1;
+    Py_ssize_t i = 0;
+    while (i < t.len && Py_UNICODE_ISSPACE(AT(&t, i)))
+        i++;
+    Py_DECREF(text);
+    return i < t.len ? 0 : PySet_Add(out, S.html_only);
+}
+
+/* size:N (N the bit length of msg.size, MAX_SIZE_BITS at most) and urls:N (N the URL count,
+ * 20 at most, over 4). */
+static int
+size_tokens(PyObject *msg, PyObject *out)
+{
+    PyObject *size = PyObject_GetAttr(msg, S.size);
+    if (size == NULL)
+        return -1;
+    if (!PyLong_Check(size)) {
+        PyErr_Format(PyExc_TypeError, "size must be an int, not %.100s", Py_TYPE(size)->tp_name);
+        Py_DECREF(size);
+        return -1;
+    }
+    size_t bits = _PyLong_NumBits(size);  /* (size_t)-1: too many to count, more than 24 */
+    Py_DECREF(size);
+    if (bits == (size_t)-1 && PyErr_Occurred())
+        PyErr_Clear();
+    if (bits > MAX_SIZE_BITS)
+        bits = MAX_SIZE_BITS;
+    if (PySet_Add(out, S.size_n[bits]) < 0)
+        return -1;
+    PyObject *urls = PyObject_GetAttr(msg, S.urls);
+    Py_ssize_t n = urls == NULL ? -1 : PyObject_Size(urls);
+    Py_XDECREF(urls);
+    if (n < 0)
+        return -1;
+    return PySet_Add(out, S.urls_n[(n < 20 ? n : 20) / 4]);
+}
+
+/* tokens._structure: MIME parts, charsets, transfer encodings, attachments, defects, HTML
+ * tags and features, size and URL count. */
+static int
+structure_of(PyObject *msg, PyObject *out)
+{
+    int any_tag = 0;
+    if (prefixed_items(msg, S.content_types, S.part, MAX_PARTS, 0, out) < 0
+        || prefixed_items(msg, S.charsets, S.charset, PY_SSIZE_T_MAX, 1, out) < 0
+        || prefixed_items(msg, S.encodings, S.cte, PY_SSIZE_T_MAX, 0, out) < 0
+        || attachments_of(msg, out) < 0
+        || prefixed_items(msg, S.defects, S.defect, PY_SSIZE_T_MAX, 0, out) < 0
+        || tags_of(msg, out, &any_tag) < 0
+        || prefixed_items(msg, S.html_features, S.html, PY_SSIZE_T_MAX, 0, out) < 0
+        || (any_tag && html_only(msg, out) < 0))
+        return -1;
+    return size_tokens(msg, out);
+}
+
+/* ------------------------------------------------------------------ 8bit% */
+
+/* The characters of t[0:limit] that are not ASCII. */
+static Py_ssize_t
+count_non_ascii(const Text *t, Py_ssize_t limit)
+{
+    Py_ssize_t n = t->len < limit ? t->len : limit, count = 0;
+    if (t->ascii)
+        return 0;
+    if (t->kind == PyUnicode_1BYTE_KIND) {  /* the common case, in a loop the compiler can widen */
+        const Py_UCS1 *d = t->data;
+        for (Py_ssize_t i = 0; i < n; i++)
+            count += d[i] >> 7;
+        return count;
+    }
+    for (Py_ssize_t i = 0; i < n; i++)
+        count += AT(t, i) >= 128;
+    return count;
+}
+
+/* tokens._eight_bit: 8bit:N, N the tenth of the percentage of non-ASCII characters in
+ * (msg.text + msg.html_text)[:EIGHT_BIT_HEAD], when that is not empty. */
+static int
+eight_bit_of(PyObject *msg, PyObject *out)
+{
+    Text t, h;
+    PyObject *text = str_attr(msg, S.text, &t);
+    PyObject *html = text ? str_attr(msg, S.html_text, &h) : NULL;
+    int failed = html == NULL;
+    if (!failed) {
+        Py_ssize_t head = t.len + h.len < EIGHT_BIT_HEAD ? t.len + h.len : EIGHT_BIT_HEAD;
+        if (head > 0) {
+            Py_ssize_t n = count_non_ascii(&t, head);
+            if (t.len < head)
+                n += count_non_ascii(&h, head - t.len);
+            failed = PySet_Add(out, S.eight_bit_n[n * 100 / head / 10]) < 0;  /* n <= head */
+        }
+    }
+    Py_XDECREF(text);
+    Py_XDECREF(html);
+    return failed ? -1 : 0;
+}
+
 /* ------------------------------------------------------------------ module functions */
 
 static int
@@ -1200,6 +1726,43 @@ headers(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
+PyDoc_STRVAR(url_tokens_doc,
+"url_tokens(urls, out)\n--\n\n"
+"The tokens of the first 100 URLs of a list (tokens._url_tokens_py).");
+
+static PyObject *
+url_tokens(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (check_args("url_tokens", nargs, 2, args) < 0 || urls_of(args[0], args[1]) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(structure_doc,
+"structure(msg, out)\n--\n\n"
+"The MIME, attachment, HTML, size and URL count tokens of a ParsedMessage "
+"(tokens._structure_py).");
+
+static PyObject *
+structure(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (check_args("structure", nargs, 2, args) < 0 || structure_of(args[0], args[1]) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(eight_bit_doc,
+"eight_bit(msg, out)\n--\n\n"
+"The share of non-ASCII characters in the body's head as a token (tokens._eight_bit_py).");
+
+static PyObject *
+eight_bit(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (check_args("eight_bit", nargs, 2, args) < 0 || eight_bit_of(args[0], args[1]) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"word_tokens", (PyCFunction)(void (*)(void))word_tokens, METH_FASTCALL, word_tokens_doc},
     {"header_words", (PyCFunction)(void (*)(void))header_words, METH_FASTCALL, header_words_doc},
@@ -1207,6 +1770,9 @@ static PyMethodDef methods[] = {
     {"received", (PyCFunction)(void (*)(void))received, METH_FASTCALL, received_doc},
     {"domain_tokens", (PyCFunction)(void (*)(void))py_domain_tokens, METH_FASTCALL, domain_tokens_doc},
     {"headers", (PyCFunction)(void (*)(void))headers, METH_FASTCALL, headers_doc},
+    {"url_tokens", (PyCFunction)(void (*)(void))url_tokens, METH_FASTCALL, url_tokens_doc},
+    {"structure", (PyCFunction)(void (*)(void))structure, METH_FASTCALL, structure_doc},
+    {"eight_bit", (PyCFunction)(void (*)(void))eight_bit, METH_FASTCALL, eight_bit_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1219,6 +1785,8 @@ exec_module(PyObject *module)
         || PyModule_AddIntConstant(module, "MIN_WORD", MIN_WORD) < 0
         || PyModule_AddIntConstant(module, "MAX_WORD", MAX_WORD) < 0
         || PyModule_AddIntConstant(module, "MAX_RECEIVED", MAX_RECEIVED) < 0
+        || PyModule_AddIntConstant(module, "MAX_URLS", MAX_URLS) < 0
+        || PyModule_AddIntConstant(module, "EIGHT_BIT_HEAD", EIGHT_BIT_HEAD) < 0
         || PyModule_AddObjectRef(module, "SKIP_HEADERS", K.skip_headers) < 0
         || PyModule_AddObjectRef(module, "ADDRESS_HEADERS", K.address_headers) < 0
         || PyModule_AddObjectRef(module, "LISTED_HEADERS", K.listed_headers) < 0)

@@ -14,7 +14,6 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from functools import cache
 from pathlib import Path
 
 import pytest
@@ -25,8 +24,8 @@ from stronghold import _wordcore as wordcore  # type: ignore[attr-defined]  # (f
 from stronghold import tokens
 from stronghold.message import ParsedMessage, parse, url_host
 
-REPLACED = ("_word_tokens", "_domain_tokens", "_headers")  # what tokens calls the C functions as
-CORPUS = Path(__file__).resolve().parents[2] / "corpus" / "data"
+# what tokens calls the C functions as
+REPLACED = ("_word_tokens", "_domain_tokens", "_headers", "_url_tokens", "_structure", "_eight_bit")
 
 
 @contextmanager
@@ -59,33 +58,36 @@ def same(name: str, *args: object) -> None:
     assert native == run(getattr(tokens, name + "_py"), *args), args
 
 
-@cache
-def corpus_parsed() -> list[ParsedMessage]:
-    paths = sorted(p for folder in sorted(CORPUS.iterdir()) if folder.is_dir()
-                   for p in folder.iterdir() if p.is_file())
-    assert len(paths) > 1000
-    return [parse(p.read_bytes()) for p in paths]
+_parsed: list[ParsedMessage] = []
+
+
+def corpus_parsed(raws: list[bytes]) -> list[ParsedMessage]:
+    """Every corpus message parsed (once per run: the files testing wordcore share them)."""
+    if not _parsed:
+        _parsed.extend(parse(raw) for raw in raws)
+    return _parsed
 
 
 def test_the_tokenizer_runs_the_c_functions_and_agrees_on_its_tables() -> None:
     for name in REPLACED:
         assert getattr(tokens, name) is getattr(wordcore, name.removeprefix("_"))
-    assert (wordcore.MAX_TEXT, wordcore.MIN_WORD, wordcore.MAX_WORD, wordcore.MAX_RECEIVED) == (
-        tokens.MAX_TEXT, tokens.MIN_WORD, tokens.MAX_WORD, tokens.MAX_RECEIVED)
+    assert (wordcore.MAX_TEXT, wordcore.MIN_WORD, wordcore.MAX_WORD, wordcore.MAX_RECEIVED, wordcore.MAX_URLS,
+            wordcore.EIGHT_BIT_HEAD) == (tokens.MAX_TEXT, tokens.MIN_WORD, tokens.MAX_WORD, tokens.MAX_RECEIVED,
+                                         tokens.MAX_URLS, tokens.EIGHT_BIT_HEAD)
     assert wordcore.SKIP_HEADERS == tokens._SKIP_HEADERS
     assert wordcore.ADDRESS_HEADERS == set(tokens._ADDRESS_HEADERS)
     assert wordcore.LISTED_HEADERS == set(tokens._LISTED_HEADERS)
 
 
 @pytest.mark.corpus
-def test_every_corpus_message_has_the_same_features(corpus: Path) -> None:
-    differ = [i for i, msg in enumerate(corpus_parsed()) if tokens.features(msg) != python_features(msg)]
+def test_every_corpus_message_has_the_same_features(corpus_raws: list[bytes]) -> None:
+    differ = [i for i, msg in enumerate(corpus_parsed(corpus_raws)) if tokens.features(msg) != python_features(msg)]
     assert differ == []
 
 
 @pytest.mark.corpus
-def test_each_function_alone_on_the_corpus(corpus: Path) -> None:
-    for msg in corpus_parsed():
+def test_each_function_alone_on_the_corpus(corpus_raws: list[bytes]) -> None:
+    for msg in corpus_parsed(corpus_raws):
         same("_headers", msg)
         same("_word_tokens", msg.text, "")
         same("_word_tokens", msg.html_text, "x:")
