@@ -39,8 +39,9 @@ def main() -> int:
                         help="a milter setting for B only (repeatable), e.g. milter_workers=3")
     parser.add_argument("--postfix-setting", action="append", default=[], metavar="NAME=VALUE",
                         help="a main.cf setting for B's Postfix only (repeatable), e.g. milter_helo_macros=")
-    parser.add_argument("--b-engine", choices=("pymilter", "selector"), default="pymilter",
-                        help="B's protocol engine: the product's (pymilter), or bench.selector_milter's experiment")
+    parser.add_argument("--b-engine", choices=("product", "selector"), default="product",
+                        help="B's milter: the product's (its milter_engine setting decides), or "
+                             "bench.selector_milter's experiment")
     parser.add_argument("--keep", action="store_true", help="keep the run's folder (logs) and say where")
     args = parser.parse_args()
     before = args.before.resolve()

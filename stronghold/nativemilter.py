@@ -24,7 +24,6 @@ import signal
 import socket
 import struct
 import threading
-import time
 from collections.abc import Callable
 from types import ModuleType
 
@@ -39,6 +38,7 @@ ADDHDRS, CHGHDRS, DELRCPT = 0x01, 0x10, 0x08  # the actions of the protocol this
 FLAGS = ADDHDRS | CHGHDRS | DELRCPT
 _LEN = struct.Struct(">I")
 _CODE = {ACCEPT: b"a", REJECT: b"r", DISCARD: b"d"}
+MAX_REPLY = 980  # libmilter's longest reply text (MAXREPLYLEN)
 
 
 def core() -> ModuleType | None:
@@ -73,9 +73,11 @@ def pack(answer: Answer) -> bytes:
             out.append(_packet(b"-", _field(edit[1])))
         else:
             raise ValueError(f"unknown edit {edit[0]!r}")
-    if answer.reply is not None and answer.action in (REJECT, TEMPFAIL):
-        code, xcode, text = answer.reply
-        out.append(_packet(b"y", _field(_one_line(f"{code} {xcode} {text}"))))
+    reply = answer.reply
+    if reply is not None and (answer.action, reply[0][:1]) in ((REJECT, "5"), (TEMPFAIL, "4")):
+        # libmilter sends a reply's text only with an action of its class, else the bare action
+        code, xcode, text = reply
+        out.append(_packet(b"y", _field(_one_line(f"{code} {xcode} {text}")[:MAX_REPLY])))
     else:
         out.append(_packet(_CODE.get(answer.action, b"t")))
     return b"".join(out)
@@ -182,10 +184,6 @@ def _set_timeouts(sock: socket.socket, timeval: bytes) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
 
 
-class _Stop(Exception):
-    """SIGTERM in a worker: stop accepting."""
-
-
 class ConnectionThreads:
     """Threads that each serve one connection at a time with ``handle``, reused: a new connection
     goes to a thread left idle by an earlier one, or to a new thread (never waits behind another)."""
@@ -210,7 +208,11 @@ class ConnectionThreads:
 
     def _loop(self) -> None:
         while (sock := self.queue.get()) is not None:
-            self.handle(sock)
+            try:
+                self.handle(sock)
+            except Exception:  # this thread must stay to serve the next connection
+                log.exception("milter connection failed")
+                sock.close()
             with self.lock:
                 self.idle += 1
 
@@ -222,34 +224,35 @@ class ConnectionThreads:
             thread.join()
 
 
+ACCEPT_WAKE_SECONDS = 1  # how often a worker blocked in accept() looks whether it was told to stop
+
+
 def serve_worker(listener: socket.socket, service: Service) -> None:
     """Accept on ``listener`` (blocking, shared with the other workers: the kernel wakes one
-    worker per connection) until SIGTERM, then wait for the connections in progress to end."""
+    worker per connection) until SIGTERM, then wait for the connections in progress to end.
 
-    def on_term(_signum: int, _frame: object) -> None:
-        raise _Stop
-
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, on_term)
+    The signal only sets a flag: accept() gives up every ACCEPT_WAKE_SECONDS (SO_RCVTIMEO on
+    the listening socket) to look at it, so a connection once accepted is always served."""
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: stop.set())
+    signal.signal(signal.SIGINT, lambda _signum, _frame: stop.set())
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", ACCEPT_WAKE_SECONDS, 0))
     threads = ConnectionThreads(lambda sock: Connection(service, sock).run())
     tcp = listener.family in (socket.AF_INET, socket.AF_INET6)
     timeval = struct.pack("ll", service.cfg.milter_timeout, 0)
-    try:
-        while True:
-            try:
-                sock, _addr = listener.accept()
-            except OSError as exc:  # out of descriptors, say: wait, the MTA retries or queues
-                log.error("milter accept: %s", exc)
-                time.sleep(0.1)
-                continue
-            if tcp:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            _set_timeouts(sock, timeval)
-            threads.serve(sock)
-    except _Stop:
-        pass
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    while not stop.is_set():
+        try:
+            sock, _addr = listener.accept()
+        except (BlockingIOError, TimeoutError, InterruptedError):  # the wake-up: look at the flag
+            continue
+        except OSError as exc:  # out of descriptors, say: wait, the MTA retries or queues
+            log.error("milter accept: %s", exc)
+            stop.wait(0.1)
+            continue
+        if tcp:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        _set_timeouts(sock, timeval)
+        threads.serve(sock)
     threads.close()
 
 

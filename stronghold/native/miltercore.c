@@ -209,8 +209,10 @@ static int keep(Session *s, const char *p, size_t n) {
 }
 
 static void reset_message(Session *s) {
-    s->mail.len = s->rcpt.len = 0;
-    s->data.len = s->arena.len = 0;
+    buf_clear(&s->mail);
+    buf_clear(&s->rcpt);
+    buf_clear(&s->data);
+    buf_clear(&s->arena);
     s->nrefs = 0;
     s->size = s->stored = 0;
     s->oversize = s->in_body = s->in_mail = s->new_message = 0;
@@ -618,6 +620,23 @@ static PyObject *event(Session *s, int ev) {
 
 /* -- the Session type ------------------------------------------------------------------- */
 
+/* the getters and macro() read buffers next() may be growing without the GIL */
+static int in_use(Session *s) {
+    if (!s->busy)
+        return 0;
+    PyErr_SetString(PyExc_RuntimeError, "session in use by another thread");
+    return 1;
+}
+
+static PyObject *Session_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    (void)args;
+    (void)kwds;
+    Session *s = (Session *)type->tp_alloc(type, 0);
+    if (s != NULL)
+        s->fd = -1; /* no socket until __init__ */
+    return (PyObject *)s;
+}
+
 static int Session_init(Session *s, PyObject *args, PyObject *kwds) {
     static char *names[] = {"fd", "actions", "memory_limit", "max_bytes", NULL};
     int fd;
@@ -627,6 +646,10 @@ static int Session_init(Session *s, PyObject *args, PyObject *kwds) {
         return -1;
     if (fd < 0 || memory_limit < 1 || max_bytes < 0) {
         PyErr_SetString(PyExc_ValueError, "fd, memory_limit and max_bytes must be positive");
+        return -1;
+    }
+    if (s->fd >= 0) {
+        PyErr_SetString(PyExc_RuntimeError, "session already set up");
         return -1;
     }
     s->fd = fd;
@@ -660,9 +683,10 @@ static PyObject *Session_next(Session *s, PyObject *args) {
     Py_buffer reply = {0};
     if (!PyArg_ParseTuple(args, "|y*:next", &reply))
         return NULL;
-    if (s->busy || s->closed) {
+    if (s->busy || s->closed || s->fd < 0) {
         PyBuffer_Release(&reply);
-        PyErr_SetString(PyExc_RuntimeError, s->closed ? "session closed" : "session in use by another thread");
+        PyErr_SetString(PyExc_RuntimeError, s->closed ? "session closed"
+                        : s->fd < 0 ? "session not set up" : "session in use by another thread");
         return NULL;
     }
     s->busy = 1;
@@ -684,6 +708,8 @@ PyDoc_STRVAR(macro_doc,
 "The value of an MTA macro (\"i\" or \"{i}\" alike), from the latest stage that sent it.");
 
 static PyObject *Session_macro(Session *s, PyObject *arg) {
+    if (in_use(s))
+        return NULL;
     Py_ssize_t n;
     const char *name = PyUnicode_AsUTF8AndSize(arg, &n);
     if (name == NULL)
@@ -720,6 +746,8 @@ static PyObject *Session_macro(Session *s, PyObject *arg) {
 /* connect packet: hostname NUL family [port(2) address NUL] */
 static PyObject *Session_client(Session *s, void *closure) {
     (void)closure;
+    if (in_use(s))
+        return NULL;
     const Buf *b = &s->client;
     const char *nul = b->len ? memchr(b->p, 0, b->len) : NULL;
     if (nul == NULL)
@@ -731,20 +759,23 @@ static PyObject *Session_client(Session *s, void *closure) {
         return Py_BuildValue("(Nss)", text(b->p, host_len), "", "");
     const char *addr = family + 1;
     size_t addr_len = rest - 1;
+    PyObject *kind = PyUnicode_DecodeLatin1(family, 1, NULL); /* any byte: never a decoding error */
     if (*family != 'U') { /* a port comes first (libmilter reads one for every known family) */
         if (addr_len < 2)
-            return Py_BuildValue("(Ns#s)", text(b->p, host_len), family, (Py_ssize_t)1, "");
+            return Py_BuildValue("(NNs)", text(b->p, host_len), kind, "");
         addr += 2;
         addr_len -= 2;
     }
     const char *end = memchr(addr, 0, addr_len);
     if (end != NULL)
         addr_len = (size_t)(end - addr);
-    return Py_BuildValue("(Ns#N)", text(b->p, host_len), family, (Py_ssize_t)1, text(addr, addr_len));
+    return Py_BuildValue("(NNN)", text(b->p, host_len), kind, text(addr, addr_len));
 }
 
 static PyObject *Session_helo(Session *s, void *closure) {
     (void)closure;
+    if (in_use(s))
+        return NULL;
     size_t n = s->helo.len;
     const char *nul = n ? memchr(s->helo.p, 0, n) : NULL;
     if (nul != NULL)
@@ -776,7 +807,7 @@ static PyTypeObject SessionType = {
     .tp_doc = PyDoc_STR("Session(fd, actions, memory_limit, max_bytes): one MTA connection"),
     .tp_basicsize = sizeof(Session),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_new = PyType_GenericNew,
+    .tp_new = Session_new,
     .tp_init = (initproc)Session_init,
     .tp_dealloc = (destructor)Session_dealloc,
     .tp_methods = Session_methods,

@@ -231,7 +231,7 @@ def test_sigterm_stops_every_worker_promptly_with_its_log_rows_written(models_di
     """Workers share one listening socket.  libmilter polls it: one that lost the race for the
     last connection must go back to polling (and see SIGTERM), not block in accept(), so the
     socket is non-blocking.  The native engine blocks in accept() (the kernel wakes one worker
-    per connection) and SIGTERM interrupts it."""
+    per connection), which gives up every second to see whether SIGTERM came."""
     home = shared_tmpdir("stronghold-faults-")
     (home / "filter").mkdir()
     edge_stack = EdgeStack(home, models_dir, milter_engine=engine)
