@@ -16,7 +16,9 @@ Runs this tree twice over the corpus (``corpus/data``), in child processes: once
    milter's own callbacks (connect to end of message, a throwaway SQLite message log,
    clamd stood in by a scanner that reads the spool and finds nothing) driven in-process
    with the same messages, the whole process's CPU (its store threads included): what
-   the native core saves a worker without libmilter, Postfix or clamd around it.
+   the native core saves a worker without libmilter, Postfix or clamd around it; and in the
+   native child the native protocol engine's connection thread fed the same messages as
+   packets over a socketpair (its own CPU clock: the C protocol and our Python).
 
 Prints the medians, python/native ratios with the rounds' range, and which parts ran
 natively.  Exits 1 if any message differs or the native child has no native part.
@@ -84,6 +86,8 @@ def child(mode: str, every: int, check: bool) -> None:
         result["us"] = [ns / len(raws) / 1000 for ns in spent]
         result["messages"] = len(raws)
         result["milter_us"] = _milter_callbacks(raws)
+        if nativecore.load("miltercore") is not None:
+            result["engine_us"] = _native_engine(raws)
     print(json.dumps(result))
 
 
@@ -144,6 +148,83 @@ def _milter_callbacks(raws: list[bytes]) -> float:
     return spent / len(messages) / 1000
 
 
+def _packet(cmd: bytes, data: bytes = b"") -> bytes:
+    """A milter packet as the MTA sends it: length, command, data."""
+    return (len(data) + 1).to_bytes(4, "big") + cmd + data
+
+
+def _native_engine(raws: list[bytes]) -> float:
+    """CPU µs per message of the native engine's connection thread (the C protocol and our
+    Python at each recipient and end of message), the messages sent by an MTA thread over a
+    socketpair, as Postfix sends them; SQLite log, scanner stood in as in ``_milter_callbacks``."""
+    import email.parser
+    import socket
+    import tempfile
+    import threading
+
+    from stronghold import config as config_mod
+    from stronghold.antivirus import ScanResult
+    from stronghold.nativemilter import Connection
+    from stronghold.service import Service
+    from stronghold.store.db import Store
+
+    class NothingFound:
+        def scan(self, stream: Any) -> ScanResult:
+            stream.read()
+            return ScanResult(None)
+
+    opening = [_packet(b"O", (6).to_bytes(4, "big") + (0x1FF).to_bytes(4, "big") + (0x1FFFFF).to_bytes(4, "big")),
+               _packet(b"C", b"client.example\x004\x9c\x40192.0.2.7\0"), _packet(b"H", b"client.example\0")]
+    messages = []
+    for raw in raws:
+        raw = raw.split(b"\n", 1)[1] if raw.startswith(b"From ") else raw
+        head, _, body = raw.partition(b"\n\n")
+        fields = email.parser.BytesHeaderParser().parsebytes(head + b"\n\n").raw_items()
+        packets = [_packet(b"D", b"Mi\x004XyZ1\0"), _packet(b"M", b"<sender@example.net>\0"),
+                   _packet(b"R", b"<user@example.com>\0"), _packet(b"T")]
+        packets += [_packet(b"L", k.encode() + b"\0" + v.encode("utf-8", "surrogateescape") + b"\0") for k, v in fields]
+        packets += [_packet(b"B", body[i:i + 65535]) for i in range(0, max(len(body), 1), 65535)]
+        messages.append(b"".join(packets) + _packet(b"E"))
+
+    def mta(sock: socket.socket) -> None:
+        sock.sendall(b"".join(opening))
+        for message in messages:
+            sock.sendall(message)
+            buf = b""
+            while True:  # up to the end-of-message answer (after recipient and DATA continues)
+                while len(buf) < 4 or len(buf) < 4 + int.from_bytes(buf[:4], "big"):
+                    buf += sock.recv(65536)
+                size = int.from_bytes(buf[:4], "big")
+                cmd, buf = buf[4:5], buf[4 + size:]
+                if cmd in (b"a", b"r", b"t", b"d", b"y"):
+                    break
+        sock.sendall(_packet(b"Q"))
+
+    with tempfile.TemporaryDirectory() as home:
+        cfg = config_mod.load(None, {"data_dir": Path(home) / "data", "models_dir": ROOT / "models"}, environ={})
+        cfg.data_dir.mkdir(parents=True)
+        store = Store(cfg.db_url)
+        store.upgrade()
+        service = Service(cfg, store=store, scanner=NothingFound())
+
+        def run() -> int:
+            theirs, ours = socket.socketpair()
+            sender = threading.Thread(target=mta, args=(theirs,))
+            sender.start()
+            start = time.thread_time_ns()
+            Connection(service, ours).run()
+            spent = time.thread_time_ns() - start
+            sender.join()
+            theirs.close()
+            service.db.drain(30)
+            return spent
+
+        run()  # warm
+        spent = run()
+        store.dispose()
+    return spent / len(raws) / 1000
+
+
 def _run(mode: str, every: int, check: bool, seed: int) -> dict[str, Any]:
     env = {**os.environ, "PYTHONHASHSEED": str(seed), "PYTHONPATH": str(ROOT)}
     env["STRONGHOLD_NATIVE"] = "1" if mode == "native" else "0"
@@ -181,11 +262,14 @@ def main() -> int:
     if args.check_only:
         return 1 if differ else 0
     spent: dict[str, list[list[float]]] = {"native": [], "python": []}
+    engine: list[float] = []
     messages = 0
     for r in range(args.rounds):
         for mode in (("python", "native") if r % 2 == 0 else ("native", "python")):
             got = _run(mode, args.every, False, r + 1)
             spent[mode].append([*got["us"], got["milter_us"]])
+            if "engine_us" in got:
+                engine.append(got["engine_us"])
             messages = got["messages"]
     print(f"timing: {messages} messages (every {args.every}th), {args.rounds} rounds alternating, "
           "CPU µs per message, median of rounds")
@@ -201,6 +285,10 @@ def main() -> int:
         ratios = [pick(p) / pick(n) for p, n in zip(spent["python"], spent["native"], strict=True)]
         print(f"  {stage:16} python {py:7.1f}  native {nat:7.1f}  python/native {statistics.median(ratios):.2f}"
               f" (rounds {min(ratios):.2f}-{max(ratios):.2f})")
+    if engine:
+        print(f"  native engine: its connection thread {statistics.median(engine):.1f} µs per message "
+              f"(rounds {min(engine):.1f}-{max(engine):.1f}): the C protocol and our Python at each recipient "
+              "and end of message")
     return 1 if differ else 0
 
 

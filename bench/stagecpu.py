@@ -205,14 +205,14 @@ def main() -> int:
         user, system = (user1 - user0) * 1000 / sent, (sys1 - sys0) * 1000 / sent
         print(f"| **our callbacks together** | **{callbacks:.3f}** |")
         print(f"| workers' whole CPU (/proc): user {user:.3f} + system {system:.3f} | **{user + system:.3f}** |")
-        print(f"| of which outside our callbacks (libmilter, pymilter, kernel, store thread) | "
+        print(f"| of which outside our callbacks (the protocol engine, kernel, store threads) | "
               f"{user + system - callbacks:.3f} |")
         own = 0.0
         for name in sorted(threads1):
             value = (threads1[name] - threads0.get(name, 0.0)) * 1000 / max(n, 1)
             own += value
             print(f"| &nbsp;&nbsp;&nbsp;&nbsp;thread {name} | {value:.3f} |")
-        print(f"| &nbsp;&nbsp;&nbsp;&nbsp;libmilter's connection threads outside our callbacks | "
+        print(f"| &nbsp;&nbsp;&nbsp;&nbsp;connection threads outside our callbacks (the engine's C) | "
               f"{user + system - callbacks - own:.3f} |")
         return 0
     finally:
