@@ -91,13 +91,18 @@ def child(mode: str, every: int, check: bool) -> None:
     print(json.dumps(result))
 
 
-def _milter_callbacks(raws: list[bytes]) -> float:
-    """Process CPU µs per message of the milter's callbacks, fed in-process (see the module doc)."""
+def _fields_and_body(raw: bytes) -> tuple[list[tuple[str, bytes]], bytes]:
+    """A message as the MTA hands it to a milter: its header fields (name, raw value) and body."""
     import email.parser
-    import socket
-    import tempfile
+    raw = raw.split(b"\n", 1)[1] if raw.startswith(b"From ") else raw
+    head, _, body = raw.partition(b"\n\n")
+    fields = email.parser.BytesHeaderParser().parsebytes(head + b"\n\n").raw_items()
+    return [(k, v.encode("utf-8", "surrogateescape")) for k, v in fields], body
 
-    from bench.selector_milter import Connection
+
+def _bench_service(home: str) -> tuple[Any, Any]:
+    """A Service on a throwaway SQLite store in ``home``, clamd stood in by a scanner that reads
+    the message and finds nothing; (service, store)."""
     from stronghold import config as config_mod
     from stronghold.antivirus import ScanResult
     from stronghold.service import Service
@@ -108,18 +113,23 @@ def _milter_callbacks(raws: list[bytes]) -> float:
             stream.read()
             return ScanResult(None)
 
-    messages = []
-    for raw in raws:
-        raw = raw.split(b"\n", 1)[1] if raw.startswith(b"From ") else raw
-        head, _, body = raw.partition(b"\n\n")
-        fields = email.parser.BytesHeaderParser().parsebytes(head + b"\n\n").raw_items()
-        messages.append(([(k, v.encode("utf-8", "surrogateescape")) for k, v in fields], body))
+    cfg = config_mod.load(None, {"data_dir": Path(home) / "data", "models_dir": ROOT / "models"}, environ={})
+    cfg.data_dir.mkdir(parents=True)
+    store = Store(cfg.db_url)
+    store.upgrade()
+    return Service(cfg, store=store, scanner=NothingFound()), store
+
+
+def _milter_callbacks(raws: list[bytes]) -> float:
+    """Process CPU µs per message of the milter's callbacks, fed in-process (see the module doc)."""
+    import socket
+    import tempfile
+
+    from bench.selector_milter import Connection
+
+    messages = [_fields_and_body(raw) for raw in raws]
     with tempfile.TemporaryDirectory() as home:
-        cfg = config_mod.load(None, {"data_dir": Path(home) / "data", "models_dir": ROOT / "models"}, environ={})
-        cfg.data_dir.mkdir(parents=True)
-        store = Store(cfg.db_url)
-        store.upgrade()
-        service = Service(cfg, store=store, scanner=NothingFound())
+        service, store = _bench_service(home)
         conn = Connection(None, service)  # type: ignore[arg-type]  # replies are collected, never sent
         conn.macros.update({"i": "4XyZ1", "j": "mx.example"})
 
@@ -157,32 +167,20 @@ def _native_engine(raws: list[bytes]) -> float:
     """CPU µs per message of the native engine's connection thread (the C protocol and our
     Python at each recipient and end of message), the messages sent by an MTA thread over a
     socketpair, as Postfix sends them; SQLite log, scanner stood in as in ``_milter_callbacks``."""
-    import email.parser
     import socket
     import tempfile
     import threading
 
-    from stronghold import config as config_mod
-    from stronghold.antivirus import ScanResult
     from stronghold.nativemilter import Connection
-    from stronghold.service import Service
-    from stronghold.store.db import Store
-
-    class NothingFound:
-        def scan(self, stream: Any) -> ScanResult:
-            stream.read()
-            return ScanResult(None)
 
     opening = [_packet(b"O", (6).to_bytes(4, "big") + (0x1FF).to_bytes(4, "big") + (0x1FFFFF).to_bytes(4, "big")),
                _packet(b"C", b"client.example\x004\x9c\x40192.0.2.7\0"), _packet(b"H", b"client.example\0")]
     messages = []
     for raw in raws:
-        raw = raw.split(b"\n", 1)[1] if raw.startswith(b"From ") else raw
-        head, _, body = raw.partition(b"\n\n")
-        fields = email.parser.BytesHeaderParser().parsebytes(head + b"\n\n").raw_items()
+        fields, body = _fields_and_body(raw)
         packets = [_packet(b"D", b"Mi\x004XyZ1\0"), _packet(b"M", b"<sender@example.net>\0"),
                    _packet(b"R", b"<user@example.com>\0"), _packet(b"T")]
-        packets += [_packet(b"L", k.encode() + b"\0" + v.encode("utf-8", "surrogateescape") + b"\0") for k, v in fields]
+        packets += [_packet(b"L", k.encode() + b"\0" + v + b"\0") for k, v in fields]
         packets += [_packet(b"B", body[i:i + 65535]) for i in range(0, max(len(body), 1), 65535)]
         messages.append(b"".join(packets) + _packet(b"E"))
 
@@ -201,11 +199,7 @@ def _native_engine(raws: list[bytes]) -> float:
         sock.sendall(_packet(b"Q"))
 
     with tempfile.TemporaryDirectory() as home:
-        cfg = config_mod.load(None, {"data_dir": Path(home) / "data", "models_dir": ROOT / "models"}, environ={})
-        cfg.data_dir.mkdir(parents=True)
-        store = Store(cfg.db_url)
-        store.upgrade()
-        service = Service(cfg, store=store, scanner=NothingFound())
+        service, store = _bench_service(home)
 
         def run() -> int:
             theirs, ours = socket.socketpair()

@@ -68,6 +68,23 @@ class NoopMilter(Milter.Base):
         return Milter.ACCEPT
 
 
+def _supervise(children: list[int]) -> None:
+    """Pass SIGTERM on to the worker processes and wait for them."""
+    def stop(_signum: int, _frame: object) -> None:
+        for pid in children:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    signal.signal(signal.SIGTERM, stop)
+    for _ in children:
+        try:
+            os.wait()
+        except ChildProcessError:
+            break
+
+
 def _prefork(spec: str, workers: int) -> None:
     """The Stronghold milter's way: one socket, ``workers`` processes serving it."""
     from stronghold.milter_server import _tune_listener  # non-blocking listener, as the product's
@@ -97,20 +114,7 @@ def _prefork(spec: str, workers: int) -> None:
             milter.main()
             os._exit(0)
         children.append(pid)
-
-    def stop(_signum: int, _frame: object) -> None:
-        for pid in children:
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-
-    signal.signal(signal.SIGTERM, stop)
-    for _ in children:
-        try:
-            os.wait()
-        except ChildProcessError:
-            break
+    _supervise(children)
 
 
 def _native(spec: str, workers: int) -> None:
@@ -146,20 +150,7 @@ def _native(spec: str, workers: int) -> None:
             while True:
                 threads.serve(listener.accept()[0])
         children.append(pid)
-
-    def stop(_signum: int, _frame: object) -> None:
-        for pid in children:
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-
-    signal.signal(signal.SIGTERM, stop)
-    for _ in children:
-        try:
-            os.wait()
-        except ChildProcessError:
-            break
+    _supervise(children)
 
 
 def main(argv: list[str] | None = None) -> int:
