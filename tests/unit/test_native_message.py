@@ -74,7 +74,7 @@ URL_TEXT = st.lists(st.sampled_from(
      '"', "'", "(", ")", "[", "]", "{", "}", "\x00", "\udc80"]), max_size=80).map("".join)
 
 
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=600, deadline=None)
 @given(URL_TEXT)
 def test_generated_text_gives_the_same_urls(text: str) -> None:
     assert find_urls(text) == message._find_urls_py(text)
@@ -86,7 +86,7 @@ HEADER_BYTES = st.lists(st.sampled_from(
     max_size=40).map(b"".join)
 
 
-@settings(max_examples=2000, deadline=None)
+@settings(max_examples=800, deadline=None)
 @given(HEADER_BYTES, st.binary(max_size=20))
 def test_generated_header_blocks_read_the_same(head: bytes, body: bytes) -> None:
     for raw in (head, head + b"\r\n\r\n" + body, head + b"\n\n" + body):

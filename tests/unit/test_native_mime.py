@@ -275,7 +275,7 @@ def part(draw: st.DrawFn, depth: int) -> bytes:
     return out + draw(lines(TEXT))  # epilogue
 
 
-@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(part(0))
 def test_generated_messages_give_the_stdlib_tree(raw: bytes) -> None:
     tree = native_tree(raw)
@@ -319,7 +319,7 @@ def scan_pool(boundary: str) -> list[bytes]:
                              sep + b"--", sep + b"\t \r\n", sep + b"-- \t\r", sep + b"-"]
 
 
-@settings(max_examples=2000, deadline=None)
+@settings(max_examples=800, deadline=None)
 @given(st.sampled_from(BOUNDARIES), st.data())
 def test_generated_bytes_are_scanned_as_the_references_scan_them(boundary: str, data: st.DataObject) -> None:
     raw = b"".join(data.draw(st.lists(st.sampled_from(scan_pool(boundary)), max_size=30)))
