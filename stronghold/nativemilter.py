@@ -26,6 +26,7 @@ import struct
 import threading
 from collections.abc import Callable
 from types import ModuleType
+from typing import Any
 
 from stronghold import nativecore
 from stronghold.service import Service
@@ -87,6 +88,11 @@ CONTINUE_PACKET = _packet(b"c")
 TEMPFAIL_PACKET = _packet(b"t")
 
 
+def _peer(session: Any) -> tuple[str, str, str]:
+    """The client's address, its HELO name and the queue id, as the Session has them now."""
+    return session.client[2], session.helo, session.macro("i") or ""
+
+
 class Connection:
     """One MTA connection on the native engine: its Session and the message in progress."""
 
@@ -94,7 +100,6 @@ class Connection:
         self.service = service
         self.sock = sock
         self.txn: Transaction | None = None
-        self.queue_id = ""
 
     def run(self) -> None:
         mod = core()
@@ -145,10 +150,8 @@ class Connection:
         if new_message or self.txn is None:
             self._drop()
             self.txn = Transaction(self.service, mail[0] if mail else "")
-        client = session.client  # type: ignore[attr-defined]
         given = bare(rcpt[0] if rcpt else "")
-        refused = check_recipient(self.service, self.txn.sender, given, client[2], session.helo,  # type: ignore[attr-defined]
-                                  session.macro("i") or "")  # type: ignore[attr-defined]
+        refused = check_recipient(self.service, self.txn.sender, given, *_peer(session))
         if refused is not None:
             return pack(refused)
         self.txn.add_recipient(given)
@@ -170,9 +173,7 @@ class Connection:
         self.on_data(headers, data)
         txn.size = size
         txn.oversize = oversize
-        client = session.client  # type: ignore[attr-defined]
-        env = Envelope(txn.sender, tuple(txn.recipients), client[2], session.helo,  # type: ignore[attr-defined]
-                       session.macro("i") or "")  # type: ignore[attr-defined]
+        env = Envelope(txn.sender, tuple(txn.recipients), *_peer(session))
         answer = txn.conclude(env)
         self._drop()
         return pack(answer)

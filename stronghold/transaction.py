@@ -92,12 +92,11 @@ class Transaction:
         """One header, spooled at ``start:end``: the first Subject, and each of ours from outside
         (X-Spam-*/X-Stronghold-*, stripped from every copy) with its index among its namesakes,
         as the MTA counts them when asked to change one."""
-        key = name.lower()
-        if key == "subject" or key.strip().startswith(headers.OWN_PREFIXES):  # headers.ours(name)
-            self._noted(key, name, raw, start, end)
+        self.note_headers([(name, raw, start, end)], end)
 
     def note_headers(self, batch: list[tuple[str, bytes, int, int]], cap: int) -> None:
-        """``note_header`` for each (name, value, start, end) of ``batch``, positions cut at ``cap``."""
+        """``note_header`` for each (name, value, start, end) of ``batch``, positions cut at ``cap``
+        (one call per batch: the native engine hands over ~20 headers at once)."""
         prefixes = headers.OWN_PREFIXES
         for name, raw, start, end in batch:
             key = name.lower()
