@@ -141,6 +141,38 @@ def decode_bytes(data: bytes, charset: str | None) -> tuple[str, bool]:
         return data.decode("latin-1"), True
 
 
+def _plain_fields_py(fields: list[tuple[str, str]], limit: int) -> list[tuple[str, str] | None]:
+    """Each field whose value is plain (ASCII, no ``=?`` in its first ``limit`` characters) as
+    ``decode_header_value`` reads it, the others None (``_header_field`` reads those).
+    ``plain_fields`` is this, in C when built."""
+    return [(name, " ".join(value[:limit].split()))
+            if isinstance(value, str) and value.isascii() and "=?" not in value[:limit] else None
+            for name, value in fields]
+
+
+plain_fields: Callable[[list[tuple[str, str]], int], list[tuple[str, str] | None]] = (
+    _mimecore.plain_fields if _mimecore is not None else _plain_fields_py)
+
+
+def _header_field(name: str, value: object, defects: list[str]) -> tuple[str, str]:
+    """A header field as the filter reads it: raw 8-bit bytes as UTF-8 (RFC 6532) if they
+    are, else Latin-1; encoded words decoded."""
+    if not isinstance(value, str):
+        value = str(value)
+    if not value.isascii():
+        defects.append("8bit-header")
+        try:
+            data = value.encode("ascii", "surrogateescape")
+        except UnicodeEncodeError:
+            data = value.encode("utf-8", "surrogateescape")
+        value, latin1 = decode_bytes(data, None)
+        if latin1:
+            defects.append("header-charset")
+    text, bad = decode_header_value(value, phrase=name.lower() in ADDRESS_HEADERS)
+    defects.extend(bad)
+    return name, text
+
+
 def _body_as_sent(part: email.message.Message) -> bytes | None:
     """A leaf part's body bytes as they arrived (transfer encoding not undone).
 
@@ -239,21 +271,9 @@ def parse(raw: bytes, max_bytes: int = MAX_BYTES) -> ParsedMessage:
     root = mime_tree(raw, msg.defects)
     for defect in root.defects:
         msg.defects.append(type(defect).__name__)
-    for name, value in root.raw_items():  # items() would turn an 8-bit value into U+FFFDs
-        if not isinstance(value, str):
-            value = str(value)
-        if not value.isascii():  # raw 8-bit bytes: UTF-8 (RFC 6532) if they are, else Latin-1
-            msg.defects.append("8bit-header")
-            try:
-                data = value.encode("ascii", "surrogateescape")
-            except UnicodeEncodeError:
-                data = value.encode("utf-8", "surrogateescape")
-            value, latin1 = decode_bytes(data, None)
-            if latin1:
-                msg.defects.append("header-charset")
-        text, bad = decode_header_value(value, phrase=name.lower() in ADDRESS_HEADERS)
-        msg.defects.extend(bad)
-        msg.headers.append((name, text))
+    fields = list(root.raw_items())  # items() would turn an 8-bit value into U+FFFDs
+    msg.headers = [pair if pair is not None else _header_field(*fields[i], msg.defects)
+                   for i, pair in enumerate(plain_fields(fields, MAX_HEADER_VALUE))]
     text_parts: list[str] = []
     html_parts: list[str] = []
     for part, _depth in _leaves(root, msg.defects):

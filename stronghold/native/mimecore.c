@@ -21,6 +21,12 @@
  * Each gives None where the feed parser would record a defect these do not reproduce, and
  * the caller then runs the stdlib parser.
  *
+ * plain_fields(items, limit) reads header values as message.decode_header_value reads the
+ * plain ones: an ASCII value whose first `limit` characters hold no "=?" becomes those
+ * characters with whitespace runs (str.split()'s ASCII whitespace) made one space and the
+ * ends trimmed; each (name, value) pair so read is returned (the same tuple when nothing
+ * changes), any other item as None (message.py reads those).
+ *
  * All are linear in their input and allocate only their results.
  */
 #define PY_SSIZE_T_CLEAN
@@ -481,12 +487,108 @@ done:
     return result;
 }
 
+/* ---- plain_fields ----------------------------------------------------------------------- */
+
+/* ASCII whitespace as str.split() has it: \t \n \v \f \r, the separators \x1c-\x1f, space */
+static inline int ascii_space(Py_UCS1 ch) {
+    return ch == ' ' || (ch >= '\t' && ch <= '\r') || (ch >= 0x1C && ch <= 0x1F);
+}
+
+/* The collapsed text of an ASCII value's first `limit` characters when they hold no "=?"
+ * (" ".join(value[:limit].split())), a new reference; NULL without an error when the value
+ * needs message.py's own reading (not ASCII, or an encoded word may be in it). */
+static PyObject *plain_text(PyObject *value, Py_ssize_t limit, int *failed) {
+    if (PyUnicode_READY(value) < 0) {
+        *failed = 1;
+        return NULL;
+    }
+    if (!PyUnicode_IS_ASCII(value))
+        return NULL;
+    const Py_UCS1 *s = PyUnicode_1BYTE_DATA(value);
+    Py_ssize_t n = PyUnicode_GET_LENGTH(value);
+    if (n > limit)
+        n = limit;
+    int changed = n < PyUnicode_GET_LENGTH(value);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (s[i] == '=' && i + 1 < n && s[i + 1] == '?')
+            return NULL;
+        if (ascii_space(s[i]) && (s[i] != ' ' || i == 0 || i + 1 == n || ascii_space(s[i + 1])))
+            changed = 1;  /* a run to collapse, a space at an end, or another whitespace character */
+    }
+    if (!changed)
+        return Py_NewRef(value);
+    PyObject *out = PyUnicode_New(n, 127);
+    if (out == NULL) {
+        *failed = 1;
+        return NULL;
+    }
+    Py_UCS1 *d = PyUnicode_1BYTE_DATA(out);
+    Py_ssize_t len = 0;
+    for (Py_ssize_t i = 0; i < n;) {
+        while (i < n && ascii_space(s[i]))
+            i++;
+        if (i == n)
+            break;
+        if (len)
+            d[len++] = ' ';
+        while (i < n && !ascii_space(s[i]))
+            d[len++] = s[i++];
+    }
+    if (len == n)
+        return out;
+    PyObject *shorter = PyUnicode_Substring(out, 0, len);
+    Py_DECREF(out);
+    if (shorter == NULL)
+        *failed = 1;
+    return shorter;
+}
+
+static PyObject *plain_fields(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *items;
+    Py_ssize_t limit;
+    if (!PyArg_ParseTuple(args, "O!n:plain_fields", &PyList_Type, &items, &limit))
+        return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(items);
+    PyObject *out = PyList_New(n);
+    if (out == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PyList_GET_ITEM(items, i), *pair = NULL;
+        int failed = 0;
+        if (PyTuple_CheckExact(item) && PyTuple_GET_SIZE(item) == 2
+            && PyUnicode_CheckExact(PyTuple_GET_ITEM(item, 1))) {
+            PyObject *value = PyTuple_GET_ITEM(item, 1);
+            PyObject *text = plain_text(value, limit, &failed);
+            if (failed) {
+                Py_DECREF(out);
+                return NULL;
+            }
+            if (text == value) {
+                Py_DECREF(text);
+                pair = Py_NewRef(item);
+            } else if (text != NULL) {
+                pair = PyTuple_Pack(2, PyTuple_GET_ITEM(item, 0), text);
+                Py_DECREF(text);
+                if (pair == NULL) {
+                    Py_DECREF(out);
+                    return NULL;
+                }
+            }
+        }
+        PyList_SET_ITEM(out, i, pair != NULL ? pair : Py_NewRef(Py_None));
+    }
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"find_urls", find_urls, METH_O, "URLs in text, as message._URL_TEXT_RE.findall(text)."},
     {"header_fields", header_fields, METH_O,
      "(fields, end of block) of a plain header block as message._single_part reads it, or None."},
     {"read_head", read_head, METH_VARARGS,
      "(unixfrom, fields, body start, separated) of the part raw[start:end] as the feed parser reads it, or None."},
+    {"plain_fields", plain_fields, METH_VARARGS,
+     "Each (name, value) with its value read as message.parse reads a plain one, or None where it is not plain."},
     {"split_multipart", split_multipart, METH_VARARGS,
      "(preamble end, part spans, epilogue start) of a multipart body raw[start:end], or None."},
     {NULL, NULL, 0, NULL},

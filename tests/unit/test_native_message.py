@@ -1,7 +1,8 @@
 """message.py's and mimetree.py's scans in C (stronghold._mimecore) read exactly what the Python reference reads.
 
 The header block of a one-part message (``header_fields``), the URLs of plain text
-(``find_urls``) and the end of the header block (``blank_line``, against the regex it replaced):
+(``find_urls``), plain header values (``plain_fields``, also against ``decode_header_value``)
+and the end of the header block (``blank_line``, against the regex it replaced):
 every corpus message, generated input rich in the characters each scan decides on, and
 hostile sizes.
 """
@@ -15,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stronghold import message, mimetree
-from stronghold._mimecore import find_urls, header_fields  # fails when the native core is not built
+from stronghold._mimecore import find_urls, header_fields, plain_fields  # fails when the native core is not built
 from tests.conftest import mbox_stripped
 
 BLANK_LINE = re.compile(rb"\r?\n\r?\n")  # what blank_line() stands in for
@@ -29,6 +30,7 @@ def _regex_blank(raw: bytes) -> tuple[int, int] | None:
 def test_the_parser_uses_the_native_scans() -> None:
     assert mimetree.header_fields is header_fields
     assert message.find_urls is find_urls
+    assert message.plain_fields is plain_fields
 
 
 @pytest.mark.corpus
@@ -110,6 +112,55 @@ def test_huge_text_reads_the_same(text: str) -> None:
                                  b" continued\n" * 1000 + b"\n", b"A:\n" + b" \t\n" * 50_000 + b"\nbody"])
 def test_huge_header_blocks_read_the_same(raw: bytes) -> None:
     assert header_fields(raw) == mimetree._header_fields_py(raw)
+
+
+def _check_plain(fields: list, limit: int = message.MAX_HEADER_VALUE) -> list:
+    """plain_fields against its Python reference, and each value it reads against how parse()
+    reads any value (decode_header_value: the same text, no defect, mailbox header or not)."""
+    read = plain_fields(fields, limit)
+    assert read == message._plain_fields_py(fields, limit)
+    for (name, value), pair in zip(fields, read, strict=True):
+        if pair is None:
+            continue
+        assert pair[0] is name
+        if limit == message.MAX_HEADER_VALUE:  # the limit parse() reads with
+            for phrase in (False, True):
+                assert message.decode_header_value(value, phrase) == (pair[1], [])
+    return read
+
+
+HEADER_VALUES = st.lists(st.sampled_from(
+    ["a", "Z", "=", "?", "=?", "?=", "=?utf-8?q?x?=", " ", "  ", "\t", "\n", "\r\n", "\x0b", "\x0c", "\x1c", "\x1f",
+     "\x1b", "\x20\t", "\xa0", "\x85", "\u2028", "é", "\udce9", "\x00", ":", "<a@b>"]), max_size=30).map("".join)
+
+
+@settings(max_examples=800, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["Subject", "From", "X-A"]), HEADER_VALUES), max_size=6),
+       st.integers(min_value=0, max_value=12))
+def test_generated_header_values_read_the_same(fields: list[tuple[str, str]], limit: int) -> None:
+    _check_plain(fields, limit)
+    _check_plain(fields)
+
+
+@pytest.mark.corpus
+def test_every_corpus_header_value_reads_the_same(corpus_raws: list[bytes]) -> None:
+    plain = seen = 0
+    for raw in corpus_raws:
+        fields = message.email.message_from_bytes(raw).raw_items()
+        read = _check_plain(list(fields))
+        seen += len(read)
+        plain += sum(pair is not None for pair in read)
+    assert plain > 0.9 * seen
+
+
+def test_plain_values_at_the_limit_and_beyond() -> None:
+    limit = message.MAX_HEADER_VALUE
+    header = object()  # a value that is no str (an email.header.Header) is never plain
+    fields = [("A", "x" * (limit - 1) + "=?"), ("B", "x" * (limit - 2) + "=?"), ("C", " y " * limit),
+              ("D", "z" * (limit + 5)), ("E", header), ("F", ""), ("G", "   ")]
+    read = _check_plain(fields)
+    assert read[0] == ("A", "x" * (limit - 1) + "=") and read[1] is None
+    assert read[3] == ("D", "z" * limit) and read[4] is None and read[5] is fields[5] and read[6] == ("G", "")
 
 
 def test_wrong_types_are_refused_cleanly() -> None:
