@@ -92,6 +92,27 @@ class IndexedMessage(email.message.Message):
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and name.lower() in self._positions()
 
+    def _get_params_preserve(self, failobj: object, header: str) -> object:
+        """The stdlib's parameter reading, kept per header and value: parse() reads a part's
+        Content-Type parameters twice (``get_filename`` falls back to ``name``, then
+        ``get_content_charset``).  A changed header has another value, so is read again;
+        each caller gets its own list."""
+        value = self.get(header)
+        if not isinstance(value, str):  # missing, or a Header object: as the stdlib does
+            return super()._get_params_preserve(failobj, header)  # type: ignore[misc]
+        read = self.__dict__.setdefault("_params_read", {})
+        key = header.lower()
+        held = read.get(key)
+        if held is None or held[0] != value:
+            held = read[key] = (value, super()._get_params_preserve(failobj, header))  # type: ignore[misc]
+        return list(held[1])
+
+
+def _with_fields(part: IndexedMessage, fields: list[tuple[str, str]]) -> IndexedMessage:
+    """``part`` holding ``fields`` (as ``set_raw`` for each would leave it, in one step)."""
+    part._headers = list(fields)  # type: ignore[attr-defined]
+    return part
+
 
 header_fields: Callable[[bytes], tuple[list[tuple[str, str]], int] | None] = (
     _mimecore.header_fields if _mimecore is not None else _header_fields_py)
@@ -108,9 +129,7 @@ def _single_part(raw: bytes) -> email.message.Message | None:
     if read is None:
         return None
     fields, end = read
-    root = IndexedMessage()
-    for name, value in fields:
-        root.set_raw(name, value)
+    root = _with_fields(IndexedMessage(), fields)
     if root.get_content_maintype() in ("multipart", "message"):
         return None
     root.set_payload(raw[end:].decode("ascii", "surrogateescape"))
@@ -257,8 +276,7 @@ class TreeReader:
             part.set_default_type("message/rfc822")
         if unixfrom is not None:
             part.set_unixfrom(unixfrom)
-        for name, value in fields:
-            part.set_raw(name, value)
+        _with_fields(part, fields)
         ctype = part.get_content_type()
         if ctype == "message/delivery-status":
             if not self.status_blocks(part, body, end):
@@ -292,8 +310,7 @@ class TreeReader:
             block = IndexedMessage()
             if unixfrom is not None:
                 block.set_unixfrom(unixfrom)
-            for name, value in fields:
-                block.set_raw(name, value)
+            _with_fields(block, fields)
             if block.get_content_maintype() in ("message", "multipart"):
                 return False
             block.set_payload("")
@@ -374,7 +391,9 @@ def mime_tree(raw: bytes, defects: list[str]) -> email.message.Message:
 def blank_line(raw: bytes) -> tuple[int, int] | None:
     """Start and end of the first empty line, as ``re.search(rb"\\r?\\n\\r?\\n", raw)`` finds it
     (the end of the header block), by two memory searches instead of a regex tried at every byte."""
-    found = [i for i in (raw.find(b"\n\n"), raw.find(b"\n\r\n")) if i >= 0]
+    lf = raw.find(b"\n\n")
+    crlf = raw.find(b"\n\r\n", 0, lf + 2 if lf >= 0 else len(raw))  # only one before a \n\n matters
+    found = [i for i in (lf, crlf) if i >= 0]
     if not found:
         return None
     first = min(found)  # the first line end followed by an empty line

@@ -207,7 +207,8 @@ def test_an_encoded_display_name_stays_a_name_in_address_headers(raw_from: str, 
 _NAMES = st.sampled_from(["Content-Type", "content-type", "CONTENT-TYPE", "Content-Disposition",
                           "content-disposition", "Subject", "X-Other", "x-other"])
 _VALUES = st.sampled_from(["text/plain", "text/html; charset=utf-8", 'attachment; filename="a.txt"',
-                           "multipart/mixed; boundary=x", "inline", "", "image/png; name=b.png", "hello"])
+                           "multipart/mixed; boundary=x", "inline", "", "image/png; name=b.png", "hello",
+                           "text/plain; charset*=utf-8''%C3%A9; name*0=a; name*1=b", 'a/b; name="q;x"; c'])
 _STEPS = st.lists(st.tuples(st.sampled_from(["set_raw", "setitem", "delitem", "replace", "add_header",
                                              "set_param", "del_param", "set_type"]), _NAMES, _VALUES),
                   max_size=14)
@@ -228,6 +229,7 @@ def test_the_indexed_message_answers_as_the_stdlib_does_through_every_change(ste
     own changes (which append, rebuild the list, or rewrite an entry) it answers as Message."""
     ours, ref = IndexedMessage(), email.message.Message()
     for op, name, value in steps:
+        assert _answers(ours) == _answers(ref), steps  # answers remembered, then a change
         for msg in (ours, ref):
             if op == "set_raw":
                 msg.set_raw(name, value)
