@@ -12,6 +12,7 @@
  *   url_tokens(urls, out)                    _url_tokens_py (message.url_host included)
  *   structure(msg, out)                      _structure_py
  *   eight_bit(msg, out)                      _eight_bit_py
+ *   joined(tokens)                           messagelog._joined_py (the text of a token blob)
  *
  * Each adds str tokens to the set `out` and returns None.  The regular expressions of
  * tokens.py are matched by hand, with the results re.findall gives them (greedy, with
@@ -1763,6 +1764,62 @@ eight_bit(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
+/* ------------------------------------------------------------------ joined */
+
+PyDoc_STRVAR(joined_doc,
+"joined(tokens) -> bytes | None\n\n"
+"'\\0' + '\\0'.join(tokens), UTF-8 encoded, in the tokens' iteration order; None when a token\n"
+"holds a NUL or there is none (messagelog._joined_py).");
+
+static PyObject *
+joined(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    if (nargs != 1) {
+        PyErr_SetString(PyExc_TypeError, "joined() takes one argument");
+        return NULL;
+    }
+    PyObject *seq = PySequence_Fast(args[0], "joined() takes an iterable of str");
+    if (seq == NULL)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq), total = n;
+    PyObject **items = PySequence_Fast_ITEMS(seq);
+    PyObject *out = NULL;
+    if (n == 0) {
+        out = Py_NewRef(Py_None);
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (!PyUnicode_Check(items[i])) {
+            PyErr_SetString(PyExc_TypeError, "joined() takes str tokens");
+            goto done;
+        }
+        Py_ssize_t len;
+        const char *utf8 = PyUnicode_AsUTF8AndSize(items[i], &len);
+        if (utf8 == NULL)
+            goto done;  /* a lone surrogate: UnicodeEncodeError, as str.encode() raises */
+        if (memchr(utf8, 0, (size_t)len) != NULL) {
+            out = Py_NewRef(Py_None);
+            goto done;
+        }
+        total += len;
+    }
+    out = PyBytes_FromStringAndSize(NULL, total);
+    if (out == NULL)
+        goto done;
+    char *d = PyBytes_AS_STRING(out);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_ssize_t len;
+        const char *utf8 = PyUnicode_AsUTF8AndSize(items[i], &len);
+        *d++ = '\0';
+        memcpy(d, utf8, (size_t)len);
+        d += len;
+    }
+done:
+    Py_DECREF(seq);
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"word_tokens", (PyCFunction)(void (*)(void))word_tokens, METH_FASTCALL, word_tokens_doc},
     {"header_words", (PyCFunction)(void (*)(void))header_words, METH_FASTCALL, header_words_doc},
@@ -1773,6 +1830,7 @@ static PyMethodDef methods[] = {
     {"url_tokens", (PyCFunction)(void (*)(void))url_tokens, METH_FASTCALL, url_tokens_doc},
     {"structure", (PyCFunction)(void (*)(void))structure, METH_FASTCALL, structure_doc},
     {"eight_bit", (PyCFunction)(void (*)(void))eight_bit, METH_FASTCALL, eight_bit_doc},
+    {"joined", (PyCFunction)(void (*)(void))joined, METH_FASTCALL, joined_doc},
     {NULL, NULL, 0, NULL},
 };
 

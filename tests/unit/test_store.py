@@ -6,6 +6,8 @@ import time
 import zlib
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from stronghold.findings import Findings
 from stronghold.message import parse
@@ -250,6 +252,24 @@ def test_entry_errors_are_clear_and_quote_what_was_given(store: Store) -> None:
 def test_token_blobs_round_trip_whatever_a_token_holds(tokens: set[str]) -> None:
     """Feedback learns the tokens the classifier saw, also one holding a line break or a NUL."""
     assert messagelog.unpack_tokens(messagelog.pack_tokens(tokens)) == tokens
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.text(alphabet=st.sampled_from(["a", "\x00", "\n", "é", "\U0001d400", ":", " "]), max_size=6),
+                max_size=8))
+def test_the_native_blob_text_is_the_python_one(tokens: list[str]) -> None:
+    """The C join of a blob's text (``_joined``) gives the bytes of its Python reference, in the
+    tokens' order, and None where the reference does (a NUL in a token, no token)."""
+    assert messagelog._joined is not messagelog._joined_py  # the native core is built here
+    assert messagelog._joined(tokens) == messagelog._joined_py(tokens)
+    assert messagelog._joined(set(tokens)) == messagelog._joined_py(set(tokens))
+    assert messagelog.unpack_tokens(messagelog.pack_tokens(set(tokens))) == set(tokens)
+
+
+def test_a_token_that_is_no_text_is_refused_as_encoding_would() -> None:
+    for joined in (messagelog._joined, messagelog._joined_py):
+        with pytest.raises(UnicodeEncodeError):
+            joined(["ok", "\udce9"])  # a lone surrogate has no UTF-8
 
 
 def test_token_blobs_written_before_nul_separation_still_read() -> None:
