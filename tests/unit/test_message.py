@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stronghold.message import parse, url_host
+from stronghold.message import file_name, parse, url_host
 from stronghold.mimetree import IndexedMessage
 
 
@@ -251,3 +251,26 @@ def test_the_indexed_message_answers_as_the_stdlib_does_through_every_change(ste
             else:
                 msg.set_type(value if "/" in value else "text/x-" + (value or "y"))
         assert _answers(ours) == _answers(ref), steps
+
+
+_PARAM_VALUES = st.lists(st.sampled_from(
+    ["text/plain", "attachment", "inline", ";", " ", "name", "NAME", "filename", "FileName", "=", '"', "a.txt",
+     "*", "*0", "*1", "'", "utf-8''%41", "\\", "é", "\udce9", "charset=x", "(c)"]), max_size=10).map("".join)
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.one_of(st.none(), _PARAM_VALUES), st.one_of(st.none(), _PARAM_VALUES))
+def test_the_file_name_is_the_stdlibs_whether_or_not_parameters_are_read(ctype, disposition) -> None:
+    part = IndexedMessage()
+    for name, value in (("Content-Type", ctype), ("Content-Disposition", disposition)):
+        if value is not None:
+            part.set_raw(name, value)
+    try:
+        expected: object = part.get_filename()
+    except (LookupError, ValueError, TypeError) as exc:
+        expected = type(exc)
+    try:
+        got: object = file_name(part)
+    except (LookupError, ValueError, TypeError) as exc:
+        got = type(exc)
+    assert got == expected
