@@ -89,7 +89,9 @@ class TraceStep:
         values["detail"] = detail
 
     def __str__(self) -> str:
-        return f"{self.step}={self.outcome}" + (f"({self.detail})" if self.detail else "")
+        if self.detail:
+            return f"{self.step}={self.outcome}({self.detail})"
+        return f"{self.step}={self.outcome}"
 
 
 @dataclass(frozen=True, init=False)
