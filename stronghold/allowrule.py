@@ -37,6 +37,8 @@ def authenticated_allow(lists: ListIndex, owner: str | None, senders: list[tuple
                         allowed: list[tuple[str, str]], auth: AuthResults | None
                         ) -> tuple[Match | None, TraceStep | None]:
     """An allow entry of ``owner`` that applies, or the step saying why one was skipped."""
+    if not lists.has(owner, ALLOW):
+        return None, None  # no entry to apply or to skip
     skipped: Match | None = None
     for hit in lists.find_all(owner, ALLOW, allowed):
         if hit.entry.trust_unauthenticated or (auth is not None and auth.authenticates(hit.source, hit.address)):

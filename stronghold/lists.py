@@ -72,16 +72,34 @@ def normalize_domain(domain: str) -> str:
     return ascii_domain
 
 
+# An address normalize_address() gives back as it is (once stripped, unwrapped and lower-cased):
+# a dot-atom local part of at most 64 characters and a domain of at least two LDH labels, ASCII.
+# The usual case, answered by one match; anything else (and a domain over 253 characters or with
+# an A-label) takes the full rules of ``_normalized_address``.
+_LOCAL_ATOM = r"[a-z0-9!#$%&'*+/=?^_`{|}~-]++"
+_LDH_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_PLAIN_NORMALIZED = re.compile(rf"(?=[^@]{{1,64}}@){_LOCAL_ATOM}(?:\.{_LOCAL_ATOM})*+@(?:{_LDH_LABEL}\.)++{_LDH_LABEL}")
+
+
 def normalize_address(address: str) -> str:
     """Lower-case address with an ASCII domain; raises PatternError if invalid.
 
     Error messages quote what was given (shortened), never a half-transformed form.
     """
-    given = shorten(address.strip())
     text = address.strip()
     if text.startswith("<") and text.endswith(">"):
         text = text[1:-1]
     text = text.lower()
+    if _PLAIN_NORMALIZED.fullmatch(text) is not None:
+        at = text.index("@")
+        if len(text) - at <= 254 and "xn--" not in text[at:]:
+            return text  # what the full rules give: nothing to strip, map or refuse
+    return _normalized_address(address, text)
+
+
+def _normalized_address(address: str, text: str) -> str:
+    """normalize_address() by the full rules; ``text``: ``address`` stripped, unwrapped, lower-cased."""
+    given = shorten(address.strip())
     if text.count("@") != 1:
         raise PatternError(f"'{given}' is not an address like name@example.com")
     local, domain = text.split("@")
@@ -278,28 +296,77 @@ class Match:
         return f"{scope} {e.kind} #{e.id} {e.pattern} ~ {self.source} {self.address}"
 
 
+class _Lookup:
+    """One owner's list of one kind, indexed by what a pattern matches (``matches``): an
+    address, a domain (``@``) or a domain and its subdomains (``*.``); each key gives the
+    positions, in list order, of the entries with that pattern."""
+
+    __slots__ = ("domain", "entries", "exact", "suffix")
+
+    def __init__(self) -> None:
+        self.entries: list[ListEntry] = []
+        self.exact: dict[str, list[int]] = {}
+        self.domain: dict[str, list[int]] = {}
+        self.suffix: dict[str, list[int]] = {}
+
+    def add(self, entry: ListEntry) -> None:
+        position = len(self.entries)
+        self.entries.append(entry)
+        pattern = entry.pattern
+        if pattern.startswith("*."):
+            self.suffix.setdefault(pattern[2:], []).append(position)
+        elif pattern.startswith("@"):
+            self.domain.setdefault(pattern[1:], []).append(position)
+        else:
+            self.exact.setdefault(pattern, []).append(position)
+
+    def positions(self, address: str) -> list[list[int]]:
+        """The position lists of every entry that matches ``address`` (each entry in one)."""
+        domain = address.rsplit("@", 1)[-1]
+        found = [hits for hits in (self.exact.get(address), self.domain.get(domain), self.suffix.get(domain))
+                 if hits is not None]
+        if self.suffix:
+            dot = domain.find(".")
+            while dot != -1:  # ``*.base`` matches every domain ending in ".base"
+                hits = self.suffix.get(domain[dot + 1:])
+                if hits is not None:
+                    found.append(hits)
+                dot = domain.find(".", dot + 1)
+        return found
+
+
 class ListIndex:
-    """All list entries, indexed for quick lookups by owner."""
+    """All list entries, indexed for quick lookups by owner, kind and pattern."""
 
     def __init__(self, entries: Iterable[ListEntry], thresholds: Mapping[str, float] | None = None) -> None:
         self._thresholds = dict(thresholds or {})  # recipient address -> its owner's own spam threshold
-        self._by_owner: dict[str | None, list[ListEntry]] = {}
+        self._count = 0
+        self._lookups: dict[tuple[str | None, str], _Lookup] = {}
         self._needles: dict[tuple[str | None, str], tuple[str, ...]] = {}
         for entry in entries:
-            self._by_owner.setdefault(entry.owner, []).append(entry)
+            self._count += 1
             key = (entry.owner, entry.kind)
-            self._needles[key] = (*self._needles.get(key, ()), entry.pattern.removeprefix("*."))
+            lookup = self._lookups.get(key)
+            if lookup is None:
+                lookup = self._lookups[key] = _Lookup()
+            lookup.add(entry)
+        for key, lookup in self._lookups.items():
+            self._needles[key] = tuple(entry.pattern.removeprefix("*.") for entry in lookup.entries)
 
     def find(self, owner: str | None, kind: str,
              senders: list[tuple[str, str]]) -> Match | None:
-        """First entry of ``owner``'s ``kind`` list that matches any sender."""
-        for entry in self._by_owner.get(owner, ()):
-            if entry.kind != kind:
-                continue
-            for source, address in senders:
-                if matches(entry.pattern, address):
-                    return Match(entry, source, address)
-        return None
+        """First entry of ``owner``'s ``kind`` list that matches any sender
+        (for that entry, the first sender it matches)."""
+        lookup = self._lookups.get((owner, kind))
+        if lookup is None:
+            return None
+        best = -1
+        sender = ("", "")
+        for source, address in senders:
+            for hits in lookup.positions(address):
+                if best < 0 or hits[0] < best:  # an earlier sender keeps a tie
+                    best, sender = hits[0], (source, address)
+        return Match(lookup.entries[best], *sender) if best >= 0 else None
 
     def has(self, owner: str | None, kind: str) -> bool:
         """Does ``owner`` have any entry on its ``kind`` list?"""
@@ -307,22 +374,29 @@ class ListIndex:
 
     def find_all(self, owner: str | None, kind: str,
                  senders: list[tuple[str, str]]) -> Iterator[Match]:
-        """Every (entry, sender) match of ``owner``'s ``kind`` list, in list order."""
-        for entry in self._by_owner.get(owner, ()):
-            if entry.kind != kind:
-                continue
-            for source, address in senders:
-                if matches(entry.pattern, address):
-                    yield Match(entry, source, address)
+        """Every (entry, sender) match of ``owner``'s ``kind`` list, in list order
+        (for one entry, in the senders' order)."""
+        lookup = self._lookups.get((owner, kind))
+        if lookup is None:
+            return
+        pairs = sorted((position, index) for index, (_, address) in enumerate(senders)
+                       for hits in lookup.positions(address) for position in hits)
+        for position, index in pairs:
+            yield Match(lookup.entries[position], *senders[index])
 
     def may_match(self, owners: Iterable[str | None], kind: str, text: str) -> bool:
         """Could an entry of these owners' ``kind`` lists match an address in ``text``
         (lower-case ASCII)?  False only when none can: a cheap test before parsing."""
-        return any(needle in text for owner in owners for needle in self._needles.get((owner, kind), ()))
+        needles = self._needles
+        for owner in owners:
+            for needle in needles.get((owner, kind), ()):
+                if needle in text:
+                    return True
+        return False
 
     def threshold_for(self, recipient: str) -> float | None:
         """The spam threshold the owner of ``recipient`` chose, if any (within the admin's bounds)."""
         return self._thresholds.get(recipient)
 
     def __len__(self) -> int:
-        return sum(len(v) for v in self._by_owner.values())
+        return self._count

@@ -38,7 +38,7 @@ from stronghold.verdict import (
 )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Facts:
     """What one walk of the table knows: everything the checks found at end of
     message; at RCPT time the envelope sender and the lists alone."""
@@ -49,6 +49,16 @@ class Facts:
     allowed: list[tuple[str, str]]  # those an allow entry may match (allowrule.allow_senders)
     found: Findings = field(default_factory=Findings)
     at_rcpt: bool = False
+
+    def __init__(self, policy: Policy, lists: ListIndex | None, senders: list[tuple[str, str]],
+                 allowed: list[tuple[str, str]], found: Findings | None = None, at_rcpt: bool = False) -> None:
+        values = self.__dict__  # frozen: filled at once (as verdict.TraceStep, whose module says why)
+        values["policy"] = policy
+        values["lists"] = lists
+        values["senders"] = senders
+        values["allowed"] = allowed
+        values["found"] = Findings() if found is None else found
+        values["at_rcpt"] = at_rcpt
 
     @property
     def score(self) -> float | None:
@@ -70,7 +80,7 @@ class Facts:
         return (own if own is not None else threshold), own
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Ruling:
     """What a row decided; ``reply`` when it refuses the whole message at once."""
 
@@ -78,6 +88,14 @@ class Ruling:
     category: Category
     reason: str
     reply: tuple[str, str, str] | None = None
+
+    def __init__(self, action: Action, category: Category, reason: str,
+                 reply: tuple[str, str, str] | None = None) -> None:
+        values = self.__dict__  # frozen: filled at once (as verdict.TraceStep, whose module says why)
+        values["action"] = action
+        values["category"] = category
+        values["reason"] = reason
+        values["reply"] = reply
 
 
 MESSAGE = "message"  # the row looks at the message: it decides for every recipient at once
@@ -302,7 +320,11 @@ def walk(rules: Sequence[Rule], facts: Facts, recipients: Sequence[str],
     refuses the whole message).  The other rows are walked for each recipient,
     with steps of their own.  Recipients no row decides for are left out.
     """
-    first = next((i for i, rule in enumerate(rules) if rule.scope != MESSAGE), len(rules))
+    first = len(rules)
+    for index, rule in enumerate(rules):
+        if rule.scope != MESSAGE:
+            first = index
+            break
     for rule in rules[:first]:
         ruling = rule.check(facts, "", trace)
         if ruling is not None:
@@ -327,6 +349,8 @@ def _decision(rcpt: str, ruling: Ruling, steps: tuple[TraceStep, ...], rule: Rul
 def check_recipient(sender: str, recipient: str, lists: ListIndex) -> RecipientDecision | None:
     """RCPT time: the table walked with the envelope alone; a reject decision
     when a row that can be answered from it refuses the sender for this recipient."""
+    if not (lists.has(recipient, BLOCK) or lists.has(None, BLOCK)):
+        return None  # only a block row refuses, and neither list has an entry
     senders = sender_addresses(sender, None)
     if not senders:
         return None
@@ -352,7 +376,7 @@ def decide(envelope: Envelope, msg: ParsedMessage, found: Findings, policy: Poli
         virus = found.scan.virus if found.scan is not None else None
         return route(decisions, trace, None, None, (f"virus:{virus}",), policy, virus=virus,
                      oversize=found.oversize, checks=checks, category=_message_category(decisions))
-    reasons = tuple(f"{c.token}:{c.spam_prob:.3f}" for c in found.score.clues) if found.score else ()
+    reasons = tuple([f"{c.token}:{c.spam_prob:.3f}" for c in found.score.clues]) if found.score else ()
     return route(decisions, trace, facts.score, facts.threshold, reasons, policy, oversize=found.oversize,
                  auth=found.auth, checks=checks, category=_message_category(decisions))
 
@@ -362,6 +386,8 @@ def _message_category(decisions: Sequence[RecipientDecision]) -> Category:
     (within a row, its most telling category); CLEAN when there is none."""
     if not decisions:
         return Category.CLEAN
+    if len(decisions) == 1:
+        return decisions[0].category
     return min(decisions, key=_precedence).category
 
 

@@ -53,11 +53,14 @@ ROUTES: tuple[RouteRule, ...] = (
 )
 
 
+# Each row with the trace step it adds (built once: a step is a value, shared by every decision it routes).
+_ROUTE_STEPS = tuple((rule, TraceStep("route", rule.route.value, rule.why)) for rule in ROUTES)
+
+
 def _routed(d: RecipientDecision, outcomes: frozenset[Action]) -> RecipientDecision:
-    for rule in ROUTES:
+    for rule, step in _ROUTE_STEPS:
         if rule.outcome is d.action and rule.applies(outcomes):
             action = Action.QUARANTINE if rule.route is Route.HOLD else d.action
-            step = TraceStep("route", rule.route.value, rule.why)
             reason = d.reason if action is d.action else f"{d.reason}; {rule.why}"
             return RecipientDecision(d.recipient, action, d.category, reason, (*d.trace, step), rule.route,
                                      d.rule)
@@ -82,7 +85,7 @@ def route(decisions: list[RecipientDecision], trace: list[TraceStep], score: flo
        discarded once the held copies are stored.
     """
     outcomes = frozenset(d.action for d in decisions)
-    routed = tuple(_routed(d, outcomes) for d in decisions)
+    routed = tuple([_routed(d, outcomes) for d in decisions])
     if routed and all(d.route is Route.REFUSE for d in routed):
         return Verdict(Action.REJECT, category, score, threshold, virus, routed, tuple(trace),
                        reasons, smtp_reply=_reject_reply(routed, virus), auth=auth, checks=checks)
@@ -142,9 +145,9 @@ def _headers(tagged: bool, score: float | None, threshold: float | None, action:
     if threshold is not None:
         parts.append(f"threshold={threshold:.4f}")
     parts.append(f"action={action.value}")
-    parts.append("trace=" + ";".join(str(s).replace(" ", "_") for s in trace)[:500])
+    parts.append("trace=" + ";".join([str(s).replace(" ", "_") for s in trace])[:500])
     if reasons:
-        parts.append("reasons=" + ",".join(r.replace(" ", "_") for r in reasons)[:300])
+        parts.append("reasons=" + ",".join([r.replace(" ", "_") for r in reasons])[:300])
     out = [("X-Spam-Flag", "YES" if tagged else "NO"), ("X-Spam-Status", " ".join(parts))]
     if score is not None:
         out.insert(1, ("X-Spam-Score", f"{score:.4f}"))

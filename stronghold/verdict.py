@@ -1,10 +1,16 @@
-"""The values the engine takes and returns: the envelope, actions, per-recipient decisions, traces."""
+"""The values the engine takes and returns: the envelope, actions, per-recipient decisions, traces.
+
+The values built several times per message (``TraceStep``, ``RecipientDecision``, ``Verdict``)
+are frozen dataclasses with an ``__init__`` of their own that fills the instance's dict in one
+go: the generated one of a frozen dataclass sets each field through ``object.__setattr__``, two
+to three times as slow.  Equality, hashing, ``repr``, ``replace`` and the refusal to be changed
+are the dataclass's; tests/unit/test_values.py checks each ``__init__`` against the fields.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from functools import cached_property
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -62,10 +68,13 @@ class Route(StrEnum):
 
     @property
     def delivered(self) -> bool:
-        return self in (Route.DELIVER, Route.DELIVER_TAGGED)
+        return self in _DELIVERED
 
 
-@dataclass(frozen=True)
+_DELIVERED = frozenset({Route.DELIVER, Route.DELIVER_TAGGED})
+
+
+@dataclass(frozen=True, init=False)
 class TraceStep:
     """One step of the precedence table and what it saw."""
 
@@ -73,11 +82,19 @@ class TraceStep:
     outcome: str
     detail: str = ""
 
+    def __init__(self, step: str, outcome: str, detail: str = "") -> None:
+        values = self.__dict__  # frozen: filled here, once (see the module's docstring)
+        values["step"] = step
+        values["outcome"] = outcome
+        values["detail"] = detail
+
     def __str__(self) -> str:
-        return f"{self.step}={self.outcome}" + (f"({self.detail})" if self.detail else "")
+        if self.detail:
+            return f"{self.step}={self.outcome}({self.detail})"
+        return f"{self.step}={self.outcome}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class RecipientDecision:
     """One recipient's own outcome (``action``) and where their copy goes.
 
@@ -92,6 +109,17 @@ class RecipientDecision:
     trace: tuple[TraceStep, ...] = ()
     route: Route = Route.REFUSE
     rule: str = ""  # the row of precedence.PRECEDENCE that decided ("" when built by hand)
+
+    def __init__(self, recipient: str, action: Action, category: Category, reason: str,
+                 trace: tuple[TraceStep, ...] = (), route: Route = Route.REFUSE, rule: str = "") -> None:
+        values = self.__dict__  # frozen: filled here, once (see the module's docstring)
+        values["recipient"] = recipient
+        values["action"] = action
+        values["category"] = category
+        values["reason"] = reason
+        values["trace"] = trace
+        values["route"] = route
+        values["rule"] = rule
 
 
 class Check(StrEnum):
@@ -115,7 +143,7 @@ class CheckResult:
         return self.error is not None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Verdict:
     """The engine's answer for a whole message."""
 
@@ -133,31 +161,62 @@ class Verdict:
     auth: AuthResults | None = None  # sender authentication, when it was checked
     checks: tuple[CheckResult, ...] = ()  # each check that ran, fine or failed
 
+    def __init__(self, action: Action, category: Category, score: float | None, threshold: float | None,
+                 virus: str | None, decisions: tuple[RecipientDecision, ...], trace: tuple[TraceStep, ...],
+                 reasons: tuple[str, ...] = (), smtp_reply: tuple[str, str, str] | None = None,
+                 headers: tuple[tuple[str, str], ...] = (), subject_prefix: str = "",
+                 auth: AuthResults | None = None, checks: tuple[CheckResult, ...] = ()) -> None:
+        values = self.__dict__  # frozen: filled here, once (see the module's docstring)
+        values["action"] = action
+        values["category"] = category
+        values["score"] = score
+        values["threshold"] = threshold
+        values["virus"] = virus
+        values["decisions"] = decisions
+        values["trace"] = trace
+        values["reasons"] = reasons
+        values["smtp_reply"] = smtp_reply
+        values["headers"] = headers
+        values["subject_prefix"] = subject_prefix
+        values["auth"] = auth
+        values["checks"] = checks
+
     def check(self, which: Check) -> CheckResult | None:
         """How ``which`` went for this message; None when it did not run."""
-        return next((c for c in self.checks if c.check is which), None)
+        for found in self.checks:
+            if found.check is which:
+                return found
+        return None
 
     @property
     def delivered(self) -> tuple[str, ...]:
         """Recipients who receive the (one) delivered copy."""
-        return tuple(d.recipient for d in self.decisions if d.route.delivered)
+        return tuple([d.recipient for d in self.decisions if d.route.delivered])
 
     @property
     def held(self) -> tuple[RecipientDecision, ...]:
         """Recipients whose copy goes into Stronghold's quarantine."""
-        return tuple(d for d in self.decisions if d.route is Route.HOLD)
+        return tuple([d for d in self.decisions if d.route is Route.HOLD])
 
     @property
     def drop_recipients(self) -> tuple[str, ...]:
         """Recipients removed after DATA and logged as rejected for them."""
-        return tuple(d.recipient for d in self.decisions if d.route is Route.DROP)
+        return tuple([d.recipient for d in self.decisions if d.route is Route.DROP])
 
-    @cached_property
+    @property
     def summary(self) -> str:
         """Message steps then each recipient's decision, as one line for logs (built once:
-        the log line and the message-log row both use it)."""
+        the log line and the message-log row both use it; kept beside the fields, outside
+        equality and ``replace``, without the lock ``functools.cached_property`` takes)."""
+        values = self.__dict__
+        line = values.get("_summary")
+        if line is None:
+            line = values["_summary"] = self._summarize()
+        return line
+
+    def _summarize(self) -> str:
         parts = [str(step) for step in self.trace]
         for d in self.decisions:
-            steps = "".join(f"[{s}]" for s in d.trace)
+            steps = "".join([f"[{s}]" for s in d.trace])
             parts.append(f"rcpt=<{d.recipient}>:{d.action.value}({d.reason}){steps}")
         return " ".join(parts)
