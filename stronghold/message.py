@@ -141,16 +141,6 @@ def decode_bytes(data: bytes, charset: str | None) -> tuple[str, bool]:
         return data.decode("latin-1"), True
 
 
-def file_name(part: email.message.Message) -> str | None:
-    """``part.get_filename()``, without reading parameters when neither header can hold one
-    (no ``filename`` in Content-Disposition, no ``name`` in Content-Type: most parts)."""
-    disposition, ctype = part.get("content-disposition"), part.get("content-type")
-    if (disposition is None or "filename" not in str(disposition).lower()) and (
-            ctype is None or "name" not in str(ctype).lower()):
-        return None
-    return part.get_filename()
-
-
 def _plain_fields_py(fields: list[tuple[str, str]], limit: int) -> list[tuple[str, str] | None]:
     """Each field whose value is plain (ASCII, no ``=?`` in its first ``limit`` characters) as
     ``decode_header_value`` reads it, the others None (``_header_field`` reads those).
@@ -295,7 +285,7 @@ def parse(raw: bytes, max_bytes: int = MAX_BYTES) -> ParsedMessage:
         if cte:
             msg.encodings.append(cte[:20])
         try:
-            filename = file_name(part)
+            filename = part.get_filename()
         except (LookupError, ValueError, TypeError):
             filename = "?"
             msg.defects.append("bad-filename")

@@ -1789,19 +1789,23 @@ joined(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         out = Py_NewRef(Py_None);
         goto done;
     }
-    for (Py_ssize_t i = 0; i < n; i++) {
+    for (Py_ssize_t i = 0; i < n; i++) {  /* a NUL anywhere first: JSON then, whatever else */
         if (!PyUnicode_Check(items[i])) {
             PyErr_SetString(PyExc_TypeError, "joined() takes str tokens");
             goto done;
         }
-        Py_ssize_t len;
-        const char *utf8 = PyUnicode_AsUTF8AndSize(items[i], &len);
-        if (utf8 == NULL)
-            goto done;  /* a lone surrogate: UnicodeEncodeError, as str.encode() raises */
-        if (memchr(utf8, 0, (size_t)len) != NULL) {
+        Py_ssize_t found = PyUnicode_FindChar(items[i], 0, 0, PyUnicode_GET_LENGTH(items[i]), 1);
+        if (found == -2)
+            goto done;
+        if (found >= 0) {
             out = Py_NewRef(Py_None);
             goto done;
         }
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_ssize_t len;
+        if (PyUnicode_AsUTF8AndSize(items[i], &len) == NULL)
+            goto done;  /* a lone surrogate: UnicodeEncodeError, as str.encode() raises */
         total += len;
     }
     out = PyBytes_FromStringAndSize(NULL, total);

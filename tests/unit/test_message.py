@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stronghold.message import file_name, parse, url_host
+from stronghold.message import parse, url_host
 from stronghold.mimetree import IndexedMessage
 
 
@@ -253,24 +253,17 @@ def test_the_indexed_message_answers_as_the_stdlib_does_through_every_change(ste
         assert _answers(ours) == _answers(ref), steps
 
 
-_PARAM_VALUES = st.lists(st.sampled_from(
-    ["text/plain", "attachment", "inline", ";", " ", "name", "NAME", "filename", "FileName", "=", '"', "a.txt",
-     "*", "*0", "*1", "'", "utf-8''%41", "\\", "é", "\udce9", "charset=x", "(c)"]), max_size=10).map("".join)
 
-
-@settings(max_examples=600, deadline=None)
-@given(st.one_of(st.none(), _PARAM_VALUES), st.one_of(st.none(), _PARAM_VALUES))
-def test_the_file_name_is_the_stdlibs_whether_or_not_parameters_are_read(ctype, disposition) -> None:
-    part = IndexedMessage()
-    for name, value in (("Content-Type", ctype), ("Content-Disposition", disposition)):
-        if value is not None:
-            part.set_raw(name, value)
-    try:
-        expected: object = part.get_filename()
-    except (LookupError, ValueError, TypeError) as exc:
-        expected = type(exc)
-    try:
-        got: object = file_name(part)
-    except (LookupError, ValueError, TypeError) as exc:
-        got = type(exc)
-    assert got == expected
+@pytest.mark.parametrize("head", [
+    b"Content-Type: text/plain; a*=x; a*0=y\r\n",  # RFC 2231 pieces the stdlib cannot sort
+    b"Content-Type: application/pdf; x*" + b"9" * 5000 + b"=a\r\n",  # a piece number int() refuses
+    b"Content-Type: text/plain\r\nContent-Disposition: attachment; x*=a; x*0=b\r\n",
+])
+def test_parameters_the_stdlib_cannot_read_make_a_defect_not_an_error(head: bytes) -> None:
+    """Whatever parameter a part's headers hold, parse() records it and goes on (a review found
+    a shortcut that skipped the file name lookup and let the charset lookup raise)."""
+    for raw in (head + b"\r\nbody\r\n",
+                b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n" + head + b"\r\nbody\r\n--b--\r\n"):
+        msg = parse(raw)
+        assert "bad-filename" in msg.defects
+        assert [a.filename for a in msg.attachments] == ["?"]

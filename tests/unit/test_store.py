@@ -266,6 +266,19 @@ def test_the_native_blob_text_is_the_python_one(tokens: list[str]) -> None:
     assert messagelog.unpack_tokens(messagelog.pack_tokens(set(tokens))) == set(tokens)
 
 
+@pytest.mark.parametrize("tokens", [["\ud800", "a\x00b"], ["a\x00b", "\ud800"]])
+def test_a_nul_decides_before_a_token_that_is_no_text(tokens: list[str]) -> None:
+    """With a NUL in any token the blob is JSON, which keeps even a lone surrogate, in either
+    order (the C join looked for NULs only while encoding, token by token)."""
+    assert messagelog._joined(tokens) is None and messagelog._joined_py(tokens) is None
+    assert messagelog.unpack_tokens(messagelog.pack_tokens(tokens)) == set(tokens)
+
+
+def test_tokens_given_as_an_iterator_are_all_kept() -> None:
+    for tokens in (["tok1", "a\x00b"], ["tok1", "tok2"]):
+        assert messagelog.unpack_tokens(messagelog.pack_tokens(iter(tokens))) == set(tokens)
+
+
 def test_a_token_that_is_no_text_is_refused_as_encoding_would() -> None:
     for joined in (messagelog._joined, messagelog._joined_py):
         with pytest.raises(UnicodeEncodeError):
