@@ -296,7 +296,11 @@ def parse(raw: bytes, max_bytes: int = MAX_BYTES) -> ParsedMessage:
         if filename or not ctype.startswith("text/"):
             msg.attachments.append(Attachment(filename or "", ctype, len(body)))
             continue
-        charset = part.get_content_charset()
+        try:
+            charset = part.get_content_charset()
+        except (LookupError, ValueError, TypeError):  # parameters the stdlib cannot read
+            charset = None
+            msg.defects.append("bad-charset")
         if charset:
             msg.charsets.append(charset[:30])
         decoded, undecodable = decode_bytes(body[:MAX_PART_TEXT], charset)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import email
 import email.errors
 import email.message
+import email.parser
 import email.policy
 import re
 from collections.abc import Callable
@@ -364,24 +365,44 @@ def mime_tree(raw: bytes, defects: list[str]) -> email.message.Message:
     (up to its first MAX_PARTS + 1 parts, all that parse() reads), at a fraction
     of the cost.  The stdlib parser recurses once per multipart level, so a
     message with hundreds of nested multiparts is read flat instead (and says so).
+    So is one whose MIME parameters the stdlib cannot read at all (RFC 2231 pieces
+    it cannot order, ``a*=x; a*0=y``; a piece number ``int()`` refuses): it raised
+    on them while looking for a boundary ("bad-mime-params").
     """
     if raw.lower().count(b"boundary=") <= MAX_PARTS:
-        single = _single_part(raw)
-        if single is not None:
-            return single
-        if _mimecore is not None:  # without the native core, the stdlib parser
-            tree = TreeReader(raw, max_parts=MAX_PARTS + 1).tree()  # parse() reads MAX_PARTS (one more: it says so)
-            if tree is not None:
-                return tree
         try:
+            single = _single_part(raw)
+            if single is not None:
+                return single
+            if _mimecore is not None:  # without the native core, the stdlib parser
+                tree = TreeReader(raw, max_parts=MAX_PARTS + 1).tree()  # parse() reads MAX_PARTS (one more: it says so)
+                if tree is not None:
+                    return tree
             return email.message_from_bytes(raw, _class=IndexedMessage)
         except RecursionError:
             pass
+        except (TypeError, ValueError):
+            defects.append("bad-mime-params")
+            return _flat(raw, headers_only=True)
     defects.append("too-deep")
+    try:
+        return _flat(raw, headers_only=False)
+    except (TypeError, ValueError):
+        defects.append("bad-mime-params")
+        return _flat(raw, headers_only=True)
+
+
+def _flat(raw: bytes, headers_only: bool) -> email.message.Message:
+    """The header block of ``raw`` with the rest as one flat text payload (no content type,
+    no transfer encoding).  ``headers_only``: the header block read without the parser's
+    look at the content type (which reads its parameters)."""
     head, sep, body = raw.partition(b"\r\n\r\n")
     if not sep:
         head, _, body = raw.partition(b"\n\n")
-    flat = email.message_from_bytes(head + b"\r\n\r\n", _class=IndexedMessage)
+    if headers_only:
+        flat = email.parser.BytesParser(_class=IndexedMessage).parsebytes(head + b"\r\n\r\n", headersonly=True)
+    else:
+        flat = email.message_from_bytes(head + b"\r\n\r\n", _class=IndexedMessage)
     del flat["content-type"]
     del flat["content-transfer-encoding"]
     flat.set_payload(body.decode("ascii", "surrogateescape"))  # as the parser keeps 8-bit bytes

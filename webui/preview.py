@@ -66,7 +66,11 @@ def _html_parts(raw: bytes) -> list[str]:
                 continue
         except (LookupError, ValueError, TypeError):
             continue
-        text, _bad = decode_bytes(_payload_bytes(part, defects)[:MAX_PART_TEXT], part.get_content_charset())
+        try:
+            charset = part.get_content_charset()
+        except (LookupError, ValueError, TypeError):  # parameters the stdlib cannot read
+            charset = None
+        text, _bad = decode_bytes(_payload_bytes(part, defects)[:MAX_PART_TEXT], charset)
         out.append(text)
     return out
 

@@ -219,3 +219,14 @@ def test_end_of_message_without_mail_tempfails(native) -> None:
     assert send(mta, CLEAN, "a@b.example", "u@example.com").final == (b"a", b"")
     mta.eom()  # the message is over: a second end without a new MAIL has nothing to decide
     assert mta.read() == (b"t", b"")
+
+
+ODD_PARAMETERS = (b"From: a@b.example\nSubject: lunch\nContent-Type: text/plain; a*=x; a*0=y\n"
+                  b"Content-Disposition: inline; filename=\"\"\n\nSee you at noon for the project meeting.\n")
+
+
+def test_parameters_the_stdlib_cannot_read_are_decided_not_tempfailed(native) -> None:
+    """RFC 2231 pieces the stdlib cannot order made the parse raise: every delivery attempt was
+    answered tempfail, so the message could never arrive.  Now it is read and decided."""
+    got = send(native.mta, ODD_PARAMETERS, "a@b.example", "u@example.com")
+    assert got.final == (b"a", b"")

@@ -44,3 +44,11 @@ def test_size_is_bounded_and_odd_input_does_not_raise() -> None:
     for raw in (b"", b"\x00\xff\xfe", b"Content-Type: text/html\r\n\r\n<<<>>><!--", b"no headers at all"):
         render(raw)
     assert render(b"Content-Type: image/png\r\n\r\n\x89PNG").source == "none"
+
+
+def test_an_html_part_with_parameters_the_stdlib_cannot_read_is_still_shown() -> None:
+    """RFC 2231 pieces the stdlib cannot order (``a*=x; a*0=y``) raised at the charset lookup:
+    the preview page failed for such a held message."""
+    p = render(b"Subject: odd\r\nContent-Type: text/html; a*=x; a*0=y\r\nContent-Disposition: inline; filename=\"\"\r\n"
+               b"\r\n<p>Hello there</p>\r\n")
+    assert p.source == "html" and "Hello there" in p.body
