@@ -173,6 +173,16 @@ def _header_field(name: str, value: object, defects: list[str]) -> tuple[str, st
     return name, text
 
 
+def part_charset(part: email.message.Message, defects: list[str]) -> str | None:
+    """``part.get_content_charset()``; None and "bad-charset" where the stdlib cannot read the
+    parameters (RFC 2231 pieces it cannot order, a piece number ``int()`` refuses)."""
+    try:
+        return part.get_content_charset()
+    except (LookupError, ValueError, TypeError):
+        defects.append("bad-charset")
+        return None
+
+
 def _body_as_sent(part: email.message.Message) -> bytes | None:
     """A leaf part's body bytes as they arrived (transfer encoding not undone).
 
@@ -296,11 +306,7 @@ def parse(raw: bytes, max_bytes: int = MAX_BYTES) -> ParsedMessage:
         if filename or not ctype.startswith("text/"):
             msg.attachments.append(Attachment(filename or "", ctype, len(body)))
             continue
-        try:
-            charset = part.get_content_charset()
-        except (LookupError, ValueError, TypeError):  # parameters the stdlib cannot read
-            charset = None
-            msg.defects.append("bad-charset")
+        charset = part_charset(part, msg.defects)
         if charset:
             msg.charsets.append(charset[:30])
         decoded, undecodable = decode_bytes(body[:MAX_PART_TEXT], charset)

@@ -24,6 +24,7 @@ from stronghold.message import (
     _payload_bytes,
     decode_bytes,
     parse,
+    part_charset,
 )
 from stronghold.mimetree import mime_tree
 from webui.safetext import visible
@@ -66,11 +67,7 @@ def _html_parts(raw: bytes) -> list[str]:
                 continue
         except (LookupError, ValueError, TypeError):
             continue
-        try:
-            charset = part.get_content_charset()
-        except (LookupError, ValueError, TypeError):  # parameters the stdlib cannot read
-            charset = None
-        text, _bad = decode_bytes(_payload_bytes(part, defects)[:MAX_PART_TEXT], charset)
+        text, _bad = decode_bytes(_payload_bytes(part, defects)[:MAX_PART_TEXT], part_charset(part, defects))
         out.append(text)
     return out
 
