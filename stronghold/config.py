@@ -25,6 +25,7 @@ from stronghold.settingtypes import (
     boolean,
     choice,
     clamd_address,
+    cpu_affinity,
     host_port,
     hour,
     local_path,
@@ -86,6 +87,8 @@ class Config:
     milter_socket_group: str = _setting("postfix", any_text,
         "group given the unix socket (mode 0660) so Postfix can connect")
     milter_workers: int = _setting(2, positive_int, "pre-forked milter processes (one per core)")
+    milter_cpu_affinity: str = _setting("auto", cpu_affinity,
+        "auto: each worker kept on a CPU of its own (in turn); off: left to the kernel; or CPUs such as 0,1")
     milter_timeout: int = _setting(600, positive_int, "seconds the milter waits on Postfix")
     milter_engine: str = _setting("auto", choice("auto", "native", "libmilter"),
         "protocol engine: native (C, stronghold._miltercore), libmilter (pymilter); auto: native if built")

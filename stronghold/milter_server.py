@@ -38,7 +38,7 @@ from pathlib import Path
 import Milter
 import milter
 
-from stronghold import logfmt, metrics, modelsync, nativecore, nativemilter
+from stronghold import cpupin, logfmt, metrics, modelsync, nativecore, nativemilter
 from stronghold.config import Config, ConfigError
 from stronghold.milter import FLAGS, factory
 from stronghold.service import Service
@@ -185,6 +185,9 @@ def _worker(cfg: Config, service: Service, slot: int, listener: socket.socket | 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, signal.SIG_DFL)
     logfmt.set_worker(f"w{slot}")
+    cpu = cpupin.pin_worker(cfg.milter_cpu_affinity, slot)
+    if cpu is not None:
+        log.info("worker w%d (pid %d) kept on CPU %d", slot, os.getpid(), cpu)
     faulthandler.enable(all_threads=True)  # a native crash leaves every thread's stack in the log
     service.store.engine.dispose(close=False)
     if listener is not None:

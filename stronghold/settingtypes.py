@@ -113,6 +113,20 @@ def loopback_bind(value: Any) -> str:
     return text
 
 
+def cpu_affinity(value: Any) -> str:
+    """``auto``, ``off`` or a comma-separated list of CPU numbers (``milter_cpu_affinity``)."""
+    text = str(value).strip().lower()
+    if text in ("auto", "off"):
+        return text
+    parts = [part.strip() for part in text.split(",")]
+    if not parts or not all(part.isdigit() and len(part) <= 4 for part in parts):
+        raise ValueError("must be auto, off or CPU numbers such as 0,1")
+    numbers = [int(part) for part in parts]
+    if len(set(numbers)) != len(numbers):
+        raise ValueError("names a CPU twice")
+    return ",".join(str(number) for number in numbers)
+
+
 def any_text(value: Any) -> str:
     return str(value)
 

@@ -1,0 +1,47 @@
+"""``milter_cpu_affinity``: what the setting accepts and which CPU each worker slot gets."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import pytest
+
+from stronghold import config as config_mod
+from stronghold.cpupin import cpu_for, pin_worker
+
+
+@pytest.mark.parametrize(("raw", "value"), [("auto", "auto"), ("OFF", "off"), (" 3, 1 ", "3,1"), ("0", "0")])
+def test_accepted_values(raw: str, value: str) -> None:
+    assert config_mod.load(None, {"milter_cpu_affinity": raw}, environ={}).milter_cpu_affinity == value
+
+
+@pytest.mark.parametrize("raw", ["", "1,1", "-1", "0,,1", "cpu0", "0-3", "12345"])
+def test_refused_values(raw: str) -> None:
+    with pytest.raises(config_mod.ConfigError, match="milter_cpu_affinity"):
+        config_mod.load(None, {"milter_cpu_affinity": raw}, environ={})
+
+
+def test_the_default_is_auto() -> None:
+    assert config_mod.load(None, {}, environ={}).milter_cpu_affinity == "auto"
+
+
+def test_slots_take_the_cpus_in_turn() -> None:
+    allowed = {2, 5, 7}  # a cpuset need not start at 0 nor be contiguous
+    assert [cpu_for("auto", slot, allowed) for slot in (1, 2, 3, 4)] == [2, 5, 7, 2]
+    assert [cpu_for("7,2", slot, allowed) for slot in (1, 2, 3)] == [7, 2, 7]
+    assert [cpu_for("9,5,1", slot, allowed) for slot in (1, 2)] == [5, 5]  # CPUs not allowed: passed over
+
+
+def test_nothing_to_choose_leaves_the_worker_to_the_kernel() -> None:
+    assert cpu_for("off", 1, {0, 1}) is None
+    assert cpu_for("auto", 1, {3}) is None  # one CPU: nothing to gain
+    assert cpu_for("4,6", 1, {0, 1}) is None
+
+
+def test_a_list_naming_none_of_the_cpus_warns_and_changes_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    before = os.sched_getaffinity(0)
+    with caplog.at_level(logging.WARNING, logger="stronghold.cpupin"):
+        assert pin_worker("4095", 1) is None
+    assert os.sched_getaffinity(0) == before
+    assert "names none of the CPUs" in caplog.text
