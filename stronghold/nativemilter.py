@@ -105,7 +105,9 @@ class Connection:
         mod = core()
         assert mod is not None
         cfg = self.service.cfg
-        session = mod.Session(self.sock.fileno(), FLAGS, cfg.spool_memory_bytes, cfg.max_message_bytes)
+        # DATA answered only over TCP (its reply carries the ACK Postfix's next packet waits for)
+        session = mod.Session(self.sock.fileno(), FLAGS, cfg.spool_memory_bytes, cfg.max_message_bytes,
+                              data_reply=self.sock.family != socket.AF_UNIX)
         reply = b""
         try:
             while True:

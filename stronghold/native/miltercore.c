@@ -70,8 +70,9 @@ enum { EV_NONE = 0, EV_RCPT, EV_DATA, EV_EOM, EV_ABORT, EV_CLOSE };
 #define P_NR_BODY 0x80000u
 
 /* Asked of the MTA: no end-of-headers and unknown-command events, no reply awaited after
- * connect, HELO, MAIL, each header and each body chunk.  DATA stays answered: over TCP an
- * unanswered DATA macro packet waits for a delayed ACK (see StrongholdMilter.data). */
+ * connect, HELO, MAIL, each header and each body chunk.  DATA stays answered unless the
+ * caller says otherwise (a unix socket): over TCP an unanswered DATA macro packet waits for
+ * a delayed ACK (see StrongholdMilter.data). */
 #define WANTED (P_NOEOH | P_NOUNKNOWN | P_NR_CONN | P_NR_HELO | P_NR_MAIL | P_NR_HDR | P_NR_BODY)
 
 /* macro stages, in the order a transaction reaches them */
@@ -93,6 +94,7 @@ typedef struct {
     int fd;
     uint32_t actions;  /* what the caller may do at end of message (ADDHDRS, CHGHDRS, ...) */
     uint32_t protocol; /* as agreed with the MTA */
+    uint32_t wanted;   /* the protocol steps asked for: WANTED, maybe with P_NR_DATA */
     size_t memory_limit, max_bytes;
     int busy;          /* a thread is inside next() */
     int closed;
@@ -359,7 +361,7 @@ static int handle(Session *s, char cmd, const char *body, size_t n) {
             s->why = "MTA does not allow the header and recipient changes this milter makes";
             return -1;
         }
-        s->protocol = offered & WANTED;
+        s->protocol = offered & s->wanted;
         char reply[12];
         put32(reply, version < VERSION ? version : VERSION);
         put32(reply + 4, s->actions);
@@ -638,11 +640,12 @@ static PyObject *Session_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 }
 
 static int Session_init(Session *s, PyObject *args, PyObject *kwds) {
-    static char *names[] = {"fd", "actions", "memory_limit", "max_bytes", NULL};
-    int fd;
+    static char *names[] = {"fd", "actions", "memory_limit", "max_bytes", "data_reply", NULL};
+    int fd, data_reply = 1;
     unsigned int actions;
     Py_ssize_t memory_limit, max_bytes;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iInn", names, &fd, &actions, &memory_limit, &max_bytes))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iInn|p", names, &fd, &actions, &memory_limit, &max_bytes,
+                                     &data_reply))
         return -1;
     if (fd < 0 || memory_limit < 1 || max_bytes < 0) {
         PyErr_SetString(PyExc_ValueError, "fd, memory_limit and max_bytes must be positive");
@@ -654,6 +657,7 @@ static int Session_init(Session *s, PyObject *args, PyObject *kwds) {
     }
     s->fd = fd;
     s->actions = actions;
+    s->wanted = data_reply ? WANTED : WANTED | P_NR_DATA;
     s->memory_limit = (size_t)memory_limit;
     s->max_bytes = (size_t)max_bytes;
     return 0;
@@ -804,7 +808,8 @@ static PyGetSetDef Session_getset[] = {
 static PyTypeObject SessionType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "stronghold._miltercore.Session",
-    .tp_doc = PyDoc_STR("Session(fd, actions, memory_limit, max_bytes): one MTA connection"),
+    .tp_doc = PyDoc_STR("Session(fd, actions, memory_limit, max_bytes, data_reply=True): one MTA connection; "
+                        "data_reply=False asks the MTA not to wait for a reply to DATA"),
     .tp_basicsize = sizeof(Session),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_new = Session_new,

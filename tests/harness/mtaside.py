@@ -44,6 +44,7 @@ class Mta:
         self.sock.settimeout(timeout)
         self.buffered = buffered
         self.pending = bytearray()
+        self.agreed = 0  # the protocol steps the milter agreed to (read_negotiation)
 
     # -- writing ---------------------------------------------------------------------------
     def send(self, cmd: bytes, data: bytes = b"") -> None:
@@ -131,6 +132,7 @@ class Mta:
         cmd, data = self.read()
         assert cmd == b"O", (cmd, data)
         version, actions, protocol = struct.unpack(">III", data)
+        self.agreed = protocol
         return version, actions, protocol
 
     def read_until_final(self) -> tuple[list[tuple[bytes, bytes]], tuple[bytes, bytes]]:

@@ -22,7 +22,7 @@ from stronghold import nativemilter
 from stronghold.antivirus import EICAR
 from stronghold.store import entries, messagelog
 from stronghold.transaction import Transaction
-from tests.harness.mtaside import ALL_STEPS, Mta, fields
+from tests.harness.mtaside import ALL_STEPS, P_NR_DATA, Mta, fields
 from tests.unit.test_milter_module import backend, milter, settings  # noqa: F401 - the same service
 from tests.unit.test_native_milter import WAIT, _timeouts
 
@@ -34,12 +34,21 @@ FORGED = (b"From: a@b.example\nX-Spam-Flag: YES\nSubject: lunch\nX-Spam-Flag: YE
           b"See you at noon for the project meeting.\n")
 
 
-@pytest.fixture
-def native(milter) -> Iterator[SimpleNamespace]:  # noqa: F811
-    """A native Connection on the libmilter fixture's service, negotiated and connected."""
+def _tcp_pair() -> tuple[socket.socket, socket.socket]:
+    """Two ends of a loopback TCP connection: (the milter's, the MTA's)."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        mta_sock = socket.create_connection(listener.getsockname())
+        milter_sock, _ = listener.accept()
+    return milter_sock, mta_sock
+
+
+@pytest.fixture(params=["unix"])
+def native(milter, request) -> Iterator[SimpleNamespace]:  # noqa: F811
+    """A native Connection on the libmilter fixture's service, negotiated and connected
+    (over a unix socket pair; parametrize ``native`` with "tcp" for loopback TCP)."""
     ctx, store = milter
     service = ctx.getpriv().service
-    milter_sock, mta_sock = socket.socketpair()
+    milter_sock, mta_sock = socket.socketpair() if request.param == "unix" else _tcp_pair()
     _timeouts(milter_sock, WAIT)
     conn = nativemilter.Connection(service, milter_sock)
     thread = threading.Thread(target=conn.run, daemon=True)
@@ -83,7 +92,8 @@ def send(mta: Mta, raw: bytes, sender: str, *rcpts: str, queue_id: str = "QID1")
         mta.rcpt(f"<{rcpt}>")
         replies.append(mta.read())
     mta.data()
-    assert mta.read() == (b"c", b"")
+    if not mta.agreed & P_NR_DATA:
+        assert mta.read() == (b"c", b"")
     for name, value in msg.items():
         mta.header(name, value)
     body = msg.as_bytes().split(b"\n\n", 1)[1]
@@ -109,6 +119,15 @@ def libmilter(ctx, monkeypatch: pytest.MonkeyPatch, raw: bytes, sender: str, *rc
 def _reply_text(final: tuple[bytes, bytes]) -> str:
     assert final[0] == b"y", final
     return fields(final[1])[0]
+
+
+@pytest.mark.parametrize("native", ["unix", "tcp"], indirect=True)
+def test_data_is_answered_over_tcp_only(native, monkeypatch) -> None:
+    """Over TCP the reply to DATA carries the ACK Postfix's next packet would otherwise wait for
+    (~40 ms, delayed ACK against Nagle); over a unix socket it is a round trip for nothing."""
+    assert bool(native.mta.agreed & P_NR_DATA) == (native.conn.sock.family == socket.AF_UNIX)
+    got = send(native.mta, CLEAN, "a@b.example", "u@example.com")  # reads the reply if one is due
+    assert got.final == (b"a", b"") and native.mta.nothing_pending()
 
 
 def test_messages_on_one_connection_answer_as_the_libmilter_engine(native, monkeypatch) -> None:
