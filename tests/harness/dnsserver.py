@@ -25,6 +25,8 @@ class Zone(BaseResolver):
         self.a: dict[str, list[str]] = {}
         self.servfail: set[str] = set()
         self.silent = False
+        self.ttl = 60  # of every record served
+        self.negative_ttl: int | None = None  # set: a missing name's reply carries an SOA with it
         self.queries: Counter[str] = Counter()
         self._lock = threading.Lock()
 
@@ -44,12 +46,16 @@ class Zone(BaseResolver):
         if qtype == "TXT":
             for value in txt:
                 chunks = [value[i:i + 250] for i in range(0, len(value), 250)] or [""]
-                reply.add_answer(dnslib.RR(name, dnslib.QTYPE.TXT, rdata=dnslib.TXT(chunks), ttl=60))
+                reply.add_answer(dnslib.RR(name, dnslib.QTYPE.TXT, rdata=dnslib.TXT(chunks), ttl=self.ttl))
         elif qtype == "A":
             for value in a:
-                reply.add_answer(dnslib.RR(name, dnslib.QTYPE.A, rdata=dnslib.A(value), ttl=60))
+                reply.add_answer(dnslib.RR(name, dnslib.QTYPE.A, rdata=dnslib.A(value), ttl=self.ttl))
         if not reply.rr and name not in self.txt and name not in self.a:
             reply.header.rcode = dnslib.RCODE.NXDOMAIN
+            if self.negative_ttl is not None:
+                soa = dnslib.SOA("ns.test.example", "hostmaster.test.example",
+                                 (1, 3600, 600, 86400, self.negative_ttl))
+                reply.add_auth(dnslib.RR("test.example", dnslib.QTYPE.SOA, rdata=soa, ttl=self.negative_ttl))
         return reply
 
 
