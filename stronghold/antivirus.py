@@ -9,11 +9,13 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 import pyclamd
 
+from stronghold import nativecore
 from stronghold.spool import Stream, anonymous_file
 
 log = logging.getLogger(__name__)
@@ -94,12 +96,7 @@ class ClamdScanner:
             stream.seek(0)
             fd = owned = anonymous_file(stream.read())
         try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-                sock.settimeout(self.timeout)
-                sock.connect(self.address[5:])
-                sock.sendall(b"zFILDES\0")
-                socket.send_fds(sock, [b"\0"], [fd])
-                reply = _read_reply(sock)
+            reply = _reply_text(_fildes_exchange(self.address[5:], fd, self.timeout or 0.0))
         except (TimeoutError, OSError) as exc:
             raise ScannerError(f"clamd at {self.address} unreachable: {exc}") from exc
         finally:
@@ -176,15 +173,32 @@ class _DescriptorRefused(ScannerError):
     """clamd answered a FILDES scan with an error."""
 
 
-def _read_reply(sock: socket.socket, limit: int = 4096) -> str:
-    """One null-terminated clamd reply (or whatever came before clamd closed)."""
-    data = b""
-    while not data.endswith(b"\0") and len(data) < limit:
-        chunk = sock.recv(limit)
-        if not chunk:
-            break
-        data += chunk
+def _fildes_exchange_py(path: str, fd: int, timeout: float, limit: int = 4096) -> bytes:
+    """clamd's raw reply to FILDES for ``fd``: connect, send the command, pass the descriptor,
+    read one NUL-terminated reply (or whatever came before clamd closed).  ``timeout``:
+    seconds per step, 0 for none.  ``_fildes_exchange`` is this, in C when built (the GIL
+    let go once instead of at every socket call)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout or None)
+        sock.connect(path)
+        sock.sendall(b"zFILDES\0")
+        socket.send_fds(sock, [b"\0"], [fd])
+        data = b""
+        while not data.endswith(b"\0") and len(data) < limit:
+            chunk = sock.recv(limit - len(data))
+            if not chunk:
+                break
+            data += chunk
+    return data
+
+
+def _reply_text(data: bytes) -> str:
     return data.rstrip(b"\0").decode("utf-8", "replace").strip()
+
+
+_clamdcore = nativecore.load("clamdcore")
+_fildes_exchange: Callable[[str, int, float], bytes] = (
+    _clamdcore.fildes_exchange if _clamdcore is not None else _fildes_exchange_py)
 
 
 def make_scanner(address: str, timeout: float) -> Scanner:

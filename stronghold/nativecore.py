@@ -21,6 +21,7 @@ PARTS: dict[str, str] = {
     "wordcore": "tokenizing",
     "mimecore": "message reading",
     "miltercore": "milter protocol",
+    "clamdcore": "clamd exchange",
 }
 
 _loaded: dict[str, ModuleType | None] = {}

@@ -87,7 +87,8 @@ def test_installed_package_defaults_to_system_paths_and_runs(installed: Path) ->
     released = configparser.ConfigParser()
     released.read(ROOT / "setup.cfg")
     assert version.startswith(f"stronghold {released['metadata']['version']} (model format ")  # from its metadata
-    native = "native core: classifier scoring, HTML to text, tokenizing, message reading, milter protocol"
+    native = ("native core: classifier scoring, HTML to text, tokenizing, message reading, milter protocol, "
+              "clamd exchange")
     assert version.splitlines()[1] == native  # pip built it
 
 

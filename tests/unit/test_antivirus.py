@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from devtools.localstack import TEST_SIGNATURES, Clamd, free_port
+from stronghold import antivirus
 from stronghold.antivirus import EICAR, ClamdScanner, ScannerError
 from stronghold.spool import Spool
 from tests.conftest import shared_tmpdir
@@ -45,9 +46,19 @@ def _spool(data: bytes, limit: int, folder: Path) -> Spool:
     return spool
 
 
+@pytest.fixture(params=["native", "python"])
+def exchange(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The FILDES exchange in C (the default where built) or its Python reference."""
+    if request.param == "python":
+        monkeypatch.setattr(antivirus, "_fildes_exchange", antivirus._fildes_exchange_py)
+    else:
+        assert antivirus._fildes_exchange is not antivirus._fildes_exchange_py, "native core not built"
+    return str(request.param)
+
+
 @pytest.mark.parametrize("transport", ["unix", "tcp"])
 @pytest.mark.parametrize("holder", ["bytesio", "spool-memory", "spool-disk"])
-def test_scan_finds_eicar_and_passes_clean_mail(clamd_both, tmp_path, transport, holder):
+def test_scan_finds_eicar_and_passes_clean_mail(clamd_both, tmp_path, transport, holder, exchange):
     address = clamd_both.address if transport == "unix" else clamd_both.tcp_address
     scanner = ClamdScanner(address, timeout=10)
     assert scanner.pass_descriptors is (transport == "unix")
@@ -61,16 +72,37 @@ def test_scan_finds_eicar_and_passes_clean_mail(clamd_both, tmp_path, transport,
     assert scanner.pass_descriptors is (transport == "unix")  # no fallback happened
 
 
-def test_descriptor_scan_reads_the_whole_spool_whatever_its_position(clamd_both, tmp_path):
+def test_descriptor_scan_reads_the_whole_spool_whatever_its_position(clamd_both, tmp_path, exchange):
     with _spool(INFECTED, 1 << 20, tmp_path) as spool:
         spool.read()  # position at the end: clamd must still see it all
         assert ClamdScanner(clamd_both.address).scan(spool).infected
 
 
-def test_unreachable_clamd_is_an_error_not_clean(tmp_path):
+def test_unreachable_clamd_is_an_error_not_clean(tmp_path, exchange):
     for address in (f"unix:{tmp_path / 'nothing.sock'}", f"tcp:127.0.0.1:{free_port()}"):
         with pytest.raises(ScannerError, match="unreachable"):
             ClamdScanner(address, timeout=2).scan(io.BytesIO(INFECTED))
+
+
+def test_a_clamd_that_never_answers_is_an_error_after_the_timeout(tmp_path, exchange):
+    silent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    silent.bind(str(tmp_path / "silent.sock"))
+    silent.listen(4)  # connections wait in the backlog: nobody reads, nobody answers
+    raised: list[BaseException] = []
+
+    def scan() -> None:
+        try:
+            ClamdScanner(f"unix:{tmp_path / 'silent.sock'}", timeout=0.5).scan(io.BytesIO(CLEAN))
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            raised.append(exc)
+    try:
+        worker = threading.Thread(target=scan, daemon=True)
+        worker.start()
+        worker.join(10)
+        assert not worker.is_alive(), "the scan waits on a silent clamd for good"
+    finally:
+        silent.close()
+    assert len(raised) == 1 and isinstance(raised[0], ScannerError) and "unreachable" in str(raised[0])
 
 
 class RefusingClamd:
@@ -122,7 +154,7 @@ def _exactly(conn: socket.socket, n: int) -> bytes:
     return out
 
 
-def test_refused_descriptor_falls_back_to_streaming_for_good(tmp_path, caplog):
+def test_refused_descriptor_falls_back_to_streaming_for_good(tmp_path, caplog, exchange):
     fake = RefusingClamd(tmp_path / "clamd.sock")
     try:
         scanner = ClamdScanner(f"unix:{fake.path}", timeout=5)

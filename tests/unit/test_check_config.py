@@ -26,7 +26,8 @@ def test_all_good(make_config, models_dir: Path, clamd: Clamd, capsys: pytest.Ca
     assert check_config(cfg) == 0
     out = capsys.readouterr().out
     assert "ok: model" in out and "ok: database" in out and "found the EICAR test string" in out
-    assert "ok: native core: classifier scoring, HTML to text, tokenizing, message reading, milter protocol\n" in out
+    assert ("ok: native core: classifier scoring, HTML to text, tokenizing, message reading, milter protocol, "
+            "clamd exchange\n") in out
     assert "ok: native protocol engine (milter_engine = auto)\n" in out
     assert "FAIL" not in out and "WARNING: native core" not in out
 

@@ -1,0 +1,179 @@
+/* clamdcore: clamd's FILDES exchange in one call, the GIL released once.
+ *
+ * Mirrors stronghold/antivirus.py's _fildes_exchange_py: connect to clamd's unix socket,
+ * send "zFILDES\0", pass the message's descriptor with one NUL byte (SCM_RIGHTS), read the
+ * NUL-terminated reply (at most REPLY_MAX bytes, or what came before clamd closed).  The
+ * Python version lets the GIL go at every socket call (about ten per message), and each
+ * time another connection thread may take it: under load the hand-overs cost more than the
+ * exchange itself.  Here the whole exchange runs without the GIL.
+ *
+ * timeout > 0: each blocking step (connect, each send, each read) waits at most that many
+ * seconds, as a Python socket with settimeout does; 0: no limit.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <errno.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#define REPLY_MAX 4096
+
+static const char COMMAND[] = "zFILDES"; /* sent with its terminating NUL */
+
+/* Send all of buf; 0 or an errno value. */
+static int send_all(int sock, const char *buf, size_t n) {
+    while (n > 0) {
+        ssize_t sent = send(sock, buf, n, MSG_NOSIGNAL);
+        if (sent < 0) {
+            if (errno == EINTR)
+                continue;
+            return errno;
+        }
+        buf += sent;
+        n -= (size_t)sent;
+    }
+    return 0;
+}
+
+/* One NUL byte carrying the descriptor; 0 or an errno value. */
+static int send_descriptor(int sock, int fd) {
+    char byte = 0;
+    struct iovec iov = {.iov_base = &byte, .iov_len = 1};
+    union {
+        struct cmsghdr header;
+        char space[CMSG_SPACE(sizeof(int))];
+    } control;
+    memset(&control, 0, sizeof(control));
+    struct msghdr msg = {0};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.space;
+    msg.msg_controllen = sizeof(control.space);
+    struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg);
+    cmsg->cmsg_level = SOL_SOCKET;
+    cmsg->cmsg_type = SCM_RIGHTS;
+    cmsg->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(cmsg), &fd, sizeof(int));
+    for (;;) {
+        ssize_t sent = sendmsg(sock, &msg, MSG_NOSIGNAL);
+        if (sent == 1)
+            return 0;
+        if (sent < 0 && errno == EINTR)
+            continue;
+        return sent < 0 ? errno : EIO;
+    }
+}
+
+/* The reply into out (up to REPLY_MAX bytes): read until it ends with NUL, is full, or
+ * clamd closes; *got is its length.  0 or an errno value. */
+static int read_reply(int sock, char *out, size_t *got) {
+    size_t n = 0;
+    while (n < REPLY_MAX && (n == 0 || out[n - 1] != '\0')) {
+        ssize_t r = recv(sock, out + n, REPLY_MAX - n, 0);
+        if (r < 0) {
+            if (errno == EINTR)
+                continue;
+            return errno;
+        }
+        if (r == 0)
+            break;
+        n += (size_t)r;
+    }
+    *got = n;
+    return 0;
+}
+
+/* The whole exchange, no Python inside; 0 or an errno value (EAGAIN: a step timed out). */
+static int exchange(const struct sockaddr_un *addr, int fd, double timeout, char *out, size_t *got) {
+    int sock = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (sock < 0)
+        return errno;
+    int err = 0;
+    if (timeout > 0) {
+        struct timeval tv;
+        tv.tv_sec = (time_t)timeout;
+        tv.tv_usec = (suseconds_t)((timeout - (double)tv.tv_sec) * 1e6);
+        if (tv.tv_sec == 0 && tv.tv_usec == 0)
+            tv.tv_usec = 1; /* a zero timeval would mean: no limit */
+        if (setsockopt(sock, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)) < 0 ||
+            setsockopt(sock, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) < 0)
+            err = errno;
+    }
+    if (!err) {
+        while (connect(sock, (const struct sockaddr *)addr, sizeof(*addr)) < 0) {
+            if (errno != EINTR) {
+                err = errno;
+                break;
+            }
+        }
+    }
+    if (!err)
+        err = send_all(sock, COMMAND, sizeof(COMMAND)); /* with its NUL */
+    if (!err)
+        err = send_descriptor(sock, fd);
+    if (!err)
+        err = read_reply(sock, out, got);
+    close(sock);
+    return err;
+}
+
+static PyObject *fildes_exchange(PyObject *module, PyObject *args) {
+    (void)module;
+    const char *path;
+    Py_ssize_t path_len;
+    int fd;
+    double timeout;
+    if (!PyArg_ParseTuple(args, "s#id:fildes_exchange", &path, &path_len, &fd, &timeout))
+        return NULL;
+    struct sockaddr_un addr;
+    memset(&addr, 0, sizeof(addr));
+    addr.sun_family = AF_UNIX;
+    if (path_len <= 0 || (size_t)path_len >= sizeof(addr.sun_path)) { /* as connect() would say */
+        errno = path_len <= 0 ? ENOENT : ENAMETOOLONG;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    if (fd < 0) {
+        PyErr_SetString(PyExc_ValueError, "no descriptor to pass");
+        return NULL;
+    }
+    memcpy(addr.sun_path, path, (size_t)path_len);
+    char *out = PyMem_RawMalloc(REPLY_MAX);
+    if (out == NULL)
+        return PyErr_NoMemory();
+    size_t got = 0;
+    int err;
+    Py_BEGIN_ALLOW_THREADS
+    err = exchange(&addr, fd, timeout, out, &got);
+    Py_END_ALLOW_THREADS
+    PyObject *result = NULL;
+    if (err == EAGAIN || err == EWOULDBLOCK || err == EINPROGRESS) {
+        PyErr_SetString(PyExc_TimeoutError, "timed out");
+    } else if (err) {
+        errno = err;
+        PyErr_SetFromErrno(PyExc_OSError);
+    } else {
+        result = PyBytes_FromStringAndSize(out, (Py_ssize_t)got);
+    }
+    PyMem_RawFree(out);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"fildes_exchange", fildes_exchange, METH_VARARGS,
+     PyDoc_STR("fildes_exchange(path, fd, timeout) -> bytes: clamd's raw reply to FILDES for fd "
+               "(timeout seconds per step, 0: none); OSError, TimeoutError")},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_clamdcore", "clamd's FILDES exchange without the GIL", -1, methods,
+    NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__clamdcore(void) {
+    return PyModule_Create(&module);
+}

@@ -1,0 +1,121 @@
+"""clamd's FILDES exchange in C (``_clamdcore.fildes_exchange``) against its Python reference
+(``antivirus._fildes_exchange_py``), both talking to stand-in daemons on a unix socket that
+record what arrives: the command, the passed descriptor (read back: the same file), replies in
+pieces, silence, a close, a reply without its NUL.  tests/unit/test_antivirus.py runs both
+against the real clamd."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from stronghold import _clamdcore, antivirus  # type: ignore[attr-defined]
+from stronghold.spool import anonymous_file
+
+EXCHANGES: dict[str, Callable[[str, int, float], bytes]] = {
+    "c": _clamdcore.fildes_exchange, "python": antivirus._fildes_exchange_py}
+
+
+class StandIn:
+    """Accepts one connection at a time: reads the command up to its NUL and the descriptor
+    passed with one byte, records both, then does what ``answer`` says with the connection."""
+
+    def __init__(self, path: Path, answer: Callable[[socket.socket], None]) -> None:
+        self.answer = answer
+        self.seen: list[tuple[bytes, bytes, bytes]] = []  # command, byte with the descriptor, file content
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(str(path))
+        self.sock.listen(4)
+        self.path = str(path)
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                command = b""
+                while not command.endswith(b"\0"):
+                    command += conn.recv(1)
+                byte, fds, _flags, _addr = socket.recv_fds(conn, 16, 1)
+                content = b""
+                for fd in fds:
+                    content = os.pread(fd, 1 << 16, 0)
+                    os.close(fd)
+                self.seen.append((command, byte, content))
+                self.answer(conn)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture(params=sorted(EXCHANGES))
+def exchange(request: pytest.FixtureRequest) -> Callable[[str, int, float], bytes]:
+    return EXCHANGES[request.param]
+
+
+@pytest.fixture
+def message() -> Iterator[int]:
+    fd = anonymous_file(b"From: a@example.com\r\n\r\nhello\r\n")
+    os.lseek(fd, 5, os.SEEK_SET)  # wherever it stands, the daemon reads the file itself
+    yield fd
+    os.close(fd)
+
+
+def _stand_in(tmp_path: Path, answer: Callable[[socket.socket], None]) -> Iterator[StandIn]:
+    daemon = StandIn(tmp_path / "clamd.sock", answer)
+    yield daemon
+    daemon.close()
+
+
+def test_the_command_and_the_descriptor_arrive_and_a_reply_in_pieces_is_read_whole(tmp_path, exchange, message):
+    def answer(conn: socket.socket) -> None:
+        for piece in (b"fd[7]: Stronghold.", b"Test FO", b"UND\0"):
+            conn.sendall(piece)
+            time.sleep(0.01)
+    for daemon in _stand_in(tmp_path, answer):
+        assert exchange(daemon.path, message, 5.0) == b"fd[7]: Stronghold.Test FOUND\0"
+        assert daemon.seen == [(b"zFILDES\0", b"\0", b"From: a@example.com\r\n\r\nhello\r\n")]
+
+
+def test_a_silent_daemon_times_out_after_the_timeout(tmp_path, exchange, message):
+    release = threading.Event()
+    for daemon in _stand_in(tmp_path, lambda conn: release.wait(10)):
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            exchange(daemon.path, message, 0.4)
+        assert 0.3 < time.monotonic() - started < 3
+        release.set()
+
+
+def test_a_daemon_that_closes_gives_what_came_before(tmp_path, exchange, message):
+    for daemon in _stand_in(tmp_path, lambda conn: conn.sendall(b"PROTOCOL ERROR")):
+        assert exchange(daemon.path, message, 5.0) == b"PROTOCOL ERROR"
+    (tmp_path / "clamd.sock").unlink()
+    for daemon in _stand_in(tmp_path, lambda conn: None):
+        assert exchange(daemon.path, message, 5.0) == b""
+
+
+def test_a_reply_is_read_up_to_4096_bytes(tmp_path, exchange, message):
+    for daemon in _stand_in(tmp_path, lambda conn: conn.sendall(b"x" * 10_000)):
+        assert exchange(daemon.path, message, 5.0) == b"x" * 4096
+
+
+def test_no_daemon_is_an_os_error(tmp_path, exchange, message):
+    for path in (str(tmp_path / "nothing.sock"), str(tmp_path / ("x" * 200)), ""):
+        with pytest.raises(OSError):
+            exchange(path, message, 1.0)
+    listening_nowhere = tmp_path / "stale.sock"
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(listening_nowhere))  # bound, not listening: what a dead clamd leaves
+    stale.close()
+    with pytest.raises(ConnectionRefusedError):
+        exchange(str(listening_nowhere), message, 1.0)
