@@ -1,4 +1,7 @@
-/* clamdcore: clamd's FILDES exchange in one call, the GIL released once.
+/* clamdcore: the message handed to clamd, each step in one call with the GIL released once.
+ *
+ * anonymous_file mirrors stronghold/spool.py's _anonymous_file_py: a new memfd holding the
+ * message, positioned at 0 (create, write, seek: three GIL releases in Python).
  *
  * Mirrors stronghold/antivirus.py's _fildes_exchange_py: connect to clamd's unix socket,
  * send "zFILDES\0", pass the message's descriptor with one NUL byte (SCM_RIGHTS), read the
@@ -10,11 +13,13 @@
  * timeout > 0: each blocking step (connect, each send, each read) waits at most that many
  * seconds, as a Python socket with settimeout does; 0: no limit.
  */
+#define _GNU_SOURCE /* memfd_create */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
 #include <errno.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <sys/un.h>
@@ -162,7 +167,53 @@ static PyObject *fildes_exchange(PyObject *module, PyObject *args) {
     return result;
 }
 
+/* A memfd holding buf, at position 0; -1 with *err set on failure (no descriptor left open). */
+static int memfd_holding(const char *buf, size_t n, int *err) {
+    int fd = memfd_create("stronghold-spool", MFD_CLOEXEC);
+    if (fd < 0) {
+        *err = errno;
+        return -1;
+    }
+    while (n > 0) {
+        ssize_t w = write(fd, buf, n);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            *err = errno;
+            close(fd);
+            return -1;
+        }
+        buf += w;
+        n -= (size_t)w;
+    }
+    if (lseek(fd, 0, SEEK_SET) < 0) {
+        *err = errno;
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+static PyObject *anonymous_file(PyObject *module, PyObject *data) {
+    (void)module;
+    Py_buffer view;
+    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    int err = 0, fd;
+    Py_BEGIN_ALLOW_THREADS /* the exported buffer cannot be resized meanwhile */
+    fd = memfd_holding(view.buf, (size_t)view.len, &err);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&view);
+    if (fd < 0) {
+        errno = err;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    return PyLong_FromLong(fd);
+}
+
 static PyMethodDef methods[] = {
+    {"anonymous_file", anonymous_file, METH_O,
+     PyDoc_STR("anonymous_file(data) -> fd: a new memfd (close-on-exec) holding data, at position 0")},
     {"fildes_exchange", fildes_exchange, METH_VARARGS,
      PyDoc_STR("fildes_exchange(path, fd, timeout) -> bytes: clamd's raw reply to FILDES for fd "
                "(timeout seconds per step, 0: none); OSError, TimeoutError")},
@@ -170,7 +221,7 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "_clamdcore", "clamd's FILDES exchange without the GIL", -1, methods,
+    PyModuleDef_HEAD_INIT, "_clamdcore", "the message handed to clamd without the GIL", -1, methods,
     NULL, NULL, NULL, NULL,
 };
 

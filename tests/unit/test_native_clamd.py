@@ -1,11 +1,13 @@
-"""clamd's FILDES exchange in C (``_clamdcore.fildes_exchange``) against its Python reference
-(``antivirus._fildes_exchange_py``), both talking to stand-in daemons on a unix socket that
+"""The message handed to clamd, in C: the memfd holding it (``_clamdcore.anonymous_file``,
+against ``spool._anonymous_file_py``) and clamd's FILDES exchange
+(``_clamdcore.fildes_exchange``) against its Python reference (``antivirus._fildes_exchange_py``), both talking to stand-in daemons on a unix socket that
 record what arrives: the command, the passed descriptor (read back: the same file), replies in
 pieces, silence, a close, a reply without its NUL.  tests/unit/test_antivirus.py runs both
 against the real clamd."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import socket
 import threading
@@ -15,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from stronghold import _clamdcore, antivirus  # type: ignore[attr-defined]
+from stronghold import _clamdcore, antivirus, spool  # type: ignore[attr-defined]
 from stronghold.spool import anonymous_file
 
 EXCHANGES: dict[str, Callable[[str, int, float], bytes]] = {
@@ -119,3 +121,22 @@ def test_no_daemon_is_an_os_error(tmp_path, exchange, message):
     stale.close()
     with pytest.raises(ConnectionRefusedError):
         exchange(str(listening_nowhere), message, 1.0)
+
+
+@pytest.mark.parametrize("data", [b"", b"From: a@example.com\r\n\r\nhello\r\n", bytearray(b"x" * 3_000_001),
+                                  memoryview(b"0123456789")[2:7]])
+def test_anonymous_file_holds_the_data_at_position_0_and_closes_on_exec(data):
+    for make in (_clamdcore.anonymous_file, spool._anonymous_file_py, spool.anonymous_file):
+        fd = make(data)
+        try:
+            assert os.lseek(fd, 0, os.SEEK_CUR) == 0
+            assert os.fstat(fd).st_size == len(data)
+            assert os.pread(fd, len(data) + 1, 0) == bytes(data)
+            assert fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC
+        finally:
+            os.close(fd)
+
+
+def test_anonymous_file_takes_only_bytes_like_data():
+    with pytest.raises(TypeError):
+        _clamdcore.anonymous_file("text")
