@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -80,13 +81,36 @@ class ClamdScanner:
             try:
                 return self._scan_descriptor(stream)
             except _DescriptorRefused as exc:
-                stream.seek(0)
-                result = self._scan_stream(stream)  # raises ScannerError if clamd is really broken
-                self.pass_descriptors = False
-                log.warning("clamd at %s refused a passed file descriptor (%s); streaming from now on",
-                            self.address, exc)
-                return result
+                return self._refused(stream, exc)
         return self._scan_stream(stream)
+
+    def start(self, stream: Stream) -> Scanner:
+        """This message's scan begun now: handed to clamd at once, its answer read by the
+        returned scanner's ``scan``, so that clamd works while the caller parses and scores.
+        Where that cannot be (TCP, no descriptor, streaming since a refusal) the returned
+        scanner is this one, which scans when ``scan`` is called.  ``release`` it after."""
+        if not self.pass_descriptors:
+            return self
+        try:
+            fd = stream.fileno()
+        except (AttributeError, OSError):
+            return self
+        try:
+            return _Begun(self, _fildes_send(self.address[5:], fd, self.timeout or 0.0), None)
+        except (TimeoutError, OSError) as exc:
+            return _Begun(self, None, self._unreachable(exc))
+
+    def _unreachable(self, exc: BaseException) -> ScannerError:
+        return ScannerError(f"clamd at {self.address} unreachable: {exc}")
+
+    def _refused(self, stream: Stream, exc: _DescriptorRefused) -> ScanResult:
+        """clamd would not read a passed descriptor: stream this message and all after it."""
+        stream.seek(0)
+        result = self._scan_stream(stream)  # raises ScannerError if clamd is really broken
+        self.pass_descriptors = False
+        log.warning("clamd at %s refused a passed file descriptor (%s); streaming from now on",
+                    self.address, exc)
+        return result
 
     def _scan_descriptor(self, stream: Stream) -> ScanResult:
         owned = None
@@ -96,13 +120,19 @@ class ClamdScanner:
             stream.seek(0)
             fd = owned = anonymous_file(stream.read())
         try:
-            reply = _reply_text(_fildes_exchange(self.address[5:], fd, self.timeout or 0.0))
+            reply = _fildes_reply(_fildes_send(self.address[5:], fd, self.timeout or 0.0))
         except (TimeoutError, OSError) as exc:
-            raise ScannerError(f"clamd at {self.address} unreachable: {exc}") from exc
+            raise self._unreachable(exc) from exc
         finally:
             if owned is not None:
                 os.close(owned)
+        return self._answer(reply)
+
+    @staticmethod
+    def _answer(reply_bytes: bytes) -> ScanResult:
+        """What a FILDES reply says; _DescriptorRefused when it is no scan result."""
         # "fd[10]: OK", "fd[10]: Name FOUND", "fd[10]: why ERROR" or a bare protocol error
+        reply = reply_bytes.rstrip(b"\0").decode("utf-8", "replace").strip()
         if reply.endswith(" OK"):
             return ScanResult(None)
         if reply.endswith(" FOUND"):
@@ -173,32 +203,99 @@ class _DescriptorRefused(ScannerError):
     """clamd answered a FILDES scan with an error."""
 
 
-def _fildes_exchange_py(path: str, fd: int, timeout: float, limit: int = 4096) -> bytes:
-    """clamd's raw reply to FILDES for ``fd``: connect, send the command, pass the descriptor,
-    read one NUL-terminated reply (or whatever came before clamd closed).  ``timeout``:
-    seconds per step, 0 for none.  ``_fildes_exchange`` is this, in C when built (the GIL
-    let go once instead of at every socket call)."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(timeout or None)
+class _Begun:
+    """A FILDES scan clamd has already been handed (``ClamdScanner.start``): ``scan`` reads its
+    answer (once; a second call scans again), ``close`` lets it go unread."""
+
+    name = "clamd"
+
+    def __init__(self, scanner: ClamdScanner, sock: int | None, error: ScannerError | None) -> None:
+        self.scanner = scanner
+        self.sock = sock
+        self.error = error
+
+    def scan(self, stream: Stream) -> ScanResult:
+        sock, self.sock = self.sock, None
+        if self.error is not None:
+            raise self.error
+        if sock is None:
+            return self.scanner.scan(stream)
+        try:
+            reply = _fildes_reply(sock)
+        except (TimeoutError, OSError) as exc:
+            raise self.scanner._unreachable(exc) from exc
+        try:
+            return self.scanner._answer(reply)
+        except _DescriptorRefused as exc:
+            return self.scanner._refused(stream, exc)
+
+    def close(self) -> None:
+        if self.sock is not None:
+            os.close(self.sock)
+            self.sock = None
+
+
+def start(scanner: Scanner, stream: Stream) -> Scanner:
+    """``scanner`` with this message's scan begun where it can begin early (see
+    ``ClamdScanner.start``); otherwise ``scanner`` itself."""
+    begin = getattr(scanner, "start", None)
+    return begin(stream) if begin is not None else scanner
+
+
+def release(scanner: Scanner) -> None:
+    """Let go of a scan begun by ``start`` and never read (a no-op for one that was)."""
+    close = getattr(scanner, "close", None)
+    if close is not None:
+        close()
+
+
+def _timeval(seconds: float) -> bytes:
+    whole = int(seconds)
+    return struct.pack("ll", whole, max(int((seconds - whole) * 1_000_000), 0 if whole else 1))
+
+
+def _fildes_send_py(path: str, fd: int, timeout: float) -> int:
+    """Connect to clamd, send FILDES and pass ``fd``; the connected socket's descriptor, for
+    ``_fildes_reply_py``.  ``timeout``: seconds per step (kept for the reply), 0 for none.
+    ``_fildes_send`` is this, in C when built (the GIL let go once, not at every call)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        if timeout > 0:  # in the kernel, so that the descriptor alone carries them to the reply
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(timeout))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(timeout))
         sock.connect(path)
         sock.sendall(b"zFILDES\0")
         socket.send_fds(sock, [b"\0"], [fd])
+    except BlockingIOError as exc:  # a step ran out of time
+        sock.close()
+        raise TimeoutError("timed out") from exc
+    except BaseException:
+        sock.close()
+        raise
+    return sock.detach()
+
+
+def _fildes_reply_py(sock: int, limit: int = 4096) -> bytes:
+    """clamd's raw reply on a socket from ``_fildes_send_py``: one NUL-terminated reply, or
+    whatever came before clamd closed; the socket is closed.  ``_fildes_reply`` is this, in
+    C when built."""
+    with socket.socket(fileno=sock) as conn:
         data = b""
-        while not data.endswith(b"\0") and len(data) < limit:
-            chunk = sock.recv(limit - len(data))
-            if not chunk:
-                break
-            data += chunk
+        try:
+            while not data.endswith(b"\0") and len(data) < limit:
+                chunk = conn.recv(limit - len(data))
+                if not chunk:
+                    break
+                data += chunk
+        except BlockingIOError as exc:
+            raise TimeoutError("timed out") from exc
     return data
 
 
-def _reply_text(data: bytes) -> str:
-    return data.rstrip(b"\0").decode("utf-8", "replace").strip()
-
-
 _clamdcore = nativecore.load("clamdcore")
-_fildes_exchange: Callable[[str, int, float], bytes] = (
-    _clamdcore.fildes_exchange if _clamdcore is not None else _fildes_exchange_py)
+_fildes_send: Callable[[str, int, float], int] = (
+    _clamdcore.fildes_send if _clamdcore is not None else _fildes_send_py)
+_fildes_reply: Callable[[int], bytes] = _clamdcore.fildes_reply if _clamdcore is not None else _fildes_reply_py
 
 
 def make_scanner(address: str, timeout: float) -> Scanner:

@@ -82,11 +82,12 @@ class Service:
             return None
 
     def decide(self, envelope: Envelope, msg: ParsedMessage, stream: Stream | None,
-               oversize: bool = False) -> Outcome:
+               oversize: bool = False, scanner: Scanner | None = None) -> Outcome:
+        """``scanner``: instead of the service's own (one whose scan is begun already)."""
         started = time.perf_counter()
         tokens = features(msg)
         stages = {"classifier": time.perf_counter() - started}
-        verdict = evaluate(envelope, msg, stream, self.scanner, self.model, self.lists,
+        verdict = evaluate(envelope, msg, stream, scanner or self.scanner, self.model, self.lists,
                            self.policy, oversize=oversize, tokens=tokens, authenticator=self.authenticator,
                            layers=self.personal_layers, timings=stages)
         clamd = verdict.check(Check.ANTIVIRUS)  # the model and the store report their own incidents

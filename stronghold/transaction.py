@@ -17,7 +17,7 @@ import logging
 from dataclasses import dataclass, field
 from time import perf_counter
 
-from stronghold import headers
+from stronghold import antivirus, headers
 from stronghold.logfmt import MessageLine, RcptLine
 from stronghold.message import MAX_BYTES, parse
 from stronghold.policy import REPLY_BLOCKED
@@ -125,13 +125,19 @@ class Transaction:
     def conclude(self, env: Envelope) -> Answer:
         """End of message: parse, decide, hold what is held, log; the Answer for the MTA."""
         started = perf_counter()
-        raw = self.spool.head(MAX_BYTES + 1)  # one byte more, so parse() records the truncation
-        msg = parse(raw)
-        msg.size = self.size
-        self.spool.seek(0)
-        parsed = perf_counter()
         service = self.service
-        outcome = service.decide(env, msg, self.spool, oversize=self.oversize)
+        # clamd gets the message first and scans while we parse and score (not for an oversize
+        # one: the size policy may skip its scan)
+        scanner = service.scanner if self.oversize else antivirus.start(service.scanner, self.spool)
+        try:
+            raw = self.spool.head(MAX_BYTES + 1)  # one byte more, so parse() records the truncation
+            msg = parse(raw)
+            msg.size = self.size
+            self.spool.seek(0)
+            parsed = perf_counter()
+            outcome = service.decide(env, msg, self.spool, oversize=self.oversize, scanner=scanner)
+        finally:
+            antivirus.release(scanner)
         if outcome.verdict.held:  # stored before anything is accepted; if not stored, tempfail
             subject = headers.decode_value(self.subject_raw) if self.subject_raw is not None else ""
             try:

@@ -3,12 +3,13 @@
  * anonymous_file mirrors stronghold/spool.py's _anonymous_file_py: a new memfd holding the
  * message, positioned at 0 (create, write, seek: three GIL releases in Python).
  *
- * Mirrors stronghold/antivirus.py's _fildes_exchange_py: connect to clamd's unix socket,
- * send "zFILDES\0", pass the message's descriptor with one NUL byte (SCM_RIGHTS), read the
- * NUL-terminated reply (at most REPLY_MAX bytes, or what came before clamd closed).  The
- * Python version lets the GIL go at every socket call (about ten per message), and each
- * time another connection thread may take it: under load the hand-overs cost more than the
- * exchange itself.  Here the whole exchange runs without the GIL.
+ * fildes_send and fildes_reply mirror stronghold/antivirus.py's _fildes_send_py and
+ * _fildes_reply_py: connect to clamd's unix socket, send "zFILDES\0", pass the message's
+ * descriptor with one NUL byte (SCM_RIGHTS); later, read the NUL-terminated reply (at most
+ * REPLY_MAX bytes, or what came before clamd closed).  The Python versions let the GIL go
+ * at every socket call (about ten per message), and each time another connection thread
+ * may take it: under load the hand-overs cost more than the exchange itself.  Here each
+ * half runs without the GIL.  Two halves, so that clamd scans while the caller parses.
  *
  * timeout > 0: each blocking step (connect, each send, each read) waits at most that many
  * seconds, as a Python socket with settimeout does; 0: no limit.
@@ -18,6 +19,7 @@
 #include <Python.h>
 
 #include <errno.h>
+#include <limits.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
@@ -92,12 +94,15 @@ static int read_reply(int sock, char *out, size_t *got) {
     return 0;
 }
 
-/* The whole exchange, no Python inside; 0 or an errno value (EAGAIN: a step timed out). */
-static int exchange(const struct sockaddr_un *addr, int fd, double timeout, char *out, size_t *got) {
+/* Connect and hand over the descriptor, no Python inside; the connected socket, or -1 with
+ * *err set (EAGAIN: a step timed out).  The timeouts stay on the socket for the reply. */
+static int send_request(const struct sockaddr_un *addr, int fd, double timeout, int *err) {
     int sock = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (sock < 0)
-        return errno;
-    int err = 0;
+    if (sock < 0) {
+        *err = errno;
+        return -1;
+    }
+    int e = 0;
     if (timeout > 0) {
         struct timeval tv;
         tv.tv_sec = (time_t)timeout;
@@ -106,33 +111,45 @@ static int exchange(const struct sockaddr_un *addr, int fd, double timeout, char
             tv.tv_usec = 1; /* a zero timeval would mean: no limit */
         if (setsockopt(sock, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)) < 0 ||
             setsockopt(sock, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) < 0)
-            err = errno;
+            e = errno;
     }
-    if (!err) {
+    if (!e) {
         while (connect(sock, (const struct sockaddr *)addr, sizeof(*addr)) < 0) {
             if (errno != EINTR) {
-                err = errno;
+                e = errno;
                 break;
             }
         }
     }
-    if (!err)
-        err = send_all(sock, COMMAND, sizeof(COMMAND)); /* with its NUL */
-    if (!err)
-        err = send_descriptor(sock, fd);
-    if (!err)
-        err = read_reply(sock, out, got);
-    close(sock);
-    return err;
+    if (!e)
+        e = send_all(sock, COMMAND, sizeof(COMMAND)); /* with its NUL */
+    if (!e)
+        e = send_descriptor(sock, fd);
+    if (e) {
+        close(sock);
+        *err = e;
+        return -1;
+    }
+    return sock;
 }
 
-static PyObject *fildes_exchange(PyObject *module, PyObject *args) {
+/* OSError (TimeoutError for a step that timed out) for an errno value from the steps above. */
+static PyObject *raise_for(int err) {
+    if (err == EAGAIN || err == EWOULDBLOCK || err == EINPROGRESS) {
+        PyErr_SetString(PyExc_TimeoutError, "timed out");
+        return NULL;
+    }
+    errno = err;
+    return PyErr_SetFromErrno(PyExc_OSError);
+}
+
+static PyObject *fildes_send(PyObject *module, PyObject *args) {
     (void)module;
     const char *path;
     Py_ssize_t path_len;
     int fd;
     double timeout;
-    if (!PyArg_ParseTuple(args, "s#id:fildes_exchange", &path, &path_len, &fd, &timeout))
+    if (!PyArg_ParseTuple(args, "s#id:fildes_send", &path, &path_len, &fd, &timeout))
         return NULL;
     struct sockaddr_un addr;
     memset(&addr, 0, sizeof(addr));
@@ -146,23 +163,36 @@ static PyObject *fildes_exchange(PyObject *module, PyObject *args) {
         return NULL;
     }
     memcpy(addr.sun_path, path, (size_t)path_len);
+    int err = 0, sock;
+    Py_BEGIN_ALLOW_THREADS
+    sock = send_request(&addr, fd, timeout, &err);
+    Py_END_ALLOW_THREADS
+    if (sock < 0)
+        return raise_for(err);
+    return PyLong_FromLong(sock);
+}
+
+static PyObject *fildes_reply(PyObject *module, PyObject *arg) {
+    (void)module;
+    long sock = PyLong_AsLong(arg);
+    if (sock == -1 && PyErr_Occurred())
+        return NULL;
+    if (sock < 0 || sock > INT_MAX) {
+        PyErr_SetString(PyExc_ValueError, "not a socket from fildes_send");
+        return NULL;
+    }
     char *out = PyMem_RawMalloc(REPLY_MAX);
-    if (out == NULL)
+    if (out == NULL) {
+        close((int)sock); /* it is ours to close whatever happens */
         return PyErr_NoMemory();
+    }
     size_t got = 0;
     int err;
     Py_BEGIN_ALLOW_THREADS
-    err = exchange(&addr, fd, timeout, out, &got);
+    err = read_reply((int)sock, out, &got);
+    close((int)sock);
     Py_END_ALLOW_THREADS
-    PyObject *result = NULL;
-    if (err == EAGAIN || err == EWOULDBLOCK || err == EINPROGRESS) {
-        PyErr_SetString(PyExc_TimeoutError, "timed out");
-    } else if (err) {
-        errno = err;
-        PyErr_SetFromErrno(PyExc_OSError);
-    } else {
-        result = PyBytes_FromStringAndSize(out, (Py_ssize_t)got);
-    }
+    PyObject *result = err ? raise_for(err) : PyBytes_FromStringAndSize(out, (Py_ssize_t)got);
     PyMem_RawFree(out);
     return result;
 }
@@ -214,9 +244,12 @@ static PyObject *anonymous_file(PyObject *module, PyObject *data) {
 static PyMethodDef methods[] = {
     {"anonymous_file", anonymous_file, METH_O,
      PyDoc_STR("anonymous_file(data) -> fd: a new memfd (close-on-exec) holding data, at position 0")},
-    {"fildes_exchange", fildes_exchange, METH_VARARGS,
-     PyDoc_STR("fildes_exchange(path, fd, timeout) -> bytes: clamd's raw reply to FILDES for fd "
-               "(timeout seconds per step, 0: none); OSError, TimeoutError")},
+    {"fildes_send", fildes_send, METH_VARARGS,
+     PyDoc_STR("fildes_send(path, fd, timeout) -> socket: connected to clamd, FILDES sent with fd "
+               "(timeout seconds per step, 0: none, kept for the reply); OSError, TimeoutError")},
+    {"fildes_reply", fildes_reply, METH_O,
+     PyDoc_STR("fildes_reply(socket) -> bytes: clamd's raw reply on a socket from fildes_send, "
+               "which is closed whatever happens; OSError, TimeoutError")},
     {NULL, NULL, 0, NULL},
 };
 

@@ -7,6 +7,7 @@ passed descriptors, which a real clamd only does under a confinement profile.
 from __future__ import annotations
 
 import io
+import os
 import shutil
 import socket
 import struct
@@ -50,9 +51,10 @@ def _spool(data: bytes, limit: int, folder: Path) -> Spool:
 def exchange(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """The FILDES exchange in C (the default where built) or its Python reference."""
     if request.param == "python":
-        monkeypatch.setattr(antivirus, "_fildes_exchange", antivirus._fildes_exchange_py)
+        monkeypatch.setattr(antivirus, "_fildes_send", antivirus._fildes_send_py)
+        monkeypatch.setattr(antivirus, "_fildes_reply", antivirus._fildes_reply_py)
     else:
-        assert antivirus._fildes_exchange is not antivirus._fildes_exchange_py, "native core not built"
+        assert antivirus._fildes_send is not antivirus._fildes_send_py, "native core not built"
     return str(request.param)
 
 
@@ -165,5 +167,56 @@ def test_refused_descriptor_falls_back_to_streaming_for_good(tmp_path, caplog, e
         assert scanner.scan(io.BytesIO(CLEAN)).virus is None
         names = [c.strip(b"\0\n")[1:] for c in fake.commands]
         assert names == [b"FILDES", b"INSTREAM", b"INSTREAM"]  # one refusal, then streams only
+    finally:
+        fake.close()
+
+
+@pytest.mark.parametrize("early", [False, True])
+def test_a_scan_begun_early_answers_as_a_scan(clamd_both, tmp_path, exchange, early):
+    """``start`` hands the message over at once; its ``scan`` reads the same answer ``scan`` gets."""
+    scanner = ClamdScanner(clamd_both.address, timeout=10)
+    for data, expected in ((INFECTED, EICAR_NAME), (CLEAN, None)):
+        with _spool(data, 1 << 20, tmp_path) as spool:
+            begun = antivirus.start(scanner, spool) if early else scanner
+            try:
+                assert (begun is not scanner) == early
+                assert begun.scan(spool).virus == expected
+            finally:
+                antivirus.release(begun)
+
+
+def test_a_begun_scan_of_a_clamd_that_is_down_fails_when_read(tmp_path, exchange):
+    scanner = ClamdScanner(f"unix:{tmp_path / 'nothing.sock'}", timeout=2)
+    with _spool(CLEAN, 1 << 20, tmp_path) as spool:
+        begun = antivirus.start(scanner, spool)  # no error yet: where scan() would fail, it fails
+        with pytest.raises(ScannerError, match="unreachable"):
+            begun.scan(spool)
+
+
+def test_a_begun_scan_let_go_unread_closes_its_connection(clamd_both, tmp_path, exchange):
+    scanner = ClamdScanner(clamd_both.address, timeout=10)
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(10):
+        with _spool(CLEAN, 1 << 20, tmp_path) as spool:
+            antivirus.release(antivirus.start(scanner, spool))
+    assert len(os.listdir("/proc/self/fd")) == before
+    assert scanner.scan(io.BytesIO(INFECTED)).virus == EICAR_NAME  # clamd none the worse
+
+
+def test_over_tcp_or_without_a_descriptor_nothing_begins_early(clamd_both, tmp_path):
+    over_tcp = ClamdScanner(clamd_both.tcp_address, timeout=10)
+    assert antivirus.start(over_tcp, io.BytesIO(CLEAN)) is over_tcp
+    unix = ClamdScanner(clamd_both.address, timeout=10)
+    assert antivirus.start(unix, io.BytesIO(CLEAN)) is unix  # a BytesIO has no descriptor
+    assert antivirus.start(antivirus.NoScanner(), io.BytesIO(CLEAN)).scan(io.BytesIO(CLEAN)).scanned is False
+
+
+def test_a_begun_scan_refused_falls_back_to_streaming(tmp_path, caplog, exchange):
+    fake = RefusingClamd(tmp_path / "clamd.sock")
+    try:
+        scanner = ClamdScanner(f"unix:{fake.path}", timeout=5)
+        with _spool(INFECTED, 1 << 20, tmp_path) as spool:
+            assert antivirus.start(scanner, spool).scan(spool).virus == "Eicar"
+        assert not scanner.pass_descriptors and "streaming from now on" in caplog.text
     finally:
         fake.close()

@@ -18,7 +18,7 @@ from types import SimpleNamespace
 import Milter
 import pytest
 
-from stronghold import nativemilter
+from stronghold import antivirus, nativemilter, transaction
 from stronghold.antivirus import EICAR
 from stronghold.store import entries, messagelog
 from stronghold.transaction import Transaction
@@ -249,3 +249,35 @@ def test_parameters_the_stdlib_cannot_read_are_decided_not_tempfailed(native) ->
     answered tempfail, so the message could never arrive.  Now it is read and decided."""
     got = send(native.mta, ODD_PARAMETERS, "a@b.example", "u@example.com")
     assert got.final == (b"a", b"")
+
+
+class _EarlyScanner:
+    """Records when the scan is begun, read and let go, around the parse."""
+
+    name = "clamd"
+
+    def __init__(self, events: list[str]) -> None:
+        self.events = events
+
+    def start(self, stream):  # the ClamdScanner.start interface
+        self.events.append("start")
+        return self
+
+    def scan(self, stream):
+        self.events.append("scan")
+        stream.seek(0)
+        return antivirus.ScanResult("Test.EICAR" if EICAR in stream.read() else None)
+
+    def close(self) -> None:
+        self.events.append("release")
+
+
+def test_the_scan_is_begun_before_the_parse_and_read_after(native, monkeypatch) -> None:
+    """clamd gets the message before we parse it, so that it scans while we parse and score."""
+    events: list[str] = []
+    monkeypatch.setattr(native.service, "scanner", _EarlyScanner(events))
+    real_parse = transaction.parse
+    monkeypatch.setattr(transaction, "parse", lambda raw: (events.append("parse"), real_parse(raw))[1])
+    got = send(native.mta, VIRUS, "a@b.example", "u@example.com")
+    assert events == ["start", "parse", "scan", "release"]
+    assert got.final[0] == b"y" and "virus" in _reply_text(got.final).lower()  # the verdict used its result

@@ -1,9 +1,10 @@
 """The message handed to clamd, in C: the memfd holding it (``_clamdcore.anonymous_file``,
-against ``spool._anonymous_file_py``) and clamd's FILDES exchange
-(``_clamdcore.fildes_exchange``) against its Python reference (``antivirus._fildes_exchange_py``), both talking to stand-in daemons on a unix socket that
-record what arrives: the command, the passed descriptor (read back: the same file), replies in
-pieces, silence, a close, a reply without its NUL.  tests/unit/test_antivirus.py runs both
-against the real clamd."""
+against ``spool._anonymous_file_py``) and clamd's FILDES exchange in two halves
+(``_clamdcore.fildes_send`` / ``fildes_reply``, against ``antivirus._fildes_send_py`` /
+``_fildes_reply_py``), both talking to stand-in daemons on a unix socket that record what
+arrives: the command, the passed descriptor (read back: the same file), replies in pieces,
+silence, a close, a reply without its NUL.  tests/unit/test_antivirus.py runs both against
+the real clamd."""
 
 from __future__ import annotations
 
@@ -20,8 +21,9 @@ import pytest
 from stronghold import _clamdcore, antivirus, spool  # type: ignore[attr-defined]
 from stronghold.spool import anonymous_file
 
-EXCHANGES: dict[str, Callable[[str, int, float], bytes]] = {
-    "c": _clamdcore.fildes_exchange, "python": antivirus._fildes_exchange_py}
+HALVES: dict[str, tuple[Callable[[str, int, float], int], Callable[[int], bytes]]] = {
+    "c": (_clamdcore.fildes_send, _clamdcore.fildes_reply),
+    "python": (antivirus._fildes_send_py, antivirus._fildes_reply_py)}
 
 
 class StandIn:
@@ -59,9 +61,16 @@ class StandIn:
         self.sock.close()
 
 
-@pytest.fixture(params=sorted(EXCHANGES))
-def exchange(request: pytest.FixtureRequest) -> Callable[[str, int, float], bytes]:
-    return EXCHANGES[request.param]
+@pytest.fixture(params=sorted(HALVES))
+def halves(request: pytest.FixtureRequest) -> tuple[Callable[[str, int, float], int], Callable[[int], bytes]]:
+    return HALVES[request.param]
+
+
+@pytest.fixture
+def exchange(halves) -> Callable[[str, int, float], bytes]:
+    """Both halves one after the other, as a scan that was not begun early."""
+    send, reply = halves
+    return lambda path, fd, timeout: reply(send(path, fd, timeout))
 
 
 @pytest.fixture
@@ -140,3 +149,27 @@ def test_anonymous_file_holds_the_data_at_position_0_and_closes_on_exec(data):
 def test_anonymous_file_takes_only_bytes_like_data():
     with pytest.raises(TypeError):
         _clamdcore.anonymous_file("text")
+
+
+def test_the_request_is_with_the_daemon_before_the_reply_is_asked(tmp_path, halves, message):
+    send, reply = halves
+    answered = threading.Event()
+    def answer(conn: socket.socket) -> None:
+        conn.sendall(b"fd[3]: OK\0")
+        answered.set()
+    for daemon in _stand_in(tmp_path, answer):
+        sock = send(daemon.path, message, 5.0)
+        assert answered.wait(5)  # the daemon had it all and answered: nobody has read yet
+        assert daemon.seen == [(b"zFILDES\0", b"\0", b"From: a@example.com\r\n\r\nhello\r\n")]
+        assert reply(sock) == b"fd[3]: OK\0"
+        with pytest.raises(OSError):
+            os.fstat(sock)  # the reply closed the socket
+
+
+def test_no_daemon_fails_the_send_and_leaves_no_descriptor_open(tmp_path, halves, message):
+    send, _reply = halves
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(20):
+        with pytest.raises(OSError):
+            send(str(tmp_path / "nothing.sock"), message, 1.0)
+    assert len(os.listdir("/proc/self/fd")) == before
