@@ -22,6 +22,7 @@ from stronghold import antivirus
 from stronghold.antivirus import EICAR, ClamdScanner, ScannerError
 from stronghold.spool import Spool
 from tests.conftest import shared_tmpdir
+from tests.harness.unixdaemon import UnixDaemon, read_command
 
 pytestmark = pytest.mark.clamd
 
@@ -107,43 +108,28 @@ def test_a_clamd_that_never_answers_is_an_error_after_the_timeout(tmp_path, exch
     assert len(raised) == 1 and isinstance(raised[0], ScannerError) and "unreachable" in str(raised[0])
 
 
-class RefusingClamd:
+class RefusingClamd(UnixDaemon):
     """Answers FILDES with a protocol error and scans INSTREAM by looking for EICAR."""
 
     def __init__(self, path: Path) -> None:
-        self.path = path
         self.commands: list[bytes] = []
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.bind(str(path))
-        self.sock.listen(8)
-        threading.Thread(target=self._serve, daemon=True).start()
+        super().__init__(path, self._request)
 
-    def _serve(self) -> None:
+    def _request(self, conn: socket.socket) -> None:
+        command = read_command(conn, (b"\0", b"\n"))
+        self.commands.append(command)
+        if command.startswith(b"zFILDES"):
+            conn.recv(16)
+            conn.sendall(b"PROTOCOL ERROR: ancillary data refused. ERROR\0")
+            return
+        data = b""
         while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            with conn:
-                command = b""
-                while not command.endswith((b"\0", b"\n")):
-                    command += conn.recv(1)
-                self.commands.append(command)
-                if command.startswith(b"zFILDES"):
-                    conn.recv(16)
-                    conn.sendall(b"PROTOCOL ERROR: ancillary data refused. ERROR\0")
-                    continue
-                data = b""
-                while True:
-                    (size,) = struct.unpack("!L", _exactly(conn, 4))
-                    if not size:
-                        break
-                    data += _exactly(conn, size)
-                end = command[-1:]  # clamd ends its reply as the command ended: NUL or newline
-                conn.sendall((b"stream: Eicar FOUND" if EICAR in data else b"stream: OK") + end)
-
-    def close(self) -> None:
-        self.sock.close()
+            (size,) = struct.unpack("!L", _exactly(conn, 4))
+            if not size:
+                break
+            data += _exactly(conn, size)
+        end = command[-1:]  # clamd ends its reply as the command ended: NUL or newline
+        conn.sendall((b"stream: Eicar FOUND" if EICAR in data else b"stream: OK") + end)
 
 
 def _exactly(conn: socket.socket, n: int) -> bytes:

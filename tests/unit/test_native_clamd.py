@@ -20,45 +20,31 @@ import pytest
 
 from stronghold import _clamdcore, antivirus, spool  # type: ignore[attr-defined]
 from stronghold.spool import anonymous_file
+from tests.harness.unixdaemon import UnixDaemon, read_command
 
 HALVES: dict[str, tuple[Callable[[str, int, float], int], Callable[[int], bytes]]] = {
     "c": (_clamdcore.fildes_send, _clamdcore.fildes_reply),
     "python": (antivirus._fildes_send_py, antivirus._fildes_reply_py)}
 
 
-class StandIn:
-    """Accepts one connection at a time: reads the command up to its NUL and the descriptor
-    passed with one byte, records both, then does what ``answer`` says with the connection."""
+class StandIn(UnixDaemon):
+    """Reads the command up to its NUL and the descriptor passed with one byte, records both,
+    then does what ``answer`` says with the connection."""
 
     def __init__(self, path: Path, answer: Callable[[socket.socket], None]) -> None:
         self.answer = answer
         self.seen: list[tuple[bytes, bytes, bytes]] = []  # command, byte with the descriptor, file content
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.bind(str(path))
-        self.sock.listen(4)
-        self.path = str(path)
-        threading.Thread(target=self._serve, daemon=True).start()
+        super().__init__(path, self._request, backlog=4)
 
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            with conn:
-                command = b""
-                while not command.endswith(b"\0"):
-                    command += conn.recv(1)
-                byte, fds, _flags, _addr = socket.recv_fds(conn, 16, 1)
-                content = b""
-                for fd in fds:
-                    content = os.pread(fd, 1 << 16, 0)
-                    os.close(fd)
-                self.seen.append((command, byte, content))
-                self.answer(conn)
-
-    def close(self) -> None:
-        self.sock.close()
+    def _request(self, conn: socket.socket) -> None:
+        command = read_command(conn)
+        byte, fds, _flags, _addr = socket.recv_fds(conn, 16, 1)
+        content = b""
+        for fd in fds:
+            content = os.pread(fd, 1 << 16, 0)
+            os.close(fd)
+        self.seen.append((command, byte, content))
+        self.answer(conn)
 
 
 @pytest.fixture(params=sorted(HALVES))
@@ -93,7 +79,7 @@ def test_the_command_and_the_descriptor_arrive_and_a_reply_in_pieces_is_read_who
             conn.sendall(piece)
             time.sleep(0.01)
     for daemon in _stand_in(tmp_path, answer):
-        assert exchange(daemon.path, message, 5.0) == b"fd[7]: Stronghold.Test FOUND\0"
+        assert exchange(str(daemon.path), message, 5.0) == b"fd[7]: Stronghold.Test FOUND\0"
         assert daemon.seen == [(b"zFILDES\0", b"\0", b"From: a@example.com\r\n\r\nhello\r\n")]
 
 
@@ -102,22 +88,22 @@ def test_a_silent_daemon_times_out_after_the_timeout(tmp_path, exchange, message
     for daemon in _stand_in(tmp_path, lambda conn: release.wait(10)):
         started = time.monotonic()
         with pytest.raises(TimeoutError):
-            exchange(daemon.path, message, 0.4)
+            exchange(str(daemon.path), message, 0.4)
         assert 0.3 < time.monotonic() - started < 3
         release.set()
 
 
 def test_a_daemon_that_closes_gives_what_came_before(tmp_path, exchange, message):
     for daemon in _stand_in(tmp_path, lambda conn: conn.sendall(b"PROTOCOL ERROR")):
-        assert exchange(daemon.path, message, 5.0) == b"PROTOCOL ERROR"
+        assert exchange(str(daemon.path), message, 5.0) == b"PROTOCOL ERROR"
     (tmp_path / "clamd.sock").unlink()
     for daemon in _stand_in(tmp_path, lambda conn: None):
-        assert exchange(daemon.path, message, 5.0) == b""
+        assert exchange(str(daemon.path), message, 5.0) == b""
 
 
 def test_a_reply_is_read_up_to_4096_bytes(tmp_path, exchange, message):
     for daemon in _stand_in(tmp_path, lambda conn: conn.sendall(b"x" * 10_000)):
-        assert exchange(daemon.path, message, 5.0) == b"x" * 4096
+        assert exchange(str(daemon.path), message, 5.0) == b"x" * 4096
 
 
 def test_no_daemon_is_an_os_error(tmp_path, exchange, message):
@@ -158,7 +144,7 @@ def test_the_request_is_with_the_daemon_before_the_reply_is_asked(tmp_path, halv
         conn.sendall(b"fd[3]: OK\0")
         answered.set()
     for daemon in _stand_in(tmp_path, answer):
-        sock = send(daemon.path, message, 5.0)
+        sock = send(str(daemon.path), message, 5.0)
         assert answered.wait(5)  # the daemon had it all and answered: nobody has read yet
         assert daemon.seen == [(b"zFILDES\0", b"\0", b"From: a@example.com\r\n\r\nhello\r\n")]
         assert reply(sock) == b"fd[3]: OK\0"
