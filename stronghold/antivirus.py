@@ -133,11 +133,13 @@ class ClamdScanner:
         """What a FILDES reply says; _DescriptorRefused when it is no scan result."""
         # "fd[10]: OK", "fd[10]: Name FOUND", "fd[10]: why ERROR" or a bare protocol error
         reply = reply_bytes.rstrip(b"\0").decode("utf-8", "replace").strip()
+        if not reply:  # clamd closed without a word (restarting, say): no refusal, try again later
+            raise ScannerError("clamd closed the connection without answering")
         if reply.endswith(" OK"):
             return ScanResult(None)
         if reply.endswith(" FOUND"):
             return ScanResult(reply.split(": ", 1)[-1][: -len(" FOUND")] or "unknown")
-        raise _DescriptorRefused(reply or "no reply")
+        raise _DescriptorRefused(reply)
 
     def _scan_stream(self, stream: Stream) -> ScanResult:
         client = None
@@ -243,10 +245,10 @@ def start(scanner: Scanner, stream: Stream) -> Scanner:
 
 
 def release(scanner: Scanner) -> None:
-    """Let go of a scan begun by ``start`` and never read (a no-op for one that was)."""
-    close = getattr(scanner, "close", None)
-    if close is not None:
-        close()
+    """Let go of a scan begun by ``start`` and never read (a no-op for one that was, and for
+    a scanner ``start`` returned as it was)."""
+    if isinstance(scanner, _Begun):
+        scanner.close()
 
 
 def _timeval(seconds: float) -> bytes:

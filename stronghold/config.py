@@ -40,6 +40,7 @@ from stronghold.settingtypes import (
     probability,
     rate_limits,
     socket_address,
+    timeout_seconds,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -88,13 +89,14 @@ class Config:
         "group given the unix socket (mode 0660) so Postfix can connect")
     milter_workers: int = _setting(2, positive_int, "pre-forked milter processes (one per core)")
     milter_cpu_affinity: str = _setting("auto", cpu_affinity,
-        "auto: each worker kept on a CPU of its own (in turn); off: left to the kernel; or CPUs such as 0,1")
+        "auto: each worker kept on a CPU of its own where each can have one; off: left to the kernel; "
+        "or CPUs such as 0,1 (taken in turn)")
     milter_timeout: int = _setting(600, positive_int, "seconds the milter waits on Postfix")
     milter_engine: str = _setting("auto", choice("auto", "native", "libmilter"),
         "protocol engine: native (C, stronghold._miltercore), libmilter (pymilter); auto: native if built")
     clamd_socket: str = _setting("unix:/run/clamav/clamd.ctl", clamd_address,
                                  "clamd: unix:/PATH, tcp:HOST:PORT or none")
-    clamd_timeout: float = _setting(30.0, non_negative, "seconds to wait for clamd")
+    clamd_timeout: float = _setting(30.0, timeout_seconds, "seconds to wait for clamd (0: no limit)")
     spam_threshold: float | None = _setting(None, optional_probability,
         "probability at or above which mail is spam; empty: the model's")
     reject_threshold: float = _setting(0.999, probability,
@@ -133,7 +135,7 @@ class Config:
     dns_nameservers: tuple[str, ...] = _setting((), nameservers,
         "name servers (IP addresses) for sender authentication; empty: the system's")
     dns_port: int = _setting(53, port_number, "port of dns_nameservers")
-    dns_timeout: float = _setting(2.0, non_negative, "seconds one DNS lookup may take")
+    dns_timeout: float = _setting(2.0, timeout_seconds, "seconds one DNS lookup may take")
     auth_mode: str = _setting("check", choice("check", "header"),
         "check: SPF/DKIM/DMARC ourselves; header: trust the topmost "
         "Authentication-Results carrying authserv_id (a checker in front of us)")

@@ -185,7 +185,7 @@ def _worker(cfg: Config, service: Service, slot: int, listener: socket.socket | 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, signal.SIG_DFL)
     logfmt.set_worker(f"w{slot}")
-    cpu = cpupin.pin_worker(cfg.milter_cpu_affinity, slot)
+    cpu = cpupin.pin_worker(cfg.milter_cpu_affinity, slot, cfg.milter_workers)
     if cpu is not None:
         log.info("worker w%d (pid %d) kept on CPU %d", slot, os.getpid(), cpu)
     faulthandler.enable(all_threads=True)  # a native crash leaves every thread's stack in the log

@@ -52,6 +52,14 @@ def non_negative(value: Any) -> float:
     return number
 
 
+def timeout_seconds(value: Any) -> float:
+    """Seconds to wait: 0 (no limit) up to a day; not inf or nan (the socket layer refuses them)."""
+    number = float(value)
+    if not 0 <= number <= 86400:  # also false for nan
+        raise ValueError("must be seconds from 0 to 86400")
+    return number
+
+
 def positive(value: Any) -> float:
     number = float(value)
     if number <= 0:

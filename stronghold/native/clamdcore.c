@@ -169,7 +169,10 @@ static PyObject *fildes_send(PyObject *module, PyObject *args) {
     Py_END_ALLOW_THREADS
     if (sock < 0)
         return raise_for(err);
-    return PyLong_FromLong(sock);
+    PyObject *result = PyLong_FromLong(sock);
+    if (result == NULL)
+        close(sock); /* nobody else could */
+    return result;
 }
 
 static PyObject *fildes_reply(PyObject *module, PyObject *arg) {
@@ -238,7 +241,10 @@ static PyObject *anonymous_file(PyObject *module, PyObject *data) {
         errno = err;
         return PyErr_SetFromErrno(PyExc_OSError);
     }
-    return PyLong_FromLong(fd);
+    PyObject *result = PyLong_FromLong(fd);
+    if (result == NULL)
+        close(fd); /* nobody else could */
+    return result;
 }
 
 static PyMethodDef methods[] = {

@@ -63,17 +63,25 @@ def _thread_cpus(pid: int) -> set[frozenset[int]]:
 
 @pytest.mark.skipif(len(ALLOWED) < 2, reason="needs two CPUs to give each worker its own")
 def test_auto_keeps_each_worker_and_all_its_threads_on_its_own_cpu_also_after_a_restart(tmp_path: Path) -> None:
-    milter = _start(tmp_path, "auto", workers=3)
+    milter = _start(tmp_path / "auto", "auto", workers=2)
     try:
-        slots = _workers(milter, 3)
+        slots = _workers(milter, 2)
         for slot, pid in slots.items():
-            expected = frozenset({ALLOWED[(slot - 1) % len(ALLOWED)]})  # in turn, the third shares
+            expected = frozenset({ALLOWED[slot - 1]})
             assert _thread_cpus(pid) == {expected}, f"worker w{slot}"
             assert f"worker w{slot} (pid {pid}) kept on CPU {min(expected)}" in milter.log()
         assert os.sched_getaffinity(milter.proc.pid) == set(ALLOWED)  # the supervisor is not kept
         os.kill(slots[1], signal.SIGKILL)  # a dead worker comes back on its slot's CPU
-        wait_for(lambda: _workers(milter, 3)[1] != slots[1], 30, "worker w1 restarted")
-        assert _thread_cpus(_workers(milter, 3)[1]) == {frozenset({ALLOWED[0]})}
+        wait_for(lambda: _workers(milter, 2)[1] != slots[1], 30, "worker w1 restarted")
+        assert _thread_cpus(_workers(milter, 2)[1]) == {frozenset({ALLOWED[0]})}
+    finally:
+        milter.stop()
+    crowded = len(ALLOWED) + 1  # more workers than CPUs: pinned, two would share one for good
+    milter = _start(tmp_path / "crowded", "auto", workers=crowded)
+    try:
+        for pid in _workers(milter, crowded).values():
+            assert _thread_cpus(pid) == {frozenset(ALLOWED)}
+        assert f"left to the kernel: {crowded} workers, {len(ALLOWED)} CPUs" in milter.log()
     finally:
         milter.stop()
 

@@ -206,3 +206,21 @@ def test_a_begun_scan_refused_falls_back_to_streaming(tmp_path, caplog, exchange
         assert not scanner.pass_descriptors and "streaming from now on" in caplog.text
     finally:
         fake.close()
+
+
+def test_a_clamd_that_closes_without_answering_is_an_error_not_a_refusal(tmp_path, exchange):
+    """An empty reply (clamd restarting mid-scan, say) fails this scan (tempfail, the MTA
+    retries); it does not switch the worker to streaming for good."""
+    def hang_up(conn: socket.socket) -> None:
+        read_command(conn)
+        socket.recv_fds(conn, 16, 1)
+    daemon = UnixDaemon(tmp_path / "clamd.sock", hang_up)
+    try:
+        scanner = ClamdScanner(f"unix:{daemon.path}", timeout=5)
+        with _spool(CLEAN, 1 << 20, tmp_path) as spool:
+            for begun in (scanner, antivirus.start(scanner, spool)):
+                with pytest.raises(ScannerError, match="without answering"):
+                    begun.scan(spool)
+        assert scanner.pass_descriptors
+    finally:
+        daemon.close()

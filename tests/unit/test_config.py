@@ -74,3 +74,12 @@ def test_the_example_file_loads_back_as_printed_and_uncommented(tmp_path: Path) 
     assert config.load(tmp_path / "all.toml", environ={}) == defaults
     (tmp_path / "set.toml").write_text(config.example({"dns_nameservers": ("192.0.2.1", "192.0.2.2")}))
     assert config.load(tmp_path / "set.toml", environ={}).dns_nameservers == ("192.0.2.1", "192.0.2.2")
+
+
+@pytest.mark.parametrize("name", ["clamd_timeout", "dns_timeout"])
+@pytest.mark.parametrize("raw", ["inf", "nan", "1e20", "-1", "86401"])
+def test_timeouts_are_bounded_seconds(name: str, raw: str) -> None:
+    """inf, nan or a huge value would make the socket layer raise at every message."""
+    with pytest.raises(ConfigError, match=name):
+        config.load(None, {name: raw}, environ={})
+    assert getattr(config.load(None, {name: "0"}, environ={}), name) == 0.0

@@ -43,6 +43,24 @@ def test_a_record_is_kept_for_its_ttl_then_asked_again(server: LoopbackDns) -> N
     assert server.lookups("a.test.example") == 2
 
 
+def test_answers_are_kept_in_front_of_dnspythons_cache(server: LoopbackDns) -> None:
+    """Asking dnspython's cache costs ~50 us per lookup: the answer is kept before it."""
+    resolver = _dns(server)
+    server.zone.txt["front.test.example"] = ["kept"]
+    server.zone.ttl = server.zone.negative_ttl = 60  # long enough for a slow machine
+    try:
+        assert resolver.txt("front.test.example") == [b"kept"]
+        assert resolver.txt("nothing.test.example") == []
+    finally:
+        server.zone.ttl = server.zone.negative_ttl = 1
+    resolver.resolver().cache.flush()  # dnspython's cache forgets: only ours can answer now
+    server.zone.txt["front.test.example"] = ["changed"]
+    server.zone.txt["nothing.test.example"] = ["now here"]
+    assert resolver.txt("front.test.example") == [b"kept"]
+    assert resolver.txt("nothing.test.example") == []
+    assert server.lookups("front.test.example") == 1 and server.lookups("nothing.test.example") == 1
+
+
 def test_each_record_type_is_kept_apart(server: LoopbackDns) -> None:
     resolver = _dns(server)
     server.zone.txt["b.test.example"] = ["text"]
@@ -77,5 +95,5 @@ def test_the_kept_answers_are_bounded(server: LoopbackDns, monkeypatch: pytest.M
     for i in range(12):
         server.zone.txt[f"n{i}.test.example"] = [str(i)]
         assert resolver.txt(f"n{i}.test.example") == [str(i).encode()]
-        assert len(resolver._kept) <= 5
+        assert 1 <= len(resolver._kept) <= 5
     assert resolver.txt("n11.test.example") == [b"11"]
