@@ -9,6 +9,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import psycopg
+
 from devtools.localstack import StackError, free_port
 
 
@@ -46,9 +48,12 @@ class PostgresCluster:
         self._run(_bin("pg_ctl"), "-D", str(self.data), "-l", str(self.home / "log"), "-w", "-o",
                   f"-p {self.port} -k {self.home} -c listen_addresses=127.0.0.1 -c fsync=off", "start")
 
-    def create_database(self, name: str) -> str:
-        self._run("psql", "-h", "127.0.0.1", "-p", str(self.port), "-U",
-                  "postgres", "-c", f'CREATE DATABASE "{name}"')
+    def create_database(self, name: str, template: str | None = None) -> str:
+        """A new database; with ``template``, a copy of that one (which nobody may be connected to)."""
+        copy = f' TEMPLATE "{template}"' if template else ""
+        with psycopg.connect(host="127.0.0.1", port=self.port, user="postgres", dbname="postgres",
+                             autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"{copy}')  # type: ignore[arg-type]  # names are ours
         return self.url(name)
 
     def url(self, name: str) -> str:

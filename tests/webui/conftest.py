@@ -13,6 +13,7 @@ from playwright.sync_api import Browser, Page, sync_playwright
 
 from stronghold.store import accounts
 from stronghold.store.db import Store
+from tests.conftest import STORE_KINDS, fresh_store
 from tests.harness.browser import launch
 from tests.harness.smtpsink import SmtpSink
 from webui import create_app
@@ -33,23 +34,42 @@ def seed(store: Store) -> dict[str, int]:
     return ids
 
 
+USER_IDS = pytest.StashKey[dict[str, int]]()
+
+
+@pytest.fixture(params=STORE_KINDS)
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    """A fresh, migrated store (as tests/conftest.py's); for a test that uses the app, with the
+    users ``seed`` adds already in it (seeded once into the session's template)."""
+    seeded = bool({"app", "releasing_app"} & set(request.fixturenames))
+    db, ids = fresh_store(request, tmp_path, seed if seeded else None)
+    if seeded:
+        assert isinstance(ids, dict)
+        request.node.stash[USER_IDS] = ids
+    yield db
+    db.dispose()
+
+
 @pytest.fixture
-def app(store: Store, tmp_path: Path) -> Iterator[Flask]:
+def app(store: Store, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Flask]:
     """A fresh store per test, so login counters and sessions start empty too."""
-    yield from _app(store, tmp_path)
+    yield from _app(store, tmp_path, request.node.stash[USER_IDS])
 
 
 @pytest.fixture
-def releasing_app(store: Store, tmp_path: Path, sink: SmtpSink) -> Iterator[Flask]:
+def releasing_app(store: Store, tmp_path: Path, sink: SmtpSink, request: pytest.FixtureRequest) -> Iterator[Flask]:
     """The same, with quarantine releases going to the test's SMTP sink (modules that release
     define ``app`` as this one)."""
-    yield from _app(store, tmp_path, release_smtp=f"127.0.0.1:{sink.port}")
+    yield from _app(store, tmp_path, request.node.stash[USER_IDS], release_smtp=f"127.0.0.1:{sink.port}")
 
 
-def _app(store: Store, tmp_path: Path, **settings: object) -> Iterator[Flask]:
+def _app(store: Store, tmp_path: Path, user_ids: dict[str, int], **settings: object) -> Iterator[Flask]:
+    """The web UI on ``store``, which holds the users ``seed`` adds (ids in ``user_ids``)."""
+    with store.session() as s:  # seeded as the template was: the same logins, ids and addresses
+        assert {u.login: u.id for u in accounts.all_users(s)} == user_ids
     application = create_app({"data_dir": tmp_path / "data", "database_url": store.url, "TESTING": True,
                               **settings})
-    application.config["user_ids"] = seed(store)
+    application.config["user_ids"] = dict(user_ids)
     yield application
     application.extensions["stronghold_store"].dispose()
 
