@@ -17,10 +17,9 @@ that user's addresses; a layer named by an address (IMAP users) to that address.
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from stronghold.classifier import Model, logodds_from_counts, token_indices
 from stronghold.modelfile import ModelError
 from stronghold.store import layers, ledger
 from stronghold.store.db import Store
+from stronghold.store.recheck import Recheck
 
 log = logging.getLogger(__name__)
 WEIGHT = 20.0  # one message of a user's own feedback counts this many times in their layer
@@ -142,31 +142,33 @@ def load_layers(store: Store) -> dict[str, Layer]:
 class LayerCache:
     """The personal layers of a milter process, reloaded when the stored layers change.
 
-    The check is one small query every ``refresh`` seconds, off the mail thread; recipients without
-    a layer cost one dictionary lookup per message.
+    The check is one small query every ``refresh`` seconds, off the mail thread (and, with
+    ``early``, ahead of time: ``Recheck``); recipients without a layer cost one dictionary lookup
+    per message.
     """
 
-    def __init__(self, store: Store, refresh: float = 2.0) -> None:
+    def __init__(self, store: Store, refresh: float = 2.0,
+                 early: Callable[[Callable[[], None]], object] | None = None) -> None:
         self.store = store
         self.refresh = refresh
         self._layers: Mapping[str, Layer] = {}
         self._stamp: tuple[int, float] | None = None
-        self._checked = -math.inf
-        self._lock = threading.Lock()
+        self._checking = threading.Lock()
+        self._recheck = Recheck(refresh, self.layers, early)
 
     def cached(self) -> Mapping[str, Layer] | None:
         """The layers without touching the store, or None when a check is due."""
-        with self._lock:
-            return self._layers if time.monotonic() - self._checked < self.refresh else None
+        return self._layers if self._recheck.fresh() else None
 
     def layers(self) -> Mapping[str, Layer]:
-        with self.store.session() as session:
-            stamp = layers.stamp(session)
-        if stamp != self._stamp:
-            loaded = load_layers(self.store)
-            with self._lock:
+        """Check the store now (and load the layers if they changed)."""
+        with self._checking:
+            began = self._recheck.began()
+            with self.store.session() as session:
+                stamp = layers.stamp(session)
+            if stamp != self._stamp:
+                loaded = load_layers(self.store)
                 self._layers, self._stamp = loaded, stamp
-            log.info("personal layers: %d addresses", len(loaded))
-        with self._lock:
-            self._checked = time.monotonic()
+                log.info("personal layers: %d addresses", len(loaded))
+            self._recheck.succeeded(began)
             return self._layers

@@ -48,9 +48,10 @@ class Service:
         self.store = store or Store(cfg.db_url)
         self.scanner = scanner or make_scanner(cfg.clamd_socket, cfg.clamd_timeout)
         self.model = ModelHolder(cfg.model_path, self.incidents)
-        self._lists = ListCache(self.store, cfg.lists_refresh_seconds, cfg.user_threshold_bounds)
-        self._layers = LayerCache(self.store, cfg.lists_refresh_seconds)
         self.db = StoreThread()
+        self._lists = ListCache(self.store, cfg.lists_refresh_seconds, cfg.user_threshold_bounds,
+                                early=self.db.submit)
+        self._layers = LayerCache(self.store, cfg.lists_refresh_seconds, early=self.db.submit)
         self._next_purge = 0.0
         self._version: tuple[int, str] = (-1, "")
         self.authenticator = Authenticator(cfg.auth_mode, cfg.authserv_id,

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from stronghold.lists import KINDS, ListEntry, ListIndex, PatternError, display, normalize_pattern, shorten
 from stronghold.store.db import Store
 from stronghold.store.errors import EntryError, StoreError
+from stronghold.store.recheck import Recheck
 from stronghold.store.tables import GLOBAL, Address, ListEntryRow, Meta, User
 
 log = logging.getLogger(__name__)
@@ -306,47 +307,52 @@ class ListCache:
     """The lists as the milter sees them: reloaded when the version changes.
 
     The version is read at most every ``refresh`` seconds, so an edit reaches a
-    running milter within that time.  A failure raises StoreError (the engine
-    applies on_store_error); the next call tries again.
+    running milter within that time; with ``early`` (the store thread's ``submit``)
+    it is read there ahead of time and mail need not wait (``Recheck``).  A failure
+    raises StoreError (the engine applies on_store_error); the next call tries again.
     """
 
     def __init__(self, store: Store, refresh: float = 2.0,
-                 threshold_bounds: tuple[float, float] | None = None) -> None:
+                 threshold_bounds: tuple[float, float] | None = None,
+                 early: Callable[[Callable[[], None]], object] | None = None) -> None:
         self.store = store
         self.refresh = refresh
         self.threshold_bounds = threshold_bounds  # None: users' own thresholds are not used
-        self._lock = threading.Lock()
         self._index: ListIndex | None = None
         self._version = -1
-        self._checked = 0.0
+        self._checking = threading.Lock()  # one check at a time; readers never wait for it
+        self._recheck = Recheck(refresh, self._check, early)
 
     def cached(self) -> ListIndex | None:
         """The index if it is fresh enough to use without asking the database."""
-        with self._lock:
-            if self._index is not None and time.monotonic() - self._checked < self.refresh:
-                return self._index
-            return None
+        index = self._index
+        return index if index is not None and self._recheck.fresh() else None
 
     def __call__(self) -> ListIndex:
-        now = time.monotonic()
-        with self._lock:
-            if self._index is not None and now - self._checked < self.refresh:
-                return self._index
+        index = self._index
+        if index is not None and self._recheck.fresh():
+            return index
+        return self._check()
+
+    def _check(self) -> ListIndex:
+        """Read the version (and the lists, when it changed) now."""
+        with self._checking:
+            began = self._recheck.began()
+            index = self._index
             with self.store.session() as session:
                 version = lists_version(session)
-                if version != self._version or self._index is None:
+                if version != self._version or index is None:
                     thresholds = (address_thresholds(session, self.threshold_bounds)
                                   if self.threshold_bounds is not None else None)
-                    self._index = ListIndex(all_entries(session), thresholds)
-                    self._version = version
-                    log.info("lists loaded: %d entries (version %d)", len(self._index), version)
-            self._checked = now
-            return self._index
+                    index = ListIndex(all_entries(session), thresholds)
+                    self._index, self._version = index, version
+                    log.info("lists loaded: %d entries (version %d)", len(index), version)
+            self._recheck.succeeded(began)
+            return index
 
     def invalidate(self) -> None:
         """Check the lists' version on the next call instead of waiting out ``refresh``."""
-        with self._lock:
-            self._checked = 0.0
+        self._recheck.expire()
 
 
 __all__ = ["ConflictError", "DuplicateError", "EntryError", "ImportReport", "ListCache", "StoreError",

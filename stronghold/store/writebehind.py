@@ -69,6 +69,10 @@ class StoreThread:
         except FutureTimeout as exc:
             raise StoreError(f"database did not answer within {self.timeout:.0f}s") from exc
 
+    def submit(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on the store thread without waiting for it (``fn`` deals with its own failures)."""
+        self._pools()[0].submit(fn)
+
     @property
     def queued(self) -> int:
         """How many writes wait for the database."""

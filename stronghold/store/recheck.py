@@ -1,0 +1,67 @@
+"""When a value a milter caches from the store (lists, personal layers) is checked again."""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+
+from stronghold.store.errors import StoreError
+
+log = logging.getLogger(__name__)
+
+
+class Recheck:
+    """Fresh for ``every`` seconds after a check that succeeded; then mail asks the store and waits.
+
+    With ``early`` (how to run a function off the mail threads: the store thread's ``submit``), the
+    first use past half of ``every`` hands one check to it and goes on with the cached value, so
+    mail waits for the database only when that check has not succeeded in time.  A database that
+    stops answering is noticed within ``every`` seconds either way: an early check that fails
+    changes nothing (it is logged), and the next one is left to the mail thread at ``every``.
+    """
+
+    def __init__(self, every: float, check: Callable[[], object],
+                 early: Callable[[Callable[[], None]], object] | None = None) -> None:
+        self.every = every
+        self._check = check
+        self._early = early
+        self._lock = threading.Lock()
+        self._when = -math.inf  # when the last check that succeeded began
+        self._pending = False  # an early check handed over and not yet succeeded
+
+    def fresh(self) -> bool:
+        """Whether the cached value may be used now without asking the store."""
+        now = time.monotonic()
+        with self._lock:
+            age = now - self._when
+            if age >= self.every:
+                return False
+            start = self._early is not None and not self._pending and age >= self.every / 2
+            if start:
+                self._pending = True
+        if start and self._early is not None:
+            self._early(self._check_early)
+        return True
+
+    def began(self) -> float:
+        """The time to pass to ``succeeded`` once the check that begins now has succeeded."""
+        return time.monotonic()
+
+    def succeeded(self, began: float) -> None:
+        with self._lock:
+            self._when = max(self._when, began)
+            self._pending = False
+
+    def expire(self) -> None:
+        """Make the next use check the store."""
+        with self._lock:
+            self._when = -math.inf
+
+    def _check_early(self) -> None:
+        try:
+            self._check()
+        except StoreError as exc:  # left pending: the mail thread checks (and reports) at ``every``
+            log.info("early check of the cached store data failed: %s", exc)
