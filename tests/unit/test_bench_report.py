@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from bench.throughput import ALONE, OURS, RSPAMD, RSPAMD_FULL, RunResult, goals
+import asyncio
+
+from bench.throughput import ALONE, OURS, RSPAMD, RSPAMD_FULL, RunResult, goals, send_one
+from tests.harness.smtpsink import SmtpSink
 
 
 def _run(label: str, conc: int, rate: float, p99_ms: float, cpu: float | None = None, rss: float | None = None,
@@ -36,3 +39,14 @@ def test_goals_met_and_missed_are_told_apart() -> None:
 def test_a_lost_message_fails_the_run() -> None:
     results = [_run(ALONE, 8, 600, 30), _run(OURS, 8, 500, 40, 2.5, 120, lost=1)]
     assert _verdicts(results)["zero messages lost"] == "**no**"
+
+
+def test_no_two_sends_are_the_same_bytes(sink: SmtpSink) -> None:
+    """clamd keeps the digests of clean files it scanned: resent messages would measure that cache."""
+    body = b"Subject: same\r\n\r\nthe same message twice\r\n"
+    for _ in range(2):
+        code, _seconds = asyncio.run(send_one(sink.port, "a@load.example", "b@example.com", body))
+        assert code == 250
+    first, second = (m.data for m in sink.wait_for(lambda m: True)[:2])
+    assert first != second
+    assert first.replace(b"\r\n", b"\n").endswith(b"the same message twice\n")
