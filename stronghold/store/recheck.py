@@ -30,6 +30,7 @@ class Recheck:
         self._early = early
         self._lock = threading.Lock()
         self._when = -math.inf  # when the last check that succeeded began
+        self._expired = -math.inf  # checks that began before this do not count
         self._pending = False  # an early check handed over and not yet succeeded
 
     def fresh(self) -> bool:
@@ -43,7 +44,10 @@ class Recheck:
             if start:
                 self._pending = True
         if start and self._early is not None:
-            self._early(self._check_early)
+            try:
+                self._early(self._check_early)
+            except RuntimeError:  # the store thread is shutting down: mail checks itself at ``every``
+                log.debug("early check not handed over: the store thread is shutting down")
         return True
 
     def began(self) -> float:
@@ -52,16 +56,20 @@ class Recheck:
 
     def succeeded(self, began: float) -> None:
         with self._lock:
-            self._when = max(self._when, began)
+            if began >= self._expired:  # a check under way when ``expire`` was called does not count
+                self._when = max(self._when, began)
             self._pending = False
 
     def expire(self) -> None:
-        """Make the next use check the store."""
+        """Make the next use check the store (a check under way now does not count)."""
         with self._lock:
             self._when = -math.inf
+            self._expired = time.monotonic()
 
     def _check_early(self) -> None:
         try:
             self._check()
         except StoreError as exc:  # left pending: the mail thread checks (and reports) at ``every``
             log.info("early check of the cached store data failed: %s", exc)
+        except Exception:  # nobody waits for this thread: say it here; mail checks at ``every``
+            log.exception("early check of the cached store data failed")

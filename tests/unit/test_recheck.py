@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from stronghold.personal import LayerCache
+from stronghold.service import Service
 from stronghold.store import entries
 from stronghold.store.db import Store
 from stronghold.store.errors import StoreError
@@ -33,7 +34,7 @@ def test_fresh_only_after_a_check_and_for_its_time() -> None:
     assert not recheck.fresh()
     recheck.succeeded(recheck.began())
     assert recheck.fresh()
-    time.sleep(0.32)
+    time.sleep(0.31)
     assert not recheck.fresh()
     recheck.succeeded(recheck.began())
     recheck.expire()
@@ -42,10 +43,10 @@ def test_fresh_only_after_a_check_and_for_its_time() -> None:
 
 def test_one_early_check_past_half_the_time_and_none_before() -> None:
     handed = Handed()
-    recheck = Recheck(0.4, lambda: None, early=handed)
+    recheck = Recheck(1.0, lambda: None, early=handed)
     recheck.succeeded(recheck.began())
     assert recheck.fresh() and handed.functions == []  # young: nothing handed over
-    time.sleep(0.22)
+    time.sleep(0.7)
     assert recheck.fresh() and recheck.fresh() and len(handed.functions) == 1  # one, however many messages
 
 
@@ -56,10 +57,10 @@ def test_an_early_check_that_succeeds_keeps_the_value_fresh() -> None:
     def check() -> None:
         recheck.succeeded(recheck.began())
 
-    recheck = Recheck(0.3, check, early=handed)
+    recheck = Recheck(0.6, check, early=handed)
     recheck.succeeded(recheck.began())
-    for _ in range(4):  # 0.6 s: twice the time, the value never stale
-        time.sleep(0.16)
+    for _ in range(4):  # 1.4 s: over twice the time, the value never stale
+        time.sleep(0.35)
         assert recheck.fresh()
         while handed.functions:
             handed.functions.pop()()
@@ -72,16 +73,52 @@ def test_an_early_check_that_fails_leaves_the_next_check_to_mail(caplog: pytest.
     def check() -> None:
         raise StoreError("database error: gone")
 
-    recheck = Recheck(0.3, check, early=handed)
+    recheck = Recheck(0.8, check, early=handed)
     recheck.succeeded(recheck.began())
-    time.sleep(0.16)
+    time.sleep(0.45)
     assert recheck.fresh()
     with caplog.at_level(logging.INFO, logger="stronghold.store.recheck"):
         handed.functions.pop()()
     assert "early check of the cached store data failed: database error: gone" in caplog.text
     assert recheck.fresh() and handed.functions == []  # not handed over again at every message
-    time.sleep(0.16)
+    time.sleep(0.4)
     assert not recheck.fresh()  # the refresh time is out: mail asks, and fails, as without early checks
+
+
+def test_any_failure_of_an_early_check_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    """Nobody waits for the store thread's result: what goes wrong there is said in the log."""
+    handed = Handed()
+
+    def check() -> None:
+        raise ValueError("a bug")
+
+    recheck = Recheck(0.6, check, early=handed)
+    recheck.succeeded(recheck.began())
+    time.sleep(0.35)
+    assert recheck.fresh()
+    with caplog.at_level(logging.INFO, logger="stronghold.store.recheck"):
+        handed.functions.pop()()
+    assert "ValueError: a bug" in caplog.text
+
+
+def test_a_check_under_way_when_expired_does_not_count() -> None:
+    recheck = Recheck(5.0, lambda: None)
+    began = recheck.began()  # a check starts, reads the old data ...
+    recheck.expire()  # ... an edit says: check again
+    recheck.succeeded(began)  # ... the check that read the old data ends
+    assert not recheck.fresh()
+    recheck.succeeded(recheck.began())
+    assert recheck.fresh()
+
+
+def test_a_store_thread_shutting_down_leaves_the_check_to_mail() -> None:
+    def refuse(_fn: Callable[[], None]) -> None:
+        raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+
+    recheck = Recheck(0.6, lambda: None, early=refuse)
+    recheck.succeeded(recheck.began())
+    time.sleep(0.35)
+    assert recheck.fresh()  # the cached data still serves; no exception reaches the mail thread
 
 
 def _unreachable(store: Store, tmp_path: Path) -> None:
@@ -94,11 +131,11 @@ def _unreachable(store: Store, tmp_path: Path) -> None:
 
 def test_list_cache_checked_on_the_store_thread_ahead_of_time(store: Store) -> None:
     thread = StoreThread()
-    cache = entries.ListCache(store, refresh=0.5, early=thread.submit)
+    cache = entries.ListCache(store, refresh=1.0, early=thread.submit)
     assert len(thread.call(cache)) == 0
     with store.session() as s:
         entries.add_entry(s, None, "block", "@new.example")
-    deadline = time.monotonic() + 1.5  # three refresh times
+    deadline = time.monotonic() + 2.5  # two and a half refresh times
     seen = 0
     while time.monotonic() < deadline:
         index = cache.cached()
@@ -109,14 +146,18 @@ def test_list_cache_checked_on_the_store_thread_ahead_of_time(store: Store) -> N
 
 
 @pytest.mark.parametrize("store", ["sqlite"], indirect=True)  # made unreachable by moving its file
-def test_list_cache_notices_a_dead_database_within_its_refresh(store: Store, tmp_path: Path) -> None:
+def test_list_cache_notices_a_dead_database_within_its_refresh(store: Store, tmp_path: Path,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
     thread = StoreThread()
-    cache = entries.ListCache(store, refresh=0.5, early=thread.submit)
+    cache = entries.ListCache(store, refresh=1.0, early=thread.submit)
     thread.call(cache)
     _unreachable(store, tmp_path)
-    time.sleep(0.3)
-    assert cache.cached() is not None  # the early check is handed over, fails on the store thread
-    time.sleep(0.3)
+    time.sleep(0.6)
+    with caplog.at_level(logging.INFO, logger="stronghold.store.recheck"):
+        assert cache.cached() is not None  # the early check is handed over, fails on the store thread
+        thread.call(lambda: None)  # it has run
+    assert "early check of the cached store data failed: database error" in caplog.text
+    time.sleep(0.45)
     assert cache.cached() is None
     with pytest.raises(StoreError):
         thread.call(cache)
@@ -125,9 +166,33 @@ def test_list_cache_notices_a_dead_database_within_its_refresh(store: Store, tmp
 @pytest.mark.parametrize("store", ["sqlite"], indirect=True)
 def test_layer_cache_checked_ahead_of_time(store: Store) -> None:
     thread = StoreThread()
-    cache = LayerCache(store, refresh=0.4, early=thread.submit)
+    cache = LayerCache(store, refresh=0.8, early=thread.submit)
     assert thread.call(cache.layers) == {}
-    deadline = time.monotonic() + 1.2
+    deadline = time.monotonic() + 2.0
     while time.monotonic() < deadline:
         assert cache.cached() is not None, "mail would have waited for the database"
         time.sleep(0.02)
+
+
+@pytest.mark.parametrize("store", ["sqlite"], indirect=True)
+def test_the_milter_service_checks_its_lists_ahead_of_time(store: Store, make_config) -> None:
+    service = Service(make_config(lists_refresh_seconds=1.0), store=store)
+    waited = 0
+    call = service.db.call
+
+    def counted(fn):  # the calls a mail thread waits for
+        nonlocal waited
+        waited += 1
+        return call(fn)
+
+    service.db.call = counted  # type: ignore[method-assign]
+    assert len(service.lists()) == 0 and waited == 1
+    with store.session() as s:
+        entries.add_entry(s, None, "block", "@new.example")
+    deadline = time.monotonic() + 2.5
+    while time.monotonic() < deadline:
+        index = service.lists()
+        service.personal_layers()
+        time.sleep(0.02)
+    assert len(index) == 1
+    assert waited == 2  # the first lists and the first layers; every later check was ahead of time
