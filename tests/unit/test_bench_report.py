@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from bench.latency import offer, pct
 from bench.throughput import ALONE, OURS, RSPAMD, RSPAMD_FULL, RunResult, goals, send_one
 from tests.harness.smtpsink import SmtpSink
 
@@ -50,3 +51,17 @@ def test_no_two_sends_are_the_same_bytes(sink: SmtpSink) -> None:
     first, second = (m.data for m in sink.wait_for(lambda m: True)[:2])
     assert first != second
     assert first.replace(b"\r\n", b"\n").endswith(b"the same message twice\n")
+
+
+def test_a_steady_offered_load_sends_on_its_own_clock(sink: SmtpSink) -> None:
+    """bench.latency: every message sent, none waiting for the one before, at about the rate asked."""
+    messages = [b"Subject: %d\r\n\r\nbody\r\n" % i for i in range(40)]
+    results, seconds = asyncio.run(offer(sink.port, messages, rate=50.0))
+    assert [code for code, _ in results] == [250] * 40
+    assert len(sink.wait_for(lambda m: True)) == 40
+    assert 0.4 < seconds < 2.5  # Poisson arrivals at 50/s: about 0.8 s; back to back takes ~0.1
+
+
+def test_latency_percentiles() -> None:
+    values = [i / 1000 for i in range(1, 101)]  # 1 ... 100 ms
+    assert pct(values, 0.5) == 51.0 and pct(values, 0.99) == 100.0 and pct(values, 1.0) == 100.0
