@@ -58,6 +58,7 @@ class RunResult:
     filter_cpu_ms: float | None = None  # the filter's processes alone (milter workers; rspamd + Redis)
     clamd_cpu_ms: float | None = None
     milter_rss_mb: float | None = None
+    filter_pss_mb: float | None = None  # all the filter's processes together (rspamd: with Redis)
     delivered_in_log: int | None = None
 
     @property
@@ -185,6 +186,20 @@ def peak_rss_mb(pids: list[int]) -> float:
     return best
 
 
+def pss_mb(pids: list[int]) -> float:
+    """The memory the processes take together: each one's proportional set size (pages shared
+    between them counted once in all), from /proc/<pid>/smaps_rollup."""
+    total = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1])
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+    return total / 1024
+
+
 def sent_lines(postfix: Postfix) -> int:
     return postfix.log().count("status=sent")
 
@@ -221,6 +236,7 @@ def run_once(label: str, postfix: Postfix, messages: list[bytes], concurrency: i
         res.clamd_cpu_ms = (cpu_seconds(clamd_pids) - clamd_before) * 1000 / len(results)
         res.cpu_ms_per_msg = res.filter_cpu_ms + res.clamd_cpu_ms
         res.milter_rss_mb = peak_rss_mb(filter_pids(milter))
+        res.filter_pss_mb = pss_mb(filter_pids(milter))
     deadline = time.monotonic() + 30
     while sent_lines(postfix) - log_before < res.accepted and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -382,14 +398,16 @@ def render(results: list[RunResult], args: argparse.Namespace, seconds: float) -
              f"({'Postfix virtual delivery into a maildir' if args.delivery == 'maildir' else 'discard transport'}).",
              "",
              "| system | conc. | msg/s | p50 ms | p99 ms | CPU ms/msg (filter + clamd, Redis) | of which clamd "
-             "| filter peak RSS MB | sent = accepted + rejected + deferred | accepted found delivered |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| filter peak RSS MB | filter memory (PSS, all processes) MB "
+             "| sent = accepted + rejected + deferred | accepted found delivered |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         cpu = f"{r.cpu_ms_per_msg:.2f}" if r.cpu_ms_per_msg is not None else "-"
         scan = f"{r.clamd_cpu_ms:.2f}" if r.clamd_cpu_ms else "-"
         rss = f"{r.milter_rss_mb:.0f}" if r.milter_rss_mb is not None else "-"
+        pss = f"{r.filter_pss_mb:.0f}" if r.filter_pss_mb is not None else "-"
         lines.append(f"| {r.label} | {r.concurrency} | {r.rate:.1f} | {r.pct(0.5):.1f} | {r.pct(0.99):.1f} | {cpu} "
-                     f"| {scan} | {rss} | {r.sent} = {r.accepted} + {r.rejected} + {r.deferred} "
+                     f"| {scan} | {rss} | {pss} | {r.sent} = {r.accepted} + {r.rejected} + {r.deferred} "
                      f"| {r.delivered_in_log}/{r.accepted} |")
     lines += ["", "Ratios (mean msg/s of each system over Postfix alone at the same concurrency):", ""]
     for conc in args.concurrency:

@@ -24,6 +24,7 @@ pins pymilter to the version tested.  Move the pin only with the milter tests gr
 from __future__ import annotations
 
 import faulthandler
+import gc
 import grp
 import logging
 import multiprocessing
@@ -188,6 +189,8 @@ def _worker(cfg: Config, service: Service, slot: int, listener: socket.socket | 
     cpu = cpupin.pin_worker(cfg.milter_cpu_affinity, slot, cfg.milter_workers)
     if cpu is not None:
         log.info("worker w%d (pid %d) kept on CPU %d", slot, os.getpid(), cpu)
+    log.info("worker w%d (pid %d): %d objects from the supervisor kept out of garbage collection",
+             slot, os.getpid(), gc.get_freeze_count())
     faulthandler.enable(all_threads=True)  # a native crash leaves every thread's stack in the log
     service.store.engine.dispose(close=False)
     if listener is not None:
@@ -271,6 +274,12 @@ def serve(cfg: Config) -> int:
 
     children: dict[int, tuple[float, int]] = {}  # pid -> (started, slot); 0: metrics, -1: model sync
     stopping = False
+
+    # What the children inherit (modules, config, the model's holder) is moved out of the
+    # collector's reach: their collections no longer write to those objects, so the pages stay
+    # shared with the supervisor instead of being copied into each worker (docs/operations.md).
+    gc.collect()
+    gc.freeze()
 
     def spawn(slot: int) -> None:
         pid = os.fork()

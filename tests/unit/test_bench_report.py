@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 from bench.latency import offer, pct
-from bench.throughput import ALONE, OURS, RSPAMD, RSPAMD_FULL, RunResult, goals, send_one
+from bench.throughput import ALONE, OURS, RSPAMD, RSPAMD_FULL, RunResult, goals, peak_rss_mb, pss_mb, send_one
 from tests.harness.smtpsink import SmtpSink
 
 
@@ -65,3 +66,24 @@ def test_a_steady_offered_load_sends_on_its_own_clock(sink: SmtpSink) -> None:
 def test_latency_percentiles() -> None:
     values = [i / 1000 for i in range(1, 101)]  # 1 ... 100 ms
     assert pct(values, 0.5) == 51.0 and pct(values, 0.99) == 100.0 and pct(values, 1.0) == 100.0
+
+
+def test_memory_of_processes_counts_shared_pages_once() -> None:
+    """A forked child shares its parent's pages: PSS of both is less than their RSS added."""
+    import os
+    import signal
+
+    ballast = bytearray(64 << 20)  # 64 MiB written before the fork, so shared with the child
+    ballast[::4096] = b"x" * len(ballast[::4096])
+    child = os.fork()
+    if child == 0:
+        signal.pause()
+        os._exit(0)
+    try:
+        time.sleep(0.2)
+        rss = sum(peak_rss_mb([pid]) for pid in (os.getpid(), child))
+        pss = pss_mb([os.getpid(), child])
+        assert 64 < pss < rss - 48, (pss, rss)
+    finally:
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
