@@ -3,7 +3,8 @@
 
     python -m bench.soak [--minutes 20] [--concurrency 8] [--every 30]
 
-Prints one line per sample (messages so far, rate, RSS of each worker) and the
+Prints one line per sample (messages so far, rate, the PSS of all the milter's processes
+together, RSS of each worker) and the
 growth between the first sample after warm-up and the last.  Exits non-zero if
 a message was lost or a worker grew by more than --max-growth-mb.
 """
@@ -19,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.throughput import drive, group_pids, load_messages, start_filter
+from bench.throughput import drive, group_pids, load_messages, pss_mb, start_filter
 from devtools.localstack import Postfix, free_port
 
 
@@ -55,7 +56,7 @@ def main() -> int:
         sent = lost = 0
         samples: list[tuple[float, int, list[float]]] = []
         next_sample = started
-        print("seconds  messages  msg/s  worker RSS MB")
+        print("seconds  messages  msg/s  milter PSS MB (all processes)  worker RSS MB")
         while time.monotonic() < deadline:
             results, _ = asyncio.run(drive(postfix.port, messages, args.concurrency))
             sent += len(results)
@@ -65,8 +66,9 @@ def main() -> int:
                 rss = sorted(rss_mb(p) for p in workers)
                 elapsed = time.monotonic() - started
                 samples.append((elapsed, sent, rss))
-                print(f"{elapsed:7.0f}  {sent:8d}  {sent / elapsed:5.0f}  {' '.join(f'{r:.1f}' for r in rss)}",
-                      flush=True)
+                pss = pss_mb(group_pids(milter.proc.pid))
+                print(f"{elapsed:7.0f}  {sent:8d}  {sent / elapsed:5.0f}  {pss:29.1f}  "
+                      f"{' '.join(f'{r:.1f}' for r in rss)}", flush=True)
                 next_sample += args.every
         warm = samples[min(1, len(samples) - 1)]
         last = samples[-1]

@@ -55,6 +55,7 @@ class Recheck:
         return time.monotonic()
 
     def succeeded(self, began: float) -> None:
+        """A check that began at ``began`` (``began()``) read the store: fresh from then on."""
         with self._lock:
             if began >= self._expired:  # a check under way when ``expire`` was called does not count
                 self._when = max(self._when, began)
