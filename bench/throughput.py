@@ -453,10 +453,12 @@ def goals(results: list[RunResult]) -> list[str]:
         ours, strict = rate(OURS, conc), rate(RSPAMD, conc)
         if ours and strict:
             rows.append((f"c={conc}: ahead of rspamd with local rules only", f"{ours / strict:.2f}x", ours > strict))
-    cpu = [r.cpu_ms_per_msg for r in results if r.label.startswith("Postfix + Stronghold")
-           and r.concurrency > 1 and r.cpu_ms_per_msg is not None]
+    ours_runs = [r for r in results if r.label.startswith("Postfix + Stronghold") and r.concurrency > 1]
+    cpu = [r.cpu_ms_per_msg for r in ours_runs if r.cpu_ms_per_msg is not None]
+    scans = [r.clamd_cpu_ms for r in ours_runs if r.clamd_cpu_ms is not None]
     if cpu:
-        rows.append(("milter + clamd CPU at most 1.2 ms/msg (c>1)", f"{min(cpu):.2f}-{max(cpu):.2f} ms",
+        of_which = f" (of which clamd {min(scans):.2f}-{max(scans):.2f})" if scans else ""
+        rows.append(("milter + clamd CPU at most 1.2 ms/msg (c>1)", f"{min(cpu):.2f}-{max(cpu):.2f} ms{of_which}",
                      max(cpu) <= 1.2))
     p99_ours, p99_alone = mean(OURS, 8, lambda r: r.pct(0.99)), mean(ALONE, 8, lambda r: r.pct(0.99))
     if p99_ours is not None and p99_alone is not None:

@@ -87,3 +87,10 @@ def test_memory_of_processes_counts_shared_pages_once() -> None:
     finally:
         os.kill(child, signal.SIGKILL)
         os.waitpid(child, 0)
+
+
+def test_the_cpu_goal_says_how_much_of_it_is_clamd() -> None:
+    ours = _run(OURS, 8, 500, 45, 2.0, 110)
+    ours.clamd_cpu_ms = 0.7
+    figure = next(ln for ln in goals([_run(ALONE, 8, 600, 30), ours]) if "CPU at most" in ln)
+    assert "2.00-2.00 ms (of which clamd 0.70-0.70)" in figure and figure.endswith("| **no** |")
