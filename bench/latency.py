@@ -28,7 +28,7 @@ from pathlib import Path
 
 from bench.ab import _value
 from bench.peers import Rspamd
-from bench.throughput import ALONE, OURS, RSPAMD, load_messages, send_one, start_filter
+from bench.throughput import ALONE, OURS, RSPAMD, load_messages, percentile_ms, send_nth, start_filter
 from devtools.localstack import Postfix, free_port
 
 
@@ -38,13 +38,6 @@ async def offer(port: int, messages: list[bytes], rate: float, seed: int = 7
     without waiting for earlier ones; ([(reply code, seconds)], seconds from first to last reply)."""
     rng = random.Random(seed)
     loop = asyncio.get_running_loop()
-
-    async def one(i: int, data: bytes) -> tuple[int, float]:
-        try:
-            return await send_one(port, f"sender{i % 50}@load.example", f"user{i % 20}@example.com", data)
-        except (ConnectionError, OSError):
-            return 421, 0.0
-
     started = loop.time()
     due = 0.0
     tasks = []
@@ -53,14 +46,9 @@ async def offer(port: int, messages: list[bytes], rate: float, seed: int = 7
         wait = started + due - loop.time()
         if wait > 0:
             await asyncio.sleep(wait)
-        tasks.append(asyncio.create_task(one(i, data)))
+        tasks.append(asyncio.create_task(send_nth(port, i, data)))
     results = await asyncio.gather(*tasks)
     return list(results), loop.time() - started
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000 if ordered else float("nan")
 
 
 def main() -> int:
@@ -104,7 +92,7 @@ def main() -> int:
                     latencies = [s for code, s in results if code < 400]
                     failed = sum(1 for code, _ in results if code >= 400)
                     rows.setdefault((label, rate), []).append((latencies, len(results) / seconds, failed))
-                    print(f"  {label:42} {rate:5.0f}/s offered: p99 {pct(latencies, 0.99):6.1f} ms",
+                    print(f"  {label:42} {rate:5.0f}/s offered: p99 {percentile_ms(latencies, 0.99):6.1f} ms",
                           file=sys.stderr, flush=True)
         print(render(rows, systems, args, time.time() - started))
         return 1 if any(failed for runs in rows.values() for _l, _r, failed in runs) else 0
@@ -126,14 +114,14 @@ def render(rows: dict[tuple[str, float], list[tuple[list[float], float, int]]],
              "| system | offered msg/s | achieved msg/s | p50 ms | p90 ms | p99 ms | max ms | p99 above Postfix alone "
              "| failed |", "|---|---|---|---|---|---|---|---|---|"]
     for rate in args.rates:
-        base = pct([s for lat, _r, _f in rows[(ALONE, rate)] for s in lat], 0.99)
+        base = percentile_ms([s for lat, _r, _f in rows[(ALONE, rate)] for s in lat], 0.99)
         for label, _postfix in systems:
             runs = rows[(label, rate)]
             pooled = [s for lat, _r, _f in runs for s in lat]
-            p99 = pct(pooled, 0.99)
+            p50, p90, p99, top = (percentile_ms(pooled, q) for q in (0.5, 0.9, 0.99, 1.0))
             above = "-" if label == ALONE else f"{p99 - base:+.1f} ms"
             lines.append(f"| {label} | {rate:g} | {statistics.mean(r for _l, r, _f in runs):.1f} "
-                         f"| {pct(pooled, 0.5):.1f} | {pct(pooled, 0.9):.1f} | {p99:.1f} | {pct(pooled, 1.0):.1f} "
+                         f"| {p50:.1f} | {p90:.1f} | {p99:.1f} | {top:.1f} "
                          f"| {above} | {sum(f for _l, _r, f in runs)} |")
     return "\n".join(lines) + "\n"
 

@@ -20,18 +20,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.throughput import drive, group_pids, load_messages, pss_mb, start_filter
+from bench.throughput import drive, group_pids, load_messages, proc_kb, pss_mb, start_filter
 from devtools.localstack import Postfix, free_port
 
 
 def rss_mb(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except FileNotFoundError:
-        pass
-    return 0.0
+    return proc_kb(pid, "status", "VmRSS") / 1024
 
 
 def main() -> int:

@@ -66,8 +66,13 @@ class RunResult:
         return self.sent / self.seconds
 
     def pct(self, q: float) -> float:
-        ordered = sorted(self.latencies)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+        return percentile_ms(self.latencies, q)
+
+
+def percentile_ms(seconds: list[float], q: float) -> float:
+    """The ``q`` quantile of latencies in seconds, in milliseconds (nan for none)."""
+    ordered = sorted(seconds)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000 if ordered else float("nan")
 
 
 def load_messages(n: int) -> list[bytes]:
@@ -133,6 +138,15 @@ async def send_one(port: int, sender: str, rcpt: str, data: bytes) -> tuple[int,
         writer.close()
 
 
+async def send_nth(port: int, i: int, data: bytes) -> tuple[int, float]:
+    """The ``i``-th message of a run, from one of 50 senders to one of 20 recipients; a
+    connection that failed counts as 421."""
+    try:
+        return await send_one(port, f"sender{i % 50}@load.example", f"user{i % 20}@example.com", data)
+    except (ConnectionError, OSError):
+        return 421, 0.0
+
+
 async def drive(port: int, messages: list[bytes], concurrency: int) -> tuple[list[tuple[int, float]], float]:
     queue = list(enumerate(messages))
     results: list[tuple[int, float]] = []
@@ -140,11 +154,7 @@ async def drive(port: int, messages: list[bytes], concurrency: int) -> tuple[lis
     async def worker() -> None:
         while queue:
             i, data = queue.pop()
-            rcpt = f"user{i % 20}@example.com"
-            try:
-                results.append(await send_one(port, f"sender{i % 50}@load.example", rcpt, data))
-            except (ConnectionError, OSError):
-                results.append((421, 0.0))
+            results.append(await send_nth(port, i, data))
 
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -174,30 +184,25 @@ def group_pids(pgid: int) -> list[int]:
     return pids
 
 
+def proc_kb(pid: int, name: str, field: str) -> int:
+    """A ``field:`` line's kB from /proc/<pid>/<name> (``status``, ``smaps_rollup``); 0 once gone."""
+    try:
+        for line in Path(f"/proc/{pid}/{name}").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return 0
+
+
 def peak_rss_mb(pids: list[int]) -> float:
-    best = 0.0
-    for pid in pids:
-        try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    best = max(best, int(line.split()[1]) / 1024)
-        except FileNotFoundError:
-            pass
-    return best
+    return max((proc_kb(pid, "status", "VmHWM") / 1024 for pid in pids), default=0.0)
 
 
 def pss_mb(pids: list[int]) -> float:
     """The memory the processes take together: each one's proportional set size (pages shared
     between them counted once in all), from /proc/<pid>/smaps_rollup."""
-    total = 0
-    for pid in pids:
-        try:
-            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-                if line.startswith("Pss:"):
-                    total += int(line.split()[1])
-        except (FileNotFoundError, ProcessLookupError):
-            pass
-    return total / 1024
+    return sum(proc_kb(pid, "smaps_rollup", "Pss") for pid in pids) / 1024
 
 
 def sent_lines(postfix: Postfix) -> int:

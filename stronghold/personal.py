@@ -17,7 +17,6 @@ that user's addresses; a layer named by an address (IMAP users) to that address.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -150,10 +149,8 @@ class LayerCache:
     def __init__(self, store: Store, refresh: float = 2.0,
                  early: Callable[[Callable[[], None]], object] | None = None) -> None:
         self.store = store
-        self.refresh = refresh
         self._layers: Mapping[str, Layer] = {}
         self._stamp: tuple[int, float] | None = None
-        self._checking = threading.Lock()
         self._recheck = Recheck(refresh, self.layers, early)
 
     def cached(self) -> Mapping[str, Layer] | None:
@@ -162,13 +159,11 @@ class LayerCache:
 
     def layers(self) -> Mapping[str, Layer]:
         """Check the store now (and load the layers if they changed)."""
-        with self._checking:
-            began = self._recheck.began()
+        with self._recheck.checking():
             with self.store.session() as session:
                 stamp = layers.stamp(session)
             if stamp != self._stamp:
                 loaded = load_layers(self.store)
                 self._layers, self._stamp = loaded, stamp
                 log.info("personal layers: %d addresses", len(loaded))
-            self._recheck.succeeded(began)
-            return self._layers
+        return self._layers

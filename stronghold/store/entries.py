@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -316,11 +315,9 @@ class ListCache:
                  threshold_bounds: tuple[float, float] | None = None,
                  early: Callable[[Callable[[], None]], object] | None = None) -> None:
         self.store = store
-        self.refresh = refresh
         self.threshold_bounds = threshold_bounds  # None: users' own thresholds are not used
         self._index: ListIndex | None = None
         self._version = -1
-        self._checking = threading.Lock()  # one check at a time; readers never wait for it
         self._recheck = Recheck(refresh, self._check, early)
 
     def cached(self) -> ListIndex | None:
@@ -336,8 +333,7 @@ class ListCache:
 
     def _check(self) -> ListIndex:
         """Read the version (and the lists, when it changed) now."""
-        with self._checking:
-            began = self._recheck.began()
+        with self._recheck.checking():
             index = self._index
             with self.store.session() as session:
                 version = lists_version(session)
@@ -347,8 +343,7 @@ class ListCache:
                     index = ListIndex(all_entries(session), thresholds)
                     self._index, self._version = index, version
                     log.info("lists loaded: %d entries (version %d)", len(index), version)
-            self._recheck.succeeded(began)
-            return index
+        return index
 
     def invalidate(self) -> None:
         """Check the lists' version on the next call instead of waiting out ``refresh``."""

@@ -6,7 +6,8 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from stronghold.store.errors import StoreError
 
@@ -29,6 +30,7 @@ class Recheck:
         self._check = check
         self._early = early
         self._lock = threading.Lock()
+        self._checking = threading.Lock()  # one check at a time; readers never wait for it
         self._when = -math.inf  # when the last check that succeeded began
         self._expired = -math.inf  # checks that began before this do not count
         self._pending = False  # an early check handed over and not yet succeeded
@@ -50,16 +52,17 @@ class Recheck:
                 log.debug("early check not handed over: the store thread is shutting down")
         return True
 
-    def began(self) -> float:
-        """The time to pass to ``succeeded`` once the check that begins now has succeeded."""
-        return time.monotonic()
-
-    def succeeded(self, began: float) -> None:
-        """A check that began at ``began`` (``began()``) read the store: fresh from then on."""
-        with self._lock:
-            if began >= self._expired:  # a check under way when ``expire`` was called does not count
-                self._when = max(self._when, began)
-            self._pending = False
+    @contextmanager
+    def checking(self) -> Iterator[None]:
+        """Around one check of the store: one at a time, and fresh from its start once it
+        succeeded (an exception leaves the value as stale as it was)."""
+        with self._checking:
+            began = time.monotonic()
+            yield
+            with self._lock:
+                if began >= self._expired:  # a check under way when ``expire`` was called does not count
+                    self._when = max(self._when, began)
+                self._pending = False
 
     def expire(self) -> None:
         """Make the next use check the store (a check under way now does not count)."""

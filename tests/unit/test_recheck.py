@@ -29,14 +29,20 @@ class Handed:
         self.functions.append(fn)
 
 
+def _checked(recheck: Recheck) -> None:
+    """One check of the store that succeeds."""
+    with recheck.checking():
+        pass
+
+
 def test_fresh_only_after_a_check_and_for_its_time() -> None:
     recheck = Recheck(0.3, lambda: None)
     assert not recheck.fresh()
-    recheck.succeeded(recheck.began())
+    _checked(recheck)
     assert recheck.fresh()
     time.sleep(0.31)
     assert not recheck.fresh()
-    recheck.succeeded(recheck.began())
+    _checked(recheck)
     recheck.expire()
     assert not recheck.fresh()
 
@@ -44,7 +50,7 @@ def test_fresh_only_after_a_check_and_for_its_time() -> None:
 def test_one_early_check_past_half_the_time_and_none_before() -> None:
     handed = Handed()
     recheck = Recheck(1.0, lambda: None, early=handed)
-    recheck.succeeded(recheck.began())
+    _checked(recheck)
     assert recheck.fresh() and handed.functions == []  # young: nothing handed over
     time.sleep(0.7)
     assert recheck.fresh() and recheck.fresh() and len(handed.functions) == 1  # one, however many messages
@@ -55,10 +61,10 @@ def test_an_early_check_that_succeeds_keeps_the_value_fresh() -> None:
     recheck: Recheck
 
     def check() -> None:
-        recheck.succeeded(recheck.began())
+        _checked(recheck)
 
     recheck = Recheck(0.6, check, early=handed)
-    recheck.succeeded(recheck.began())
+    _checked(recheck)
     for _ in range(4):  # 1.4 s: over twice the time, the value never stale
         time.sleep(0.35)
         assert recheck.fresh()
@@ -67,47 +73,35 @@ def test_an_early_check_that_succeeds_keeps_the_value_fresh() -> None:
     assert handed.functions == []
 
 
-def test_an_early_check_that_fails_leaves_the_next_check_to_mail(caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize(("failure", "logged"), [
+    (StoreError("database error: gone"), "early check of the cached store data failed: database error: gone"),
+    (ValueError("a bug"), "ValueError: a bug"),  # nobody waits for the store thread: said in the log
+])
+def test_an_early_check_that_fails_leaves_the_next_check_to_mail(
+        failure: Exception, logged: str, caplog: pytest.LogCaptureFixture) -> None:
     handed = Handed()
 
     def check() -> None:
-        raise StoreError("database error: gone")
+        raise failure
 
     recheck = Recheck(0.8, check, early=handed)
-    recheck.succeeded(recheck.began())
+    _checked(recheck)
     time.sleep(0.45)
     assert recheck.fresh()
     with caplog.at_level(logging.INFO, logger="stronghold.store.recheck"):
         handed.functions.pop()()
-    assert "early check of the cached store data failed: database error: gone" in caplog.text
+    assert logged in caplog.text
     assert recheck.fresh() and handed.functions == []  # not handed over again at every message
     time.sleep(0.4)
     assert not recheck.fresh()  # the refresh time is out: mail asks, and fails, as without early checks
 
 
-def test_any_failure_of_an_early_check_is_logged(caplog: pytest.LogCaptureFixture) -> None:
-    """Nobody waits for the store thread's result: what goes wrong there is said in the log."""
-    handed = Handed()
-
-    def check() -> None:
-        raise ValueError("a bug")
-
-    recheck = Recheck(0.6, check, early=handed)
-    recheck.succeeded(recheck.began())
-    time.sleep(0.35)
-    assert recheck.fresh()
-    with caplog.at_level(logging.INFO, logger="stronghold.store.recheck"):
-        handed.functions.pop()()
-    assert "ValueError: a bug" in caplog.text
-
-
 def test_a_check_under_way_when_expired_does_not_count() -> None:
     recheck = Recheck(5.0, lambda: None)
-    began = recheck.began()  # a check starts, reads the old data ...
-    recheck.expire()  # ... an edit says: check again
-    recheck.succeeded(began)  # ... the check that read the old data ends
-    assert not recheck.fresh()
-    recheck.succeeded(recheck.began())
+    with recheck.checking():  # a check starts, reads the old data ...
+        recheck.expire()  # ... an edit says: check again
+    assert not recheck.fresh()  # ... the check that read the old data has ended
+    _checked(recheck)
     assert recheck.fresh()
 
 
@@ -116,7 +110,7 @@ def test_a_store_thread_shutting_down_leaves_the_check_to_mail() -> None:
         raise RuntimeError("cannot schedule new futures after interpreter shutdown")
 
     recheck = Recheck(0.6, lambda: None, early=refuse)
-    recheck.succeeded(recheck.began())
+    _checked(recheck)
     time.sleep(0.35)
     assert recheck.fresh()  # the cached data still serves; no exception reaches the mail thread
 
