@@ -46,6 +46,7 @@ from stronghold.service import Service
 from stronghold.store.errors import StoreError
 
 log = logging.getLogger(__name__)
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 LISTEN_BACKLOG = 1024  # libmilter's default is small: busy Postfix would get refused (451)
 METRICS_SLOT, SYNC_SLOT = 0, -1  # children beside the workers (slots 1..milter_workers)
 
@@ -252,6 +253,27 @@ def serve(cfg: Config) -> int:
     except Exception as exc:  # noqa: BLE001 - any load failure is reported, workers retry
         log.error("starting without a usable model (%s); messages get on_model_error=%s",
                   exc, cfg.on_model_error)
+    children: dict[int, tuple[float, int]] = {}  # pid -> (started, slot); 0: metrics, -1: model sync
+    stopping = False
+
+    def on_stop(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in list(children):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    def on_hup(_signum: int, _frame: object) -> None:
+        generation.value += 1
+        log.info("SIGHUP: workers will reload the model")
+
+    # Before the socket opens: a stop that comes as soon as it answers (systemd, a test) must find
+    # these, not the default action, which would leave the socket behind.
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
+    signal.signal(signal.SIGHUP, on_hup)
     kind = engine(cfg)
     own_socket = None
     if spec.startswith("unix:"):
@@ -272,9 +294,6 @@ def serve(cfg: Config) -> int:
              kind, nativecore.status())
     print(f"stronghold milter: listening on {spec} ({cfg.milter_workers} workers)", flush=True)
 
-    children: dict[int, tuple[float, int]] = {}  # pid -> (started, slot); 0: metrics, -1: model sync
-    stopping = False
-
     # What the children inherit (modules, config, the model's holder) is moved out of the
     # collector's reach: their collections no longer write to those objects, so the pages stay
     # shared with the supervisor instead of being copied into each worker (docs/operations.md).
@@ -282,31 +301,27 @@ def serve(cfg: Config) -> int:
     gc.freeze()
 
     def spawn(slot: int) -> None:
-        pid = os.fork()
-        if pid == 0:
-            if slot == METRICS_SLOT:
-                _metrics_process(cfg)
-            if slot == SYNC_SLOT:
-                _model_syncer(cfg, service)
-            _worker(cfg, service, slot, listener)
-        children[pid] = (time.monotonic(), slot)
+        # A stop between the check and the fork would miss the new child and wait for it forever:
+        # held back until the child is in ``children``.  The child starts with the default action
+        # (dying before it serves anything loses nothing) until it sets its own handlers.
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            if stopping:
+                return
+            pid = os.fork()
+            if pid == 0:
+                for sig in STOP_SIGNALS:
+                    signal.signal(sig, signal.SIG_DFL)
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+                if slot == METRICS_SLOT:
+                    _metrics_process(cfg)
+                if slot == SYNC_SLOT:
+                    _model_syncer(cfg, service)
+                _worker(cfg, service, slot, listener)
+            children[pid] = (time.monotonic(), slot)
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
-    def on_stop(signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-        for pid in list(children):
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-
-    def on_hup(_signum: int, _frame: object) -> None:
-        generation.value += 1
-        log.info("SIGHUP: workers will reload the model")
-
-    signal.signal(signal.SIGTERM, on_stop)
-    signal.signal(signal.SIGINT, on_stop)
-    signal.signal(signal.SIGHUP, on_hup)
     service.store.engine.dispose()
     if cfg.metrics_bind:
         spawn(0)

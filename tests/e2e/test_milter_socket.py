@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from devtools.localstack import _unix_connects
@@ -77,3 +78,26 @@ def test_a_stop_removes_only_its_own_socket(tmp_path: Path) -> None:
         assert remove_own_socket(path, _socket_identity(path)) and not path.exists()  # type: ignore[arg-type]
     finally:
         ours.close()
+
+
+def test_a_stop_as_soon_as_the_socket_answers_removes_it(tmp_path: Path) -> None:
+    """systemd may stop the milter the moment it is up: the supervisor must already handle
+    SIGTERM then (the default action would kill it and leave the socket behind)."""
+    sock_path = tmp_path / "milter.sock"
+    config = write_config(tmp_path / "milter.toml", _settings(tmp_path))
+    proc = subprocess.Popen([sys.executable, "-m", "stronghold.cli", "--config", str(config), "milter"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not _unix_connects(sock_path):
+            assert proc.poll() is None and time.monotonic() < deadline, "the milter never listened"
+            time.sleep(0.0005)
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode == 0, err[-2000:]
+    assert not sock_path.exists()
