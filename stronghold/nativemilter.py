@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import select
 import signal
 import socket
 import struct
@@ -227,26 +228,41 @@ class ConnectionThreads:
             thread.join()
 
 
-ACCEPT_WAKE_SECONDS = 1  # how often a worker blocked in accept() looks whether it was told to stop
+STOP_CHECK_SECONDS = 5  # a safety net only: a stop signal wakes the accepting thread at once
 
 
 def serve_worker(listener: socket.socket, service: Service) -> None:
-    """Accept on ``listener`` (blocking, shared with the other workers: the kernel wakes one
-    worker per connection) until SIGTERM, then wait for the connections in progress to end.
+    """Accept on ``listener`` (shared with the other workers) until SIGTERM, then wait for the
+    connections in progress to end.
 
-    The signal only sets a flag: accept() gives up every ACCEPT_WAKE_SECONDS (SO_RCVTIMEO on
-    the listening socket) to look at it, so a connection once accepted is always served."""
+    The thread waits in ``epoll`` on the socket, registered exclusive (the kernel wakes one
+    waiting worker per connection, as a blocking accept() would), and on the signal wake-up
+    pipe, so a stop is seen at once instead of at the next connection.  The socket is
+    non-blocking: a worker woken with the connection taken by another goes back to waiting
+    (Linux does not pass O_NONBLOCK on to the accepted socket, which the C engine reads
+    blocking).  A connection once accepted is always served."""
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda _signum, _frame: stop.set())
     signal.signal(signal.SIGINT, lambda _signum, _frame: stop.set())
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", ACCEPT_WAKE_SECONDS, 0))
+    wake_read, wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(wake_write, warn_on_full_buffer=False)
+    listener.setblocking(False)
+    poller = select.epoll()
+    listening = listener.fileno()
+    poller.register(listening, select.EPOLLIN | select.EPOLLEXCLUSIVE)
+    poller.register(wake_read, select.EPOLLIN)
     threads = ConnectionThreads(lambda sock: Connection(service, sock).run())
     tcp = listener.family in (socket.AF_INET, socket.AF_INET6)
     timeval = struct.pack("ll", service.cfg.milter_timeout, 0)
     while not stop.is_set():
+        ready = {fd for fd, _mask in poller.poll(STOP_CHECK_SECONDS)}
+        if wake_read in ready:  # a signal came (its handler sets ``stop``)
+            _drain(wake_read)
+        if stop.is_set() or listening not in ready:
+            continue
         try:
             sock, _addr = listener.accept()
-        except (BlockingIOError, TimeoutError, InterruptedError):  # the wake-up: look at the flag
+        except BlockingIOError:  # another worker took it
             continue
         except OSError as exc:  # out of descriptors, say: wait, the MTA retries or queues
             log.error("milter accept: %s", exc)
@@ -256,7 +272,18 @@ def serve_worker(listener: socket.socket, service: Service) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         _set_timeouts(sock, timeval)
         threads.serve(sock)
+    signal.set_wakeup_fd(-1)
+    poller.close()
     threads.close()
+
+
+def _drain(fd: int) -> None:
+    """Empty the signal wake-up pipe (non-blocking)."""
+    try:
+        while os.read(fd, 512):
+            pass
+    except BlockingIOError:
+        pass
 
 
 def open_listener(spec: str, backlog: int) -> socket.socket:
