@@ -28,7 +28,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from devtools.localdovecot import Dovecot
-from devtools.localstack import ROOT, Clamd, Postfix, StackError, _unix_connects, memory_fs, signature_dir, wait_for
+from devtools.localstack import (
+    ROOT,
+    Clamd,
+    Postfix,
+    StackError,
+    _unix_connects,
+    memory_fs,
+    pid_running,
+    signature_dir,
+    wait_for,
+)
 from stronghold import config as config_mod
 from stronghold.store import accounts
 from stronghold.store.db import Store
@@ -78,10 +88,9 @@ class Layout:
 def _alive(pid_file: Path) -> int | None:
     try:
         pid = int(pid_file.read_text())
-        os.kill(pid, 0)
-        return pid
-    except (FileNotFoundError, ValueError, ProcessLookupError):
+    except (FileNotFoundError, ValueError):
         return None
+    return pid if pid_running(pid) else None
 
 
 def _spawn(home: Path, name: str, argv: list[str]) -> int:

@@ -141,6 +141,17 @@ class Clamd:
             self.tmpdir, self._own_tmpdir = None, False
 
 
+def pid_running(pid: int) -> bool:
+    """Whether process ``pid`` exists and has not exited.  An exited process that its parent
+    has not reaped yet counts as gone: Postfix's master is a daemon, the child of PID 1, and
+    some PID 1s (containers') reap a second or two late, where ``kill(pid, 0)`` still succeeds."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
+
+
 def stop_process(proc: subprocess.Popen[bytes] | None, grace: float = 20) -> None:
     """SIGTERM, then SIGKILL if it has not exited after ``grace`` seconds."""
     if proc is None or proc.poll() is not None:
@@ -307,6 +318,12 @@ class Postfix:
         (self.home / "master.cf").write_text(_MASTER_CF.format(
             listen=f"127.0.0.1:{self.port}", release=f"127.0.0.1:{self.release_port}",
             chroot="y" if self.chroot else "n"))
+        # Postfix reads a configuration file changed within the last second again and again,
+        # 300 ms apart, until it is a second old (it could be half written): ~2 s per start.
+        # Ours is written whole, so it is dated a minute back.
+        written = time.time() - 60
+        for name in ("main.cf", "master.cf"):
+            os.utime(self.home / name, (written, written))
         self._postfix("set-permissions", check=False)
         self._postfix("check")
         self._postfix("start")
@@ -320,8 +337,9 @@ class Postfix:
         while pid_file.exists() and time.monotonic() < deadline:
             try:
                 pid = int(pid_file.read_text().split()[0])
-                os.kill(pid, 0)
-            except (ValueError, IndexError, ProcessLookupError, FileNotFoundError):
+            except (ValueError, IndexError, FileNotFoundError):
+                break
+            if not pid_running(pid):
                 break
             time.sleep(0.05)
 
