@@ -25,6 +25,7 @@ import signal
 import socket
 import struct
 import threading
+import time
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any
@@ -241,11 +242,18 @@ def serve_worker(listener: socket.socket, service: Service) -> None:
     non-blocking: a worker woken with the connection taken by another goes back to waiting
     (Linux does not pass O_NONBLOCK on to the accepted socket, which the C engine reads
     blocking).  A connection once accepted is always served."""
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda _signum, _frame: stop.set())
-    signal.signal(signal.SIGINT, lambda _signum, _frame: stop.set())
+    stopping = False
+
+    def on_stop(_signum: int, _frame: object) -> None:
+        # Only a flag: a handler can be run again inside itself (the supervisor and systemd both
+        # send SIGTERM), and one that took a lock (Event.set) would then wait for itself forever.
+        nonlocal stopping
+        stopping = True
+
     wake_read, wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wake_write, warn_on_full_buffer=False)
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
     listener.setblocking(False)
     poller = select.epoll()
     listening = listener.fileno()
@@ -254,11 +262,11 @@ def serve_worker(listener: socket.socket, service: Service) -> None:
     threads = ConnectionThreads(lambda sock: Connection(service, sock).run())
     tcp = listener.family in (socket.AF_INET, socket.AF_INET6)
     timeval = struct.pack("ll", service.cfg.milter_timeout, 0)
-    while not stop.is_set():
+    while not stopping:
         ready = {fd for fd, _mask in poller.poll(STOP_CHECK_SECONDS)}
-        if wake_read in ready:  # a signal came (its handler sets ``stop``)
+        if wake_read in ready:  # a signal came (its handler sets ``stopping``)
             _drain(wake_read)
-        if stop.is_set() or listening not in ready:
+        if stopping or listening not in ready:
             continue
         try:
             sock, _addr = listener.accept()
@@ -266,7 +274,7 @@ def serve_worker(listener: socket.socket, service: Service) -> None:
             continue
         except OSError as exc:  # out of descriptors, say: wait, the MTA retries or queues
             log.error("milter accept: %s", exc)
-            stop.wait(0.1)
+            time.sleep(0.1)
             continue
         if tcp:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
