@@ -34,6 +34,7 @@ from devtools.localstack import (
     Postfix,
     StackError,
     _unix_connects,
+    group_running,
     memory_fs,
     pid_running,
     signature_dir,
@@ -227,8 +228,8 @@ def stop(layout: Layout, quiet: bool = False) -> int:
         pid = _alive(home / f"{name}.pid")
         if pid is not None:
             os.killpg(pid, signal.SIGTERM)
-            deadline = time.monotonic() + 20
-            while _alive(home / f"{name}.pid") and time.monotonic() < deadline:
+            deadline = time.monotonic() + 20  # the whole group: workers and children too
+            while group_running(pid) and time.monotonic() < deadline:
                 time.sleep(0.1)
     if (home / "postfix" / "main.cf").exists():
         Postfix(home / "postfix", layout.smtp_port).stop()

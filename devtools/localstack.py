@@ -152,6 +152,19 @@ def pid_running(pid: int) -> bool:
     return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
 
 
+def group_running(pgid: int) -> bool:
+    """Whether any process of process group ``pgid`` has not exited (zombies count as gone, as
+    in ``pid_running``)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            return True
+    return False
+
+
 def stop_process(proc: subprocess.Popen[bytes] | None, grace: float = 20) -> None:
     """SIGTERM, then SIGKILL if it has not exited after ``grace`` seconds."""
     if proc is None or proc.poll() is not None:
@@ -339,7 +352,7 @@ class Postfix:
                 pid = int(pid_file.read_text().split()[0])
             except (ValueError, IndexError, FileNotFoundError):
                 break
-            if not pid_running(pid):
+            if not (pid_running(pid) or group_running(pid)):  # the master and its children (its group)
                 break
             time.sleep(0.05)
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 
-from devtools.localstack import pid_running
+from devtools.localstack import group_running, pid_running
 
 
 def test_a_running_process_counts_and_an_exited_unreaped_one_does_not() -> None:
@@ -26,3 +26,21 @@ def test_a_running_process_counts_and_an_exited_unreaped_one_does_not() -> None:
     finally:
         child.wait()
     assert not pid_running(child.pid)
+
+
+def test_a_group_runs_while_any_of_its_processes_does() -> None:
+    """``make stop`` waits for a part's whole process group (workers, children), not its leader."""
+    leader = subprocess.Popen([sys.executable, "-c", "import subprocess, sys; "
+                               "subprocess.Popen([sys.executable, '-c', 'import sys; sys.stdin.read()'])"],
+                              stdin=subprocess.PIPE, start_new_session=True)
+    try:
+        leader.wait(30)  # the leader is gone; its child, same group, still reads its stdin
+        assert not pid_running(leader.pid)
+        assert group_running(leader.pid)
+    finally:
+        assert leader.stdin is not None
+        leader.stdin.close()  # the child's stdin too: it ends
+    deadline = time.monotonic() + 30
+    while group_running(leader.pid):
+        assert time.monotonic() < deadline, "the group's last process never ended"
+        time.sleep(0.01)
