@@ -136,7 +136,7 @@ def test_uninstall_keeps_data_unless_purged(installed: Path, tmp_path: Path) -> 
 @pytest.mark.clamd
 @pytest.mark.corpus
 def test_installed_milter_as_its_unit_runs_it_under_chrooted_postfix(installed: Path, models_dir: Path,
-                                                                       clamd: Clamd) -> None:
+                                                                       clamd: Clamd, tmp_path: Path) -> None:
     """The installed program, as user stronghold with the unit's paths (under the scratch root),
     behind a Postfix whose smtpd is chrooted into the queue directory that holds the socket."""
     state = installed / "var/lib/stronghold"
@@ -155,14 +155,19 @@ def test_installed_milter_as_its_unit_runs_it_under_chrooted_postfix(installed: 
     as_unit = ["runuser", "-u", "stronghold", "-g", "stronghold", "-G", "postfix", "--",
                str(installed / "opt/stronghold/bin/python"), "-m", "stronghold.cli", "--config", str(config)]
     subprocess.run([*as_unit, "db", "upgrade"], env=env, check=True, capture_output=True, cwd="/")
-    milter = subprocess.Popen([*as_unit, "milter"], env=env, cwd="/", stderr=subprocess.DEVNULL)
+    said = tmp_path / "milter.out"
+    with open(said, "wb") as out:
+        milter = subprocess.Popen([*as_unit, "milter"], env=env, cwd="/", stdout=out, stderr=subprocess.DEVNULL)
     sink = SmtpSink()
     postfix = Postfix(shared_tmpdir("stronghold-chroot-") / "postfix", free_port(),
                       milter="unix:/stronghold/milter.sock", relay=f"127.0.0.1:{sink.port}",
                       queue_dir=spool, chroot=True)
     try:
         sock = spool / "stronghold/milter.sock"
-        wait_for(lambda: sock.exists(), 60, "the installed milter's socket")
+        # the socket file exists from its bind(), its group and mode come a moment later: wait for
+        # the line the milter prints once the socket is shared
+        wait_for(lambda: milter.poll() is None and "stronghold milter: listening on" in said.read_text(), 60,
+                 "the installed milter listening")
         assert _mode(sock)[:2] == ("stronghold", "postfix") and _mode(sock)[2] == 0o660
         postfix.start()
         master = (postfix.home / "master.cf").read_text().splitlines()[0].split()

@@ -78,11 +78,14 @@ class Driven:
 
     def __init__(self, memory_limit: int = 1 << 20, max_bytes: int = 1 << 20, actions: int = FLAGS,
                  answer: Callable[[tuple], bytes] = default_answer, watch: tuple[str, ...] = (),
-                 timeout: float = WAIT, data_reply: bool = True) -> None:
+                 timeout: float = WAIT, data_reply: bool = True,
+                 ahead: Callable[[Mta], object] | None = None) -> None:
         self.milter_sock, mta_sock = socket.socketpair()
         _timeouts(self.milter_sock, timeout)
         self.session = Session(self.milter_sock.fileno(), actions, memory_limit, max_bytes, data_reply=data_reply)
         self.mta = Mta(mta_sock, timeout=WAIT)
+        if ahead is not None:  # what the MTA has sent before the Session's first read
+            ahead(self.mta)
         self.answer = answer
         self.watch = watch
         self.events: queue.Queue[tuple[tuple, dict[str, Any]]] = queue.Queue()
@@ -601,8 +604,7 @@ def test_hostile_input_closes_with_a_reason(drive, raw: bytes, why: str) -> None
 
 
 def test_a_silent_mta_times_out(drive) -> None:
-    d = drive(timeout=0.2)
-    d.mta.negotiate()
+    d = drive(timeout=0.2, ahead=Mta.negotiate)  # sent first: only the silence after it is timed
     d.mta.read_negotiation()
     assert d.closed() == "timeout reading from the MTA"
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,17 @@ from stronghold.store.db import Store
 from stronghold.store.errors import StoreError
 from stronghold.store.recheck import Recheck
 from stronghold.store.writebehind import StoreThread
+
+
+@pytest.fixture(autouse=True)
+def _no_collector_pauses() -> Iterator[None]:
+    """These tests time Recheck's schedule to a few tenths of a second; a full garbage collection
+    of the whole suite's heap stops every thread for as long (0.2-0.5 s measured in the unit suite)."""
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 class Handed:
