@@ -170,6 +170,22 @@ def remove_own_socket(path: Path, identity: tuple[int, int]) -> bool:
     return True
 
 
+def _open_socket(kind: str, spec: str, cfg: Config, service: Service) -> socket.socket | None:
+    """Bind and listen on ``spec``: the native engine's listener, or libmilter's (None).  A unix
+    socket is made 0600 whatever the umask, so nobody connects before ``_share_socket`` opens it
+    to the MTA's group (the file exists from bind() on, its mode set only after)."""
+    previous = os.umask(0o177) if spec.startswith("unix:") else None
+    try:
+        if kind == "native":
+            return nativemilter.open_listener(spec, LISTEN_BACKLOG)
+        _register(spec, cfg.milter_timeout, service)
+        milter.opensocket(True)
+        return None
+    finally:
+        if previous is not None:
+            os.umask(previous)
+
+
 def _share_socket(path: Path, group: str) -> None:
     """Mode 0660 and the MTA's group on the socket, so Postfix (not everyone) can connect."""
     try:
@@ -278,12 +294,7 @@ def serve(cfg: Config) -> int:
     own_socket = None
     if spec.startswith("unix:"):
         _claim_unix_socket(Path(spec[5:]))
-    listener: socket.socket | None = None
-    if kind == "native":
-        listener = nativemilter.open_listener(spec, LISTEN_BACKLOG)
-    else:
-        _register(spec, cfg.milter_timeout, service)
-        milter.opensocket(True)
+    listener = _open_socket(kind, spec, cfg, service)
     if spec.startswith("unix:"):
         _share_socket(Path(spec[5:]), cfg.milter_socket_group)
         own_socket = _socket_identity(Path(spec[5:]))

@@ -5,13 +5,14 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from devtools.localstack import _unix_connects
-from stronghold.milter_server import _socket_identity, remove_own_socket
+from stronghold.milter_server import _open_socket, _socket_identity, remove_own_socket
 from tests.harness.milterproc import MilterProcess, write_config
 
 
@@ -101,3 +102,19 @@ def test_a_stop_as_soon_as_the_socket_answers_removes_it(tmp_path: Path) -> None
             proc.communicate()
     assert proc.returncode == 0, err[-2000:]
     assert not sock_path.exists()
+
+
+def test_the_socket_is_born_private_whatever_the_umask(tmp_path: Path) -> None:
+    """The file exists from bind() on and is opened to the MTA's group only after: until then
+    nobody else may connect, even under a umask that would let everyone."""
+    path = tmp_path / "milter.sock"
+    previous = os.umask(0)
+    try:
+        listener = _open_socket("native", f"unix:{path}", None, None)  # type: ignore[arg-type]  # unused there
+    finally:
+        os.umask(previous)
+    assert listener is not None
+    try:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    finally:
+        listener.close()
