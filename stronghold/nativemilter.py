@@ -254,7 +254,7 @@ def serve_worker(listener: socket.socket, service: Service) -> None:
     signal.set_wakeup_fd(wake_write, warn_on_full_buffer=False)
     signal.signal(signal.SIGTERM, on_stop)
     signal.signal(signal.SIGINT, on_stop)
-    listener.setblocking(False)
+    listener.setblocking(False)  # open_listener made it so already; a listener from elsewhere too
     poller = select.epoll()
     listening = listener.fileno()
     poller.register(listening, select.EPOLLIN | select.EPOLLEXCLUSIVE)
@@ -315,4 +315,5 @@ def open_listener(spec: str, backlog: int) -> socket.socket:
         anywhere = "::" if family == socket.AF_INET6 else "0.0.0.0"  # libmilter's inet:PORT without a host
         sock.bind((host.strip("[]") or anywhere, int(port)))
     sock.listen(backlog)
+    sock.setblocking(False)  # before the workers are forked: each waits in epoll, see serve_worker
     return sock
