@@ -245,8 +245,9 @@ def serve_worker(listener: socket.socket, service: Service) -> None:
     stopping = False
 
     def on_stop(_signum: int, _frame: object) -> None:
-        # Only a flag: a handler can be run again inside itself (the supervisor and systemd both
-        # send SIGTERM), and one that took a lock (Event.set) would then wait for itself forever.
+        # Only a flag: a handler can be run again inside itself (a kill to the process group and
+        # the supervisor's own SIGTERM both come), and one that took a lock (Event.set) would
+        # then wait for itself forever.
         nonlocal stopping
         stopping = True
 
