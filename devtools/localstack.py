@@ -14,7 +14,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -141,28 +141,39 @@ class Clamd:
             self.tmpdir, self._own_tmpdir = None, False
 
 
+_EXITED = ("Z", "X")  # /proc states of a process that has exited: zombie, dead
+
+
+def _stat(path: Path) -> list[str] | None:
+    """The fields of a ``/proc/PID/stat`` after the command name (state, parent, group, ...);
+    None once the process is gone."""
+    try:
+        return path.read_text().rpartition(")")[2].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+
+
+def processes() -> Iterator[tuple[int, list[str]]]:
+    """Every process there is now: its pid and its ``/proc`` stat fields (see ``_stat``)."""
+    for path in Path("/proc").glob("[0-9]*/stat"):
+        fields = _stat(path)
+        if fields is not None:
+            yield int(path.parent.name), fields
+
+
 def pid_running(pid: int) -> bool:
     """Whether process ``pid`` exists and has not exited.  An exited process that its parent
     has not reaped yet counts as gone: Postfix's master is a daemon, the child of PID 1, and
     some PID 1s (containers') reap a second or two late, where ``kill(pid, 0)`` still succeeds."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
+    fields = _stat(Path(f"/proc/{pid}/stat"))
+    return fields is not None and fields[0] not in _EXITED
 
 
 def group_running(pgid: int) -> bool:
     """Whether any process of process group ``pgid`` has not exited (zombies count as gone, as
     in ``pid_running``)."""
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rpartition(")")[2].split()
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
-            return True
-    return False
+    return any(int(fields[2]) == pgid and fields[0] not in _EXITED for _pid, fields in processes())
+
 
 
 def stop_process(proc: subprocess.Popen[bytes] | None, grace: float = 20) -> None:

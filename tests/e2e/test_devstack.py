@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from devtools.localstack import free_port, wait_for
+from devtools.localstack import free_port, pid_running, processes, wait_for
 from stronghold.store import ledger
 from stronghold.store.db import Store
 from tests.conftest import ROOT, shared_tmpdir
@@ -42,21 +42,9 @@ def _listening(port: int) -> bool:
 
 def _children() -> dict[int, list[int]]:
     tree: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (FileNotFoundError, ProcessLookupError, IndexError):
-            continue
-        tree.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    for pid, fields in processes():
+        tree.setdefault(int(fields[1]), []).append(pid)
     return tree
-
-
-def _running(pid: int) -> bool:
-    """Alive and not a zombie waiting for a parent that may never reap it."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return False
 
 
 def _stack_processes(home: Path) -> set[int]:
@@ -118,9 +106,9 @@ def test_devstack_on_free_ports_delivers_serves_and_stops_everything(models_dir:
         stopped = _devstack("stop", env)
     assert stopped.returncode == 0, stopped.stderr[-2000:]
     deadline = time.monotonic() + 10
-    while {p for p in processes if _running(p)} and time.monotonic() < deadline:
+    while {p for p in processes if pid_running(p)} and time.monotonic() < deadline:
         time.sleep(0.1)
-    left = {p for p in processes if _running(p)}
+    left = {p for p in processes if pid_running(p)}
     for pid in left:  # the test fails below; leave nothing running behind it
         os.kill(pid, signal.SIGKILL)
     assert left == set()
