@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 # what an Answer asks of the MTA at the end
 ACCEPT, REJECT, TEMPFAIL, DISCARD = "accept", "reject", "tempfail", "discard"
+AUTHRES = "authentication-results"  # its copies with our id from outside leave every copy
 
 
 def bare(address: str) -> str:
@@ -75,6 +76,7 @@ class Transaction:
         self.seen_headers: dict[str, int] = {}  # of the names noted (Subject, ours)
         self.strip: list[tuple[str, int]] = []  # (name, index) of X-Spam-*/X-Stronghold-* from outside
         self.strip_spans: list[tuple[int, int]] = []  # where they are in the spool
+        self.authres: list[tuple[bytes, int, int]] = []  # each Authentication-Results: (value, start, end)
         self.subject_index = 0
         self.subject_raw: bytes | None = None
         self.size = 0
@@ -102,6 +104,8 @@ class Transaction:
             key = name.lower()
             if key == "subject" or key.strip().startswith(prefixes):
                 self._noted(key, name, raw, min(start, cap), min(end, cap))
+            elif key == AUTHRES:
+                self.authres.append((raw, min(start, cap), min(end, cap)))
 
     def _noted(self, key: str, name: str, raw: bytes, start: int, end: int) -> None:
         seen = self.seen_headers[key] = self.seen_headers.get(key, 0) + 1
@@ -114,13 +118,19 @@ class Transaction:
             self.strip_spans.append((start, end))
 
     def stored_copy(self) -> bytes:
-        """The message as received, less the X-Spam-*/X-Stronghold-* headers from outside
-        (a released copy must not carry a forged verdict)."""
+        """The message as received, less the X-Spam-*/X-Stronghold-* headers from outside and
+        the Authentication-Results with our id that the delivered copy loses too (a released
+        copy must not carry a forged verdict, nor a forged "dkim=pass" under our name)."""
+        values = [(AUTHRES, raw.decode("utf-8", "replace")) for raw, _, _ in self.authres]
+        forged = [self.authres[n - 1][1:] for n in self.service.authenticator.forged_positions(values)]
         self.spool.seek(0)
         data = self.spool.read()
-        for start, end in reversed(self.strip_spans):
-            data = data[:start] + data[end:]
-        return data
+        kept, at = [], 0
+        for start, end in sorted(self.strip_spans + forged):  # one pass: a header each is linear too
+            kept.append(data[at:start])
+            at = max(at, end)
+        kept.append(data[at:])
+        return b"".join(kept)
 
     def conclude(self, env: Envelope) -> Answer:
         """End of message: parse, decide, hold what is held, log; the Answer for the MTA."""
