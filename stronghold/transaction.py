@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from time import perf_counter
 
 from stronghold import antivirus, headers
+from stronghold.lists import recipient_address
 from stronghold.logfmt import MessageLine, RcptLine
 from stronghold.message import MAX_BYTES, parse
 from stronghold.policy import REPLY_BLOCKED
@@ -54,7 +55,7 @@ class Answer:
 def check_recipient(service: Service, sender: str, given: str, client_ip: str, helo: str,
                     queue_id: str) -> Answer | None:
     """RCPT time: the block lists; an Answer refusing the recipient, or None to take it."""
-    rcpt = given.lower()
+    rcpt = recipient_address(given)
     decision = service.check_recipient(sender, rcpt)
     if decision is None:
         return None
@@ -71,8 +72,8 @@ class Transaction:
         self.service = service
         self.sender = bare(sender)
         self.spool = Spool(service.cfg.spool_memory_bytes, service.cfg.data_dir)
-        self.recipients: list[str] = []  # lower-cased, for lists and logs
-        self.rcpt_as_given: dict[str, str] = {}  # for delrcpt, which wants the MTA's own form
+        self.recipients: list[str] = []  # as owners' addresses are stored (recipient_address), each once
+        self.rcpt_as_given: dict[str, list[str]] = {}  # every form given of each, for delrcpt
         self.seen_headers: dict[str, int] = {}  # of the names noted (Subject, ours)
         self.strip: list[tuple[str, int]] = []  # (name, index) of X-Spam-*/X-Stronghold-* from outside
         self.strip_spans: list[tuple[int, int]] = []  # where they are in the spool
@@ -86,9 +87,15 @@ class Transaction:
         self.spool.close()
 
     def add_recipient(self, given: str) -> None:
-        rcpt = given.lower()
-        self.recipients.append(rcpt)
-        self.rcpt_as_given[rcpt] = given
+        """One RCPT.  ``Victim@`` and ``"victim"@`` are one recipient with one decision
+        (``lists.recipient_address``), and a copy not delivered is taken from every form the MTA
+        was given (else the other form got it)."""
+        rcpt = recipient_address(given)
+        forms = self.rcpt_as_given.setdefault(rcpt, [])
+        if not forms:
+            self.recipients.append(rcpt)
+        if given not in forms:
+            forms.append(given)
 
     def note_header(self, name: str, raw: bytes, start: int, end: int) -> None:
         """One header, spooled at ``start:end``: the first Subject, and each of ours from outside
@@ -179,6 +186,6 @@ class Transaction:
                     edits.append(("change", "Subject", self.subject_index, new))
                 else:
                     edits.append(("add", "Subject", new, -1))
-        edits += [("delrcpt", f"<{self.rcpt_as_given.get(d.recipient, d.recipient)}>")
-                  for d in verdict.decisions if not d.route.delivered]
+        edits += [("delrcpt", f"<{given}>") for d in verdict.decisions if not d.route.delivered
+                  for given in self.rcpt_as_given.get(d.recipient, [d.recipient])]
         return Answer(ACCEPT, edits=edits)

@@ -216,6 +216,19 @@ def test_each_recipient_gets_their_own_copy(milter) -> None:
                                                                 "m3@example.com": "quarantine"}
 
 
+@pytest.mark.parametrize("settings", [EVERYTHING_IS_SPAM])
+def test_every_form_of_a_held_recipient_is_removed_and_held_once(milter) -> None:
+    """M3@, m3@ and "m3"@ are one mailbox: one held copy, and no form left for Postfix to deliver."""
+    ctx, store = milter
+    with store.session() as s:
+        entries.add_entry(s, "m1@example.com", "allow", "news@shop.example", trust_unauthenticated=True)
+    raw = b"From: news@shop.example\nSubject: Sale\n\nEverything must go.\n"
+    assert ctx._feedFile(io.BytesIO(raw), "news@shop.example", "m1@example.com", "M3@example.com",
+                         "m3@example.com", '"m3"@example.com.') == Milter.ACCEPT
+    assert ctx._delrcpt == ["<M3@example.com>", "<m3@example.com>", '<"m3"@example.com.>']
+    assert [h.recipient for h in _items(store, "m3@example.com")] == ["m3@example.com"]
+
+
 OUR_ID = "mx.stronghold.test"
 FORGED_AR = (b"Authentication-Results: " + OUR_ID.encode() + b"; dkim=pass header.d=bank.example\n"
              b"Authentication-Results: elsewhere.example; dkim=none\n"
