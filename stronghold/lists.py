@@ -115,11 +115,12 @@ def _unquoted(text: str) -> str:
     return _ESCAPE.sub(r"\1", quoted.group(1)) + "@" + quoted.group(2)
 
 
-def recipient_address(given: str) -> str:
+def recipient_address(given: str, delimiters: str = "") -> str:
     """An envelope recipient in the form its owner's address is stored in: the mailbox Postfix
     delivers it to.  ``"Hank"@Example.COM.`` is ``hank@example.com``; without an @,
     ``example.com!hank`` and ``hank%example.com`` are too (Postfix's swap_bangpath and
-    allow_percent_hack, on by default).  One that does not normalize stays as given, lower-cased.
+    allow_percent_hack, on by default); with ``delimiters`` (Postfix's recipient_delimiter, say
+    "+"), ``hank+news@example.com`` is too.  One that does not normalize stays as given, lower-cased.
 
     Else a sender could address a user in a form Postfix still delivers to them, and miss that
     user's lists, threshold and Junk page."""
@@ -134,9 +135,17 @@ def recipient_address(given: str) -> str:
             user, _, host = text.rpartition("%")
             text = f"{user}@{host}"
     try:
-        return normalize_address(text)
+        address = normalize_address(text)
     except PatternError:
         return text.lower()
+    return _without_extension(address, delimiters) if delimiters else address
+
+
+def _without_extension(address: str, delimiters: str) -> str:
+    """``local+extension@domain`` as ``local@domain``: the local part up to its first delimiter."""
+    local, _, domain = address.rpartition("@")
+    cut = min((i for i in (local.find(c) for c in delimiters) if i > 0), default=len(local))
+    return f"{local[:cut]}@{domain}"
 
 
 def _normalized_address(address: str, text: str) -> str:

@@ -55,7 +55,7 @@ class Answer:
 def check_recipient(service: Service, sender: str, given: str, client_ip: str, helo: str,
                     queue_id: str) -> Answer | None:
     """RCPT time: the block lists; an Answer refusing the recipient, or None to take it."""
-    rcpt = recipient_address(given)
+    rcpt = recipient_address(given, service.cfg.recipient_delimiter)
     decision = service.check_recipient(sender, rcpt)
     if decision is None:
         return None
@@ -90,7 +90,7 @@ class Transaction:
         """One RCPT.  ``Victim@`` and ``"victim"@`` are one recipient with one decision
         (``lists.recipient_address``), and a copy not delivered is taken from every form the MTA
         was given (else the other form got it)."""
-        rcpt = recipient_address(given)
+        rcpt = recipient_address(given, self.service.cfg.recipient_delimiter)
         forms = self.rcpt_as_given.setdefault(rcpt, [])
         if not forms:
             self.recipients.append(rcpt)

@@ -160,3 +160,15 @@ def test_recipient_forms_postfix_delivers_to_one_mailbox_are_one_recipient(given
 def test_a_recipient_that_does_not_normalize_is_kept_lower_cased() -> None:
     assert lists.recipient_address('"Two Words"@Example.com') == '"two words"@example.com'
     assert lists.recipient_address("postmaster") == "postmaster"
+
+
+@pytest.mark.parametrize("given, delimiters, address", [
+    ("Hank+News@example.com", "+", "hank@example.com"),
+    ("hank-news+x@example.com", "+-", "hank@example.com"),
+    ('"hank+news"@example.com.', "+", "hank@example.com"),
+    ("hank+news@example.com", "", "hank+news@example.com"),  # no extensions unless Postfix has them
+    ("+news@example.com", "+", "+news@example.com"),  # a delimiter first starts no extension
+])
+def test_an_address_extension_is_its_mailbox_where_postfix_has_a_delimiter(given: str, delimiters: str,
+                                                                            address: str) -> None:
+    assert lists.recipient_address(given, delimiters) == address

@@ -229,6 +229,17 @@ def test_every_form_of_a_held_recipient_is_removed_and_held_once(milter) -> None
     assert [h.recipient for h in _items(store, "m3@example.com")] == ["m3@example.com"]
 
 
+@pytest.mark.parametrize("settings", [{"recipient_delimiter": "+"}])
+def test_an_address_extension_gets_its_mailboxs_lists(milter) -> None:
+    """With Postfix's recipient_delimiter, jack+promo@ is delivered to jack: jack's block list holds."""
+    ctx, store = milter
+    with store.session() as s:
+        entries.add_entry(s, "m3@example.com", "block", "news@shop.example")
+    raw = b"From: news@shop.example\nSubject: Sale\n\nEverything must go.\n"
+    assert ctx._feedFile(io.BytesIO(raw), "bounce@relay.example", "M3+promo@example.com") == Milter.REJECT
+    assert ctx._feedFile(io.BytesIO(raw), "news@shop.example", "m3+promo@example.com") == Milter.REJECT  # at RCPT
+
+
 OUR_ID = "mx.stronghold.test"
 FORGED_AR = (b"Authentication-Results: " + OUR_ID.encode() + b"; dkim=pass header.d=bank.example\n"
              b"Authentication-Results: elsewhere.example; dkim=none\n"
