@@ -320,6 +320,21 @@ def dmarc_record(resolver: Dns, domain: str) -> tuple[dict[str, str] | None, boo
     return None, False
 
 
+def our_authserv_id(configured: str) -> str:
+    """The authserv-id of our Authentication-Results: the setting, else the host name."""
+    return (configured or socket.gethostname()).lower()  # no DNS at start-up
+
+
+def forged_positions(mode: str, our_id: str, headers: Sequence[tuple[str, str]]) -> list[int]:
+    """1-based positions, among the Authentication-Results fields of ``headers``, of those
+    carrying ``our_id`` that came from outside: all of them when we check ourselves (``mode``
+    "check"), all but the topmost when a checker in front of us adds the genuine one."""
+    fields = [value for key, value in headers
+              if len(key) == 22 and key.lower() == "authentication-results"]  # the length first: quicker
+    ours = [position for position, value in enumerate(fields, 1) if authserv_id(value) == our_id]
+    return ours[1:] if mode == "header" else ours
+
+
 class Authenticator:
     """Produces AuthResults for a message, and recognizes our own Authentication-Results."""
 
@@ -327,7 +342,7 @@ class Authenticator:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}")
         self.mode = mode
-        self.authserv_id = (own_id or socket.gethostname()).lower()  # no DNS at start-up
+        self.authserv_id = our_authserv_id(own_id)
         self.dns = resolver
         self.every_message = every_message  # DMARC for all mail, not only where an allow entry matches
 
@@ -336,13 +351,8 @@ class Authenticator:
         return authserv_id(header_value) == self.authserv_id
 
     def forged_positions(self, headers: Sequence[tuple[str, str]]) -> list[int]:
-        """1-based positions, among the Authentication-Results fields, of those carrying
-        our id that came from outside: all of them when we check ourselves, all but
-        the topmost when a checker in front of us adds the genuine one."""
-        fields = [value for key, value in headers
-                  if len(key) == 22 and key.lower() == "authentication-results"]  # the length first: quicker
-        ours = [position for position, value in enumerate(fields, 1) if self.is_ours(value)]
-        return ours[1:] if self.mode == "header" else ours
+        """``forged_positions`` (below) with this authenticator's mode and id."""
+        return forged_positions(self.mode, self.authserv_id, headers)
 
     def check(self, sender: str, client_ip: str, helo: str, headers: Sequence[tuple[str, str]],
               raw: Callable[[], bytes]) -> AuthResults:
