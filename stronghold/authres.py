@@ -66,6 +66,16 @@ def domain_of(address: str) -> str:
     return address.rsplit("@", 1)[-1].lower().rstrip(".") if "@" in address else address.lower()
 
 
+_DOMAIN = re.compile(r"(?:[\w-]+\.)*[\w-]+\.?")  # labels of letters (any script), digits, '-', '_'
+
+
+def plain_domain(domain: str) -> str:
+    """``domain`` if it is a domain name, else "".  A DKIM d=, a HELO name, a From domain are the
+    sender's text, and go into our Authentication-Results and the trace: a space, quote,
+    parenthesis, ';' or line break there would write results (or hide ours) in our name."""
+    return domain if len(domain) <= 254 and _DOMAIN.fullmatch(domain) else ""
+
+
 def single_from(from_headers: Sequence[str]) -> str | None:
     """The one address of the header From, or None when there are several or none."""
     if len(from_headers) != 1:
@@ -258,9 +268,9 @@ def results_from_header(value: str, from_domain: str) -> AuthResults:
         if method == "spf" and spf == "none":
             spf = result if result in SPF_RESULTS else "permerror"
             who = props.get("smtp.mailfrom") or props.get("smtp.helo") or ""
-            spf_domain = domain_of(who)
+            spf_domain = plain_domain(domain_of(who))
         elif method == "dkim" and len(dkim) < MAX_DKIM_SIGNATURES:
-            d = props.get("header.d") or domain_of(props.get("header.i", ""))
+            d = plain_domain(props.get("header.d") or domain_of(props.get("header.i", "")))
             if d:
                 dkim.append((d, result if result in ("pass", "fail", "temperror") else "fail"))
         elif method == "dmarc" and not dmarc:
@@ -310,6 +320,21 @@ def dmarc_record(resolver: Dns, domain: str) -> tuple[dict[str, str] | None, boo
     return None, False
 
 
+def our_authserv_id(configured: str) -> str:
+    """The authserv-id of our Authentication-Results: the setting, else the host name."""
+    return (configured or socket.gethostname()).lower()  # no DNS at start-up
+
+
+def forged_positions(mode: str, our_id: str, headers: Sequence[tuple[str, str]]) -> list[int]:
+    """1-based positions, among the Authentication-Results fields of ``headers``, of those
+    carrying ``our_id`` that came from outside: all of them when we check ourselves (``mode``
+    "check"), all but the topmost when a checker in front of us adds the genuine one."""
+    fields = [value for key, value in headers
+              if len(key) == 22 and key.lower() == "authentication-results"]  # the length first: quicker
+    ours = [position for position, value in enumerate(fields, 1) if authserv_id(value) == our_id]
+    return ours[1:] if mode == "header" else ours
+
+
 class Authenticator:
     """Produces AuthResults for a message, and recognizes our own Authentication-Results."""
 
@@ -317,7 +342,7 @@ class Authenticator:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}")
         self.mode = mode
-        self.authserv_id = (own_id or socket.gethostname()).lower()  # no DNS at start-up
+        self.authserv_id = our_authserv_id(own_id)
         self.dns = resolver
         self.every_message = every_message  # DMARC for all mail, not only where an allow entry matches
 
@@ -326,18 +351,13 @@ class Authenticator:
         return authserv_id(header_value) == self.authserv_id
 
     def forged_positions(self, headers: Sequence[tuple[str, str]]) -> list[int]:
-        """1-based positions, among the Authentication-Results fields, of those carrying
-        our id that came from outside: all of them when we check ourselves, all but
-        the topmost when a checker in front of us adds the genuine one."""
-        fields = [value for key, value in headers
-                  if len(key) == 22 and key.lower() == "authentication-results"]  # the length first: quicker
-        ours = [position for position, value in enumerate(fields, 1) if self.is_ours(value)]
-        return ours[1:] if self.mode == "header" else ours
+        """``forged_positions`` (below) with this authenticator's mode and id."""
+        return forged_positions(self.mode, self.authserv_id, headers)
 
     def check(self, sender: str, client_ip: str, helo: str, headers: Sequence[tuple[str, str]],
               raw: Callable[[], bytes]) -> AuthResults:
         """Authenticate one message; a DNS failure makes its part temperror, never raises."""
-        from_domain = domain_of(single_from([v for k, v in headers if k.lower() == "from"]) or "")
+        from_domain = plain_domain(domain_of(single_from([v for k, v in headers if k.lower() == "from"]) or ""))
         if self.mode == "header":
             for key, value in headers:  # the topmost one with our id: the checker in front added it last
                 if key.lower() == "authentication-results" and self.is_ours(value):
@@ -360,7 +380,7 @@ class Authenticator:
     def _spf(self, sender: str, client_ip: str, helo: str) -> tuple[str, str]:
         if not client_ip or (not sender and not helo):
             return "none", ""
-        domain = domain_of(sender) if sender else helo.lower()
+        domain = plain_domain(domain_of(sender) if sender else helo.lower())
         try:
             result, _ = spf_check(self.dns, client_ip, sender, helo)
         except (ValueError, UnicodeError) as exc:  # a sender or HELO pyspf cannot read
@@ -391,8 +411,8 @@ class Authenticator:
                 ok = signer.verify(idx, dnsfunc=counted)
             except dkim.DKIMException:
                 ok = False
-            domain = signer.domain.decode("ascii", "replace").lower() if signer.domain else ""
-            if not domain:
+            domain = plain_domain(signer.domain.decode("ascii", "replace").lower()) if signer.domain else ""
+            if not domain:  # none, or not a domain name: nothing it could vouch for, nothing to name
                 continue
             out.append((domain, "pass" if ok else ("temperror" if failed else "fail")))
         return tuple(out)

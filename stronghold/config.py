@@ -26,6 +26,7 @@ from stronghold.settingtypes import (
     choice,
     clamd_address,
     cpu_affinity,
+    delimiters,
     host_port,
     hour,
     local_path,
@@ -142,6 +143,9 @@ class Config:
     authserv_id: str = _setting("", authserv_id,
         "authserv-id of this site's Authentication-Results (incoming ones with it "
         "are removed as forged); empty: the host name")
+    recipient_delimiter: str = _setting("", delimiters,
+        "Postfix's recipient_delimiter (e.g. +): jack+news@ is jack@, with jack's lists, threshold "
+        "and Junk page; set it as in main.cf (empty: no extensions)")
     dmarc_every_message: bool = _setting(False, boolean,
         "check DMARC for all mail (DNS per message), not only where an "
         "allow entry would match")

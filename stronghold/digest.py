@@ -47,6 +47,7 @@ from itsdangerous import BadData, SignatureExpired, TimestampSigner, URLSafeTime
 from stronghold.config import Config
 from stronghold.lists import envelope_shown, other_envelope, shown_from
 from stronghold.release import OutcomeUnknown, ReleaseError, release, smtp_send
+from stronghold.safetext import visible
 from stronghold.store import accounts, quarantine
 from stronghold.store.db import Store
 from stronghold.store.errors import StoreError
@@ -155,7 +156,9 @@ def redeem(cfg: Config, store: Store, token: str) -> Held:
 # -- composing -------------------------------------------------------------------
 
 def _clean(text: str, limit: int = 200) -> str:
-    return _CONTROL.sub(" ", text)[:limit]
+    """A stranger's text on one line: controls as spaces, hidden and reordering characters as
+    U+FFFD (``safetext.visible``, as the Junk page shows them)."""
+    return visible(_CONTROL.sub(" ", text))[:limit]
 
 
 def _when(ts: float) -> str:

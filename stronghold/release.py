@@ -5,7 +5,8 @@ loopback, which has no milter, so released mail is never filtered (or held)
 again.  Envelope: the original sender, that one recipient.  The copy gets a
 ``X-Stronghold-Released: <item id> by <who>`` header (an audit trail in the
 delivered mail) and loses any ``X-Spam-*`` headers it arrived with, so a Sieve
-rule cannot file a released message back into Junk.
+rule cannot file a released message back into Junk, and any Authentication-Results
+forged in our name (``authres.forged_positions``).
 
 Exactly once, and the crash window
 ----------------------------------
@@ -31,12 +32,14 @@ Ownership (may ``by`` see this item at all?) is the caller's check too.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import smtplib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
+from stronghold.authres import forged_positions, our_authserv_id
 from stronghold.config import Config
 from stronghold.store import quarantine
 from stronghold.store.db import Store
@@ -48,6 +51,8 @@ RETRY_AFTER = 600.0  # seconds before an unconfirmed release may be retried
 SMTP_TIMEOUT = 60.0
 RELEASED_HEADER = "X-Stronghold-Released"
 _DROPPED = re.compile(rb"(?i)(x-spam-[^:\s]*|" + RELEASED_HEADER.encode() + rb")\s*:")
+_AUTHRES = re.compile(rb"(?i)authentication-results\s*:")
+Forged = Callable[[Sequence[tuple[str, str]]], list[int]]
 
 
 class ReleaseError(Exception):
@@ -69,19 +74,24 @@ def _header_block_end(raw: bytes) -> int:
     return match.end() if match else len(raw)
 
 
-def prepare(raw: bytes, item_id: int, by: str) -> bytes:
-    """The copy to re-inject: CRLF lines, X-Spam-* (and our header) dropped, ours prepended."""
-    lines = re.split(rb"\r?\n", raw[:_header_block_end(raw)].rstrip(b"\r\n"))
-    kept: list[bytes] = []
-    dropping = False
-    for line in lines:
-        if line[:1] in (b" ", b"\t"):  # continuation of the previous field
-            if not dropping:
-                kept.append(line)
-            continue
-        dropping = bool(_DROPPED.match(line))
-        if not dropping:
-            kept.append(line)
+def prepare(raw: bytes, item_id: int, by: str, forged: Forged | None = None) -> bytes:
+    """The copy to re-inject: CRLF lines, X-Spam-* (and our header) dropped, ours prepended.
+
+    ``forged(headers)``: the positions among the Authentication-Results of those with our id
+    from outside (``authres.forged_positions``), dropped too: copies held before they were
+    taken off at end of message may still carry a forged "dkim=pass" in our name."""
+    fields: list[list[bytes]] = []  # each field: its first line and its continuation lines
+    for line in re.split(rb"\r?\n", raw[:_header_block_end(raw)].rstrip(b"\r\n")):
+        if line[:1] in (b" ", b"\t") and fields:
+            fields[-1].append(line)
+        else:
+            fields.append([line])
+    results = [i for i, field in enumerate(fields) if _AUTHRES.match(field[0])]
+    values = [("Authentication-Results", b" ".join(fields[i]).split(b":", 1)[1].decode("utf-8", "replace"))
+              for i in results]
+    dropped = {results[n - 1] for n in forged(values)} if forged is not None and results else set()
+    kept = [line for i, field in enumerate(fields) if i not in dropped and not _DROPPED.match(field[0])
+            for line in field]
     who = re.sub(r"[\x00-\x1f\x7f]", "", by)[:200]
     ours = f"{RELEASED_HEADER}: {item_id} by {who}".encode()
     body = re.sub(rb"\r?\n", b"\r\n", raw[_header_block_end(raw):])
@@ -156,7 +166,8 @@ def release(cfg: Config, store: Store, item_id: int, by: str, *, admin: bool = F
     """
     held, raw, stamp = _claim(store, item_id, by, admin, retry_unconfirmed)
     try:
-        smtp_send(cfg.release_smtp, held.sender, [held.recipient], prepare(raw, item_id, by))
+        forged = functools.partial(forged_positions, cfg.auth_mode, our_authserv_id(cfg.authserv_id))
+        smtp_send(cfg.release_smtp, held.sender, [held.recipient], prepare(raw, item_id, by, forged))
     except OutcomeUnknown as exc:
         log.error("release of %d to %s: outcome unknown (%s); left claimed, not confirmed",
                   item_id, held.recipient, exc)

@@ -164,6 +164,14 @@ def authserv_id(value: Any) -> str:
     return text
 
 
+def delimiters(value: Any) -> str:
+    """Postfix's recipient_delimiter: none, or characters each of which starts an address extension."""
+    text = str(value).strip()
+    if any(c.isalnum() or not c.isprintable() or c.isspace() or c in '@"\\<>()[],;:' for c in text):
+        raise ValueError("must be empty or punctuation characters such as + or +-, as Postfix's recipient_delimiter")
+    return text
+
+
 def boolean(value: Any) -> bool:
     if isinstance(value, bool):
         return value

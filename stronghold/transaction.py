@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from time import perf_counter
 
 from stronghold import antivirus, headers
+from stronghold.lists import recipient_address
 from stronghold.logfmt import MessageLine, RcptLine
 from stronghold.message import MAX_BYTES, parse
 from stronghold.policy import REPLY_BLOCKED
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 
 # what an Answer asks of the MTA at the end
 ACCEPT, REJECT, TEMPFAIL, DISCARD = "accept", "reject", "tempfail", "discard"
+AUTHRES = "authentication-results"  # its copies with our id from outside leave every copy
 
 
 def bare(address: str) -> str:
@@ -53,7 +55,7 @@ class Answer:
 def check_recipient(service: Service, sender: str, given: str, client_ip: str, helo: str,
                     queue_id: str) -> Answer | None:
     """RCPT time: the block lists; an Answer refusing the recipient, or None to take it."""
-    rcpt = given.lower()
+    rcpt = recipient_address(given, service.cfg.recipient_delimiter)
     decision = service.check_recipient(sender, rcpt)
     if decision is None:
         return None
@@ -70,11 +72,12 @@ class Transaction:
         self.service = service
         self.sender = bare(sender)
         self.spool = Spool(service.cfg.spool_memory_bytes, service.cfg.data_dir)
-        self.recipients: list[str] = []  # lower-cased, for lists and logs
-        self.rcpt_as_given: dict[str, str] = {}  # for delrcpt, which wants the MTA's own form
+        self.recipients: list[str] = []  # as owners' addresses are stored (recipient_address), each once
+        self.rcpt_as_given: dict[str, list[str]] = {}  # every form given of each, for delrcpt
         self.seen_headers: dict[str, int] = {}  # of the names noted (Subject, ours)
         self.strip: list[tuple[str, int]] = []  # (name, index) of X-Spam-*/X-Stronghold-* from outside
         self.strip_spans: list[tuple[int, int]] = []  # where they are in the spool
+        self.authres: list[tuple[bytes, int, int]] = []  # each Authentication-Results: (value, start, end)
         self.subject_index = 0
         self.subject_raw: bytes | None = None
         self.size = 0
@@ -84,9 +87,15 @@ class Transaction:
         self.spool.close()
 
     def add_recipient(self, given: str) -> None:
-        rcpt = given.lower()
-        self.recipients.append(rcpt)
-        self.rcpt_as_given[rcpt] = given
+        """One RCPT.  ``Victim@`` and ``"victim"@`` are one recipient with one decision
+        (``lists.recipient_address``), and a copy not delivered is taken from every form the MTA
+        was given (else the other form got it)."""
+        rcpt = recipient_address(given, self.service.cfg.recipient_delimiter)
+        forms = self.rcpt_as_given.setdefault(rcpt, [])
+        if not forms:
+            self.recipients.append(rcpt)
+        if given not in forms:
+            forms.append(given)
 
     def note_header(self, name: str, raw: bytes, start: int, end: int) -> None:
         """One header, spooled at ``start:end``: the first Subject, and each of ours from outside
@@ -102,6 +111,8 @@ class Transaction:
             key = name.lower()
             if key == "subject" or key.strip().startswith(prefixes):
                 self._noted(key, name, raw, min(start, cap), min(end, cap))
+            elif key == AUTHRES:
+                self.authres.append((raw, min(start, cap), min(end, cap)))
 
     def _noted(self, key: str, name: str, raw: bytes, start: int, end: int) -> None:
         seen = self.seen_headers[key] = self.seen_headers.get(key, 0) + 1
@@ -114,13 +125,19 @@ class Transaction:
             self.strip_spans.append((start, end))
 
     def stored_copy(self) -> bytes:
-        """The message as received, less the X-Spam-*/X-Stronghold-* headers from outside
-        (a released copy must not carry a forged verdict)."""
+        """The message as received, less the X-Spam-*/X-Stronghold-* headers from outside and
+        the Authentication-Results with our id that the delivered copy loses too (a released
+        copy must not carry a forged verdict, nor a forged "dkim=pass" under our name)."""
+        values = [(AUTHRES, raw.decode("utf-8", "replace")) for raw, _, _ in self.authres]
+        forged = [self.authres[n - 1][1:] for n in self.service.authenticator.forged_positions(values)]
         self.spool.seek(0)
         data = self.spool.read()
-        for start, end in reversed(self.strip_spans):
-            data = data[:start] + data[end:]
-        return data
+        kept, at = [], 0
+        for start, end in sorted(self.strip_spans + forged):  # one pass: a header each is linear too
+            kept.append(data[at:start])
+            at = max(at, end)
+        kept.append(data[at:])
+        return b"".join(kept)
 
     def conclude(self, env: Envelope) -> Answer:
         """End of message: parse, decide, hold what is held, log; the Answer for the MTA."""
@@ -169,6 +186,6 @@ class Transaction:
                     edits.append(("change", "Subject", self.subject_index, new))
                 else:
                     edits.append(("add", "Subject", new, -1))
-        edits += [("delrcpt", f"<{self.rcpt_as_given.get(d.recipient, d.recipient)}>")
-                  for d in verdict.decisions if not d.route.delivered]
+        edits += [("delrcpt", f"<{given}>") for d in verdict.decisions if not d.route.delivered
+                  for given in self.rcpt_as_given.get(d.recipient, [d.recipient])]
         return Answer(ACCEPT, edits=edits)

@@ -184,8 +184,11 @@ def import_csv(address: str):
     def refuse_risky(kind: str, pattern: str) -> str | None:
         return blockrisk.import_refusal(check, kind, pattern, how)
 
-    with store().session() as s:
-        report = entries.import_csv(s, owner, text, kind if kind in KINDS else None, refuse=refuse_risky)
+    try:
+        with store().session() as s:
+            report = entries.import_csv(s, owner, text, kind if kind in KINDS else None, refuse=refuse_risky)
+    except EntryError as exc:  # the lists would hold too many entries
+        return _render(address.lower(), owner, status=400, errors={"import": f"Nothing was imported: {exc}."})
     if report.problems:
         return _render(address.lower(), owner, problems=report.problems, status=400, errors={
             "import": f"Nothing was imported: {len(report.problems)} line"

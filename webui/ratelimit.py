@@ -3,14 +3,16 @@
 Only failed logins count, per client address *and* login name, with a staircase
 of windows (a backoff), so an attacker who guesses one account from one address
 slows to a few tries a day while the owner, from any other address, still logs
-in.  A looser per-address limit slows one address spraying many names.  Behind a
-reverse proxy, ``web_trusted_proxies`` hops of X-Forwarded-For are believed
-(Werkzeug's ProxyFix), no more: a client cannot pick its own address.
+in.  A looser per-address limit slows one address spraying many names.  An IPv6
+client counts as its /64 (``counted_as``).  Behind a reverse proxy,
+``web_trusted_proxies`` hops of X-Forwarded-For are believed (Werkzeug's ProxyFix),
+no more: a client cannot pick its own address.
 """
 
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import logging
 import time
 from typing import Any
@@ -64,7 +66,23 @@ class SqlStorage(Storage):
 
 
 def client_address() -> str:
-    return request.remote_addr or "unknown"
+    """Who is counted: the client's IPv4 address, or its IPv6 /64 (one host or LAN holds a whole
+    /64, so a guesser could otherwise take a fresh address, and a fresh budget, per guess)."""
+    return counted_as(request.remote_addr or "unknown")
+
+
+def counted_as(address: str) -> str:
+    """``address`` as the limits count it: an IPv4 address (also written IPv4-mapped) as it is,
+    an IPv6 address as its /64; anything else unchanged."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])  # a zone id (fe80::1%eth0) names no other host
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
 
 
 def _login_name() -> str:

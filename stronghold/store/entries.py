@@ -21,6 +21,10 @@ from stronghold.store.tables import GLOBAL, Address, ListEntryRow, Meta, User
 log = logging.getLogger(__name__)
 VERSION_KEY = "lists_version"
 MAX_COMMENT = 200  # the column's width
+# Entries one address may have (both lists): every milter worker holds every entry, and reads
+# them all again at each change, so one user's lists must not grow without end. The admins'
+# global lists are not bounded.
+MAX_OWNER_ENTRIES = 10_000
 
 
 class DuplicateError(EntryError):
@@ -69,6 +73,14 @@ def _checked(kind: str, pattern: str, comment: str) -> tuple[str, str]:
     return norm, comment
 
 
+def _check_room(scope: str, held: int, adding: int) -> None:
+    """EntryError if ``scope``'s lists, holding ``held`` entries, cannot take ``adding`` more."""
+    if scope != GLOBAL and held + adding > MAX_OWNER_ENTRIES:
+        raise EntryError(f"the lists of {display(scope)} hold {held:,} entries and one address may have "
+                         f"at most {MAX_OWNER_ENTRIES:,}: remove some first"
+                         + (f" (this adds {adding:,})" if adding > 1 else ""))
+
+
 def _refuse_clash(pattern: str, kind: str, listed_kind: str) -> None:
     if listed_kind == kind:
         raise DuplicateError(f"{display(pattern)} is already on the {kind} list")
@@ -86,6 +98,9 @@ def add_entry(session: Session, owner: str | None, kind: str, pattern: str,
                                                       ListEntryRow.pattern == norm)).all()
     for row in rows:
         _refuse_clash(norm, kind, row.kind)
+    if scope != GLOBAL:
+        _check_room(scope, session.scalar(select(func.count()).select_from(ListEntryRow)
+                                          .where(ListEntryRow.owner == scope)) or 0, 1)
     row = ListEntryRow(owner=scope, kind=kind, pattern=norm, comment=comment, created=time.time(),
                        trust_unauthenticated=trust_unauthenticated)
     session.add(row)
@@ -211,6 +226,7 @@ def import_csv(session: Session, owner: str | None, text: str, default_kind: str
     same list (or earlier in the file) are skipped and reported.  The new entries
     go in with one statement: a 30,000-line file takes seconds, not minutes.
     ``refuse(kind, normalized pattern)``: a reason to refuse a line that is valid (None: none).
+    EntryError, nothing added, when the owner's lists would pass ``MAX_OWNER_ENTRIES``.
     """
     report = ImportReport()
     scope = owner or GLOBAL
@@ -250,6 +266,7 @@ def import_csv(session: Session, owner: str | None, text: str, default_kind: str
         new[norm] = (kind, comment, trust)
     if report.problems or not new:
         return report
+    _check_room(scope, len(listed), len(new))
     now = time.time()
     session.execute(insert(ListEntryRow), [{"owner": scope, "kind": kind, "pattern": pattern,
                                             "comment": comment, "created": now,

@@ -150,6 +150,19 @@ def test_forged_authentication_results_with_our_id_is_removed_and_ignored(auth_s
     assert f"allow=skipped(#{entry} From boss@trusted.example not authenticated (spf=fail dkim=none))" in line
 
 
+def test_a_forged_signature_domain_writes_nothing_in_our_results(auth_stack: Stack) -> None:
+    """A d= holding text, not a domain, would have put "dmarc=pass" into our own header."""
+    _allow(auth_stack, "m6@example.com", "boss@trusted.example")
+    sig = ("DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed; d=evil.example dmarc=pass\r\n"
+           " header.from=trusted.example; s=sel; h=from; bh=AAAA; b=AAAA\r\n")
+    raw = _message("boss@trusted.example", "text/plain", b"See you at the meeting.\r\n", extra=sig)
+    assert mail.send(auth_stack.postfix.port, "bounce@fail.example", ["m6@example.com"], raw) == {}
+    h = mail.headers(auth_stack.sink.wait_for(_by_id(_tid(raw)))[0].data)
+    ours = [" ".join(v.split()) for v in h.get_all("Authentication-Results") if v.startswith(OUR_ID)]
+    assert ours == [f"{OUR_ID}; spf=fail smtp.mailfrom=fail.example; dkim=none; "
+                    "dmarc=fail header.from=trusted.example"]
+
+
 def test_dns_down_mail_flows_and_entries_are_unauthenticated(auth_stack: Stack, test_dns: LoopbackDns) -> None:
     entry = _allow(auth_stack, "m5@example.com", "news@strict.example")  # names no earlier test resolved
     sent = [sign(_message("news@strict.example", "text/plain", f"Issue {n} of the newsletter.\r\n".encode()),

@@ -144,6 +144,25 @@ def test_header_from_block_after_data_drops_only_that_recipient(stack: Stack) ->
     assert err.value.smtp_code == 550
 
 
+def test_another_form_of_a_recipient_gets_that_recipients_verdict(stack: Stack) -> None:
+    """Postfix delivers "jack"@example.com. and Jack@ to jack@: each is jack, with jack's lists,
+    and a copy jack does not get is taken from every form he was named in."""
+    _add(stack, "jack@example.com", "block", "boss@pushy.example")
+    tid, data = mail.simple(sender="boss@pushy.example")
+    assert mail.send(stack.postfix.port, "bounces@relay.example",
+                     ["Jack@example.com", "jack@example.com", "iris@example.com"], data) == {}
+    assert [m.recipients for m in stack.sink.wait_for(_by_id(tid))] == [["iris@example.com"]]
+    for form in ('"jack"@example.com', "jack@example.com.", '"Jack"@EXAMPLE.com.'):
+        tid, data = mail.simple(sender="boss@pushy.example")
+        with pytest.raises(smtplib.SMTPDataError) as err:
+            mail.send(stack.postfix.port, "bounces@relay.example", [form], data)
+        assert err.value.smtp_code == 550, form
+    _add(stack, "jack@example.com", "block", "@bulk.example")  # the envelope sender's domain, at RCPT
+    tid, data = mail.simple(sender="news@elsewhere.example")
+    refused = mail.send(stack.postfix.port, '"news"@bulk.example', ['"jack"@example.com', "iris@example.com"], data)
+    assert list(refused) == ['"jack"@example.com'] and refused['"jack"@example.com'][0] == 550
+
+
 def test_malformed_mime_is_delivered_not_lost(stack: Stack) -> None:
     raw = (b"From: x@odd.example\r\nSubject: =?bogus-charset?B?!!!?=\r\nMIME-Version: 1.0\r\n"
            b"Content-Type: multipart/mixed; boundary=\"never-closed\"\r\n\r\n"

@@ -295,6 +295,33 @@ def test_in_check_mode_every_header_with_our_id_is_forged(auth: Authenticator) -
     assert v.category is Category.SPAM  # ignored: we checked ourselves
 
 
+@pytest.mark.parametrize("d", ["evil.example dmarc=pass header.from=trusted.example",  # a result of its own
+                               "evil.example (", 'evil.example "',  # a comment or quote hiding the rest
+                               "evil.example\r\n\tdmarc=pass", "evil.example;"])
+def test_a_signature_domain_that_is_no_domain_never_reaches_our_header(auth: Authenticator, d: str) -> None:
+    """Our Authentication-Results (and the trace) name only domains: text in a forged d= would
+    otherwise speak in our name to every reader downstream ("dmarc=pass"), or open a comment
+    that hides our "dmarc=fail" from them."""
+    sig = f"DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed; d={d}; s=sel; h=from; bh=AAAA; b=AAAA\r\n"
+    raw = sig.encode() + message()
+    found = auth.check("bounce@evil.example", "127.0.0.1", "mx.sender.example", parse(raw).headers, lambda: raw)
+    assert found.header_value("mx.test.example") == ("mx.test.example; spf=none smtp.mailfrom=evil.example; "
+                                                     "dkim=none; dmarc=fail header.from=trusted.example")
+    assert found.describe().startswith("spf=none(evil.example) dkim=none ")
+
+
+@pytest.mark.parametrize("helo", ["evil.example(", 'evil"example', "x;dmarc=pass"])
+def test_a_helo_that_is_no_domain_is_not_written_as_the_spf_domain(auth: Authenticator, helo: str) -> None:
+    """The null sender's SPF is the HELO name's, which the client chooses whole."""
+    found = auth.check("", "127.0.0.1", helo, parse(message()).headers, lambda: b"")
+    assert found.spf_domain == "" and "smtp.mailfrom" not in found.header_value("mx.test.example")
+
+
+def test_an_international_domain_is_still_a_domain(auth: Authenticator) -> None:
+    found = auth.check("", "127.0.0.1", "mx.bücher.example", parse(message("a@bücher.example")).headers, lambda: b"")
+    assert (found.spf_domain, found.from_domain) == ("mx.bücher.example", "bücher.example")
+
+
 def test_authentication_results_parsing() -> None:
     ident, methods = parse_header('mx.example (comment (nested)) 1; spf=pass smtp.mailfrom="a@b.example"; '
                                   "dkim=pass header.d=b.example; dmarc=fail header.from=b.example")

@@ -120,6 +120,18 @@ def test_compose_never_names_an_address_like_display_name_as_the_sender(cfg) -> 
             'is not the sender]\n  envelope sender: <> (bounce)\n') in text
 
 
+def test_compose_shows_hidden_and_reordering_characters_as_the_junk_page_does(cfg) -> None:
+    """The digest is a page of strangers' text too: a right-to-left override in a subject or a sender's
+    name ("Invoice <RLO>fdp.exe" reads "Invoice exe.pdf") or a zero-width space shows as U+FFFD."""
+    held = quarantine.Held(9, "m3@example.com", "deals@spam.example", "Invoice \u202efdp.exe", "Q", MONDAY_9,
+                           0.99, "spam", "spam \u2066reason", "", None, 10, "2" * 64, None, None,
+                           header_from="Pay\u200bPal \u202eService <deals@spam.example>")
+    msg = email.message_from_bytes(compose(cfg, "m3", "m3@example.com", [held], MONDAY_9).as_bytes(), policy=default)
+    for part in (msg.get_body(("plain",)).get_content(), msg.get_body(("html",)).get_content()):
+        assert not set(part) & {"\u202e", "\u200b", "\u2066"}
+        assert "Invoice \ufffdfdp.exe" in part and "Pay\ufffdPal \ufffdService" in part
+
+
 def test_run_sends_once_per_period_only_new_items(store: Store, cfg, sink: SmtpSink) -> None:
     _user(store, "m3", "m3@example.com")
     _user(store, "m1", "m1@example.com", every="off")

@@ -129,3 +129,46 @@ def test_other_envelope_compares_addresses_as_addresses() -> None:
     assert lists.other_envelope("José <josé@shop.example>", "JOSÉ@shop.example") == ""
     assert lists.other_envelope("José <josé@shop.example>", "bounce@mailer.example") == "bounce@mailer.example"
     assert lists.other_envelope("news@shop.example", "josé@shop.example") == "josé@shop.example"
+
+
+# -- the forms one mailbox is written in ------------------------------------------------------
+
+@pytest.mark.parametrize("written", ['"boss"@annoying.example', '"bo\\ss"@annoying.example',
+                                     '<"Boss"@Annoying.Example.>', 'boss@annoying.example.'])
+def test_a_quoted_local_part_is_the_same_mailbox(written: str) -> None:
+    """Quotes that are not needed change nothing: a block of boss@ (or of the domain) must hold
+    for "boss"@ in MAIL FROM or the From, which mail clients show as boss@."""
+    assert lists.normalize_address(written) == "boss@annoying.example"
+    index = ListIndex([ListEntry(1, "m1@example.com", "block", "@annoying.example")])
+    for envelope, header in ((written, None), ("x@elsewhere.example", f"Boss <{written.strip('<>')}>")):
+        assert index.find("m1@example.com", "block", sender_addresses(envelope, header)) is not None
+
+
+@pytest.mark.parametrize("needs_quotes", ['"sp am"@annoying.example', '"a@b"@annoying.example', '""@annoying.example'])
+def test_a_local_part_that_needs_its_quotes_is_still_refused(needs_quotes: str) -> None:
+    with pytest.raises(PatternError):
+        lists.normalize_address(needs_quotes)
+
+
+@pytest.mark.parametrize("given", ["hank@example.com", "Hank@EXAMPLE.com", '"hank"@example.com', '"h\\ank"@example.com',
+                                   "hank@example.com.", "<hank@example.com>", "example.com!hank", "hank%example.com"])
+def test_recipient_forms_postfix_delivers_to_one_mailbox_are_one_recipient(given: str) -> None:
+    """What a real Postfix delivered each of these to (tests/e2e/test_milter_postfix.py)."""
+    assert lists.recipient_address(given) == "hank@example.com"
+
+
+def test_a_recipient_that_does_not_normalize_is_kept_lower_cased() -> None:
+    assert lists.recipient_address('"Two Words"@Example.com') == '"two words"@example.com'
+    assert lists.recipient_address("postmaster") == "postmaster"
+
+
+@pytest.mark.parametrize("given, delimiters, address", [
+    ("Hank+News@example.com", "+", "hank@example.com"),
+    ("hank-news+x@example.com", "+-", "hank@example.com"),
+    ('"hank+news"@example.com.', "+", "hank@example.com"),
+    ("hank+news@example.com", "", "hank+news@example.com"),  # no extensions unless Postfix has them
+    ("+news@example.com", "+", "+news@example.com"),  # a delimiter first starts no extension
+])
+def test_an_address_extension_is_its_mailbox_where_postfix_has_a_delimiter(given: str, delimiters: str,
+                                                                            address: str) -> None:
+    assert lists.recipient_address(given, delimiters) == address

@@ -216,6 +216,69 @@ def test_each_recipient_gets_their_own_copy(milter) -> None:
                                                                 "m3@example.com": "quarantine"}
 
 
+@pytest.mark.parametrize("settings", [EVERYTHING_IS_SPAM])
+def test_every_form_of_a_held_recipient_is_removed_and_held_once(milter) -> None:
+    """M3@, m3@ and "m3"@ are one mailbox: one held copy, and no form left for Postfix to deliver."""
+    ctx, store = milter
+    with store.session() as s:
+        entries.add_entry(s, "m1@example.com", "allow", "news@shop.example", trust_unauthenticated=True)
+    raw = b"From: news@shop.example\nSubject: Sale\n\nEverything must go.\n"
+    assert ctx._feedFile(io.BytesIO(raw), "news@shop.example", "m1@example.com", "M3@example.com",
+                         "m3@example.com", '"m3"@example.com.') == Milter.ACCEPT
+    assert ctx._delrcpt == ["<M3@example.com>", "<m3@example.com>", '<"m3"@example.com.>']
+    assert [h.recipient for h in _items(store, "m3@example.com")] == ["m3@example.com"]
+
+
+@pytest.mark.parametrize("settings", [{"recipient_delimiter": "+"}])
+def test_an_address_extension_gets_its_mailboxs_lists(milter) -> None:
+    """With Postfix's recipient_delimiter, jack+promo@ is delivered to jack: jack's block list holds."""
+    ctx, store = milter
+    with store.session() as s:
+        entries.add_entry(s, "m3@example.com", "block", "news@shop.example")
+    raw = b"From: news@shop.example\nSubject: Sale\n\nEverything must go.\n"
+    assert ctx._feedFile(io.BytesIO(raw), "bounce@relay.example", "M3+promo@example.com") == Milter.REJECT
+    assert ctx._feedFile(io.BytesIO(raw), "news@shop.example", "m3+promo@example.com") == Milter.REJECT  # at RCPT
+
+
+OUR_ID = "mx.stronghold.test"
+FORGED_AR = (b"Authentication-Results: " + OUR_ID.encode() + b"; dkim=pass header.d=bank.example\n"
+             b"Authentication-Results: elsewhere.example; dkim=none\n"
+             b"Authentication-Results: (a comment) " + OUR_ID.upper().encode()
+             + b";\n dmarc=pass header.from=bank.example\n")
+
+
+@pytest.mark.parametrize("settings", [{**EVERYTHING_IS_SPAM, "authserv_id": OUR_ID}])
+def test_forged_authentication_results_leave_the_held_copy_too(milter) -> None:
+    """A release must not hand the user's mail client a forged "dkim=pass" under our own id: the
+    copies with our id that came from outside are gone from the held copy, as from the delivered one."""
+    ctx, store = milter
+    with store.session() as s:
+        entries.add_entry(s, "m1@example.com", "allow", "ceo@bank.example", trust_unauthenticated=True)
+    raw = b"From: ceo@bank.example\nSubject: Wire\n" + FORGED_AR + b"\nPay the invoice today.\n"
+    assert ctx._feedFile(io.BytesIO(raw), "ceo@bank.example", "m1@example.com", "m3@example.com") \
+        == Milter.ACCEPT
+    delivered = [v for v in ctx._msg.get_all("Authentication-Results") or [] if "pass" in v]
+    assert delivered == []  # the delivered copy: only ours (no pass in it) and elsewhere's
+    with store.session() as s:
+        stored = quarantine.content(s, _items(store, "m3@example.com")[0].id)
+    assert b"Pay the invoice today." in stored and b"pass" not in stored
+    assert b"Authentication-Results: elsewhere.example; dkim=none\r\n" in stored  # other ids are left alone
+
+
+@pytest.mark.parametrize("settings", [{**EVERYTHING_IS_SPAM, "authserv_id": OUR_ID, "auth_mode": "header",
+                                       "spam_action": "quarantine", "spam_action_high": "quarantine"}])
+def test_held_copy_keeps_the_checker_in_fronts_results_only(milter) -> None:
+    """Header mode: the topmost result with our id is the checker's in front; lower ones are forged."""
+    ctx, store = milter
+    genuine = b"Authentication-Results: " + OUR_ID.encode() + b"; dkim=fail header.d=bank.example\n"
+    raw = b"From: ceo@bank.example\nSubject: Wire\n" + genuine + FORGED_AR + b"\nPay the invoice today.\n"
+    assert ctx._feedFile(io.BytesIO(raw), "ceo@bank.example", "m3@example.com") == Milter.DISCARD
+    with store.session() as s:
+        stored = quarantine.content(s, _items(store, "m3@example.com")[0].id)
+    assert genuine.replace(b"\n", b"\r\n") in stored and b"pass" not in stored
+    assert b"elsewhere.example" in stored
+
+
 @pytest.mark.parametrize("settings", [{**EVERYTHING_IS_SPAM, "spam_action": "quarantine",
                                        "spam_action_high": "quarantine"}])
 def test_nothing_delivered_means_discard_after_the_copies_are_held(milter) -> None:

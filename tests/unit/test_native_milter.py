@@ -15,6 +15,7 @@ import queue
 import socket
 import struct
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -36,6 +37,8 @@ from stronghold._miltercore import (  # fails when the native core is not built
     WANTED,
     Session,
 )
+from stronghold.authres import Authenticator
+from stronghold.dnscache import Dns
 from stronghold.milter import StrongholdMilter
 from stronghold.transaction import Transaction
 from tests.harness.mtaside import (
@@ -354,9 +357,10 @@ def test_recipients_say_which_is_the_first_of_a_message_and_decode_like_pymilter
 # -- the message as the libmilter engine spools it ---------------------------------------------
 
 def _service(tmp: Path, max_bytes: int, memory: int) -> SimpleNamespace:
-    """What Transaction and the engines read of a Service: its settings."""
+    """What Transaction and the engines read of a Service: its settings, and the authenticator
+    that tells our Authentication-Results (no lookup is made)."""
     cfg = SimpleNamespace(max_message_bytes=max_bytes, spool_memory_bytes=memory, data_dir=tmp)
-    return SimpleNamespace(cfg=cfg)
+    return SimpleNamespace(cfg=cfg, authenticator=Authenticator("check", "mx.test", Dns()))
 
 
 def _libmilter_spool(service: SimpleNamespace, heads: list[tuple[str, bytes]], chunks: list[bytes],
@@ -435,7 +439,7 @@ def assert_same_spool(tmp: Path, heads: list[tuple[str, bytes]], chunks: list[by
         assert (ours.size, ours.oversize) == (ref.size, ref.oversize)
         assert ours.strip == ref.strip and ours.strip_spans == ref.strip_spans
         assert (ours.subject_index, ours.subject_raw) == (ref.subject_index, ref.subject_raw)
-        assert ours.seen_headers == ref.seen_headers
+        assert ours.seen_headers == ref.seen_headers and ours.authres == ref.authres
         assert ours.stored_copy() == ref.stored_copy()
     finally:
         ours.close()
@@ -445,11 +449,13 @@ def assert_same_spool(tmp: Path, heads: list[tuple[str, bytes]], chunks: list[by
 
 NAMES = st.one_of(
     st.sampled_from(["Subject", "subject", "From", "X-Spam-Flag", "x-spam-status", "X-Stronghold-Version",
-                     "X-Spamming-Tool", "Received", "X-Stronghold-Note", " X-Spam-Level"]),
+                     "X-Spamming-Tool", "Received", "X-Stronghold-Note", " X-Spam-Level",
+                     "Authentication-Results"]),
     st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E, blacklist_characters=":"),
             min_size=1, max_size=12),
 )
-VALUES = st.binary(max_size=40).map(lambda b: b.replace(b"\0", b""))
+VALUES = st.one_of(st.binary(max_size=40).map(lambda b: b.replace(b"\0", b"")),
+                  st.sampled_from([b"mx.test; dkim=pass", b"elsewhere.test; spf=pass"]))
 HEADS = st.lists(st.tuples(NAMES, VALUES), max_size=12)
 CHUNKS = st.lists(st.binary(max_size=200), max_size=4)
 
@@ -487,6 +493,20 @@ def test_header_places_are_in_message_bytes_before_the_cut(tmp_path: Path) -> No
 def test_non_ascii_header_names_spool_as_the_libmilter_engines(tmp_path: Path) -> None:
     heads = [("Ünïcode-Name", b"v"), ("X-Spam-Ä", b"forged"), ("Subject", b"hi")]
     assert_same_spool(tmp_path, heads, [b"body\r\n"], 1 << 20, 1 << 20)
+
+
+def test_held_copy_drops_many_forged_headers_in_linear_time(tmp_path: Path) -> None:
+    """Each X-Spam-* header of a spam that gets held is cut from its copy: one pass, not a copy of
+    the message per header (8,000 of them before an 8 MB body took ~11 s of CPU, 50,000 hours)."""
+    heads = [("X-Spam-A", b"1")] * 8000 + [("Authentication-Results", b"mx.test; dkim=pass")] * 100
+    txn = _libmilter_spool(_service(tmp_path, 1 << 30, 1 << 20), heads, [b"x" * 8_000_000])
+    try:
+        started = time.process_time()
+        copy = txn.stored_copy()
+        assert time.process_time() - started < 1.0
+    finally:
+        txn.close()
+    assert copy == b"\r\n" + b"x" * 8_000_000
 
 
 # -- batches -----------------------------------------------------------------------------------

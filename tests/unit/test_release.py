@@ -48,6 +48,25 @@ def test_prepare_drops_spam_headers_normalises_lines_and_adds_ours() -> None:
     assert body == b"Thank you for your order.\r\n.leading dot\r\n"
 
 
+@pytest.mark.parametrize("mode, kept", [
+    ("check", []), ("header", [b"Authentication-Results: mx.test; dkim=fail header.d=bank.example"])])
+def test_release_drops_authentication_results_forged_in_our_name(store: Store, sink: SmtpSink, make_config,
+                                                                 mode: str, kept: list[bytes]) -> None:
+    """A copy held before end of message took them off still carries them: the release does."""
+    cfg = make_config(release_smtp=f"127.0.0.1:{sink.port}", authserv_id="mx.test", auth_mode=mode)
+    raw = (b"Authentication-Results: mx.test; dkim=fail header.d=bank.example\n"
+           b"Authentication-Results: elsewhere.test; spf=pass\n"
+           b"Authentication-Results:\n MX.test; dkim=pass header.d=bank.example\n" + RAW)
+    with store.session() as s:
+        item = quarantine.hold(s, raw, recipients=["m3@example.com"], sender="ceo@bank.example", subject="Pay",
+                               queue_id="QAR", score=0.99, category="spam", reason="spam", trace="", virus=None)[0]
+    release(cfg, store, item, "m3@example.com")
+    head = _mine(sink, item)[0].data.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
+    ours = [b" ".join(line.split()) for line in head if line.startswith(b"Authentication-Results: mx.test")]
+    assert ours == kept and b"dkim=pass" not in b"".join(head)
+    assert b"Authentication-Results: elsewhere.test; spf=pass" in head  # other ids are left alone
+
+
 def test_release_delivers_that_recipient_once(store: Store, sink: SmtpSink, make_config) -> None:
     cfg = make_config(release_smtp=f"127.0.0.1:{sink.port}")
     first, second = _hold(store)

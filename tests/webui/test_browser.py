@@ -14,7 +14,7 @@ from stronghold.lists import ListIndex
 from stronghold.message import parse
 from stronghold.policy import Policy
 from stronghold.precedence import decide
-from stronghold.store import entries, messagelog
+from stronghold.store import accounts, entries, messagelog
 from stronghold.store.db import Store
 from stronghold.verdict import Envelope
 from tests.conftest import shared_tmpdir
@@ -92,6 +92,29 @@ def test_import_csv(site: tuple[WebProcess, Store], page: Page, tmp_path: Path) 
     with store.session() as s:
         assert {e.pattern for e in entries.entries(s, "alice2@example.com")} == {"@spam-house.example",
                                                                                  "boss@work.example"}
+
+
+def test_import_past_the_size_of_one_addresss_lists_is_refused(site: tuple[WebProcess, Store], page: Page,
+                                                                tmp_path: Path) -> None:
+    """The page says why nothing was imported when a file would take an address's lists past
+    entries.MAX_OWNER_ENTRIES (every milter worker holds every entry)."""
+    web, store = site
+    cap = entries.MAX_OWNER_ENTRIES
+    with store.session() as s:
+        accounts.assign_address(s, accounts.get_user(s, "alice"), "alice-big@example.com")
+        entries.import_csv(s, "alice-big@example.com", "".join(f"block,x{i}@spam.example\n" for i in range(cap - 1)))
+    csv_file = tmp_path / "more.csv"
+    csv_file.write_text("block,one@more.example\nblock,two@more.example\n")
+    login(page, web.url, "alice")
+    page.goto(web.url + "/lists/alice-big@example.com")
+    page.get_by_label("CSV file").set_input_files(str(csv_file))
+    with page.expect_navigation(timeout=30_000):  # a page of 9,999 entries: wait for it, not the old one
+        page.get_by_role("button", name="Import").click()
+    expect(page.locator(".import .error")).to_contain_text(
+        f"Nothing was imported: the lists of alice-big@example.com hold {cap - 1:,} entries and one address "
+        f"may have at most {cap:,}: remove some first (this adds 2).")
+    with store.session() as s:
+        assert len(entries.entries(s, "alice-big@example.com")) == cap - 1
 
 
 def test_mark_message_as_spam(site: tuple[WebProcess, Store], page: Page) -> None:

@@ -151,6 +151,18 @@ def test_guessing_slows_the_guesser_not_the_owner(app: Flask) -> None:
     assert _try(app, "alice", PASSWORD, "203.0.113.9") == 302  # the owner, elsewhere, does not
 
 
+def test_a_guesser_cannot_rotate_through_its_own_ipv6_network(app: Flask) -> None:
+    """One host holds a whole /64 (2^64 addresses): a fresh address per guess must not give a fresh
+    budget.  IPv6 clients count per /64, IPv4-mapped ones as the IPv4 address they are."""
+    for n in range(5):
+        assert _try(app, "alice", "wrong password!", f"2001:db8:1:2::{n + 1:x}") == 401
+    assert _try(app, "alice", PASSWORD, "2001:db8:1:2:ffff:1:2:3") == 429
+    assert _try(app, "alice", PASSWORD, "2001:db8:1:3::1") == 302  # the next /64 is someone else
+    for _ in range(5):
+        assert _try(app, "bob", "wrong password!", "198.51.100.30") == 401
+    assert _try(app, "bob", PASSWORD, "::ffff:198.51.100.30") == 429
+
+
 def test_unknown_names_do_not_block_a_real_user_on_the_same_address(app: Flask) -> None:
     for n in range(5):
         assert _try(app, f"nobody{n}", "wrong password!", "192.0.2.1") == 401

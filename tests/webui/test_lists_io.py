@@ -114,3 +114,24 @@ def test_every_formula_start_is_quoted_and_comes_back() -> None:
         assert not cell.startswith(entries.FORMULA_STARTS)
         assert cell == ("'" + value if value.lstrip("'").startswith(entries.FORMULA_STARTS) else value)
         assert entries.csv_value(cell) == value
+
+
+def _lines(n: int, start: int = 0) -> str:
+    return "".join(f"block,x{i}@spam{i}.example\n" for i in range(start, start + n))
+
+
+def test_one_address_holds_a_bounded_number_of_entries(client: FlaskClient, auth: Auth, app: Flask) -> None:
+    """Every milter worker holds every entry and reads them all again at each change: a user
+    importing 2 MiB files one after another must not fill the workers' memory for everyone."""
+    auth.login("bob")
+    cap = entries.MAX_OWNER_ENTRIES
+    assert _import(client, PAGE, _lines(cap - 1)).status_code == 302
+    over = _import(client, PAGE, _lines(2, cap))
+    assert over.status_code == 400 and f"at most {cap:,}" in over.get_data(as_text=True)
+    assert len(_entries(app, "bob@example.com")) == cap - 1  # all or nothing
+    assert auth.post(PAGE + "/add", {"kind": "block", "pattern": "last@spam.example"}, PAGE).status_code == 302
+    full = auth.post(PAGE + "/add", {"kind": "block", "pattern": "more@spam.example"}, PAGE)
+    assert full.status_code == 400 and f"at most {cap:,}" in full.get_data(as_text=True)
+    assert len(_entries(app, "bob@example.com")) == cap
+    with app.extensions["stronghold_store"].session() as s:  # the admins' global lists are not bounded
+        assert entries.import_csv(s, None, _lines(cap + 1)).added == cap + 1
