@@ -162,7 +162,7 @@ class Config:
         "loopback HOST:PORT serving Prometheus /metrics (e.g. 127.0.0.1:9464); empty: off")
     web_bind: str = _setting("127.0.0.1:8080", any_text, "host:port of the web UI")
     web_secret_key: str = _setting("", any_text, "Flask secret key; empty: generated into data_dir")
-    web_secure_cookies: bool = _setting(False, boolean, "mark cookies Secure (set when served over TLS)")
+    web_secure_cookies: bool = _setting(False, boolean, "mark cookies Secure (always so when web_base_url is https)")
     release_smtp: str = _setting("127.0.0.1:10026", host_port,
         "HOST:PORT of Postfix's unfiltered listener: released mail and digests")
     quarantine_retention_days: int = _setting(30, non_negative_int,

@@ -32,6 +32,13 @@ csrf = CSRFProtect()
 MAX_ROW_ID = 2 ** 31 - 1
 
 
+def secure_cookies(cfg: Config) -> bool:
+    """Whether cookies are marked Secure: when asked (``web_secure_cookies``), and whenever users
+    reach the UI over https (``web_base_url``), so a proxy's TLS is not undone by a cookie that a
+    plain-http link would send in clear."""
+    return cfg.web_secure_cookies or cfg.web_base_url.startswith("https://")
+
+
 def create_app(test_config: Mapping[str, Any] | None = None, cfg: Config | None = None) -> Flask:
     """Build the app; ``test_config`` holds Stronghold settings (and Flask keys in upper case)."""
     settings = {k: v for k, v in (test_config or {}).items() if not k.isupper()}
@@ -43,7 +50,7 @@ def create_app(test_config: Mapping[str, Any] | None = None, cfg: Config | None 
         SECRET_KEY=secret_key(cfg),
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
-        SESSION_COOKIE_SECURE=cfg.web_secure_cookies,
+        SESSION_COOKIE_SECURE=secure_cookies(cfg),
         SESSION_COOKIE_NAME="stronghold_session",
         PERMANENT_SESSION_LIFETIME=timedelta(hours=cfg.web_session_hours),
         MAX_CONTENT_LENGTH=cfg.web_import_max_bytes + 64 * 1024,  # the CSV plus the form around it

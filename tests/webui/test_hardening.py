@@ -293,3 +293,22 @@ def test_idn_stored_as_a_label_shown_and_found_as_u_label(client: FlaskClient, a
 def _patterns(app: Flask) -> list[str]:
     with app.extensions["stronghold_store"].session() as s:
         return [e.pattern for e in entries.entries(s, "alice@example.com")]
+
+
+@pytest.mark.parametrize(("base_url", "asked", "secure"), [
+    ("https://mail.example.com", False, True),  # served over TLS: Secure without being asked
+    ("https://mail.example.com/stronghold", False, True),
+    ("http://127.0.0.1:8080", False, False),  # plain http: a Secure cookie would never come back
+    ("http://127.0.0.1:8080", True, True),  # asked for (TLS terminated elsewhere)
+])
+def test_the_session_cookie_is_secure_wherever_users_come_over_https(
+        app: Flask, base_url: str, asked: bool, secure: bool) -> None:
+    node = _node(app, web_base_url=base_url, web_secure_cookies=asked)
+    try:
+        client = node.test_client()
+        client.environ_base["wsgi.url_scheme"] = "https"
+        cookie = Auth(client).login().headers["Set-Cookie"]
+        assert cookie.startswith(COOKIE + "=") and "HttpOnly" in cookie
+        assert ("; Secure" in cookie) is secure, cookie
+    finally:
+        node.extensions["stronghold_store"].dispose()
