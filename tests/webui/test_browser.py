@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
+from stronghold.classifier import Clue, Score
 from stronghold.findings import Findings
 from stronghold.lists import ListIndex
 from stronghold.message import parse
@@ -16,6 +17,7 @@ from stronghold.policy import Policy
 from stronghold.precedence import decide
 from stronghold.store import entries, messagelog
 from stronghold.store.db import Store
+from stronghold.tokens import features
 from stronghold.verdict import Envelope
 from tests.conftest import shared_tmpdir
 from tests.harness.browser import WebProcess, screenshot
@@ -238,3 +240,28 @@ def test_a_global_block_of_the_sites_own_domain_asks_first(site: tuple[WebProces
     with store.session() as s:
         [added] = [e for e in entries.entries(s, None, "block") if e.pattern == "@example.com"]
         entries.remove_entry(s, added.id, [None])  # the other tests' mail is not refused
+
+
+def test_each_clue_is_one_item_even_when_its_token_holds_spaces(site: tuple[WebProcess, Store],
+                                                                 page: Page) -> None:
+    """A header-value token ("x-mailer:microsoft cdo for windows 2000", as the tokenizer makes it) is
+    one clue, not five; a recipient refused at RCPT (its row keeps "sender blocked") lists no clues."""
+    web, store = site
+    msg = parse(b"From: promo@cdo.example\r\nX-Mailer: Microsoft CDO for Windows 2000\r\n"
+                b"Subject: Lose 10-12 lbs\r\n\r\nguaranteed")
+    mailer = next(t for t in features(msg) if t.startswith("x-mailer:") and " " in t)
+    score = Score(0.9998, (Clue(mailer, 0.999), Clue("10-12", 0.992), Clue("subject:lose", 0.992)))
+    env = Envelope("promo@cdo.example", ("alice@example.com",), queue_id="CLUES1")
+    verdict = decide(env, msg, Findings(lists=ListIndex([]), score=score, model_threshold=0.9), Policy())
+    refused = messagelog.rcpt_reject_entry(Envelope("spammer@bad.example", (), queue_id="CLUES2"),
+                                           "alice@example.com", "sender blocked", "block=rcpt(#1)")
+    with store.session() as s:
+        mid = messagelog.record(s, env, msg, verdict, None)
+        [blocked] = messagelog.write(s, [refused])
+    login(page, web.url, "alice")  # bob's password is reset by an earlier test
+    page.goto(f"{web.url}/messages/{mid}")
+    expect(page.locator("ul.clues li")).to_have_text([
+        "x-mailer:microsoft cdo for windows 2000:0.999", "10-12:0.992", "subject:lose:0.992"])
+    page.goto(f"{web.url}/messages/{blocked}")
+    expect(page.locator("ul.why")).to_contain_text("sender blocked")
+    expect(page.locator("ul.clues")).to_have_count(0)
