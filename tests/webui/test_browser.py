@@ -265,3 +265,25 @@ def test_each_clue_is_one_item_even_when_its_token_holds_spaces(site: tuple[WebP
     page.goto(f"{web.url}/messages/{blocked}")
     expect(page.locator("ul.why")).to_contain_text("sender blocked")
     expect(page.locator("ul.clues")).to_have_count(0)
+
+
+def test_no_page_makes_the_browser_report_an_error(site: tuple[WebProcess, Store], page: Page) -> None:
+    """No console error and no failed request on any page, the user's and the admin's: the browser's
+    own request for an icon got a 404 on every page (a console error in its developer tools)."""
+    web, _ = site
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(f"console: {m.text}") if m.type == "error" else None)
+    page.on("response", lambda r: errors.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+    page.goto(web.url + "/login")
+    login(page, web.url, "alice")
+    for url in ("/", "/messages/", "/lists/alice@example.com", "/junk/", "/settings/", "/password"):
+        page.goto(web.url + url)
+        page.wait_for_load_state("networkidle")
+    page.get_by_role("button", name="Log out alice").click()
+    login(page, web.url, "root")
+    for url in ("/admin/users", "/lists/global", "/messages/?all=1", "/junk/"):
+        page.goto(web.url + url)
+        page.wait_for_load_state("networkidle")
+    assert errors == []
+    icon = page.request.get(web.url + "/favicon.ico")
+    assert icon.ok and icon.headers["content-type"].startswith("image/svg+xml") and icon.body().startswith(b"<svg")

@@ -239,3 +239,17 @@ def test_admin_finds_and_releases_a_disabled_users_held_mail(site: Site, page: P
     expect(page.get_by_role("heading", name="Junk — held mail only administrators see")).to_be_visible()  # back there
     assert [m.recipients for m in site.sink.wait_for(lambda m: m.recipients == ["carol@example.com"])] == [
         ["carol@example.com"]]
+
+
+def test_preview_page_makes_the_browser_report_no_error(site: Site, page: Page) -> None:
+    """The strictest page (nothing may load on it) reports no console error either: the icon is at
+    the address browsers ask for by default, which that policy does not block (a <link> would be)."""
+    item = site.hold("alice@example.com", "Icon check")
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(f"console: {m.text}") if m.type == "error" else None)
+    page.on("response", lambda r: errors.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+    login(page, site.web.url, "alice")
+    page.goto(f"{site.web.url}/junk/{item}")
+    expect(page.locator("#preview")).to_have_text("Your order has shipped.")
+    page.wait_for_load_state("networkidle")
+    assert errors == []
