@@ -87,6 +87,23 @@ def _viewer_scope() -> tuple[str, ...] | None:
     return g.addresses
 
 
+@dataclass(frozen=True)
+class Shown:
+    """The verdict a page shows for a message: what the filter decided for the viewer's addresses
+    (another recipient's allow entry makes the message "allowed" while theirs was held as spam)."""
+
+    category: str
+    action: str
+
+
+def shown_verdict(row: MessageRow, addresses: Collection[str] | None) -> Shown:
+    """``row``'s verdict for ``addresses`` (None, or none of them among its recipients: the message's)."""
+    theirs = [r for r in row.recipients if addresses is not None and r.address in addresses]
+    category = messagelog.viewer_category(row.category, [r.category for r in theirs])
+    action = next((r.action for r in theirs if r.category == category), row.action)
+    return Shown(category, action)
+
+
 def message_or_404(message_id: int):
     """The message row if the current user received it (admins: any)."""
     scope = None if g.user.is_admin else g.addresses
@@ -124,6 +141,7 @@ def index():
                            categories=CATEGORIES, page=page, page_size=PAGE, q=q, day=day,
                            show_all=scope is None, mine=set(g.addresses), senders={r.id: sender_of(r) for r in rows},
                            allow_to={r.id: _allow_address(r) for r in rows}, kept=kept(rows, feedback),
+                           shown={r.id: shown_verdict(r, scope) for r in rows},
                            readmit=READMIT,
                            status=_list_status(rows))
 
@@ -144,6 +162,7 @@ def show(message_id: int):
     status = _list_status([row]).get(row.id, {})
     allowed = status.get("allow")  # the address the entry matched, as allow entries check it
     return render_template("message.html", m=row, clues=clues(row.reasons or ""), fb=fb, nothing_kept=NOTHING_KEPT,
+                           shown=shown_verdict(row, g.addresses),
                            mine=set(g.addresses), held=held,
                            allow_to=allow_to, allow_why=allow_why, sender=sender, status=status,
                            auth=auth_step(trace), skipped=skipped, from_headers=facts.from_headers[row.id],

@@ -11,14 +11,14 @@ from playwright.sync_api import Browser, Page, expect
 
 from stronghold.classifier import Clue, Score
 from stronghold.findings import Findings
-from stronghold.lists import ListIndex
+from stronghold.lists import ListEntry, ListIndex
 from stronghold.message import parse
 from stronghold.policy import Policy
 from stronghold.precedence import decide
 from stronghold.store import entries, messagelog
 from stronghold.store.db import Store
 from stronghold.tokens import features
-from stronghold.verdict import Envelope
+from stronghold.verdict import Action, Envelope
 from tests.conftest import shared_tmpdir
 from tests.harness.browser import WebProcess, screenshot
 from tests.webui.conftest import PASSWORD, seed
@@ -287,3 +287,30 @@ def test_no_page_makes_the_browser_report_an_error(site: tuple[WebProcess, Store
     assert errors == []
     icon = page.request.get(web.url + "/favicon.ico")
     assert icon.ok and icon.headers["content-type"].startswith("image/svg+xml") and icon.body().startswith(b"<svg")
+
+
+def test_recent_mail_shows_what_was_decided_for_the_viewer(site: tuple[WebProcess, Store], page: Page) -> None:
+    """Another recipient allows the sender, so the message is "allowed"; Alice's copy was spam, held:
+    her Recent mail, its spam filter and the message page say spam, the admin's view of all mail the
+    message's verdict (her page said "allowed — accept" for mail held in her Junk)."""
+    web, store = site
+    msg = parse(b"From: rates@lender.example\r\nSubject: Rates hit a low\r\n\r\nlow rates")
+    env = Envelope("rates@lender.example", ("alice@example.com", "carol@example.com"), queue_id="VIEW1")
+    lists = ListIndex([ListEntry(1, "carol@example.com", "allow", "rates@lender.example", trust_unauthenticated=True)])
+    verdict = decide(env, msg, Findings(lists=lists, score=Score(0.9995, ()), model_threshold=0.9),
+                     Policy(spam_action=Action.QUARANTINE, spam_action_high=Action.QUARANTINE))
+    with store.session() as s:
+        mid = messagelog.record(s, env, msg, verdict, None)
+    login(page, web.url, "alice")
+    page.goto(web.url + "/messages/?category=spam")
+    row = page.locator("table.log tbody tr", has_text="Rates hit a low")
+    expect(row.locator("td").nth(3)).to_have_text("spam quarantine")
+    page.goto(web.url + "/messages/?category=allowed")
+    expect(page.locator("table.log")).not_to_contain_text("Rates hit a low")
+    page.goto(f"{web.url}/messages/{mid}")
+    expect(page.locator("dl.facts")).to_contain_text("spam — quarantine")
+    page.get_by_role("button", name="Log out alice").click()
+    login(page, web.url, "root")
+    page.goto(web.url + "/messages/?all=1&category=allowed")
+    expect(page.locator("table.log tbody tr", has_text="Rates hit a low").locator("td").nth(3)).to_have_text(
+        "allowed accept")
