@@ -11,9 +11,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
-
-from sqlalchemy.orm import Session
+from typing import TYPE_CHECKING, Any
 
 from stronghold import heldback, learning, modelrollback, modelsync, personal
 from stronghold.classifier import Model
@@ -24,6 +22,9 @@ from stronghold.modelfile import model_id, read_passport
 from stronghold.store import accounts, ledger
 from stronghold.store.db import Store
 from stronghold.training import check_mail, read_messages, tokenize
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 
 class LearnUsageError(Exception):
