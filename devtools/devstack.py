@@ -168,6 +168,8 @@ def start(layout: Layout) -> int:
         "milter_socket": f"unix:{home / 'milter' / 'milter.sock'}",
         "clamd_socket": clamd.address, "web_bind": layout.web,
         "dovecot_config": str(dovecot.config_path),
+        # so that `stronghold milter --check-config` compares this stack's own Postfix and clamd
+        "postfix_config_dir": str(home / "postfix"), "clamd_config": str(home / "clamd" / "clamd.conf"),
     }
     settings["release_smtp"] = f"127.0.0.1:{layout.release_port}"  # where the quarantine re-injects
     settings["web_base_url"] = f"http://{layout.web}"
@@ -180,14 +182,18 @@ def start(layout: Layout) -> int:
     cli = [sys.executable, "-m", "stronghold.cli", "--config", str(conf)]
     _spawn(home, "milter", [*cli, "milter"])
     wait_for(lambda: _unix_connects(home / "milter" / "milter.sock"), 60, f"milter ({home / 'milter.log'})")
+    cfg = config_mod.load(conf, environ={})
+    # Postfix refuses what the milter would refuse unscanned, before the data (docs/install.md, "Sizes")
     postfix = Postfix(home / "postfix", layout.smtp_port, milter=f"unix:{home / 'milter' / 'milter.sock'}",
-                      lmtp=dovecot.lmtp_address, mailboxes=dovecot.addresses, release_port=layout.release_port)
+                      lmtp=dovecot.lmtp_address, mailboxes=dovecot.addresses, release_port=layout.release_port,
+                      extra={"message_size_limit": str(cfg.max_message_bytes)})
     postfix.start()
     _spawn(home, "expiry", [*cli, "mailbox", "expire", "--every", str(EXPIRE_EVERY)])
     _spawn(home, "web", [*cli, "web"])
     wait_for(lambda: _tcp_open("127.0.0.1", layout.web_port), 60, f"web UI ({home / 'web.log'})")
     demo = "m1@example.com"
-    retention = config_mod.load(conf, environ={}).junk_retention_days
+    retention = cfg.junk_retention_days
+    cli_cmd = f"STRONGHOLD_CONFIG={conf} {Path(sys.executable).parent / 'stronghold'}"
     print(f"""
 Mail Stronghold is running on loopback:
   SMTP (Postfix + milter)  127.0.0.1:{layout.smtp_port}   delivers over LMTP to Dovecot ({', '.join(MAIL_USERS)})
@@ -198,11 +204,13 @@ Mail Stronghold is running on loopback:
   clamd                    {clamd.socket_path}  ({which})
   web UI                   http://{layout.web}/   (log {home / 'web.log'})
   settings                 {conf}
+  CLI                      {cli_cmd} ...  (without STRONGHOLD_CONFIG it uses another, empty store)
 First admin: login 'admin', password {password or '(unchanged; see ' + str(home / 'admin-password') + ')'}
 IMAP user: {demo}, password {users[demo]}  (all mailbox users: {home / 'mail-users.json'})
 Try it:
   swaks --server 127.0.0.1:{layout.smtp_port} --from carol@sender.example --to {demo}
   curl -s 'imap://127.0.0.1:{layout.imap_port}/INBOX;MAILINDEX=1' --user '{demo}:{users[demo]}'
+  {cli_cmd} user add m1 --address {demo}   (a web UI login for {demo})
 Stop it with: {_stop_command(home)}
 """)
     return 0

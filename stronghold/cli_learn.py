@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stronghold import heldback, learning, modelrollback, modelsync, personal
 from stronghold.classifier import Model
@@ -19,9 +19,12 @@ from stronghold.cli_options import add_by
 from stronghold.config import Config
 from stronghold.feedback import record_pending
 from stronghold.modelfile import model_id, read_passport
-from stronghold.store import ledger
+from stronghold.store import accounts, ledger
 from stronghold.store.db import Store
 from stronghold.training import check_mail, read_messages, tokenize
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 
 class LearnUsageError(Exception):
@@ -78,6 +81,14 @@ def _personal_scope(args: argparse.Namespace, who: str) -> str:
     return who if args.source in ("web", "imap", "junk") else ""
 
 
+def _address_owner(session: Session, imap_user: str) -> str:
+    """The login owning an IMAP user's address, else the address: one person's IMAP moves and web
+    marks are one author's (one personal layer for their addresses, not two competing for them;
+    one per-user bound; one name for --forget-by)."""
+    owner = accounts.owners(session, [imap_user.lower()]).get(imap_user.lower())
+    return owner.login if owner is not None else imap_user
+
+
 def cmd_learn(args: argparse.Namespace, cfg: Config) -> int:
     live = _model_path(args, cfg)
     who = args.by or getpass.getuser()
@@ -86,6 +97,8 @@ def cmd_learn(args: argparse.Namespace, cfg: Config) -> int:
         if args.from_feedback or args.forget_by or _readmit(args) or not token_sets:
             raise LearnUsageError("--record-only takes --spam/--ham/--forget files only")
         with _store(cfg) as store, store.session() as session:
+            if args.source == "imap":
+                who = _address_owner(session, who)
             change = ledger.record(session, token_sets, labels, source=args.source, who=who)
             personal = _personal_scope(args, who)
             if personal:

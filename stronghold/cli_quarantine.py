@@ -115,7 +115,7 @@ def cmd_ls(args: argparse.Namespace, cfg: Config) -> int:
         print()
         return 0
     for h in items:
-        score = f"{h.score:.3f}" if h.score is not None else "-"
+        score = f"{h.score:.4f}" if h.score is not None else "-"  # as the web UI: 0.9998 is not 1.000
         what = f"virus {h.virus}" if h.virus else h.category
         print(_safe(f"{h.id}\t{_when(h.ts)}\t{_status(h)}\t{h.recipient}\t{_sender(h)}\t{score}\t"
                     f"{what}\t{h.subject}"))

@@ -185,7 +185,7 @@ def compose(cfg: Config, login: str, to: str, items: Sequence[Held], now: float 
     n = len(items) + more
     rows_text, rows_html = [], []
     for h in items:
-        score = f"{h.score:.3f}" if h.score is not None else "-"
+        score = f"{h.score:.4f}" if h.score is not None else "-"  # as the web UI: 0.9998 is not 1.000
         if h.is_virus:
             action_text = f"virus {h.virus or ''}: only an administrator can release it"
             action_html = html.escape(action_text)

@@ -95,7 +95,9 @@ def check(cfg: Config) -> list[str]:
     notes: list[str] = []
     postfix_limit = postfix_message_size_limit(cfg.postfix_config_dir)
     if postfix_limit is None:
-        notes.append("Postfix message_size_limit unknown (no postconf): keep it at most max_message_bytes")
+        notes.append("Postfix message_size_limit unknown (no postconf, or it could not read "
+                     f"{cfg.postfix_config_dir or 'the default config'}; postfix_config_dir names another): "
+                     "keep it at most max_message_bytes")
     clamd: dict[str, int] | None = None
     if cfg.clamd_socket != "none":
         try:

@@ -82,6 +82,12 @@ def create_app(test_config: Mapping[str, Any] | None = None, cfg: Config | None 
     app.add_template_global(envelope_shown, "envelope_shown")
     _error_pages(app)
 
+    @app.route("/favicon.ico")
+    def favicon():
+        """The icon browsers ask for on every page (a 404 was a console error on each). At this
+        default address, not a <link>: the Junk preview's policy (img-src 'none') would block that."""
+        return app.send_static_file("favicon.svg")
+
     @app.after_request
     def security_headers(response):
         response.headers.setdefault("Content-Security-Policy",

@@ -27,6 +27,10 @@ PAGE = 50
 _DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
 READMIT = "stronghold learn --readmit"  # what lets a set-aside mark in (stronghold.cli_learn)
 NOTHING_KEPT = "Nothing of this message's content was kept, so there is nothing to learn from."
+# One stored clue: the token (which may hold spaces, as header values do) and ":" its spam
+# probability to three places (stronghold.precedence writes them, messagelog joins them with spaces).
+_CLUE = re.compile(r".+?:[01]\.\d{3}")
+_CLUE_END = re.compile(r"(?<=:[01]\.\d{3}) ")
 
 
 def sender_of(row: MessageRow) -> Sender | None:
@@ -83,6 +87,23 @@ def _viewer_scope() -> tuple[str, ...] | None:
     return g.addresses
 
 
+@dataclass(frozen=True)
+class Shown:
+    """The verdict a page shows for a message: what the filter decided for the viewer's addresses
+    (another recipient's allow entry makes the message "allowed" while theirs was held as spam)."""
+
+    category: str
+    action: str
+
+
+def shown_verdict(row: MessageRow, addresses: Collection[str] | None) -> Shown:
+    """``row``'s verdict for ``addresses`` (None, or none of them among its recipients: the message's)."""
+    theirs = [r for r in row.recipients if addresses is not None and r.address in addresses]
+    category = messagelog.viewer_category(row.category, [r.category for r in theirs])
+    action = next((r.action for r in theirs if r.category == category), row.action)
+    return Shown(category, action)
+
+
 def message_or_404(message_id: int):
     """The message row if the current user received it (admins: any)."""
     scope = None if g.user.is_admin else g.addresses
@@ -120,6 +141,7 @@ def index():
                            categories=CATEGORIES, page=page, page_size=PAGE, q=q, day=day,
                            show_all=scope is None, mine=set(g.addresses), senders={r.id: sender_of(r) for r in rows},
                            allow_to={r.id: _allow_address(r) for r in rows}, kept=kept(rows, feedback),
+                           shown={r.id: shown_verdict(r, scope) for r in rows},
                            readmit=READMIT,
                            status=_list_status(rows))
 
@@ -139,13 +161,23 @@ def show(message_id: int):
     skipped = skipped_allow(trace)
     status = _list_status([row]).get(row.id, {})
     allowed = status.get("allow")  # the address the entry matched, as allow entries check it
-    return render_template("message.html", m=row, fb=fb, nothing_kept=NOTHING_KEPT, mine=set(g.addresses), held=held,
+    return render_template("message.html", m=row, clues=clues(row.reasons or ""), fb=fb, nothing_kept=NOTHING_KEPT,
+                           shown=shown_verdict(row, g.addresses),
+                           mine=set(g.addresses), held=held,
                            allow_to=allow_to, allow_why=allow_why, sender=sender, status=status,
                            auth=auth_step(trace), skipped=skipped, from_headers=facts.from_headers[row.id],
                            set_aside=row.id in facts.set_aside, readmit=READMIT,
                            skipped_entries={d.split(" ", 1)[0]: d for ds in skipped.values() for d in ds},
                            unauthenticated=allowed is not None and tracetext.sender_authenticated(
                                trace, allowed.source, allowed.address) is False)
+
+
+def clues(reasons: str) -> list[str]:
+    """The stored clues one by one: split where a probability ends, not at every space (a token
+    such as ``x-mailer:microsoft cdo for windows 2000`` holds spaces); none when ``reasons`` is not
+    a clue list (a recipient refused at RCPT keeps why there, which "Why" already shows)."""
+    parts = _CLUE_END.split(reasons.strip()) if reasons.strip() else []
+    return parts if all(_CLUE.fullmatch(p) for p in parts) else []
 
 
 def _allow_address(row: MessageRow) -> Sender | None:

@@ -21,7 +21,7 @@ from stronghold import nativecore
 from stronghold.headers import recorded_froms
 from stronghold.message import ParsedMessage
 from stronghold.store.tables import Feedback, MessageRecipient, MessageRow
-from stronghold.verdict import Envelope, Verdict
+from stronghold.verdict import Category, Envelope, Verdict
 
 _NUL = "\x00"  # leads a blob of NUL-separated tokens (blobs before it: newline-separated)
 _JSON = "\x01"  # leads a JSON list: a token held a NUL itself
@@ -209,9 +209,11 @@ def record(session: Session, envelope: Envelope, msg: ParsedMessage, verdict: Ve
     return write(session, [entry(envelope, msg, verdict, tokens, ts)])[0]
 
 
-def _received_by(addresses: Sequence[str], since: Mapping[str, float] | None) -> ColumnElement[bool]:
+def _received_by(addresses: Sequence[str], since: Mapping[str, float] | None,
+                 category: str = "") -> ColumnElement[bool]:
     """Messages one of ``addresses`` received, each from its ``since`` time (a previous owner's
-    mail stays theirs)."""
+    mail stays theirs); with ``category``, only where that is what the filter decided for one of
+    them (not the message's category, which another recipient's decision may set)."""
     since = since or {}
     plain = [a for a in addresses if not since.get(a)]
     conditions: list[ColumnElement[bool]] = [MessageRecipient.address.in_(plain)] if plain else []
@@ -219,7 +221,25 @@ def _received_by(addresses: Sequence[str], since: Mapping[str, float] | None) ->
                    for a in addresses if since.get(a)]
     if not conditions:
         return false()
-    return MessageRow.id.in_(select(MessageRecipient.message_id).where(or_(*conditions)))
+    received = or_(*conditions)
+    if category:
+        received = and_(received, MessageRecipient.category == category)
+    return MessageRow.id.in_(select(MessageRecipient.message_id).where(received))
+
+
+_CATEGORY_ORDER = tuple(c.value for c in Category)
+
+
+def viewer_category(message_category: str, theirs: Iterable[str]) -> str:
+    """What the filter decided for one person, from their recipients' categories: the one there is;
+    of several, the message's when it is among them, else the first in ``Category``'s order; the
+    message's when they had none (an admin looking at anyone's mail)."""
+    mine = set(theirs)
+    if len(mine) == 1:
+        return mine.pop()
+    if not mine or message_category in mine:
+        return message_category
+    return min(mine, key=lambda c: _CATEGORY_ORDER.index(c) if c in _CATEGORY_ORDER else len(_CATEGORY_ORDER))
 
 
 @dataclass(frozen=True)
@@ -243,8 +263,8 @@ def recent(session: Session, flt: LogFilter) -> list[MessageRow]:
     """Log rows matching ``flt`` with their recipients, newest first."""
     query = select(MessageRow).options(selectinload(MessageRow.recipients))
     if flt.addresses is not None:
-        query = query.where(_received_by(flt.addresses, flt.since))
-    if flt.category:
+        query = query.where(_received_by(flt.addresses, flt.since, flt.category))
+    elif flt.category:
         query = query.where(MessageRow.category == flt.category)
     if flt.search:
         like = _like(flt.search.lower())
@@ -272,13 +292,27 @@ def visible_message(session: Session, message_id: int, addresses: tuple[str, ...
 
 def daily_counts(session: Session, addresses: tuple[str, ...] | None, days: int = 30,
                  since: Mapping[str, float] | None = None) -> dict[str, dict[str, int]]:
-    """{YYYY-MM-DD: {category: count}} for the last ``days`` days (UTC)."""
+    """{YYYY-MM-DD: {category: count}} for the last ``days`` days (UTC); with ``addresses``, each
+    message counted once under what the filter decided for them (``viewer_category``)."""
     start = time.time() - days * 86400
-    query = select(MessageRow.ts, MessageRow.category).where(MessageRow.ts >= start)
-    if addresses is not None:
-        query = query.where(_received_by(addresses, since))
+    if addresses is None:
+        rows: Iterable[tuple[float, str]] = (
+            (ts, category) for ts, category in session.execute(
+                select(MessageRow.ts, MessageRow.category).where(MessageRow.ts >= start)))
+    else:
+        mine: dict[int, tuple[float, str, list[str]]] = {}
+        query = (select(MessageRow.id, MessageRow.ts, MessageRow.category, MessageRecipient.address,
+                        MessageRecipient.category)
+                 .join(MessageRecipient, MessageRecipient.message_id == MessageRow.id)
+                 .where(MessageRow.ts >= start, _received_by(addresses, since),
+                        MessageRecipient.address.in_(addresses)))
+        for mid, ts, category, address, theirs in session.execute(query):
+            entry = mine.setdefault(mid, (ts, category, []))
+            if ts >= (since or {}).get(address, 0.0):
+                entry[2].append(theirs)
+        rows = [(ts, viewer_category(category, theirs)) for ts, category, theirs in mine.values()]
     out: dict[str, dict[str, int]] = {}
-    for ts, category in session.execute(query):
+    for ts, category in rows:
         day = time.strftime("%Y-%m-%d", time.gmtime(ts))
         bucket = out.setdefault(day, {})
         bucket[category] = bucket.get(category, 0) + 1

@@ -66,6 +66,24 @@ def _imap_marks(store: Store) -> list[tuple[bool | None, str]]:
         return [(r.label, r.who) for r in ledger.rows(s) if r.source == "imap"]
 
 
+def _cli_reaches_the_stack(printed: str, env: dict[str, str]) -> None:
+    """The CLI line printed works on this stack's store, and --check-config finds this stack's
+    Postfix and clamd agreeing with the milter on sizes (no warning: it read another Postfix before)."""
+    cli = re.search(r"^  CLI +STRONGHOLD_CONFIG=(\S+) (\S+) \.\.\.", printed, re.M)
+    assert cli is not None, printed
+    conf, program = cli.groups()
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([program, *args], env={**env, "STRONGHOLD_CONFIG": conf}, capture_output=True,
+                              text=True, timeout=120, check=False)
+
+    users = run("user", "ls")
+    assert users.returncode == 0 and users.stdout.split("\t")[:2] == ["admin", "admin"], users
+    check = run("milter", "--check-config")
+    assert check.returncode == 0, check.stdout[-2000:] + check.stderr[-2000:]
+    assert "WARNING" not in check.stdout + check.stderr, check.stdout[-2000:] + check.stderr[-2000:]
+
+
 def test_devstack_on_free_ports_delivers_serves_and_stops_everything(models_dir: Path) -> None:
     home = shared_tmpdir("stronghold-devstack-")
     ports = {name: free_port() for name in ("SMTP", "RELEASE", "IMAP", "WEB")}
@@ -81,6 +99,7 @@ def test_devstack_on_free_ports_delivers_serves_and_stops_everything(models_dir:
         login = re.search(r"^IMAP user: (\S+), password (\S+)", started.stdout, re.M)
         assert login is not None, started.stdout
         user, password = login.groups()
+        _cli_reaches_the_stack(started.stdout, env)
 
         tid, data = mail.simple()
         assert mail.send(ports["SMTP"], "carol@sender.example", [user], data) == {}

@@ -147,3 +147,14 @@ def test_ls_names_the_from_with_the_envelope_sender_where_it_differs(env: Store,
     assert (rows[same]["sender"], rows[same]["other_envelope"]) == ("NEWS@shop.example", "")
     assert rows[old]["header_from"] == "Old Shop <old@shop.example>"
     assert _json(capsys, ["quarantine", "show", str(old), "--json"])["header_from"] == "Old Shop <old@shop.example>"
+
+
+def test_ls_shows_scores_to_four_places_as_the_web_ui(env: Store, capsys: pytest.CaptureFixture[str]) -> None:
+    """0.9998 read "1.000" (the Junk page says 0.9998; no score is ever 1)."""
+    with env.session() as s:
+        [item] = quarantine.hold(s, b"From: a@spam.example\r\nSubject: rates\r\n\r\nHi\r\n",
+                                 recipients=["q@example.com"], sender="a@spam.example", subject="rates",
+                                 queue_id="QS", score=0.99978, category="spam", reason="spam", trace="", virus=None)
+    assert main(["quarantine", "ls"]) == 0
+    [line] = [ln.split("\t") for ln in capsys.readouterr().out.splitlines() if ln.startswith(f"{item}\t")]
+    assert line[5] == "0.9998"

@@ -261,3 +261,12 @@ def test_an_admins_digest_counts_what_was_held_for_nobody(store: Store, cfg, sin
             "see them. Release or delete them at https://mail.example.net/stronghold/junk/?unattended=1") in text
     assert "for m3" not in text and _links(mail.data) == []  # no release links for someone else's mail
     assert [r.outcome for r in digest.run(cfg, store, now=MONDAY_9 + 86400)] == ["nothing new"]
+
+
+def test_compose_shows_scores_to_four_places_as_the_web_ui(cfg) -> None:
+    """0.9998 read "1.000" in the digest (the Junk page says 0.9998; no score is ever 1)."""
+    held = quarantine.Held(12, "m3@example.com", "a@spam.example", "Rates", "Q", MONDAY_9, 0.99978, "spam",
+                           "spam", "", None, 10, "3" * 64, None, None)
+    msg = email.message_from_bytes(compose(cfg, "m3", "m3@example.com", [held], MONDAY_9).as_bytes(), policy=default)
+    for part in (msg.get_body(("plain",)).get_content(), msg.get_body(("html",)).get_content()):
+        assert "0.9998" in part and "1.000" not in part

@@ -314,3 +314,37 @@ def test_jobs_says_what_became_of_a_candidate_back_at_a_judged_model(
     got = capsys.readouterr()
     assert f"the candidate is the live model {version_of(trained)[:12]}: nothing to judge" in got.out
     assert "held back" not in got.err
+
+
+def test_a_users_imap_moves_and_web_marks_are_one_authors(base: tuple[Path, Path], corpus: Path, env: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """The IMAP hook names the mailbox (an address); when a user owns it, the move is that user's, as
+    their web marks are: one personal layer for their address (there were two, one for the login and
+    one for the address, both for the same address, and only one of them applied), and one name for
+    --forget-by. An address nobody owns keeps its own name."""
+    from stronghold.store import layers
+
+    _train(base, env / "models")
+    spam, other = (str(p) for p in corpus_files(corpus, "spam", "test")[:2])
+    raw = corpus_files(corpus, "ham", "test")[0].read_bytes()
+    verdict = Verdict(Action.TAG, Category.SPAM, 0.95, 0.9, None, (), ())
+    with Store(f"sqlite:///{env / 'data' / 'stronghold.db'}") as store, store.session() as s:
+        store.upgrade()
+        carol = accounts.add_user(s, "carol", "a long enough passphrase")
+        accounts.assign_address(s, carol, "c@example.com")
+        [mid] = messagelog.write(s, [messagelog.entry(Envelope("x@y.example", ("c@example.com",)), parse(raw),
+                                                      verdict, tokens=tokenize(raw))])
+        messagelog.set_feedback(s, mid, carol.id, is_spam=False)
+    imap = ["learn", "--record-only", "--source", "imap", "--spam"]
+    assert main([*imap, spam, "--by", "C@example.com"]) == 0
+    assert main([*imap, other, "--by", "nobody@example.com"]) == 0
+    assert main(["jobs", "--only", "learn"]) == 0
+    with Store(f"sqlite:///{env / 'data' / 'stronghold.db'}") as store, store.session() as s:
+        assert sorted((r.source, r.who) for r in ledger.rows(s)) == [
+            ("imap", "carol"), ("imap", "nobody@example.com"), ("web", "carol")]
+        assert sorted((r.source, r.who) for r in ledger.rows(s, "carol")) == [("imap", "carol"), ("web", "carol")]
+        assert sorted((scope, targets) for scope, _, targets in layers.stored(s)) == [
+            ("carol", ["c@example.com"]), ("nobody@example.com", ["nobody@example.com"])]
+    capsys.readouterr()
+    assert main(["learn", "--forget-by", "carol"]) == 0
+    assert "2 forgotten" in capsys.readouterr().out  # her move and her mark, by one name

@@ -43,3 +43,11 @@ def test_postfix_limit_read_with_postconf(make_config, tmp_path: Path) -> None:
 def test_scan_head_is_called_out(make_config) -> None:
     assert "unscanned" in sizelimits.size_warnings(make_config(oversize_action="scan-head"), None, None)[0]
 
+
+
+@pytest.mark.postfix  # asks postconf
+def test_an_unreadable_postfix_config_is_named(make_config, tmp_path: Path) -> None:
+    """postconf is there but cannot read the folder: the note names it (it said "no postconf")."""
+    cfg = make_config(postfix_config_dir=str(tmp_path / "absent"), clamd_socket="none")
+    [note] = [n for n in sizelimits.check(cfg) if "message_size_limit unknown" in n]
+    assert str(tmp_path / "absent") in note and "postfix_config_dir" in note

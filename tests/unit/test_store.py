@@ -309,3 +309,34 @@ def test_token_blobs_packed_on_many_threads_at_once_stay_apart() -> None:
         blobs = list(pool.map(messagelog.pack_tokens, sets * 5))
         back = list(pool.map(messagelog.unpack_tokens, blobs))
     assert back == sets * 5
+
+
+def test_each_recipient_sees_what_was_decided_for_them(store: Store) -> None:
+    """Bob allows the sender, so the message is "allowed"; for Alice it was spam, held: her list's
+    spam filter finds it and her counts say spam, Bob's say allowed; the whole system's the message's."""
+    from stronghold.classifier import Score
+    from stronghold.lists import ListEntry, ListIndex
+    from stronghold.verdict import Action, Category
+
+    msg = parse(b"From: deals@shop.example\r\nSubject: Rates\r\n\r\nlow rates")
+    env = Envelope("deals@shop.example", ("alice@example.com", "bob@example.com"), queue_id="QV")
+    lists = ListIndex([ListEntry(1, "bob@example.com", "allow", "deals@shop.example", trust_unauthenticated=True)])
+    verdict = decide(env, msg, Findings(lists=lists, score=Score(0.9995, ()), model_threshold=0.9),
+                     Policy(spam_action=Action.QUARANTINE, spam_action_high=Action.QUARANTINE))
+    assert verdict.category is Category.ALLOWED
+    assert {d.recipient: d.category for d in verdict.decisions} == {"alice@example.com": Category.SPAM,
+                                                                   "bob@example.com": Category.ALLOWED}
+    with store.session() as s:
+        mid = messagelog.record(s, env, msg, verdict, None)
+        day = time.strftime("%Y-%m-%d", time.gmtime())
+
+        def listed(addresses: tuple[str, ...] | None, category: str) -> list[int]:
+            return [r.id for r in messagelog.recent(s, messagelog.LogFilter(addresses, category))]
+
+        assert listed(("alice@example.com",), "spam") == [mid] and listed(("alice@example.com",), "allowed") == []
+        assert listed(("bob@example.com",), "allowed") == [mid] and listed(("bob@example.com",), "spam") == []
+        assert listed(None, "allowed") == [mid] and listed(None, "spam") == []
+        assert messagelog.daily_counts(s, ("alice@example.com",))[day] == {"spam": 1}
+        assert messagelog.daily_counts(s, ("bob@example.com",))[day] == {"allowed": 1}
+        assert messagelog.daily_counts(s, ("alice@example.com", "bob@example.com"))[day] == {"allowed": 1}
+        assert messagelog.daily_counts(s, None)[day] == {"allowed": 1}

@@ -9,14 +9,16 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
+from stronghold.classifier import Clue, Score
 from stronghold.findings import Findings
-from stronghold.lists import ListIndex
+from stronghold.lists import ListEntry, ListIndex
 from stronghold.message import parse
 from stronghold.policy import Policy
 from stronghold.precedence import decide
 from stronghold.store import accounts, entries, messagelog
 from stronghold.store.db import Store
-from stronghold.verdict import Envelope
+from stronghold.tokens import features
+from stronghold.verdict import Action, Envelope
 from tests.conftest import shared_tmpdir
 from tests.harness.browser import WebProcess, screenshot
 from tests.webui.conftest import PASSWORD, seed
@@ -261,3 +263,77 @@ def test_a_global_block_of_the_sites_own_domain_asks_first(site: tuple[WebProces
     with store.session() as s:
         [added] = [e for e in entries.entries(s, None, "block") if e.pattern == "@example.com"]
         entries.remove_entry(s, added.id, [None])  # the other tests' mail is not refused
+
+
+def test_each_clue_is_one_item_even_when_its_token_holds_spaces(site: tuple[WebProcess, Store],
+                                                                 page: Page) -> None:
+    """A header-value token ("x-mailer:microsoft cdo for windows 2000", as the tokenizer makes it) is
+    one clue, not five; a recipient refused at RCPT (its row keeps "sender blocked") lists no clues."""
+    web, store = site
+    msg = parse(b"From: promo@cdo.example\r\nX-Mailer: Microsoft CDO for Windows 2000\r\n"
+                b"Subject: Lose 10-12 lbs\r\n\r\nguaranteed")
+    mailer = next(t for t in features(msg) if t.startswith("x-mailer:") and " " in t)
+    score = Score(0.9998, (Clue(mailer, 0.999), Clue("10-12", 0.992), Clue("subject:lose", 0.992)))
+    env = Envelope("promo@cdo.example", ("alice@example.com",), queue_id="CLUES1")
+    verdict = decide(env, msg, Findings(lists=ListIndex([]), score=score, model_threshold=0.9), Policy())
+    refused = messagelog.rcpt_reject_entry(Envelope("spammer@bad.example", (), queue_id="CLUES2"),
+                                           "alice@example.com", "sender blocked", "block=rcpt(#1)")
+    with store.session() as s:
+        mid = messagelog.record(s, env, msg, verdict, None)
+        [blocked] = messagelog.write(s, [refused])
+    login(page, web.url, "alice")  # bob's password is reset by an earlier test
+    page.goto(f"{web.url}/messages/{mid}")
+    expect(page.locator("ul.clues li")).to_have_text([
+        "x-mailer:microsoft cdo for windows 2000:0.999", "10-12:0.992", "subject:lose:0.992"])
+    page.goto(f"{web.url}/messages/{blocked}")
+    expect(page.locator("ul.why")).to_contain_text("sender blocked")
+    expect(page.locator("ul.clues")).to_have_count(0)
+
+
+def test_no_page_makes_the_browser_report_an_error(site: tuple[WebProcess, Store], page: Page) -> None:
+    """No console error and no failed request on any page, the user's and the admin's: the browser's
+    own request for an icon got a 404 on every page (a console error in its developer tools)."""
+    web, _ = site
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(f"console: {m.text}") if m.type == "error" else None)
+    page.on("response", lambda r: errors.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+    page.goto(web.url + "/login")
+    login(page, web.url, "alice")
+    for url in ("/", "/messages/", "/lists/alice@example.com", "/junk/", "/settings/", "/password"):
+        page.goto(web.url + url)
+        page.wait_for_load_state("networkidle")
+    page.get_by_role("button", name="Log out alice").click()
+    login(page, web.url, "root")
+    for url in ("/admin/users", "/lists/global", "/messages/?all=1", "/junk/"):
+        page.goto(web.url + url)
+        page.wait_for_load_state("networkidle")
+    assert errors == []
+    icon = page.request.get(web.url + "/favicon.ico")
+    assert icon.ok and icon.headers["content-type"].startswith("image/svg+xml") and icon.body().startswith(b"<svg")
+
+
+def test_recent_mail_shows_what_was_decided_for_the_viewer(site: tuple[WebProcess, Store], page: Page) -> None:
+    """Another recipient allows the sender, so the message is "allowed"; Alice's copy was spam, held:
+    her Recent mail, its spam filter and the message page say spam, the admin's view of all mail the
+    message's verdict (her page said "allowed — accept" for mail held in her Junk)."""
+    web, store = site
+    msg = parse(b"From: rates@lender.example\r\nSubject: Rates hit a low\r\n\r\nlow rates")
+    env = Envelope("rates@lender.example", ("alice@example.com", "carol@example.com"), queue_id="VIEW1")
+    lists = ListIndex([ListEntry(1, "carol@example.com", "allow", "rates@lender.example", trust_unauthenticated=True)])
+    verdict = decide(env, msg, Findings(lists=lists, score=Score(0.9995, ()), model_threshold=0.9),
+                     Policy(spam_action=Action.QUARANTINE, spam_action_high=Action.QUARANTINE))
+    with store.session() as s:
+        mid = messagelog.record(s, env, msg, verdict, None)
+    login(page, web.url, "alice")
+    page.goto(web.url + "/messages/?category=spam")
+    row = page.locator("table.log tbody tr", has_text="Rates hit a low")
+    expect(row.locator("td").nth(3)).to_have_text("spam quarantine")
+    page.goto(web.url + "/messages/?category=allowed")
+    expect(page.locator("table.log")).not_to_contain_text("Rates hit a low")
+    page.goto(f"{web.url}/messages/{mid}")
+    expect(page.locator("dl.facts")).to_contain_text("spam — quarantine")
+    page.get_by_role("button", name="Log out alice").click()
+    login(page, web.url, "root")
+    page.goto(web.url + "/messages/?all=1&category=allowed")
+    expect(page.locator("table.log tbody tr", has_text="Rates hit a low").locator("td").nth(3)).to_have_text(
+        "allowed accept")

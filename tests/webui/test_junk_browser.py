@@ -239,3 +239,34 @@ def test_admin_finds_and_releases_a_disabled_users_held_mail(site: Site, page: P
     expect(page.get_by_role("heading", name="Junk — held mail only administrators see")).to_be_visible()  # back there
     assert [m.recipients for m in site.sink.wait_for(lambda m: m.recipients == ["carol@example.com"])] == [
         ["carol@example.com"]]
+
+
+def test_preview_page_makes_the_browser_report_no_error(site: Site, page: Page) -> None:
+    """The strictest page (nothing may load on it) reports no console error either: the icon is at
+    the address browsers ask for by default, which that policy does not block (a <link> would be)."""
+    item = site.hold("alice@example.com", "Icon check")
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(f"console: {m.text}") if m.type == "error" else None)
+    page.on("response", lambda r: errors.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+    login(page, site.web.url, "alice")
+    page.goto(f"{site.web.url}/junk/{item}")
+    expect(page.locator("#preview")).to_have_text("Your order has shipped.")
+    page.wait_for_load_state("networkidle")
+    assert errors == []
+
+
+def test_digest_link_names_the_sender_as_junk_does(site: Site, browser: Browser) -> None:
+    """The release page a digest links to shows the From people recognise (the digest mail's "from:"),
+    the envelope sender beneath it, as the Junk page does; it showed the envelope sender as "From"."""
+    raw = b"From: Shop News <deals@shop.example>\r\nSubject: Spring sale\r\n\r\nbuy now\r\n"
+    item = site.hold("bob@example.com", "Spring sale", raw=raw, sender="bounce-4712@mailer.example")
+    cfg = config_mod.load(site.web.config, environ={})
+    link = digest.link_url(cfg, digest.make_link_token(cfg, item, "bob@example.com"))
+    page = browser.new_context().new_page()
+    page.goto(link)
+    facts = page.locator("#held-facts")
+    expect(facts.locator(".from-header")).to_have_text("Shop News <deals@shop.example>")
+    expect(facts.locator(".via")).to_have_text("envelope sender bounce-4712@mailer.example")
+    page.get_by_role("button", name="Release to my inbox").click()
+    expect(page.get_by_role("status").locator(".from-header")).to_have_text("Shop News <deals@shop.example>")
+    page.context.close()
