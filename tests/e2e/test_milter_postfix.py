@@ -161,6 +161,23 @@ def test_malformed_mime_is_delivered_not_lost(stack: Stack) -> None:
     assert {"defect:bad-base64", "defect:CloseBoundaryNotFoundDefect"} <= messagelog.unpack_tokens(row.tokens)
 
 
+def test_codec_names_that_are_no_charset_are_delivered_scored_and_logged(stack: Stack) -> None:
+    """Charsets ``undefined`` and ``idna`` (Python codecs that raise UnicodeError on any input) in
+    the Subject and the body: the parser raised, and the milter tempfailed the message on every
+    retry without a log line.  Now: read as unknown charsets, scored, delivered, logged."""
+    raw = (b"From: y@odd.example\r\nSubject: =?undefined?Q?quarterly_figures?=\r\nMIME-Version: 1.0\r\n"
+           b"Content-Type: text/plain; charset=idna\r\n\r\nxn-- the quarterly figures\r\n")
+    tid, data = mail.tagged(raw)
+    assert mail.send(stack.postfix.port, "y@odd.example", ["nina@example.com"], data) == {}
+    h = mail.headers(stack.sink.wait_for(_by_id(tid))[0].data)
+    assert re.search(r"\bscore=[01]\.\d{4}\b", h["X-Spam-Status"]) and "classifier=" in h["X-Spam-Status"]
+    stack.milter.wait_log("to=<nina@example.com>")
+    wait_for(lambda: _log_rows(stack, "nina@example.com"), 10, "the log row")
+    row = _log_rows(stack, "nina@example.com")[0]
+    assert row.subject == "quarterly figures"
+    assert "defect:body-charset" in messagelog.unpack_tokens(row.tokens)
+
+
 def _malformed_row(stack: Stack):
     return next((r for r in _log_rows(stack, "jane@example.com") if r.sender == "x@odd.example"), None)
 
