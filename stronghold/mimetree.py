@@ -21,7 +21,7 @@ import re
 from collections.abc import Callable
 
 from stronghold import nativecore
-from stronghold.charsets import text_codec
+from stronghold.mimeparams import known_charsets, read_params
 
 MAX_DEPTH = 40
 MAX_PARTS = 200
@@ -95,8 +95,9 @@ class IndexedMessage(email.message.Message):
         return isinstance(name, str) and name.lower() in self._positions()
 
     def _get_params_preserve(self, failobj: object, header: str) -> object:
-        """The stdlib's parameter reading, kept per header and value: parse() reads a part's
-        Content-Type parameters twice (``get_filename`` falls back to ``name``, then
+        """The stdlib's parameter reading (``mimeparams.read_params``: in linear time; charsets
+        that are no character set made unknown ones), kept per header and value: parse() reads
+        a part's Content-Type parameters twice (``get_filename`` falls back to ``name``, then
         ``get_content_charset``).  A changed header has another value, so is read again;
         each caller gets its own list."""
         value = self.get(header)
@@ -106,26 +107,8 @@ class IndexedMessage(email.message.Message):
         key = header.lower()
         held = read.get(key)
         if held is None or held[0] != value:
-            held = read[key] = (value, _known_charsets(super()._get_params_preserve(failobj, header)))  # type: ignore[misc]
+            held = read[key] = (value, known_charsets(read_params(value)))
         return list(held[1])
-
-
-# What an RFC 2231 parameter's charset becomes when it is no character set: a name no codec has
-NOT_A_CHARSET = "x-not-a-charset"
-
-
-def _known_charsets(params: object) -> object:
-    """``params`` (the stdlib's list of (name, value)) with the charset of each RFC 2231 value
-    (``name*=charset'lang'text``, a (charset, language, text) tuple) that Python knows as no
-    character set (``charsets.text_codec``: ``idna``, ``punycode``...) made an unknown one: the
-    stdlib decodes a value with its charset (``get_filename``, ``get_boundary``,
-    ``get_content_charset``), and reads one it does not know as written.  Punycode decodes in
-    quadratic time: a 200 kB ``name*=punycode''...`` held a worker for 6 s."""
-    if not isinstance(params, list):
-        return params
-    return [(name, (NOT_A_CHARSET, *value[1:]))
-            if isinstance(value, tuple) and len(value) == 3 and value[0] and text_codec(value[0]) is None
-            else (name, value) for name, value in params]
 
 
 def _with_fields(part: IndexedMessage, fields: list[tuple[str, str]]) -> IndexedMessage:
