@@ -13,6 +13,7 @@ recipients; when nobody receives it, the message is discarded after the hold.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from time import perf_counter
@@ -20,7 +21,7 @@ from time import perf_counter
 from stronghold import antivirus, headers
 from stronghold.logfmt import MessageLine, RcptLine
 from stronghold.message import MAX_BYTES, parse
-from stronghold.policy import REPLY_BLOCKED
+from stronghold.policy import REPLY_BLOCKED, REPLY_TEMPFAIL
 from stronghold.service import Service
 from stronghold.spool import Spool
 from stronghold.store.errors import StoreError
@@ -79,9 +80,23 @@ class Transaction:
         self.subject_raw: bytes | None = None
         self.size = 0
         self.oversize = False
+        self.spool_error: str | None = None  # why the spool could not take the message
 
     def close(self) -> None:
         self.spool.close()
+
+    def write(self, data: bytes) -> None:
+        """Spool ``data``.  A spool that cannot take it (data_dir full, gone, failing) is noted
+        and the message tempfailed at its end: raised from a callback the MTA does not wait an
+        answer for (body, headers), libmilter answered nothing more and Postfix waited its
+        milter_content_timeout (5 minutes) on each attempt."""
+        if self.spool_error is not None:
+            return
+        try:
+            self.spool.write(data)
+        except OSError as exc:
+            self.spool_error = str(exc)
+            self.spool.close()
 
     def add_recipient(self, given: str) -> None:
         rcpt = given.lower()
@@ -124,6 +139,13 @@ class Transaction:
 
     def conclude(self, env: Envelope) -> Answer:
         """End of message: parse, decide, hold what is held, log; the Answer for the MTA."""
+        if self.spool_error is not None:  # part of the message is missing: nothing to decide on
+            log.error("%s: from=<%s> to=%s action=tempfail reasons=%s", env.queue_id or "-", env.sender,
+                      ",".join(f"<{r}>" for r in env.recipients),
+                      json.dumps(f"spool failed: {self.spool_error}"))
+            self.service.incidents.failed("spool", self.spool_error)
+            return Answer(TEMPFAIL, REPLY_TEMPFAIL)
+        self.service.incidents.ok("spool")
         started = perf_counter()
         service = self.service
         # clamd gets the message first and scans while we parse and score (not for an oversize
