@@ -20,7 +20,7 @@ from time import perf_counter
 
 from stronghold import antivirus, headers
 from stronghold.logfmt import MessageLine, RcptLine
-from stronghold.message import MAX_BYTES, parse
+from stronghold.message import MAX_BYTES, decode_bytes, parse
 from stronghold.policy import REPLY_BLOCKED, REPLY_TEMPFAIL
 from stronghold.service import Service
 from stronghold.spool import Spool
@@ -36,6 +36,19 @@ ACCEPT, REJECT, TEMPFAIL, DISCARD = "accept", "reject", "tempfail", "discard"
 def bare(address: str) -> str:
     """An envelope address without its angle brackets."""
     return address.strip().strip("<>").strip()
+
+
+def readable(address: str) -> str:
+    """An envelope address as text the filter keeps (lists, logs, the store): 8-bit bytes the
+    MTA passed without SMTPUTF8 arrive as surrogate escapes, which no database takes (SQLite's
+    and PostgreSQL's drivers raise UnicodeEncodeError), read as UTF-8 if they are, else
+    Latin-1, as header bytes are (``message.decode_bytes``).  The MTA's own form stays for
+    what goes back to it (``delrcpt``)."""
+    try:
+        address.encode("utf-8")
+    except UnicodeEncodeError:
+        return decode_bytes(address.encode("utf-8", "surrogateescape"), None)[0]
+    return address
 
 
 @dataclass
@@ -54,7 +67,7 @@ class Answer:
 def check_recipient(service: Service, sender: str, given: str, client_ip: str, helo: str,
                     queue_id: str) -> Answer | None:
     """RCPT time: the block lists; an Answer refusing the recipient, or None to take it."""
-    rcpt = given.lower()
+    rcpt = readable(given).lower()
     decision = service.check_recipient(sender, rcpt)
     if decision is None:
         return None
@@ -69,7 +82,7 @@ class Transaction:
 
     def __init__(self, service: Service, sender: str) -> None:
         self.service = service
-        self.sender = bare(sender)
+        self.sender = readable(bare(sender))
         self.spool = Spool(service.cfg.spool_memory_bytes, service.cfg.data_dir)
         self.recipients: list[str] = []  # lower-cased, for lists and logs
         self.rcpt_as_given: dict[str, str] = {}  # for delrcpt, which wants the MTA's own form
@@ -99,7 +112,7 @@ class Transaction:
             self.spool.close()
 
     def add_recipient(self, given: str) -> None:
-        rcpt = given.lower()
+        rcpt = readable(given).lower()
         self.recipients.append(rcpt)
         self.rcpt_as_given[rcpt] = given
 
