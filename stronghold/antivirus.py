@@ -142,26 +142,43 @@ class ClamdScanner:
         raise _DescriptorRefused(reply)
 
     def _scan_stream(self, stream: Stream) -> ScanResult:
-        client = None
+        """INSTREAM: the message in chunks, then clamd's one reply, read whole.  Only a scan
+        result is one: pyclamd's reading took no reply at all (clamd closed, killed mid-scan),
+        an empty or cut one or one it could not parse (``stream: Fo``) for clean, and raised
+        IndexError on others (``UNKNOWN COMMAND``)."""
         try:
-            client = self._client()
-            result = client.scan_stream(stream, chunk_size=64 * 1024)
-        except pyclamd.BufferTooLongError as exc:
-            raise ScannerError(f"clamd refused the stream as too long: {exc}") from exc
-        except (TimeoutError, pyclamd.ConnectionError, OSError) as exc:
+            with self._connect() as sock:
+                sock.sendall(b"zINSTREAM\0")
+                while chunk := stream.read(STREAM_CHUNK):
+                    sock.sendall(struct.pack("!L", len(chunk)) + chunk)
+                sock.sendall(struct.pack("!L", 0))
+                reply = _reply_of(sock)
+        except OSError as exc:  # TimeoutError too
             raise ScannerError(f"clamd at {self.address} unreachable: {exc}") from exc
-        finally:
-            if client is not None and getattr(client, "clamd_socket", None) is not None:
-                try:
-                    client.clamd_socket.close()
-                except OSError:
-                    pass
-        if not result:
+        text = reply.rstrip(b"\0").decode("utf-8", "replace").strip()
+        if text.endswith("size limit exceeded. ERROR"):
+            raise ScannerError(f"clamd refused the stream as too long: {text}")
+        if text.startswith("stream: ") and text.endswith(" OK"):
             return ScanResult(None)
-        status, name = next(iter(result.values()))
-        if status == "FOUND":
-            return ScanResult(name or "unknown")
-        raise ScannerError(f"clamd error: {name}")
+        if text.startswith("stream: ") and text.endswith(" FOUND"):
+            return ScanResult(text[len("stream: "):-len(" FOUND")].strip() or "unknown")
+        if not text:
+            raise ScannerError("clamd closed the connection without answering")
+        raise ScannerError(f"clamd error: {text[:200]}")
+
+    def _connect(self) -> socket.socket:
+        """A connection to clamd, each step bounded by the timeout."""
+        if self.address.startswith("unix:"):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(self.timeout)
+            try:
+                sock.connect(self.address[5:])
+            except BaseException:
+                sock.close()
+                raise
+            return sock
+        host, _, port = self.address[4:].rpartition(":")
+        return socket.create_connection((host.strip("[]"), int(port)), timeout=self.timeout)
 
     def ping(self) -> str:
         """clamd's version string; raises ScannerError."""
@@ -291,6 +308,20 @@ def _fildes_reply_py(sock: int, limit: int = 4096) -> bytes:
                 data += chunk
         except BlockingIOError as exc:
             raise TimeoutError("timed out") from exc
+    return data
+
+
+STREAM_CHUNK = 64 * 1024
+
+
+def _reply_of(sock: socket.socket, limit: int = 4096) -> bytes:
+    """clamd's reply to a streamed scan: up to its NUL, or what came before it closed."""
+    data = b""
+    while not data.endswith(b"\0") and len(data) < limit:
+        chunk = sock.recv(limit - len(data))
+        if not chunk:
+            break
+        data += chunk
     return data
 
 

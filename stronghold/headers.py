@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import base64
 import binascii
-import codecs
 import email.charset
 import email.header
 import quopri
 import re
 from collections.abc import Sequence
 from email.utils import getaddresses
+
+from stronghold.charsets import text_codec
 
 # Headers only Stronghold writes; any of these names that arrive from outside are removed.
 OWN_PREFIXES = ("x-spam-", "x-stronghold-")
@@ -35,18 +36,14 @@ def ours(name: str) -> bool:
 
 
 def _bytes_to_text(data: bytes, charset: str | None = None) -> str:
-    """Decode with ``charset`` when Python knows it; else UTF-8, else cp1252, else Latin-1."""
-    if charset:
-        name = charset.split("*", 1)[0].strip().strip('"').lower()  # RFC 2231 language suffix
+    """Decode with ``charset`` when Python knows it as a character set (``charsets.text_codec``);
+    else UTF-8, else cp1252, else Latin-1."""
+    codec = text_codec(charset.split("*", 1)[0]) if charset else None  # without an RFC 2231 language suffix
+    if codec is not None:
         try:
-            codecs.lookup(name)
-        except LookupError:
+            return data.decode(codec)
+        except UnicodeDecodeError:
             pass
-        else:
-            try:
-                return data.decode(name)
-            except UnicodeDecodeError:
-                pass
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from stronghold import nativecore
+from stronghold.charsets import text_codec
 from stronghold.htmltext import html_to_text
 from stronghold.mimetree import MAX_DEPTH, MAX_PARTS, capped_header, mime_tree
 
@@ -121,20 +122,17 @@ def decode_header_value(raw: str, phrase: bool = False) -> tuple[str, list[str]]
 
 
 def decode_bytes(data: bytes, charset: str | None) -> tuple[str, bool]:
-    """Decode with the declared charset, falling back; returns (text, was_bad)."""
+    """Decode with the declared charset, falling back; returns (text, was_bad).  A charset Python
+    does not know as one (``charsets.text_codec``) is bad, and the fallback reads the bytes."""
     bad = False
     if charset:
-        cs = charset.strip().strip('"').lower()
-        try:
-            return data.decode(cs), False
-        except LookupError:
-            bad = True
-        except UnicodeDecodeError:
-            bad = True
+        codec = text_codec(charset)  # None for names that are no character set ("base64", "idna")
+        bad = True
+        if codec is not None:
             try:
-                return data.decode(cs, errors="replace"), True
-            except LookupError:
-                pass
+                return data.decode(codec), False
+            except UnicodeDecodeError:
+                return data.decode(codec, errors="replace"), True
     try:
         return data.decode("utf-8"), bad
     except UnicodeDecodeError:

@@ -124,7 +124,7 @@ class StrongholdMilter(Milter.Base):
             txn.oversize = True
             data = data[:max(room, 0)]
         if data:
-            txn.spool.write(data)
+            txn.write(data)
 
     # -- decision ---------------------------------------------------------------
     def eom(self) -> int:

@@ -167,7 +167,7 @@ class Connection:
             return
         txn.note_headers(headers, self.service.cfg.max_message_bytes)
         if data:
-            txn.spool.write(data)
+            txn.write(data)
 
     def on_eom(self, session: object, headers: list[tuple[str, bytes, int, int]], data: bytes, size: int,
                oversize: bool, mailed: bool) -> bytes:

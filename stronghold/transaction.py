@@ -13,6 +13,7 @@ recipients; when nobody receives it, the message is discarded after the hold.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from time import perf_counter
@@ -20,8 +21,8 @@ from time import perf_counter
 from stronghold import antivirus, headers
 from stronghold.lists import recipient_address
 from stronghold.logfmt import MessageLine, RcptLine
-from stronghold.message import MAX_BYTES, parse
-from stronghold.policy import REPLY_BLOCKED
+from stronghold.message import MAX_BYTES, decode_bytes, parse
+from stronghold.policy import REPLY_BLOCKED, REPLY_TEMPFAIL
 from stronghold.service import Service
 from stronghold.spool import Spool
 from stronghold.store.errors import StoreError
@@ -37,6 +38,19 @@ AUTHRES = "authentication-results"  # its copies with our id from outside leave 
 def bare(address: str) -> str:
     """An envelope address without its angle brackets."""
     return address.strip().strip("<>").strip()
+
+
+def readable(address: str) -> str:
+    """An envelope address as text the filter keeps (lists, logs, the store): 8-bit bytes the
+    MTA passed without SMTPUTF8 arrive as surrogate escapes, which no database takes (SQLite's
+    and PostgreSQL's drivers raise UnicodeEncodeError), read as UTF-8 if they are, else
+    Latin-1, as header bytes are (``message.decode_bytes``).  The MTA's own form stays for
+    what goes back to it (``delrcpt``)."""
+    try:
+        address.encode("utf-8")
+    except UnicodeEncodeError:
+        return decode_bytes(address.encode("utf-8", "surrogateescape"), None)[0]
+    return address
 
 
 @dataclass
@@ -55,7 +69,7 @@ class Answer:
 def check_recipient(service: Service, sender: str, given: str, client_ip: str, helo: str,
                     queue_id: str) -> Answer | None:
     """RCPT time: the block lists; an Answer refusing the recipient, or None to take it."""
-    rcpt = recipient_address(given, service.cfg.recipient_delimiter)
+    rcpt = recipient_address(readable(given), service.cfg.recipient_delimiter)
     decision = service.check_recipient(sender, rcpt)
     if decision is None:
         return None
@@ -70,7 +84,7 @@ class Transaction:
 
     def __init__(self, service: Service, sender: str) -> None:
         self.service = service
-        self.sender = bare(sender)
+        self.sender = readable(bare(sender))
         self.spool = Spool(service.cfg.spool_memory_bytes, service.cfg.data_dir)
         self.recipients: list[str] = []  # as owners' addresses are stored (recipient_address), each once
         self.rcpt_as_given: dict[str, list[str]] = {}  # every form given of each, for delrcpt
@@ -82,15 +96,29 @@ class Transaction:
         self.subject_raw: bytes | None = None
         self.size = 0
         self.oversize = False
+        self.spool_error: str | None = None  # why the spool could not take the message
 
     def close(self) -> None:
         self.spool.close()
+
+    def write(self, data: bytes) -> None:
+        """Spool ``data``.  A spool that cannot take it (data_dir full, gone, failing) is noted
+        and the message tempfailed at its end: raised from a callback the MTA does not wait an
+        answer for (body, headers), libmilter answered nothing more and Postfix waited its
+        milter_content_timeout (5 minutes) on each attempt."""
+        if self.spool_error is not None:
+            return
+        try:
+            self.spool.write(data)
+        except OSError as exc:
+            self.spool_error = str(exc)
+            self.spool.close()
 
     def add_recipient(self, given: str) -> None:
         """One RCPT.  ``Victim@`` and ``"victim"@`` are one recipient with one decision
         (``lists.recipient_address``), and a copy not delivered is taken from every form the MTA
         was given (else the other form got it)."""
-        rcpt = recipient_address(given, self.service.cfg.recipient_delimiter)
+        rcpt = recipient_address(readable(given), self.service.cfg.recipient_delimiter)
         forms = self.rcpt_as_given.setdefault(rcpt, [])
         if not forms:
             self.recipients.append(rcpt)
@@ -141,6 +169,13 @@ class Transaction:
 
     def conclude(self, env: Envelope) -> Answer:
         """End of message: parse, decide, hold what is held, log; the Answer for the MTA."""
+        if self.spool_error is not None:  # part of the message is missing: nothing to decide on
+            log.error("%s: from=<%s> to=%s action=tempfail reasons=%s", env.queue_id or "-", env.sender,
+                      ",".join(f"<{r}>" for r in env.recipients),
+                      json.dumps(f"spool failed: {self.spool_error}"))
+            self.service.incidents.failed("spool", self.spool_error)
+            return Answer(TEMPFAIL, REPLY_TEMPFAIL)
+        self.service.incidents.ok("spool")
         started = perf_counter()
         service = self.service
         # clamd gets the message first and scans while we parse and score (not for an oversize

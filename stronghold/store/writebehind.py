@@ -114,18 +114,43 @@ class StoreThread:
             batch, self._pending, self._flush_queued = self._pending, [], False
         if not batch:
             return
-        entries = [op for op in batch if isinstance(op, messagelog.LogEntry)]
         try:
-            with store.session() as session:
-                messagelog.write(session, entries)
-                for op in batch:
-                    if not isinstance(op, messagelog.LogEntry):
-                        op(session)
+            self._commit(store, batch)
         except StoreError as exc:
             on_done(exc)
             self._requeue(batch, store, on_done)
+        except Exception:  # a write no database takes must not take the batch with it
+            log.exception("message log: a batch of %d writes failed; writing them one by one", len(batch))
+            self._one_by_one(batch, store, on_done)
         else:
             on_done(None)
+
+    @staticmethod
+    def _commit(store: Store, batch: list[Callable[[Session], None] | messagelog.LogEntry]) -> None:
+        """Write ``batch`` in one transaction: log rows in one statement per table, then the rest."""
+        with store.session() as session:
+            messagelog.write(session, [op for op in batch if isinstance(op, messagelog.LogEntry)])
+            for op in batch:
+                if not isinstance(op, messagelog.LogEntry):
+                    op(session)
+
+    def _one_by_one(self, batch: list[Callable[[Session], None] | messagelog.LogEntry], store: Store,
+                    on_done: Callable[[Exception | None], None]) -> None:
+        """Write each of ``batch`` alone after the batch raised something other than StoreError
+        (which the thread's pool kept to itself: every row of the batch was lost unlogged).  A
+        write that fails so is dropped with an error; at a StoreError (the database refusing),
+        the rest is queued again."""
+        for i, op in enumerate(batch):
+            try:
+                self._commit(store, [op])
+            except StoreError as exc:
+                on_done(exc)
+                self._requeue(batch[i:], store, on_done)
+                return
+            except Exception:  # this write only is lost, and says so
+                self.dropped += 1
+                log.exception("message log: a write failed and is dropped (%d dropped in all)", self.dropped)
+        on_done(None)
 
     def _requeue(self, batch: list[Callable[[Session], None] | messagelog.LogEntry], store: Store,
                  on_done: Callable[[Exception | None], None]) -> None:

@@ -93,6 +93,35 @@ def test_milter_killed_postfix_tempfails_and_nothing_is_lost(edge_stack: EdgeSta
     wait_for(lambda: not edge_stack.edge.queue(), 30, "edge queue empty")
 
 
+@pytest.mark.parametrize("engine", ["native", "libmilter"])
+def test_spool_folder_failing_tempfails_at_once_then_delivers_once(models_dir: Path, engine: str) -> None:
+    """data_dir (where a message past spool_memory_bytes is spooled) gone mid-run: each message
+    that needs it is tempfailed at its end with a log line saying why, and delivered once the
+    folder is back.  With libmilter the spool's OSError, raised in the body callback (which
+    Postfix does not wait an answer for), got no answer at all: Postfix waited its
+    milter_content_timeout (120 s here, 5 minutes by default) on every attempt."""
+    home = shared_tmpdir("stronghold-spoolfault-")
+    (home / "filter").mkdir()
+    spool_dir = home / "filter" / "data"
+    s = EdgeStack(home, models_dir, milter_engine=engine, data_dir=str(spool_dir), spool_memory_bytes=100_000)
+    try:
+        s.filter.milter.wait_log(f"{engine} protocol engine")
+        shutil.rmtree(spool_dir)
+        tid, data = mail.simple(body="The quarterly figures are below.\n" + "0123456789 abcdefgh\n" * 20_000)
+        assert mail.send(s.edge.port, "carol@sender.example", ["pat@example.com"], data) == {}
+        wait_for(lambda: _deferred_with(s.edge, "4.7.1"), 30, "message deferred with 4.7.1 in the edge queue")
+        assert not s.filter.sink.messages
+        s.filter.milter.wait_log('to=<pat@example.com> action=tempfail reasons="spool failed: ')
+        spool_dir.mkdir()
+        s.edge.flush()
+        got = s.filter.sink.wait_for(lambda m: f"X-Test-Id: {tid}".encode() in m.data, timeout=30)
+        assert len(got) == 1
+        wait_for(lambda: not s.edge.queue(), 30, "edge queue empty")
+    finally:
+        s.stop()
+        shutil.rmtree(home, ignore_errors=True)
+
+
 @pytest.fixture
 def pg_edge_stack(models_dir: Path) -> Iterator[tuple[EdgeStack, PostgresCluster]]:
     cluster = PostgresCluster()

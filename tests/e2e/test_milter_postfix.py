@@ -7,6 +7,7 @@ import email.header
 import re
 import shutil
 import smtplib
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -178,6 +179,52 @@ def test_malformed_mime_is_delivered_not_lost(stack: Stack) -> None:
     row = _malformed_row(stack)
     assert row is not None
     assert {"defect:bad-base64", "defect:CloseBoundaryNotFoundDefect"} <= messagelog.unpack_tokens(row.tokens)
+
+
+def test_codec_names_that_are_no_charset_are_delivered_scored_and_logged(stack: Stack) -> None:
+    """Charsets ``undefined`` and ``idna`` (Python codecs that raise UnicodeError on any input) in
+    the Subject and the body: the parser raised, and the milter tempfailed the message on every
+    retry without a log line.  Now: read as unknown charsets, scored, delivered, logged."""
+    raw = (b"From: y@odd.example\r\nSubject: =?undefined?Q?quarterly_figures?=\r\nMIME-Version: 1.0\r\n"
+           b"Content-Type: text/plain; charset=idna\r\n\r\nxn-- the quarterly figures\r\n")
+    tid, data = mail.tagged(raw)
+    assert mail.send(stack.postfix.port, "y@odd.example", ["nina@example.com"], data) == {}
+    h = mail.headers(stack.sink.wait_for(_by_id(tid))[0].data)
+    assert re.search(r"\bscore=[01]\.\d{4}\b", h["X-Spam-Status"]) and "classifier=" in h["X-Spam-Status"]
+    stack.milter.wait_log("to=<nina@example.com>")
+    wait_for(lambda: _log_rows(stack, "nina@example.com"), 10, "the log row")
+    row = _log_rows(stack, "nina@example.com")[0]
+    assert row.subject == "quarterly figures"
+    assert "defect:body-charset" in messagelog.unpack_tokens(row.tokens)
+
+
+def _smtp(port: int, commands: list[bytes]) -> list[bytes]:
+    """Raw SMTP (smtplib will not send 8-bit addresses without SMTPUTF8): the reply to each."""
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock, sock.makefile("rb") as replies:
+        def reply() -> bytes:
+            lines = [replies.readline()]
+            while lines[-1][3:4] == b"-":
+                lines.append(replies.readline())
+            return b"".join(lines)
+        answers = [reply()]
+        for command in commands:
+            sock.sendall(command)
+            answers.append(reply())
+        return answers
+
+
+def test_eight_bit_envelope_addresses_are_logged_readable(stack: Stack) -> None:
+    """Postfix passes an 8-bit MAIL FROM / RCPT TO without SMTPUTF8 as it came: the engines gave
+    it to the store with surrogate escapes, the database driver raised, and that message's log
+    row and every other row of the same write batch were lost without a word."""
+    tid, data = mail.simple(subject="eight-bit envelope")
+    answers = _smtp(stack.postfix.port, [b"EHLO client.example\r\n", b"MAIL FROM:<caf\xe9@odd.example>\r\n",
+                                         b"RCPT TO:<quinn@example.com>\r\n", b"DATA\r\n", data + b".\r\n",
+                                         b"QUIT\r\n"])
+    assert answers[5].startswith(b"250 "), answers
+    stack.sink.wait_for(_by_id(tid))
+    wait_for(lambda: _log_rows(stack, "quinn@example.com"), 10, "the log row")
+    assert [r.sender for r in _log_rows(stack, "quinn@example.com")] == ["caf\u00e9@odd.example"]  # Latin-1 read
 
 
 def _malformed_row(stack: Stack):

@@ -224,3 +224,29 @@ def test_a_clamd_that_closes_without_answering_is_an_error_not_a_refusal(tmp_pat
         assert scanner.pass_descriptors
     finally:
         daemon.close()
+
+
+@pytest.mark.parametrize("reply", [None, b"", b"stream: Stronghold.Te", b"stream: weird", b"UNKNOWN COMMAND",
+                                   b"COMMAND READ TIMED OUT"])
+def test_a_streamed_scan_without_a_scan_result_is_an_error_not_clean(tmp_path, reply):
+    """INSTREAM (over TCP, or after a refused descriptor) answered by a clamd that hangs up
+    (killed mid-scan: None), or with an empty, cut or unknown reply: pyclamd's reading called the
+    first four clean (the message delivered unscanned) and raised IndexError on the others."""
+    def reading(conn: socket.socket) -> None:
+        command = read_command(conn, (b"\0", b"\n"))
+        if command.startswith(b"zFILDES"):
+            socket.recv_fds(conn, 16, 1)
+            conn.sendall(b"PROTOCOL ERROR: ancillary data refused. ERROR\0")
+            return
+        while size := struct.unpack("!L", _exactly(conn, 4))[0]:
+            _exactly(conn, size)
+        if reply is not None:
+            conn.sendall(reply + command[-1:])  # ended as the command was, as clamd does
+    daemon = UnixDaemon(tmp_path / "clamd.sock", reading)
+    try:
+        scanner = ClamdScanner(f"unix:{daemon.path}", timeout=5)
+        with pytest.raises(ScannerError):
+            scanner.scan(io.BytesIO(INFECTED))
+        assert scanner.pass_descriptors  # the fallback did not work: nothing switched for good
+    finally:
+        daemon.close()

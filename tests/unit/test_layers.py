@@ -23,7 +23,7 @@ PACKAGE = ROOT / "stronghold"
 WEBUI = ROOT / "webui"
 VALUES = ("stronghold.verdict", "stronghold.config", "stronghold.settingtypes", "stronghold.lists",
           "stronghold.message", "stronghold.htmltext", "stronghold.policy", "stronghold.headers",
-          "stronghold.mimetree", "stronghold.nativecore")
+          "stronghold.mimetree", "stronghold.mimeparams", "stronghold.charsets", "stronghold.nativecore")
 STORE = ("stronghold.store", "stronghold.migrations")
 # layers above the default one (everything not named here: the checks, metrics, release, digests...)
 TOP = (("stronghold.routing",), ("stronghold.precedence",), ("stronghold.engine",), ("stronghold.service",),

@@ -215,6 +215,28 @@ def test_log_writes_refused_by_a_locked_database_wait_in_the_queue(tmp_path) -> 
     store.dispose()
 
 
+def test_a_write_no_database_takes_loses_only_itself_and_says_so(tmp_path, caplog) -> None:
+    """A log row the driver cannot even send (text with a lone surrogate: UnicodeEncodeError, not
+    a StoreError) raised inside the writer's pool, which kept it: that row and every other of its
+    batch were lost, without a log line or an answer.  Now the rest are written one by one."""
+    from stronghold.store.writebehind import StoreThread
+    store = Store(f"sqlite:///{tmp_path / 'store.db'}")
+    store.upgrade()
+    outcomes: list[Exception | None] = []
+    db = StoreThread(linger=0.5)
+    for i, sender in enumerate(["before@example.org", "caf\udce9@example.org", "after@example.org"]):
+        env = Envelope(sender, ("r@example.com",), queue_id=f"B{i}")
+        msg = parse(f"Subject: batch {i}\r\n\r\nbody".encode())
+        db.write(messagelog.entry(env, msg, decide(env, msg, Findings(lists=entries.ListIndex([])), Policy())),
+                 store, outcomes.append)
+    db.drain(timeout=30)
+    assert outcomes == [None] and db.dropped == 1
+    with store.session() as s:
+        assert sorted(r.queue_id for r in messagelog.recent(s, messagelog.LogFilter())) == ["B0", "B2"]
+    assert "a write failed and is dropped (1 dropped in all)" in caplog.text
+    store.dispose()
+
+
 def test_csv_import_reports_every_bad_line_and_adds_none(store: Store) -> None:
     text = "".join(f"block,bad {n},\n" for n in range(300)) + "allow,good@pal.example,\n"
     with store.session() as s:
