@@ -158,4 +158,6 @@ def test_no_daemon_fails_the_send_and_leaves_no_descriptor_open(tmp_path, halves
     for _ in range(20):
         with pytest.raises(OSError):
             send(str(tmp_path / "nothing.sock"), message, 1.0)
-    assert len(os.listdir("/proc/self/fd")) == before
+    # a descriptor left per failed send would be 20 more; other threads of the test process
+    # (session fixtures' servers, collected sockets) may open or close one meanwhile
+    assert len(os.listdir("/proc/self/fd")) - before < 5
