@@ -1,4 +1,4 @@
-"""Virus scanning: the Scanner interface and the clamd adapter (file descriptors, or pyclamd INSTREAM).
+"""Virus scanning: the Scanner interface and the clamd adapter (file descriptors, or INSTREAM).
 
 A scanner returns a ScanResult or raises ScannerError; it never reports
 "clean" for a scan that did not happen.
@@ -61,7 +61,8 @@ class ClamdScanner:
     If clamd will not read a passed descriptor (a
     confinement profile, say), the scan is retried as a stream and this
     scanner streams from then on.  Over TCP the message is streamed
-    (INSTREAM, pyclamd).
+    (INSTREAM, our own exchange: pyclamd's took a missing or garbled reply for
+    clean).  pyclamd asks clamd its version (``ping``).
     """
 
     def __init__(self, address: str, timeout: float = 30.0) -> None:
