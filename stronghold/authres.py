@@ -25,6 +25,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from email.utils import getaddresses
 
+import idna
+
 from stronghold.dnscache import Dns, DnsTempError, dkim_txt, spf_check
 
 log = logging.getLogger(__name__)
@@ -74,6 +76,17 @@ def plain_domain(domain: str) -> str:
     sender's text, and go into our Authentication-Results and the trace: a space, quote,
     parenthesis, ';' or line break there would write results (or hide ours) in our name."""
     return domain if len(domain) <= 254 and _DOMAIN.fullmatch(domain) else ""
+
+
+def ascii_domain(domain: str) -> str:
+    """``domain`` as DNS, DKIM ``d=`` and the lists write it: its A-labels (``bücher.example`` is
+    ``xn--bcher-kva.example``, RFC 8616); "" when it has no such form."""
+    if domain.isascii():
+        return domain
+    try:
+        return idna.encode(domain, uts46=True, transitional=False).decode("ascii")
+    except (idna.IDNAError, UnicodeError):
+        return ""
 
 
 def single_from(from_headers: Sequence[str]) -> str | None:
@@ -357,7 +370,8 @@ class Authenticator:
     def check(self, sender: str, client_ip: str, helo: str, headers: Sequence[tuple[str, str]],
               raw: Callable[[], bytes]) -> AuthResults:
         """Authenticate one message; a DNS failure makes its part temperror, never raises."""
-        from_domain = plain_domain(domain_of(single_from([v for k, v in headers if k.lower() == "from"]) or ""))
+        from_domain = ascii_domain(plain_domain(domain_of(
+            single_from([v for k, v in headers if k.lower() == "from"]) or "")))
         if self.mode == "header":
             for key, value in headers:  # the topmost one with our id: the checker in front added it last
                 if key.lower() == "authentication-results" and self.is_ours(value):
@@ -380,7 +394,7 @@ class Authenticator:
     def _spf(self, sender: str, client_ip: str, helo: str) -> tuple[str, str]:
         if not client_ip or (not sender and not helo):
             return "none", ""
-        domain = plain_domain(domain_of(sender) if sender else helo.lower())
+        domain = ascii_domain(plain_domain(domain_of(sender) if sender else helo.lower()))
         try:
             result, _ = spf_check(self.dns, client_ip, sender, helo)
         except (ValueError, UnicodeError) as exc:  # a sender or HELO pyspf cannot read

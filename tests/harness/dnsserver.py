@@ -115,7 +115,8 @@ def publish_test_zones(dns: LoopbackDns, folder: Path) -> dict[str, bytes]:
     """
     z = dns.zone
     keys: dict[str, bytes] = {}
-    for domain in ("trusted.example", "mail.trusted.example", "other.example", "strict.example"):
+    for domain in ("trusted.example", "mail.trusted.example", "other.example", "strict.example",
+                   "xn--bcher-kva.example"):
         pem, txt = dkim_key(folder, domain)
         keys[domain] = pem
         z.txt[f"{SELECTOR}._domainkey.{domain}"] = [txt]
@@ -132,6 +133,8 @@ def publish_test_zones(dns: LoopbackDns, folder: Path) -> dict[str, bytes]:
     z.a["none.example"] = ["192.0.2.10"]  # exists, publishes no SPF
     z.servfail.add("temperror.example")
     z.txt["mail.newsletters.example"] = ["v=spf1 ip4:127.0.0.1 -all"]
+    z.txt["xn--bcher-kva.example"] = ["v=spf1 ip4:127.0.0.1 -all"]  # bücher.example
+    z.txt["_dmarc.xn--bcher-kva.example"] = ["v=DMARC1; p=reject"]
     return keys
 
 

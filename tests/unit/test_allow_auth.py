@@ -146,6 +146,21 @@ def test_strict_alignment_when_the_domain_asks_for_it(auth: Authenticator, test_
     assert v.auth is not None and v.auth.dmarc == "fail"
 
 
+
+def test_an_international_from_domain_is_checked_in_its_ascii_form(auth: Authenticator, test_dns: LoopbackDns) -> None:
+    """A From domain in Unicode (internationalized mail) is the same domain as its A-label, which is
+    what DKIM d=, SPF, DNS and the lists use: aligned, looked up and allowed in that form."""
+    raw = sign(message("Bücher <verkauf@bücher.example>"), "xn--bcher-kva.example", test_dns.keys)
+    found = auth.check("bounce@fail.example", "127.0.0.1", "mx.sender.example", parse(raw).headers, lambda: raw)
+    assert found.from_domain == "xn--bcher-kva.example"
+    assert found.dkim == (("xn--bcher-kva.example", "pass"),) and found.dmarc == "pass", found
+    v = run(auth, "bounce@fail.example", raw, entries("@xn--bcher-kva.example"))
+    assert v.category is Category.ALLOWED and v.action is Action.ACCEPT, trace(v)
+    # unsigned, with SPF failing: DMARC fails for it as for any domain, under its policy (p=reject)
+    found = auth.check("bounce@fail.example", "127.0.0.1", "mx.sender.example",
+                       parse(message("Bücher <verkauf@bücher.example>")).headers, lambda: b"")
+    assert (found.dmarc, found.dmarc_policy) == ("fail", "reject")
+
 # -- the header From: exactly one address ---------------------------------------------------
 
 def test_several_from_addresses_or_none_never_match(auth: Authenticator, test_dns: LoopbackDns) -> None:
@@ -318,8 +333,10 @@ def test_a_helo_that_is_no_domain_is_not_written_as_the_spf_domain(auth: Authent
 
 
 def test_an_international_domain_is_still_a_domain(auth: Authenticator) -> None:
+    """Kept, in the A-label form DNS and DKIM use (RFC 8616)."""
     found = auth.check("", "127.0.0.1", "mx.bücher.example", parse(message("a@bücher.example")).headers, lambda: b"")
-    assert (found.spf_domain, found.from_domain) == ("mx.bücher.example", "bücher.example")
+    assert (found.spf_domain, found.from_domain) == ("mx.xn--bcher-kva.example", "xn--bcher-kva.example")
+    assert "header.from=xn--bcher-kva.example" in found.header_value("mx.test.example")
 
 
 def test_authentication_results_parsing() -> None:
