@@ -16,6 +16,8 @@ from stronghold.store.errors import StoreError
 
 log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+# PostgreSQL advisory lock key held while migrating, so nodes upgrading at once take turns.
+UPGRADE_LOCK_KEY = 0x5354524F  # "STRO"
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
@@ -69,13 +71,20 @@ class Store:
             session.close()
 
     def upgrade(self, revision: str = "head") -> str:
-        """Bring the schema to the newest migration (or to ``revision``); returns the revision."""
+        """Bring the schema to the newest migration (or to ``revision``); returns the revision.
+
+        On PostgreSQL a transaction-scoped advisory lock serialises nodes upgrading at once
+        (several milters, web UIs or cron jobs starting together): the second waits, then finds
+        the schema current instead of failing on tables the first is creating.
+        """
         from alembic import command
         from alembic.config import Config as AlembicConfig
         cfg = AlembicConfig()
         cfg.set_main_option("script_location", str(MIGRATIONS))
         try:
             with self.engine.begin() as conn:
+                if conn.dialect.name == "postgresql":
+                    conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": UPGRADE_LOCK_KEY})
                 cfg.attributes["connection"] = conn
                 command.upgrade(cfg, revision)
             with self.engine.connect() as conn:

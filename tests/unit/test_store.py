@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 import zlib
 
@@ -17,6 +20,7 @@ from stronghold.store import accounts, entries, messagelog
 from stronghold.store.db import Store
 from stronghold.store.errors import EntryError, StoreError
 from stronghold.verdict import Envelope
+from tests.harness.postgres import PostgresCluster
 
 
 def test_users_passwords_are_argon2_and_authenticate(store: Store) -> None:
@@ -362,3 +366,21 @@ def test_each_recipient_sees_what_was_decided_for_them(store: Store) -> None:
         assert messagelog.daily_counts(s, ("bob@example.com",))[day] == {"allowed": 1}
         assert messagelog.daily_counts(s, ("alice@example.com", "bob@example.com"))[day] == {"allowed": 1}
         assert messagelog.daily_counts(s, None)[day] == {"allowed": 1}
+
+
+
+@pytest.mark.postgres
+def test_nodes_upgrading_one_postgresql_at_once_all_succeed(postgres: PostgresCluster) -> None:
+    """Several nodes (milters, web UIs, cron jobs) starting together on a new database each run
+    the migrations, each in its own process: they take turns instead of all but one failing on
+    tables another is creating."""
+    script = ("import sys; from stronghold.store.db import Store\n"
+              "from stronghold.store.errors import StoreError\n"
+              "try: print(Store(sys.argv[1]).upgrade())\n"
+              "except StoreError as exc: print(exc)")
+    for round_ in range(3):
+        url = postgres.create_database(f"upgrade_race_{os.getpid()}_{round_}")
+        nodes = [subprocess.Popen([sys.executable, "-c", script, url], stdout=subprocess.PIPE, text=True)
+                 for _ in range(3)]
+        said = [node.communicate(timeout=60)[0].strip() for node in nodes]
+        assert said == [said[0]] * len(nodes) and said[0].isdigit(), said
