@@ -135,6 +135,16 @@ def test_errors_are_one_line_and_nonzero(argv: list[str], message: str, env: Pat
     assert message in err and "Traceback" not in err
 
 
+def test_learn_from_feedback_with_none_waiting_says_so(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Nothing pending is not a usage mistake: the message must not tell the operator to add --from-feedback."""
+    from stronghold.classifier import Model
+    Model.train([{"meeting", "agenda"}] * 4 + [{"free", "money"}] * 4,
+                [False] * 4 + [True] * 4).save(env / "models" / "model.joblib")
+    assert main(["learn", "--from-feedback"]) == 2
+    err = capsys.readouterr().err
+    assert "no feedback from the web UI is waiting" in err and "give --spam" not in err
+
+
 def test_one_class_corpus_is_refused(tmp_path: Path, env: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "h").mkdir()
     (tmp_path / "h" / "1").write_text("Subject: a\n\nb\n")
