@@ -143,6 +143,8 @@ def cmd_learn(args: argparse.Namespace, cfg: Config) -> int:
                 mark_feedback()
             p = model.passport
             if result.added == result.removed == 0 and not (token_sets or forgotten_by or items or readmitted):
+                if args.from_feedback:  # asked for feedback, found none: not a usage mistake to correct
+                    raise LearnUsageError("nothing to learn: no feedback from the web UI is waiting")
                 raise LearnUsageError("nothing to learn: give --spam/--ham/--forget files, --forget-by or "
                                       "--from-feedback")
             print(f"learned {result.added} (took out {result.removed}); the model now holds "

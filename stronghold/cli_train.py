@@ -13,7 +13,7 @@ from pathlib import Path
 from stronghold import heldback, learning, modelarchive
 from stronghold.classifier import Model
 from stronghold.config import Config
-from stronghold.modelfile import passport_path
+from stronghold.modelfile import ModelError, passport_path, read_passport, table_path
 from stronghold.store.db import Store
 from stronghold.training import CorpusError, Sample, check_labels, collect, in_holdout, tokenize, train_model
 
@@ -65,6 +65,25 @@ def _check_writable(model: Path) -> None:
     folder = model.parent
     if folder.exists() and not (folder.is_dir() and os.access(folder, os.W_OK | os.X_OK)):
         raise TrainUsageError(f"cannot write the model into {folder}")
+    _check_not_foreign(model)
+
+
+def _check_not_foreign(model: Path) -> None:
+    """Refuse a path whose files training would clobber: a name its own passport or table would
+    overwrite (``.json``, ``.npy``), or existing files that are not a Mail Stronghold model."""
+    if model.suffix in (".json", ".npy"):
+        raise TrainUsageError(f"{model}: a model may not end in {model.suffix} (its passport and table "
+                              "are written beside it as .json and .npy): use e.g. .joblib")
+    siblings = (model, passport_path(model), table_path(model))
+    if not any(p.exists() for p in siblings):
+        return
+    try:
+        if not read_passport(model).table_sha256:
+            raise ModelError(f"{passport_path(model)} is no model passport")
+    except ModelError as exc:
+        present = ", ".join(str(p) for p in siblings if p.exists())
+        raise TrainUsageError(f"refusing to overwrite {present}: not a Mail Stronghold model ({exc}); "
+                              "remove it or choose another --model") from exc
 
 
 def _archive_live(cfg: Config, out: Path) -> Path | None:

@@ -37,7 +37,7 @@ from pathlib import Path
 
 from stronghold import heldback, modelarchive, modelrollback, modelsync
 from stronghold.classifier import Model
-from stronghold.modelfile import ModelError, Passport, read_passport
+from stronghold.modelfile import ModelError, Passport, passport_path, read_passport
 from stronghold.modelrollback import Rollback
 from stronghold.store import ledger, modelversions
 from stronghold.store.db import Store
@@ -186,7 +186,7 @@ def update_candidate(store: Store, live: Path, save_unchanged: bool = True) -> t
     ``save_unchanged`` false, a candidate the ledger did not move is not written again."""
     modelrollback.finish(store, live)  # model and ledger in step first (``locked`` did it already)
     _note_live_marks(store, live)
-    model = open_candidate(live)
+    model = _open_or_rebuild_candidate(store, live)
     result, wanted = sync(store, model)
     if save_unchanged or result.added or result.removed:
         model.save(candidate_path(live))
@@ -194,6 +194,33 @@ def update_candidate(store: Store, live: Path, save_unchanged: bool = True) -> t
     with store.session() as session:
         ledger.mark_applied(session, ledger.SHARED, wanted, keep)
     return model, result
+
+
+def _open_or_rebuild_candidate(store: Store, live: Path) -> Model:
+    """The candidate (``open_candidate``); one that is corrupt or was deleted is derived state, so
+    it is rebuilt from the live model: its files go and the ledger's ``applied`` goes back to the
+    marks the live model holds (as a rollback does, with nothing set aside), when those are recorded."""
+    cand = candidate_path(live)
+    try:
+        model = open_candidate(live)
+    except ModelError as exc:
+        if not (cand.exists() or passport_path(cand).exists()):
+            raise  # the live model's own trouble
+        log.warning("the candidate %s is unusable (%s): rebuilt from the live model", cand, exc)
+        modelarchive.remove_model(cand)
+        model = Model.load(live, for_learning=True)
+    if version_of(model.passport) != version_of(read_passport(live)) or not model.passport.ledger_sha256:
+        return model  # a candidate, or a fresh live model (``sync`` starts it from nothing)
+    marks = modelarchive.read_marks(live)
+    with store.session() as session:
+        if marks is None or ledger.digest(ledger.applied(session).items()) == model.passport.ledger_sha256:
+            return model
+        if ledger.missing(session, marks):
+            return model  # ``sync`` refuses it: only a retraining helps
+        ledger.restore(session, marks, {})
+    log.warning("the ledger had moved past the live model %s with no candidate to show for it: "
+                "brought back to what the live model holds", live)
+    return model
 
 
 def _note_live_marks(store: Store, live: Path) -> None:

@@ -40,9 +40,12 @@ def node_name(configured: str) -> str:
 
 def publish(store: Store, live: Path) -> str:
     """Make the model at ``live`` the one every node runs; returns its version."""
-    text = passport_path(live).read_text()
-    passport = Passport.from_json(json.loads(text))
-    table = table_path(live).read_bytes()
+    passport = read_passport(live)  # a one-line ModelError for a missing or unreadable passport
+    try:
+        text = passport_path(live).read_text()
+        table = table_path(live).read_bytes()
+    except OSError as exc:
+        raise ModelError(f"model {live} cannot be read: {exc}; not published") from exc
     if hashlib.sha256(table).hexdigest() != passport.table_sha256:
         raise ModelError(f"model table {table_path(live)} does not match its passport; not published")
     version = version_of(passport)

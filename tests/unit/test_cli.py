@@ -84,6 +84,35 @@ def test_index_with_relative_paths(tmp_path: Path, env: Path, capsys: pytest.Cap
     assert "6 ham + 6 spam" in capsys.readouterr().out
 
 
+def test_train_refuses_to_clobber_what_is_not_a_model(tmp_path: Path, env: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """`train --model` overwrites a model it trained before, never a foreign file or its own passport."""
+    (tmp_path / "m").mkdir()
+    for i in range(6):
+        (tmp_path / "m" / f"h{i}").write_text(f"Subject: meeting {i}\n\nagenda minutes project {i}\n")
+        (tmp_path / "m" / f"s{i}").write_text(f"Subject: WIN cash {i}\n\nfree money click now {i}\n")
+    index = tmp_path / "index"
+    index.write_text("".join(f"ham m/h{i}\nspam m/s{i}\n" for i in range(6)))
+    notes = tmp_path / "notes.txt"
+    notes.write_text("the operator's notes\n")
+    settings = tmp_path / "app.json"
+    settings.write_text('{"keep": true}\n')
+    for model, message in ((notes, "refusing to overwrite"), (tmp_path / "app.joblib", "refusing to overwrite"),
+                           (tmp_path / "x.json", "may not end in .json"),
+                           (tmp_path / "x.npy", "may not end in .npy")):
+        assert main(["train", "--index", str(index), "--model", str(model)]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
+    assert notes.read_text() == "the operator's notes\n" and not (tmp_path / "notes.json").exists()
+    assert settings.read_text() == '{"keep": true}\n' and not (tmp_path / "app.npy").exists()
+    assert not (tmp_path / "x.json").exists() and not (tmp_path / "x.npy").exists()
+    ours = tmp_path / "ours.joblib"
+    for _ in range(2):  # a model it trained itself is retrained in place
+        assert main(["train", "--index", str(index), "--model", str(ours)]) == 0
+        assert "6 ham + 6 spam" in capsys.readouterr().out
+    assert main(["scan", str(tmp_path / "m" / "s1"), "--model", str(ours)]) == 0
+
+
 @pytest.mark.parametrize("argv, message", [
     (["train", "--ham", "/nonexistent"], "needs both --ham and --spam"),
     (["train", "--ham", "/nonexistent", "--spam", "/nonexistent"], "no such file"),
@@ -104,6 +133,16 @@ def test_errors_are_one_line_and_nonzero(argv: list[str], message: str, env: Pat
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_learn_from_feedback_with_none_waiting_says_so(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Nothing pending is not a usage mistake: the message must not tell the operator to add --from-feedback."""
+    from stronghold.classifier import Model
+    Model.train([{"meeting", "agenda"}] * 4 + [{"free", "money"}] * 4,
+                [False] * 4 + [True] * 4).save(env / "models" / "model.joblib")
+    assert main(["learn", "--from-feedback"]) == 2
+    err = capsys.readouterr().err
+    assert "no feedback from the web UI is waiting" in err and "give --spam" not in err
 
 
 def test_one_class_corpus_is_refused(tmp_path: Path, env: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -348,3 +348,31 @@ def test_a_users_imap_moves_and_web_marks_are_one_authors(base: tuple[Path, Path
     capsys.readouterr()
     assert main(["learn", "--forget-by", "carol"]) == 0
     assert "2 forgotten" in capsys.readouterr().out  # her move and her mark, by one name
+
+
+@pytest.mark.parametrize("damage", ["truncated counts", "deleted"])
+def test_a_broken_or_lost_candidate_is_rebuilt_from_the_live_model(
+        damage: str, base: tuple[Path, Path], corpus: Path, env: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The candidate is derived from the live model and the ledger: a corrupt or deleted one is rebuilt
+    by the next `learn`, which must not demand a retraining."""
+    a, b, c = (str(p) for p in corpus_files(corpus, "spam", "test")[:3])
+    live = _train(base, env / "models")
+    assert main(["learn", "--no-promote", "--spam", a]) == 0
+    assert main(["model", "promote", "--force"]) == 0  # the live model holds marks: not a fresh start
+    assert main(["learn", "--no-promote", "--spam", b]) == 0
+    cand = candidate_path(live)
+    if damage == "deleted":
+        for path in (cand, table_path(cand), passport_path(cand)):
+            path.unlink()
+    else:
+        cand.write_bytes(cand.read_bytes()[:1000])
+    assert main(["learn", "--no-promote", "--spam", c]) == 0
+    p = read_passport(cand)
+    assert (p.learned_ham, p.learned_spam) == (0, 3)
+    capsys.readouterr()
+
+    monkeypatch.setenv("STRONGHOLD_DATA_DIR", str(env / "data2"))  # the same marks learned with no mishap
+    live2 = _train(base, env / "models2")
+    assert main(["learn", "--no-promote", "--model", str(live2), "--spam", a, b, c]) == 0
+    assert _files(cand) == _files(candidate_path(live2))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import pickle
 import shutil
 from pathlib import Path
 
@@ -9,7 +11,7 @@ import pytest
 
 from stronghold.classifier import Model
 from stronghold.incidents import Incidents
-from stronghold.modelfile import ModelError, table_path
+from stronghold.modelfile import ModelError, passport_path, sha256_of, table_path
 from stronghold.modelholder import ModelHolder
 
 
@@ -61,3 +63,46 @@ def test_reload_on_request_even_within_the_check_interval(holder: ModelHolder, t
     holder.external_generation = lambda: generation[0]
     generation[0] = 1  # what SIGHUP does
     assert holder().spam_threshold == 0.9
+
+
+class _Planted:
+    """A pickle that leaves a marker file behind if anything ever unpickles it."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str, str]]:
+        return (Path.write_text, (str(self.marker), "unpickled"))
+
+
+def _replace_table(holder: ModelHolder, data: bytes | None, *, fix_passport: bool) -> None:
+    """Put ``data`` where the table was (None: delete it); ``fix_passport``: as a tamperer who also
+    rewrites the passport's checksum would."""
+    table = table_path(holder.path)
+    if data is None:
+        table.unlink()
+        return
+    table.write_bytes(data)
+    if fix_passport:
+        side = passport_path(holder.path)
+        passport = json.loads(side.read_text())
+        passport["table_sha256"] = sha256_of(table)
+        side.write_text(json.dumps(passport))
+
+
+@pytest.mark.parametrize("what", ["truncated", "pickle", "pickle with a matching passport", "deleted"])
+def test_a_running_milter_keeps_its_model_when_the_table_is_broken(holder: ModelHolder, tmp_path: Path, what: str,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """Truncated, replaced by a pickle (even one its passport vouches for) or deleted: the old model
+    stays, the incident is recorded, and nothing is unpickled."""
+    first = holder()
+    marker = tmp_path / "marker"
+    table = table_path(holder.path).read_bytes()
+    planted = pickle.dumps(_Planted(marker))
+    data = {"truncated": table[:1000], "deleted": None}.get(what, planted)
+    _replace_table(holder, data, fix_passport=what.endswith("matching passport"))
+    assert holder() is first and holder.generation == 1
+    assert "model failing" in caplog.text
+    assert not marker.exists()
+    _model(0.8).save(holder.path)  # a good model written afterwards is taken
+    assert holder().spam_threshold == 0.8 and "model recovered" in caplog.text

@@ -103,3 +103,22 @@ def test_a_running_milter_pulls_a_new_version_within_seconds(tmp_path: Path, db:
         assert Model.load(home / "models" / "model.joblib").spam_threshold == 0.8
     finally:
         milter.stop()
+
+
+def test_publish_refuses_a_missing_or_broken_model_in_one_line(tmp_path: Path, db: Store,
+                                                               monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """`model publish` before any `train`, or of a model missing its table: exit 2, one line, nothing published."""
+    learner = tmp_path / "learner" / "model.joblib"
+    learner.parent.mkdir()
+    monkeypatch.setenv("STRONGHOLD_DATABASE_URL", db.url)
+    monkeypatch.setenv("STRONGHOLD_MODELS_DIR", str(learner.parent))
+    assert main(["model", "publish"]) == 2
+    err = capsys.readouterr().err
+    assert "no model at" in err and "Traceback" not in err
+    _model(0.7).save(learner)
+    table_path(learner).unlink()
+    assert main(["model", "publish"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot be read" in err and "not published" in err and "Traceback" not in err
+    assert modelsync.active_version(db) is None
