@@ -73,13 +73,19 @@ def test_train_scan_learn_info(small_corpus: tuple[Path, Path], corpus: Path, en
     assert json.loads(capsys.readouterr().out)["learned_spam"] == 1
 
 
-def test_index_with_relative_paths(tmp_path: Path, env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def _tiny_index(tmp_path: Path) -> Path:
+    """Six ham and six spam under ``tmp_path/m``, and an index naming them by relative paths."""
     (tmp_path / "m").mkdir()
     for i in range(6):
         (tmp_path / "m" / f"h{i}").write_text(f"Subject: meeting {i}\n\nagenda minutes project {i}\n")
         (tmp_path / "m" / f"s{i}").write_text(f"Subject: WIN cash {i}\n\nfree money click now {i}\n")
     index = tmp_path / "index"
     index.write_text("".join(f"ham m/h{i}\nspam m/s{i}\n" for i in range(6)))
+    return index
+
+
+def test_index_with_relative_paths(tmp_path: Path, env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    index = _tiny_index(tmp_path)
     assert main(["train", "--index", str(index), "--model", str(tmp_path / "x.joblib")]) == 0
     assert "6 ham + 6 spam" in capsys.readouterr().out
 
@@ -87,12 +93,7 @@ def test_index_with_relative_paths(tmp_path: Path, env: Path, capsys: pytest.Cap
 def test_train_refuses_to_clobber_what_is_not_a_model(tmp_path: Path, env: Path,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
     """`train --model` overwrites a model it trained before, never a foreign file or its own passport."""
-    (tmp_path / "m").mkdir()
-    for i in range(6):
-        (tmp_path / "m" / f"h{i}").write_text(f"Subject: meeting {i}\n\nagenda minutes project {i}\n")
-        (tmp_path / "m" / f"s{i}").write_text(f"Subject: WIN cash {i}\n\nfree money click now {i}\n")
-    index = tmp_path / "index"
-    index.write_text("".join(f"ham m/h{i}\nspam m/s{i}\n" for i in range(6)))
+    index = _tiny_index(tmp_path)
     notes = tmp_path / "notes.txt"
     notes.write_text("the operator's notes\n")
     settings = tmp_path / "app.json"
