@@ -61,6 +61,7 @@ def check_config(cfg: Config) -> int:
         with Store(cfg.db_url) as store:
             store.ping()
             print(f"ok: database {store.engine.url.render_as_string(hide_password=True)}")
+            problems += schema_line(store)
             with store.session() as session:
                 quarantine.find(session, recipients=None, limit=1)
             print("ok: quarantine store readable")
@@ -88,6 +89,23 @@ def check_config(cfg: Config) -> int:
     return 1 if problems else 0
 
 
+def schema_line(store: Store) -> int:
+    """Print where the schema stands; 1 when this release cannot run on it (newer, or unknown)."""
+    from stronghold.store import schema  # alembic: only where the schema is looked at
+    found, newest = store.revision()
+    if found == newest:
+        print(f"ok: database schema at revision {found}")
+    elif found is None:
+        print(f"ok: database schema: none yet ('stronghold db upgrade' creates revision {newest})")
+    elif found in schema.revisions():
+        print(f"ok: database schema at revision {found} ('stronghold db upgrade' brings it to {newest})")
+    else:
+        print(f"FAIL: database schema at revision {found}, newer than this release knows ({newest}): "
+              "upgrade Stronghold on this node")
+        return 1
+    return 0
+
+
 def cmd_milter(args: argparse.Namespace, cfg: Config) -> int:
     if args.check_config:
         return check_config(cfg)
@@ -103,6 +121,31 @@ def cmd_web(args: argparse.Namespace, cfg: Config) -> int:
 def cmd_db_upgrade(args: argparse.Namespace, cfg: Config) -> int:
     with Store(cfg.db_url) as store:
         revision = store.upgrade()
+        print(f"database at revision {revision}: {store.engine.url.render_as_string(hide_password=True)}")
+    return 0
+
+
+def cmd_db_status(args: argparse.Namespace, cfg: Config) -> int:
+    """Where the schema stands against this release; 0 only when current (changes nothing)."""
+    from stronghold.store import schema  # alembic: only for the db commands
+    with Store(cfg.db_url) as store:
+        found, newest = store.revision()
+        where = store.engine.url.render_as_string(hide_password=True)
+    if found == newest:
+        print(f"database at revision {found}, current: {where}")
+        return 0
+    if found is None:
+        print(f"database has no schema yet (this release: {newest}): run 'stronghold db upgrade': {where}")
+    elif found in schema.revisions():
+        print(f"database at revision {found}, this release needs {newest}: run 'stronghold db upgrade': {where}")
+    else:
+        print(f"database at revision {found}, newer than this release ({newest}): upgrade Stronghold: {where}")
+    return 1
+
+
+def cmd_db_downgrade(args: argparse.Namespace, cfg: Config) -> int:
+    with Store(cfg.db_url) as store:
+        revision = store.downgrade(args.revision)
         print(f"database at revision {revision}: {store.engine.url.render_as_string(hide_password=True)}")
     return 0
 
@@ -168,3 +211,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("db", help="database schema")
     dsub = p.add_subparsers(dest="db_command", required=True, metavar="ACTION")
     dsub.add_parser("upgrade", help="apply migrations").set_defaults(func=cmd_db_upgrade)
+    dsub.add_parser("status", help="the schema's revision against this release's (exit 1 unless current)") \
+        .set_defaults(func=cmd_db_status)
+    pd = dsub.add_parser("downgrade", help="take the schema back to REVISION with this (newer) release, "
+                                           "before installing the older one; drops what later revisions added")
+    pd.add_argument("revision", help="the newest revision the older release knows (its last migration)")
+    pd.set_defaults(func=cmd_db_downgrade)

@@ -43,7 +43,7 @@ from stronghold import cpupin, logfmt, metrics, modelsync, nativecore, nativemil
 from stronghold.config import Config, ConfigError
 from stronghold.milter import FLAGS, factory
 from stronghold.service import Service
-from stronghold.store.errors import StoreError
+from stronghold.store.errors import SchemaError, StoreError
 
 log = logging.getLogger(__name__)
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
@@ -260,6 +260,10 @@ def serve(cfg: Config) -> int:
     service.incidents.recorder = metrics.enable(cfg)
     try:
         service.store.upgrade()
+    except SchemaError as exc:  # not a passing outage: this code must not run on that schema
+        log.error("not starting: %s", exc)
+        service.store.dispose()
+        return 2
     except StoreError as exc:  # keep running: messages get on_store_error until it is back
         log.error("database not ready at start (%s); messages get on_store_error=%s", exc, cfg.on_store_error)
     generation = multiprocessing.Value("i", 0, lock=False)

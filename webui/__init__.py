@@ -23,6 +23,7 @@ from stronghold import config as config_mod
 from stronghold.config import Config
 from stronghold.lists import display, envelope_shown, other_envelope, shown_from
 from stronghold.store.db import Store
+from stronghold.store.errors import StoreError
 from stronghold.webkey import secret_key
 from webui import context
 from webui.safetext import visible
@@ -58,7 +59,11 @@ def create_app(test_config: Mapping[str, Any] | None = None, cfg: Config | None 
     )
     app.config.update(flask_keys)
     store = Store(cfg.db_url)
-    store.upgrade()
+    try:
+        store.upgrade()
+    except StoreError:
+        store.dispose()
+        raise
     context.install(app, store, cfg)
     csrf.init_app(app)
     if cfg.web_trusted_proxies:

@@ -73,23 +73,51 @@ class Store:
     def upgrade(self, revision: str = "head") -> str:
         """Bring the schema to the newest migration (or to ``revision``); returns the revision.
 
-        On PostgreSQL a transaction-scoped advisory lock serialises nodes upgrading at once
-        (several milters, web UIs or cron jobs starting together): the second waits, then finds
-        the schema current instead of failing on tables the first is creating.
+        All of it in one transaction, on SQLite too (stronghold.store.schema): a migration that
+        fails leaves the database as it was.  A schema this release does not know (newer, or
+        tables without a revision) raises SchemaError before anything changes.  On PostgreSQL
+        a transaction-scoped advisory lock serialises nodes upgrading at once (several milters,
+        web UIs or cron jobs starting together): the second waits, then finds the schema
+        current instead of failing on tables the first is creating; on SQLite ``BEGIN
+        IMMEDIATE`` does the same.
         """
+        return self._migrate("upgrade", revision)
+
+    def downgrade(self, revision: str) -> str:
+        """Take the schema back to ``revision`` (dropping what later ones added), as ``upgrade``
+        does: in one transaction, refused on a schema this release does not know."""
+        return self._migrate("downgrade", revision)
+
+    def _migrate(self, direction: str, revision: str) -> str:
         from alembic import command
-        from alembic.config import Config as AlembicConfig
-        cfg = AlembicConfig()
-        cfg.set_main_option("script_location", str(MIGRATIONS))
+        from alembic.util import CommandError
+
+        from stronghold.store import schema  # alembic: only where the schema is touched
+        cfg = schema.alembic_config()
         try:
-            with self.engine.begin() as conn:
-                if conn.dialect.name == "postgresql":
-                    conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": UPGRADE_LOCK_KEY})
-                cfg.attributes["connection"] = conn
-                command.upgrade(cfg, revision)
             with self.engine.connect() as conn:
-                return str(conn.execute(text("SELECT version_num FROM alembic_version")).scalar())
+                sqlite = conn.dialect.name == "sqlite"
+                with schema.sqlite_transaction(conn) if sqlite else conn.begin():
+                    if conn.dialect.name == "postgresql":
+                        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": UPGRADE_LOCK_KEY})
+                    start = schema.check(conn)
+                    cfg.attributes["connection"] = conn
+                    try:
+                        getattr(command, direction)(cfg, revision)
+                    except (SQLAlchemyError, CommandError) as exc:
+                        raise schema.failed(start, revision, exc) from exc
+            with self.engine.connect() as conn:
+                return str(conn.execute(text("SELECT version_num FROM alembic_version")).scalar() or "base")
         except SQLAlchemyError as exc:  # most often the database is down or not a database at all
+            raise StoreError(f"database unusable (checking its schema): {str(exc).splitlines()[0][:200]}") from exc
+
+    def revision(self) -> tuple[str | None, str]:
+        """(the revision the database records, None if none; the newest this release knows)."""
+        from stronghold.store import schema
+        try:
+            with self.engine.connect() as conn:
+                return schema.current(conn), schema.head()
+        except SQLAlchemyError as exc:
             raise StoreError(f"database unusable (checking its schema): {str(exc).splitlines()[0][:200]}") from exc
 
     def ping(self) -> None:

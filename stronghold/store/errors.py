@@ -7,3 +7,8 @@ class StoreError(Exception):
 
 class EntryError(ValueError):
     """A list entry or user change is refused; the message says why, for the user."""
+
+
+class SchemaError(StoreError):
+    """The database's schema is not one this release can use or migrate (newer than the code,
+    half-migrated, or tables without a revision): nothing is changed, nothing may run on it."""
