@@ -95,6 +95,10 @@ class Store:
         from stronghold.store import schema  # alembic: only where the schema is touched
         cfg = schema.alembic_config()
         try:
+            if direction == "upgrade" and revision in ("head", schema.head()):
+                with self.engine.connect() as conn:  # the usual case: current, no lock taken
+                    if schema.check(conn) == schema.head():
+                        return schema.head()
             with self.engine.connect() as conn:
                 sqlite = conn.dialect.name == "sqlite"
                 with schema.sqlite_transaction(conn) if sqlite else conn.begin():
