@@ -3,7 +3,10 @@ running that revision filled it (tests/harness/oldrows.py), upgraded to the newe
 SQLite and on a real PostgreSQL, keeps every row, and today's code uses them: old passwords log in,
 web sessions last, the lists decide mail in the engine, held copies are released, learning takes
 the old marks, a published model is pulled.  A new migration is covered by itself: its revision
-joins the parameters, and the test fails until oldrows.ROWS has its rows."""
+joins the parameters, and the test fails until oldrows.ROWS has its rows.
+
+The case of each revision takes the rows written at it through every later migration; there the
+costly checks of those rows run (logins, learning), while later cases check them unchanged."""
 
 from __future__ import annotations
 
@@ -151,7 +154,9 @@ def assert_lists_decide_mail(cfg: Config, store: Store, since: int) -> None:
 
 
 def assert_accounts_work(cfg: Config, store: Store, since: int) -> None:
-    logins = [login for login, (_, _, revision) in oldrows.PASSWORDS.items() if REVISIONS.index(revision) <= since]
+    # Each user logs in in the case of the revision that wrote it (a login rehashes the old argon2
+    # hash with today's costly parameters; in later cases the row is checked unchanged).
+    logins = [login for login, (_, _, revision) in oldrows.PASSWORDS.items() if REVISIONS.index(revision) == since]
     with store.session() as s:
         assert accounts.authenticate(s, "alice", "wrong password") is None
         for login in logins:
@@ -194,8 +199,9 @@ def assert_learning_takes_old_marks(store: Store, live: Path, tmp_path: Path, si
     mark_done()
     assert change.new == 1
     marks = [m for r in REVISIONS[:since + 1] for m in oldrows.LEDGER_TOKENS.get(r, [])]
-    result, _ = learning.sync(store, Model.load(live, for_learning=True))
-    assert result.added == 1 + sum(1 for scope, _, _ in marks if scope == "")
+    if REVISIONS[since] in ("0001", *oldrows.LEDGER_TOKENS):  # the shared model takes every mark (in
+        result, _ = learning.sync(store, Model.load(live, for_learning=True))  # each case that wrote some)
+        assert result.added == 1 + sum(1 for scope, _, _ in marks if scope == "")
     with store.session() as s:
         mine = ledger.personal(s, ["alice"])["alice"]
     assert sorted(map(frozenset, mine[0]), key=sorted) == sorted(
