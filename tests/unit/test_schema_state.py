@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy import event, inspect, text
 
 from stronghold.cli import main
+from stronghold.cli_services import schema_line
 from stronghold.store.db import Store
 from stronghold.store.errors import StoreError
 
@@ -65,6 +66,9 @@ def test_a_newer_schema_stops_every_command_and_the_milter(url: str, capsys: pyt
         assert "schema is at revision 0010, newer than this Stronghold knows (up to 0009)" in line, argv
     assert main(["db", "status"]) == 1
     assert "at revision 0010, newer than this release (0009)" in capsys.readouterr().out
+    with Store(url) as store:
+        assert schema_line(store) == 1  # `milter --check-config` counts it as a failure
+    assert "FAIL: database schema at revision 0010, newer than this release knows (0009)" in capsys.readouterr().out
     with caplog.at_level(logging.ERROR):
         assert main(["milter"]) == 2  # refuses to start, rather than serve mail on a schema it does not know
     assert any("not starting" in r.message and "revision 0010" in r.message for r in caplog.records)
@@ -91,6 +95,11 @@ def test_an_empty_database_is_created_by_db_upgrade(url: str, capsys: pytest.Cap
     assert "database at revision 0009" in capsys.readouterr().out
     assert main(["db", "status"]) == 0
     assert "database at revision 0009, current" in capsys.readouterr().out
+    assert main(["db", "downgrade", "0008"]) == 0  # what a rollback to the release before 0009 runs
+    assert "database at revision 0008" in capsys.readouterr().out
+    assert main(["db", "status"]) == 1
+    assert "at revision 0008, this release needs 0009: run 'stronghold db upgrade'" in capsys.readouterr().out
+    assert main(["db", "upgrade"]) == 0
 
 
 def _refuse_table(name: str):
@@ -101,6 +110,22 @@ def _refuse_table(name: str):
                 else sqlite3.SQLITE_OK
         dbapi_conn.set_authorizer(authorize)
     return hook
+
+
+@pytest.mark.postgres
+def test_a_migration_failing_midway_on_postgres_changes_nothing(request: pytest.FixtureRequest) -> None:
+    """PostgreSQL's DDL was always transactional: a conflicting table makes 0002 fail after it
+    created quarantine_blobs, and nothing of it is left."""
+    url = request.getfixturevalue("postgres").create_database(f"state{os.getpid()}_{next(_names)}")
+    with Store(url) as store:
+        store.upgrade("0001")
+        with store.engine.begin() as conn:
+            conn.execute(text("CREATE TABLE quarantine_items (id INTEGER PRIMARY KEY)"))
+        with pytest.raises(StoreError, match=r"^schema migration from revision 0001 to 0009 failed and was "
+                                             r"rolled back: .*DuplicateTable"):
+            store.upgrade()
+    tables, versions = _state(url)
+    assert versions == ["0001"] and "quarantine_blobs" not in tables
 
 
 def test_a_migration_failing_midway_on_sqlite_changes_nothing(tmp_path: Path) -> None:
