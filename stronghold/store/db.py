@@ -109,7 +109,7 @@ class Store:
                     try:
                         getattr(command, direction)(cfg, revision)
                     except (SQLAlchemyError, CommandError) as exc:
-                        raise schema.failed(start, revision, exc) from exc
+                        raise schema.failed(conn, start, revision, exc) from exc
             with self.engine.connect() as conn:
                 return str(conn.execute(text("SELECT version_num FROM alembic_version")).scalar() or "base")
         except SQLAlchemyError as exc:  # most often the database is down or not a database at all

@@ -71,12 +71,12 @@ def check(conn: Connection) -> str | None:
     return found
 
 
-def failed(start: str | None, target: str, exc: Exception) -> SchemaError:
+def failed(conn: Connection, start: str | None, target: str, exc: Exception) -> SchemaError:
     """The one-line error of a migration that failed (and was rolled back)."""
     target = head() if target == "head" else target
     first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
     hint = ""
-    if any(word in first for word in _ALREADY):
+    if conn.dialect.name == "sqlite" and any(word in first for word in _ALREADY):
         hint = ("; the database already has part of a later revision (an upgrade by an older release "
                 "stopped part-way on SQLite): restore the backup taken before it")
     return SchemaError(f"schema migration from revision {start or '(empty database)'} to {target} failed "
