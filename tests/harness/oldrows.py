@@ -49,7 +49,7 @@ LEDGER_TOKENS = {  # (scope, tokens, spam?) of the ledger rows written at 0005 a
 
 
 @dataclass(frozen=True)
-class Model:
+class PublishedModel:
     """A model's files as `stronghold train` wrote them (published into model_versions at 0005)."""
 
     passport: str
@@ -112,7 +112,7 @@ def _ledger(conn: Connection, revision: str, first_id: int, blob: Callable[[Iter
                 **later)
 
 
-def rows_0001(conn: Connection, model: Model) -> None:
+def rows_0001(conn: Connection, model: PublishedModel) -> None:
     _user(conn, 1, "alice")
     _user(conn, 2, "root", role="admin")
     _insert(conn, "addresses", id=1, address=ALICE, user_id=1)
@@ -125,12 +125,12 @@ def rows_0001(conn: Connection, model: Model) -> None:
     _insert(conn, "feedback", id=1, message_id=1, user_id=1, is_spam=True, created=T0, applied=None)
 
 
-def rows_0002(conn: Connection, model: Model) -> None:
+def rows_0002(conn: Connection, model: PublishedModel) -> None:
     _user(conn, 3, "carol", digest="weekly", digest_sent=T0)
     _held(conn, 1, "0002")
 
 
-def rows_0003(conn: Connection, model: Model) -> None:
+def rows_0003(conn: Connection, model: PublishedModel) -> None:
     _insert(conn, "addresses", id=2, address=CAROL, user_id=3, since=T0)
     _insert(conn, "released_addresses", address="left@corp.example", released=T0)
     _insert(conn, "web_sessions", id=hashlib.sha256(WEB_TOKEN.encode()).hexdigest(), user_id=1, created=T0,
@@ -139,12 +139,12 @@ def rows_0003(conn: Connection, model: Model) -> None:
     _held(conn, 2, "0003")
 
 
-def rows_0004(conn: Connection, model: Model) -> None:
+def rows_0004(conn: Connection, model: PublishedModel) -> None:
     _insert(conn, "list_entries", id=3, owner=ALICE, kind="allow", pattern="news@shop.example",
             comment="cannot sign", created=T0, trust_unauthenticated=True)
 
 
-def rows_0005(conn: Connection, model: Model) -> None:
+def rows_0005(conn: Connection, model: PublishedModel) -> None:
     _ledger(conn, "0005", 1, _newline_blob)
     _insert(conn, "model_versions", version=model.version, published=T0, active=True, passport=model.passport,
             table=zlib.compress(model.table, 6))
@@ -156,21 +156,21 @@ def rows_0005(conn: Connection, model: Model) -> None:
     _insert(conn, "personal_layers", scope="alice", updated=T0, messages=1, data=layer)
 
 
-def rows_0006(conn: Connection, model: Model) -> None:
+def rows_0006(conn: Connection, model: PublishedModel) -> None:
     _user(conn, 4, "dave", digest="off", digest_sent=None, spam_threshold=0.7)
     _insert(conn, "addresses", id=3, address=DAVE, user_id=4, since=T0)
 
 
-def rows_0007(conn: Connection, model: Model) -> None:
+def rows_0007(conn: Connection, model: PublishedModel) -> None:
     _ledger(conn, "0007", 3, _nul_blob, set_aside=False)
     _message(conn, 2, "boss@corp.example", ALICE, _nul_blob({"budget", "sub:plan"}), "clean", "accept")
 
 
-def rows_0008(conn: Connection, model: Model) -> None:
+def rows_0008(conn: Connection, model: PublishedModel) -> None:
     _held(conn, 3, "0008", header_from=HELD_FROM)
 
 
-def rows_0009(conn: Connection, model: Model) -> None:
+def rows_0009(conn: Connection, model: PublishedModel) -> None:
     _held(conn, 4, "0009", header_from=HELD_FROM)
     _message(conn, 3, "x@spammer.example", ALICE, _nul_blob({"cheap", "pills"}), "blocked", "reject")
 
@@ -187,12 +187,12 @@ def advance_sequences(conn: Connection) -> None:
         conn.execute(select(func.setval(func.pg_get_serial_sequence(where, name), after.scalar_subquery(), False)))
 
 
-ROWS: dict[str, Callable[[Connection, Model], None]] = {
+ROWS: dict[str, Callable[[Connection, PublishedModel], None]] = {
     "0001": rows_0001, "0002": rows_0002, "0003": rows_0003, "0004": rows_0004, "0005": rows_0005,
     "0006": rows_0006, "0007": rows_0007, "0008": rows_0008, "0009": rows_0009,
 }
 
 
-def model_files(live: Path, version: str) -> Model:
+def model_files(live: Path, version: str) -> PublishedModel:
     """The passport and table `stronghold train` wrote at ``live`` (model.joblib), of ``version``."""
-    return Model(live.with_suffix(".json").read_text(), live.with_suffix(".npy").read_bytes(), version)
+    return PublishedModel(live.with_suffix(".json").read_text(), live.with_suffix(".npy").read_bytes(), version)

@@ -53,7 +53,7 @@ def test_every_revision_has_rows_of_its_own() -> None:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, oldrows.Model]:
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, oldrows.PublishedModel]:
     """A small model trained by `stronghold train` (its files are published at revision 0005)."""
     home = tmp_path_factory.mktemp("trained")
     (home / "m").mkdir()
@@ -91,7 +91,7 @@ def snapshot(conn: Connection) -> Snapshot:
     return out
 
 
-def fill_up_to(store: Store, last: str, model: oldrows.Model) -> Snapshot:
+def fill_up_to(store: Store, last: str, model: oldrows.PublishedModel) -> Snapshot:
     """Migrate revision by revision to ``last``, writing each revision's rows with its own SQL;
     what the database holds then.  (The rows of an earlier revision are checked from right
     after they were written in that revision's own case.)"""
@@ -218,7 +218,7 @@ def assert_learning_takes_old_marks(store: Store, live: Path, tmp_path: Path, si
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("start", REVISIONS)
 def test_upgrade_from_each_revision_keeps_rows_usable(kind: str, start: str, request: pytest.FixtureRequest,
-                                                      tmp_path: Path, trained: tuple[Path, oldrows.Model],
+                                                      tmp_path: Path, trained: tuple[Path, oldrows.PublishedModel],
                                                       smtp: SmtpSink) -> None:
     live, model = trained
     store = empty_store(kind, request, tmp_path)
@@ -238,9 +238,9 @@ def test_upgrade_from_each_revision_keeps_rows_usable(kind: str, start: str, req
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_downgrade_to_each_revision_keeps_the_rows_it_has_room_for(kind: str, request: pytest.FixtureRequest,
-                                                                    tmp_path: Path,
-                                                                    trained: tuple[Path, oldrows.Model]) -> None:
+def test_downgrade_to_each_revision_keeps_the_rows_it_has_room_for(
+        kind: str, request: pytest.FixtureRequest, tmp_path: Path,
+        trained: tuple[Path, oldrows.PublishedModel]) -> None:
     """`stronghold db downgrade`, step by step to 0001: each revision's schema comes back with every
     row it held (a batch rebuild of users on SQLite once cascaded into addresses and feedback),
     and upgrading again lets alice log in with her addresses."""
