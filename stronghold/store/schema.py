@@ -32,6 +32,7 @@ _ALREADY = ("already exists", "duplicate column")
 
 
 def alembic_config() -> AlembicConfig:
+    """Alembic's settings for this release's migrations (the connection is added per run)."""
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     return cfg
@@ -45,6 +46,7 @@ def revisions() -> tuple[str, ...]:
 
 
 def head() -> str:
+    """The newest revision this release knows."""
     return revisions()[-1]
 
 
