@@ -37,7 +37,7 @@ from pathlib import Path
 
 from stronghold import heldback, modelarchive, modelrollback, modelsync
 from stronghold.classifier import Model
-from stronghold.modelfile import ModelError, Passport, passport_path, read_passport
+from stronghold.modelfile import ModelError, Passport, passport_path, read_passport, sha256_of
 from stronghold.modelrollback import Rollback
 from stronghold.store import ledger, modelversions
 from stronghold.store.db import Store
@@ -339,6 +339,21 @@ def events(store: Store, limit: int = 20) -> list[ModelEvent]:
         return modelversions.events(session, limit)
 
 
+def load_candidate(cand: Path) -> Model:
+    """The candidate model at ``cand``, its scoring table and its counts both matching its passport
+    (promoted, its counts become the live model's, which every later ``learn`` goes on from);
+    ModelError naming the fix when it is unusable (it is derived state: ``learn`` rebuilds it
+    from the live model, no retraining needed)."""
+    try:
+        model = Model.load(cand)
+        if sha256_of(cand) != model.passport.file_sha256:  # its counts, which ``learn`` goes on from
+            raise ModelError(f"model {cand} does not match its passport (corrupt or replaced)")
+        return model
+    except ModelError as exc:
+        raise ModelError(f"the candidate is unusable ({exc.args[0] if exc.args else exc}); "
+                         "'stronghold learn' rebuilds it from the live model") from exc
+
+
 def promote(store: Store, live: Path, who: str, force: bool = False, *, keep: int) -> Judgement:
     """Judge the candidate; if it is not worse (or ``force``), archive the live model (keeping the
     newest ``keep`` archived) and replace it."""
@@ -346,7 +361,7 @@ def promote(store: Store, live: Path, who: str, force: bool = False, *, keep: in
     cand = candidate_path(live)
     if not cand.exists():
         raise ModelError("no candidate model: 'stronghold learn' builds one")
-    candidate = Model.load(cand)
+    candidate = load_candidate(cand)
     current = Model.load(live)
     if version_of(candidate.passport) == version_of(current.passport):
         return Judgement(False, "the candidate is the live model already")

@@ -367,6 +367,13 @@ def test_a_broken_or_lost_candidate_is_rebuilt_from_the_live_model(
             path.unlink()
     else:
         cand.write_bytes(cand.read_bytes()[:1000])
+        capsys.readouterr()  # what the commands tell an operator who looks first: learn, not train
+        assert main(["model", "candidates"]) == 0
+        shown = capsys.readouterr().out
+        assert "'stronghold learn' rebuilds it" in shown and "stronghold train" not in shown
+        assert main(["model", "promote"]) == 2
+        shown = capsys.readouterr().err
+        assert "'stronghold learn' rebuilds it" in shown and "stronghold train" not in shown
     assert main(["learn", "--no-promote", "--spam", c]) == 0
     p = read_passport(cand)
     assert (p.learned_ham, p.learned_spam) == (0, 3)
