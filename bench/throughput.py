@@ -437,6 +437,10 @@ def render(results: list[RunResult], args: argparse.Namespace, seconds: float) -
         lines += ["", "rspamd stops checking once a message reaches its reject score (the full one then skips "
                   "clamd), and a rejected message costs its Postfix no delivery: compare the accepted and "
                   "rejected columns above beside these ratios."]
+    deferred = {label: sum(r.deferred for r in results if r.label == label) for label in dict.fromkeys(
+        r.label for r in results)}
+    lines += [f"\n**{label}: {n} message(s) deferred** (4xx): its figures are not those of a working filter"
+              for label, n in deferred.items() if n]
     return "\n".join(lines + goals(results)) + "\n"
 
 
