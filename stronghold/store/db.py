@@ -18,6 +18,8 @@ log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 # PostgreSQL advisory lock key held while migrating, so nodes upgrading at once take turns.
 UPGRADE_LOCK_KEY = 0x5354524F  # "STRO"
+# First key of the two-key advisory locks ``take_turns`` holds (a key space apart from the one above).
+TURNS_LOCK_KEY = 0x5354
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
@@ -27,6 +29,16 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur.execute("PRAGMA busy_timeout=5000")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.close()
+
+
+def take_turns(session: Session, name: str) -> None:
+    """Until ``session``'s transaction ends, hold PostgreSQL's advisory lock for ``name``, so that nodes
+    running the same check-then-write on one database take turns: the later one waits, then reads
+    what the first committed (each statement of a READ COMMITTED transaction sees the latest
+    commits).  Nothing on SQLite, which lets one writer at a time in and has one node."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:space, hashtext(:name))"),
+                        {"space": TURNS_LOCK_KEY, "name": name})
 
 
 class Store:
