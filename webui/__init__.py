@@ -46,6 +46,8 @@ def create_app(test_config: Mapping[str, Any] | None = None, cfg: Config | None 
     cfg = cfg or config_mod.load(overrides=settings)
     app = Flask(__name__)
     app.url_map.converters["int"] = RowId  # before any route is added
+    store = Store(cfg.db_url)
+    store.upgrade()  # before the key: a new database gets the table that holds it
     app.config.update(
         SECRET_KEY=secret_key(cfg),
         SESSION_COOKIE_HTTPONLY=True,
@@ -57,8 +59,6 @@ def create_app(test_config: Mapping[str, Any] | None = None, cfg: Config | None 
         WTF_CSRF_TIME_LIMIT=None,  # the token lives as long as the session
     )
     app.config.update(flask_keys)
-    store = Store(cfg.db_url)
-    store.upgrade()
     context.install(app, store, cfg)
     csrf.init_app(app)
     if cfg.web_trusted_proxies:
