@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from email.policy import default
 
 import pytest
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Browser, Page, expect
 
 from stronghold.cli import main
 from stronghold.store import entries, quarantine
@@ -31,15 +31,15 @@ from tests.webui.test_junk_browser import login
 pytestmark = [pytest.mark.browser, pytest.mark.postgres]
 
 
-@pytest.fixture
-def nodes(postgres: PostgresCluster, sink: SmtpSink) -> Iterator[tuple[Store, WebProcess, WebProcess, dict]]:
+@pytest.fixture(scope="module")
+def nodes(postgres: PostgresCluster, module_sink: SmtpSink) -> Iterator[tuple[Store, WebProcess, WebProcess, dict]]:
     """(the shared store, web node A, web node B, the settings of a third node without a web UI)."""
     home = shared_tmpdir("stronghold-webnodes-")
     url = postgres.create_database(f"webnodes_{os.getpid()}")
     store = Store(url)
     store.upgrade()
     seed(store)
-    base = {"database_url": url, "release_smtp": f"127.0.0.1:{sink.port}", "digest_check_minutes": 0}
+    base = {"database_url": url, "release_smtp": f"127.0.0.1:{module_sink.port}", "digest_check_minutes": 0}
     webs = []
     for name in ("a", "b"):
         (home / name).mkdir()
@@ -91,3 +91,30 @@ def test_a_login_a_form_and_a_digest_link_work_on_every_web_node(
     assert len(released) == 1
     with store.session() as s:
         assert quarantine.get(s, item).released is not None  # type: ignore[union-attr]
+
+
+def test_a_message_deleted_in_one_tab_is_a_note_in_the_other(
+        nodes: tuple[Store, WebProcess, WebProcess, dict], browser: Browser, sink: SmtpSink) -> None:
+    """Two tabs (here on two web nodes) show one held message; one deletes it, then the other's
+    Release button lands on the Junk page saying nothing was done (before: "Not found")."""
+    store, web_a, web_b, _ = nodes
+    with store.session() as s:
+        [item] = quarantine.hold(s, b"From: deals@pushy.example\r\nSubject: Flash sale\r\n\r\nBuy.\r\n",
+                                 recipients=["alice@example.com"], sender="deals@pushy.example",
+                                 subject="Flash sale", queue_id="QT", score=0.995, category="spam",
+                                 reason="score", trace="", virus=None)
+    context = browser.new_context(viewport={"width": 1200, "height": 900})
+    first, second = context.new_page(), context.new_page()
+    login(first, web_a.url, "alice")
+    first.goto(f"{web_a.url}/junk/{item}")
+    second.goto(f"{web_b.url}/junk/{item}")
+    second.get_by_role("button", name="Delete").click()
+    second.get_by_role("button", name="Delete").click()  # the confirmation page's
+    expect(second.locator(".flashes")).to_contain_text("Deleted")
+    first.get_by_role("button", name="Release to inbox").click()
+    expect(first.get_by_role("heading", name="Junk")).to_be_visible()
+    expect(first.locator(".flashes")).to_contain_text("no longer in your quarantine")
+    expect(first.locator(".flashes")).to_contain_text("Nothing was done")
+    screenshot(first, "nodes-junk-gone")
+    context.close()
+    assert not sink.wait_for(lambda m: b"Flash sale" in m.data, timeout=1)
