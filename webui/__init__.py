@@ -23,6 +23,8 @@ from stronghold import config as config_mod
 from stronghold.config import Config
 from stronghold.lists import display, envelope_shown, other_envelope, shown_from
 from stronghold.store.db import Store
+from stronghold.store.errors import StoreError
+from stronghold.store.ratelimits import ERRORS as LIMIT_COUNTER_ERRORS
 from stronghold.webkey import secret_key
 from webui import context
 from webui.safetext import visible
@@ -139,6 +141,11 @@ ERRORS = {
 }
 
 
+DATABASE_AWAY = ("The database cannot be reached just now, so this could not be done: a change you sent may "
+                 "not have been saved. Try again in a minute (your login is kept); tell your administrator "
+                 "if it keeps failing.")
+
+
 def _error_pages(app: Flask) -> None:
     """Every error in the site's own page, never Werkzeug's bare one."""
 
@@ -167,6 +174,14 @@ def _error_pages(app: Flask) -> None:
         code = err.code or 500
         title, message = ERRORS.get(code, (err.name, err.description or ""))
         return render_template("error.html", title=title, message=message), code
+
+    @app.errorhandler(StoreError)
+    @app.errorhandler(LIMIT_COUNTER_ERRORS)
+    def database_away(err: Exception):
+        """The database is down or restarting (or refused the request): one line in the log, not a
+        traceback per request, and a page that claims nothing was saved only as far as it knows."""
+        app.logger.error("%s %s: %s", request.method, request.path, str(err).splitlines()[0][:300])
+        return render_template("error.html", title="Not available just now", message=DATABASE_AWAY), 503
 
     @app.errorhandler(Exception)
     def crashed(err: Exception):
