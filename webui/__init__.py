@@ -23,7 +23,7 @@ from stronghold import config as config_mod
 from stronghold.config import Config
 from stronghold.lists import display, envelope_shown, other_envelope, shown_from
 from stronghold.store.db import Store
-from stronghold.store.errors import StoreError
+from stronghold.store.errors import StoreUnavailable
 from stronghold.store.ratelimits import ERRORS as LIMIT_COUNTER_ERRORS
 from stronghold.webkey import secret_key
 from webui import context
@@ -175,11 +175,12 @@ def _error_pages(app: Flask) -> None:
         title, message = ERRORS.get(code, (err.name, err.description or ""))
         return render_template("error.html", title=title, message=message), code
 
-    @app.errorhandler(StoreError)
+    @app.errorhandler(StoreUnavailable)
     @app.errorhandler(LIMIT_COUNTER_ERRORS)
     def database_away(err: Exception):
-        """The database is down or restarting (or refused the request): one line in the log, not a
-        traceback per request, and a page that claims nothing was saved only as far as it knows."""
+        """The database is down or restarting: one line in the log, not a traceback per request, and
+        a page that claims nothing was saved only as far as it knows (a refusal, such as a unique key,
+        stays the 500 page below)."""
         app.logger.error("%s %s: %s", request.method, request.path, str(err).splitlines()[0][:300])
         return render_template("error.html", title="Not available just now", message=DATABASE_AWAY), 503
 

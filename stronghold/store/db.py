@@ -9,10 +9,10 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from stronghold.store.errors import StoreError
+from stronghold.store.errors import StoreError, StoreUnavailable
 
 log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
@@ -67,7 +67,8 @@ class Store:
     def session(self) -> Iterator[Session]:
         """A transaction: committed on success, rolled back on error.
 
-        Database failures come out as StoreError with a one-line message.
+        Database failures come out as StoreError with a one-line message (StoreUnavailable when the
+        database did not answer).
         """
         session = self._sessions()
         try:
@@ -75,7 +76,8 @@ class Store:
             session.commit()
         except SQLAlchemyError as exc:
             session.rollback()
-            raise StoreError(f"database error: {str(exc).splitlines()[0][:200]}") from exc
+            kind = StoreUnavailable if isinstance(exc, OperationalError | InterfaceError) else StoreError
+            raise kind(f"database error: {str(exc).splitlines()[0][:200]}") from exc
         except BaseException:
             session.rollback()
             raise
