@@ -45,6 +45,13 @@ from stronghold.store.messagelog import unpack_tokens
 from stronghold.store.tables import LearnedMessage, ModelEvent
 
 log = logging.getLogger(__name__)
+# Most often another node learned for the shared database: learning on two nodes' own models
+# folders moves the one ledger for both, and retraining a second node would take the marks out of
+# the ledger the first one learns from.
+LEDGER_MOVED_ON = ("{what} holds another state of the learning ledger than the store records: if another node "
+                   "learns for this database, leave 'learn' to that one node (here: 'stronghold jobs --only "
+                   "message-log --only quarantine --only digest --only junk'; the model reaches this node through "
+                   "model_sync_seconds); {otherwise}")
 FEEDBACK_DAYS = 30  # feedback changed within this many days joins the held-back set
 FN_SLACK = 0.005  # a candidate may miss this much more of the held-back spam (never more ham)
 # What one user's marks (web, IMAP moves, Junk) may put into the shared model: their first this many.
@@ -118,8 +125,9 @@ def sync(store: Store, model: Model, scope: str = ledger.SHARED) -> tuple[SyncRe
         held = ledger.digest((r.content_hash, bool(r.applied)) for r in rows if r.applied is not None)
         fresh = model.passport.ledger_sha256 == "" and held != ""
         if model.passport.ledger_sha256 != held and not fresh:
-            raise ModelError("the model holds another state of the learning ledger than the store "
-                             "records (restored from elsewhere?); retrain it with 'stronghold train'")
+            raise ModelError(LEDGER_MOVED_ON.format(
+                what="the model", otherwise="if this models folder was restored from elsewhere, retrain it with "
+                                            "'stronghold train'"))
         add: list[set[str]] = []
         add_labels: list[bool] = []
         remove: list[set[str]] = []
@@ -390,8 +398,8 @@ def _record_marks(store: Store, cand: Path) -> None:
     with store.session() as session:
         marks = ledger.applied(session)
     if ledger.digest(marks.items()) != read_passport(cand).ledger_sha256:
-        raise ModelError("the candidate holds another state of the learning ledger than the store records; "
-                         "'stronghold learn' rebuilds it")
+        raise ModelError(LEDGER_MOVED_ON.format(what="the candidate",
+                                                otherwise="otherwise 'stronghold learn' rebuilds it"))
     modelarchive.write_marks(cand, marks)
 
 
