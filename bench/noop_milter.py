@@ -1,6 +1,6 @@
 """A milter that does nothing, on pymilter or on our native engine: the floor a filter stands on.
 
-    python -m bench.noop_milter unix:/path/to/socket [--spin-ms MS] [--workers N] [--native]
+    python -m bench.noop_milter unix:/path/to/socket [--spin-ms MS] [--workers N] [--native [--clamd ADDRESS]]
 
 Every callback answers CONTINUE (no reply at all where Postfix allows), the
 message is not kept, end of message accepts.  The throughput benchmark runs it
@@ -11,7 +11,10 @@ CPU (its own thread's clock) while holding the GIL, as a filter's work would;
 milter does (``bench.floor`` compares them).  ``--native`` speaks the protocol with the
 product's C engine (``stronghold._miltercore.Session``, a thread per connection, 2 workers
 blocking in accept unless ``--workers`` says otherwise): Python answers each recipient and
-each end of message, nothing else.
+each end of message, nothing else.  ``--clamd`` (with ``--native``) adds the one piece of work
+no filter that scans for viruses can skip: each message spooled and scanned by clamd through the
+product's own exchange (``Spool``, ``antivirus.start``), then rejected if clamd found a virus,
+else accepted: the floor of a virus-scanning filter on this engine.
 """
 
 from __future__ import annotations
@@ -117,30 +120,60 @@ def _prefork(spec: str, workers: int) -> None:
     _supervise(children)
 
 
-def _native(spec: str, workers: int) -> None:
+def _scan(scanner: Any, spool: Any) -> bool:
+    """clamd scans the spooled message, the product's way (handed over, then the answer read);
+    whether it found a virus (a scanner error counts as none: this is a floor, not a filter)."""
+    from stronghold import antivirus
+    begun = antivirus.start(scanner, spool)
+    try:
+        return begun.scan(spool).infected
+    except antivirus.ScannerError:
+        return False
+    finally:
+        antivirus.release(begun)
+
+
+def _native(spec: str, workers: int, clamd: str | None = None) -> None:
     """The native engine's way, minus the filter: a Session per connection, accept at the end."""
     import socket
 
     from stronghold import _miltercore as core  # type: ignore[attr-defined]
+    from stronghold import antivirus
     from stronghold.nativemilter import FLAGS, ConnectionThreads, open_listener
+    from stronghold.spool import Spool
 
-    accept, cont = b"\0\0\0\x01a", b"\0\0\0\x01c"
+    accept, cont, reject = b"\0\0\0\x01a", b"\0\0\0\x01c", b"\0\0\0\x01r"
+    scanner = antivirus.make_scanner(clamd, 30.0) if clamd else None
 
     def serve(sock: socket.socket) -> None:
         session = core.Session(sock.fileno(), FLAGS, 1 << 20, 1 << 25)
         reply = b""
+        spool, infected = Spool(1 << 20), False
         while True:
             event = session.next(reply)
             if event[0] == core.EV_CLOSE:
                 break
+            if scanner is not None and event[0] in (core.EV_DATA, core.EV_EOM):
+                spool.write(event[2])  # the message as the engine assembled it, as the product spools it
+                if event[0] == core.EV_EOM:
+                    infected = _scan(scanner, spool)
+                    spool.close()
+                    spool = Spool(1 << 20)
+            elif event[0] == core.EV_ABORT:
+                spool.close()
+                spool = Spool(1 << 20)
             if event[0] == core.EV_EOM and SPIN[0]:
                 until = time.thread_time() + SPIN[0]
                 while time.thread_time() < until:
                     sum(range(2000))
-            reply = cont if event[0] == core.EV_RCPT else accept if event[0] == core.EV_EOM else b""
+            reply = (cont if event[0] == core.EV_RCPT else b"" if event[0] != core.EV_EOM
+                     else reject if infected else accept)
+            infected = False
+        spool.close()
         sock.close()
 
     listener = open_listener(spec, 1024)
+    listener.setblocking(True)  # the product's workers wait in epoll; these block in accept()
     children = []
     for _ in range(workers or 2):
         pid = os.fork()
@@ -159,11 +192,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--spin-ms", type=float, default=0.0)
     parser.add_argument("--workers", type=int, default=0, help="pre-fork this many (0: one process, pymilter's way)")
     parser.add_argument("--native", action="store_true", help="the product's C protocol engine instead of pymilter")
+    parser.add_argument("--clamd", help="with --native: clamd (unix:PATH or inet:PORT@HOST) scans every message")
     args = parser.parse_args(argv)
     SPIN[0] = args.spin_ms / 1000
     if args.native:
         os.umask(0o000)
-        _native(args.spec, args.workers)
+        _native(args.spec, args.workers, args.clamd)
         return 0
     milter.setbacklog(1024)  # as the Stronghold milter: a busy Postfix is not refused
     os.umask(0o000)  # the socket in the benchmark's private folder must be writable by Postfix

@@ -203,11 +203,13 @@ def _http_ok(url: str) -> bool:
 
 class NoopMilter:
     """bench/noop_milter.py in a process of its own (one process, as pymilter runs by default;
-    ``native``: the product's C protocol engine, 2 workers as the product's)."""
+    ``native``: the product's C protocol engine, 2 workers as the product's; ``clamd``: with
+    ``native``, every message scanned by that clamd, nothing else done)."""
 
-    def __init__(self, home: Path, native: bool = False) -> None:
+    def __init__(self, home: Path, native: bool = False, clamd: str | None = None) -> None:
         self.home = home
         self.native = native
+        self.clamd = clamd
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -218,7 +220,8 @@ class NoopMilter:
         self.home.mkdir(parents=True, exist_ok=True)
         log = open(self.home / "noop.log", "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "bench.noop_milter", self.address,
-                                      *(["--native"] if self.native else [])],
+                                      *(["--native"] if self.native else []),
+                                      *(["--clamd", self.clamd] if self.clamd else [])],
                                      stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                                      cwd=Path(__file__).resolve().parent.parent)
         log.close()

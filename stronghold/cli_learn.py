@@ -18,7 +18,7 @@ from stronghold.classifier import Model
 from stronghold.cli_options import add_by
 from stronghold.config import Config
 from stronghold.feedback import record_pending
-from stronghold.modelfile import model_id, read_passport
+from stronghold.modelfile import ModelError, model_id, read_passport
 from stronghold.store import accounts, ledger
 from stronghold.store.db import Store
 from stronghold.training import check_mail, read_messages, tokenize
@@ -210,15 +210,20 @@ def cmd_candidates(args: argparse.Namespace, cfg: Config) -> int:
     live = _model_path(args, cfg)
     cand = learning.candidate_path(live)
     with _store(cfg) as store:
-        if cand.exists():
-            candidate, current = Model.load(cand), Model.load(live)
+        current = Model.load(live)
+        try:
+            candidate = learning.load_candidate(cand) if cand.exists() else None
+        except ModelError as exc:
+            print(exc)
+            candidate = None
+        if candidate is not None:
             p = candidate.passport
             print(f"candidate {learning.version_of(p)[:12]}: {p.learned_spam} learned spam + "
                   f"{p.learned_ham} learned ham (live {learning.version_of(current.passport)[:12]})")
             if learning.version_of(p) != learning.version_of(current.passport):
                 j = learning.judge(candidate, current, heldback.read(live), learning.recent_feedback(store))
                 print(f"would be {'promoted' if j.promote else 'held back'}: {j.reason}")
-        else:
+        elif not cand.exists():
             print("no candidate")
         interrupted = modelrollback.pending(live)
         if interrupted:

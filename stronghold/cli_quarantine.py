@@ -24,6 +24,7 @@ from stronghold.lists import envelope_shown, other_envelope, shown_from
 from stronghold.release import ReleaseError, release
 from stronghold.store import quarantine
 from stronghold.store.db import Store
+from stronghold.store.errors import StoreError
 from stronghold.store.quarantine import Held
 
 
@@ -157,16 +158,25 @@ def cmd_show(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def cmd_release(args: argparse.Namespace, cfg: Config) -> int:
+    """Release each item; what was released is said even when another could not be (another node or
+    admin released it first, the relay refused it), and those are the error, exit 1."""
     by = args.by or f"cli:{getpass.getuser()}"
+    done: list[Held] = []
+    failed: list[str] = []
     with _store(cfg) as store:
-        done = [release(cfg, store, item_id, by, admin=True, retry_unconfirmed=args.retry)
-                for item_id in args.ids]
+        for item_id in args.ids:
+            try:
+                done.append(release(cfg, store, item_id, by, admin=True, retry_unconfirmed=args.retry))
+            except (ReleaseError, StoreError) as exc:
+                failed.append(str(exc))
     if args.json:
         json.dump([_json(h) for h in done], sys.stdout, indent=1)
         print()
     else:
         for h in done:
             print(f"released {h.id} to {h.recipient}")
+    if failed:
+        raise ReleaseError("; ".join(failed))
     return 0
 
 

@@ -161,7 +161,8 @@ class Config:
     metrics_bind: str = _setting("", loopback_bind,
         "loopback HOST:PORT serving Prometheus /metrics (e.g. 127.0.0.1:9464); empty: off")
     web_bind: str = _setting("127.0.0.1:8080", any_text, "host:port of the web UI")
-    web_secret_key: str = _setting("", any_text, "Flask secret key; empty: generated into data_dir")
+    web_secret_key: str = _setting("", any_text, "Flask secret key (the same on every web node); "
+                                    "empty: generated once into the database, shared by every node")
     web_secure_cookies: bool = _setting(False, boolean, "mark cookies Secure (always so when web_base_url is https)")
     release_smtp: str = _setting("127.0.0.1:10026", host_port,
         "HOST:PORT of Postfix's unfiltered listener: released mail and digests")

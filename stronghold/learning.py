@@ -37,7 +37,7 @@ from pathlib import Path
 
 from stronghold import heldback, modelarchive, modelrollback, modelsync
 from stronghold.classifier import Model
-from stronghold.modelfile import ModelError, Passport, passport_path, read_passport
+from stronghold.modelfile import ModelError, Passport, passport_path, read_passport, sha256_of
 from stronghold.modelrollback import Rollback
 from stronghold.store import ledger, modelversions
 from stronghold.store.db import Store
@@ -45,6 +45,13 @@ from stronghold.store.messagelog import unpack_tokens
 from stronghold.store.tables import LearnedMessage, ModelEvent
 
 log = logging.getLogger(__name__)
+# Most often another node learned for the shared database: learning on two nodes' own models
+# folders moves the one ledger for both, and retraining a second node would take the marks out of
+# the ledger the first one learns from.
+LEDGER_MOVED_ON = ("{what} holds another state of the learning ledger than the store records: if another node "
+                   "learns for this database, leave 'learn' to that one node (here: 'stronghold jobs --only "
+                   "message-log --only quarantine --only digest --only junk'; the model reaches this node through "
+                   "model_sync_seconds); {otherwise}")
 FEEDBACK_DAYS = 30  # feedback changed within this many days joins the held-back set
 FN_SLACK = 0.005  # a candidate may miss this much more of the held-back spam (never more ham)
 # What one user's marks (web, IMAP moves, Junk) may put into the shared model: their first this many.
@@ -118,8 +125,9 @@ def sync(store: Store, model: Model, scope: str = ledger.SHARED) -> tuple[SyncRe
         held = ledger.digest((r.content_hash, bool(r.applied)) for r in rows if r.applied is not None)
         fresh = model.passport.ledger_sha256 == "" and held != ""
         if model.passport.ledger_sha256 != held and not fresh:
-            raise ModelError("the model holds another state of the learning ledger than the store "
-                             "records (restored from elsewhere?); retrain it with 'stronghold train'")
+            raise ModelError(LEDGER_MOVED_ON.format(
+                what="the model", otherwise="if this models folder was restored from elsewhere, retrain it with "
+                                            "'stronghold train'"))
         add: list[set[str]] = []
         add_labels: list[bool] = []
         remove: list[set[str]] = []
@@ -339,6 +347,21 @@ def events(store: Store, limit: int = 20) -> list[ModelEvent]:
         return modelversions.events(session, limit)
 
 
+def load_candidate(cand: Path) -> Model:
+    """The candidate model at ``cand``, its scoring table and its counts both matching its passport
+    (promoted, its counts become the live model's, which every later ``learn`` goes on from);
+    ModelError naming the fix when it is unusable (it is derived state: ``learn`` rebuilds it
+    from the live model, no retraining needed)."""
+    try:
+        model = Model.load(cand)
+        if sha256_of(cand) != model.passport.file_sha256:  # its counts, which ``learn`` goes on from
+            raise ModelError(f"model {cand} does not match its passport (corrupt or replaced)")
+        return model
+    except ModelError as exc:
+        raise ModelError(f"the candidate is unusable ({exc.args[0] if exc.args else exc}); "
+                         "'stronghold learn' rebuilds it from the live model") from exc
+
+
 def promote(store: Store, live: Path, who: str, force: bool = False, *, keep: int) -> Judgement:
     """Judge the candidate; if it is not worse (or ``force``), archive the live model (keeping the
     newest ``keep`` archived) and replace it."""
@@ -346,7 +369,7 @@ def promote(store: Store, live: Path, who: str, force: bool = False, *, keep: in
     cand = candidate_path(live)
     if not cand.exists():
         raise ModelError("no candidate model: 'stronghold learn' builds one")
-    candidate = Model.load(cand)
+    candidate = load_candidate(cand)
     current = Model.load(live)
     if version_of(candidate.passport) == version_of(current.passport):
         return Judgement(False, "the candidate is the live model already")
@@ -375,8 +398,8 @@ def _record_marks(store: Store, cand: Path) -> None:
     with store.session() as session:
         marks = ledger.applied(session)
     if ledger.digest(marks.items()) != read_passport(cand).ledger_sha256:
-        raise ModelError("the candidate holds another state of the learning ledger than the store records; "
-                         "'stronghold learn' rebuilds it")
+        raise ModelError(LEDGER_MOVED_ON.format(what="the candidate",
+                                                otherwise="otherwise 'stronghold learn' rebuilds it"))
     modelarchive.write_marks(cand, marks)
 
 

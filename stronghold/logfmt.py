@@ -6,7 +6,8 @@ refusal as a ``RcptLine``) passed as the only argument of a ``log.info("%s",
 free-text values (trace, reasons) are JSON-quoted so they split cleanly; the
 JSON format (``log_format = "json"``) writes one object per line, and for
 these two the object carries their fields (queue id, recipients, each
-recipient's decision, score, trace steps as a list, ms per stage).  Both
+recipient's decision, score, trace steps as a list, ms per stage); a message
+answered tempfail before it had a verdict (its spool failed) is a ``FailedLine``.  Both
 formats name the worker (``w1``, ``w2``...; ``main`` for the supervisor) and
 its pid in every line.  Nothing is formatted unless the line is emitted.
 """
@@ -92,6 +93,28 @@ class RcptLine:
                 "decisions": [_decision(d)]}
 
 
+class FailedLine:
+    """A message answered tempfail before any verdict existed (its spool failed): who, and why."""
+
+    __slots__ = ("envelope", "reason")
+
+    def __init__(self, envelope: Envelope, reason: str) -> None:
+        self.envelope = envelope
+        self.reason = reason
+
+    def __str__(self) -> str:
+        env = self.envelope
+        return (f"{env.queue_id or '-'}: from=<{env.sender}> "
+                f"to={','.join('<' + r + '>' for r in env.recipients)} action=tempfail "
+                f"reasons={json.dumps(self.reason)}")
+
+    def fields(self) -> dict[str, Any]:
+        env = self.envelope
+        return {"event": "message", "queue_id": env.queue_id, "from": env.sender,
+                "recipients": list(env.recipients), "client_ip": env.client_ip, "verdict": None,
+                "action": "tempfail", "score": None, "reasons": [self.reason]}
+
+
 class WorkerFilter(logging.Filter):
     """Adds ``worker`` (this process's name) to every record a handler emits."""
 
@@ -117,7 +140,7 @@ class TextFormatter(logging.Formatter):
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per record; a MessageLine or RcptLine contributes its fields."""
+    """One JSON object per record; a MessageLine, RcptLine or FailedLine contributes its fields."""
 
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
@@ -126,7 +149,7 @@ class JsonFormatter(logging.Formatter):
             "worker": getattr(record, "worker", _worker), "pid": record.process or os.getpid()}
         args = record.args
         line = args[0] if isinstance(args, tuple) and len(args) == 1 else None
-        if isinstance(line, (MessageLine, RcptLine)):
+        if isinstance(line, (MessageLine, RcptLine, FailedLine)):
             out.update(line.fields())
         else:
             out["msg"] = record.getMessage()

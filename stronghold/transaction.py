@@ -13,14 +13,13 @@ recipients; when nobody receives it, the message is discarded after the hold.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from time import perf_counter
 
 from stronghold import antivirus, headers
 from stronghold.lists import recipient_address
-from stronghold.logfmt import MessageLine, RcptLine
+from stronghold.logfmt import FailedLine, MessageLine, RcptLine
 from stronghold.message import MAX_BYTES, decode_bytes, parse
 from stronghold.policy import REPLY_BLOCKED, REPLY_TEMPFAIL
 from stronghold.service import Service
@@ -170,9 +169,7 @@ class Transaction:
     def conclude(self, env: Envelope) -> Answer:
         """End of message: parse, decide, hold what is held, log; the Answer for the MTA."""
         if self.spool_error is not None:  # part of the message is missing: nothing to decide on
-            log.error("%s: from=<%s> to=%s action=tempfail reasons=%s", env.queue_id or "-", env.sender,
-                      ",".join(f"<{r}>" for r in env.recipients),
-                      json.dumps(f"spool failed: {self.spool_error}"))
+            log.error("%s", FailedLine(env, f"spool failed: {self.spool_error}"))
             self.service.incidents.failed("spool", self.spool_error)
             return Answer(TEMPFAIL, REPLY_TEMPFAIL)
         self.service.incidents.ok("spool")

@@ -23,7 +23,8 @@ from stronghold import config as config_mod
 from stronghold.config import Config
 from stronghold.lists import display, envelope_shown, other_envelope, shown_from
 from stronghold.store.db import Store
-from stronghold.store.errors import StoreError
+from stronghold.store.errors import StoreError, StoreUnavailable
+from stronghold.store.ratelimits import ERRORS as LIMIT_COUNTER_ERRORS
 from stronghold.webkey import secret_key
 from webui import context
 from webui.safetext import visible
@@ -47,6 +48,12 @@ def create_app(test_config: Mapping[str, Any] | None = None, cfg: Config | None 
     cfg = cfg or config_mod.load(overrides=settings)
     app = Flask(__name__)
     app.url_map.converters["int"] = RowId  # before any route is added
+    store = Store(cfg.db_url)
+    try:
+        store.upgrade()  # before the key: a new database gets the table that holds it
+    except StoreError:
+        store.dispose()
+        raise
     app.config.update(
         SECRET_KEY=secret_key(cfg),
         SESSION_COOKIE_HTTPONLY=True,
@@ -58,12 +65,6 @@ def create_app(test_config: Mapping[str, Any] | None = None, cfg: Config | None 
         WTF_CSRF_TIME_LIMIT=None,  # the token lives as long as the session
     )
     app.config.update(flask_keys)
-    store = Store(cfg.db_url)
-    try:
-        store.upgrade()
-    except StoreError:
-        store.dispose()
-        raise
     context.install(app, store, cfg)
     csrf.init_app(app)
     if cfg.web_trusted_proxies:
@@ -144,6 +145,11 @@ ERRORS = {
 }
 
 
+DATABASE_AWAY = ("The database cannot be reached just now, so this could not be done: a change you sent may "
+                 "not have been saved. Try again in a minute (your login is kept); tell your administrator "
+                 "if it keeps failing.")
+
+
 def _error_pages(app: Flask) -> None:
     """Every error in the site's own page, never Werkzeug's bare one."""
 
@@ -172,6 +178,15 @@ def _error_pages(app: Flask) -> None:
         code = err.code or 500
         title, message = ERRORS.get(code, (err.name, err.description or ""))
         return render_template("error.html", title=title, message=message), code
+
+    @app.errorhandler(StoreUnavailable)
+    @app.errorhandler(LIMIT_COUNTER_ERRORS)
+    def database_away(err: Exception):
+        """The database is down or restarting: one line in the log, not a traceback per request, and
+        a page that claims nothing was saved only as far as it knows (a refusal, such as a unique key,
+        stays the 500 page below)."""
+        app.logger.error("%s %s: %s", request.method, request.path, str(err).splitlines()[0][:300])
+        return render_template("error.html", title="Not available just now", message=DATABASE_AWAY), 503
 
     @app.errorhandler(Exception)
     def crashed(err: Exception):

@@ -63,13 +63,44 @@ def why(held: Held) -> str:
     return reason or ((held.virus or "") if held.is_virus else "")
 
 
-def item_or_404(item_id: int) -> Held:
-    """The item if the current user may see and act on it; 404 otherwise (even if it exists)."""
+def _item_or_none(item_id: int) -> Held | None:
+    """The item if the current user may see and act on it; None otherwise (even if it exists)."""
     with store().session() as s:
         held = quarantine.get(s, item_id)
-    if held is None or not may_see(held):
+    return with_from([held])[0] if held is not None and may_see(held) else None
+
+
+def item_or_404(item_id: int) -> Held:
+    """The item if the current user may see and act on it; 404 otherwise (even if it exists)."""
+    held = _item_or_none(item_id)
+    if held is None:
         abort(404)
-    return with_from([held])[0]
+    return held
+
+
+class NotActionable(Exception):
+    """A form acts on an item the user cannot act on: gone, or never theirs."""
+
+
+NOT_ACTIONABLE = ("That message is no longer in your quarantine: it was deleted (in another tab or window, "
+                  "or by an administrator) or it expired. Nothing was done.")
+
+
+def item_to_act_on(item_id: int) -> Held:
+    """``item_or_404`` for a form: another tab, a user on another web node or an admin may have deleted
+    the item since the page was shown, so the form ends on the Junk page with a note saying nothing
+    was done (``NotActionable``), not on an error page.  The note is the same for another user's
+    item, so it tells nothing about their mail."""
+    held = _item_or_none(item_id)
+    if held is None:
+        raise NotActionable(item_id)
+    return held
+
+
+@bp.errorhandler(NotActionable)
+def not_actionable(_err: NotActionable):
+    flash(NOT_ACTIONABLE, "error")
+    return redirect(url_for("junk.index"))
 
 
 def with_from(rows: list[Held]) -> list[Held]:
@@ -225,7 +256,7 @@ def _ask(held: Held, action: str, title: str, detail: str, button: str):
 @bp.route("/<int:item_id>/release", methods=["POST"])
 @login_required
 def release(item_id: int):
-    held = item_or_404(item_id)
+    held = item_to_act_on(item_id)
     if held.is_virus and held.released is None and not confirmed():
         return _ask(held, "junk.release", f"Release a message carrying {held.virus or 'a virus'}?",
                     f"“{visible(held.subject) or '(no subject)'}” goes to {held.recipient}'s inbox as it is, "
@@ -245,7 +276,7 @@ def retryable(held: Held, now: float | None = None) -> bool:
 @login_required
 def retry(item_id: int):
     """Admins: send again a release whose delivery was never confirmed (see stronghold.release)."""
-    held = item_or_404(item_id)
+    held = item_to_act_on(item_id)
     if not g.user.is_admin or not retryable(held):
         abort(404)
     try:
@@ -263,7 +294,7 @@ def retry(item_id: int):
 def release_and_allow(item_id: int):
     """Release, and put the sender on the allow list of the recipient address: the address an
     allow entry will match for mail like this (``webui.senders.allow_target``), said in the flash."""
-    held = item_or_404(item_id)
+    held = item_to_act_on(item_id)
     _release(held)
     target = allow_target(held.header_from, held.sender, held.trace)  # the item's steps and its recipient's
     if target is None:
@@ -286,7 +317,7 @@ def release_and_allow(item_id: int):
 @login_required
 def not_spam(item_id: int):
     """Release, and record "not spam" feedback on the logged message for the next training run."""
-    held = item_or_404(item_id)
+    held = item_to_act_on(item_id)
     _release(held)
     with store().session() as s:
         message_id = messagelog.latest_for_recipient(s, held.queue_id, held.recipient)
@@ -306,7 +337,7 @@ def not_spam(item_id: int):
 @bp.route("/<int:item_id>/delete", methods=["POST"])
 @login_required
 def delete(item_id: int):
-    held = item_or_404(item_id)
+    held = item_to_act_on(item_id)
     if not confirmed():
         return _ask(held, "junk.delete", f"Delete “{visible(held.subject) or '(no subject)'}”?",
                     f"The copy held for {held.recipient} is gone for good: it cannot be released afterwards.",

@@ -9,15 +9,17 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from stronghold.store.errors import StoreError
+from stronghold.store.errors import StoreError, StoreUnavailable
 
 log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 # PostgreSQL advisory lock key held while migrating, so nodes upgrading at once take turns.
 UPGRADE_LOCK_KEY = 0x5354524F  # "STRO"
+# First key of the two-key advisory locks ``take_turns`` holds (a key space apart from the one above).
+TURNS_LOCK_KEY = 0x5354
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
@@ -27,6 +29,16 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur.execute("PRAGMA busy_timeout=5000")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.close()
+
+
+def take_turns(session: Session, name: str) -> None:
+    """Until ``session``'s transaction ends, hold PostgreSQL's advisory lock for ``name``, so that nodes
+    running the same check-then-write on one database take turns: the later one waits, then reads
+    what the first committed (each statement of a READ COMMITTED transaction sees the latest
+    commits).  Nothing on SQLite, which lets one writer at a time in and has one node."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:space, hashtext(:name))"),
+                        {"space": TURNS_LOCK_KEY, "name": name})
 
 
 class Store:
@@ -55,7 +67,8 @@ class Store:
     def session(self) -> Iterator[Session]:
         """A transaction: committed on success, rolled back on error.
 
-        Database failures come out as StoreError with a one-line message.
+        Database failures come out as StoreError with a one-line message (StoreUnavailable when the
+        database did not answer).
         """
         session = self._sessions()
         try:
@@ -63,7 +76,8 @@ class Store:
             session.commit()
         except SQLAlchemyError as exc:
             session.rollback()
-            raise StoreError(f"database error: {str(exc).splitlines()[0][:200]}") from exc
+            kind = StoreUnavailable if isinstance(exc, OperationalError | InterfaceError) else StoreError
+            raise kind(f"database error: {str(exc).splitlines()[0][:200]}") from exc
         except BaseException:
             session.rollback()
             raise

@@ -13,7 +13,7 @@ from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from stronghold.lists import KINDS, ListEntry, ListIndex, PatternError, display, normalize_pattern, shorten
-from stronghold.store.db import Store
+from stronghold.store.db import Store, take_turns
 from stronghold.store.errors import EntryError, StoreError
 from stronghold.store.recheck import Recheck
 from stronghold.store.tables import GLOBAL, Address, ListEntryRow, Meta, User
@@ -41,6 +41,7 @@ class ConflictError(EntryError):
 
 def bump_version(session: Session) -> None:
     """Count a list change, so every node's ListCache reloads the lists."""
+    take_turns(session, VERSION_KEY)  # two nodes' very first changes must not both insert the row
     row = session.get(Meta, VERSION_KEY)
     if row is None:
         session.add(Meta(key=VERSION_KEY, value=1))
@@ -94,6 +95,7 @@ def add_entry(session: Session, owner: str | None, kind: str, pattern: str,
     if trust_unauthenticated and kind != "allow":
         raise EntryError("only allow entries can be trusted without authentication")
     scope = owner or GLOBAL
+    take_turns(session, f"lists:{scope}")  # nodes adding to one owner's lists at once: see import_csv
     rows = session.scalars(select(ListEntryRow).where(ListEntryRow.owner == scope,
                                                       ListEntryRow.pattern == norm)).all()
     for row in rows:
@@ -230,6 +232,10 @@ def import_csv(session: Session, owner: str | None, text: str, default_kind: str
     """
     report = ImportReport()
     scope = owner or GLOBAL
+    # Two web nodes (or tabs, or the CLI) adding to one owner's lists at once take turns, so the
+    # second checks the cap and the clashes against what the first added: otherwise two imports of
+    # 6,000 each both found room for 10,000, and a pattern could go on both lists.
+    take_turns(session, f"lists:{scope}")
     listed = {pattern: kind for pattern, kind in session.execute(
         select(ListEntryRow.pattern, ListEntryRow.kind).where(ListEntryRow.owner == scope))}
     new: dict[str, tuple[str, str, bool]] = {}

@@ -5,6 +5,10 @@ class StoreError(Exception):
     """The database cannot be reached or refused the operation (one-line message)."""
 
 
+class StoreUnavailable(StoreError):
+    """The database did not answer: down, restarting, the connection dropped (worth trying again)."""
+
+
 class EntryError(ValueError):
     """A list entry or user change is refused; the message says why, for the user."""
 

@@ -11,11 +11,15 @@ import time
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from stronghold.store.db import take_turns
 from stronghold.store.tables import ModelEvent, ModelNode, ModelVersion
 
 
 def publish(session: Session, version: str, passport: str, compressed_table: bytes) -> None:
-    """Make ``version`` the one active version, storing it first if it is new."""
+    """Make ``version`` the one active version, storing it first if it is new.  Nodes publishing at
+    once take turns: otherwise each could deactivate every version but its own before the other
+    committed, leaving two active, or both insert the same version (a unique violation)."""
+    take_turns(session, "model_versions")
     row = session.get(ModelVersion, version)
     if row is None:
         row = ModelVersion(version=version, passport=passport, table=compressed_table)

@@ -75,6 +75,15 @@ class RateLimit(Base):
     expires: Mapped[float] = mapped_column(Float, index=True)
 
 
+class SiteKey(Base):
+    """A key every node shares (``sitekeys``): the web UI's secret key, made by the first node needing it."""
+
+    __tablename__ = "site_keys"
+    name: Mapped[str] = mapped_column(String(40), primary_key=True)
+    value: Mapped[str] = mapped_column(String(200))
+    created: Mapped[float] = mapped_column(Float, default=time.time)
+
+
 class ListEntryRow(Base):
     """An allow or block entry: ``owner`` an address, or GLOBAL for the admins' lists."""
 

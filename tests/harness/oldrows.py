@@ -34,6 +34,7 @@ PASSWORDS = {
     "dave": ("dave old pass 0006", "$argon2id$v=19$m=8192,t=2,p=1$z9ly+s66GEdL1rBDNJcwyw$"
              "sdsycm7ytDWhn1YYEscSsgjN9dTtDQt6jZrATdezvKw", "0006"),
 }
+WEB_KEY = "5e" * 32  # the web UI's secret key the first node stored at 0010
 WEB_TOKEN = "cookie-of-alice-from-revision-0003"  # the cookie; the row holds its SHA-256
 ALICE = "alice@corp.example"
 CAROL = "carol@corp.example"
@@ -187,9 +188,13 @@ def advance_sequences(conn: Connection) -> None:
         conn.execute(select(func.setval(func.pg_get_serial_sequence(where, name), after.scalar_subquery(), False)))
 
 
+def rows_0010(conn: Connection, model: PublishedModel) -> None:
+    _insert(conn, "site_keys", name="web", value=WEB_KEY, created=T0)
+
+
 ROWS: dict[str, Callable[[Connection, PublishedModel], None]] = {
     "0001": rows_0001, "0002": rows_0002, "0003": rows_0003, "0004": rows_0004, "0005": rows_0005,
-    "0006": rows_0006, "0007": rows_0007, "0008": rows_0008, "0009": rows_0009,
+    "0006": rows_0006, "0007": rows_0007, "0008": rows_0008, "0009": rows_0009, "0010": rows_0010,
 }
 
 

@@ -158,3 +158,19 @@ def test_ls_shows_scores_to_four_places_as_the_web_ui(env: Store, capsys: pytest
     assert main(["quarantine", "ls"]) == 0
     [line] = [ln.split("\t") for ln in capsys.readouterr().out.splitlines() if ln.startswith(f"{item}\t")]
     assert line[5] == "0.9998"
+
+
+def test_release_says_what_it_released_when_another_item_was_released_elsewhere(
+        env: Store, sink: SmtpSink, capsys: pytest.CaptureFixture[str]) -> None:
+    """Another node (or admin) released the second item first: the first is still released, and said
+    so, and the second is the error (before: the error alone, as if nothing had been sent)."""
+    first, second = _hold(env, ["m1@example.com", "m3@example.com"], "Weekly deals")
+    assert main(["quarantine", "release", str(second), "--by", "other-node"]) == 0
+    capsys.readouterr()
+    assert main(["quarantine", "release", str(first), str(second), "--by", "this-node"]) == 2
+    out, err = capsys.readouterr()
+    assert out == f"released {first} to m1@example.com\n"
+    assert f"message {second} was already released by other-node" in err
+    assert sorted(m.recipients[0] for m in sink.messages) == ["m1@example.com", "m3@example.com"]  # once each
+    assert main(["quarantine", "release", str(first), str(second), "--json"]) == 2
+    assert json.loads(capsys.readouterr().out) == []

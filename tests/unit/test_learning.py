@@ -367,6 +367,13 @@ def test_a_broken_or_lost_candidate_is_rebuilt_from_the_live_model(
             path.unlink()
     else:
         cand.write_bytes(cand.read_bytes()[:1000])
+        capsys.readouterr()  # what the commands tell an operator who looks first: learn, not train
+        assert main(["model", "candidates"]) == 0
+        shown = capsys.readouterr().out
+        assert "'stronghold learn' rebuilds it" in shown and "stronghold train" not in shown
+        assert main(["model", "promote"]) == 2
+        shown = capsys.readouterr().err
+        assert "'stronghold learn' rebuilds it" in shown and "stronghold train" not in shown
     assert main(["learn", "--no-promote", "--spam", c]) == 0
     p = read_passport(cand)
     assert (p.learned_ham, p.learned_spam) == (0, 3)
@@ -376,3 +383,26 @@ def test_a_broken_or_lost_candidate_is_rebuilt_from_the_live_model(
     live2 = _train(base, env / "models2")
     assert main(["learn", "--no-promote", "--model", str(live2), "--spam", a, b, c]) == 0
     assert _files(cand) == _files(candidate_path(live2))
+
+
+def test_learning_on_a_second_node_says_to_leave_it_to_one(base: tuple[Path, Path], corpus: Path, env: Path,
+                                                           monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """Two nodes, each its own models folder, one database: the hourly job learning on both moves the
+    one ledger for both, and the second then fails.  It must say that another node learns and how to
+    leave it to that one, not only to retrain (which would take the marks out of the first one's ledger)."""
+    live = _train(base, env / "models")
+    shutil.copytree(live.parent, env / "models-b")  # node B, installed with the same model
+    spam = [str(p) for p in corpus_files(corpus, "spam", "test")[:6]]
+    outcomes = []
+    for marks in (spam[:3], spam[3:]):
+        assert main(["learn", "--record-only", "--source", "imap", "--by", "b@example.com", "--spam", *marks]) == 0
+        for models in ("models", "models-b"):
+            monkeypatch.setenv("STRONGHOLD_MODELS_DIR", str(env / models))
+            capsys.readouterr()
+            code = main(["jobs", "--only", "learn"])
+            outcomes.append((models, code, capsys.readouterr().out))
+    assert [code for _, code, _ in outcomes[::2]] == [0, 0]  # node A, the learner, every hour
+    failed = [out for _, code, out in outcomes if code]
+    assert failed and all("if another node learns for this database, leave 'learn' to that one node" in out
+                          for out in failed), outcomes

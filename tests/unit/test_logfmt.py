@@ -7,7 +7,7 @@ import logging
 import shlex
 
 from stronghold import logfmt
-from stronghold.logfmt import JsonFormatter, MessageLine, RcptLine
+from stronghold.logfmt import FailedLine, JsonFormatter, MessageLine, RcptLine
 from stronghold.message import parse
 from stronghold.outcome import Outcome
 from stronghold.policy import Policy
@@ -63,6 +63,17 @@ def test_json_rcpt_line_and_plain_lines() -> None:
     plain = logging.LogRecord("x", logging.WARNING, __file__, 1, "clamd failing: %s", ("down",), None)
     assert json.loads(JsonFormatter().format(plain))["msg"] == "clamd failing: down"
 
+
+
+def test_a_message_failed_before_its_verdict_is_an_event_with_fields_in_both_formats() -> None:
+    line = FailedLine(ENV, "spool failed: [Errno 28] No space left on device")
+    obj = json.loads(JsonFormatter().format(_record(line)))
+    assert obj["event"] == "message" and obj["action"] == "tempfail" and obj["queue_id"] == "4Q1XyZ"
+    assert obj["recipients"] == ["a@x.example", "b@x.example"] and obj["verdict"] is None
+    assert obj["reasons"] == ["spool failed: [Errno 28] No space left on device"] and "msg" not in obj
+    pairs = dict(p.split("=", 1) for p in shlex.split(str(line).split(": ", 1)[1]))
+    assert pairs == {"from": "<s@env.example>", "to": "<a@x.example>,<b@x.example>", "action": "tempfail",
+                     "reasons": "spool failed: [Errno 28] No space left on device"}
 
 
 def test_text_formatter_writes_what_the_stdlib_formatter_does_across_seconds() -> None:

@@ -79,7 +79,7 @@ def test_upgrade_fills_header_from_once_and_pages_no_longer_read_the_copies(old_
                                      reason="", trace="", virus=None, header_from="Kept <kept@new.example>")
         want[recorded] = "Kept <kept@new.example>"  # recorded at hold time: left as it is
         assert quarantine.with_from(s, [quarantine.get(s, recorded)])[0].header_from == "Kept <kept@new.example>"
-    assert old_store.upgrade() == "0009"
+    assert old_store.upgrade("0009") == "0009"
     with old_store.session() as s:
         s.execute(update(QuarantineBlob).values(data=b"gone"))  # a page that still read them would fail
         shown = quarantine.with_from(s, quarantine.find(s, recipients=None))

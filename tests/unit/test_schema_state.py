@@ -16,10 +16,14 @@ from sqlalchemy import event, inspect, text
 
 from stronghold.cli import main
 from stronghold.cli_services import schema_line
+from stronghold.store import schema
 from stronghold.store.db import Store
 from stronghold.store.errors import StoreError
 
 KINDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+HEAD = schema.head()  # this release's newest revision
+PREVIOUS = schema.revisions()[-2]
+NEWER = f"{int(HEAD) + 1:04d}"  # what the next release's migration will be called
 _names = count(1)
 
 
@@ -56,22 +60,23 @@ def test_a_newer_schema_stops_every_command_and_the_milter(url: str, capsys: pyt
                                                            caplog: pytest.LogCaptureFixture) -> None:
     with Store(url) as store:
         store.upgrade()
-        with store.engine.begin() as conn:  # what a newer release's migration 0010 leaves
+        with store.engine.begin() as conn:  # what the next release's migration leaves
             conn.execute(text("CREATE TABLE future_things (id INTEGER PRIMARY KEY)"))
-            conn.execute(text("UPDATE alembic_version SET version_num = '0010'"))
+            conn.execute(text("UPDATE alembic_version SET version_num = :newer"), {"newer": NEWER})
     before = _state(url)
-    for argv in (["db", "upgrade"], ["db", "downgrade", "0008"], ["quarantine", "ls"], ["jobs"], ["web"]):
+    for argv in (["db", "upgrade"], ["db", "downgrade", PREVIOUS], ["quarantine", "ls"], ["jobs"], ["web"]):
         assert main(argv) == 2, argv
         line = _one_line_error(capsys)
-        assert "schema is at revision 0010, newer than this Stronghold knows (up to 0009)" in line, argv
+        assert f"schema is at revision {NEWER}, newer than this Stronghold knows (up to {HEAD})" in line, argv
     assert main(["db", "status"]) == 1
-    assert "at revision 0010, newer than this release (0009)" in capsys.readouterr().out
+    assert f"at revision {NEWER}, newer than this release ({HEAD})" in capsys.readouterr().out
     with Store(url) as store:
         assert schema_line(store) == 1  # `milter --check-config` counts it as a failure
-    assert "FAIL: database schema at revision 0010, newer than this release knows (0009)" in capsys.readouterr().out
+    assert f"FAIL: database schema at revision {NEWER}, newer than this release knows ({HEAD})" \
+        in capsys.readouterr().out
     with caplog.at_level(logging.ERROR):
         assert main(["milter"]) == 2  # refuses to start, rather than serve mail on a schema it does not know
-    assert any("not starting" in r.message and "revision 0010" in r.message for r in caplog.records)
+    assert any("not starting" in r.message and f"revision {NEWER}" in r.message for r in caplog.records)
     assert _state(url) == before
 
 
@@ -90,15 +95,15 @@ def test_tables_without_a_revision_are_not_migrated(url: str, capsys: pytest.Cap
 
 def test_an_empty_database_is_created_by_db_upgrade(url: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["db", "status"]) == 1
-    assert "database has no schema yet (this release: 0009): run 'stronghold db upgrade'" in capsys.readouterr().out
+    assert f"database has no schema yet (this release: {HEAD}): run 'stronghold db upgrade'" in capsys.readouterr().out
     assert main(["db", "upgrade"]) == 0
-    assert "database at revision 0009" in capsys.readouterr().out
+    assert f"database at revision {HEAD}" in capsys.readouterr().out
     assert main(["db", "status"]) == 0
-    assert "database at revision 0009, current" in capsys.readouterr().out
-    assert main(["db", "downgrade", "0008"]) == 0  # what a rollback to the release before 0009 runs
-    assert "database at revision 0008" in capsys.readouterr().out
+    assert f"database at revision {HEAD}, current" in capsys.readouterr().out
+    assert main(["db", "downgrade", PREVIOUS]) == 0  # what a rollback to the release before runs
+    assert f"database at revision {PREVIOUS}" in capsys.readouterr().out
     assert main(["db", "status"]) == 1
-    assert "at revision 0008, this release needs 0009: run 'stronghold db upgrade'" in capsys.readouterr().out
+    assert f"at revision {PREVIOUS}, this release needs {HEAD}: run 'stronghold db upgrade'" in capsys.readouterr().out
     assert main(["db", "upgrade"]) == 0
 
 
@@ -121,7 +126,7 @@ def test_a_migration_failing_midway_on_postgres_changes_nothing(request: pytest.
         store.upgrade("0001")
         with store.engine.begin() as conn:
             conn.execute(text("CREATE TABLE quarantine_items (id INTEGER PRIMARY KEY)"))
-        with pytest.raises(StoreError, match=r"^schema migration from revision 0001 to 0009 failed and was "
+        with pytest.raises(StoreError, match=rf"^schema migration from revision 0001 to {HEAD} failed and was "
                                              r"rolled back: .*DuplicateTable"):
             store.upgrade()
     tables, versions = _state(url)
@@ -144,10 +149,10 @@ def test_a_migration_failing_midway_on_sqlite_changes_nothing(tmp_path: Path) ->
     failing.dispose()
     tables, versions = _state(url)
     assert versions == ["0001"] and "quarantine_blobs" not in tables
-    assert str(failed.value) == ("schema migration from revision 0001 to 0009 failed and was rolled back: "
+    assert str(failed.value) == (f"schema migration from revision 0001 to {HEAD} failed and was rolled back: "
                                  "(sqlite3.DatabaseError) not authorized")
     with Store(url) as store:
-        assert store.upgrade() == "0009"
+        assert store.upgrade() == HEAD
         with store.engine.connect() as conn:
             assert conn.execute(text("SELECT login FROM users")).scalars().all() == ["alice"]
 
@@ -165,6 +170,6 @@ def test_a_database_left_half_migrated_by_an_older_release_says_so(tmp_path: Pat
     monkeypatch.setenv("STRONGHOLD_DATABASE_URL", url)
     assert main(["db", "upgrade"]) == 2
     line = _one_line_error(capsys)
-    assert "from revision 0001 to 0009 failed and was rolled back" in line
+    assert f"from revision 0001 to {HEAD} failed and was rolled back" in line
     assert "table quarantine_blobs already exists" in line and "restore the backup taken before it" in line
     assert _state(url) == before

@@ -30,7 +30,7 @@ from stronghold.cli_scan import check
 from stronghold.config import Config
 from stronghold.modelfile import passport_version, read_passport
 from stronghold.service import Service
-from stronghold.store import accounts, entries, ledger, messagelog, quarantine
+from stronghold.store import accounts, entries, ledger, messagelog, quarantine, sitekeys
 from stronghold.store.db import MIGRATIONS, Store
 from stronghold.verdict import Category, Envelope
 from tests.harness import oldrows
@@ -172,6 +172,8 @@ def assert_accounts_work(cfg: Config, store: Store, since: int) -> None:
         if since >= REVISIONS.index("0006"):
             bounds = cfg.user_threshold_bounds
             assert bounds is not None and entries.address_thresholds(s, bounds) == {oldrows.DAVE: 0.7}
+        if since >= REVISIONS.index("0010"):  # every web node keeps signing with the stored key
+            assert sitekeys.shared(s, sitekeys.WEB, "a key another node generated") == oldrows.WEB_KEY
 
 
 def assert_quarantine_releases(cfg: Config, store: Store, sink: SmtpSink, since: int) -> None:

@@ -51,5 +51,6 @@ def test_ids_at_and_past_the_largest_row_id(client: FlaskClient, auth: Auth, num
     assert client.get(f"/messages/{number}").status_code == 404
     assert client.get(f"/junk/{number}").status_code == 404
     assert auth.post(f"/messages/{number}/feedback", {"is_spam": "1"}).status_code == 404
-    assert auth.post(f"/junk/{number}/delete", {}).status_code == 404
+    # a held message's form whose message is gone ends on the Junk page with a note; past the range, 404
+    assert auth.post(f"/junk/{number}/delete", {}).status_code == (302 if number <= MAX_ROW_ID else 404)
     assert auth.post(f"/lists/alice@example.com/remove/{number}", {"confirm": "1"}).status_code == 404
