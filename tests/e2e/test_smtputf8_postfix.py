@@ -12,7 +12,7 @@ import pytest
 from devtools.localstack import Clamd
 from stronghold.classifier import Model
 from stronghold.release import release
-from stronghold.store import quarantine
+from stronghold.store import entries, quarantine
 from stronghold.training import tokenize
 from tests.conftest import Stack, corpus_files, shared_tmpdir
 from tests.e2e import mail
@@ -58,3 +58,25 @@ def test_held_copy_with_utf8_envelope_is_released_to_its_recipient(utf8_stack: S
     assert [(m.sender, m.recipients) for m in got] == [(SENDER, [RCPT])]
     with st.store.session() as s:
         assert quarantine.get(s, held[0].id).delivered is not None
+
+
+def test_a_blocked_domain_holds_for_a_utf8_local_part(utf8_stack: Stack) -> None:
+    """A sender whose local part is outside ASCII (jörg@, SMTPUTF8) was never compared with the
+    lists (``sender_addresses`` skipped every address that does not normalize), so a block of
+    @bücher.example, or a global block of a spammer's domain, let jörg@bücher.example through."""
+    st = utf8_stack
+    with st.store.session() as s:
+        entries.add_entry(s, "vera@example.com", "block", "@bücher.example")
+        entries.add_entry(s, "walt@example.com", "block", "*.spam-domain.example")
+    tid, data = mail.simple(sender="news@elsewhere.example", subject="Angebot")
+    answers = _smtp(st.postfix.port, [b"EHLO client.example\r\n", f"MAIL FROM:<{SENDER}> SMTPUTF8\r\n".encode(),
+                                      b"RCPT TO:<vera@example.com>\r\n", b"RCPT TO:<xena@example.com>\r\n",
+                                      b"DATA\r\n", data + b".\r\n", b"QUIT\r\n"])
+    assert answers[3].startswith(b"550 ") and answers[4].startswith(b"250 "), answers  # at RCPT, by the envelope
+    assert [m.recipients for m in st.sink.wait_for(lambda m: tid.encode() in m.data)] == [["xena@example.com"]]
+    tid, data = mail.simple(sender="ärger@mail.spam-domain.example", subject="Angebot")
+    answers = _smtp(st.postfix.port, [b"EHLO client.example\r\n", b"MAIL FROM:<bounce@relay.example>\r\n",
+                                      b"RCPT TO:<walt@example.com>\r\n", b"RCPT TO:<xena@example.com>\r\n",
+                                      b"DATA\r\n", data + b".\r\n", b"QUIT\r\n"])
+    assert answers[6].startswith(b"250 "), answers  # after DATA, by the header From: walt's copy dropped
+    assert [m.recipients for m in st.sink.wait_for(lambda m: tid.encode() in m.data)] == [["xena@example.com"]]
