@@ -38,14 +38,14 @@ Step = tuple[bytes, int]  # what the client writes, then how many replies it rea
 
 @pytest.fixture(scope="module")
 def stacks(models_dir: Path, clamd: Clamd, test_dns: LoopbackDns) -> Iterator[dict[str, Stack]]:
-    """One stack per engine, alike otherwise: Postfix offering SMTPUTF8 (its default), high
-    spam held, the same lists and users."""
+    """One stack per engine, alike otherwise: Postfix offering SMTPUTF8 and opening the queue
+    file at the first accepted recipient (its defaults), high spam held, the same lists and users."""
     homes = {engine: shared_tmpdir(f"stronghold-{engine}-") for engine in ENGINES}
     made = {engine: Stack(home, models_dir, clamd.address, f"sqlite:///{home / 'store.db'}", milter_engine=engine,
                           authserv_id="mx.stronghold.test", spam_action_high="quarantine",
                           **dns_settings(test_dns)) for engine, home in homes.items()}
     for s in made.values():
-        s.postfix.extra = {"smtputf8_enable": "yes"}
+        s.postfix.extra = {"smtputf8_enable": "yes", "smtpd_delay_open_until_valid_rcpt": "yes"}
         with s.store.session() as session:
             entries.add_entry(session, "a1@example.com", "allow", "promo@deals.example", trust_unauthenticated=True)
             entries.add_entry(session, "b1@example.com", "block", "promo@deals.example")
@@ -122,7 +122,8 @@ def conversations(corpus: Path, model: Model, keys: dict[str, bytes]) -> dict[st
                                        for k in range(n, min(n + 5, len(samples)))])
     everyone = ["a1@example.com", "b1@example.com", "c1@example.com", "d1@example.com", "e1@example.com"]
     for name, raw in (("spam", spam), ("middle", middle), ("ham", ham)):
-        talk[f"mixed-{name}"] = session(transaction("promo@deals.example", everyone, with_id(f"mixed-{name}", raw)))
+        talk[f"mixed-{name}"] = session(transaction("promo@deals.example", everyone[1:] + everyone[:1],
+                                                    with_id(f"mixed-{name}", raw)))
         blocked_from = re.sub(rb"(?mi)^From:.*(\r\n[ \t].*)*", b"From: X <x@hdrblock.example>",
                               with_id(f"hdrblock-{name}", raw), count=1)
         talk[f"hdrblock-{name}"] = session(transaction("other@sender.example", everyone[2:], blocked_from))
@@ -201,9 +202,10 @@ def delivered(s: Stack) -> list[tuple]:
 
 
 def logged(s: Stack) -> list[str]:
-    """The milter's message and RCPT lines, without time, worker, queue id and milliseconds."""
-    lines = [re.sub(r"^.*?\] (?:[0-9A-F]+|-): ", "", line) for line in s.milter.log().splitlines()
-             if "stronghold.transaction" in line]
+    """The milter's message and RCPT lines, without time, worker and milliseconds, and with Q for
+    a queue id (- where there was none: a first recipient refused before Postfix opened one)."""
+    lines = [re.sub(r"^.*?\] (?:[0-9A-F]+|(-)): ", lambda m: f"{m.group(1) or 'Q'}: ", line)
+             for line in s.milter.log().splitlines() if "stronghold.transaction" in line]
     return sorted(re.sub(r" ms=[\d.]+", "", line) for line in lines)
 
 
@@ -235,6 +237,7 @@ def test_both_engines_give_the_same_replies_copies_and_verdicts(stacks: dict[str
     assert flags == {"X-Spam-Flag: YES", "X-Spam-Flag: NO"}
     assert {"spam"} <= {category for _, _, category, _ in native["held"]}
     assert any("dkim=pass" in f for *_, fields in native["delivered"] for f in fields)
+    assert any(line.startswith("-: ") and "stage=rcpt" in line for line in native["logged"])
     tids = {tid for tid, *_ in native["delivered"]}
     assert {"bdat", "smtputf8", "many-rcpts", "gone-before-reply"} <= tids
     assert not tids & {"gone-mid-data", "virus"}
