@@ -132,11 +132,17 @@ def conversations(corpus: Path, model: Model, keys: dict[str, bytes]) -> dict[st
     chunked = with_id("bdat", ham + b"\r\n.\r\n..\r\n.\r\nend\r\n")
     talk["bdat"] = session([(b"MAIL FROM:<list@lists.example>\r\nRCPT TO:<bd@example.com>\r\n", 2),
                             *bdat(chunked, (1, 2, 3, 5, 7, 11, 997))])
+    virus = with_id("bdat-virus", b"From: v@virus.example\r\nSubject: invoice\r\n\r\n" + EICAR + b"\r\n")
+    talk["bdat-virus"] = session([(b"MAIL FROM:<v@virus.example>\r\nRCPT TO:<bv@example.com>\r\n", 2),
+                                  *bdat(virus, (40, 3)), *transaction("after@virus.example", ["bv2@example.com"],
+                                                                      with_id("after-bdat-virus", ham))])
     utf8 = ("From: Jörg <jörg@bücher.example>\r\nTo: ünï@example.com\r\nSubject: Grüße aus Köln 日本\r\n"
             "Date: Mon, 30 Nov 2026 10:00:00 +0000\r\nMessage-ID: <utf8@xn--bcher-kva.example>\r\n"
             "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nHallo, schöne Grüße!\r\n").encode()
     talk["smtputf8"] = session(transaction("jörg@bücher.example", ["ünï@example.com", "plain@example.com"],
                                            with_id("smtputf8", utf8), " SMTPUTF8"))
+    talk["smtputf8-split"] = session(transaction("promo@deals.example", ["a1@example.com", "ünï@example.com"],
+                                                 with_id("smtputf8-split", spam), " SMTPUTF8"))
     signed = sign(utf8.replace(b"\xc3\xb6rg@b\xc3\xbccher", b"joerg@trusted"), "trusted.example", keys)
     talk["dkim"] = session(transaction("joerg@trusted.example", ["dk@example.com"], with_id("dkim", signed)))
     talk["eight-bit-envelope"] = session(transaction("caf\udce9@odd.example", ["eb@example.com"],
@@ -146,12 +152,11 @@ def conversations(corpus: Path, model: Model, keys: dict[str, bytes]) -> dict[st
     talk["forged"] = session(transaction("promo@spam.example", ["fg@example.com"],
                                          with_id("forged", forged + crlf(spam))))
     no_subject = re.sub(rb"(?mi)^Subject:.*(\r\n[ \t].*)*\r\n", b"", with_id("no-subject", spam), count=1)
-    eicar = (b"From: v@virus.example\r\nSubject: invoice\r\n\r\n" + EICAR + b"\r\n")
     talk["rset-and-more"] = session(
         [(b"MAIL FROM:<first@a.example>\r\nRCPT TO:<r1@example.com>\r\nRSET\r\n", 3)],
         transaction("second@b.example", ["r2@example.com"], no_subject),
         [(b"RSET\r\n", 1)],
-        transaction("v@virus.example", ["vr@example.com"], with_id("virus", eicar)),
+        transaction("v@virus.example", ["vr@example.com"], virus.replace(b"bdat-virus", b"virus")),
         transaction("empty@c.example", ["r3@example.com"], with_id("headers-only", b"From: e@c.example\r\nSubject: x")),
         transaction("empty@c.example", ["r4@example.com"], with_id("body-only", b"\r\njust a body\r\n")))
     talk["gone-after-rcpt"] = session([(b"MAIL FROM:<g1@gone.example>\r\nRCPT TO:<g1@example.com>\r\n", 2)],
@@ -240,4 +245,6 @@ def test_both_engines_give_the_same_replies_copies_and_verdicts(stacks: dict[str
     assert any(line.startswith("-: ") and "stage=rcpt" in line for line in native["logged"])
     tids = {tid for tid, *_ in native["delivered"]}
     assert {"bdat", "smtputf8", "many-rcpts", "gone-before-reply"} <= tids
-    assert not tids & {"gone-mid-data", "virus"}
+    assert not tids & {"gone-mid-data", "virus", "bdat-virus"} and "after-bdat-virus" in tids
+    assert sum(r.startswith(b"554 5.7.0") for r in native["replies"]["bdat-virus"]) == 1
+    assert [rcpts for tid, _, rcpts, _ in native["delivered"] if tid == "smtputf8-split"] == [["a1@example.com"]]
