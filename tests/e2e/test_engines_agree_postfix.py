@@ -4,10 +4,10 @@ delivered copies (recipients, X-Spam-*, Authentication-Results, Subject), the sa
 the same log lines and the same word from Postfix on each recipient.
 
 The conversations are corpus samples and what real clients do: PIPELINING (many commands in one
-write), several messages and RSET on one connection, BDAT in odd chunks, SMTPUTF8, many
-recipients with different lists and thresholds, a virus, forged verdict headers, a DKIM
-signature, a UTF-8 envelope without SMTPUTF8, and clients that hang up at each stage.  Add a conversation to ``conversations``
-and both engines are compared on it.
+write), several messages and RSET on one connection, BDAT in odd chunks, SMTPUTF8 (and a UTF-8
+envelope without it), many recipients with different lists and thresholds, a virus, forged
+verdict headers, a DKIM signature, and clients that hang up at each stage.  Add a conversation
+to ``conversations`` and both engines are compared on it.
 """
 
 from __future__ import annotations
