@@ -129,6 +129,12 @@ def conversations(corpus: Path, model: Model, keys: dict[str, bytes]) -> dict[st
         talk[f"hdrblock-{name}"] = session(transaction("other@sender.example", everyone[2:], blocked_from))
     many = [f"m{k}@example.com" for k in range(60)] + ["a1@example.com", "c1@example.com"]
     talk["many-rcpts"] = session(transaction("promo@deals.example", many, with_id("many-rcpts", middle)))
+    talk["twice-named"] = session(transaction("promo@deals.example", ["c1@example.com", "a1@example.com",
+                                                                    "C1@example.com", "c1@example.com"],
+                                              with_id("twice-named", middle)))
+    big = with_id("bdat-oversize", ham + b"0123456789 " * 230_000)  # past the stacks' 2 MB max_message_bytes
+    talk["bdat-oversize"] = session([(b"MAIL FROM:<list@lists.example>\r\nRCPT TO:<big@example.com>\r\n", 2),
+                                     *bdat(big, (1_000_003,))])
     chunked = with_id("bdat", ham + b"\r\n.\r\n..\r\n.\r\nend\r\n")
     talk["bdat"] = session([(b"MAIL FROM:<list@lists.example>\r\nRCPT TO:<bd@example.com>\r\n", 2),
                             *bdat(chunked, (1, 2, 3, 5, 7, 11, 997))])
@@ -274,3 +280,5 @@ def test_both_engines_give_the_same_replies_copies_and_verdicts(stacks: dict[str
     assert any("milter-discard" in line for line in native["postfix"])  # every copy held
     assert any("milter-reject: RCPT" in line for line in native["postfix"])
     assert [rcpts for tid, _, rcpts, _ in native["delivered"] if tid == "smtputf8-split"] == [["a1@example.com"]]
+    assert [rcpts for tid, _, rcpts, _ in native["delivered"] if tid == "twice-named"] == [["a1@example.com"]]
+    assert native["replies"]["bdat-oversize"][-2].startswith(b"552 5.3.4")
