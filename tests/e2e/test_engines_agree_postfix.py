@@ -19,6 +19,7 @@ import socket
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import pytest
 
@@ -179,11 +180,11 @@ def conversations(corpus: Path, model: Model, keys: dict[str, bytes]) -> dict[st
 
 # -- running them and what each engine made of them ---------------------------------------
 
-def _reply(lines: object) -> bytes:
-    first = lines.readline()  # type: ignore[attr-defined]
-    got = [first]
+def _reply(lines: BinaryIO) -> bytes:
+    """One SMTP reply, all its lines (b"" when the server hung up)."""
+    got = [lines.readline()]
     while got[-1][3:4] == b"-":
-        got.append(lines.readline())  # type: ignore[attr-defined]
+        got.append(lines.readline())
     return b"".join(got)
 
 
@@ -238,7 +239,7 @@ def held(s: Stack) -> list[tuple[str, str, str, str]]:
         return sorted((x.sender, x.recipient, x.category, x.subject) for x in items)
 
 
-def outcome(s: Stack, talk: dict[str, list[Step]]) -> dict[str, object]:
+def outcome(s: Stack, talk: dict[str, list[Step]]) -> dict[str, Any]:
     replies = {name: converse(s.postfix.port, steps) for name, steps in talk.items()}
     wait_for(lambda: not s.postfix.queue(), 30, "Postfix's queue empty")
     return {"replies": replies, "delivered": delivered(s), "held": held(s), "logged": logged(s),
