@@ -304,12 +304,30 @@ def sender_addresses(envelope_sender: str, header_from: str | None) -> list[tupl
             candidates += [("from", addr) for _, addr in getaddresses([header_from])[:5]]
     for source, addr in candidates:
         try:
-            norm = normalize_address(addr)
+            norm = _matchable(addr)
         except PatternError:
             continue
         if (source, norm) not in found:
             found.append((source, norm))
     return found
+
+
+def _matchable(address: str) -> str:
+    """``normalize_address``, or for a local part outside ASCII (SMTPUTF8 mail, RFC 6531), which
+    no pattern can name, that local part lower-cased at the normalized domain: the ``@domain`` and
+    ``*.domain`` patterns hold for jörg@bücher.example as for joerg@ (else a block of a domain
+    let every sender with a non-ASCII local part through).  Raises PatternError."""
+    try:
+        return normalize_address(address)
+    except PatternError:
+        text = address.strip()
+        if text.startswith("<") and text.endswith(">"):
+            text = text[1:-1]
+        local, at, domain = text.rpartition("@")
+        if not at or not local or local.isascii() or "@" in local \
+                or not all(c.isprintable() and not c.isspace() for c in local):
+            raise
+        return f"{local.lower()}@{normalize_domain(domain)}"
 
 
 def matches(pattern: str, address: str) -> bool:

@@ -102,12 +102,16 @@ def smtp_send(address: str, sender: str, recipients: Sequence[str], data: bytes)
     """Hand ``data`` to the SMTP server at ``address`` (HOST:PORT).
 
     Raises smtplib/OSError errors for a definite refusal, OutcomeUnknown when the
-    connection failed after the message text was sent.
+    connection failed after the message text was sent.  An envelope address outside ASCII
+    (mail that came with SMTPUTF8) is sent with SMTPUTF8; a server without it is a refusal
+    (smtplib's SMTPNotSupportedError).
     """
     host, port = split_hostport(address)
     with smtplib.SMTP(host, port, timeout=SMTP_TIMEOUT) as smtp:
         smtp.ehlo()
         options = ["BODY=8BITMIME"] if smtp.has_extn("8bitmime") and any(b > 127 for b in data) else []
+        if not all(a.isascii() for a in (sender, *recipients)):
+            options.append("SMTPUTF8")  # smtplib then speaks UTF-8 for this transaction
         code, reply = smtp.mail(sender, options)
         if code != 250:
             raise smtplib.SMTPSenderRefused(code, reply, sender)

@@ -72,12 +72,24 @@ def test_sender_addresses_read_the_from_as_getaddresses_does(header: str) -> Non
     expected = [("envelope", "s@x.example")]
     for _, addr in getaddresses([header])[:5]:
         try:
-            pair = ("from", normalize_address(addr))
+            pair = ("from", lists._matchable(addr))
         except PatternError:
             continue
         if pair not in expected:
             expected.append(pair)
     assert sender_addresses("s@x.example", header) == expected
+
+
+def test_a_utf8_local_part_is_matched_by_its_domain() -> None:
+    """SMTPUTF8 senders (RFC 6531): a local part outside ASCII does not normalize (no pattern can
+    name it), but its domain is compared as any other, so domain blocks hold for it."""
+    got = sender_addresses("<J\u00d6RG@B\u00fccher.Example>", "J\u00f6rg <j\u00f6rg@mail.xn--bcher-kva.example>")
+    assert got == [("envelope", "j\u00f6rg@xn--bcher-kva.example"), ("from", "j\u00f6rg@mail.xn--bcher-kva.example")]
+    assert matches(normalize_pattern("@b\u00fccher.example"), got[0][1])
+    assert matches(normalize_pattern("*.b\u00fccher.example"), got[1][1])
+    for unreadable in ("j\u00f6 rg@x.example", "j\u00f6\x85@x.example", "j\u00f6@x@y.example", "j\u00f6@-x.example",
+                       "j\udcf6@x.example", "\u00f6@", "@x.example"):
+        assert sender_addresses(unreadable, None) == [], unreadable
 
 
 def test_a_hostile_from_is_read_in_linear_time() -> None:

@@ -118,7 +118,8 @@ def test_two_racing_releases_deliver_once(store: Store, sink: SmtpSink, make_con
 
 
 class _Peer(socketserver.StreamRequestHandler):
-    """A relay that refuses RCPT (mode 'refuse') or hangs up after the message text ('vanish')."""
+    """A relay that refuses RCPT (mode 'refuse') or hangs up after the message text ('vanish'); it
+    offers no ESMTP extension."""
 
     def handle(self) -> None:
         mode = self.server.mode  # type: ignore[attr-defined]
@@ -127,6 +128,9 @@ class _Peer(socketserver.StreamRequestHandler):
             verb = line[:4].upper()
             if verb == b"RCPT" and mode == "refuse":
                 self.wfile.write(b"451 4.3.0 try later\r\n")
+            elif verb == b"QUIT":
+                self.wfile.write(b"221 bye\r\n")
+                return
             elif verb == b"DATA":
                 self.wfile.write(b"354 go\r\n")
                 while self.rfile.readline() not in (b".\r\n", b""):
@@ -179,3 +183,25 @@ def test_unreachable_relay_changes_nothing(store: Store, make_config) -> None:
         release(make_config(release_smtp=f"127.0.0.1:{free_port()}"), store, item, "m1@example.com")
     with store.session() as s:
         assert quarantine.get(s, item).released is None
+
+
+@pytest.mark.parametrize("store", ["sqlite"], indirect=True)
+def test_a_utf8_envelope_needs_smtputf8_and_is_given_back_without_it(store: Store, sink: SmtpSink,
+                                                                      make_config) -> None:
+    """A copy of SMTPUTF8 mail goes out with SMTPUTF8 (through Postfix: tests/e2e/test_smtputf8_postfix.py);
+    a relay that does not offer it refuses, and the user may try again (it raised UnicodeEncodeError
+    out of release() and left the item claimed)."""
+    item = _hold(store, sender="jörg@bücher.example")[0]
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _Peer)  # answers EHLO with no extensions
+    server.mode = "plain"  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(ReleaseError, match=r"refused the release \(SMTPUTF8 not supported"):
+            release(make_config(release_smtp=f"127.0.0.1:{server.server_address[1]}"), store, item, "m1@example.com")
+    finally:
+        server.shutdown()
+        server.server_close()
+    with store.session() as s:
+        assert quarantine.get(s, item).released is None
+    release(make_config(release_smtp=f"127.0.0.1:{sink.port}"), store, item, "m1@example.com")
+    assert [m.sender for m in _mine(sink, item)] == ["jörg@bücher.example"]
