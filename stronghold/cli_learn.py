@@ -45,23 +45,31 @@ def _model_path(args: argparse.Namespace, cfg: Config) -> Path:
     return Path(args.model) if getattr(args, "model", None) else cfg.model_path
 
 
-def _read(name: str) -> list[tuple[str, bytes]]:
+def _read(name: str, limit: int) -> list[tuple[str, bytes]]:
+    """The messages of file ``name``, or ``-``: standard input, read up to ``limit`` bytes (the IMAP
+    hook pipes whatever a mail user put in Junk, APPEND included: a message of any size used to be
+    read whole, a 56 MB one taking 390 MB and 10 s; mail over ``max_message_bytes`` the filter never
+    scores whole, so there is nothing to learn from it)."""
     if name == "-":
-        raw = sys.stdin.buffer.read()
+        raw = sys.stdin.buffer.read(limit + 1)
+        if len(raw) > limit:
+            raise LearnUsageError(f"standard input: over max_message_bytes ({limit} bytes), mail the filter "
+                                  "does not score whole: not learned")
         check_mail("standard input", raw)
         return [("standard input", raw)]
     return read_messages(Path(name))
 
 
-def _inputs(args: argparse.Namespace) -> tuple[list[set[str]], list[bool | None]]:
-    """Features and wanted labels of the named files; the same message with two labels is an error."""
+def _inputs(args: argparse.Namespace, limit: int) -> tuple[list[set[str]], list[bool | None]]:
+    """Features and wanted labels of the named files (standard input up to ``limit`` bytes); the same
+    message with two labels is an error."""
     token_sets: list[set[str]] = []
     labels: list[bool | None] = []
     seen: dict[str, tuple[bool | None, str]] = {}
     names = {True: "spam", False: "ham", None: "forget"}
     for label, paths in ((True, args.spam or ()), (False, args.ham or ()), (None, args.forget or ())):
         for name in paths:
-            for source, raw in _read(name):
+            for source, raw in _read(name, limit):
                 tokens = tokenize(raw)
                 key = ledger.content_hash(tokens)
                 before = seen.setdefault(key, (label, source))
@@ -84,15 +92,17 @@ def _personal_scope(args: argparse.Namespace, who: str) -> str:
 def _address_owner(session: Session, imap_user: str) -> str:
     """The login owning an IMAP user's address, else the address: one person's IMAP moves and web
     marks are one author's (one personal layer for their addresses, not two competing for them;
-    one per-user bound; one name for --forget-by)."""
-    owner = accounts.owners(session, [imap_user.lower()]).get(imap_user.lower())
-    return owner.login if owner is not None else imap_user
+    one per-user bound; one name for --forget-by).  An address nobody owns is its own author, in
+    lower case as addresses are kept: "M@x" and "m@x" are one mailbox, not two bounds and two layers."""
+    address = imap_user.lower()
+    owner = accounts.owners(session, [address]).get(address)
+    return owner.login if owner is not None else address
 
 
 def cmd_learn(args: argparse.Namespace, cfg: Config) -> int:
     live = _model_path(args, cfg)
     who = args.by or getpass.getuser()
-    token_sets, labels = _inputs(args)
+    token_sets, labels = _inputs(args, cfg.max_message_bytes)
     if args.record_only:  # the IMAP hook: quick, needs only the database
         if args.from_feedback or args.forget_by or _readmit(args) or not token_sets:
             raise LearnUsageError("--record-only takes --spam/--ham/--forget files only")

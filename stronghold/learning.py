@@ -58,14 +58,16 @@ FN_SLACK = 0.005  # a candidate may miss this much more of the held-back spam (n
 # The rest still shape their own personal layer.  One user marking 75 spam "not spam" had made the
 # shared model miss 1.4% more of everyone's spam, within what the judge lets through.
 SHARED_MARKS_PER_USER = 25
-USER_SOURCES = ("web", "imap", "junk")  # marks by users; "cli" is the operator's own learning
+USER_SOURCES = ledger.USER_SOURCES  # marks by users; "cli" is the operator's own learning
 
 
 def shared_labels(rows: Sequence[LearnedMessage], fresh: bool = False) -> dict[str, bool | None]:
     """{content hash: the label the shared model learns (None: not learned)} of ledger rows: each
     user's marks count up to ``SHARED_MARKS_PER_USER``, oldest first; the operator's all count.
     A set-aside mark keeps what the model holds for it (``applied``; nothing for a ``fresh``
-    model, one just trained): it takes a place among its author's marks but is never cut."""
+    model, one just trained): it takes a place among its author's marks but is never cut.  A
+    user's mark past the bound takes out only that user's own (``ledger.record`` lets no user mark
+    override a mark of another author's that the model holds)."""
     counted: dict[str, int] = {}
     wanted: dict[str, bool | None] = {}
     for row in sorted(rows, key=lambda r: (r.created, r.content_hash)):
@@ -77,6 +79,13 @@ def shared_labels(rows: Sequence[LearnedMessage], fresh: bool = False) -> dict[s
                 label = None
         wanted[row.content_hash] = label
     return wanted
+
+
+def counted_marks(rows: Sequence[LearnedMessage]) -> list[LearnedMessage]:
+    """The labelled rows whose label the shared model takes (``shared_labels``): a mark past its
+    author's bound, or set aside, is not one of them."""
+    wanted = shared_labels(rows)
+    return [r for r in rows if r.label is not None and not r.set_aside and wanted[r.content_hash] == r.label]
 
 
 candidate_path = modelarchive.candidate_path
@@ -330,9 +339,14 @@ def judge(candidate: Model, live: Model, sample: heldback.Sample, feedback: held
 
 
 def recent_feedback(store: Store, now: float | None = None) -> tuple[list[set[str]], list[bool]]:
+    """The feedback part of the held-back set: marks changed in the last ``FEEDBACK_DAYS`` that the
+    shared model takes (``counted_marks``).  A user's marks past their bound teach the shared model
+    nothing, so they judge nothing either: they used to, and one user's hundreds of "not spam" on
+    spam held back every candidate that learned other users' honest corrections."""
     since = (time.time() if now is None else now) - FEEDBACK_DAYS * 86400
     with store.session() as session:
-        rows = ledger.recent(session, since)
+        recent = {r.content_hash for r in ledger.recent(session, since)}
+        rows = [r for r in counted_marks(ledger.rows(session)) if r.content_hash in recent]
         return [unpack_tokens(r.tokens) for r in rows], [bool(r.label) for r in rows]
 
 

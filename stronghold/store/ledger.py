@@ -16,6 +16,7 @@ from stronghold.store.messagelog import pack_tokens, unpack_tokens
 from stronghold.store.tables import LearnedMessage
 
 SOURCES = ("cli", "web", "imap", "junk")
+USER_SOURCES = ("web", "imap", "junk")  # marks by users; "cli" is the operator's own learning
 _TABLE = cast(Table, LearnedMessage.__table__)
 SHARED = ""  # the scope of the shared model (other scopes: a user's personal layer)
 
@@ -58,7 +59,7 @@ def record(session: Session, token_sets: Sequence[set[str]], labels: Sequence[bo
             row = find(session, digest, scope)  # another process recorded the message meanwhile
             if row is None:  # pragma: no cover - the conflicting row cannot vanish: rows go only under the lock
                 raise RuntimeError(f"ledger row {digest[:12]} ({scope or 'shared'}) conflicts yet is missing")
-        if row.label == label:
+        if row.label == label or _holds_another_authors(row, scope, source, who[:320]):
             same += 1
             continue
         if label is None:
@@ -77,6 +78,16 @@ def record(session: Session, token_sets: Sequence[set[str]], labels: Sequence[bo
         keep_aside = row.set_aside and label is not None
         row.label, row.source, row.who, row.updated, row.set_aside = label, source, who[:320], now, keep_aside
     return Change(new, same, flipped, forgotten, unknown)
+
+
+def _holds_another_authors(row: LearnedMessage, scope: str, source: str, who: str) -> bool:
+    """A user's mark meets a shared row whose label the model holds (``applied``) and someone else
+    gave: it does not override it (flip it or take it out); the operator's own learning and the
+    author's own marks do, and the user's personal layer takes their label all the same.  A user past
+    their bound (``learning.SHARED_MARKS_PER_USER``) used to take out, one by one, without limit,
+    what the operator and other users had taught, by marking it the other way."""
+    return (scope == SHARED and source in USER_SOURCES and row.label is not None and row.who != who
+            and row.applied == row.label)
 
 
 def find(session: Session, digest: str, scope: str = SHARED) -> LearnedMessage | None:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import mailbox
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -350,6 +353,17 @@ def test_a_users_imap_moves_and_web_marks_are_one_authors(base: tuple[Path, Path
     assert "2 forgotten" in capsys.readouterr().out  # her move and her mark, by one name
 
 
+def test_an_imap_user_is_one_author_however_the_name_is_cased(corpus: Path, env: Path) -> None:
+    """Mailbox names in upper and lower case are one mailbox: one per-user bound, one personal layer
+    (each spelling used to be an author of its own, with a bound of its own)."""
+    spam = [str(p) for p in corpus_files(corpus, "spam", "test")[:3]]
+    for by, path in zip(("Mallory@Example.com", "MALLORY@example.com", "mallory@example.com"), spam, strict=True):
+        assert main(["learn", "--record-only", "--source", "imap", "--by", by, "--spam", path]) == 0
+    with Store(f"sqlite:///{env / 'data' / 'stronghold.db'}") as store, store.session() as s:
+        assert {r.who for r in ledger.rows(s)} == {"mallory@example.com"}
+        assert ledger.personal(s).keys() == {"mallory@example.com"}
+
+
 @pytest.mark.parametrize("damage", ["truncated counts", "deleted"])
 def test_a_broken_or_lost_candidate_is_rebuilt_from_the_live_model(
         damage: str, base: tuple[Path, Path], corpus: Path, env: Path, monkeypatch: pytest.MonkeyPatch,
@@ -406,3 +420,72 @@ def test_learning_on_a_second_node_says_to_leave_it_to_one(base: tuple[Path, Pat
     failed = [out for _, code, out in outcomes if code]
     assert failed and all("if another node learns for this database, leave 'learn' to that one node" in out
                           for out in failed), outcomes
+
+
+def test_a_user_past_the_bound_cannot_unlearn_what_others_taught(base: tuple[Path, Path], corpus: Path, env: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """Mallory spends her bound on ham, then moves the operator's learned spam out of Junk: her marks
+    used to take the operator's out of the shared model, one each, without limit (11 of 11 here,
+    once past her bound).  No user's mark overrides one the model holds from another author now,
+    within the bound (bob) or past it; their own layers take their labels, and the operator's own
+    learning still overrides users'."""
+    live = _train(base, env / "models")
+    spam = [str(p) for p in corpus_files(corpus, "spam", "test")[:12]]
+    ham = [str(p) for p in corpus_files(corpus, "ham", "test")[:SHARED_MARKS_PER_USER]]
+    assert main(["learn", "--no-promote", "--spam", *spam, "--by", "postmaster"]) == 0
+    taught = read_passport(candidate_path(live)).learned_spam
+    imap = ["learn", "--record-only", "--source", "imap", "--by", "mallory@example.com"]
+    assert main([*imap, "--ham", *ham]) == 0
+    assert main(["jobs", "--only", "learn"]) == 0
+    assert main([*imap, "--ham", *spam[1:]]) == 0
+    assert main(["learn", "--record-only", "--source", "web", "--by", "bob", "--ham", spam[0]]) == 0
+    assert main(["jobs", "--only", "learn"]) == 0
+    p = read_passport(candidate_path(live))
+    assert (p.learned_spam, p.learned_ham) == (taught, SHARED_MARKS_PER_USER)
+    with Store(f"sqlite:///{env / 'data' / 'stronghold.db'}") as store, store.session() as s:
+        assert ledger.personal(s, ["bob"])["bob"][1] == [False]  # bob's own layer has his "not spam"
+    assert main(["learn", "--no-promote", "--ham", spam[0], "--by", "postmaster"]) == 0
+    p = read_passport(candidate_path(live))
+    assert (p.learned_spam, p.learned_ham) == (taught - 1, SHARED_MARKS_PER_USER + 1)
+
+
+def test_marks_past_the_bound_do_not_judge_candidates(base: tuple[Path, Path], corpus: Path, env: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """Alice moves spam the model missed into Junk; mallory, her bound spent on ham, moves the rest
+    of that spam out of Junk.  Her marks past the bound teach the shared model nothing, and they no
+    longer judge it either: they were the "recent feedback" that held back alice's correction (the
+    candidate caught the spam mallory called ham: "more errors on recent feedback")."""
+    live = _train(base, env / "models")
+    model = Model.load(live)
+    missed = [str(p) for p in corpus_files(corpus, "spam", "test")
+              if model.score(tokenize(p.read_bytes())).probability < model.spam_threshold]
+    ham = [str(p) for p in corpus_files(corpus, "ham", "test")[:SHARED_MARKS_PER_USER]]
+    imap = ["learn", "--record-only", "--source", "imap", "--by"]
+    assert main([*imap, "mallory@example.com", "--ham", *ham, *missed[1:200:2]]) == 0
+    assert main([*imap, "alice@example.com", "--spam", *missed[0:50:2]]) == 0
+    capsys.readouterr()
+    assert main(["jobs", "--only", "learn"]) == 0
+    out = capsys.readouterr().out
+    assert "candidate promoted" in out and f"recent feedback: live FP 0/{SHARED_MARKS_PER_USER}," in out, out
+    assert version_of(read_passport(live)) == version_of(read_passport(candidate_path(live)))
+
+
+def test_the_imap_hook_reads_no_more_than_the_filter_would_score(env: Path) -> None:
+    """A mail user can APPEND a message of any size into Junk; the hook piped it to `learn`, which read
+    it whole.  It reads up to ``max_message_bytes`` now: a message of that size is recorded, one byte
+    more is refused (the filter never scores such mail whole)."""
+    limit = 64 * 1024
+    head = b"From: shop@x.example\nTo: b@example.com\nSubject: pills\n\n"
+
+    def hook(size: int) -> subprocess.CompletedProcess[bytes]:
+        body = b"cheap pills now\n" * (size // 16 + 1)
+        return subprocess.run([sys.executable, "-m", "stronghold.cli", "learn", "--source", "imap", "--record-only",
+                               "--by", "b@example.com", "--spam", "-"], input=(head + body)[:size],
+                              env={**os.environ, "STRONGHOLD_MAX_MESSAGE_BYTES": str(limit)},
+                              capture_output=True, timeout=120, check=False)
+    over = hook(limit + 1)
+    assert over.returncode == 2 and b"over max_message_bytes (65536 bytes)" in over.stderr, over.stderr
+    done = hook(limit)
+    assert done.returncode == 0 and b"ledger: 1 new" in done.stdout, done.stderr
+    with Store(f"sqlite:///{env / 'data' / 'stronghold.db'}") as store, store.session() as s:
+        assert len(ledger.rows(s)) == 1

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from sqlalchemy.orm import Session
 
 from stronghold.learning import shared_labels
 from stronghold.store import ledger
@@ -83,3 +84,37 @@ def test_a_message_the_hook_records_while_the_learner_records_it_too_is_one_row(
         assert (row.label, row.applied, row.source, row.content_hash) == \
             (False, None, "cli", ledger.content_hash(tokens))
         assert ledger.personal(s)["b@example.com"][1] == [True]  # the user's own layer keeps their mark
+
+
+def _held_by(session: Session, who: str) -> int:
+    """How many of ``who``'s marks the shared model holds as they gave them."""
+    return sum(r.applied is not None and r.applied == r.label and r.who == who for r in ledger.rows(session))
+
+
+def test_two_accounts_flipping_a_mark_back_and_forth_gain_no_places(store: Store) -> None:
+    """Mallory's second account flips one of her learned marks and she flips it back before the next
+    learning run, once per run: the shared model never holds more than her bound's worth of her
+    marks (a fix that let marks past the bound keep what the model held, with places by time, gained
+    her one mark per cycle; the second account cannot override a learned mark now)."""
+    from stronghold.learning import SHARED_MARKS_PER_USER
+
+    marks = [{f"word{i}", f"subject:offer {i}"} for i in range(SHARED_MARKS_PER_USER + 6)]
+
+    def learning_run() -> int:
+        with store.session() as s:
+            ledger.mark_applied(s, ledger.SHARED, shared_labels(ledger.rows(s)))
+        with store.session() as s:
+            return _held_by(s, "mallory")
+    with store.session() as s:
+        for n in range(SHARED_MARKS_PER_USER + 1):
+            ledger.record(s, [marks[n]], [False], source="imap", who="mallory", now=float(n))
+    assert learning_run() == SHARED_MARKS_PER_USER
+    now = 100.0
+    for n in range(5):
+        with store.session() as s:
+            ledger.record(s, [marks[n]], [True], source="imap", who="mallory2", now=now)
+            ledger.record(s, [marks[n]], [False], source="imap", who="mallory", now=now + 1)
+            ledger.record(s, [marks[SHARED_MARKS_PER_USER + 1 + n]], [False], source="web", who="mallory",
+                          now=now + 2)
+        now += 3
+        assert learning_run() == SHARED_MARKS_PER_USER
