@@ -15,11 +15,13 @@ def pending_items(store: Store) -> tuple[list[tuple[set[str], bool, str]], Calla
         logins = accounts.logins(session, {fb.user_id for fb, _ in rows})
         items = [(messagelog.unpack_tokens(msg.tokens), fb.is_spam, logins.get(fb.user_id, ""))
                  for fb, msg in rows if msg.tokens]
-        ids = [fb.id for fb, _ in rows]
+        as_read = {fb.id: fb.created for fb, _ in rows}
 
     def mark_done() -> None:
+        # a mark the user changed while training ran is left for the next run (it used to be marked
+        # applied with the rest: the changed mark never reached the ledger)
         with store.session() as session:
-            messagelog.mark_applied(session, ids)
+            messagelog.mark_applied(session, as_read, as_read=as_read)
     return items, mark_done
 
 

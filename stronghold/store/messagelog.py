@@ -350,17 +350,21 @@ def feedback_for(session: Session, message_ids: list[int], user_id: int) -> dict
 
 
 def pending(session: Session) -> list[tuple[Feedback, MessageRow]]:
-    """(mark, its message) of every mark not yet taken into training."""
+    """(mark, its message) of every mark not yet taken into training, oldest first: where two users
+    marked one message differently, the later mark is recorded last and wins, as in the ledger."""
     rows = session.execute(select(Feedback, MessageRow).join(MessageRow, Feedback.message_id == MessageRow.id)
-                           .where(Feedback.applied.is_(None)))
+                           .where(Feedback.applied.is_(None)).order_by(Feedback.created, Feedback.id))
     return [(fb, msg) for fb, msg in rows]
 
 
-def mark_applied(session: Session, feedback_ids: Iterable[int], now: float | None = None) -> None:
-    """Feedback taken into training (each row once: an applied row keeps its time)."""
+def mark_applied(session: Session, feedback_ids: Iterable[int], now: float | None = None, *,
+                 as_read: Mapping[int, float] | None = None) -> None:
+    """Feedback taken into training (each row once: an applied row keeps its time).  With
+    ``as_read`` ({id: its ``created`` when training read it}), a mark changed since (``set_feedback``
+    gives a changed mark a new ``created``) is left pending: training took in the old one."""
     for fid in feedback_ids:
-        row = session.get(Feedback, fid)
-        if row is not None and row.applied is None:
+        row = session.get(Feedback, fid, with_for_update=as_read is not None)
+        if row is not None and row.applied is None and (as_read is None or row.created == as_read[fid]):
             row.applied = time.time() if now is None else now
 
 
