@@ -31,15 +31,21 @@ def replace(session: Session, layers: Mapping[str, tuple[int, bytes] | None], *,
 
 def stored(session: Session) -> list[tuple[str, bytes, list[str]]]:
     """(scope, packed layer, the lower-cased addresses it applies to) of every stored layer:
-    a login's layer applies to all of that user's addresses, an address's layer to itself."""
+    a login's layer applies to all of that user's addresses, an address's layer to itself unless
+    its owner has a layer of their own (IMAP moves before a user owned the address; both used to
+    apply, and the one the store listed last won)."""
     rows = session.execute(select(PersonalLayerRow.scope, PersonalLayerRow.data)).all()
     owners = dict(session.execute(select(User.login, User.id)).all())
     addresses: dict[int, list[str]] = {}
     for user_id, address in session.execute(select(Address.user_id, Address.address)):
         addresses.setdefault(user_id, []).append(address.lower())
+    owned = {a for scope, _ in rows if scope in owners for a in addresses.get(owners[scope], [])}
     out = []
     for scope, data in rows:
-        targets = addresses.get(owners[scope], []) if scope in owners else [scope.lower()] if "@" in scope else []
+        if scope in owners:
+            targets = addresses.get(owners[scope], [])
+        else:
+            targets = [scope.lower()] if "@" in scope and scope.lower() not in owned else []
         out.append((scope, data, targets))
     return out
 

@@ -5,15 +5,18 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from stronghold import config as config_mod
 from stronghold.classifier import Model
 from stronghold.cli import main
 from stronghold.message import parse
-from stronghold.personal import Layer
+from stronghold.personal import Layer, load_layers
 from stronghold.received import as_received
 from stronghold.service import Service
+from stronghold.store import accounts, layers
+from stronghold.store.db import Store
 from stronghold.training import tokenize
 from stronghold.verdict import Action, Envelope
 from tests.conftest import corpus_files
@@ -66,3 +69,20 @@ def test_the_milter_decides_per_recipient_with_their_own_layer(models_dir: Path,
         assert differ >= 5  # some of the newsletters anna gets are spam for bert
     finally:
         service.store.dispose()
+
+
+@pytest.mark.parametrize("first", ["address", "login"])
+def test_an_owners_own_layer_wins_over_the_layer_of_their_address(store: Store, first: str) -> None:
+    """IMAP moves of c@example.com, before any user owned it, built a layer named by the address;
+    carol, given the address since, built her own.  Both applied to c@example.com and the one the
+    store happened to list last won (rebuilding either could swap them); her own layer wins now."""
+    address_layer = Layer(np.array([7], dtype=np.int64), np.array([3.0], dtype=np.float32))
+    carols = Layer(np.array([7], dtype=np.int64), np.array([-3.0], dtype=np.float32))
+    built = {"c@example.com": (1, address_layer.pack()), "carol": (1, carols.pack())}
+    with store.session() as s:
+        accounts.assign_address(s, accounts.add_user(s, "carol", "a long enough passphrase"), "c@example.com")
+        for scope in sorted(built, reverse=first == "login"):  # stored in this order
+            layers.replace(s, {scope: built[scope]})
+    got = load_layers(store)
+    assert got.keys() == {"c@example.com"}
+    assert got["c@example.com"].values.tolist() == [-3.0]
