@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from stronghold import heldback, learning, modelrollback, modelsync, personal
+from stronghold import authres, delivered, heldback, learning, modelrollback, modelsync, personal
 from stronghold.classifier import Model
 from stronghold.cli_options import add_by
 from stronghold.config import Config
@@ -60,9 +60,18 @@ def _read(name: str, limit: int) -> list[tuple[str, bytes]]:
     return read_messages(Path(name))
 
 
-def _inputs(args: argparse.Namespace, limit: int) -> tuple[list[set[str]], list[bool | None]]:
-    """Features and wanted labels of the named files (standard input up to ``limit`` bytes); the same
-    message with two labels is an error."""
+def _delivered_authserv_id(cfg: Config) -> str | None:
+    """The authserv-id of the Authentication-Results the milter adds to what it delivers (None: it
+    adds none, a checker in front of it does)."""
+    return authres.our_authserv_id(cfg.authserv_id) if cfg.auth_mode == "check" else None
+
+
+def _inputs(args: argparse.Namespace, cfg: Config) -> tuple[list[set[str]], list[bool | None]]:
+    """Features and wanted labels of the named files (standard input up to ``max_message_bytes``);
+    the same message with two labels is an error.  IMAP marks are copies as delivered: what delivery
+    added is taken off first (``delivered.as_scored``), so they hash as the message log's copy."""
+    limit = cfg.max_message_bytes
+    own_id = _delivered_authserv_id(cfg)
     token_sets: list[set[str]] = []
     labels: list[bool | None] = []
     seen: dict[str, tuple[bool | None, str]] = {}
@@ -70,7 +79,7 @@ def _inputs(args: argparse.Namespace, limit: int) -> tuple[list[set[str]], list[
     for label, paths in ((True, args.spam or ()), (False, args.ham or ()), (None, args.forget or ())):
         for name in paths:
             for source, raw in _read(name, limit):
-                tokens = tokenize(raw)
+                tokens = tokenize(delivered.as_scored(raw, own_id) if args.source == "imap" else raw)
                 key = ledger.content_hash(tokens)
                 before = seen.setdefault(key, (label, source))
                 if before[0] != label:
@@ -102,7 +111,7 @@ def _address_owner(session: Session, imap_user: str) -> str:
 def cmd_learn(args: argparse.Namespace, cfg: Config) -> int:
     live = _model_path(args, cfg)
     who = args.by or getpass.getuser()
-    token_sets, labels = _inputs(args, cfg.max_message_bytes)
+    token_sets, labels = _inputs(args, cfg)
     if args.record_only:  # the IMAP hook: quick, needs only the database
         if args.from_feedback or args.forget_by or _readmit(args) or not token_sets:
             raise LearnUsageError("--record-only takes --spam/--ham/--forget files only")

@@ -26,7 +26,7 @@ from stronghold.message import parse
 
 DROPPED_HEADERS = frozenset({b"return-path", b"bcc", b"resent-bcc", b"content-length"})
 _EOL = re.compile(rb"\r\n|\r|\n")
-_FIELD = re.compile(rb"([!-9;-~]+)[ \t]*:")
+FIELD_NAME = re.compile(rb"([!-9;-~]+)[ \t]*:")
 LONG_LINE = 64 * 1024  # a header line longer than this is judged by its start, then streamed
 
 
@@ -41,7 +41,7 @@ def as_received(raw: bytes) -> bytes:
     dropping = False
     for line in head.split(b"\r\n"):
         if line[:1] not in (b" ", b"\t"):  # a new field (a folded line belongs to the one above)
-            field = _FIELD.match(line)
+            field = FIELD_NAME.match(line)
             dropping = field is not None and field.group(1).lower() in DROPPED_HEADERS
         if not dropping:
             kept.append(line)
@@ -106,7 +106,7 @@ class _HeaderFilter:
     def _line(self, line: bytes) -> bytes:
         """A header line (or the start of a long one): what to write for it."""
         if line[:1] not in (b" ", b"\t"):  # a new field (a folded line belongs to the one above)
-            field = _FIELD.match(line)
+            field = FIELD_NAME.match(line)
             self.dropping = field is not None and field.group(1).lower() in DROPPED_HEADERS
         self.lines += 1
         if self.dropping:
