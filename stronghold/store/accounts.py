@@ -16,7 +16,7 @@ from sqlalchemy import CursorResult, delete, select, update
 from sqlalchemy.orm import Session, object_session, selectinload
 
 from stronghold.lists import PatternError, normalize_address
-from stronghold.store import entries
+from stronghold.store import entries, layers, ledger
 from stronghold.store.errors import EntryError
 from stronghold.store.tables import Address, ReleasedAddress, User, WebSession
 
@@ -142,9 +142,12 @@ def set_disabled(user: User, disabled: bool) -> None:
 
 
 def delete_user(session: Session, user: User) -> None:
-    """Delete the user; their addresses are released (lists dropped, past mail hidden from the next owner)."""
+    """Delete the user; their addresses are released (lists dropped, past mail hidden from the next owner),
+    and their personal layer and its marks go (a later user given the same login starts without them)."""
     for address in user.addresses:
         _forget(session, address.address)
+    ledger.drop_personal(session, user.login)
+    layers.replace(session, {user.login: None})
     end_sessions(session, user.id)
     session.delete(user)  # the address rows go with it
 
