@@ -16,7 +16,7 @@ from stronghold.findings import Findings
 from stronghold.message import parse
 from stronghold.policy import Policy
 from stronghold.precedence import decide
-from stronghold.store import accounts, entries, messagelog
+from stronghold.store import accounts, entries, messagelog, quarantine
 from stronghold.store.db import Store
 from stronghold.store.errors import EntryError, StoreError
 from stronghold.verdict import Envelope
@@ -139,6 +139,21 @@ def test_message_log_ownership_feedback_and_counts(store: Store) -> None:
         assert len(pending) == 1 and messagelog.unpack_tokens(pending[0][1].tokens) == {"tok1", "tok2"}
         day = time.strftime("%Y-%m-%d", time.gmtime())
         assert messagelog.daily_counts(s, None)[day]["clean"] == 1
+
+
+def test_searches_fold_case_in_every_script(store: Store) -> None:
+    """Recent mail's and Junk's searches find 'привет' in 'Привет' on either database."""
+    raw = "From: Éva <eva@y.example>\r\nSubject: Привет ÉTÉ\r\n\r\nbody".encode()
+    msg = parse(raw)
+    env = Envelope("eva@y.example", ("a@example.com",), queue_id="Q8")
+    with store.session() as s:
+        mid = messagelog.record(s, env, msg, decide(env, msg, Findings(lists=entries.ListIndex([])), Policy()), None)
+        held = quarantine.hold(s, raw, recipients=["a@example.com"], sender="eva@y.example", subject="Привет ÉTÉ",
+                               queue_id="Q8", score=0.99, category="spam", reason="", trace="", virus=None)
+    with store.session() as s:
+        for typed in ("привет", "ПРИВЕТ", "été", "éva"):
+            assert [r.id for r in messagelog.recent(s, messagelog.LogFilter(search=typed))] == [mid], typed
+            assert [h.id for h in quarantine.find(s, recipients=None, text=typed)] == held, typed
 
 
 def test_unreachable_database_is_a_store_error() -> None:
