@@ -51,7 +51,7 @@ def test_an_address_has_one_owner(store: Store) -> None:
         a = accounts.add_user(s, "a", "long enough password")
         b = accounts.add_user(s, "b", "long enough password")
         accounts.assign_address(s, a, "shared@example.com")
-        with pytest.raises(EntryError, match="another user"):
+        with pytest.raises(EntryError, match="belongs to a: remove it from a first"):
             accounts.assign_address(s, b, "SHARED@example.com")
 
 

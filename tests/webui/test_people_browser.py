@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from stronghold.lists import ListIndex
 from stronghold.message import parse
 from stronghold.policy import Policy
 from stronghold.precedence import decide
-from stronghold.store import messagelog, quarantine
+from stronghold.store import accounts, messagelog, quarantine
 from stronghold.store.db import Store
 from stronghold.verdict import Envelope
 from tests.conftest import shared_tmpdir
@@ -83,3 +84,91 @@ def test_search_finds_subjects_in_any_script_as_typed(site: Site, page: Page, ty
     expect(page.locator("table.junk tbody")).not_to_contain_text("Nothing held")
     expect(page.locator("table.junk tbody")).to_contain_text(typed, ignore_case=True)
     screenshot(page, "junk-search-unicode")
+
+
+def test_new_user_form_shows_each_problem_beside_its_field_and_keeps_what_was_typed(site: Site, page: Page) -> None:
+    """A short password and another user's address: both said beside their fields at once, the
+    login, addresses and the Administrator box kept (it came back unticked: fixing the typo
+    created a plain user), nothing created until all is right."""
+    login(page, site.web.url, "root")
+    page.goto(site.web.url + "/admin/users")
+    page.get_by_label("Login").fill("carol")
+    page.get_by_label("Password (at least 10 characters)").fill("short")
+    page.get_by_label("Addresses (space or comma separated)").fill("carol@example.com, bob@example.com")
+    page.get_by_label("Administrator").check()
+    page.get_by_role("button", name="Create user").click()
+    expect(page.locator("#err-new-password")).to_contain_text("at least 10 characters")
+    expect(page.locator("#err-new-addresses")).to_contain_text("bob@example.com belongs to bob")
+    expect(page.get_by_label("Password (at least 10 characters)")).to_have_attribute(
+        "aria-describedby", "err-new-password")
+    expect(page.locator("#err-new-login")).to_have_count(0)
+    expect(page.get_by_label("Login")).to_have_value("carol")
+    addresses = page.get_by_label("Addresses (space or comma separated)")
+    expect(addresses).to_have_value("carol@example.com, bob@example.com")
+    expect(page.get_by_label("Administrator")).to_be_checked()
+    screenshot(page, "admin-new-user-errors")
+    with site.store.session() as s:
+        assert accounts.get_user(s, "carol") is None
+    page.get_by_label("Password (at least 10 characters)").fill("carols own long password")
+    page.get_by_label("Addresses (space or comma separated)").fill("carol@example.com")
+    page.get_by_role("button", name="Create user").click()
+    expect(page.locator(".flashes")).to_contain_text("User carol created.")
+    expect(page.locator("#user-carol")).to_contain_text("admin")
+    with site.store.session() as s:
+        carol = accounts.get_user(s, "carol")
+        assert carol is not None and carol.is_admin and accounts.owned_addresses(carol) == ["carol@example.com"]
+
+
+def test_a_users_row_says_what_went_wrong_beside_the_field(site: Site, page: Page) -> None:
+    """Giving bob alice's address, or a short password: said in bob's row, beside the field (it was
+    a flash at the top of a long page, and the address typed was gone), naming alice and the way
+    to move an address."""
+    login(page, site.web.url, "root")
+    page.goto(site.web.url + "/admin/users")
+    page.get_by_label("New address for bob").fill("alice2@example.com")
+    page.locator("#user-bob").get_by_role("button", name="Add address").click()
+    error = page.locator("#user-bob .error")
+    expect(error).to_contain_text("alice2@example.com belongs to alice: remove it from alice first")
+    expect(page.get_by_label("New address for bob")).to_have_value("alice2@example.com")
+    expect(page.get_by_label("New address for bob")).to_be_focused()
+    expect(page.locator("#user-alice .error")).to_have_count(0)
+    lines = "el => { const r = document.createRange(); r.selectNodeContents(el); return r.getClientRects().length }"
+    for cell in (page.locator("table.users th").nth(0), page.locator("table.users th").nth(1),
+                 page.locator("#user-alice td").nth(0), page.locator("#user-alice td").nth(1)):
+        assert cell.evaluate(lines) == 1, f"{cell.inner_text()!r} broken over lines"  # was "Lo gi n", "ali ce"
+    screenshot(page, "admin-row-error")
+    page.get_by_label("New password for bob").fill("short")
+    page.locator("#user-bob").get_by_role("button", name="Reset password").click()
+    expect(page.locator("#user-bob .error")).to_contain_text("at least 10 characters")
+    expect(page.get_by_label("New password for bob")).to_have_attribute("aria-describedby",
+                                                                        f"err-pw-{_id(site, 'bob')}")
+    with site.store.session() as s:
+        assert accounts.authenticate(s, "bob", PASSWORD) is not None
+
+
+def test_an_admins_own_row_keeps_them_logged_in(site: Site, page: Page) -> None:
+    """'Reset password' on one's own row logged the admin out without a word (and needed no
+    current password); 'Log out everywhere' did too. Now the row links to the Password page and
+    logging out everywhere keeps this browser, as the Password page's button does."""
+    elsewhere = page.context.browser.new_context().new_page()  # type: ignore[union-attr]
+    login(elsewhere, site.web.url, "root")
+    login(page, site.web.url, "root")
+    page.goto(site.web.url + "/admin/users")
+    own = page.locator("#user-root")
+    expect(own.get_by_role("button", name="Reset password")).to_have_count(0)
+    own.get_by_role("link", name="Change your password").click()
+    expect(page.get_by_role("heading", name="Change your password")).to_be_visible()
+    page.goto(site.web.url + "/admin/users")
+    page.locator("#user-root").get_by_role("button", name="Log root out everywhere").click()
+    expect(page.locator(".flashes")).to_contain_text(re.compile(r"root was logged out everywhere else \(\d+ other"))
+    expect(page.get_by_role("heading", name="Users")).to_be_visible()
+    elsewhere.goto(site.web.url + "/admin/users")
+    expect(elsewhere.get_by_role("button", name="Log in")).to_be_visible()
+    elsewhere.context.close()
+
+
+def _id(site: Site, login_name: str) -> int:
+    with site.store.session() as s:
+        user = accounts.get_user(s, login_name)
+        assert user is not None
+        return user.id
