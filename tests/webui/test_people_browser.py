@@ -14,8 +14,8 @@ from stronghold.findings import Findings
 from stronghold.lists import ListIndex
 from stronghold.message import parse
 from stronghold.policy import Policy
-from stronghold.precedence import decide
-from stronghold.store import accounts, messagelog, quarantine
+from stronghold.precedence import check_recipient, decide
+from stronghold.store import accounts, entries, messagelog, quarantine
 from stronghold.store.db import Store
 from stronghold.verdict import Envelope
 from tests.conftest import shared_tmpdir
@@ -172,3 +172,54 @@ def _id(site: Site, login_name: str) -> int:
         user = accounts.get_user(s, login_name)
         assert user is not None
         return user.id
+
+
+def _refused_at_rcpt(site: Site, sender: str, rcpt: str) -> int:
+    """A recipient refused at RCPT time, logged as the milter's Service does (real precedence table)."""
+    with site.store.session() as s:
+        index = ListIndex(entries.all_entries(s))
+    decision = check_recipient(sender, rcpt, index)
+    assert decision is not None
+    entry = messagelog.rcpt_reject_entry(Envelope(sender, (rcpt,), queue_id="RCPT1"), rcpt, decision.reason,
+                                         " ".join(str(step) for step in decision.trace))
+    with site.store.session() as s:
+        return messagelog.write(s, [entry])[0]
+
+
+def _decided(site: Site, sender: str, rcpt: str, subject: str) -> int:
+    """A message decided at end of message with every list in the store, and logged."""
+    raw = f"From: {sender}\r\nTo: {rcpt}\r\nSubject: {subject}\r\n\r\nHello.\r\n".encode()
+    msg = parse(raw)
+    env = Envelope(sender, (rcpt,), queue_id="EOM1")
+    with site.store.session() as s:
+        index = ListIndex(entries.all_entries(s))
+    with site.store.session() as s:
+        return messagelog.record(s, env, msg, decide(env, msg, Findings(lists=index), Policy()), {"tok"})
+
+
+def test_mail_decided_by_a_global_entry_says_so(site: Site, page: Page) -> None:
+    """A user whose mail the administrators' global block list refused read only 'reject (sender
+    blocked)', as if by their own list, and was offered 'Block sender' for it; now Recent mail and
+    the message say which global entry it was, and that their own lists come first."""
+    with site.store.session() as s:
+        entries.add_entry(s, None, "block", "@casino.example", "internal note: wave of 12 May")
+        entries.add_entry(s, "alice@example.com", "block", "@pushy.example", "")
+    refused = _refused_at_rcpt(site, "win@casino.example", "alice@example.com")
+    own = _decided(site, "sales@pushy.example", "alice@example.com", "Buy now")
+    login(page, site.web.url, "alice")
+    page.goto(site.web.url + "/messages/")
+    expect(page.locator("table tbody tr", has_text="win@casino.example")).to_contain_text(
+        "by the global block list: @casino.example")
+    expect(page.locator("table tbody tr", has_text="Buy now")).not_to_contain_text("global")
+    page.goto(site.web.url + f"/messages/{refused}")
+    why = page.locator("ul.why")
+    expect(why).to_contain_text("By @casino.example on the global block list, which the administrators keep "
+                                "for everyone. Your own lists come first: “Always allow” below")
+    expect(why).not_to_contain_text("internal note")  # the admins' comment stays theirs
+    screenshot(page, "message-global-block")
+    page.goto(site.web.url + f"/messages/{own}")
+    expect(page.locator("ul.why")).not_to_contain_text("global")
+    login(page, site.web.url, "root")
+    page.goto(site.web.url + f"/messages/{refused}")
+    expect(page.locator("ul.why")).to_contain_text("By @casino.example on the global block list")
+    expect(page.locator("ul.why")).not_to_contain_text("Your own lists come first")  # not root's address
