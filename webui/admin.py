@@ -110,6 +110,8 @@ def change_user(user_id: int):
             login = user.login
             if user.id == g.user.id and action in ("disable", "delete"):
                 raise EntryError("you cannot disable or delete your own account")
+            if user.id == g.user.id and action == "role":
+                raise EntryError("you cannot change your own role: another administrator can")
             if user.id == g.user.id and action == "password":
                 raise EntryError("change your own password on the Password page: it asks for the current one")
             if action == "disable":
@@ -120,6 +122,8 @@ def change_user(user_id: int):
                 accounts.delete_user(s, user)
             elif action == "password":
                 accounts.set_password(s, user, request.form.get("password", ""))
+            elif action == "role":
+                accounts.set_role(s, user, request.form.get("role", ""))
             elif action == "logout-all":
                 ended = accounts.end_sessions(s, user.id)
             elif action == "add-address":
@@ -138,7 +142,8 @@ def change_user(user_id: int):
     if action == "logout-all" and user_id == g.user.id:
         start_session(g.user)  # this browser carries on, as with the Password page's "everywhere else"
         ended, everywhere, other = ended - 1, "everywhere else", " other"
-    messages = {"disable": "disabled", "enable": "enabled", "delete": "deleted",
+    role = "an administrator" if request.form.get("role") == "admin" else "a plain user"
+    messages = {"role": f"is now {role}", "disable": "disabled", "enable": "enabled", "delete": "deleted",
                 "password": "has a new password", "add-address": "got the address",
                 "remove-address": "lost the address",
                 "logout-all": f"was logged out {everywhere} ({ended}{other} session{'s' if ended != 1 else ''} ended)"}

@@ -147,6 +147,19 @@ def set_disabled(user: User, disabled: bool) -> None:
         end_sessions(session, user.id)
 
 
+def set_role(session: Session, user: User, role: str) -> None:
+    """Make ``user`` an admin or a plain user; EntryError for another role, or for taking the role
+    of the last enabled admin (someone must be able to manage the site)."""
+    if role not in ROLES:
+        raise EntryError(f"a role is one of {', '.join(ROLES)}")
+    if user.is_admin and role != "admin":
+        others = session.scalar(select(User.id).where(User.role == "admin", User.disabled.is_(False),
+                                                      User.id != user.id).limit(1))
+        if others is None:
+            raise EntryError(f"{user.login} is the last enabled administrator")
+    user.role = role
+
+
 def delete_user(session: Session, user: User) -> None:
     """Delete the user; their addresses are released (lists dropped, past mail hidden from the next owner),
     and their personal layer and its marks go (a later user given the same login starts without them)."""

@@ -399,3 +399,19 @@ def test_nodes_upgrading_one_postgresql_at_once_all_succeed(postgres: PostgresCl
                  for _ in range(3)]
         said = [node.communicate(timeout=60)[0].strip() for node in nodes]
         assert said == [said[0]] * len(nodes) and said[0].isdigit(), said
+
+
+def test_the_last_enabled_admin_keeps_the_role(store: Store) -> None:
+    with store.session() as s:
+        root = accounts.add_user(s, "root", "long enough password", admin=True)
+        other = accounts.add_user(s, "other", "long enough password", admin=True)
+        accounts.set_role(s, other, "user")
+        with pytest.raises(EntryError, match="root is the last enabled administrator"):
+            accounts.set_role(s, root, "user")
+        accounts.set_role(s, other, "admin")
+        accounts.set_disabled(other, True)
+        with pytest.raises(EntryError, match="last enabled administrator"):
+            accounts.set_role(s, root, "user")
+        with pytest.raises(EntryError, match="a role is one of user, admin"):
+            accounts.set_role(s, other, "owner")
+        assert (root.role, other.role) == ("admin", "admin")

@@ -223,3 +223,26 @@ def test_mail_decided_by_a_global_entry_says_so(site: Site, page: Page) -> None:
     page.goto(site.web.url + f"/messages/{refused}")
     expect(page.locator("ul.why")).to_contain_text("By @casino.example on the global block list")
     expect(page.locator("ul.why")).not_to_contain_text("Your own lists come first")  # not root's address
+
+
+def test_an_admin_changes_a_users_role_and_it_applies_at_once(site: Site, page: Page) -> None:
+    """There was no way to make someone an administrator (or take it back) but deleting and
+    creating them again, which deleted their lists and hid their past mail from them."""
+    bob = page.context.browser.new_context().new_page()  # type: ignore[union-attr]
+    login(bob, site.web.url, "bob")
+    login(page, site.web.url, "root")
+    page.goto(site.web.url + "/admin/users")
+    expect(page.locator("#user-root").get_by_role("button", name=re.compile("^Make"))).to_have_count(0)
+    page.get_by_role("button", name="Make bob an administrator").click()
+    expect(page.locator(".flashes")).to_contain_text("User bob is now an administrator.")
+    expect(page.locator("#user-bob")).to_contain_text("admin")
+    bob.goto(site.web.url + "/admin/users")  # the same session: no new login needed
+    expect(bob.get_by_role("heading", name="Users")).to_be_visible()
+    page.get_by_role("button", name="Make bob a plain user").click()
+    expect(page.locator(".flashes")).to_contain_text("User bob is now a plain user.")
+    assert bob.goto(site.web.url + "/admin/users").status == 403  # type: ignore[union-attr]
+    expect(bob.get_by_role("navigation")).not_to_contain_text("Users")
+    with site.store.session() as s:
+        kept = accounts.get_user(s, "bob")
+        assert kept is not None and accounts.owned_addresses(kept) == ["bob@example.com"]
+    bob.context.close()
