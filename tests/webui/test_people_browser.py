@@ -246,3 +246,25 @@ def test_an_admin_changes_a_users_role_and_it_applies_at_once(site: Site, page: 
         kept = accounts.get_user(s, "bob")
         assert kept is not None and accounts.owned_addresses(kept) == ["bob@example.com"]
     bob.context.close()
+
+
+def test_a_button_pressed_after_the_session_ended_leads_back_to_its_page(site: Site, page: Page) -> None:
+    """Logged out meanwhile (the login expired, a password change or an admin ended it): the click
+    went through the login page to the button's POST-only address, a 'Not here' error page."""
+    row = _decided(site, "news@shop.example", "alice@example.com", "Weekly offers")
+    login(page, site.web.url, "alice")
+    page.goto(site.web.url + "/messages/?q=weekly")
+    with site.store.session() as s:
+        alice = accounts.get_user(s, "alice")
+        assert alice is not None
+        accounts.end_sessions(s, alice.id)
+    page.get_by_role("button", name="Not spam: Weekly offers").click()
+    expect(page.locator(".flashes")).to_contain_text("You were logged out, so that was not done.")
+    page.get_by_label("Login").fill("alice")
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+    expect(page).to_have_url(site.web.url + "/messages/?q=weekly")
+    with site.store.session() as s:
+        assert messagelog.feedback_for(s, [row], alice.id) == {}  # nothing was done behind the user's back
+    page.get_by_role("button", name="Not spam: Weekly offers").click()
+    expect(page.locator(".flashes")).to_contain_text("marked as not spam")
