@@ -113,7 +113,8 @@ def login():
         else:
             start_session(user)
             return redirect(_safe_next(request.args.get("next")))
-    return render_template("login.html", error=error), (401 if error else 200)
+    typed = request.form.get("login", "")[:254] if error else ""  # kept: only the password is typed again
+    return render_template("login.html", error=error, typed_login=typed), (401 if error else 200)
 
 
 @bp.route("/logout", methods=["POST"])

@@ -268,3 +268,14 @@ def test_a_button_pressed_after_the_session_ended_leads_back_to_its_page(site: S
         assert messagelog.feedback_for(s, [row], alice.id) == {}  # nothing was done behind the user's back
     page.get_by_role("button", name="Not spam: Weekly offers").click()
     expect(page.locator(".flashes")).to_contain_text("marked as not spam")
+
+
+def test_a_wrong_password_keeps_the_login_typed(site: Site, page: Page) -> None:
+    """Only the password is typed again (the login field came back empty)."""
+    login(page, site.web.url, "alice", "not her password")
+    expect(page.locator("p.error")).to_contain_text("Wrong login or password.")
+    expect(page.get_by_label("Login")).to_have_value("alice")
+    expect(page.get_by_label("Password")).to_be_focused()
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+    expect(page.get_by_role("button", name="Log out alice")).to_be_visible()
