@@ -129,17 +129,18 @@ def index():
     scope = _viewer_scope()
     with store().session() as s:
         try:
-            rows = messagelog.recent(s, messagelog.LogFilter(scope, category, PAGE, page * PAGE, g.since,
+            rows = messagelog.recent(s, messagelog.LogFilter(scope, category, PAGE + 1, page * PAGE, g.since,
                                                              search=q, day=day))
         except ValueError:  # a day like 2026-13-45
-            day, rows = "", messagelog.recent(s, messagelog.LogFilter(scope, category, PAGE, page * PAGE,
+            day, rows = "", messagelog.recent(s, messagelog.LogFilter(scope, category, PAGE + 1, page * PAGE,
                                                                       g.since, search=q))
+        more, rows = len(rows) > PAGE, rows[:PAGE]  # one more row read: is there an older page?
         feedback = messagelog.feedback_for(s, [r.id for r in rows], g.user.id)
         for r in rows:
             _ = r.recipients
     return render_template("messages.html", rows=rows, feedback=feedback, nothing_kept=NOTHING_KEPT, category=category,
                            global_rules=global_rules(rows),
-                           categories=CATEGORIES, page=page, page_size=PAGE, q=q, day=day,
+                           categories=CATEGORIES, page=page, more=more, q=q, day=day,
                            show_all=scope is None, mine=set(g.addresses), senders={r.id: sender_of(r) for r in rows},
                            allow_to={r.id: _allow_address(r) for r in rows}, kept=kept(rows, feedback),
                            shown={r.id: shown_verdict(r, scope) for r in rows},

@@ -279,3 +279,23 @@ def test_a_wrong_password_keeps_the_login_typed(site: Site, page: Page) -> None:
     page.get_by_label("Password").fill(PASSWORD)
     page.get_by_role("button", name="Log in").click()
     expect(page.get_by_role("button", name="Log out alice")).to_be_visible()
+
+
+def test_recent_mail_offers_an_older_page_only_when_there_is_one(site: Site, page: Page) -> None:
+    """Exactly one page of mail (50) showed 'Older', which led to an empty page."""
+    with site.store.session() as s:
+        dora = accounts.add_user(s, "dora", PASSWORD)
+        accounts.assign_address(s, dora, "dora@example.com")
+    for i in range(50):
+        site.receive("dora@example.com", f"Note {i}")
+    login(page, site.web.url, "dora")
+    page.goto(site.web.url + "/messages/")
+    expect(page.locator("table.log tbody tr")).to_have_count(50)
+    expect(page.get_by_role("link", name="Older")).to_have_count(0)
+    site.receive("dora@example.com", "Note 50")
+    page.reload()
+    page.get_by_role("link", name="Older").click()
+    expect(page.locator("table.log tbody tr")).to_have_count(1)
+    expect(page.locator("table.log tbody")).to_contain_text("Note 0")
+    expect(page.get_by_role("link", name="Older")).to_have_count(0)
+    expect(page.get_by_role("link", name="Newer")).to_be_visible()
