@@ -299,3 +299,21 @@ def test_recent_mail_offers_an_older_page_only_when_there_is_one(site: Site, pag
     expect(page.locator("table.log tbody")).to_contain_text("Note 0")
     expect(page.get_by_role("link", name="Older")).to_have_count(0)
     expect(page.get_by_role("link", name="Newer")).to_be_visible()
+
+
+def test_a_right_to_left_subject_reads_right_to_left(site: Site, page: Page) -> None:
+    """A Hebrew or Arabic subject took the page's left-to-right direction: 'שלום!' showed its
+    '!' at the wrong end. Subjects now take their own direction (dir=auto) wherever shown alone."""
+    mid = site.receive("alice@example.com", "שלום לכולם!", held=True)
+    direction = "el => getComputedStyle(el).direction"
+    login(page, site.web.url, "alice")
+    page.goto(site.web.url + "/messages/")
+    link = page.get_by_role("link", name="שלום לכולם!")
+    assert link.evaluate(direction) == "rtl"
+    assert page.get_by_role("link", name="Recent mail").evaluate(direction) == "ltr"
+    page.goto(site.web.url + f"/messages/{mid}")
+    assert page.get_by_role("heading", name="שלום לכולם!").evaluate(direction) == "rtl"
+    page.goto(site.web.url + "/junk/")
+    page.get_by_role("link", name="שלום לכולם!").click()
+    assert page.get_by_role("heading", name="שלום לכולם!").evaluate(direction) == "rtl"
+    screenshot(page, "junk-item-rtl")
