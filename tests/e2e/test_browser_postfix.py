@@ -20,7 +20,7 @@ PASSWORD = "browser test password"
 @pytest.fixture
 def web(stack: Stack) -> Iterator[WebProcess]:
     with stack.store.session() as s:
-        user = accounts.add_user(s, "quinn", PASSWORD)
+        user = accounts.get_user(s, "quinn") or accounts.add_user(s, "quinn", PASSWORD)  # the stack outlives a test
         accounts.assign_address(s, user, "quinn@example.com")
     process = WebProcess(stack.home, {"data_dir": str(stack.home / "web"), "database_url": stack.db_url}).start()
     yield process
@@ -61,7 +61,7 @@ def test_a_global_block_refused_by_postfix_is_explained_to_the_user(stack: Stack
     """The administrators' global block entry refuses a sender at RCPT in a real Postfix; the user
     whose mail it was reads which global entry it was, and that their own lists come first."""
     with stack.store.session() as s:
-        entries.add_entry(s, None, "block", "@casino-wave.example", "admins only: campaign 7")
+        entry = entries.add_entry(s, None, "block", "@casino-wave.example", "admins only: campaign 7")
     _, data = mail.simple(sender="win@casino-wave.example")
     with pytest.raises(smtplib.SMTPRecipientsRefused) as err:
         mail.send(stack.postfix.port, "win@casino-wave.example", ["quinn@example.com"], data)
@@ -83,3 +83,5 @@ def test_a_global_block_refused_by_postfix_is_explained_to_the_user(stack: Stack
         expect(page.locator("ul.why")).not_to_contain_text("campaign 7")
         screenshot(page, "global-block-explained")
         browser.close()
+    with stack.store.session() as s:
+        entries.remove_entry(s, entry.id, [None])
