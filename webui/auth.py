@@ -50,25 +50,11 @@ def load_user() -> None:
         g.since = accounts.owned_since(user)
 
 
-def _to_login():
-    """To the login page, then back here.  A form sent after the session ended (it expired, or was
-    ended from elsewhere) did nothing: the user comes back to the page the form was on (its
-    address only takes a POST, so going there after logging in was a 405), told to do it again."""
-    if request.method == "GET":
-        return redirect(url_for("auth.login", next=request.path))
-    flash("You were logged out, so that was not done. Log in and do it again.", "error")
-    referrer, back = request.referrer or "", None
-    if referrer.startswith(request.host_url):
-        parts = urlsplit(referrer)
-        back = parts.path + (f"?{parts.query}" if parts.query else "")
-    return redirect(url_for("auth.login", next=back))
-
-
 def login_required(view: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(view)
     def wrapped(*args: Any, **kwargs: Any) -> Any:
         if g.user is None:
-            return _to_login()
+            return redirect(url_for("auth.login", next=request.path))
         return view(*args, **kwargs)
     return wrapped
 
@@ -77,7 +63,7 @@ def admin_required(view: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(view)
     def wrapped(*args: Any, **kwargs: Any) -> Any:
         if g.user is None:
-            return _to_login()
+            return redirect(url_for("auth.login", next=request.path))
         if not g.user.is_admin:
             abort(403)
         return view(*args, **kwargs)

