@@ -19,7 +19,7 @@ bp = Blueprint("auth", __name__)
 _UNSAFE = re.compile(r"[\x00-\x20\x7f\\]")  # controls, spaces and backslashes: browsers drop or bend them
 
 
-def _start_session(user: User) -> None:
+def start_session(user: User) -> None:
     """A fresh server-side session (a new id: no fixation) in a fresh cookie."""
     lifetime = current_app.permanent_session_lifetime.total_seconds()
     with store().session() as s:
@@ -97,9 +97,10 @@ def login():
         if user is None:
             error = "Wrong login or password."  # the same for unknown users
         else:
-            _start_session(user)
+            start_session(user)
             return redirect(_safe_next(request.args.get("next")))
-    return render_template("login.html", error=error), (401 if error else 200)
+    typed = request.form.get("login", "")[:254] if error else ""  # kept: only the password is typed again
+    return render_template("login.html", error=error, typed_login=typed), (401 if error else 200)
 
 
 @bp.route("/logout", methods=["POST"])
@@ -118,7 +119,7 @@ def logout_everywhere():
     """End every session of mine on every node; this browser carries on in a fresh one."""
     with store().session() as s:
         ended = accounts.end_sessions(s, g.user.id)
-    _start_session(g.user)
+    start_session(g.user)
     flash(f"Logged out everywhere else ({ended - 1} other session{'s' if ended != 2 else ''} ended).")
     return redirect(url_for("auth.password"))
 
@@ -142,7 +143,7 @@ def password():
                 except EntryError as exc:
                     errors["new"] = str(exc)
         if not errors:
-            _start_session(g.user)  # this browser carries on in a new session
+            start_session(g.user)  # this browser carries on in a new session
             flash("Your password was changed. You were logged out everywhere else.")
             return redirect(url_for("dashboard.index"))
     return render_template("password.html", errors=errors), (400 if errors else 200)

@@ -129,16 +129,18 @@ def index():
     scope = _viewer_scope()
     with store().session() as s:
         try:
-            rows = messagelog.recent(s, messagelog.LogFilter(scope, category, PAGE, page * PAGE, g.since,
+            rows = messagelog.recent(s, messagelog.LogFilter(scope, category, PAGE + 1, page * PAGE, g.since,
                                                              search=q, day=day))
         except ValueError:  # a day like 2026-13-45
-            day, rows = "", messagelog.recent(s, messagelog.LogFilter(scope, category, PAGE, page * PAGE,
+            day, rows = "", messagelog.recent(s, messagelog.LogFilter(scope, category, PAGE + 1, page * PAGE,
                                                                       g.since, search=q))
+        more, rows = len(rows) > PAGE, rows[:PAGE]  # one more row read: is there an older page?
         feedback = messagelog.feedback_for(s, [r.id for r in rows], g.user.id)
         for r in rows:
             _ = r.recipients
     return render_template("messages.html", rows=rows, feedback=feedback, nothing_kept=NOTHING_KEPT, category=category,
-                           categories=CATEGORIES, page=page, page_size=PAGE, q=q, day=day,
+                           global_rules=global_rules(rows),
+                           categories=CATEGORIES, page=page, more=more, q=q, day=day,
                            show_all=scope is None, mine=set(g.addresses), senders={r.id: sender_of(r) for r in rows},
                            allow_to={r.id: _allow_address(r) for r in rows}, kept=kept(rows, feedback),
                            shown={r.id: shown_verdict(r, scope) for r in rows},
@@ -163,6 +165,8 @@ def show(message_id: int):
     allowed = status.get("allow")  # the address the entry matched, as allow entries check it
     return render_template("message.html", m=row, clues=clues(row.reasons or ""), fb=fb, nothing_kept=NOTHING_KEPT,
                            shown=shown_verdict(row, g.addresses),
+                           rules={r.address: tracetext.list_rule(trace, r.address, len(row.recipients) == 1)
+                                  for r in row.recipients},
                            mine=set(g.addresses), held=held,
                            allow_to=allow_to, allow_why=allow_why, sender=sender, status=status,
                            auth=auth_step(trace), skipped=skipped, from_headers=facts.from_headers[row.id],
@@ -170,6 +174,23 @@ def show(message_id: int):
                            skipped_entries={d.split(" ", 1)[0]: d for ds in skipped.values() for d in ds},
                            unauthenticated=allowed is not None and tracetext.sender_authenticated(
                                trace, allowed.source, allowed.address) is False)
+
+
+def global_rules(rows: list[MessageRow]) -> dict[int, tracetext.ListRule]:
+    """Per message, the global list entry that decided for one of my addresses (or, for an admin
+    looking at everyone's mail, for any recipient), if one did."""
+    found = {}
+    for row in rows:
+        mine = [r.address for r in row.recipients if r.address in g.addresses or g.user.is_admin]
+        if not mine:
+            continue
+        trace = tracetext.parse(row.trace)
+        for address in mine:
+            rule = tracetext.list_rule(trace, address, len(row.recipients) == 1)
+            if rule is not None and rule.is_global:
+                found[row.id] = rule
+                break
+    return found
 
 
 def clues(reasons: str) -> list[str]:

@@ -126,3 +126,32 @@ def sender_authenticated(trace: str | Trace, source: str, address: str) -> bool 
         results = AuthResults(results.source, results.spf, results.spf_domain, results.dkim,
                               from_domain=domain_of(address))
     return results.authenticates(source, address)
+
+
+@dataclass(frozen=True)
+class ListRule:
+    """The list entry that decided for a recipient, as its trace step names it."""
+
+    kind: str  # "block" or "allow"
+    owner: str  # "global", or the address whose list it is
+    pattern: str
+
+    @property
+    def is_global(self) -> bool:
+        """Whether it is on the administrators' lists for everyone."""
+        return self.owner == "global"
+
+
+def list_rule(trace: Trace, address: str, alone: bool) -> ListRule | None:
+    """The list entry that decided for ``address`` (a ``block=``/``allow=`` step that matched), if
+    one did. ``alone``: it was the message's only recipient, so a refusal at RCPT time, whose steps
+    are the whole trace (no ``rcpt=<...>[...]``), counts too."""
+    steps = trace.recipients.get(address.lower())
+    if steps is None:
+        steps = trace.steps if alone else ()
+    for step in steps:
+        if step.step in ("block", "allow") and step.outcome in ("match", "rcpt"):
+            owner, kind, _number, pattern = [*step.detail.split(" ", 4), "", "", "", ""][:4]
+            if kind == step.step and pattern:
+                return ListRule(kind, owner, pattern)
+    return None

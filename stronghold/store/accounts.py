@@ -16,7 +16,7 @@ from sqlalchemy import CursorResult, delete, select, update
 from sqlalchemy.orm import Session, object_session, selectinload
 
 from stronghold.lists import PatternError, normalize_address
-from stronghold.store import entries
+from stronghold.store import entries, layers, ledger
 from stronghold.store.errors import EntryError
 from stronghold.store.tables import Address, ReleasedAddress, User, WebSession
 
@@ -50,12 +50,18 @@ def _clean_login(login: str) -> str:
     return login
 
 
-def add_user(session: Session, login: str, password: str, admin: bool = False) -> User:
-    """Create a user (login cleaned, password hashed); EntryError if the login is taken or unfit."""
+def check_new_login(session: Session, login: str) -> str:
+    """``login`` cleaned for a new user; EntryError if it is unfit or taken."""
     login = _clean_login(login)
-    check_password_strength(password)
     if session.scalar(select(User).where(User.login == login)) is not None:
         raise EntryError(f"user {login} exists already")
+    return login
+
+
+def add_user(session: Session, login: str, password: str, admin: bool = False) -> User:
+    """Create a user (login cleaned, password hashed); EntryError if the login is taken or unfit."""
+    login = check_new_login(session, login)
+    check_password_strength(password)
     user = User(login=login, password_hash=_hasher.hash(password), role="admin" if admin else "user",
                 disabled=False)
     session.add(user)
@@ -141,25 +147,50 @@ def set_disabled(user: User, disabled: bool) -> None:
         end_sessions(session, user.id)
 
 
+def set_role(session: Session, user: User, role: str) -> None:
+    """Make ``user`` an admin or a plain user; EntryError for another role, or for taking the role
+    of the last enabled admin (someone must be able to manage the site)."""
+    if role not in ROLES:
+        raise EntryError(f"a role is one of {', '.join(ROLES)}")
+    if user.is_admin and role != "admin":
+        others = session.scalar(select(User.id).where(User.role == "admin", User.disabled.is_(False),
+                                                      User.id != user.id).limit(1))
+        if others is None:
+            raise EntryError(f"{user.login} is the last enabled administrator")
+    user.role = role
+
+
 def delete_user(session: Session, user: User) -> None:
-    """Delete the user; their addresses are released (lists dropped, past mail hidden from the next owner)."""
+    """Delete the user; their addresses are released (lists dropped, past mail hidden from the next owner),
+    and their personal layer and its marks go (a later user given the same login starts without them)."""
     for address in user.addresses:
         _forget(session, address.address)
+    ledger.drop_personal(session, user.login)
+    layers.replace(session, {user.login: None})
     end_sessions(session, user.id)
     session.delete(user)  # the address rows go with it
 
 
-def assign_address(session: Session, user: User, address: str) -> Address:
-    """Give ``address`` to ``user``; an address has exactly one owner."""
+def check_assignable(session: Session, address: str, user: User | None = None) -> tuple[str, Address | None]:
+    """(``address`` normalised, its row if ``user`` owns it already); EntryError if it is no address
+    or another user's (named, with the way to move it: an address has exactly one owner)."""
     try:
         norm = normalize_address(address)
     except PatternError as exc:
         raise EntryError(str(exc)) from exc
-    existing = session.scalar(select(Address).where(Address.address == norm))
+    existing = session.scalar(select(Address).options(selectinload(Address.user)).where(Address.address == norm))
+    if existing is None or (user is not None and existing.user_id == user.id):
+        return norm, existing
+    owner = existing.user.login
+    raise EntryError(f"{norm} belongs to {owner}: remove it from {owner} first (its lists go with it; "
+                     "the next owner sees only the mail that comes after)")
+
+
+def assign_address(session: Session, user: User, address: str) -> Address:
+    """Give ``address`` to ``user``; an address has exactly one owner."""
+    norm, existing = check_assignable(session, address, user)
     if existing is not None:
-        if existing.user_id == user.id:
-            return existing
-        raise EntryError(f"{norm} belongs to another user")
+        return existing
     released = session.get(ReleasedAddress, norm)
     row = Address(address=norm, user_id=user.id, since=released.released if released else 0.0)
     session.add(row)

@@ -29,6 +29,14 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur.execute("PRAGMA busy_timeout=5000")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.close()
+    # SQLite's own lower() folds only A-Z, so the searches' lower(subject) LIKE lower(needle) found
+    # nothing for "Привет" or "ÉTÉ" typed exactly as shown; Python's folds every script.
+    dbapi_conn.create_function("lower", 1, _unicode_lower, deterministic=True)
+
+
+def _unicode_lower(value: object) -> object:
+    """SQL lower() as Python's str.lower (NULL, numbers and blobs as they are)."""
+    return value.lower() if isinstance(value, str) else value
 
 
 def take_turns(session: Session, name: str) -> None:

@@ -245,6 +245,15 @@ def drop_forgotten(session: Session, ids: Collection[int]) -> None:
                                                      LearnedMessage.label.is_(None)))
 
 
+def drop_personal(session: Session, scope: str) -> int:
+    """Delete every row of one personal ``scope`` (a deleted user's): nothing of theirs trains a
+    layer any more; returns how many.  The shared model's rows are never touched here."""
+    if scope == SHARED:
+        raise ValueError("the shared scope is not a personal one")
+    result = session.execute(delete(LearnedMessage).where(LearnedMessage.scope == scope))
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
 def personal_changed_since(session: Session, since: float) -> bool:
     """Did any personal feedback change (recorded, flipped, forgotten) after ``since``?"""
     return session.scalars(select(LearnedMessage.id).where(LearnedMessage.scope != SHARED,

@@ -12,7 +12,7 @@ from stronghold import config as config_mod
 from stronghold.classifier import Model
 from stronghold.cli import main
 from stronghold.message import parse
-from stronghold.personal import Layer, load_layers
+from stronghold.personal import Layer, load_layers, rebuild
 from stronghold.received import as_received
 from stronghold.service import Service
 from stronghold.store import accounts, layers
@@ -86,3 +86,34 @@ def test_an_owners_own_layer_wins_over_the_layer_of_their_address(store: Store, 
     got = load_layers(store)
     assert got.keys() == {"c@example.com"}
     assert got["c@example.com"].values.tolist() == [-3.0]
+
+
+def test_a_deleted_users_layer_does_not_pass_to_the_next_user_of_that_login(
+        models_dir: Path, corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Layers are stored under the login: deleting bert must take his, or a new 'bert' (another
+    person) gets his mail scored by what the old one marked, even after the next rebuild."""
+    models = tmp_path / "models"
+    shutil.copytree(models_dir, models)
+    for key, value in {"STRONGHOLD_DATA_DIR": str(tmp_path / "data"), "STRONGHOLD_MODELS_DIR": str(models),
+                       "STRONGHOLD_CLAMD_SOCKET": "none", "PW": "a long enough password"}.items():
+        monkeypatch.setenv(key, value)
+    assert main(["user", "add", "bert", "--password-env", "PW", "--address", "bert@example.com"]) == 0
+    folder = tmp_path / "unwanted"
+    folder.mkdir()
+    for i, path in enumerate(_newsletters(corpus, "train")[:60]):
+        (folder / f"{i}.eml").write_bytes(path.read_bytes())
+    assert main(["learn", "--personal", "bert", "--spam", str(folder), "--no-promote"]) == 0
+    assert main(["user", "rm", "bert"]) == 0
+    assert main(["user", "add", "bert", "--password-env", "PW", "--address", "bert@example.com"]) == 0
+    capsys.readouterr()
+
+    service = Service(config_mod.load(None))
+    try:
+        rebuild(service.store, Model.load(models / "model.joblib", for_learning=True))  # as 'jobs' does
+        for path in _newsletters(corpus, "test")[:20]:
+            verdict = service.decide(Envelope("news@example.org", ("bert@example.com",)),
+                                     parse(as_received(path.read_bytes())), None).verdict
+            assert not any(s.step == "personal" for s in verdict.decisions[0].trace)
+    finally:
+        service.store.dispose()

@@ -16,7 +16,7 @@ from stronghold.findings import Findings
 from stronghold.message import parse
 from stronghold.policy import Policy
 from stronghold.precedence import decide
-from stronghold.store import accounts, entries, messagelog
+from stronghold.store import accounts, entries, messagelog, quarantine
 from stronghold.store.db import Store
 from stronghold.store.errors import EntryError, StoreError
 from stronghold.verdict import Envelope
@@ -51,7 +51,7 @@ def test_an_address_has_one_owner(store: Store) -> None:
         a = accounts.add_user(s, "a", "long enough password")
         b = accounts.add_user(s, "b", "long enough password")
         accounts.assign_address(s, a, "shared@example.com")
-        with pytest.raises(EntryError, match="another user"):
+        with pytest.raises(EntryError, match="belongs to a: remove it from a first"):
             accounts.assign_address(s, b, "SHARED@example.com")
 
 
@@ -139,6 +139,21 @@ def test_message_log_ownership_feedback_and_counts(store: Store) -> None:
         assert len(pending) == 1 and messagelog.unpack_tokens(pending[0][1].tokens) == {"tok1", "tok2"}
         day = time.strftime("%Y-%m-%d", time.gmtime())
         assert messagelog.daily_counts(s, None)[day]["clean"] == 1
+
+
+def test_searches_fold_case_in_every_script(store: Store) -> None:
+    """Recent mail's and Junk's searches find 'привет' in 'Привет' on either database."""
+    raw = "From: Éva <eva@y.example>\r\nSubject: Привет ÉTÉ\r\n\r\nbody".encode()
+    msg = parse(raw)
+    env = Envelope("eva@y.example", ("a@example.com",), queue_id="Q8")
+    with store.session() as s:
+        mid = messagelog.record(s, env, msg, decide(env, msg, Findings(lists=entries.ListIndex([])), Policy()), None)
+        held = quarantine.hold(s, raw, recipients=["a@example.com"], sender="eva@y.example", subject="Привет ÉTÉ",
+                               queue_id="Q8", score=0.99, category="spam", reason="", trace="", virus=None)
+    with store.session() as s:
+        for typed in ("привет", "ПРИВЕТ", "été", "éva"):
+            assert [r.id for r in messagelog.recent(s, messagelog.LogFilter(search=typed))] == [mid], typed
+            assert [h.id for h in quarantine.find(s, recipients=None, text=typed)] == held, typed
 
 
 def test_unreachable_database_is_a_store_error() -> None:
@@ -384,3 +399,19 @@ def test_nodes_upgrading_one_postgresql_at_once_all_succeed(postgres: PostgresCl
                  for _ in range(3)]
         said = [node.communicate(timeout=60)[0].strip() for node in nodes]
         assert said == [said[0]] * len(nodes) and said[0].isdigit(), said
+
+
+def test_the_last_enabled_admin_keeps_the_role(store: Store) -> None:
+    with store.session() as s:
+        root = accounts.add_user(s, "root", "long enough password", admin=True)
+        other = accounts.add_user(s, "other", "long enough password", admin=True)
+        accounts.set_role(s, other, "user")
+        with pytest.raises(EntryError, match="root is the last enabled administrator"):
+            accounts.set_role(s, root, "user")
+        accounts.set_role(s, other, "admin")
+        accounts.set_disabled(other, True)
+        with pytest.raises(EntryError, match="last enabled administrator"):
+            accounts.set_role(s, root, "user")
+        with pytest.raises(EntryError, match="a role is one of user, admin"):
+            accounts.set_role(s, other, "owner")
+        assert (root.role, other.role) == ("admin", "admin")

@@ -60,7 +60,7 @@ def test_no_disable_or_delete_on_ones_own_row(client: FlaskClient, auth: Auth) -
     rows = dict(re.findall(r'<tr id="user-(\w+)".*?>(.*?)</tr>', page, re.S))
     assert set(rows) == {"alice", "bob", "root"}
     assert "Delete user root" not in rows["root"] and 'value="disable"' not in rows["root"]
-    assert "Reset password" in rows["root"]
+    assert "Reset password" not in rows["root"] and 'href="/password">Change your password' in rows["root"]
     assert "Delete user alice" in rows["alice"] and 'value="disable"' in rows["alice"]
 
 
