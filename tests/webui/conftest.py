@@ -22,6 +22,14 @@ PASSWORD = "a long enough password"
 _TOKEN = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 
+def login(page: Page, base: str, user: str = "alice", password: str = PASSWORD) -> None:
+    """Log ``user`` in through the login form of the web UI at ``base``, in a real browser."""
+    page.goto(base + "/login")
+    page.get_by_label("Login").fill(user)
+    page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Log in").click()
+
+
 def seed(store: Store) -> dict[str, int]:
     ids = {}
     with store.session() as s:

@@ -21,7 +21,7 @@ from stronghold.tokens import features
 from stronghold.verdict import Action, Envelope
 from tests.conftest import shared_tmpdir
 from tests.harness.browser import WebProcess, screenshot
-from tests.webui.conftest import PASSWORD, seed
+from tests.webui.conftest import login, seed
 
 pytestmark = pytest.mark.browser
 
@@ -40,13 +40,6 @@ def site() -> Iterator[tuple[WebProcess, Store]]:
     shutil.rmtree(home, ignore_errors=True)
 
 
-
-
-def login(page: Page, base: str, user: str, password: str = PASSWORD) -> None:
-    page.goto(base + "/login")
-    page.get_by_label("Login").fill(user)
-    page.get_by_label("Password").fill(password)
-    page.get_by_role("button", name="Log in").click()
 
 
 def test_lists_add_remove_and_errors(site: tuple[WebProcess, Store], page: Page) -> None:

@@ -17,8 +17,7 @@ from stronghold.store.db import Store
 from tests.conftest import shared_tmpdir
 from tests.harness.browser import WebProcess, screenshot
 from tests.harness.postgres import PostgresCluster
-from tests.webui.conftest import PASSWORD, Auth, seed, token
-from tests.webui.test_junk_browser import login
+from tests.webui.conftest import PASSWORD, Auth, login, seed, token
 from webui import create_app
 
 pytestmark = pytest.mark.postgres

@@ -26,7 +26,7 @@ from tests.conftest import shared_tmpdir
 from tests.harness.browser import WebProcess, screenshot
 from tests.harness.milterproc import write_config
 from tests.harness.smtpsink import SmtpSink
-from tests.webui.conftest import PASSWORD, seed
+from tests.webui.conftest import PASSWORD, login, seed
 from tests.webui.hostile import hostile
 
 pytestmark = pytest.mark.browser
@@ -93,13 +93,6 @@ def site() -> Iterator[Site]:
     shutil.rmtree(home, ignore_errors=True)
 
 
-
-
-def login(page: Page, base: str, user: str) -> None:
-    page.goto(base + "/login")
-    page.get_by_label("Login").fill(user)
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Log in").click()
 
 
 def test_user_opens_junk_previews_and_releases(site: Site, page: Page) -> None:

@@ -25,8 +25,7 @@ from tests.harness.browser import WebProcess, screenshot
 from tests.harness.milterproc import write_config
 from tests.harness.postgres import PostgresCluster
 from tests.harness.smtpsink import SmtpSink
-from tests.webui.conftest import seed
-from tests.webui.test_junk_browser import login
+from tests.webui.conftest import login, seed
 
 pytestmark = [pytest.mark.browser, pytest.mark.postgres]
 

@@ -20,7 +20,7 @@ from stronghold.store.db import Store
 from stronghold.verdict import Envelope
 from tests.conftest import shared_tmpdir
 from tests.harness.browser import WebProcess, screenshot
-from tests.webui.conftest import PASSWORD, seed
+from tests.webui.conftest import PASSWORD, login, seed
 
 pytestmark = pytest.mark.browser
 
@@ -57,13 +57,6 @@ def site() -> Iterator[Site]:
     web.stop()
     store.dispose()
     shutil.rmtree(home, ignore_errors=True)
-
-
-def login(page: Page, base: str, user: str, password: str = PASSWORD) -> None:
-    page.goto(base + "/login")
-    page.get_by_label("Login").fill(user)
-    page.get_by_label("Password").fill(password)
-    page.get_by_role("button", name="Log in").click()
 
 
 @pytest.mark.parametrize("typed", ["Привет", "привет", "ÉTÉ", "été", "Ärger"])

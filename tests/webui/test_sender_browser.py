@@ -24,7 +24,7 @@ from stronghold.verdict import Envelope
 from tests.conftest import shared_tmpdir
 from tests.harness.browser import WebProcess, screenshot
 from tests.harness.milterproc import write_config
-from tests.webui.conftest import PASSWORD, seed
+from tests.webui.conftest import PASSWORD, login, seed
 
 pytestmark = pytest.mark.browser
 
@@ -70,13 +70,6 @@ def site() -> Iterator[Site]:
     web.stop()
     store.dispose()
     shutil.rmtree(home, ignore_errors=True)
-
-
-def login(page: Page, base: str, user: str = "alice") -> None:
-    page.goto(base + "/login")
-    page.get_by_label("Login").fill(user)
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Log in").click()
 
 
 def _expect_real_sender(where) -> None:
