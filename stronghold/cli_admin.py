@@ -78,6 +78,13 @@ def cmd_user_disable(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
+def cmd_user_role(args: argparse.Namespace, cfg: Config) -> int:
+    with _session(cfg) as s:
+        accounts.set_role(s, _user(s, args.login), args.role)  # never the last enabled administrator
+    print(f"user {args.login} is now {'an administrator' if args.role == 'admin' else 'a plain user'}")
+    return 0
+
+
 def cmd_user_rm(args: argparse.Namespace, cfg: Config) -> int:
     with _session(cfg) as s:
         accounts.delete_user(s, _user(s, args.login))
@@ -224,6 +231,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("login", help=login_help)
     a.add_argument("--enable", action="store_true", help="enable the user again instead")
     a.set_defaults(func=cmd_user_disable)
+    a = us.add_parser("role", help="make a user an administrator or a plain user (their open sessions "
+                      "follow at once; never the last enabled administrator)")
+    a.add_argument("login", help=login_help)
+    a.add_argument("role", choices=accounts.ROLES, help="admin or user")
+    a.set_defaults(func=cmd_user_role)
     a = us.add_parser("rm", help="delete a user")
     a.add_argument("login", help=login_help)
     a.set_defaults(func=cmd_user_rm)

@@ -182,6 +182,22 @@ def test_users_and_lists_from_the_cli(env: Path, monkeypatch: pytest.MonkeyPatch
     assert "olga\tuser disabled\tolga@example.com" in capsys.readouterr().out
 
 
+def test_user_role_changes_a_role_but_never_the_last_administrators(
+        env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("PW", "a long enough password")
+    assert main(["user", "add", "root", "--admin", "--password-env", "PW"]) == 0
+    assert main(["user", "add", "rita", "--password-env", "PW"]) == 0
+    assert main(["user", "role", "root", "user"]) == 2  # the only administrator
+    assert "last enabled administrator" in capsys.readouterr().err
+    assert main(["user", "role", "rita", "admin"]) == 0
+    assert main(["user", "role", "root", "user"]) == 0
+    capsys.readouterr()
+    assert main(["user", "ls"]) == 0
+    roles = dict(ln.split("\t")[:2] for ln in capsys.readouterr().out.splitlines())
+    assert roles == {"rita": "admin", "root": "user"}
+    assert main(["user", "role", "rita", "user"]) == 2  # the only one again
+
+
 def test_list_trust_without_authentication_is_shown_with_a_warning(env: Path,
                                                                    capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["list", "add", "allow", "boss@trusted.example", "--owner", "pia@example.com"]) == 0
